@@ -1,0 +1,120 @@
+//! `hyena`: the command-line tool. Thin by design: parse arguments, build a library config,
+//! call the library, print. All numerics live in the `hyena` crate.
+
+use std::io::Write;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use hyena::bench::{run_one, BenchOp, BenchRecord, BenchSpec, CountingAlloc};
+
+// Counting allocator: lets `hyena bench` report peak heap memory per measurement.
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+#[derive(Parser, Debug)]
+#[command(name = "hyena", version, about = "Hyena-family long-convolution models on the CPU")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Time kernels: forward and forward+backward, median ms, GFLOP/s, peak memory.
+    Bench(BenchArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BenchWhat {
+    /// FFT long convolution with skip, input [B, D, L].
+    Conv,
+    /// The Hyena operator (in_proj, short filter, implicit filter, gated long convs, out_proj).
+    Operator,
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// What to time.
+    what: BenchWhat,
+    /// Comma-separated sequence lengths (any positive integers).
+    #[arg(long, value_delimiter = ',', default_value = "1024,4096,16384,65536")]
+    lengths: Vec<usize>,
+    /// Batch size B.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Channels / model width D.
+    #[arg(long, default_value_t = 256)]
+    dim: usize,
+    /// Hyena order N (operator only).
+    #[arg(long, default_value_t = 2)]
+    order: usize,
+    /// Timed repetitions per measurement (default: adaptive, ~1 s each, 3 to 20).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print one JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Command::Bench(a) => bench(a),
+    }
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    CountingAlloc::mark_installed();
+    if let Some(t) = a.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .context("configuring the thread pool")?;
+    }
+    if a.lengths.is_empty() || a.lengths.contains(&0) {
+        bail!("--lengths must list positive integers, e.g. --lengths 1024,4096");
+    }
+    if a.batch == 0 || a.dim == 0 {
+        bail!("--batch and --dim must be >= 1 (got --batch {} --dim {})", a.batch, a.dim);
+    }
+    let op = match a.what {
+        BenchWhat::Conv => BenchOp::Conv,
+        BenchWhat::Operator => BenchOp::Operator,
+    };
+    let spec = BenchSpec { op, batch: a.batch, dim: a.dim, lengths: a.lengths.clone(), order: a.order, reps: a.reps };
+    let mut out = std::io::stdout().lock();
+    if !a.json {
+        writeln!(
+            out,
+            "hyena bench {}: B={} D={}{} threads={}\n",
+            op.name(),
+            a.batch,
+            a.dim,
+            if op == BenchOp::Operator { format!(" order={}", a.order) } else { String::new() },
+            rayon::current_num_threads()
+        )?;
+        writeln!(out, "| L | fwd ms | fwd GFLOP/s | fwd+bwd ms | fwd+bwd GFLOP/s | peak MiB | reps |")?;
+        writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|")?;
+        out.flush()?;
+    }
+    for &l in &spec.lengths {
+        eprint!("measuring {} L={l} ...\r", op.name());
+        let r: BenchRecord = run_one(&spec, l).with_context(|| format!("benchmark {} at L={l}", op.name()))?;
+        eprint!("{:40}\r", "");
+        if a.json {
+            writeln!(out, "{}", serde_json::to_string(&r)?)?;
+        } else {
+            let peak = r.peak_mib.map_or("-".to_string(), |p| format!("{p:.1}"));
+            writeln!(
+                out,
+                "| {} | {:.2} | {:.1} | {:.2} | {:.1} | {} | {} |",
+                r.L, r.fwd_ms, r.fwd_gflops, r.fwdbwd_ms, r.fwdbwd_gflops, peak, r.reps
+            )?;
+        }
+        out.flush()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! Micro-benchmarks behind `hyena bench`: FFT long convolution and the Hyena operator,
+//! forward and forward+backward, with medians, GFLOP/s and peak heap memory.
+//!
+//! Peak memory is measured by [`CountingAlloc`], which the binary installs as its global
+//! allocator: bytes live on the heap at the high-water mark of one forward+backward, counted from
+//! before the inputs are allocated (so inputs, parameters, activations, gradients and scratch are
+//! included). Without it installed, `peak_mib` is `None`.
+//!
+//! The FLOP model is shared with `bench/torch_bench.py` so both sides report comparable GFLOP/s.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::config::HyenaConfig;
+use crate::error::Result;
+use crate::layers::{HyenaCache, HyenaGradWorkspace, HyenaOperator, Params};
+use crate::ops::fftconv::FftConv;
+use crate::ops::gradcheck::rand_vec;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// A global allocator that counts live heap bytes and their high-water mark.
+pub struct CountingAlloc;
+
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = System.alloc(layout);
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = System.alloc_zeroed(layout);
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = System.realloc(ptr, layout, new_size);
+        if !p.is_null() {
+            if new_size >= layout.size() {
+                let now = LIVE.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size - layout.size();
+                PEAK.fetch_max(now, Ordering::Relaxed);
+            } else {
+                LIVE.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
+            }
+        }
+        p
+    }
+}
+
+impl CountingAlloc {
+    /// Tell the benchmarks that the counting allocator is the global allocator.
+    pub fn mark_installed() {
+        INSTALLED.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Start a peak measurement; returns the live bytes now (the baseline).
+fn mem_start() -> usize {
+    let live = LIVE.load(Ordering::Relaxed);
+    PEAK.store(live, Ordering::Relaxed);
+    live
+}
+
+fn mem_peak_mib(baseline: usize) -> Option<f64> {
+    INSTALLED
+        .load(Ordering::Relaxed)
+        .then(|| PEAK.load(Ordering::Relaxed).saturating_sub(baseline) as f64 / (1024.0 * 1024.0))
+}
+
+/// Which computation to time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BenchOp {
+    /// FFT long convolution with skip, `[B, D, L]`.
+    Conv,
+    /// The full Hyena operator, `[B, L, D]`.
+    Operator,
+}
+
+impl BenchOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchOp::Conv => "conv",
+            BenchOp::Operator => "operator",
+        }
+    }
+}
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct BenchSpec {
+    pub op: BenchOp,
+    pub batch: usize,
+    pub dim: usize,
+    pub lengths: Vec<usize>,
+    pub order: usize,
+    /// Fixed repetitions; `None` = adaptive (about 1 s per measurement, 3 to 20 runs).
+    pub reps: Option<usize>,
+}
+
+/// One measured row. Field names are the JSON keys of `hyena bench --json`.
+#[derive(Clone, Debug, Serialize)]
+#[allow(non_snake_case)]
+pub struct BenchRecord {
+    #[serde(rename = "impl")]
+    pub implementation: &'static str,
+    pub op: &'static str,
+    pub B: usize,
+    pub D: usize,
+    pub L: usize,
+    pub order: usize,
+    pub threads: usize,
+    pub fwd_ms: f64,
+    pub fwdbwd_ms: f64,
+    pub fwd_gflops: f64,
+    pub fwdbwd_gflops: f64,
+    pub peak_mib: Option<f64>,
+    pub reps: usize,
+}
+
+fn fft_flops(n: usize) -> f64 {
+    2.5 * n as f64 * (n as f64).log2()
+}
+
+/// FLOPs of one FFT-conv forward: per row two size-2L FFTs and a complex product, plus one
+/// filter FFT per channel. Forward+backward counts as 3× forward.
+pub fn conv_fwd_flops(b: usize, d: usize, l: usize) -> f64 {
+    let n = 2 * l;
+    (b * d) as f64 * (2.0 * fft_flops(n) + 8.0 * (l + 1) as f64) + d as f64 * fft_flops(n)
+}
+
+/// FLOPs of one operator forward: projections, short conv, N-1 long convs, filter MLP.
+pub fn operator_fwd_flops(cfg: &HyenaConfig, b: usize, l: usize) -> f64 {
+    let (d, n) = (cfg.d_model as f64, cfg.order as f64);
+    let (e, f) = (cfg.filter.emb_dim as f64, cfg.filter.filter_order as f64);
+    let bl = (b * l) as f64;
+    let cf = cfg.filter_channels() as f64;
+    2.0 * bl * d * (n + 1.0) * d
+        + 2.0 * bl * d * d
+        + 2.0 * bl * (n + 1.0) * d * cfg.short_filter_order as f64
+        + (n - 1.0) * conv_fwd_flops(b, cfg.d_model, l)
+        + 2.0 * l as f64 * (e * f + cfg.filter.num_inner_mlps as f64 * f * f + f * cf)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        0.5 * (v[m - 1] + v[m])
+    }
+}
+
+/// Time `f`: one warm-up already done by the caller; `first_ms` sizes the adaptive rep count.
+fn time_reps(reps: Option<usize>, first_ms: f64, mut f: impl FnMut() -> Result<()>) -> Result<(f64, usize)> {
+    let n = reps.unwrap_or_else(|| ((1000.0 / first_ms.max(1e-3)).ceil() as usize).clamp(3, 20));
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok((median(times), n))
+}
+
+/// The operator config used by `hyena bench operator` (reference defaults, `l_max = L`).
+pub fn bench_operator_config(dim: usize, l: usize, order: usize) -> HyenaConfig {
+    HyenaConfig { d_model: dim, l_max: l, order, ..HyenaConfig::default() }
+}
+
+/// Measure one length. `progress` is told what is being measured.
+pub fn run_one(spec: &BenchSpec, l: usize) -> Result<BenchRecord> {
+    let (b, d) = (spec.batch, spec.dim);
+    let threads = rayon::current_num_threads();
+    let base = mem_start();
+    let (fwd_ms, fwdbwd_ms, peak, reps, flops) = match spec.op {
+        BenchOp::Conv => {
+            let engine = FftConv::new();
+            let u = rand_vec(b * d * l, 1, 1.0);
+            let k = rand_vec(d * l, 2, 0.1);
+            let dd = rand_vec(d, 3, 1.0);
+            let g = rand_vec(b * d * l, 4, 1.0);
+            let mut y = vec![0.0f32; b * d * l];
+            let mut du = vec![0.0f32; b * d * l];
+            let mut dk = vec![0.0f32; d * l];
+            let mut ddd = vec![0.0f32; d];
+            let mut fb = || -> Result<()> {
+                engine.forward(&u, &k, &dd, b, d, l, &mut y)?;
+                engine.backward(&g, &u, &k, &dd, (b, d, l), &mut du, &mut dk, &mut ddd)
+            };
+            let t = Instant::now();
+            fb()?;
+            let first = t.elapsed().as_secs_f64() * 1e3;
+            let peak = mem_peak_mib(base);
+            let (fbm, reps) = time_reps(spec.reps, first, &mut fb)?;
+            drop(fb);
+            let (fm, _) = time_reps(Some(reps), first / 3.0, || engine.forward(&u, &k, &dd, b, d, l, &mut y))?;
+            (fm, fbm, peak, reps, conv_fwd_flops(b, d, l))
+        }
+        BenchOp::Operator => {
+            let cfg = bench_operator_config(d, l, spec.order);
+            let op = HyenaOperator::new(&cfg, 0)?;
+            let u = rand_vec(b * l * d, 1, 1.0);
+            let g = rand_vec(b * l * d, 4, 1.0);
+            let mut y = vec![0.0f32; b * l * d];
+            let mut du = vec![0.0f32; b * l * d];
+            let mut grads = op.zero_grads();
+            let mut cache = HyenaCache::default();
+            let mut ws = HyenaGradWorkspace::default();
+            let mut fb = || -> Result<()> {
+                op.forward(&u, b, l, &mut y, &mut cache)?;
+                grads.zero();
+                op.backward(&g, &u, &cache, &mut du, &mut grads, &mut ws)
+            };
+            let t = Instant::now();
+            fb()?;
+            let first = t.elapsed().as_secs_f64() * 1e3;
+            let peak = mem_peak_mib(base);
+            let (fbm, reps) = time_reps(spec.reps, first, &mut fb)?;
+            drop(fb);
+            let (fm, _) = time_reps(Some(reps), first / 3.0, || op.forward(&u, b, l, &mut y, &mut cache))?;
+            (fm, fbm, peak, reps, operator_fwd_flops(&cfg, b, l))
+        }
+    };
+    Ok(BenchRecord {
+        implementation: "hyena",
+        op: spec.op.name(),
+        B: b,
+        D: d,
+        L: l,
+        order: spec.order,
+        threads,
+        fwd_ms,
+        fwdbwd_ms,
+        fwd_gflops: flops / (fwd_ms * 1e-3) / 1e9,
+        fwdbwd_gflops: 3.0 * flops / (fwdbwd_ms * 1e-3) / 1e9,
+        peak_mib: peak,
+        reps,
+    })
+}

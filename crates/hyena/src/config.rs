@@ -1,0 +1,131 @@
+//! The configuration tree (serde). One place for every default; derived sizes are methods.
+//!
+//! Defaults are the reference code defaults (spec Sec. 2.1), not a particular checkpoint's:
+//! HyenaDNA checkpoints use `emb_dim = 5`, `w = 10`, `shift = 0.05` (Sec. 3.1, 3.4).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How the implicit filter's `D·(N-1)` output channels map to (stage `o`, channel `d`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FilterLayout {
+    /// safari / training repo: `channel = d·(N-1) + o` (`(v o)` rearrange).
+    #[default]
+    Interleaved,
+    /// HyenaDNA standalone / HF port: `channel = o·D + d` (`(o d)` rearrange).
+    Blocked,
+}
+
+/// The implicit long filter (`HyenaFilter`, spec Sec. 2.3).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilterConfig {
+    /// Positional-embedding width E (odd, ≥ 3).
+    pub emb_dim: usize,
+    /// Width F of the filter MLP (`filter_order`).
+    pub filter_order: usize,
+    /// Number of hidden `Linear(F, F) → Sin` pairs.
+    pub num_inner_mlps: usize,
+    /// Initial Sin frequency.
+    pub w: f32,
+    /// Apply the exponential decay window.
+    pub modulate: bool,
+    pub fast_decay_pct: f32,
+    pub slow_decay_pct: f32,
+    pub target: f32,
+    /// Added to the decay window: 0.0 in safari, 0.05 in HyenaDNA's released code.
+    pub shift: f32,
+    /// Channel layout of the filter outputs (matters only for order > 2).
+    pub layout: FilterLayout,
+}
+
+impl Default for FilterConfig {
+    fn default() -> Self {
+        FilterConfig {
+            emb_dim: 3,
+            filter_order: 64,
+            num_inner_mlps: 2,
+            w: 1.0,
+            modulate: true,
+            fast_decay_pct: 0.3,
+            slow_decay_pct: 1.5,
+            target: 1e-2,
+            shift: 0.0,
+            layout: FilterLayout::Interleaved,
+        }
+    }
+}
+
+/// The Hyena operator (`HyenaOperator`, spec Sec. 2.2).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HyenaConfig {
+    /// Model width D.
+    pub d_model: usize,
+    /// Longest sequence the filter is built for; fixes the filter's time grid.
+    pub l_max: usize,
+    /// Hyena order N (≥ 2): N gates, N-1 long convolutions.
+    pub order: usize,
+    /// Length of the short depthwise filter.
+    pub short_filter_order: usize,
+    pub filter: FilterConfig,
+}
+
+impl Default for HyenaConfig {
+    fn default() -> Self {
+        HyenaConfig {
+            d_model: 128,
+            l_max: 1024,
+            order: 2,
+            short_filter_order: 3,
+            filter: FilterConfig::default(),
+        }
+    }
+}
+
+impl HyenaConfig {
+    /// Channels after `in_proj`: `(N+1)·D`.
+    pub fn inner_channels(&self) -> usize {
+        (self.order + 1) * self.d_model
+    }
+    /// Channels of the implicit filter output: `D·(N-1)`.
+    pub fn filter_channels(&self) -> usize {
+        (self.order - 1) * self.d_model
+    }
+
+    /// Check every field's range; the message says which value is wrong and what is allowed.
+    pub fn validate(&self) -> Result<()> {
+        if self.d_model == 0 {
+            return Err(Error::config("d_model", self.d_model, "must be >= 1"));
+        }
+        if self.l_max == 0 {
+            return Err(Error::config("l_max", self.l_max, "must be >= 1 (the longest sequence length)"));
+        }
+        if self.order < 2 {
+            return Err(Error::config("order", self.order, "Hyena order must be >= 2 (2 gates, 1 long conv)"));
+        }
+        if self.short_filter_order == 0 {
+            return Err(Error::config("short_filter_order", 0, "must be >= 1 (reference: 3)"));
+        }
+        let f = &self.filter;
+        if f.emb_dim < 3 || f.emb_dim % 2 == 0 {
+            return Err(Error::config("filter.emb_dim", f.emb_dim, "must be odd and >= 3 (e.g. 3, 5, 33)"));
+        }
+        if f.filter_order == 0 {
+            return Err(Error::config("filter.filter_order", 0, "must be >= 1 (reference: 64)"));
+        }
+        if !(f.fast_decay_pct > 0.0 && f.slow_decay_pct > 0.0) {
+            return Err(Error::config(
+                "filter.fast_decay_pct/slow_decay_pct",
+                format!("{}/{}", f.fast_decay_pct, f.slow_decay_pct),
+                "must be > 0",
+            ));
+        }
+        if !(f.target > 0.0 && f.target < 1.0) {
+            return Err(Error::config("filter.target", f.target, "must lie in (0, 1)"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,91 @@
+//! The library's one error type. Every fallible call returns `Result<T, hyena::Error>`;
+//! each variant names the operation, the offending shape or value, and what to do about it.
+
+use std::path::PathBuf;
+
+/// Errors returned by the `hyena` library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    // === Shape and length errors ===
+    /// A buffer's length or a tensor's shape disagrees with what the operation needs.
+    #[error("{op}: shape mismatch for `{what}`: expected {expected}, got {got}")]
+    Shape {
+        op: &'static str,
+        what: String,
+        expected: String,
+        got: String,
+    },
+    /// The sequence is longer than the filter was built for (`l_max`).
+    #[error(
+        "{op}: sequence length L={len} exceeds l_max={l_max}; \
+         build the operator with l_max >= {len} or feed shorter windows"
+    )]
+    TooLong {
+        op: &'static str,
+        len: usize,
+        l_max: usize,
+    },
+    /// A configuration value is out of its valid range.
+    #[error("invalid config `{field}` = {value}: {hint}")]
+    Config {
+        field: &'static str,
+        value: String,
+        hint: String,
+    },
+
+    // === Checkpoint / file errors ===
+    /// A named tensor is missing from a checkpoint or fixture.
+    #[error("{file}: tensor `{name}` not found; the file has {available} tensors (is it the right checkpoint?)")]
+    MissingTensor {
+        file: PathBuf,
+        name: String,
+        available: usize,
+    },
+    /// A file could not be parsed.
+    #[error("{file}: {msg}")]
+    Format { file: PathBuf, msg: String },
+    /// An I/O error with the file it concerns.
+    #[error("{file}: {source}")]
+    Io {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Shorthand used throughout the library.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Build a [`Error::Shape`] from displayable parts.
+    pub fn shape(
+        op: &'static str,
+        what: impl Into<String>,
+        expected: impl std::fmt::Display,
+        got: impl std::fmt::Display,
+    ) -> Self {
+        Error::Shape {
+            op,
+            what: what.into(),
+            expected: expected.to_string(),
+            got: got.to_string(),
+        }
+    }
+
+    /// Build a [`Error::Config`].
+    pub fn config(field: &'static str, value: impl std::fmt::Display, hint: impl Into<String>) -> Self {
+        Error::Config {
+            field,
+            value: value.to_string(),
+            hint: hint.into(),
+        }
+    }
+}
+
+/// Check that a buffer holds exactly `expected` elements.
+pub(crate) fn check_len(op: &'static str, what: &str, got: usize, expected: usize) -> Result<()> {
+    if got != expected {
+        return Err(Error::shape(op, what, format!("{expected} elements"), format!("{got} elements")));
+    }
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! Reading and writing tensors: safetensors files with atomic writes.
+
+pub mod safetensors;

@@ -1,0 +1,348 @@
+//! The Hyena operator of order N (Hyena paper Sec. 3, Alg. 1–3; spec Sec. 2.2).
+//!
+//! ```text
+//! u [B, L, D] ─in_proj→ z [(N+1)D, B·L] ─short_filter→ uc = [x_0, …, x_{N-1}, v]
+//! v ← conv_o(v ⊙ x_{N-1-o}, k_o) + bias_o ⊙ (v ⊙ x_{N-1-o})   for o = 0..N-2
+//! y = out_proj(x_0 ⊙ v)  [B, L, D]
+//! ```
+//! Activations are channel-first `[C, B, L]` (written straight from the `in_proj` GEMM, no
+//! transpose pass), so the B rows of a channel are contiguous and share one filter spectrum.
+//! The gates are fused into the FFT convolution kernel ([`crate::ops::fftconv`]).
+//!
+//! Parameter names are the reference's (`in_proj`, `short_filter`, `filter_fn.*`, `out_proj`).
+
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::config::HyenaConfig;
+use crate::error::{check_len, Error, Result};
+use crate::layers::filter::{FilterCache, FilterParams, HyenaFilter};
+use crate::layers::{init, Params};
+use crate::ops::fftconv::{FftConv, GatedConv, GatedConvGrads, RowLayout};
+use crate::ops::linear::{col_sums_acc, matmul, MatMut, MatRef};
+use crate::ops::short_conv;
+
+/// Trainable parameters of one operator (gradients use the same type).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HyenaParams {
+    /// `in_proj.weight` [(N+1)D, D], `in_proj.bias` [(N+1)D].
+    pub in_w: Vec<f32>,
+    pub in_b: Vec<f32>,
+    /// `short_filter.weight` [(N+1)D, 1, K], `short_filter.bias` [(N+1)D].
+    pub short_w: Vec<f32>,
+    pub short_b: Vec<f32>,
+    /// `out_proj.weight` [D, D], `out_proj.bias` [D].
+    pub out_w: Vec<f32>,
+    pub out_b: Vec<f32>,
+    /// `filter_fn.*`.
+    pub filter: FilterParams,
+    d: usize,
+    c: usize,
+    k: usize,
+}
+
+impl HyenaParams {
+    /// Zero parameters shaped for `cfg`.
+    pub fn zeros(cfg: &HyenaConfig) -> Self {
+        let (d, c, k) = (cfg.d_model, cfg.inner_channels(), cfg.short_filter_order);
+        HyenaParams {
+            in_w: vec![0.0; c * d],
+            in_b: vec![0.0; c],
+            short_w: vec![0.0; c * k],
+            short_b: vec![0.0; c],
+            out_w: vec![0.0; d * d],
+            out_b: vec![0.0; d],
+            filter: FilterParams::zeros(cfg),
+            d,
+            c,
+            k,
+        }
+    }
+}
+
+impl Params for HyenaParams {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &[usize], &[f32])) {
+        let (d, c, k) = (self.d, self.c, self.k);
+        f(&format!("{prefix}in_proj.weight"), &[c, d], &self.in_w);
+        f(&format!("{prefix}in_proj.bias"), &[c], &self.in_b);
+        f(&format!("{prefix}short_filter.weight"), &[c, 1, k], &self.short_w);
+        f(&format!("{prefix}short_filter.bias"), &[c], &self.short_b);
+        self.filter.visit(&format!("{prefix}filter_fn."), f);
+        f(&format!("{prefix}out_proj.weight"), &[d, d], &self.out_w);
+        f(&format!("{prefix}out_proj.bias"), &[d], &self.out_b);
+    }
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &[usize], &mut [f32])) {
+        let (d, c, k) = (self.d, self.c, self.k);
+        f(&format!("{prefix}in_proj.weight"), &[c, d], &mut self.in_w);
+        f(&format!("{prefix}in_proj.bias"), &[c], &mut self.in_b);
+        f(&format!("{prefix}short_filter.weight"), &[c, 1, k], &mut self.short_w);
+        f(&format!("{prefix}short_filter.bias"), &[c], &mut self.short_b);
+        self.filter.visit_mut(&format!("{prefix}filter_fn."), f);
+        f(&format!("{prefix}out_proj.weight"), &[d, d], &mut self.out_w);
+        f(&format!("{prefix}out_proj.bias"), &[d], &mut self.out_b);
+    }
+}
+
+/// Activations saved by the forward for the backward. Reused across calls (buffers only grow).
+#[derive(Clone, Debug, Default)]
+pub struct HyenaCache {
+    b: usize,
+    l: usize,
+    /// in_proj output `[C, B, L]`.
+    z: Vec<f32>,
+    /// short-filter output `[C, B, L]` = `[x_0, …, x_{N-1}, v]`.
+    uc: Vec<f32>,
+    /// Output of each long convolution (before the final gate) `[N-1, D, B, L]`.
+    conv: Vec<f32>,
+    /// Gated result `x_0 ⊙ v` `[D, B, L]` (input of out_proj).
+    yg: Vec<f32>,
+    filter: FilterCache,
+}
+
+/// Scratch for the backward, reused across steps.
+#[derive(Clone, Debug, Default)]
+pub struct HyenaGradWorkspace {
+    dyg: Vec<f32>,
+    /// Ping-pong buffers for the gradients between stages (order > 2 only).
+    dstage: [Vec<f32>; 2],
+    duc: Vec<f32>,
+    dz: Vec<f32>,
+    dk: Vec<f32>,
+    dbias: Vec<f32>,
+}
+
+/// The Hyena operator.
+#[derive(Debug)]
+pub struct HyenaOperator {
+    pub cfg: HyenaConfig,
+    pub params: HyenaParams,
+    pub filter: HyenaFilter,
+    conv: Arc<FftConv>,
+}
+
+fn grow(v: &mut Vec<f32>, n: usize) {
+    if v.len() != n {
+        v.resize(n, 0.0);
+    }
+}
+
+impl HyenaOperator {
+    /// A new operator with reference-default initialisation (PyTorch module defaults).
+    pub fn new(cfg: &HyenaConfig, seed: u64) -> Result<Self> {
+        Self::with_engine(cfg, seed, Arc::new(FftConv::new()))
+    }
+
+    /// Like [`HyenaOperator::new`], sharing an FFT engine (plan cache) with other layers.
+    pub fn with_engine(cfg: &HyenaConfig, seed: u64, conv: Arc<FftConv>) -> Result<Self> {
+        cfg.validate()?;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let (d, c, k) = (cfg.d_model, cfg.inner_channels(), cfg.short_filter_order);
+        let mut params = HyenaParams::zeros(cfg);
+        (params.in_w, params.in_b) = init::linear(&mut rng, c, d, true);
+        // Depthwise Conv1d: fan_in = K.
+        let bound = 1.0 / (k as f32).sqrt();
+        params.short_w = init::uniform(&mut rng, c * k, bound);
+        params.short_b = init::uniform(&mut rng, c, bound);
+        (params.out_w, params.out_b) = init::linear(&mut rng, d, d, true);
+        let filter = HyenaFilter::new(cfg, &mut rng);
+        params.filter = filter.params.clone();
+        Ok(HyenaOperator { cfg: cfg.clone(), params, filter, conv })
+    }
+
+    /// Gradient buffers shaped like the parameters, all zero.
+    pub fn zero_grads(&self) -> HyenaParams {
+        HyenaParams::zeros(&self.cfg)
+    }
+
+    /// Copy `params.filter` into the filter (call after changing parameters in place).
+    pub fn sync_filter(&mut self) {
+        self.filter.params.clone_from(&self.params.filter);
+    }
+
+    fn check_input(&self, op: &'static str, u: &[f32], b: usize, l: usize) -> Result<()> {
+        if l > self.cfg.l_max {
+            return Err(Error::TooLong { op, len: l, l_max: self.cfg.l_max });
+        }
+        if l == 0 || b == 0 {
+            return Err(Error::shape(op, "input u [B, L, D]", "B >= 1 and L >= 1", format!("B={b}, L={l}")));
+        }
+        let d = self.cfg.d_model;
+        if u.len() != b * l * d {
+            return Err(Error::shape(
+                op,
+                "input u [B, L, D]",
+                format!("[{b}, {l}, {d}] = {} elements", b * l * d),
+                format!("{} elements (D mismatch?)", u.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Forward. `u: [B, L, D]` → `y: [B, L, D]`; fills `cache` for [`HyenaOperator::backward`].
+    pub fn forward(&self, u: &[f32], b: usize, l: usize, y: &mut [f32], cache: &mut HyenaCache) -> Result<()> {
+        const OP: &str = "HyenaOperator forward";
+        self.check_input(OP, u, b, l)?;
+        check_len(OP, "output y [B, L, D]", y.len(), u.len())?;
+        if self.filter.params != self.params.filter {
+            // Parameters are the source of truth; the filter keeps a copy for its own methods.
+            return Err(Error::config(
+                "params.filter",
+                "out of sync",
+                "call HyenaOperator::sync_filter() after editing params.filter",
+            ));
+        }
+        let cfg = &self.cfg;
+        let (d, c, n) = (cfg.d_model, cfg.inner_channels(), cfg.order);
+        let bl = b * l;
+        cache.b = b;
+        cache.l = l;
+        grow(&mut cache.z, c * bl);
+        grow(&mut cache.uc, c * bl);
+        grow(&mut cache.conv, (n - 1) * d * bl);
+        grow(&mut cache.yg, d * bl);
+        let p = &self.params;
+
+        // in_proj: z [C, B·L] = W [C, D] · uᵀ [D, B·L] + bias (bias written first, GEMM accumulates).
+        for (row, bias) in cache.z.chunks_exact_mut(bl).zip(&p.in_b) {
+            row.fill(*bias);
+        }
+        matmul(MatMut::rm(&mut cache.z, c, bl), MatRef::rm(&p.in_w, c, d), MatRef::tr(u, d, bl), true)?;
+        let lay_c = RowLayout::cbl(b, c, l);
+        short_conv::forward(&cache.z, &p.short_w, &p.short_b, cfg.short_filter_order, lay_c, &mut cache.uc)?;
+        self.filter.forward(l, &mut cache.filter)?;
+
+        let lay = RowLayout::cbl(b, d, l);
+        let chunk = d * bl;
+        let x = |i: usize| &cache.uc[i * chunk..(i + 1) * chunk];
+        for o in 0..n - 1 {
+            // Stage o reads the previous stage's output and writes its own slot of `conv`.
+            let (done, rest) = cache.conv.split_at_mut(o * chunk);
+            let input = if o == 0 { x(n) } else { &done[(o - 1) * chunk..] };
+            let conv_o = &mut rest[..chunk];
+            let args = GatedConv {
+                layout: lay,
+                u: input,
+                pre: Some(x(n - 1 - o)),
+                post: if o == n - 2 { Some(x(0)) } else { None },
+                k: &cache.filter.k[o * d * l..(o + 1) * d * l],
+                d: &cache.filter.bias[o * d..(o + 1) * d],
+            };
+            if o == n - 2 {
+                self.conv.gated_forward(&args, &mut cache.yg, Some(conv_o))?;
+            } else {
+                self.conv.gated_forward(&args, conv_o, None)?;
+            }
+        }
+        // out_proj: y [B·L, D] = ygᵀ [B·L, D] · Woᵀ + bias.
+        for row in y.chunks_exact_mut(d) {
+            row.copy_from_slice(&p.out_b);
+        }
+        matmul(MatMut::rm(y, bl, d), MatRef::tr(&cache.yg, bl, d), MatRef::tr(&p.out_w, d, d), true)
+    }
+
+    /// Backward of the last [`HyenaOperator::forward`] on `u` (which filled `cache`).
+    /// Writes `du: [B, L, D]`, *accumulates* parameter gradients into `grads`.
+    pub fn backward(
+        &self,
+        dy: &[f32],
+        u: &[f32],
+        cache: &HyenaCache,
+        du: &mut [f32],
+        grads: &mut HyenaParams,
+        ws: &mut HyenaGradWorkspace,
+    ) -> Result<()> {
+        const OP: &str = "HyenaOperator backward";
+        let (b, l) = (cache.b, cache.l);
+        self.check_input(OP, u, b, l)?;
+        check_len(OP, "dy [B, L, D]", dy.len(), u.len())?;
+        check_len(OP, "du [B, L, D]", du.len(), u.len())?;
+        let cfg = &self.cfg;
+        let (d, c, n) = (cfg.d_model, cfg.inner_channels(), cfg.order);
+        let bl = b * l;
+        let chunk = d * bl;
+        let p = &self.params;
+        grow(&mut ws.dyg, chunk);
+        grow(&mut ws.duc, c * bl);
+        grow(&mut ws.dz, c * bl);
+        grow(&mut ws.dk, (n - 1) * d * l);
+        grow(&mut ws.dbias, (n - 1) * d);
+
+        // out_proj: dWo [D, D] += dyᵀ [D, B·L] · ygᵀ [B·L, D]; dbo += Σ dy; dyg [D, B·L] = Woᵀ · dyᵀ.
+        matmul(MatMut::rm(&mut grads.out_w, d, d), MatRef::tr(dy, d, bl), MatRef::tr(&cache.yg, bl, d), true)?;
+        col_sums_acc(dy, bl, d, &mut grads.out_b);
+        matmul(MatMut::rm(&mut ws.dyg, d, bl), MatRef::tr(&p.out_w, d, d), MatRef::tr(dy, d, bl), false)?;
+
+        // Long convolutions, last stage first. The gradient w.r.t. a stage's input becomes the
+        // upstream gradient of the previous stage; stage 0's input is v.
+        let lay = RowLayout::cbl(b, d, l);
+        let x = |i: usize| &cache.uc[i * chunk..(i + 1) * chunk];
+        let HyenaGradWorkspace { dyg, dstage, duc, dk, dbias, .. } = &mut *ws;
+        // Which buffer holds the upstream gradient: 2 = dyg, 0/1 = dstage[0/1] (ping-pong, order > 2).
+        let mut up = 2usize;
+        for o in (0..n - 1).rev() {
+            let input = if o == 0 { x(n) } else { &cache.conv[(o - 1) * chunk..o * chunk] };
+            let last = o == n - 2;
+            let args = GatedConv {
+                layout: lay,
+                u: input,
+                pre: Some(x(n - 1 - o)),
+                post: if last { Some(x(0)) } else { None },
+                k: &cache.filter.k[o * d * l..(o + 1) * d * l],
+                d: &cache.filter.bias[o * d..(o + 1) * d],
+            };
+            let (s0, s1) = dstage.split_at_mut(1);
+            let (upstream, spare, next): (&[f32], &mut Vec<f32>, usize) = match up {
+                2 => (dyg, &mut s0[0], 0),
+                0 => (&s0[0], &mut s1[0], 1),
+                _ => (&s1[0], &mut s0[0], 0),
+            };
+            // duc = [dx_0 | dx_1 … dx_{N-1} | dv]
+            let (x0_and_mid, v_part) = duc.split_at_mut(n * chunk);
+            let (x0_part, mid) = x0_and_mid.split_at_mut(chunk);
+            let pre_idx = n - 1 - o; // gate index in 1..=N-1
+            let dpre = &mut mid[(pre_idx - 1) * chunk..pre_idx * chunk];
+            let dinput: &mut [f32] = if o == 0 {
+                v_part
+            } else {
+                grow(spare, chunk);
+                spare
+            };
+            let conv_o = &cache.conv[o * chunk..(o + 1) * chunk];
+            self.conv.gated_backward(
+                &args,
+                upstream,
+                if last { Some(conv_o) } else { None },
+                GatedConvGrads {
+                    du: dinput,
+                    dpre: Some(dpre),
+                    dpost: if last { Some(x0_part) } else { None },
+                    dk: &mut dk[o * d * l..(o + 1) * d * l],
+                    dd: &mut dbias[o * d..(o + 1) * d],
+                },
+            )?;
+            up = next;
+        }
+        self.filter.backward(&mut ws.dk, &ws.dbias, &cache.filter, &mut grads.filter)?;
+
+        // short_filter, then in_proj: dWi [C, D] += dz [C, B·L] · u [B·L, D]; dbi += row sums;
+        // du [B·L, D] = dzᵀ [B·L, C] · Wi [C, D].
+        let lay_c = RowLayout::cbl(b, c, l);
+        short_conv::backward(
+            &ws.duc,
+            &cache.z,
+            &p.short_w,
+            cfg.short_filter_order,
+            lay_c,
+            &mut ws.dz,
+            &mut grads.short_w,
+            &mut grads.short_b,
+        )?;
+        matmul(MatMut::rm(&mut grads.in_w, c, d), MatRef::rm(&ws.dz, c, bl), MatRef::rm(u, bl, d), true)?;
+        for (row, gb) in ws.dz.chunks_exact(bl).zip(grads.in_b.iter_mut()) {
+            *gb += row.iter().sum::<f32>();
+        }
+        matmul(MatMut::rm(du, bl, d), MatRef::tr(&ws.dz, bl, c), MatRef::rm(&p.in_w, c, d), false)
+    }
+}

@@ -1,0 +1,28 @@
+//! Parameter initialisation helpers (PyTorch module defaults, spec Sec. 2.4).
+
+use rand::rngs::StdRng;
+use rand::Rng;
+
+/// Uniform in `[-bound, bound)`.
+pub fn uniform(rng: &mut StdRng, n: usize, bound: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-bound..bound)).collect()
+}
+
+/// Standard normal samples (Box–Muller).
+pub fn randn(rng: &mut StdRng, n: usize, std: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+            let u2: f64 = rng.random();
+            ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32 * std
+        })
+        .collect()
+}
+
+/// `nn.Linear(in, out)` default: weight and bias `U(±1/sqrt(in))` (kaiming-uniform with a=√5).
+pub fn linear(rng: &mut StdRng, fan_out: usize, fan_in: usize, bias: bool) -> (Vec<f32>, Vec<f32>) {
+    let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
+    let w = uniform(rng, fan_out * fan_in, bound);
+    let b = if bias { uniform(rng, fan_out, bound) } else { Vec::new() };
+    (w, b)
+}

@@ -1,0 +1,31 @@
+//! Layers built from [`crate::ops`]: the implicit Hyena filter and the Hyena operator.
+//!
+//! Each layer owns its parameters (named exactly like the reference state-dict keys, see
+//! [`Params`]), has `forward` (which fills a cache for the backward) and `backward` (which
+//! *accumulates* into a gradient struct of the same type as the parameters).
+
+pub mod filter;
+pub mod hyena;
+pub mod init;
+
+/// Visiting named parameters: `(name, shape, data)`. Names follow the reference state dicts.
+pub trait Params {
+    /// Call `f` for every trainable parameter, with `prefix` prepended to its name.
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &[usize], &[f32]));
+    /// Mutable visit, same order and names as [`Params::visit`].
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &[usize], &mut [f32]));
+
+    /// Total number of trainable scalars.
+    fn num_params(&self) -> usize {
+        let mut n = 0;
+        self.visit("", &mut |_, _, d| n += d.len());
+        n
+    }
+    /// Set every value to zero (used for gradient buffers).
+    fn zero(&mut self) {
+        self.visit_mut("", &mut |_, _, d| d.fill(0.0));
+    }
+}
+
+pub use filter::{FilterBuffers, FilterCache, FilterParams, HyenaFilter};
+pub use hyena::{HyenaCache, HyenaGradWorkspace, HyenaOperator, HyenaParams};

@@ -1,0 +1,201 @@
+//! Dense projections through `gemm`, with bias fused into the product.
+//!
+//! [`matmul`] is a strided `dst (+)= lhs · rhs` on row/column strides, so callers can read and
+//! write transposed views (the Hyena operator writes `in_proj` straight into its channel-first
+//! `[C, B·L]` layout) without an explicit transpose pass. [`linear_forward`]/[`linear_backward`]
+//! are PyTorch's `nn.Linear` on `[M, K]` rows with `W: [N, K]`. [`reference`] holds a naive
+//! triple loop.
+
+use crate::error::{check_len, Result};
+
+/// A read-only strided matrix view: element `(i, j)` is `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// A mutable strided matrix view.
+pub struct MatMut<'a> {
+    pub data: &'a mut [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// Row-major `[rows, cols]`.
+    pub fn rm(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        MatRef { data, rows, cols, rs: cols, cs: 1 }
+    }
+    /// The transpose of a row-major `[cols, rows]` buffer, seen as `[rows, cols]`.
+    pub fn tr(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        MatRef { data, rows, cols, rs: 1, cs: rows }
+    }
+    fn max_index(&self) -> usize {
+        if self.rows == 0 || self.cols == 0 {
+            0
+        } else {
+            (self.rows - 1) * self.rs + (self.cols - 1) * self.cs + 1
+        }
+    }
+}
+
+impl<'a> MatMut<'a> {
+    /// Row-major `[rows, cols]`.
+    pub fn rm(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
+        MatMut { data, rows, cols, rs: cols, cs: 1 }
+    }
+    /// The transpose of a row-major `[cols, rows]` buffer, seen as `[rows, cols]`.
+    pub fn tr(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
+        MatMut { data, rows, cols, rs: 1, cs: rows }
+    }
+    fn max_index(&self) -> usize {
+        if self.rows == 0 || self.cols == 0 {
+            0
+        } else {
+            (self.rows - 1) * self.rs + (self.cols - 1) * self.cs + 1
+        }
+    }
+}
+
+/// `dst = lhs · rhs` (or `dst += lhs · rhs` with `accumulate`). Shapes `[m, k] · [k, n] → [m, n]`.
+pub fn matmul(dst: MatMut<'_>, lhs: MatRef<'_>, rhs: MatRef<'_>, accumulate: bool) -> Result<()> {
+    const OP: &str = "matmul";
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    if rhs.rows != k || dst.rows != m || dst.cols != n {
+        return Err(crate::Error::shape(
+            OP,
+            "operands",
+            format!("[{m}, {k}] · [{k}, {n}] -> [{m}, {n}]"),
+            format!(
+                "[{}, {}] · [{}, {}] -> [{}, {}]",
+                lhs.rows, lhs.cols, rhs.rows, rhs.cols, dst.rows, dst.cols
+            ),
+        ));
+    }
+    if lhs.max_index() > lhs.data.len() || rhs.max_index() > rhs.data.len() || dst.max_index() > dst.data.len() {
+        return Err(crate::Error::shape(OP, "buffer", "view inside its buffer", "view past the end"));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                for j in 0..n {
+                    dst.data[i * dst.rs + j * dst.cs] = 0.0;
+                }
+            }
+        }
+        return Ok(());
+    }
+    let par = if (m * n * k) < 32 * 32 * 32 {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    };
+    // SAFETY: the views were bounds-checked above; `dst` does not alias the inputs (it is a
+    // unique borrow).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.data.as_mut_ptr(),
+            dst.cs as isize,
+            dst.rs as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+    Ok(())
+}
+
+/// `nn.Linear`: `y[M, N] = x[M, K] · Wᵀ + b`, with `W: [N, K]`, `b: [N]`.
+/// The bias is written first and the product accumulated onto it (one pass over `y`).
+pub fn linear_forward(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, k: usize, n: usize, y: &mut [f32]) -> Result<()> {
+    const OP: &str = "linear forward";
+    check_len(OP, "x [M, K]", x.len(), m * k)?;
+    check_len(OP, "weight [N, K]", w.len(), n * k)?;
+    check_len(OP, "y [M, N]", y.len(), m * n)?;
+    if let Some(b) = b {
+        check_len(OP, "bias [N]", b.len(), n)?;
+        for row in y.chunks_exact_mut(n) {
+            row.copy_from_slice(b);
+        }
+    }
+    matmul(MatMut::rm(y, m, n), MatRef::rm(x, m, k), MatRef::tr(w, k, n), b.is_some())
+}
+
+/// Backward of [`linear_forward`]. Writes `dx = dy · W` if asked, and *accumulates*
+/// `dW += dyᵀ · x`, `db += Σ_rows dy` (so that shared parameters can sum their gradients).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward(
+    dy: &[f32],
+    x: &[f32],
+    w: &[f32],
+    (m, k, n): (usize, usize, usize),
+    dx: Option<&mut [f32]>,
+    dw: &mut [f32],
+    db: Option<&mut [f32]>,
+) -> Result<()> {
+    const OP: &str = "linear backward";
+    check_len(OP, "dy [M, N]", dy.len(), m * n)?;
+    check_len(OP, "x [M, K]", x.len(), m * k)?;
+    check_len(OP, "weight [N, K]", w.len(), n * k)?;
+    check_len(OP, "dW [N, K]", dw.len(), n * k)?;
+    if let Some(dx) = dx {
+        check_len(OP, "dx [M, K]", dx.len(), m * k)?;
+        matmul(MatMut::rm(dx, m, k), MatRef::rm(dy, m, n), MatRef::rm(w, n, k), false)?;
+    }
+    matmul(MatMut::rm(dw, n, k), MatRef::tr(dy, n, m), MatRef::rm(x, m, k), true)?;
+    if let Some(db) = db {
+        check_len(OP, "db [N]", db.len(), n)?;
+        col_sums_acc(dy, m, n, db);
+    }
+    Ok(())
+}
+
+/// `out[j] += Σ_i a[i, j]` for row-major `a: [m, n]`.
+pub fn col_sums_acc(a: &[f32], m: usize, n: usize, out: &mut [f32]) {
+    debug_assert_eq!(a.len(), m * n);
+    for row in a.chunks_exact(n) {
+        for (o, v) in out.iter_mut().zip(row) {
+            *o += v;
+        }
+    }
+}
+
+/// Naive references.
+pub mod reference {
+    /// `y = x Wᵀ + b` by three loops, accumulating in f64.
+    pub fn linear_forward(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut y = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = b.map_or(0.0, |b| b[j] as f64);
+                for p in 0..k {
+                    acc += x[i * k + p] as f64 * w[j * k + p] as f64;
+                }
+                y[i * n + j] = acc as f32;
+            }
+        }
+        y
+    }
+}

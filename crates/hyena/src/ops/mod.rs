@@ -1,0 +1,39 @@
+//! Kernels: the backend boundary of the engine.
+//!
+//! Everything above this module (`layers/`, and later `models/`, `train/`) touches numbers only
+//! through the functions here, on contiguous `f32` slices with explicit shapes. Each kernel has a
+//! forward, a backward and a slow reference beside it; a GPU backend would re-implement this
+//! module's functions and nothing else.
+
+pub mod act;
+pub mod fftconv;
+pub mod linear;
+pub mod norm;
+pub mod short_conv;
+
+#[doc(hidden)]
+pub mod gradcheck;
+
+/// A raw pointer that may be shared across rayon tasks which write *disjoint* ranges.
+///
+/// The kernels partition their outputs by channel or row; the borrow checker cannot see that
+/// partition through strided layouts, so each use site states why its ranges are disjoint.
+#[derive(Clone, Copy)]
+pub(crate) struct SyncPtr(*mut f32, usize);
+
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    pub(crate) fn new(s: &mut [f32]) -> Self {
+        SyncPtr(s.as_mut_ptr(), s.len())
+    }
+    /// # Safety
+    /// `[off, off + len)` must lie inside the buffer and be written by no other task while the
+    /// returned slice lives.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice(&self, off: usize, len: usize) -> &mut [f32] {
+        assert!(off + len <= self.1, "SyncPtr range out of bounds");
+        std::slice::from_raw_parts_mut(self.0.add(off), len)
+    }
+}

@@ -1,0 +1,125 @@
+//! Short depthwise causal convolution (the Hyena `short_filter`, reference spec Sec. 2.2 step 2).
+//!
+//! PyTorch's `Conv1d(C, C, K, groups=C, padding=K-1)` truncated to the first L outputs, i.e. a
+//! causal *cross-correlation* with left zero padding, bias included:
+//! `y[c, t] = bias[c] + Σ_{j=0}^{K-1} w[c, j] · x[c, t-(K-1)+j]` — the newest sample meets `w[c, K-1]`.
+//! Rows follow a [`RowLayout`] (the operator uses `[C, B, L]`). Weight `[C, 1, K]` is stored as `[C, K]`.
+
+use rayon::prelude::*;
+
+use crate::error::{check_len, Result};
+use crate::ops::fftconv::RowLayout;
+use crate::ops::SyncPtr;
+
+fn check(op: &'static str, lay: &RowLayout, x: usize, w: usize, b: usize, k: usize) -> Result<()> {
+    check_len(op, "x (rows)", x, lay.numel())?;
+    check_len(op, "weight [C, 1, K]", w, lay.chans * k)?;
+    check_len(op, "bias [C]", b, lay.chans)
+}
+
+/// Forward: `x` (layout) → `y` (layout).
+pub fn forward(x: &[f32], w: &[f32], bias: &[f32], k: usize, lay: RowLayout, y: &mut [f32]) -> Result<()> {
+    const OP: &str = "short_conv forward";
+    check(OP, &lay, x.len(), w.len(), bias.len(), k)?;
+    check_len(OP, "y (rows)", y.len(), lay.numel())?;
+    let l = lay.len;
+    let yp = SyncPtr::new(y);
+    (0..lay.chans).into_par_iter().for_each(|c| {
+        let wc = &w[c * k..(c + 1) * k];
+        for b in 0..lay.batch {
+            let off = b * lay.batch_stride + c * lay.chan_stride;
+            let xr = &x[off..off + l];
+            // SAFETY: row (b, c) belongs to this task alone.
+            let yr = unsafe { yp.slice(off, l) };
+            yr.fill(bias[c]);
+            // Tap j reads x shifted right by s = K-1-j: y[t] += w[j] · x[t - s].
+            for (j, &wj) in wc.iter().enumerate() {
+                let s = k - 1 - j;
+                if s >= l {
+                    continue;
+                }
+                for (yt, xt) in yr[s..].iter_mut().zip(&xr[..l - s]) {
+                    *yt += wj * xt;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Backward: writes `dx` (layout), *accumulates* `dw [C, K]` and `db [C]`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    dy: &[f32],
+    x: &[f32],
+    w: &[f32],
+    k: usize,
+    lay: RowLayout,
+    dx: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "short_conv backward";
+    check(OP, &lay, x.len(), w.len(), db.len(), k)?;
+    check_len(OP, "dy (rows)", dy.len(), lay.numel())?;
+    check_len(OP, "dx (rows)", dx.len(), lay.numel())?;
+    check_len(OP, "dw [C, K]", dw.len(), lay.chans * k)?;
+    let l = lay.len;
+    let dxp = SyncPtr::new(dx);
+    let dwp = SyncPtr::new(dw);
+    let dbp = SyncPtr::new(db);
+    (0..lay.chans).into_par_iter().for_each(|c| {
+        let wc = &w[c * k..(c + 1) * k];
+        // SAFETY: channel c's weight/bias gradients and rows belong to this task alone.
+        let dwc = unsafe { dwp.slice(c * k, k) };
+        let dbc = unsafe { dbp.slice(c, 1) };
+        for b in 0..lay.batch {
+            let off = b * lay.batch_stride + c * lay.chan_stride;
+            let xr = &x[off..off + l];
+            let gr = &dy[off..off + l];
+            let dxr = unsafe { dxp.slice(off, l) };
+            dxr.fill(0.0);
+            dbc[0] += gr.iter().sum::<f32>();
+            for (j, &wj) in wc.iter().enumerate() {
+                let s = k - 1 - j;
+                if s >= l {
+                    continue;
+                }
+                // y[t] += w[j] x[t-s]  ⇒  dx[t-s] += w[j] dy[t],  dw[j] += dy[t] x[t-s].
+                let mut acc = 0.0f32;
+                for (dxt, (gt, xt)) in dxr[..l - s].iter_mut().zip(gr[s..].iter().zip(&xr[..l - s])) {
+                    *dxt += wj * gt;
+                    acc += gt * xt;
+                }
+                dwc[j] += acc;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The definition, literally, in f64.
+pub mod reference {
+    use crate::ops::fftconv::RowLayout;
+
+    /// `y[c, t] = bias[c] + Σ_j w[c, j] x[c, t-(K-1)+j]` with `x[<0] = 0`.
+    pub fn forward(x: &[f32], w: &[f32], bias: &[f32], k: usize, lay: RowLayout) -> Vec<f32> {
+        let mut y = vec![0.0; lay.numel()];
+        for b in 0..lay.batch {
+            for c in 0..lay.chans {
+                let off = b * lay.batch_stride + c * lay.chan_stride;
+                for t in 0..lay.len {
+                    let mut acc = bias[c] as f64;
+                    for j in 0..k {
+                        let src = t as isize - (k as isize - 1) + j as isize;
+                        if src >= 0 {
+                            acc += w[c * k + j] as f64 * x[off + src as usize] as f64;
+                        }
+                    }
+                    y[off + t] = acc as f32;
+                }
+            }
+        }
+        y
+    }
+}

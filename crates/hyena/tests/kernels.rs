@@ -1,0 +1,317 @@
+//! Every kernel against its slow reference (several lengths, incl. non-powers of two), plus a
+//! finite-difference gradient check of every hand-written backward and a causality check.
+
+use hyena::ops::act;
+use hyena::ops::fftconv::{reference, FftConv, GatedConv, GatedConvGrads, RowLayout};
+use hyena::ops::gradcheck::{check, dot, rand_vec};
+use hyena::ops::{linear, norm, short_conv};
+
+const LENGTHS: [usize; 5] = [1, 7, 64, 1000, 4097];
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+fn max_abs(a: &[f32]) -> f32 {
+    a.iter().fold(0.0f32, |m, x| m.max(x.abs()))
+}
+
+/// Relative max error, scaled by the reference's magnitude.
+fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32) {
+    let err = max_abs_diff(got, want);
+    let scale = max_abs(want).max(1e-6);
+    assert!(
+        err <= rtol * scale,
+        "{what}: max abs diff {err:.3e} > {rtol:.0e} × max|ref| ({scale:.3e})"
+    );
+}
+
+struct ConvCase {
+    lay: RowLayout,
+    u: Vec<f32>,
+    pre: Vec<f32>,
+    post: Vec<f32>,
+    k: Vec<f32>,
+    d: Vec<f32>,
+    dy: Vec<f32>,
+}
+
+impl ConvCase {
+    fn new(lay: RowLayout, seed: u64) -> Self {
+        let n = lay.numel();
+        let (c, l) = (lay.chans, lay.len);
+        // A decaying filter, like a trained Hyena filter, keeps the sums well conditioned.
+        let mut k = rand_vec(c * l, seed + 1, 1.0);
+        for ch in 0..c {
+            for t in 0..l {
+                k[ch * l + t] *= (-(t as f32) / (0.3 * l as f32 + 1.0)).exp();
+            }
+        }
+        ConvCase {
+            lay,
+            u: rand_vec(n, seed + 2, 1.0),
+            pre: rand_vec(n, seed + 3, 1.0),
+            post: rand_vec(n, seed + 4, 1.0),
+            k,
+            d: rand_vec(c, seed + 5, 1.0),
+            dy: rand_vec(n, seed + 6, 1.0),
+        }
+    }
+    fn args(&self, gated: bool) -> GatedConv<'_> {
+        GatedConv {
+            layout: self.lay,
+            u: &self.u,
+            pre: gated.then_some(&self.pre[..]),
+            post: gated.then_some(&self.post[..]),
+            k: &self.k,
+            d: &self.d,
+        }
+    }
+}
+
+#[test]
+fn fftconv_matches_direct_reference_at_many_lengths() {
+    let eng = FftConv::new();
+    for &l in &LENGTHS {
+        for (li, lay) in [RowLayout::bcl(2, 3, l), RowLayout::cbl(2, 3, l)].into_iter().enumerate() {
+            for gated in [false, true] {
+                let cs = ConvCase::new(lay, 10 * l as u64 + li as u64);
+                let a = cs.args(gated);
+                let (y_ref, co_ref) = reference::gated_forward(&a);
+                let mut y = vec![0.0; lay.numel()];
+                let mut co = vec![0.0; lay.numel()];
+                eng.gated_forward(&a, &mut y, Some(&mut co)).unwrap();
+                let tag = format!("L={l} layout={li} gated={gated}");
+                assert_close(&format!("forward y {tag}"), &y, &y_ref, 2e-5);
+                assert_close(&format!("forward conv_out {tag}"), &co, &co_ref, 2e-5);
+
+                let (du_r, dpre_r, dpost_r, dk_r, dd_r) = reference::gated_backward(&a, &cs.dy);
+                let n = lay.numel();
+                let (mut du, mut dpre, mut dpost) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+                let (mut dk, mut dd) = (vec![0.0; 3 * l], vec![0.0; 3]);
+                let grads = GatedConvGrads {
+                    du: &mut du,
+                    dpre: gated.then_some(&mut dpre[..]),
+                    dpost: gated.then_some(&mut dpost[..]),
+                    dk: &mut dk,
+                    dd: &mut dd,
+                };
+                eng.gated_backward(&a, &cs.dy, gated.then_some(&co[..]), grads).unwrap();
+                assert_close(&format!("du {tag}"), &du, &du_r, 2e-5);
+                assert_close(&format!("dk {tag}"), &dk, &dk_r, 2e-5);
+                assert_close(&format!("dD {tag}"), &dd, &dd_r, 2e-5);
+                if gated {
+                    assert_close(&format!("dpre {tag}"), &dpre, &dpre_r, 2e-5);
+                    assert_close(&format!("dpost {tag}"), &dpost, &dpost_r, 2e-5);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fftconv_plain_api_matches_reference() {
+    let eng = FftConv::new();
+    for &l in &[5usize, 64, 1000] {
+        let cs = ConvCase::new(RowLayout::bcl(3, 2, l), 77 + l as u64);
+        let mut y = vec![0.0; cs.u.len()];
+        eng.forward(&cs.u, &cs.k, &cs.d, 3, 2, l, &mut y).unwrap();
+        let (y_ref, _) = reference::gated_forward(&cs.args(false));
+        assert_close("plain forward", &y, &y_ref, 2e-5);
+        let (mut du, mut dk, mut dd) = (vec![0.0; cs.u.len()], vec![0.0; 2 * l], vec![0.0; 2]);
+        eng.backward(&cs.dy, &cs.u, &cs.k, &cs.d, (3, 2, l), &mut du, &mut dk, &mut dd).unwrap();
+        let (du_r, _, _, dk_r, dd_r) = reference::gated_backward(&cs.args(false), &cs.dy);
+        assert_close("plain du", &du, &du_r, 2e-5);
+        assert_close("plain dk", &dk, &dk_r, 2e-5);
+        assert_close("plain dD", &dd, &dd_r, 2e-5);
+    }
+}
+
+#[test]
+fn fftconv_gradients_match_finite_differences() {
+    let eng = FftConv::new();
+    for &l in &[1usize, 7, 64] {
+        let lay = RowLayout::cbl(2, 2, l);
+        let cs = ConvCase::new(lay, 500 + l as u64);
+        let n = lay.numel();
+        let mut co = vec![0.0; n];
+        let mut y = vec![0.0; n];
+        eng.gated_forward(&cs.args(true), &mut y, Some(&mut co)).unwrap();
+        let (mut du, mut dpre, mut dpost) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        let (mut dk, mut dd) = (vec![0.0; 2 * l], vec![0.0; 2]);
+        eng.gated_backward(
+            &cs.args(true),
+            &cs.dy,
+            Some(&co),
+            GatedConvGrads { du: &mut du, dpre: Some(&mut dpre), dpost: Some(&mut dpost), dk: &mut dk, dd: &mut dd },
+        )
+        .unwrap();
+        let loss = |u: &[f32], pre: &[f32], post: &[f32], k: &[f32], d: &[f32]| {
+            let a = GatedConv { layout: lay, u, pre: Some(pre), post: Some(post), k, d };
+            let mut y = vec![0.0; n];
+            eng.gated_forward(&a, &mut y, None).unwrap();
+            dot(&cs.dy, &y)
+        };
+        let (eps, tol) = (1e-2, 2e-2);
+        check("du", &cs.u, &du, |x| loss(x, &cs.pre, &cs.post, &cs.k, &cs.d), 40, eps, tol).unwrap();
+        check("dpre", &cs.pre, &dpre, |x| loss(&cs.u, x, &cs.post, &cs.k, &cs.d), 40, eps, tol).unwrap();
+        check("dpost", &cs.post, &dpost, |x| loss(&cs.u, &cs.pre, x, &cs.k, &cs.d), 40, eps, tol).unwrap();
+        check("dk", &cs.k, &dk, |x| loss(&cs.u, &cs.pre, &cs.post, x, &cs.d), 40, eps, tol).unwrap();
+        check("dD", &cs.d, &dd, |x| loss(&cs.u, &cs.pre, &cs.post, &cs.k, x), 40, eps, tol).unwrap();
+    }
+}
+
+#[test]
+fn fftconv_is_causal() {
+    let eng = FftConv::new();
+    let l = 257;
+    let lay = RowLayout::bcl(1, 2, l);
+    let cs = ConvCase::new(lay, 9);
+    let mut y0 = vec![0.0; lay.numel()];
+    eng.gated_forward(&cs.args(true), &mut y0, None).unwrap();
+    for &tp in &[0usize, 1, 100, 256] {
+        let mut u = cs.u.clone();
+        for c in 0..2 {
+            u[c * l + tp] += 3.0;
+        }
+        let a = GatedConv { u: &u, ..cs.args(true) };
+        let mut y1 = vec![0.0; lay.numel()];
+        eng.gated_forward(&a, &mut y1, None).unwrap();
+        for c in 0..2 {
+            let before = max_abs_diff(&y0[c * l..c * l + tp], &y1[c * l..c * l + tp]);
+            let after = max_abs_diff(&y0[c * l + tp..(c + 1) * l], &y1[c * l + tp..(c + 1) * l]);
+            // FFT rounding may touch earlier outputs at the 1e-7 level, never more.
+            assert!(before <= 1e-5, "t'={tp}: output before t' changed by {before:e}");
+            assert!(after > 1e-2, "t'={tp}: output at/after t' should change, changed by {after:e}");
+        }
+    }
+}
+
+#[test]
+fn fftconv_rejects_bad_shapes() {
+    let eng = FftConv::new();
+    let (u, k, d) = (vec![0.0; 2 * 3 * 8], vec![0.0; 3 * 7], vec![0.0; 3]);
+    let mut y = vec![0.0; 2 * 3 * 8];
+    let e = eng.forward(&u, &k, &d, 2, 3, 8, &mut y).unwrap_err().to_string();
+    assert!(e.contains("filter k"), "{e}");
+    let e = eng.forward(&u, &vec![0.0; 24], &d[..2], 2, 3, 8, &mut y).unwrap_err().to_string();
+    assert!(e.contains("skip D"), "{e}");
+    let e = eng.forward(&u[..10], &vec![0.0; 24], &d, 2, 3, 8, &mut y).unwrap_err().to_string();
+    assert!(e.contains("u"), "{e}");
+}
+
+#[test]
+fn short_conv_matches_reference_and_gradients() {
+    let k = 3;
+    for &l in &LENGTHS {
+        let lay = RowLayout::cbl(2, 4, l);
+        let x = rand_vec(lay.numel(), l as u64, 1.0);
+        let w = rand_vec(4 * k, 3, 1.0);
+        let b = rand_vec(4, 4, 1.0);
+        let mut y = vec![0.0; lay.numel()];
+        short_conv::forward(&x, &w, &b, k, lay, &mut y).unwrap();
+        assert_close(&format!("short conv L={l}"), &y, &short_conv::reference::forward(&x, &w, &b, k, lay), 1e-5);
+    }
+    for &l in &[1usize, 2, 7, 64] {
+        let lay = RowLayout::bcl(2, 3, l);
+        let x = rand_vec(lay.numel(), 11, 1.0);
+        let w = rand_vec(3 * k, 12, 1.0);
+        let b = rand_vec(3, 13, 1.0);
+        let dy = rand_vec(lay.numel(), 14, 1.0);
+        let (mut dx, mut dw, mut db) = (vec![0.0; lay.numel()], vec![0.0; 3 * k], vec![0.0; 3]);
+        short_conv::backward(&dy, &x, &w, k, lay, &mut dx, &mut dw, &mut db).unwrap();
+        let f = |x: &[f32], w: &[f32], b: &[f32]| dot(&dy, &short_conv::reference::forward(x, w, b, k, lay));
+        check("short dx", &x, &dx, |v| f(v, &w, &b), 50, 1e-2, 1e-2).unwrap();
+        check("short dw", &w, &dw, |v| f(&x, v, &b), 50, 1e-2, 1e-2).unwrap();
+        check("short db", &b, &db, |v| f(&x, &w, v), 50, 1e-2, 1e-2).unwrap();
+    }
+}
+
+#[test]
+fn linear_matches_reference_and_gradients() {
+    for &(m, kk, n) in &[(1usize, 1usize, 1usize), (7, 5, 3), (64, 33, 17), (130, 64, 96)] {
+        let x = rand_vec(m * kk, 1, 1.0);
+        let w = rand_vec(n * kk, 2, 1.0);
+        let b = rand_vec(n, 3, 1.0);
+        let mut y = vec![0.0; m * n];
+        linear::linear_forward(&x, &w, Some(&b), m, kk, n, &mut y).unwrap();
+        assert_close("linear", &y, &linear::reference::linear_forward(&x, &w, Some(&b), m, kk, n), 1e-5);
+        let dy = rand_vec(m * n, 4, 1.0);
+        let (mut dx, mut dw, mut db) = (vec![0.0; m * kk], vec![0.0; n * kk], vec![0.0; n]);
+        linear::linear_backward(&dy, &x, &w, (m, kk, n), Some(&mut dx), &mut dw, Some(&mut db)).unwrap();
+        let f = |x: &[f32], w: &[f32], b: &[f32]| dot(&dy, &linear::reference::linear_forward(x, w, Some(b), m, kk, n));
+        check("linear dx", &x, &dx, |v| f(v, &w, &b), 40, 1e-2, 1e-2).unwrap();
+        check("linear dw", &w, &dw, |v| f(&x, v, &b), 40, 1e-2, 1e-2).unwrap();
+        check("linear db", &b, &db, |v| f(&x, &w, v), 40, 1e-2, 1e-2).unwrap();
+    }
+    let mut y = vec![0.0; 6];
+    let err = linear::linear_forward(&[0.0; 6], &[0.0; 5], None, 2, 3, 3, &mut y).unwrap_err();
+    assert!(err.to_string().contains("weight [N, K]"), "{err}");
+}
+
+#[test]
+fn layernorm_matches_reference_and_gradients() {
+    for &(m, d) in &[(1usize, 1usize), (3, 7), (64, 128)] {
+        let x: Vec<f32> = rand_vec(m * d, 5, 2.0).iter().map(|v| v + 0.5).collect();
+        let g = rand_vec(d, 6, 1.0);
+        let b = rand_vec(d, 7, 1.0);
+        let (mut y, mut mu, mut rs) = (vec![0.0; m * d], vec![0.0; m], vec![0.0; m]);
+        norm::layernorm_forward(&x, &g, &b, d, 1e-5, &mut y, &mut mu, &mut rs).unwrap();
+        assert_close("layernorm", &y, &norm::reference::layernorm_forward(&x, &g, &b, d, 1e-5), 1e-5);
+        if d == 1 {
+            continue; // a single-element row has zero variance: output is beta, gradient ~0
+        }
+        let dy = rand_vec(m * d, 8, 1.0);
+        let (mut dx, mut dg, mut db) = (vec![0.0; m * d], vec![0.0; d], vec![0.0; d]);
+        norm::layernorm_backward(&dy, &x, &g, &mu, &rs, d, &mut dx, &mut dg, &mut db).unwrap();
+        let f = |x: &[f32], g: &[f32], b: &[f32]| dot(&dy, &norm::reference::layernorm_forward(x, g, b, d, 1e-5));
+        check("ln dx", &x, &dx, |v| f(v, &g, &b), 40, 1e-2, 2e-2).unwrap();
+        check("ln dgamma", &g, &dg, |v| f(&x, v, &b), 40, 1e-2, 2e-2).unwrap();
+        check("ln dbeta", &b, &db, |v| f(&x, &g, v), 40, 1e-2, 2e-2).unwrap();
+    }
+}
+
+#[test]
+fn activations_match_reference_and_gradients() {
+    let x = rand_vec(1000, 9, 4.0);
+    let mut y = vec![0.0; 1000];
+    act::gelu_forward(&x, &mut y).unwrap();
+    let y_ref: Vec<f32> = x.iter().map(|v| act::reference::gelu(*v)).collect();
+    assert_close("gelu", &y, &y_ref, 1e-6);
+    let dy = rand_vec(1000, 10, 1.0);
+    let mut dx = vec![0.0; 1000];
+    act::gelu_backward(&dy, &x, &mut dx).unwrap();
+    let f = |x: &[f32]| dot(&dy, &x.iter().map(|v| act::reference::gelu(*v)).collect::<Vec<_>>());
+    check("gelu dx", &x, &dx, f, 100, 1e-3, 1e-2).unwrap();
+
+    // Sin with one shared frequency vector over rows [M, F].
+    let (m, fdim) = (13, 6);
+    let x = rand_vec(m * fdim, 11, 2.0);
+    let freq: Vec<f32> = rand_vec(fdim, 12, 1.0).iter().map(|v| v + 1.5).collect();
+    let dy = rand_vec(m * fdim, 13, 1.0);
+    let sin_ref = |x: &[f32], fr: &[f32]| -> f64 {
+        x.iter().enumerate().map(|(i, v)| dy[i] as f64 * ((fr[i % fdim] as f64) * *v as f64).sin()).sum()
+    };
+    let mut y = vec![0.0; m * fdim];
+    act::sin_forward(&x, &freq, &mut y).unwrap();
+    assert!((dot(&dy, &y) - sin_ref(&x, &freq)).abs() < 1e-4);
+    let (mut dx, mut dfreq) = (vec![0.0; m * fdim], vec![0.0; fdim]);
+    act::sin_backward(&dy, &x, &freq, &mut dx, &mut dfreq).unwrap();
+    check("sin dx", &x, &dx, |v| sin_ref(v, &freq), 100, 1e-3, 1e-2).unwrap();
+    check("sin dfreq", &freq, &dfreq, |v| sin_ref(&x, v), 100, 1e-3, 1e-2).unwrap();
+
+    // Gate.
+    let (a, b) = (rand_vec(50, 14, 1.0), rand_vec(50, 15, 1.0));
+    let dy = rand_vec(50, 16, 1.0);
+    let mut y = vec![0.0; 50];
+    act::gate_forward(&a, &b, &mut y).unwrap();
+    for i in 0..50 {
+        assert_eq!(y[i], a[i] * b[i]);
+    }
+    let (mut da, mut db) = (vec![0.0; 50], vec![0.0; 50]);
+    act::gate_backward(&dy, &a, &b, &mut da, &mut db).unwrap();
+    let f = |a: &[f32], b: &[f32]| -> f64 { (0..50).map(|i| dy[i] as f64 * a[i] as f64 * b[i] as f64).sum() };
+    check("gate da", &a, &da, |v| f(v, &b), 50, 1e-2, 1e-3).unwrap();
+    check("gate db", &b, &db, |v| f(&a, v), 50, 1e-2, 1e-3).unwrap();
+}
