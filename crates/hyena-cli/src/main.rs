@@ -12,7 +12,11 @@ use hyena::bench::{run_one, BenchOp, BenchRecord, BenchSpec, CountingAlloc};
 static ALLOC: CountingAlloc = CountingAlloc;
 
 #[derive(Parser, Debug)]
-#[command(name = "hyena", version, about = "Hyena-family long-convolution models on the CPU")]
+#[command(
+    name = "hyena",
+    version,
+    about = "Hyena-family long-convolution models on the CPU"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Command,
@@ -78,13 +82,24 @@ fn bench(a: BenchArgs) -> Result<()> {
         bail!("--lengths must list positive integers, e.g. --lengths 1024,4096");
     }
     if a.batch == 0 || a.dim == 0 {
-        bail!("--batch and --dim must be >= 1 (got --batch {} --dim {})", a.batch, a.dim);
+        bail!(
+            "--batch and --dim must be >= 1 (got --batch {} --dim {})",
+            a.batch,
+            a.dim
+        );
     }
     let op = match a.what {
         BenchWhat::Conv => BenchOp::Conv,
         BenchWhat::Operator => BenchOp::Operator,
     };
-    let spec = BenchSpec { op, batch: a.batch, dim: a.dim, lengths: a.lengths.clone(), order: a.order, reps: a.reps };
+    let spec = BenchSpec {
+        op,
+        batch: a.batch,
+        dim: a.dim,
+        lengths: a.lengths.clone(),
+        order: a.order,
+        reps: a.reps,
+    };
     let mut out = std::io::stdout().lock();
     if !a.json {
         writeln!(
@@ -93,16 +108,24 @@ fn bench(a: BenchArgs) -> Result<()> {
             op.name(),
             a.batch,
             a.dim,
-            if op == BenchOp::Operator { format!(" order={}", a.order) } else { String::new() },
+            if op == BenchOp::Operator {
+                format!(" order={}", a.order)
+            } else {
+                String::new()
+            },
             rayon::current_num_threads()
         )?;
-        writeln!(out, "| L | fwd ms | fwd GFLOP/s | fwd+bwd ms | fwd+bwd GFLOP/s | peak MiB | reps |")?;
+        writeln!(
+            out,
+            "| L | fwd ms | fwd GFLOP/s | fwd+bwd ms | fwd+bwd GFLOP/s | peak MiB | reps |"
+        )?;
         writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|")?;
         out.flush()?;
     }
     for &l in &spec.lengths {
         eprint!("measuring {} L={l} ...\r", op.name());
-        let r: BenchRecord = run_one(&spec, l).with_context(|| format!("benchmark {} at L={l}", op.name()))?;
+        let r: BenchRecord =
+            run_one(&spec, l).with_context(|| format!("benchmark {} at L={l}", op.name()))?;
         eprint!("{:40}\r", "");
         if a.json {
             writeln!(out, "{}", serde_json::to_string(&r)?)?;

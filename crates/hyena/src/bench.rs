@@ -52,7 +52,8 @@ unsafe impl GlobalAlloc for CountingAlloc {
         let p = System.realloc(ptr, layout, new_size);
         if !p.is_null() {
             if new_size >= layout.size() {
-                let now = LIVE.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size - layout.size();
+                let now = LIVE.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size
+                    - layout.size();
                 PEAK.fetch_max(now, Ordering::Relaxed);
             } else {
                 LIVE.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
@@ -168,7 +169,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Time `f`: one warm-up already done by the caller; `first_ms` sizes the adaptive rep count.
-fn time_reps(reps: Option<usize>, first_ms: f64, mut f: impl FnMut() -> Result<()>) -> Result<(f64, usize)> {
+fn time_reps(
+    reps: Option<usize>,
+    first_ms: f64,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<(f64, usize)> {
     let n = reps.unwrap_or_else(|| ((1000.0 / first_ms.max(1e-3)).ceil() as usize).clamp(3, 20));
     let mut times = Vec::with_capacity(n);
     for _ in 0..n {
@@ -181,7 +186,12 @@ fn time_reps(reps: Option<usize>, first_ms: f64, mut f: impl FnMut() -> Result<(
 
 /// The operator config used by `hyena bench operator` (reference defaults, `l_max = L`).
 pub fn bench_operator_config(dim: usize, l: usize, order: usize) -> HyenaConfig {
-    HyenaConfig { d_model: dim, l_max: l, order, ..HyenaConfig::default() }
+    HyenaConfig {
+        d_model: dim,
+        l_max: l,
+        order,
+        ..HyenaConfig::default()
+    }
 }
 
 /// Measure one length. `progress` is told what is being measured.
@@ -201,7 +211,7 @@ pub fn run_one(spec: &BenchSpec, l: usize) -> Result<BenchRecord> {
             let mut dk = vec![0.0f32; d * l];
             let mut ddd = vec![0.0f32; d];
             let mut fb = || -> Result<()> {
-                engine.forward(&u, &k, &dd, b, d, l, &mut y)?;
+                engine.forward(&u, &k, &dd, (b, d, l), &mut y)?;
                 engine.backward(&g, &u, &k, &dd, (b, d, l), &mut du, &mut dk, &mut ddd)
             };
             let t = Instant::now();
@@ -209,8 +219,9 @@ pub fn run_one(spec: &BenchSpec, l: usize) -> Result<BenchRecord> {
             let first = t.elapsed().as_secs_f64() * 1e3;
             let peak = mem_peak_mib(base);
             let (fbm, reps) = time_reps(spec.reps, first, &mut fb)?;
-            drop(fb);
-            let (fm, _) = time_reps(Some(reps), first / 3.0, || engine.forward(&u, &k, &dd, b, d, l, &mut y))?;
+            let (fm, _) = time_reps(Some(reps), first / 3.0, || {
+                engine.forward(&u, &k, &dd, (b, d, l), &mut y)
+            })?;
             (fm, fbm, peak, reps, conv_fwd_flops(b, d, l))
         }
         BenchOp::Operator => {
@@ -233,8 +244,9 @@ pub fn run_one(spec: &BenchSpec, l: usize) -> Result<BenchRecord> {
             let first = t.elapsed().as_secs_f64() * 1e3;
             let peak = mem_peak_mib(base);
             let (fbm, reps) = time_reps(spec.reps, first, &mut fb)?;
-            drop(fb);
-            let (fm, _) = time_reps(Some(reps), first / 3.0, || op.forward(&u, b, l, &mut y, &mut cache))?;
+            let (fm, _) = time_reps(Some(reps), first / 3.0, || {
+                op.forward(&u, b, l, &mut y, &mut cache)
+            })?;
             (fm, fbm, peak, reps, operator_fwd_flops(&cfg, b, l))
         }
     };

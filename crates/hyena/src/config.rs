@@ -101,20 +101,40 @@ impl HyenaConfig {
             return Err(Error::config("d_model", self.d_model, "must be >= 1"));
         }
         if self.l_max == 0 {
-            return Err(Error::config("l_max", self.l_max, "must be >= 1 (the longest sequence length)"));
+            return Err(Error::config(
+                "l_max",
+                self.l_max,
+                "must be >= 1 (the longest sequence length)",
+            ));
         }
         if self.order < 2 {
-            return Err(Error::config("order", self.order, "Hyena order must be >= 2 (2 gates, 1 long conv)"));
+            return Err(Error::config(
+                "order",
+                self.order,
+                "Hyena order must be >= 2 (2 gates, 1 long conv)",
+            ));
         }
         if self.short_filter_order == 0 {
-            return Err(Error::config("short_filter_order", 0, "must be >= 1 (reference: 3)"));
+            return Err(Error::config(
+                "short_filter_order",
+                0,
+                "must be >= 1 (reference: 3)",
+            ));
         }
         let f = &self.filter;
-        if f.emb_dim < 3 || f.emb_dim % 2 == 0 {
-            return Err(Error::config("filter.emb_dim", f.emb_dim, "must be odd and >= 3 (e.g. 3, 5, 33)"));
+        if f.emb_dim < 3 || f.emb_dim.is_multiple_of(2) {
+            return Err(Error::config(
+                "filter.emb_dim",
+                f.emb_dim,
+                "must be odd and >= 3 (e.g. 3, 5, 33)",
+            ));
         }
         if f.filter_order == 0 {
-            return Err(Error::config("filter.filter_order", 0, "must be >= 1 (reference: 64)"));
+            return Err(Error::config(
+                "filter.filter_order",
+                0,
+                "must be >= 1 (reference: 64)",
+            ));
         }
         if !(f.fast_decay_pct > 0.0 && f.slow_decay_pct > 0.0) {
             return Err(Error::config(
@@ -124,7 +144,11 @@ impl HyenaConfig {
             ));
         }
         if !(f.target > 0.0 && f.target < 1.0) {
-            return Err(Error::config("filter.target", f.target, "must lie in (0, 1)"));
+            return Err(Error::config(
+                "filter.target",
+                f.target,
+                "must lie in (0, 1)",
+            ));
         }
         Ok(())
     }

@@ -73,7 +73,11 @@ impl Error {
     }
 
     /// Build a [`Error::Config`].
-    pub fn config(field: &'static str, value: impl std::fmt::Display, hint: impl Into<String>) -> Self {
+    pub fn config(
+        field: &'static str,
+        value: impl std::fmt::Display,
+        hint: impl Into<String>,
+    ) -> Self {
         Error::Config {
             field,
             value: value.to_string(),
@@ -85,7 +89,12 @@ impl Error {
 /// Check that a buffer holds exactly `expected` elements.
 pub(crate) fn check_len(op: &'static str, what: &str, got: usize, expected: usize) -> Result<()> {
     if got != expected {
-        return Err(Error::shape(op, what, format!("{expected} elements"), format!("{got} elements")));
+        return Err(Error::shape(
+            op,
+            what,
+            format!("{expected} elements"),
+            format!("{got} elements"),
+        ));
     }
     Ok(())
 }

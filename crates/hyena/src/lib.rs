@@ -23,6 +23,9 @@
 //! - [`io`]: safetensors reading and atomic writing.
 //! - [`config`]: the serde configuration tree; [`error`]: the error type.
 
+// Kernels index several buffers with one loop counter; iterator chains would obscure them.
+#![allow(clippy::needless_range_loop)]
+
 pub mod bench;
 pub mod config;
 pub mod error;

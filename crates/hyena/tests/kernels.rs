@@ -10,7 +10,9 @@ const LENGTHS: [usize; 5] = [1, 7, 64, 1000, 4097];
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+    a.iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
 }
 
 fn max_abs(a: &[f32]) -> f32 {
@@ -74,7 +76,10 @@ impl ConvCase {
 fn fftconv_matches_direct_reference_at_many_lengths() {
     let eng = FftConv::new();
     for &l in &LENGTHS {
-        for (li, lay) in [RowLayout::bcl(2, 3, l), RowLayout::cbl(2, 3, l)].into_iter().enumerate() {
+        for (li, lay) in [RowLayout::bcl(2, 3, l), RowLayout::cbl(2, 3, l)]
+            .into_iter()
+            .enumerate()
+        {
             for gated in [false, true] {
                 let cs = ConvCase::new(lay, 10 * l as u64 + li as u64);
                 let a = cs.args(gated);
@@ -97,7 +102,8 @@ fn fftconv_matches_direct_reference_at_many_lengths() {
                     dk: &mut dk,
                     dd: &mut dd,
                 };
-                eng.gated_backward(&a, &cs.dy, gated.then_some(&co[..]), grads).unwrap();
+                eng.gated_backward(&a, &cs.dy, gated.then_some(&co[..]), grads)
+                    .unwrap();
                 assert_close(&format!("du {tag}"), &du, &du_r, 2e-5);
                 assert_close(&format!("dk {tag}"), &dk, &dk_r, 2e-5);
                 assert_close(&format!("dD {tag}"), &dd, &dd_r, 2e-5);
@@ -116,11 +122,21 @@ fn fftconv_plain_api_matches_reference() {
     for &l in &[5usize, 64, 1000] {
         let cs = ConvCase::new(RowLayout::bcl(3, 2, l), 77 + l as u64);
         let mut y = vec![0.0; cs.u.len()];
-        eng.forward(&cs.u, &cs.k, &cs.d, 3, 2, l, &mut y).unwrap();
+        eng.forward(&cs.u, &cs.k, &cs.d, (3, 2, l), &mut y).unwrap();
         let (y_ref, _) = reference::gated_forward(&cs.args(false));
         assert_close("plain forward", &y, &y_ref, 2e-5);
         let (mut du, mut dk, mut dd) = (vec![0.0; cs.u.len()], vec![0.0; 2 * l], vec![0.0; 2]);
-        eng.backward(&cs.dy, &cs.u, &cs.k, &cs.d, (3, 2, l), &mut du, &mut dk, &mut dd).unwrap();
+        eng.backward(
+            &cs.dy,
+            &cs.u,
+            &cs.k,
+            &cs.d,
+            (3, 2, l),
+            &mut du,
+            &mut dk,
+            &mut dd,
+        )
+        .unwrap();
         let (du_r, _, _, dk_r, dd_r) = reference::gated_backward(&cs.args(false), &cs.dy);
         assert_close("plain du", &du, &du_r, 2e-5);
         assert_close("plain dk", &dk, &dk_r, 2e-5);
@@ -137,28 +153,87 @@ fn fftconv_gradients_match_finite_differences() {
         let n = lay.numel();
         let mut co = vec![0.0; n];
         let mut y = vec![0.0; n];
-        eng.gated_forward(&cs.args(true), &mut y, Some(&mut co)).unwrap();
+        eng.gated_forward(&cs.args(true), &mut y, Some(&mut co))
+            .unwrap();
         let (mut du, mut dpre, mut dpost) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
         let (mut dk, mut dd) = (vec![0.0; 2 * l], vec![0.0; 2]);
         eng.gated_backward(
             &cs.args(true),
             &cs.dy,
             Some(&co),
-            GatedConvGrads { du: &mut du, dpre: Some(&mut dpre), dpost: Some(&mut dpost), dk: &mut dk, dd: &mut dd },
+            GatedConvGrads {
+                du: &mut du,
+                dpre: Some(&mut dpre),
+                dpost: Some(&mut dpost),
+                dk: &mut dk,
+                dd: &mut dd,
+            },
         )
         .unwrap();
         let loss = |u: &[f32], pre: &[f32], post: &[f32], k: &[f32], d: &[f32]| {
-            let a = GatedConv { layout: lay, u, pre: Some(pre), post: Some(post), k, d };
+            let a = GatedConv {
+                layout: lay,
+                u,
+                pre: Some(pre),
+                post: Some(post),
+                k,
+                d,
+            };
             let mut y = vec![0.0; n];
             eng.gated_forward(&a, &mut y, None).unwrap();
             dot(&cs.dy, &y)
         };
         let (eps, tol) = (1e-2, 2e-2);
-        check("du", &cs.u, &du, |x| loss(x, &cs.pre, &cs.post, &cs.k, &cs.d), 40, eps, tol).unwrap();
-        check("dpre", &cs.pre, &dpre, |x| loss(&cs.u, x, &cs.post, &cs.k, &cs.d), 40, eps, tol).unwrap();
-        check("dpost", &cs.post, &dpost, |x| loss(&cs.u, &cs.pre, x, &cs.k, &cs.d), 40, eps, tol).unwrap();
-        check("dk", &cs.k, &dk, |x| loss(&cs.u, &cs.pre, &cs.post, x, &cs.d), 40, eps, tol).unwrap();
-        check("dD", &cs.d, &dd, |x| loss(&cs.u, &cs.pre, &cs.post, &cs.k, x), 40, eps, tol).unwrap();
+        check(
+            "du",
+            &cs.u,
+            &du,
+            |x| loss(x, &cs.pre, &cs.post, &cs.k, &cs.d),
+            40,
+            eps,
+            tol,
+        )
+        .unwrap();
+        check(
+            "dpre",
+            &cs.pre,
+            &dpre,
+            |x| loss(&cs.u, x, &cs.post, &cs.k, &cs.d),
+            40,
+            eps,
+            tol,
+        )
+        .unwrap();
+        check(
+            "dpost",
+            &cs.post,
+            &dpost,
+            |x| loss(&cs.u, &cs.pre, x, &cs.k, &cs.d),
+            40,
+            eps,
+            tol,
+        )
+        .unwrap();
+        check(
+            "dk",
+            &cs.k,
+            &dk,
+            |x| loss(&cs.u, &cs.pre, &cs.post, x, &cs.d),
+            40,
+            eps,
+            tol,
+        )
+        .unwrap();
+        check(
+            "dD",
+            &cs.d,
+            &dd,
+            |x| loss(&cs.u, &cs.pre, &cs.post, &cs.k, x),
+            40,
+            eps,
+            tol,
+        )
+        .unwrap();
     }
 }
 
@@ -175,15 +250,24 @@ fn fftconv_is_causal() {
         for c in 0..2 {
             u[c * l + tp] += 3.0;
         }
-        let a = GatedConv { u: &u, ..cs.args(true) };
+        let a = GatedConv {
+            u: &u,
+            ..cs.args(true)
+        };
         let mut y1 = vec![0.0; lay.numel()];
         eng.gated_forward(&a, &mut y1, None).unwrap();
         for c in 0..2 {
             let before = max_abs_diff(&y0[c * l..c * l + tp], &y1[c * l..c * l + tp]);
             let after = max_abs_diff(&y0[c * l + tp..(c + 1) * l], &y1[c * l + tp..(c + 1) * l]);
             // FFT rounding may touch earlier outputs at the 1e-7 level, never more.
-            assert!(before <= 1e-5, "t'={tp}: output before t' changed by {before:e}");
-            assert!(after > 1e-2, "t'={tp}: output at/after t' should change, changed by {after:e}");
+            assert!(
+                before <= 1e-5,
+                "t'={tp}: output before t' changed by {before:e}"
+            );
+            assert!(
+                after > 1e-2,
+                "t'={tp}: output at/after t' should change, changed by {after:e}"
+            );
         }
     }
 }
@@ -193,11 +277,20 @@ fn fftconv_rejects_bad_shapes() {
     let eng = FftConv::new();
     let (u, k, d) = (vec![0.0; 2 * 3 * 8], vec![0.0; 3 * 7], vec![0.0; 3]);
     let mut y = vec![0.0; 2 * 3 * 8];
-    let e = eng.forward(&u, &k, &d, 2, 3, 8, &mut y).unwrap_err().to_string();
+    let e = eng
+        .forward(&u, &k, &d, (2, 3, 8), &mut y)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("filter k"), "{e}");
-    let e = eng.forward(&u, &vec![0.0; 24], &d[..2], 2, 3, 8, &mut y).unwrap_err().to_string();
+    let e = eng
+        .forward(&u, &[0.0; 24], &d[..2], (2, 3, 8), &mut y)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("skip D"), "{e}");
-    let e = eng.forward(&u[..10], &vec![0.0; 24], &d, 2, 3, 8, &mut y).unwrap_err().to_string();
+    let e = eng
+        .forward(&u[..10], &[0.0; 24], &d, (2, 3, 8), &mut y)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("u"), "{e}");
 }
 
@@ -211,7 +304,12 @@ fn short_conv_matches_reference_and_gradients() {
         let b = rand_vec(4, 4, 1.0);
         let mut y = vec![0.0; lay.numel()];
         short_conv::forward(&x, &w, &b, k, lay, &mut y).unwrap();
-        assert_close(&format!("short conv L={l}"), &y, &short_conv::reference::forward(&x, &w, &b, k, lay), 1e-5);
+        assert_close(
+            &format!("short conv L={l}"),
+            &y,
+            &short_conv::reference::forward(&x, &w, &b, k, lay),
+            1e-5,
+        );
     }
     for &l in &[1usize, 2, 7, 64] {
         let lay = RowLayout::bcl(2, 3, l);
@@ -221,7 +319,9 @@ fn short_conv_matches_reference_and_gradients() {
         let dy = rand_vec(lay.numel(), 14, 1.0);
         let (mut dx, mut dw, mut db) = (vec![0.0; lay.numel()], vec![0.0; 3 * k], vec![0.0; 3]);
         short_conv::backward(&dy, &x, &w, k, lay, &mut dx, &mut dw, &mut db).unwrap();
-        let f = |x: &[f32], w: &[f32], b: &[f32]| dot(&dy, &short_conv::reference::forward(x, w, b, k, lay));
+        let f = |x: &[f32], w: &[f32], b: &[f32]| {
+            dot(&dy, &short_conv::reference::forward(x, w, b, k, lay))
+        };
         check("short dx", &x, &dx, |v| f(v, &w, &b), 50, 1e-2, 1e-2).unwrap();
         check("short dw", &w, &dw, |v| f(&x, v, &b), 50, 1e-2, 1e-2).unwrap();
         check("short db", &b, &db, |v| f(&x, &w, v), 50, 1e-2, 1e-2).unwrap();
@@ -230,17 +330,41 @@ fn short_conv_matches_reference_and_gradients() {
 
 #[test]
 fn linear_matches_reference_and_gradients() {
-    for &(m, kk, n) in &[(1usize, 1usize, 1usize), (7, 5, 3), (64, 33, 17), (130, 64, 96)] {
+    for &(m, kk, n) in &[
+        (1usize, 1usize, 1usize),
+        (7, 5, 3),
+        (64, 33, 17),
+        (130, 64, 96),
+    ] {
         let x = rand_vec(m * kk, 1, 1.0);
         let w = rand_vec(n * kk, 2, 1.0);
         let b = rand_vec(n, 3, 1.0);
         let mut y = vec![0.0; m * n];
         linear::linear_forward(&x, &w, Some(&b), m, kk, n, &mut y).unwrap();
-        assert_close("linear", &y, &linear::reference::linear_forward(&x, &w, Some(&b), m, kk, n), 1e-5);
+        assert_close(
+            "linear",
+            &y,
+            &linear::reference::linear_forward(&x, &w, Some(&b), m, kk, n),
+            1e-5,
+        );
         let dy = rand_vec(m * n, 4, 1.0);
         let (mut dx, mut dw, mut db) = (vec![0.0; m * kk], vec![0.0; n * kk], vec![0.0; n]);
-        linear::linear_backward(&dy, &x, &w, (m, kk, n), Some(&mut dx), &mut dw, Some(&mut db)).unwrap();
-        let f = |x: &[f32], w: &[f32], b: &[f32]| dot(&dy, &linear::reference::linear_forward(x, w, Some(b), m, kk, n));
+        linear::linear_backward(
+            &dy,
+            &x,
+            &w,
+            (m, kk, n),
+            Some(&mut dx),
+            &mut dw,
+            Some(&mut db),
+        )
+        .unwrap();
+        let f = |x: &[f32], w: &[f32], b: &[f32]| {
+            dot(
+                &dy,
+                &linear::reference::linear_forward(x, w, Some(b), m, kk, n),
+            )
+        };
         check("linear dx", &x, &dx, |v| f(v, &w, &b), 40, 1e-2, 1e-2).unwrap();
         check("linear dw", &w, &dw, |v| f(&x, v, &b), 40, 1e-2, 1e-2).unwrap();
         check("linear db", &b, &db, |v| f(&x, &w, v), 40, 1e-2, 1e-2).unwrap();
@@ -258,14 +382,21 @@ fn layernorm_matches_reference_and_gradients() {
         let b = rand_vec(d, 7, 1.0);
         let (mut y, mut mu, mut rs) = (vec![0.0; m * d], vec![0.0; m], vec![0.0; m]);
         norm::layernorm_forward(&x, &g, &b, d, 1e-5, &mut y, &mut mu, &mut rs).unwrap();
-        assert_close("layernorm", &y, &norm::reference::layernorm_forward(&x, &g, &b, d, 1e-5), 1e-5);
+        assert_close(
+            "layernorm",
+            &y,
+            &norm::reference::layernorm_forward(&x, &g, &b, d, 1e-5),
+            1e-5,
+        );
         if d == 1 {
             continue; // a single-element row has zero variance: output is beta, gradient ~0
         }
         let dy = rand_vec(m * d, 8, 1.0);
         let (mut dx, mut dg, mut db) = (vec![0.0; m * d], vec![0.0; d], vec![0.0; d]);
         norm::layernorm_backward(&dy, &x, &g, &mu, &rs, d, &mut dx, &mut dg, &mut db).unwrap();
-        let f = |x: &[f32], g: &[f32], b: &[f32]| dot(&dy, &norm::reference::layernorm_forward(x, g, b, d, 1e-5));
+        let f = |x: &[f32], g: &[f32], b: &[f32]| {
+            dot(&dy, &norm::reference::layernorm_forward(x, g, b, d, 1e-5))
+        };
         check("ln dx", &x, &dx, |v| f(v, &g, &b), 40, 1e-2, 2e-2).unwrap();
         check("ln dgamma", &g, &dg, |v| f(&x, v, &b), 40, 1e-2, 2e-2).unwrap();
         check("ln dbeta", &b, &db, |v| f(&x, &g, v), 40, 1e-2, 2e-2).unwrap();
@@ -282,7 +413,14 @@ fn activations_match_reference_and_gradients() {
     let dy = rand_vec(1000, 10, 1.0);
     let mut dx = vec![0.0; 1000];
     act::gelu_backward(&dy, &x, &mut dx).unwrap();
-    let f = |x: &[f32]| dot(&dy, &x.iter().map(|v| act::reference::gelu(*v)).collect::<Vec<_>>());
+    let f = |x: &[f32]| {
+        dot(
+            &dy,
+            &x.iter()
+                .map(|v| act::reference::gelu(*v))
+                .collect::<Vec<_>>(),
+        )
+    };
     check("gelu dx", &x, &dx, f, 100, 1e-3, 1e-2).unwrap();
 
     // Sin with one shared frequency vector over rows [M, F].
@@ -291,7 +429,10 @@ fn activations_match_reference_and_gradients() {
     let freq: Vec<f32> = rand_vec(fdim, 12, 1.0).iter().map(|v| v + 1.5).collect();
     let dy = rand_vec(m * fdim, 13, 1.0);
     let sin_ref = |x: &[f32], fr: &[f32]| -> f64 {
-        x.iter().enumerate().map(|(i, v)| dy[i] as f64 * ((fr[i % fdim] as f64) * *v as f64).sin()).sum()
+        x.iter()
+            .enumerate()
+            .map(|(i, v)| dy[i] as f64 * ((fr[i % fdim] as f64) * *v as f64).sin())
+            .sum()
     };
     let mut y = vec![0.0; m * fdim];
     act::sin_forward(&x, &freq, &mut y).unwrap();
@@ -299,7 +440,16 @@ fn activations_match_reference_and_gradients() {
     let (mut dx, mut dfreq) = (vec![0.0; m * fdim], vec![0.0; fdim]);
     act::sin_backward(&dy, &x, &freq, &mut dx, &mut dfreq).unwrap();
     check("sin dx", &x, &dx, |v| sin_ref(v, &freq), 100, 1e-3, 1e-2).unwrap();
-    check("sin dfreq", &freq, &dfreq, |v| sin_ref(&x, v), 100, 1e-3, 1e-2).unwrap();
+    check(
+        "sin dfreq",
+        &freq,
+        &dfreq,
+        |v| sin_ref(&x, v),
+        100,
+        1e-3,
+        1e-2,
+    )
+    .unwrap();
 
     // Gate.
     let (a, b) = (rand_vec(50, 14, 1.0), rand_vec(50, 15, 1.0));
@@ -311,7 +461,11 @@ fn activations_match_reference_and_gradients() {
     }
     let (mut da, mut db) = (vec![0.0; 50], vec![0.0; 50]);
     act::gate_backward(&dy, &a, &b, &mut da, &mut db).unwrap();
-    let f = |a: &[f32], b: &[f32]| -> f64 { (0..50).map(|i| dy[i] as f64 * a[i] as f64 * b[i] as f64).sum() };
+    let f = |a: &[f32], b: &[f32]| -> f64 {
+        (0..50)
+            .map(|i| dy[i] as f64 * a[i] as f64 * b[i] as f64)
+            .sum()
+    };
     check("gate da", &a, &da, |v| f(v, &b), 50, 1e-2, 1e-3).unwrap();
     check("gate db", &b, &db, |v| f(&a, v), 50, 1e-2, 1e-3).unwrap();
 }

@@ -27,25 +27,54 @@ pub struct TensorFile {
 }
 
 fn fmt_err(path: &Path, msg: impl Into<String>) -> Error {
-    Error::Format { file: path.to_path_buf(), msg: msg.into() }
+    Error::Format {
+        file: path.to_path_buf(),
+        msg: msg.into(),
+    }
 }
 
 impl TensorFile {
     /// Read a safetensors file; every tensor is converted to `f32`.
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| Error::Io { file: path.to_path_buf(), source })?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| fmt_err(path, format!("not a valid safetensors file ({e}); was it truncated?")))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| fmt_err(path, format!("not a valid safetensors file ({e}); was it truncated?")))?;
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+            fmt_err(
+                path,
+                format!("not a valid safetensors file ({e}); was it truncated?"),
+            )
+        })?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+            fmt_err(
+                path,
+                format!("not a valid safetensors file ({e}); was it truncated?"),
+            )
+        })?;
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
             let data = to_f32(path, &name, &view)?;
-            tensors.insert(name, Tensor { shape: view.shape().to_vec(), data });
+            tensors.insert(
+                name,
+                Tensor {
+                    shape: view.shape().to_vec(),
+                    data,
+                },
+            );
         }
-        let metadata = meta.metadata().clone().unwrap_or_default().into_iter().collect();
-        Ok(TensorFile { path: path.to_path_buf(), tensors, metadata })
+        let metadata = meta
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        Ok(TensorFile {
+            path: path.to_path_buf(),
+            tensors,
+            metadata,
+        })
     }
 
     /// The tensor `name`, or an error naming the file.
@@ -63,7 +92,10 @@ impl TensorFile {
         if t.shape != shape {
             return Err(fmt_err(
                 &self.path,
-                format!("tensor `{name}` has shape {:?}, expected {:?} (config mismatch?)", t.shape, shape),
+                format!(
+                    "tensor `{name}` has shape {:?}, expected {:?} (config mismatch?)",
+                    t.shape, shape
+                ),
             ));
         }
         Ok(t)
@@ -88,7 +120,10 @@ impl TensorFile {
 fn to_f32(path: &Path, name: &str, v: &TensorView<'_>) -> Result<Vec<f32>> {
     let b = v.data();
     let out = match v.dtype() {
-        Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F32 => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
         Dtype::F64 => b
             .chunks_exact(8)
             .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
@@ -97,9 +132,15 @@ fn to_f32(path: &Path, name: &str, v: &TensorView<'_>) -> Result<Vec<f32>> {
             .chunks_exact(2)
             .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
             .collect(),
-        Dtype::F16 => b.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
+        Dtype::F16 => b
+            .chunks_exact(2)
+            .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+            .collect(),
         other => {
-            return Err(fmt_err(path, format!("tensor `{name}` has dtype {other:?}; only float tensors are supported")))
+            return Err(fmt_err(
+                path,
+                format!("tensor `{name}` has dtype {other:?}; only float tensors are supported"),
+            ))
         }
     };
     Ok(out)
@@ -137,7 +178,13 @@ pub fn write_atomic(
     let path = path.as_ref();
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
-        .map(|(n, t)| (n.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape.clone()))
+        .map(|(n, t)| {
+            (
+                n.clone(),
+                t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                t.shape.clone(),
+            )
+        })
         .collect();
     let mut views = Vec::with_capacity(bytes.len());
     for (n, b, s) in &bytes {
@@ -146,15 +193,25 @@ pub fn write_atomic(
         views.push((n.clone(), v));
     }
     let meta: std::collections::HashMap<String, String> = metadata.clone().into_iter().collect();
-    let data = safetensors::serialize(views, Some(meta)).map_err(|e| fmt_err(path, e.to_string()))?;
+    let data =
+        safetensors::serialize(views, Some(meta)).map_err(|e| fmt_err(path, e.to_string()))?;
     write_bytes_atomic(path, &data)
 }
 
 /// Write bytes to `path` through a temp file in the same directory and a rename.
 pub fn write_bytes_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let io = |source| Error::Io { file: path.to_path_buf(), source };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let io = |source| Error::Io {
+        file: path.to_path_buf(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     {
         use std::io::Write;
@@ -169,7 +226,13 @@ pub fn write_bytes_atomic(path: &Path, data: &[u8]) -> Result<()> {
 pub fn collect_params(prefix: &str, p: &dyn Params) -> BTreeMap<String, Tensor> {
     let mut out = BTreeMap::new();
     p.visit(prefix, &mut |name, shape, data| {
-        out.insert(name.to_string(), Tensor { shape: shape.to_vec(), data: data.to_vec() });
+        out.insert(
+            name.to_string(),
+            Tensor {
+                shape: shape.to_vec(),
+                data: data.to_vec(),
+            },
+        );
     });
     out
 }

@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 
 use crate::config::{FilterLayout, HyenaConfig};
 use crate::error::{check_len, Error, Result};
-use crate::layers::{init, Params};
+use crate::layers::{init, Params, Visitor, VisitorMut};
 use crate::ops::act::{sin_backward, sin_forward};
 use crate::ops::linear::{linear_backward, linear_forward, matmul, MatMut, MatRef};
 
@@ -40,7 +40,11 @@ pub struct FilterParams {
 impl FilterParams {
     /// All-zero parameters with the shapes of `cfg` (gradient buffers start like this).
     pub fn zeros(cfg: &HyenaConfig) -> Self {
-        let (e, f, cf) = (cfg.filter.emb_dim, cfg.filter.filter_order, cfg.filter_channels());
+        let (e, f, cf) = (
+            cfg.filter.emb_dim,
+            cfg.filter.filter_order,
+            cfg.filter_channels(),
+        );
         let n = cfg.filter.num_inner_mlps;
         FilterParams {
             bias: vec![0.0; cf],
@@ -72,31 +76,75 @@ impl FilterParams {
 }
 
 impl Params for FilterParams {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &[usize], &[f32])) {
+    fn visit(&self, prefix: &str, f: &mut Visitor<'_>) {
         let (e, fo, cf) = (self.e, self.f, self.cf);
         f(&format!("{prefix}bias"), &[cf], &self.bias);
-        f(&format!("{prefix}implicit_filter.0.weight"), &[fo, e], &self.w0);
+        f(
+            &format!("{prefix}implicit_filter.0.weight"),
+            &[fo, e],
+            &self.w0,
+        );
         f(&format!("{prefix}implicit_filter.0.bias"), &[fo], &self.b0);
-        f(&format!("{prefix}implicit_filter.1.freq"), &[1, fo], &self.freq);
+        f(
+            &format!("{prefix}implicit_filter.1.freq"),
+            &[1, fo],
+            &self.freq,
+        );
         for i in 0..self.inner_w.len() {
-            f(&format!("{prefix}implicit_filter.{}.weight", 2 + 2 * i), &[fo, fo], &self.inner_w[i]);
-            f(&format!("{prefix}implicit_filter.{}.bias", 2 + 2 * i), &[fo], &self.inner_b[i]);
+            f(
+                &format!("{prefix}implicit_filter.{}.weight", 2 + 2 * i),
+                &[fo, fo],
+                &self.inner_w[i],
+            );
+            f(
+                &format!("{prefix}implicit_filter.{}.bias", 2 + 2 * i),
+                &[fo],
+                &self.inner_b[i],
+            );
         }
         let last = 2 + 2 * self.inner_w.len();
-        f(&format!("{prefix}implicit_filter.{last}.weight"), &[cf, fo], &self.w_out);
+        f(
+            &format!("{prefix}implicit_filter.{last}.weight"),
+            &[cf, fo],
+            &self.w_out,
+        );
     }
-    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &[usize], &mut [f32])) {
+    fn visit_mut(&mut self, prefix: &str, f: &mut VisitorMut<'_>) {
         let (e, fo, cf) = (self.e, self.f, self.cf);
         f(&format!("{prefix}bias"), &[cf], &mut self.bias);
-        f(&format!("{prefix}implicit_filter.0.weight"), &[fo, e], &mut self.w0);
-        f(&format!("{prefix}implicit_filter.0.bias"), &[fo], &mut self.b0);
-        f(&format!("{prefix}implicit_filter.1.freq"), &[1, fo], &mut self.freq);
+        f(
+            &format!("{prefix}implicit_filter.0.weight"),
+            &[fo, e],
+            &mut self.w0,
+        );
+        f(
+            &format!("{prefix}implicit_filter.0.bias"),
+            &[fo],
+            &mut self.b0,
+        );
+        f(
+            &format!("{prefix}implicit_filter.1.freq"),
+            &[1, fo],
+            &mut self.freq,
+        );
         for i in 0..self.inner_w.len() {
-            f(&format!("{prefix}implicit_filter.{}.weight", 2 + 2 * i), &[fo, fo], &mut self.inner_w[i]);
-            f(&format!("{prefix}implicit_filter.{}.bias", 2 + 2 * i), &[fo], &mut self.inner_b[i]);
+            f(
+                &format!("{prefix}implicit_filter.{}.weight", 2 + 2 * i),
+                &[fo, fo],
+                &mut self.inner_w[i],
+            );
+            f(
+                &format!("{prefix}implicit_filter.{}.bias", 2 + 2 * i),
+                &[fo],
+                &mut self.inner_b[i],
+            );
         }
         let last = 2 + 2 * self.inner_w.len();
-        f(&format!("{prefix}implicit_filter.{last}.weight"), &[cf, fo], &mut self.w_out);
+        f(
+            &format!("{prefix}implicit_filter.{last}.weight"),
+            &[cf, fo],
+            &mut self.w_out,
+        );
     }
 }
 
@@ -147,11 +195,15 @@ impl FilterBuffers {
     }
 
     /// Visit `(name, shape, data)` of the buffers.
-    pub fn visit_mut(&mut self, prefix: &str, lm: usize, e: usize, f: &mut dyn FnMut(&str, &[usize], &mut [f32])) {
+    pub fn visit_mut(&mut self, prefix: &str, lm: usize, e: usize, f: &mut VisitorMut<'_>) {
         let cf = self.deltas.len();
         f(&format!("{prefix}pos_emb.z"), &[1, lm, e], &mut self.z);
         f(&format!("{prefix}pos_emb.t"), &[1, lm, 1], &mut self.t);
-        f(&format!("{prefix}modulation.deltas"), &[1, 1, cf], &mut self.deltas);
+        f(
+            &format!("{prefix}modulation.deltas"),
+            &[1, 1, cf],
+            &mut self.deltas,
+        );
     }
 }
 
@@ -223,12 +275,21 @@ impl HyenaFilter {
         const OP: &str = "HyenaFilter forward";
         let cfg = &self.cfg;
         if l > cfg.l_max {
-            return Err(Error::TooLong { op: OP, len: l, l_max: cfg.l_max });
+            return Err(Error::TooLong {
+                op: OP,
+                len: l,
+                l_max: cfg.l_max,
+            });
         }
         if l == 0 {
             return Err(Error::shape(OP, "sequence length", "L >= 1", 0));
         }
-        let (e, f, d, s) = (cfg.filter.emb_dim, cfg.filter.filter_order, cfg.d_model, cfg.order - 1);
+        let (e, f, d, s) = (
+            cfg.filter.emb_dim,
+            cfg.filter.filter_order,
+            cfg.d_model,
+            cfg.order - 1,
+        );
         check_len(OP, "pos_emb.z", self.buffers.z.len(), cfg.l_max * e)?;
         let p = &self.params;
         let n_layers = 1 + p.inner_w.len();
@@ -240,11 +301,27 @@ impl HyenaFilter {
             cache.post[i].resize(l * f, 0.0);
         }
         // [L, E] → [L, F] → Sin → ... (all row-major [L, F]).
-        linear_forward(&self.buffers.z[..l * e], &p.w0, Some(&p.b0), l, e, f, &mut cache.pre[0])?;
+        linear_forward(
+            &self.buffers.z[..l * e],
+            &p.w0,
+            Some(&p.b0),
+            l,
+            e,
+            f,
+            &mut cache.pre[0],
+        )?;
         sin_forward(&cache.pre[0], &p.freq, &mut cache.post[0])?;
         for i in 1..n_layers {
             let (before, after) = cache.post.split_at_mut(i);
-            linear_forward(&before[i - 1], &p.inner_w[i - 1], Some(&p.inner_b[i - 1]), l, f, f, &mut cache.pre[i])?;
+            linear_forward(
+                &before[i - 1],
+                &p.inner_w[i - 1],
+                Some(&p.inner_b[i - 1]),
+                l,
+                f,
+                f,
+                &mut cache.pre[i],
+            )?;
             sin_forward(&cache.pre[i], &p.freq, &mut after[0])?;
         }
         let last = &cache.post[n_layers - 1];
@@ -253,7 +330,13 @@ impl HyenaFilter {
         cache.bias.resize(s * d, 0.0);
         for o in 0..s {
             let (start, step) = self.stage_rows(o);
-            let w = MatRef { data: &p.w_out[start..], rows: d, cols: f, rs: step, cs: 1 };
+            let w = MatRef {
+                data: &p.w_out[start..],
+                rows: d,
+                cols: f,
+                rs: step,
+                cs: 1,
+            };
             let ko = &mut cache.k[o * d * l..(o + 1) * d * l];
             matmul(MatMut::rm(ko, d, l), w, MatRef::tr(last, f, l), false)?;
             for dd in 0..d {
@@ -271,11 +354,22 @@ impl HyenaFilter {
 
     /// Backward. `dk: [N-1, D, L]` (consumed: used as scratch), `dbias: [N-1, D]`; accumulates
     /// into `grads`. Gradients do not flow into the buffers `z`, `t`, `deltas`.
-    pub fn backward(&self, dk: &mut [f32], dbias: &[f32], cache: &FilterCache, grads: &mut FilterParams) -> Result<()> {
+    pub fn backward(
+        &self,
+        dk: &mut [f32],
+        dbias: &[f32],
+        cache: &FilterCache,
+        grads: &mut FilterParams,
+    ) -> Result<()> {
         const OP: &str = "HyenaFilter backward";
         let cfg = &self.cfg;
         let l = cache.l;
-        let (e, f, d, s) = (cfg.filter.emb_dim, cfg.filter.filter_order, cfg.d_model, cfg.order - 1);
+        let (e, f, d, s) = (
+            cfg.filter.emb_dim,
+            cfg.filter.filter_order,
+            cfg.d_model,
+            cfg.order - 1,
+        );
         check_len(OP, "dk [N-1, D, L]", dk.len(), s * d * l)?;
         check_len(OP, "dbias [N-1, D]", dbias.len(), s * d)?;
         let p = &self.params;
@@ -295,11 +389,28 @@ impl HyenaFilter {
             }
             let (start, step) = self.stage_rows(o);
             // dW_out[rows of o] += dh_o [D, L] · last [L, F]
-            let dw = MatMut { data: &mut grads.w_out[start..], rows: d, cols: f, rs: step, cs: 1 };
+            let dw = MatMut {
+                data: &mut grads.w_out[start..],
+                rows: d,
+                cols: f,
+                rs: step,
+                cs: 1,
+            };
             matmul(dw, MatRef::rm(dko, d, l), MatRef::rm(last, l, f), true)?;
             // dlast [L, F] += dh_oᵀ [L, D] · W_out[rows of o] [D, F]
-            let w = MatRef { data: &p.w_out[start..], rows: d, cols: f, rs: step, cs: 1 };
-            matmul(MatMut::rm(&mut dpost, l, f), MatRef::tr(dko, l, d), w, o > 0)?;
+            let w = MatRef {
+                data: &p.w_out[start..],
+                rows: d,
+                cols: f,
+                rs: step,
+                cs: 1,
+            };
+            matmul(
+                MatMut::rm(&mut dpost, l, f),
+                MatRef::tr(dko, l, d),
+                w,
+                o > 0,
+            )?;
         }
         let mut dpre = vec![0.0f32; l * f];
         for i in (0..n_layers).rev() {
@@ -316,7 +427,15 @@ impl HyenaFilter {
                 )?;
             } else {
                 let z = &self.buffers.z[..l * e];
-                linear_backward(&dpre, z, &p.w0, (l, e, f), None, &mut grads.w0, Some(&mut grads.b0))?;
+                linear_backward(
+                    &dpre,
+                    z,
+                    &p.w0,
+                    (l, e, f),
+                    None,
+                    &mut grads.w0,
+                    Some(&mut grads.b0),
+                )?;
             }
         }
         Ok(())

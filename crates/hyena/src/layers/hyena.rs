@@ -19,7 +19,7 @@ use rand::SeedableRng;
 use crate::config::HyenaConfig;
 use crate::error::{check_len, Error, Result};
 use crate::layers::filter::{FilterCache, FilterParams, HyenaFilter};
-use crate::layers::{init, Params};
+use crate::layers::{init, Params, Visitor, VisitorMut};
 use crate::ops::fftconv::{FftConv, GatedConv, GatedConvGrads, RowLayout};
 use crate::ops::linear::{col_sums_acc, matmul, MatMut, MatRef};
 use crate::ops::short_conv;
@@ -63,24 +63,40 @@ impl HyenaParams {
 }
 
 impl Params for HyenaParams {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &[usize], &[f32])) {
+    fn visit(&self, prefix: &str, f: &mut Visitor<'_>) {
         let (d, c, k) = (self.d, self.c, self.k);
         f(&format!("{prefix}in_proj.weight"), &[c, d], &self.in_w);
         f(&format!("{prefix}in_proj.bias"), &[c], &self.in_b);
-        f(&format!("{prefix}short_filter.weight"), &[c, 1, k], &self.short_w);
+        f(
+            &format!("{prefix}short_filter.weight"),
+            &[c, 1, k],
+            &self.short_w,
+        );
         f(&format!("{prefix}short_filter.bias"), &[c], &self.short_b);
         self.filter.visit(&format!("{prefix}filter_fn."), f);
         f(&format!("{prefix}out_proj.weight"), &[d, d], &self.out_w);
         f(&format!("{prefix}out_proj.bias"), &[d], &self.out_b);
     }
-    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &[usize], &mut [f32])) {
+    fn visit_mut(&mut self, prefix: &str, f: &mut VisitorMut<'_>) {
         let (d, c, k) = (self.d, self.c, self.k);
         f(&format!("{prefix}in_proj.weight"), &[c, d], &mut self.in_w);
         f(&format!("{prefix}in_proj.bias"), &[c], &mut self.in_b);
-        f(&format!("{prefix}short_filter.weight"), &[c, 1, k], &mut self.short_w);
-        f(&format!("{prefix}short_filter.bias"), &[c], &mut self.short_b);
+        f(
+            &format!("{prefix}short_filter.weight"),
+            &[c, 1, k],
+            &mut self.short_w,
+        );
+        f(
+            &format!("{prefix}short_filter.bias"),
+            &[c],
+            &mut self.short_b,
+        );
         self.filter.visit_mut(&format!("{prefix}filter_fn."), f);
-        f(&format!("{prefix}out_proj.weight"), &[d, d], &mut self.out_w);
+        f(
+            &format!("{prefix}out_proj.weight"),
+            &[d, d],
+            &mut self.out_w,
+        );
         f(&format!("{prefix}out_proj.bias"), &[d], &mut self.out_b);
     }
 }
@@ -114,7 +130,7 @@ pub struct HyenaGradWorkspace {
 }
 
 /// The Hyena operator.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct HyenaOperator {
     pub cfg: HyenaConfig,
     pub params: HyenaParams,
@@ -148,7 +164,12 @@ impl HyenaOperator {
         (params.out_w, params.out_b) = init::linear(&mut rng, d, d, true);
         let filter = HyenaFilter::new(cfg, &mut rng);
         params.filter = filter.params.clone();
-        Ok(HyenaOperator { cfg: cfg.clone(), params, filter, conv })
+        Ok(HyenaOperator {
+            cfg: cfg.clone(),
+            params,
+            filter,
+            conv,
+        })
     }
 
     /// Gradient buffers shaped like the parameters, all zero.
@@ -163,10 +184,19 @@ impl HyenaOperator {
 
     fn check_input(&self, op: &'static str, u: &[f32], b: usize, l: usize) -> Result<()> {
         if l > self.cfg.l_max {
-            return Err(Error::TooLong { op, len: l, l_max: self.cfg.l_max });
+            return Err(Error::TooLong {
+                op,
+                len: l,
+                l_max: self.cfg.l_max,
+            });
         }
         if l == 0 || b == 0 {
-            return Err(Error::shape(op, "input u [B, L, D]", "B >= 1 and L >= 1", format!("B={b}, L={l}")));
+            return Err(Error::shape(
+                op,
+                "input u [B, L, D]",
+                "B >= 1 and L >= 1",
+                format!("B={b}, L={l}"),
+            ));
         }
         let d = self.cfg.d_model;
         if u.len() != b * l * d {
@@ -181,7 +211,14 @@ impl HyenaOperator {
     }
 
     /// Forward. `u: [B, L, D]` → `y: [B, L, D]`; fills `cache` for [`HyenaOperator::backward`].
-    pub fn forward(&self, u: &[f32], b: usize, l: usize, y: &mut [f32], cache: &mut HyenaCache) -> Result<()> {
+    pub fn forward(
+        &self,
+        u: &[f32],
+        b: usize,
+        l: usize,
+        y: &mut [f32],
+        cache: &mut HyenaCache,
+    ) -> Result<()> {
         const OP: &str = "HyenaOperator forward";
         self.check_input(OP, u, b, l)?;
         check_len(OP, "output y [B, L, D]", y.len(), u.len())?;
@@ -208,9 +245,21 @@ impl HyenaOperator {
         for (row, bias) in cache.z.chunks_exact_mut(bl).zip(&p.in_b) {
             row.fill(*bias);
         }
-        matmul(MatMut::rm(&mut cache.z, c, bl), MatRef::rm(&p.in_w, c, d), MatRef::tr(u, d, bl), true)?;
+        matmul(
+            MatMut::rm(&mut cache.z, c, bl),
+            MatRef::rm(&p.in_w, c, d),
+            MatRef::tr(u, d, bl),
+            true,
+        )?;
         let lay_c = RowLayout::cbl(b, c, l);
-        short_conv::forward(&cache.z, &p.short_w, &p.short_b, cfg.short_filter_order, lay_c, &mut cache.uc)?;
+        short_conv::forward(
+            &cache.z,
+            &p.short_w,
+            &p.short_b,
+            cfg.short_filter_order,
+            lay_c,
+            &mut cache.uc,
+        )?;
         self.filter.forward(l, &mut cache.filter)?;
 
         let lay = RowLayout::cbl(b, d, l);
@@ -219,7 +268,11 @@ impl HyenaOperator {
         for o in 0..n - 1 {
             // Stage o reads the previous stage's output and writes its own slot of `conv`.
             let (done, rest) = cache.conv.split_at_mut(o * chunk);
-            let input = if o == 0 { x(n) } else { &done[(o - 1) * chunk..] };
+            let input = if o == 0 {
+                x(n)
+            } else {
+                &done[(o - 1) * chunk..]
+            };
             let conv_o = &mut rest[..chunk];
             let args = GatedConv {
                 layout: lay,
@@ -230,7 +283,8 @@ impl HyenaOperator {
                 d: &cache.filter.bias[o * d..(o + 1) * d],
             };
             if o == n - 2 {
-                self.conv.gated_forward(&args, &mut cache.yg, Some(conv_o))?;
+                self.conv
+                    .gated_forward(&args, &mut cache.yg, Some(conv_o))?;
             } else {
                 self.conv.gated_forward(&args, conv_o, None)?;
             }
@@ -239,7 +293,12 @@ impl HyenaOperator {
         for row in y.chunks_exact_mut(d) {
             row.copy_from_slice(&p.out_b);
         }
-        matmul(MatMut::rm(y, bl, d), MatRef::tr(&cache.yg, bl, d), MatRef::tr(&p.out_w, d, d), true)
+        matmul(
+            MatMut::rm(y, bl, d),
+            MatRef::tr(&cache.yg, bl, d),
+            MatRef::tr(&p.out_w, d, d),
+            true,
+        )
     }
 
     /// Backward of the last [`HyenaOperator::forward`] on `u` (which filled `cache`).
@@ -270,19 +329,40 @@ impl HyenaOperator {
         grow(&mut ws.dbias, (n - 1) * d);
 
         // out_proj: dWo [D, D] += dyᵀ [D, B·L] · ygᵀ [B·L, D]; dbo += Σ dy; dyg [D, B·L] = Woᵀ · dyᵀ.
-        matmul(MatMut::rm(&mut grads.out_w, d, d), MatRef::tr(dy, d, bl), MatRef::tr(&cache.yg, bl, d), true)?;
+        matmul(
+            MatMut::rm(&mut grads.out_w, d, d),
+            MatRef::tr(dy, d, bl),
+            MatRef::tr(&cache.yg, bl, d),
+            true,
+        )?;
         col_sums_acc(dy, bl, d, &mut grads.out_b);
-        matmul(MatMut::rm(&mut ws.dyg, d, bl), MatRef::tr(&p.out_w, d, d), MatRef::tr(dy, d, bl), false)?;
+        matmul(
+            MatMut::rm(&mut ws.dyg, d, bl),
+            MatRef::tr(&p.out_w, d, d),
+            MatRef::tr(dy, d, bl),
+            false,
+        )?;
 
         // Long convolutions, last stage first. The gradient w.r.t. a stage's input becomes the
         // upstream gradient of the previous stage; stage 0's input is v.
         let lay = RowLayout::cbl(b, d, l);
         let x = |i: usize| &cache.uc[i * chunk..(i + 1) * chunk];
-        let HyenaGradWorkspace { dyg, dstage, duc, dk, dbias, .. } = &mut *ws;
+        let HyenaGradWorkspace {
+            dyg,
+            dstage,
+            duc,
+            dk,
+            dbias,
+            ..
+        } = &mut *ws;
         // Which buffer holds the upstream gradient: 2 = dyg, 0/1 = dstage[0/1] (ping-pong, order > 2).
         let mut up = 2usize;
         for o in (0..n - 1).rev() {
-            let input = if o == 0 { x(n) } else { &cache.conv[(o - 1) * chunk..o * chunk] };
+            let input = if o == 0 {
+                x(n)
+            } else {
+                &cache.conv[(o - 1) * chunk..o * chunk]
+            };
             let last = o == n - 2;
             let args = GatedConv {
                 layout: lay,
@@ -324,7 +404,8 @@ impl HyenaOperator {
             )?;
             up = next;
         }
-        self.filter.backward(&mut ws.dk, &ws.dbias, &cache.filter, &mut grads.filter)?;
+        self.filter
+            .backward(&mut ws.dk, &ws.dbias, &cache.filter, &mut grads.filter)?;
 
         // short_filter, then in_proj: dWi [C, D] += dz [C, B·L] · u [B·L, D]; dbi += row sums;
         // du [B·L, D] = dzᵀ [B·L, C] · Wi [C, D].
@@ -339,10 +420,20 @@ impl HyenaOperator {
             &mut grads.short_w,
             &mut grads.short_b,
         )?;
-        matmul(MatMut::rm(&mut grads.in_w, c, d), MatRef::rm(&ws.dz, c, bl), MatRef::rm(u, bl, d), true)?;
+        matmul(
+            MatMut::rm(&mut grads.in_w, c, d),
+            MatRef::rm(&ws.dz, c, bl),
+            MatRef::rm(u, bl, d),
+            true,
+        )?;
         for (row, gb) in ws.dz.chunks_exact(bl).zip(grads.in_b.iter_mut()) {
             *gb += row.iter().sum::<f32>();
         }
-        matmul(MatMut::rm(du, bl, d), MatRef::tr(&ws.dz, bl, c), MatRef::rm(&p.in_w, c, d), false)
+        matmul(
+            MatMut::rm(du, bl, d),
+            MatRef::tr(&ws.dz, bl, c),
+            MatRef::rm(&p.in_w, c, d),
+            false,
+        )
     }
 }

@@ -23,6 +23,10 @@ pub fn randn(rng: &mut StdRng, n: usize, std: f32) -> Vec<f32> {
 pub fn linear(rng: &mut StdRng, fan_out: usize, fan_in: usize, bias: bool) -> (Vec<f32>, Vec<f32>) {
     let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
     let w = uniform(rng, fan_out * fan_in, bound);
-    let b = if bias { uniform(rng, fan_out, bound) } else { Vec::new() };
+    let b = if bias {
+        uniform(rng, fan_out, bound)
+    } else {
+        Vec::new()
+    };
     (w, b)
 }

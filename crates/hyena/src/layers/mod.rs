@@ -9,11 +9,16 @@ pub mod hyena;
 pub mod init;
 
 /// Visiting named parameters: `(name, shape, data)`. Names follow the reference state dicts.
+/// Callback of [`Params::visit`]: `(name, shape, data)`.
+pub type Visitor<'a> = dyn FnMut(&str, &[usize], &[f32]) + 'a;
+/// Callback of [`Params::visit_mut`].
+pub type VisitorMut<'a> = dyn FnMut(&str, &[usize], &mut [f32]) + 'a;
+
 pub trait Params {
     /// Call `f` for every trainable parameter, with `prefix` prepended to its name.
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &[usize], &[f32]));
+    fn visit(&self, prefix: &str, f: &mut Visitor<'_>);
     /// Mutable visit, same order and names as [`Params::visit`].
-    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &[usize], &mut [f32]));
+    fn visit_mut(&mut self, prefix: &str, f: &mut VisitorMut<'_>);
 
     /// Total number of trainable scalars.
     fn num_params(&self) -> usize {

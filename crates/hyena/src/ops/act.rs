@@ -15,12 +15,14 @@ const GELU_C: f32 = 0.044_715;
 /// `y = gelu_tanh(x)`.
 pub fn gelu_forward(x: &[f32], y: &mut [f32]) -> Result<()> {
     check_len("gelu forward", "y", y.len(), x.len())?;
-    y.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(yc, xc)| {
-        for (yv, &v) in yc.iter_mut().zip(xc) {
-            let u = SQRT_2_OVER_PI * (v + GELU_C * v * v * v);
-            *yv = 0.5 * v * (1.0 + u.tanh());
-        }
-    });
+    y.par_chunks_mut(4096)
+        .zip(x.par_chunks(4096))
+        .for_each(|(yc, xc)| {
+            for (yv, &v) in yc.iter_mut().zip(xc) {
+                let u = SQRT_2_OVER_PI * (v + GELU_C * v * v * v);
+                *yv = 0.5 * v * (1.0 + u.tanh());
+            }
+        });
     Ok(())
 }
 
@@ -55,12 +57,22 @@ pub fn sin_forward(x: &[f32], freq: &[f32], y: &mut [f32]) -> Result<()> {
 }
 
 /// Backward of [`sin_forward`]: writes `dx`, *accumulates* `dfreq` (shared across all uses).
-pub fn sin_backward(dy: &[f32], x: &[f32], freq: &[f32], dx: &mut [f32], dfreq: &mut [f32]) -> Result<()> {
+pub fn sin_backward(
+    dy: &[f32],
+    x: &[f32],
+    freq: &[f32],
+    dx: &mut [f32],
+    dfreq: &mut [f32],
+) -> Result<()> {
     let f = freq.len();
     check_len("sin backward", "x", x.len(), dy.len())?;
     check_len("sin backward", "dx", dx.len(), dy.len())?;
     check_len("sin backward", "dfreq [F]", dfreq.len(), f)?;
-    for ((dr, xr), gr) in dx.chunks_exact_mut(f).zip(x.chunks_exact(f)).zip(dy.chunks_exact(f)) {
+    for ((dr, xr), gr) in dx
+        .chunks_exact_mut(f)
+        .zip(x.chunks_exact(f))
+        .zip(dy.chunks_exact(f))
+    {
         for j in 0..f {
             let c = (freq[j] * xr[j]).cos() * gr[j];
             dr[j] = c * freq[j];
@@ -81,7 +93,13 @@ pub fn gate_forward(a: &[f32], b: &[f32], y: &mut [f32]) -> Result<()> {
 }
 
 /// Backward of [`gate_forward`]: `da = dy ⊙ b`, `db = dy ⊙ a`.
-pub fn gate_backward(dy: &[f32], a: &[f32], b: &[f32], da: &mut [f32], db: &mut [f32]) -> Result<()> {
+pub fn gate_backward(
+    dy: &[f32],
+    a: &[f32],
+    b: &[f32],
+    da: &mut [f32],
+    db: &mut [f32],
+) -> Result<()> {
     check_len("gate backward", "a", a.len(), dy.len())?;
     check_len("gate backward", "b", b.len(), dy.len())?;
     check_len("gate backward", "da", da.len(), dy.len())?;

@@ -85,12 +85,12 @@ struct Plan {
 
 /// Per-task working memory for one FFT size.
 struct Scratch {
-    real: Vec<f32>,            // [n]
-    spec: Vec<Complex<f32>>,   // [n/2+1]
-    spec2: Vec<Complex<f32>>,  // [n/2+1]
-    kspec: Vec<Complex<f32>>,  // [n/2+1]
-    acc: Vec<Complex<f32>>,    // [n/2+1]
-    fft: Vec<Complex<f32>>,    // rustfft scratch
+    real: Vec<f32>,           // [n]
+    spec: Vec<Complex<f32>>,  // [n/2+1]
+    spec2: Vec<Complex<f32>>, // [n/2+1]
+    kspec: Vec<Complex<f32>>, // [n/2+1]
+    acc: Vec<Complex<f32>>,   // [n/2+1]
+    fft: Vec<Complex<f32>>,   // rustfft scratch
 }
 
 impl Plan {
@@ -141,7 +141,7 @@ impl Plan {
         // The spectrum of a real signal has a real DC (and Nyquist, for even n) bin; products of
         // such spectra keep that property up to rounding, which realfft would reject.
         spec[0].im = 0.0;
-        if self.n % 2 == 0 {
+        if self.n.is_multiple_of(2) {
             let last = spec.len() - 1;
             spec[last].im = 0.0;
         }
@@ -171,7 +171,9 @@ impl std::fmt::Debug for FftConv {
             .lock()
             .map(|p| p.keys().copied().collect())
             .unwrap_or_default();
-        f.debug_struct("FftConv").field("cached_sizes", &sizes).finish()
+        f.debug_struct("FftConv")
+            .field("cached_sizes", &sizes)
+            .finish()
     }
 }
 
@@ -258,7 +260,14 @@ impl FftConv {
     /// Plain causal FFT convolution with skip, `[B, C, L]` layout (reference `fftconv_ref`).
     ///
     /// `u: [B, C, L]`, `k: [C, L]`, `d: [C]` → `y: [B, C, L]`.
-    pub fn forward(&self, u: &[f32], k: &[f32], d: &[f32], b: usize, c: usize, l: usize, y: &mut [f32]) -> Result<()> {
+    pub fn forward(
+        &self,
+        u: &[f32],
+        k: &[f32],
+        d: &[f32],
+        (b, c, l): (usize, usize, usize),
+        y: &mut [f32],
+    ) -> Result<()> {
         let args = GatedConv {
             layout: RowLayout::bcl(b, c, l),
             u,
@@ -291,12 +300,28 @@ impl FftConv {
             k,
             d,
         };
-        self.gated_backward(&args, dy, None, GatedConvGrads { du, dpre: None, dpost: None, dk, dd })
+        self.gated_backward(
+            &args,
+            dy,
+            None,
+            GatedConvGrads {
+                du,
+                dpre: None,
+                dpost: None,
+                dk,
+                dd,
+            },
+        )
     }
 
     /// Gated forward. Writes `y` (layout) and, if given, the un-post-gated convolution output
     /// `conv_out` (layout), which [`FftConv::gated_backward`] needs when there is a post-gate.
-    pub fn gated_forward(&self, a: &GatedConv<'_>, y: &mut [f32], conv_out: Option<&mut [f32]>) -> Result<()> {
+    pub fn gated_forward(
+        &self,
+        a: &GatedConv<'_>,
+        y: &mut [f32],
+        conv_out: Option<&mut [f32]>,
+    ) -> Result<()> {
         const OP: &str = "fftconv forward";
         a.validate(OP)?;
         a.layout.check(OP, "output y", y.len())?;
@@ -312,7 +337,13 @@ impl FftConv {
 
         (0..lay.chans).into_par_iter().for_each(|c| {
             let mut s = plan.take();
-            let Scratch { real, spec, kspec, fft, .. } = &mut s;
+            let Scratch {
+                real,
+                spec,
+                kspec,
+                fft,
+                ..
+            } = &mut s;
             // Filter spectrum, once per channel, shared by the batch; carries the 1/n.
             real[..l].copy_from_slice(&a.k[c * l..(c + 1) * l]);
             real[l..].fill(0.0);
@@ -382,7 +413,12 @@ impl FftConv {
         check_len(OP, "dk [C, L]", g.dk.len(), lay.chans * l)?;
         check_len(OP, "dD [C]", g.dd.len(), lay.chans)?;
         if a.pre.is_some() != g.dpre.is_some() {
-            return Err(Error::shape(OP, "dpre", "given iff the forward had a pre-gate", "mismatch"));
+            return Err(Error::shape(
+                OP,
+                "dpre",
+                "given iff the forward had a pre-gate",
+                "mismatch",
+            ));
         }
         match (a.post.is_some(), conv_out, g.dpost.is_some()) {
             (true, Some(co), true) => lay.check(OP, "conv_out", co.len())?,
@@ -413,7 +449,14 @@ impl FftConv {
 
         (0..lay.chans).into_par_iter().for_each(|c| {
             let mut s = plan.take();
-            let Scratch { real, spec, spec2, kspec, acc, fft } = &mut s;
+            let Scratch {
+                real,
+                spec,
+                spec2,
+                kspec,
+                acc,
+                fft,
+            } = &mut s;
             real[..l].copy_from_slice(&a.k[c * l..(c + 1) * l]);
             real[l..].fill(0.0);
             plan.forward_into(real, kspec, fft);
@@ -528,7 +571,10 @@ pub mod reference {
     /// `dw[j] = sum_{t>=j} g[t] k[t-j] + D g[j]`, `dk[s] = sum_b sum_t g[t] w[t-s]`, `dD = sum g w`,
     /// with `g = dy ⊙ post`. Returns `(du, dpre, dpost, dk, dd)`.
     #[allow(clippy::type_complexity)]
-    pub fn gated_backward(a: &GatedConv<'_>, dy: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    pub fn gated_backward(
+        a: &GatedConv<'_>,
+        dy: &[f32],
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
         let lay: RowLayout = a.layout;
         let l = lay.len;
         let (_, co) = gated_forward(a);

@@ -30,11 +30,23 @@ pub struct MatMut<'a> {
 impl<'a> MatRef<'a> {
     /// Row-major `[rows, cols]`.
     pub fn rm(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        MatRef { data, rows, cols, rs: cols, cs: 1 }
+        MatRef {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
     }
     /// The transpose of a row-major `[cols, rows]` buffer, seen as `[rows, cols]`.
     pub fn tr(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        MatRef { data, rows, cols, rs: 1, cs: rows }
+        MatRef {
+            data,
+            rows,
+            cols,
+            rs: 1,
+            cs: rows,
+        }
     }
     fn max_index(&self) -> usize {
         if self.rows == 0 || self.cols == 0 {
@@ -48,11 +60,23 @@ impl<'a> MatRef<'a> {
 impl<'a> MatMut<'a> {
     /// Row-major `[rows, cols]`.
     pub fn rm(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
-        MatMut { data, rows, cols, rs: cols, cs: 1 }
+        MatMut {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
     }
     /// The transpose of a row-major `[cols, rows]` buffer, seen as `[rows, cols]`.
     pub fn tr(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
-        MatMut { data, rows, cols, rs: 1, cs: rows }
+        MatMut {
+            data,
+            rows,
+            cols,
+            rs: 1,
+            cs: rows,
+        }
     }
     fn max_index(&self) -> usize {
         if self.rows == 0 || self.cols == 0 {
@@ -78,8 +102,16 @@ pub fn matmul(dst: MatMut<'_>, lhs: MatRef<'_>, rhs: MatRef<'_>, accumulate: boo
             ),
         ));
     }
-    if lhs.max_index() > lhs.data.len() || rhs.max_index() > rhs.data.len() || dst.max_index() > dst.data.len() {
-        return Err(crate::Error::shape(OP, "buffer", "view inside its buffer", "view past the end"));
+    if lhs.max_index() > lhs.data.len()
+        || rhs.max_index() > rhs.data.len()
+        || dst.max_index() > dst.data.len()
+    {
+        return Err(crate::Error::shape(
+            OP,
+            "buffer",
+            "view inside its buffer",
+            "view past the end",
+        ));
     }
     if m == 0 || n == 0 {
         return Ok(());
@@ -129,7 +161,15 @@ pub fn matmul(dst: MatMut<'_>, lhs: MatRef<'_>, rhs: MatRef<'_>, accumulate: boo
 
 /// `nn.Linear`: `y[M, N] = x[M, K] · Wᵀ + b`, with `W: [N, K]`, `b: [N]`.
 /// The bias is written first and the product accumulated onto it (one pass over `y`).
-pub fn linear_forward(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, k: usize, n: usize, y: &mut [f32]) -> Result<()> {
+pub fn linear_forward(
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    m: usize,
+    k: usize,
+    n: usize,
+    y: &mut [f32],
+) -> Result<()> {
     const OP: &str = "linear forward";
     check_len(OP, "x [M, K]", x.len(), m * k)?;
     check_len(OP, "weight [N, K]", w.len(), n * k)?;
@@ -140,7 +180,12 @@ pub fn linear_forward(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, k: usiz
             row.copy_from_slice(b);
         }
     }
-    matmul(MatMut::rm(y, m, n), MatRef::rm(x, m, k), MatRef::tr(w, k, n), b.is_some())
+    matmul(
+        MatMut::rm(y, m, n),
+        MatRef::rm(x, m, k),
+        MatRef::tr(w, k, n),
+        b.is_some(),
+    )
 }
 
 /// Backward of [`linear_forward`]. Writes `dx = dy · W` if asked, and *accumulates*
@@ -162,9 +207,19 @@ pub fn linear_backward(
     check_len(OP, "dW [N, K]", dw.len(), n * k)?;
     if let Some(dx) = dx {
         check_len(OP, "dx [M, K]", dx.len(), m * k)?;
-        matmul(MatMut::rm(dx, m, k), MatRef::rm(dy, m, n), MatRef::rm(w, n, k), false)?;
+        matmul(
+            MatMut::rm(dx, m, k),
+            MatRef::rm(dy, m, n),
+            MatRef::rm(w, n, k),
+            false,
+        )?;
     }
-    matmul(MatMut::rm(dw, n, k), MatRef::tr(dy, n, m), MatRef::rm(x, m, k), true)?;
+    matmul(
+        MatMut::rm(dw, n, k),
+        MatRef::tr(dy, n, m),
+        MatRef::rm(x, m, k),
+        true,
+    )?;
     if let Some(db) = db {
         check_len(OP, "db [N]", db.len(), n)?;
         col_sums_acc(dy, m, n, db);
@@ -185,7 +240,14 @@ pub fn col_sums_acc(a: &[f32], m: usize, n: usize, out: &mut [f32]) {
 /// Naive references.
 pub mod reference {
     /// `y = x Wᵀ + b` by three loops, accumulating in f64.
-    pub fn linear_forward(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
+    pub fn linear_forward(
+        x: &[f32],
+        w: &[f32],
+        b: Option<&[f32]>,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> Vec<f32> {
         let mut y = vec![0.0; m * n];
         for i in 0..m {
             for j in 0..n {

@@ -21,7 +21,7 @@ pub fn layernorm_forward(
     rstd: &mut [f32],
 ) -> Result<()> {
     const OP: &str = "layernorm forward";
-    let m = if d == 0 { 0 } else { x.len() / d };
+    let m = x.len().checked_div(d).unwrap_or(0);
     check_len(OP, "x [M, D]", x.len(), m * d)?;
     check_len(OP, "gamma [D]", gamma.len(), d)?;
     check_len(OP, "beta [D]", beta.len(), d)?;
@@ -96,13 +96,20 @@ pub fn layernorm_backward(
 /// f64 reference.
 pub mod reference {
     /// LayerNorm forward in f64.
-    pub fn layernorm_forward(x: &[f32], gamma: &[f32], beta: &[f32], d: usize, eps: f32) -> Vec<f32> {
+    pub fn layernorm_forward(
+        x: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        d: usize,
+        eps: f32,
+    ) -> Vec<f32> {
         let mut y = vec![0.0; x.len()];
         for (yr, xr) in y.chunks_mut(d).zip(x.chunks(d)) {
             let mean = xr.iter().map(|v| *v as f64).sum::<f64>() / d as f64;
             let var = xr.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
             for j in 0..d {
-                yr[j] = (((xr[j] as f64 - mean) / (var + eps as f64).sqrt()) * gamma[j] as f64 + beta[j] as f64) as f32;
+                yr[j] = (((xr[j] as f64 - mean) / (var + eps as f64).sqrt()) * gamma[j] as f64
+                    + beta[j] as f64) as f32;
             }
         }
         y

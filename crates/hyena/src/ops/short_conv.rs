@@ -18,7 +18,14 @@ fn check(op: &'static str, lay: &RowLayout, x: usize, w: usize, b: usize, k: usi
 }
 
 /// Forward: `x` (layout) → `y` (layout).
-pub fn forward(x: &[f32], w: &[f32], bias: &[f32], k: usize, lay: RowLayout, y: &mut [f32]) -> Result<()> {
+pub fn forward(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    k: usize,
+    lay: RowLayout,
+    y: &mut [f32],
+) -> Result<()> {
     const OP: &str = "short_conv forward";
     check(OP, &lay, x.len(), w.len(), bias.len(), k)?;
     check_len(OP, "y (rows)", y.len(), lay.numel())?;
@@ -87,7 +94,10 @@ pub fn backward(
                 }
                 // y[t] += w[j] x[t-s]  ⇒  dx[t-s] += w[j] dy[t],  dw[j] += dy[t] x[t-s].
                 let mut acc = 0.0f32;
-                for (dxt, (gt, xt)) in dxr[..l - s].iter_mut().zip(gr[s..].iter().zip(&xr[..l - s])) {
+                for (dxt, (gt, xt)) in dxr[..l - s]
+                    .iter_mut()
+                    .zip(gr[s..].iter().zip(&xr[..l - s]))
+                {
                     *dxt += wj * gt;
                     acc += gt * xt;
                 }

@@ -1,0 +1,427 @@
+//! The implicit filter and the Hyena operator: parity with a PyTorch implementation (fixtures in
+//! `tests/fixtures`, made by `tests/fixtures/make_fixtures.py`), finite-difference gradient
+//! checks, causality, and clear errors on bad shapes and configs.
+
+use std::path::PathBuf;
+
+use hyena::io::safetensors::TensorFile;
+use hyena::layers::filter::FilterCache;
+use hyena::layers::{HyenaCache, HyenaGradWorkspace, HyenaOperator, Params};
+use hyena::ops::fftconv::FftConv;
+use hyena::ops::gradcheck::{check, dot, rand_vec};
+use hyena::{Error, FilterConfig, HyenaConfig};
+
+fn fixture(name: &str) -> TensorFile {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name);
+    TensorFile::read(&p).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+/// Build the operator described by a fixture's metadata and load its parameters and buffers.
+fn operator_from_fixture(f: &TensorFile) -> (HyenaOperator, serde_json::Value) {
+    let meta: serde_json::Value = serde_json::from_str(&f.metadata["config"]).unwrap();
+    let g = |k: &str| meta[k].as_f64().unwrap();
+    let cfg = HyenaConfig {
+        d_model: g("d_model") as usize,
+        l_max: g("l_max") as usize,
+        order: g("order") as usize,
+        short_filter_order: 3,
+        filter: FilterConfig {
+            emb_dim: g("emb_dim") as usize,
+            filter_order: g("filter_order") as usize,
+            num_inner_mlps: g("num_inner_mlps") as usize,
+            w: g("w") as f32,
+            modulate: meta["modulate"].as_bool().unwrap(),
+            fast_decay_pct: g("fast_decay_pct") as f32,
+            slow_decay_pct: g("slow_decay_pct") as f32,
+            target: g("target") as f32,
+            shift: g("shift") as f32,
+            ..FilterConfig::default()
+        },
+    };
+    let mut op = HyenaOperator::new(&cfg, 0).unwrap();
+    f.load_params("", &mut op.params).unwrap();
+    op.sync_filter();
+    let (lm, e) = (cfg.l_max, cfg.filter.emb_dim);
+    let mut res = Ok(());
+    op.filter
+        .buffers
+        .visit_mut(
+            "filter_fn.",
+            lm,
+            e,
+            &mut |name, shape, data| match f.get_shaped(name, shape) {
+                Ok(t) => data.copy_from_slice(&t.data),
+                Err(err) => res = Err(err),
+            },
+        );
+    res.unwrap();
+    (op, meta)
+}
+
+fn parity(name: &str) {
+    let f = fixture(name);
+    let (op, meta) = operator_from_fixture(&f);
+    let (b, l) = (
+        meta["batch"].as_u64().unwrap() as usize,
+        meta["seq_len"].as_u64().unwrap() as usize,
+    );
+    let u = &f.get("input.u").unwrap().data;
+    let dy = &f.get("input.dy").unwrap().data;
+    let mut y = vec![0.0; u.len()];
+    let mut cache = HyenaCache::default();
+    op.forward(u, b, l, &mut y, &mut cache).unwrap();
+    let want = &f.get("output.y").unwrap().data;
+    let err = max_abs_diff(&y, want);
+    println!("{name}: output max abs diff {err:.2e}");
+    assert!(
+        err <= 1e-5,
+        "{name}: output differs from PyTorch by {err:e}"
+    );
+
+    // The recomputed buffers agree with the fixture's to float rounding, too.
+    let fresh = hyena::layers::FilterBuffers::new(op.filter.config());
+    assert!(
+        max_abs_diff(&fresh.z, &op.filter.buffers.z) < 1e-5,
+        "pos_emb.z recomputation"
+    );
+    assert!(
+        max_abs_diff(&fresh.t, &op.filter.buffers.t) < 1e-6,
+        "pos_emb.t recomputation"
+    );
+    assert!(
+        max_abs_diff(&fresh.deltas, &op.filter.buffers.deltas) < 1e-5,
+        "deltas recomputation"
+    );
+
+    let mut fc = FilterCache::default();
+    op.filter.forward(l, &mut fc).unwrap();
+    let kerr = max_abs_diff(&fc.k, &f.get("intermediate.k").unwrap().data);
+    assert!(kerr <= 1e-5, "{name}: implicit filter differs by {kerr:e}");
+
+    let mut du = vec![0.0; u.len()];
+    let mut grads = op.zero_grads();
+    op.backward(
+        dy,
+        u,
+        &cache,
+        &mut du,
+        &mut grads,
+        &mut HyenaGradWorkspace::default(),
+    )
+    .unwrap();
+    let mut checked = 0;
+    let mut report = |pname: &str, got: &[f32]| {
+        let want = &f.get(&format!("grad.{pname}")).unwrap().data;
+        let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        let err = max_abs_diff(got, want);
+        println!("{name}: grad {pname:40} max abs diff {err:.2e} (max |ref| {scale:.2e})");
+        assert!(
+            err <= 1e-5 * scale,
+            "{name}: grad {pname} differs from PyTorch by {err:e}"
+        );
+        checked += 1;
+    };
+    report("input.u", &du);
+    grads.visit("", &mut |pname, _, g| report(pname, g));
+    assert_eq!(
+        checked,
+        1 + 14,
+        "every trainable parameter has a reference gradient"
+    );
+}
+
+#[test]
+fn operator_order2_matches_pytorch() {
+    parity("operator_order2.safetensors");
+}
+
+#[test]
+fn operator_order3_matches_pytorch() {
+    parity("operator_order3.safetensors");
+}
+
+#[test]
+fn fftconv_matches_pytorch() {
+    let f = fixture("fftconv.safetensors");
+    let u = &f.get("u").unwrap();
+    let (b, c, l) = (u.shape[0], u.shape[1], u.shape[2]);
+    let (k, d, dy) = (
+        &f.get("k").unwrap().data,
+        &f.get("D").unwrap().data,
+        &f.get("dy").unwrap().data,
+    );
+    let eng = FftConv::new();
+    let mut y = vec![0.0; u.data.len()];
+    eng.forward(&u.data, k, d, (b, c, l), &mut y).unwrap();
+    assert!(max_abs_diff(&y, &f.get("y").unwrap().data) <= 1e-5);
+    let (mut du, mut dk, mut dd) = (vec![0.0; y.len()], vec![0.0; c * l], vec![0.0; c]);
+    eng.backward(dy, &u.data, k, d, (b, c, l), &mut du, &mut dk, &mut dd)
+        .unwrap();
+    assert!(max_abs_diff(&du, &f.get("grad.u").unwrap().data) <= 1e-5);
+    assert!(max_abs_diff(&dk, &f.get("grad.k").unwrap().data) <= 1e-4);
+    assert!(max_abs_diff(&dd, &f.get("grad.D").unwrap().data) <= 1e-4);
+}
+
+fn small_cfg(order: usize) -> HyenaConfig {
+    HyenaConfig {
+        d_model: 4,
+        l_max: 16,
+        order,
+        short_filter_order: 3,
+        filter: FilterConfig {
+            emb_dim: 5,
+            filter_order: 6,
+            w: 1.5,
+            shift: 0.05,
+            ..FilterConfig::default()
+        },
+    }
+}
+
+/// Finite differences through the whole operator, for every parameter and the input.
+fn operator_gradcheck(order: usize) {
+    let cfg = small_cfg(order);
+    let mut op = HyenaOperator::new(&cfg, 42).unwrap();
+    // Larger filter weights so that the long convolution matters in the loss.
+    for v in op.params.filter.w_out.iter_mut() {
+        *v *= 3.0;
+    }
+    op.sync_filter();
+    let (b, l) = (2, 12);
+    let u = rand_vec(b * l * 4, 1, 1.0);
+    let dy = rand_vec(b * l * 4, 2, 1.0);
+    let mut y = vec![0.0; u.len()];
+    let mut cache = HyenaCache::default();
+    op.forward(&u, b, l, &mut y, &mut cache).unwrap();
+    let mut du = vec![0.0; u.len()];
+    let mut grads = op.zero_grads();
+    op.backward(
+        &dy,
+        &u,
+        &cache,
+        &mut du,
+        &mut grads,
+        &mut HyenaGradWorkspace::default(),
+    )
+    .unwrap();
+
+    let loss = |op: &HyenaOperator, u: &[f32]| {
+        let mut y = vec![0.0; u.len()];
+        op.forward(u, b, l, &mut y, &mut HyenaCache::default())
+            .unwrap();
+        dot(&dy, &y)
+    };
+    check("du", &u, &du, |x| loss(&op, x), 48, 1e-2, 2e-2).unwrap();
+    let mut names = Vec::new();
+    grads.visit("", &mut |n, _, g| names.push((n.to_string(), g.to_vec())));
+    for (name, g) in &names {
+        let mut x0 = Vec::new();
+        op.params.visit("", &mut |n, _, d| {
+            if n == name {
+                x0 = d.to_vec()
+            }
+        });
+        let f = |x: &[f32]| {
+            let mut p = op.clone();
+            p.params.visit_mut("", &mut |n, _, d| {
+                if n == name {
+                    d.copy_from_slice(x)
+                }
+            });
+            p.sync_filter();
+            loss(&p, &u)
+        };
+        let worst =
+            check(name, &x0, g, f, 24, 1e-2, 3e-2).unwrap_or_else(|e| panic!("order {order}: {e}"));
+        println!("order {order}: {name:40} worst rel err {worst:.2e}");
+    }
+}
+
+#[test]
+fn operator_order2_gradients_match_finite_differences() {
+    operator_gradcheck(2);
+}
+
+#[test]
+fn operator_order3_gradients_match_finite_differences() {
+    operator_gradcheck(3);
+}
+
+#[test]
+fn filter_gradients_match_finite_differences() {
+    for order in [2, 3] {
+        let cfg = small_cfg(order);
+        let op = HyenaOperator::new(&cfg, 7).unwrap();
+        let filt = op.filter.clone();
+        let l = 13;
+        let cf = cfg.filter_channels();
+        let gk = rand_vec(cf * l, 3, 1.0);
+        let gb = rand_vec(cf, 4, 1.0);
+        let mut cache = FilterCache::default();
+        filt.forward(l, &mut cache).unwrap();
+        let mut grads = hyena::layers::FilterParams::zeros(&cfg);
+        filt.backward(&mut gk.clone(), &gb, &cache, &mut grads)
+            .unwrap();
+        let loss = |f: &hyena::layers::HyenaFilter| {
+            let mut c = FilterCache::default();
+            f.forward(l, &mut c).unwrap();
+            dot(&gk, &c.k) + dot(&gb, &c.bias)
+        };
+        let mut names = Vec::new();
+        grads.visit("", &mut |n, _, g| names.push((n.to_string(), g.to_vec())));
+        for (name, g) in &names {
+            let mut x0 = Vec::new();
+            filt.params.visit("", &mut |n, _, d| {
+                if n == name {
+                    x0 = d.to_vec()
+                }
+            });
+            let f = |x: &[f32]| {
+                let mut p = filt.clone();
+                p.params.visit_mut("", &mut |n, _, d| {
+                    if n == name {
+                        d.copy_from_slice(x)
+                    }
+                });
+                loss(&p)
+            };
+            check(name, &x0, g, f, 30, 1e-2, 2e-2)
+                .unwrap_or_else(|e| panic!("filter order {order}: {e}"));
+        }
+    }
+}
+
+#[test]
+fn operator_is_causal() {
+    for order in [2, 3] {
+        let mut cfg = small_cfg(order);
+        cfg.l_max = 100;
+        cfg.d_model = 8;
+        let op = HyenaOperator::new(&cfg, 3).unwrap();
+        let (b, l, d) = (2, 100, 8);
+        let u = rand_vec(b * l * d, 5, 1.0);
+        let mut y0 = vec![0.0; u.len()];
+        op.forward(&u, b, l, &mut y0, &mut HyenaCache::default())
+            .unwrap();
+        for &tp in &[0usize, 1, 37, 99] {
+            let mut u1 = u.clone();
+            for bb in 0..b {
+                for c in 0..d {
+                    u1[(bb * l + tp) * d + c] += 2.0;
+                }
+            }
+            let mut y1 = vec![0.0; u.len()];
+            op.forward(&u1, b, l, &mut y1, &mut HyenaCache::default())
+                .unwrap();
+            for bb in 0..b {
+                let row = |y: &[f32], t0: usize, t1: usize| {
+                    y[(bb * l + t0) * d..(bb * l + t1) * d].to_vec()
+                };
+                let before = max_abs_diff(&row(&y0, 0, tp), &row(&y1, 0, tp));
+                let after = max_abs_diff(&row(&y0, tp, l), &row(&y1, tp, l));
+                assert!(
+                    before <= 1e-5,
+                    "order {order} t'={tp}: earlier outputs changed by {before:e}"
+                );
+                assert!(
+                    after > 1e-3,
+                    "order {order} t'={tp}: later outputs did not change ({after:e})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn shape_and_config_errors_are_clear() {
+    let cfg = small_cfg(2);
+    let op = HyenaOperator::new(&cfg, 0).unwrap();
+    let mut cache = HyenaCache::default();
+    // L > l_max
+    let u = vec![0.0; 20 * 4];
+    let mut y = vec![0.0; u.len()];
+    match op.forward(&u, 1, 20, &mut y, &mut cache) {
+        Err(Error::TooLong {
+            len: 20, l_max: 16, ..
+        }) => {}
+        other => panic!("expected TooLong, got {other:?}"),
+    }
+    let msg = op
+        .forward(&u, 1, 20, &mut y, &mut cache)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("L=20") && msg.contains("l_max=16"), "{msg}");
+    // Channel mismatch: data for D=5 given to a D=4 operator.
+    let u = vec![0.0; 8 * 5];
+    let mut y = vec![0.0; u.len()];
+    let msg = op
+        .forward(&u, 1, 8, &mut y, &mut cache)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("[1, 8, 4]") && msg.contains("40 elements"),
+        "{msg}"
+    );
+    // Wrong output size.
+    let u = vec![0.0; 8 * 4];
+    let mut y = vec![0.0; 3];
+    assert!(matches!(
+        op.forward(&u, 1, 8, &mut y, &mut cache),
+        Err(Error::Shape { .. })
+    ));
+    // Invalid configs.
+    for (cfg, field) in [
+        (
+            HyenaConfig {
+                order: 1,
+                ..small_cfg(2)
+            },
+            "order",
+        ),
+        (
+            HyenaConfig {
+                d_model: 0,
+                ..small_cfg(2)
+            },
+            "d_model",
+        ),
+        (
+            HyenaConfig {
+                filter: FilterConfig {
+                    emb_dim: 4,
+                    ..FilterConfig::default()
+                },
+                ..small_cfg(2)
+            },
+            "emb_dim",
+        ),
+    ] {
+        let msg = HyenaOperator::new(&cfg, 0).unwrap_err().to_string();
+        assert!(msg.contains(field), "{msg}");
+    }
+    // A filter longer than l_max.
+    let mut fc = FilterCache::default();
+    assert!(matches!(
+        op.filter.forward(17, &mut fc),
+        Err(Error::TooLong { .. })
+    ));
+}
+
+#[test]
+fn config_round_trips_through_json_and_rejects_unknown_fields() {
+    let cfg = small_cfg(3);
+    let s = serde_json::to_string_pretty(&cfg).unwrap();
+    let back: HyenaConfig = serde_json::from_str(&s).unwrap();
+    assert_eq!(cfg, back);
+    let err = serde_json::from_str::<HyenaConfig>(r#"{"d_model": 8, "ordr": 2}"#).unwrap_err();
+    assert!(err.to_string().contains("ordr"), "{err}");
+}
