@@ -222,19 +222,18 @@ pub struct FilterCache {
     pub bias: Vec<f32>,
 }
 
-/// The implicit filter: config, parameters and buffers.
+/// The implicit filter: its config and buffers. The trainable [`FilterParams`] are passed to
+/// `forward`/`backward`, so that they live in one place (the operator's parameters).
 #[derive(Clone, Debug)]
 pub struct HyenaFilter {
-    pub params: FilterParams,
     pub buffers: FilterBuffers,
     cfg: HyenaConfig,
 }
 
 impl HyenaFilter {
-    /// Fresh filter with reference-default initialisation.
-    pub fn new(cfg: &HyenaConfig, rng: &mut StdRng) -> Self {
+    /// Filter for `cfg`, with buffers computed from the config.
+    pub fn new(cfg: &HyenaConfig) -> Self {
         HyenaFilter {
-            params: FilterParams::init(cfg, rng),
             buffers: FilterBuffers::new(cfg),
             cfg: cfg.clone(),
         }
@@ -271,7 +270,7 @@ impl HyenaFilter {
     }
 
     /// Evaluate the filters for length `l ≤ l_max` into `cache` (`cache.k: [N-1, D, L]`).
-    pub fn forward(&self, l: usize, cache: &mut FilterCache) -> Result<()> {
+    pub fn forward(&self, p: &FilterParams, l: usize, cache: &mut FilterCache) -> Result<()> {
         const OP: &str = "HyenaFilter forward";
         let cfg = &self.cfg;
         if l > cfg.l_max {
@@ -291,7 +290,6 @@ impl HyenaFilter {
             cfg.order - 1,
         );
         check_len(OP, "pos_emb.z", self.buffers.z.len(), cfg.l_max * e)?;
-        let p = &self.params;
         let n_layers = 1 + p.inner_w.len();
         cache.l = l;
         cache.pre.resize(n_layers, Vec::new());
@@ -356,6 +354,7 @@ impl HyenaFilter {
     /// into `grads`. Gradients do not flow into the buffers `z`, `t`, `deltas`.
     pub fn backward(
         &self,
+        p: &FilterParams,
         dk: &mut [f32],
         dbias: &[f32],
         cache: &FilterCache,
@@ -372,7 +371,6 @@ impl HyenaFilter {
         );
         check_len(OP, "dk [N-1, D, L]", dk.len(), s * d * l)?;
         check_len(OP, "dbias [N-1, D]", dbias.len(), s * d)?;
-        let p = &self.params;
         let n_layers = 1 + p.inner_w.len();
         let last = &cache.post[n_layers - 1];
         let mut dpost = vec![0.0f32; l * f]; // [L, F]

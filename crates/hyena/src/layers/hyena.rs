@@ -162,8 +162,8 @@ impl HyenaOperator {
         params.short_w = init::uniform(&mut rng, c * k, bound);
         params.short_b = init::uniform(&mut rng, c, bound);
         (params.out_w, params.out_b) = init::linear(&mut rng, d, d, true);
-        let filter = HyenaFilter::new(cfg, &mut rng);
-        params.filter = filter.params.clone();
+        params.filter = FilterParams::init(cfg, &mut rng);
+        let filter = HyenaFilter::new(cfg);
         Ok(HyenaOperator {
             cfg: cfg.clone(),
             params,
@@ -175,11 +175,6 @@ impl HyenaOperator {
     /// Gradient buffers shaped like the parameters, all zero.
     pub fn zero_grads(&self) -> HyenaParams {
         HyenaParams::zeros(&self.cfg)
-    }
-
-    /// Copy `params.filter` into the filter (call after changing parameters in place).
-    pub fn sync_filter(&mut self) {
-        self.filter.params.clone_from(&self.params.filter);
     }
 
     fn check_input(&self, op: &'static str, u: &[f32], b: usize, l: usize) -> Result<()> {
@@ -222,14 +217,6 @@ impl HyenaOperator {
         const OP: &str = "HyenaOperator forward";
         self.check_input(OP, u, b, l)?;
         check_len(OP, "output y [B, L, D]", y.len(), u.len())?;
-        if self.filter.params != self.params.filter {
-            // Parameters are the source of truth; the filter keeps a copy for its own methods.
-            return Err(Error::config(
-                "params.filter",
-                "out of sync",
-                "call HyenaOperator::sync_filter() after editing params.filter",
-            ));
-        }
         let cfg = &self.cfg;
         let (d, c, n) = (cfg.d_model, cfg.inner_channels(), cfg.order);
         let bl = b * l;
@@ -260,7 +247,7 @@ impl HyenaOperator {
             lay_c,
             &mut cache.uc,
         )?;
-        self.filter.forward(l, &mut cache.filter)?;
+        self.filter.forward(&p.filter, l, &mut cache.filter)?;
 
         let lay = RowLayout::cbl(b, d, l);
         let chunk = d * bl;
@@ -404,8 +391,13 @@ impl HyenaOperator {
             )?;
             up = next;
         }
-        self.filter
-            .backward(&mut ws.dk, &ws.dbias, &cache.filter, &mut grads.filter)?;
+        self.filter.backward(
+            &p.filter,
+            &mut ws.dk,
+            &ws.dbias,
+            &cache.filter,
+            &mut grads.filter,
+        )?;
 
         // short_filter, then in_proj: dWi [C, D] += dz [C, B·L] · u [B·L, D]; dbi += row sums;
         // du [B·L, D] = dzᵀ [B·L, C] · Wi [C, D].
