@@ -319,6 +319,10 @@ fn short_conv_matches_reference_and_gradients() {
         let dy = rand_vec(lay.numel(), 14, 1.0);
         let (mut dx, mut dw, mut db) = (vec![0.0; lay.numel()], vec![0.0; 3 * k], vec![0.0; 3]);
         short_conv::backward(&dy, &x, &w, k, lay, &mut dx, &mut dw, &mut db).unwrap();
+        // The in-place variant gives the same numbers.
+        let (mut g, mut dw2, mut db2) = (dy.clone(), vec![0.0; 3 * k], vec![0.0; 3]);
+        short_conv::backward_inplace(&mut g, &x, &w, k, lay, &mut dw2, &mut db2).unwrap();
+        assert_eq!((&g, &dw2, &db2), (&dx, &dw, &db));
         let f = |x: &[f32], w: &[f32], b: &[f32]| {
             dot(&dy, &short_conv::reference::forward(x, w, b, k, lay))
         };

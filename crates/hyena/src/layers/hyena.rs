@@ -123,8 +123,8 @@ pub struct HyenaGradWorkspace {
     dyg: Vec<f32>,
     /// Ping-pong buffers for the gradients between stages (order > 2 only).
     dstage: [Vec<f32>; 2],
+    /// Gradient of the short-filter output, then (in place) of its input.
     duc: Vec<f32>,
-    dz: Vec<f32>,
     dk: Vec<f32>,
     dbias: Vec<f32>,
 }
@@ -311,7 +311,6 @@ impl HyenaOperator {
         let p = &self.params;
         grow(&mut ws.dyg, chunk);
         grow(&mut ws.duc, c * bl);
-        grow(&mut ws.dz, c * bl);
         grow(&mut ws.dk, (n - 1) * d * l);
         grow(&mut ws.dbias, (n - 1) * d);
 
@@ -402,28 +401,28 @@ impl HyenaOperator {
         // short_filter, then in_proj: dWi [C, D] += dz [C, B·L] · u [B·L, D]; dbi += row sums;
         // du [B·L, D] = dzᵀ [B·L, C] · Wi [C, D].
         let lay_c = RowLayout::cbl(b, c, l);
-        short_conv::backward(
-            &ws.duc,
+        short_conv::backward_inplace(
+            &mut ws.duc,
             &cache.z,
             &p.short_w,
             cfg.short_filter_order,
             lay_c,
-            &mut ws.dz,
             &mut grads.short_w,
             &mut grads.short_b,
         )?;
+        let dz = &ws.duc; // duc now holds dz
         matmul(
             MatMut::rm(&mut grads.in_w, c, d),
-            MatRef::rm(&ws.dz, c, bl),
+            MatRef::rm(dz, c, bl),
             MatRef::rm(u, bl, d),
             true,
         )?;
-        for (row, gb) in ws.dz.chunks_exact(bl).zip(grads.in_b.iter_mut()) {
+        for (row, gb) in dz.chunks_exact(bl).zip(grads.in_b.iter_mut()) {
             *gb += row.iter().sum::<f32>();
         }
         matmul(
             MatMut::rm(du, bl, d),
-            MatRef::tr(&ws.dz, bl, c),
+            MatRef::tr(dz, bl, c),
             MatRef::rm(&p.in_w, c, d),
             false,
         )

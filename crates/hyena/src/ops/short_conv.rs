@@ -66,13 +66,32 @@ pub fn backward(
     dw: &mut [f32],
     db: &mut [f32],
 ) -> Result<()> {
+    check_len("short_conv backward", "dy (rows)", dy.len(), lay.numel())?;
+    check_len("short_conv backward", "dx (rows)", dx.len(), lay.numel())?;
+    dx.copy_from_slice(dy);
+    backward_inplace(dx, x, w, k, lay, dw, db)
+}
+
+/// Backward in place: `g` holds `dy` on entry and `dx` on return (saves one activation-sized
+/// buffer in the operator). *Accumulates* `dw [C, K]` and `db [C]`.
+///
+/// `dx[t] = Σ_j w[j] dy[t + K-1-j]` reads only `dy[t..t+K]`, so an ascending sweep can overwrite
+/// `dy[t]` once `dx[t]` is known.
+pub fn backward_inplace(
+    g: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    k: usize,
+    lay: RowLayout,
+    dw: &mut [f32],
+    db: &mut [f32],
+) -> Result<()> {
     const OP: &str = "short_conv backward";
     check(OP, &lay, x.len(), w.len(), db.len(), k)?;
-    check_len(OP, "dy (rows)", dy.len(), lay.numel())?;
-    check_len(OP, "dx (rows)", dx.len(), lay.numel())?;
+    check_len(OP, "dy (rows)", g.len(), lay.numel())?;
     check_len(OP, "dw [C, K]", dw.len(), lay.chans * k)?;
     let l = lay.len;
-    let dxp = SyncPtr::new(dx);
+    let gp = SyncPtr::new(g);
     let dwp = SyncPtr::new(dw);
     let dbp = SyncPtr::new(db);
     (0..lay.chans).into_par_iter().for_each(|c| {
@@ -83,25 +102,29 @@ pub fn backward(
         for b in 0..lay.batch {
             let off = b * lay.batch_stride + c * lay.chan_stride;
             let xr = &x[off..off + l];
-            let gr = &dy[off..off + l];
-            let dxr = unsafe { dxp.slice(off, l) };
-            dxr.fill(0.0);
+            let gr = unsafe { gp.slice(off, l) };
             dbc[0] += gr.iter().sum::<f32>();
-            for (j, &wj) in wc.iter().enumerate() {
+            // y[t] += w[j] x[t-s] with s = K-1-j  ⇒  dw[j] += Σ_t dy[t] x[t-s].
+            for (j, dwj) in dwc.iter_mut().enumerate() {
                 let s = k - 1 - j;
-                if s >= l {
-                    continue;
+                if s < l {
+                    *dwj += gr[s..]
+                        .iter()
+                        .zip(&xr[..l - s])
+                        .map(|(a, b)| a * b)
+                        .sum::<f32>();
                 }
-                // y[t] += w[j] x[t-s]  ⇒  dx[t-s] += w[j] dy[t],  dw[j] += dy[t] x[t-s].
+            }
+            // dx[t] = Σ_j w[j] dy[t+s_j], in place, ascending t.
+            for t in 0..l {
                 let mut acc = 0.0f32;
-                for (dxt, (gt, xt)) in dxr[..l - s]
-                    .iter_mut()
-                    .zip(gr[s..].iter().zip(&xr[..l - s]))
-                {
-                    *dxt += wj * gt;
-                    acc += gt * xt;
+                for (j, &wj) in wc.iter().enumerate() {
+                    let src = t + (k - 1 - j);
+                    if src < l {
+                        acc += wj * gr[src];
+                    }
                 }
-                dwc[j] += acc;
+                gr[t] = acc;
             }
         }
     });
