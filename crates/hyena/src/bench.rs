@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::config::HyenaConfig;
 use crate::error::Result;
 use crate::layers::{HyenaCache, HyenaGradWorkspace, HyenaOperator, Params};
-use crate::ops::fftconv::FftConv;
+use crate::ops::fftconv::{FftConv, Spectra};
 use crate::ops::gradcheck::rand_vec;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
@@ -210,9 +210,20 @@ pub fn run_one(spec: &BenchSpec, l: usize) -> Result<BenchRecord> {
             let mut du = vec![0.0f32; b * d * l];
             let mut dk = vec![0.0f32; d * l];
             let mut ddd = vec![0.0f32; d];
+            let mut spectra = Spectra::default();
             let mut fb = || -> Result<()> {
-                engine.forward(&u, &k, &dd, (b, d, l), &mut y)?;
-                engine.backward(&g, &u, &k, &dd, (b, d, l), &mut du, &mut dk, &mut ddd)
+                engine.forward(&u, &k, &dd, (b, d, l), &mut y, Some(&mut spectra))?;
+                engine.backward(
+                    &g,
+                    &u,
+                    &k,
+                    &dd,
+                    (b, d, l),
+                    Some(&spectra),
+                    &mut du,
+                    &mut dk,
+                    &mut ddd,
+                )
             };
             let t = Instant::now();
             fb()?;
@@ -220,7 +231,7 @@ pub fn run_one(spec: &BenchSpec, l: usize) -> Result<BenchRecord> {
             let peak = mem_peak_mib(base);
             let (fbm, reps) = time_reps(spec.reps, first, &mut fb)?;
             let (fm, _) = time_reps(Some(reps), first / 3.0, || {
-                engine.forward(&u, &k, &dd, (b, d, l), &mut y)
+                engine.forward(&u, &k, &dd, (b, d, l), &mut y, None)
             })?;
             (fm, fbm, peak, reps, conv_fwd_flops(b, d, l))
         }

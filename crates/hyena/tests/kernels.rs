@@ -2,7 +2,7 @@
 //! finite-difference gradient check of every hand-written backward and a causality check.
 
 use hyena::ops::act;
-use hyena::ops::fftconv::{reference, FftConv, GatedConv, GatedConvGrads, RowLayout};
+use hyena::ops::fftconv::{reference, FftConv, GatedConv, GatedConvGrads, RowLayout, Spectra};
 use hyena::ops::gradcheck::{check, dot, rand_vec};
 use hyena::ops::{linear, norm, short_conv};
 
@@ -76,25 +76,33 @@ impl ConvCase {
 fn fftconv_matches_direct_reference_at_many_lengths() {
     let eng = FftConv::new();
     for &l in &LENGTHS {
-        for (li, lay) in [RowLayout::bcl(2, 3, l), RowLayout::cbl(2, 3, l)]
-            .into_iter()
-            .enumerate()
+        // B = 3 exercises a packed pair plus the odd row; B = 1 the odd row alone.
+        for (li, lay) in [
+            RowLayout::bcl(3, 2, l),
+            RowLayout::cbl(3, 2, l),
+            RowLayout::cbl(1, 2, l),
+        ]
+        .into_iter()
+        .enumerate()
         {
-            for gated in [false, true] {
+            // Gated or plain; backward with spectra saved by the forward or recomputed.
+            for (gated, save) in [(false, false), (false, true), (true, false), (true, true)] {
                 let cs = ConvCase::new(lay, 10 * l as u64 + li as u64);
+                let mut spectra = Spectra::default();
                 let a = cs.args(gated);
                 let (y_ref, co_ref) = reference::gated_forward(&a);
                 let mut y = vec![0.0; lay.numel()];
                 let mut co = vec![0.0; lay.numel()];
-                eng.gated_forward(&a, &mut y, Some(&mut co)).unwrap();
-                let tag = format!("L={l} layout={li} gated={gated}");
+                eng.gated_forward(&a, &mut y, Some(&mut co), save.then_some(&mut spectra))
+                    .unwrap();
+                let tag = format!("L={l} layout={li} gated={gated} saved={save}");
                 assert_close(&format!("forward y {tag}"), &y, &y_ref, 2e-5);
                 assert_close(&format!("forward conv_out {tag}"), &co, &co_ref, 2e-5);
 
                 let (du_r, dpre_r, dpost_r, dk_r, dd_r) = reference::gated_backward(&a, &cs.dy);
                 let n = lay.numel();
                 let (mut du, mut dpre, mut dpost) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-                let (mut dk, mut dd) = (vec![0.0; 3 * l], vec![0.0; 3]);
+                let (mut dk, mut dd) = (vec![0.0; 2 * l], vec![0.0; 2]);
                 let grads = GatedConvGrads {
                     du: &mut du,
                     dpre: gated.then_some(&mut dpre[..]),
@@ -102,7 +110,8 @@ fn fftconv_matches_direct_reference_at_many_lengths() {
                     dk: &mut dk,
                     dd: &mut dd,
                 };
-                eng.gated_backward(&a, &cs.dy, gated.then_some(&co[..]), grads)
+                let saved = save.then_some(&spectra);
+                eng.gated_backward(&a, &cs.dy, gated.then_some(&co[..]), saved, grads)
                     .unwrap();
                 assert_close(&format!("du {tag}"), &du, &du_r, 2e-5);
                 assert_close(&format!("dk {tag}"), &dk, &dk_r, 2e-5);
@@ -122,7 +131,9 @@ fn fftconv_plain_api_matches_reference() {
     for &l in &[5usize, 64, 1000] {
         let cs = ConvCase::new(RowLayout::bcl(3, 2, l), 77 + l as u64);
         let mut y = vec![0.0; cs.u.len()];
-        eng.forward(&cs.u, &cs.k, &cs.d, (3, 2, l), &mut y).unwrap();
+        let mut spectra = Spectra::default();
+        eng.forward(&cs.u, &cs.k, &cs.d, (3, 2, l), &mut y, Some(&mut spectra))
+            .unwrap();
         let (y_ref, _) = reference::gated_forward(&cs.args(false));
         assert_close("plain forward", &y, &y_ref, 2e-5);
         let (mut du, mut dk, mut dd) = (vec![0.0; cs.u.len()], vec![0.0; 2 * l], vec![0.0; 2]);
@@ -132,6 +143,7 @@ fn fftconv_plain_api_matches_reference() {
             &cs.k,
             &cs.d,
             (3, 2, l),
+            Some(&spectra),
             &mut du,
             &mut dk,
             &mut dd,
@@ -148,12 +160,13 @@ fn fftconv_plain_api_matches_reference() {
 fn fftconv_gradients_match_finite_differences() {
     let eng = FftConv::new();
     for &l in &[1usize, 7, 64] {
-        let lay = RowLayout::cbl(2, 2, l);
+        let lay = RowLayout::cbl(3, 2, l);
         let cs = ConvCase::new(lay, 500 + l as u64);
         let n = lay.numel();
         let mut co = vec![0.0; n];
         let mut y = vec![0.0; n];
-        eng.gated_forward(&cs.args(true), &mut y, Some(&mut co))
+        let mut spectra = Spectra::default();
+        eng.gated_forward(&cs.args(true), &mut y, Some(&mut co), Some(&mut spectra))
             .unwrap();
         let (mut du, mut dpre, mut dpost) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
         let (mut dk, mut dd) = (vec![0.0; 2 * l], vec![0.0; 2]);
@@ -161,6 +174,7 @@ fn fftconv_gradients_match_finite_differences() {
             &cs.args(true),
             &cs.dy,
             Some(&co),
+            Some(&spectra),
             GatedConvGrads {
                 du: &mut du,
                 dpre: Some(&mut dpre),
@@ -180,7 +194,7 @@ fn fftconv_gradients_match_finite_differences() {
                 d,
             };
             let mut y = vec![0.0; n];
-            eng.gated_forward(&a, &mut y, None).unwrap();
+            eng.gated_forward(&a, &mut y, None, None).unwrap();
             dot(&cs.dy, &y)
         };
         let (eps, tol) = (1e-2, 2e-2);
@@ -244,7 +258,8 @@ fn fftconv_is_causal() {
     let lay = RowLayout::bcl(1, 2, l);
     let cs = ConvCase::new(lay, 9);
     let mut y0 = vec![0.0; lay.numel()];
-    eng.gated_forward(&cs.args(true), &mut y0, None).unwrap();
+    eng.gated_forward(&cs.args(true), &mut y0, None, None)
+        .unwrap();
     for &tp in &[0usize, 1, 100, 256] {
         let mut u = cs.u.clone();
         for c in 0..2 {
@@ -255,7 +270,7 @@ fn fftconv_is_causal() {
             ..cs.args(true)
         };
         let mut y1 = vec![0.0; lay.numel()];
-        eng.gated_forward(&a, &mut y1, None).unwrap();
+        eng.gated_forward(&a, &mut y1, None, None).unwrap();
         for c in 0..2 {
             let before = max_abs_diff(&y0[c * l..c * l + tp], &y1[c * l..c * l + tp]);
             let after = max_abs_diff(&y0[c * l + tp..(c + 1) * l], &y1[c * l + tp..(c + 1) * l]);
@@ -278,17 +293,17 @@ fn fftconv_rejects_bad_shapes() {
     let (u, k, d) = (vec![0.0; 2 * 3 * 8], vec![0.0; 3 * 7], vec![0.0; 3]);
     let mut y = vec![0.0; 2 * 3 * 8];
     let e = eng
-        .forward(&u, &k, &d, (2, 3, 8), &mut y)
+        .forward(&u, &k, &d, (2, 3, 8), &mut y, None)
         .unwrap_err()
         .to_string();
     assert!(e.contains("filter k"), "{e}");
     let e = eng
-        .forward(&u, &[0.0; 24], &d[..2], (2, 3, 8), &mut y)
+        .forward(&u, &[0.0; 24], &d[..2], (2, 3, 8), &mut y, None)
         .unwrap_err()
         .to_string();
     assert!(e.contains("skip D"), "{e}");
     let e = eng
-        .forward(&u[..10], &[0.0; 24], &d, (2, 3, 8), &mut y)
+        .forward(&u[..10], &[0.0; 24], &d, (2, 3, 8), &mut y, None)
         .unwrap_err()
         .to_string();
     assert!(e.contains("u"), "{e}");

@@ -157,11 +157,21 @@ fn fftconv_matches_pytorch() {
     );
     let eng = FftConv::new();
     let mut y = vec![0.0; u.data.len()];
-    eng.forward(&u.data, k, d, (b, c, l), &mut y).unwrap();
+    eng.forward(&u.data, k, d, (b, c, l), &mut y, None).unwrap();
     assert!(max_abs_diff(&y, &f.get("y").unwrap().data) <= 1e-5);
     let (mut du, mut dk, mut dd) = (vec![0.0; y.len()], vec![0.0; c * l], vec![0.0; c]);
-    eng.backward(dy, &u.data, k, d, (b, c, l), &mut du, &mut dk, &mut dd)
-        .unwrap();
+    eng.backward(
+        dy,
+        &u.data,
+        k,
+        d,
+        (b, c, l),
+        None,
+        &mut du,
+        &mut dk,
+        &mut dd,
+    )
+    .unwrap();
     assert!(max_abs_diff(&du, &f.get("grad.u").unwrap().data) <= 1e-5);
     assert!(max_abs_diff(&dk, &f.get("grad.k").unwrap().data) <= 1e-4);
     assert!(max_abs_diff(&dd, &f.get("grad.D").unwrap().data) <= 1e-4);

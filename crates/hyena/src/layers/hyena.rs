@@ -20,7 +20,7 @@ use crate::config::HyenaConfig;
 use crate::error::{check_len, Error, Result};
 use crate::layers::filter::{FilterCache, FilterParams, HyenaFilter};
 use crate::layers::{init, Params, Visitor, VisitorMut};
-use crate::ops::fftconv::{FftConv, GatedConv, GatedConvGrads, RowLayout};
+use crate::ops::fftconv::{FftConv, GatedConv, GatedConvGrads, RowLayout, Spectra};
 use crate::ops::linear::{col_sums_acc, matmul, MatMut, MatRef};
 use crate::ops::short_conv;
 
@@ -114,6 +114,8 @@ pub struct HyenaCache {
     conv: Vec<f32>,
     /// Gated result `x_0 ⊙ v` `[D, B, L]` (input of out_proj).
     yg: Vec<f32>,
+    /// Input and filter spectra of each long convolution, for a cheaper backward.
+    spectra: Vec<Spectra>,
     filter: FilterCache,
 }
 
@@ -226,6 +228,7 @@ impl HyenaOperator {
         grow(&mut cache.uc, c * bl);
         grow(&mut cache.conv, (n - 1) * d * bl);
         grow(&mut cache.yg, d * bl);
+        cache.spectra.resize_with(n - 1, Spectra::default);
         let p = &self.params;
 
         // in_proj: z [C, B·L] = W [C, D] · uᵀ [D, B·L] + bias (bias written first, GEMM accumulates).
@@ -261,6 +264,7 @@ impl HyenaOperator {
                 &done[(o - 1) * chunk..]
             };
             let conv_o = &mut rest[..chunk];
+            let spec_o = &mut cache.spectra[o];
             let args = GatedConv {
                 layout: lay,
                 u: input,
@@ -271,9 +275,9 @@ impl HyenaOperator {
             };
             if o == n - 2 {
                 self.conv
-                    .gated_forward(&args, &mut cache.yg, Some(conv_o))?;
+                    .gated_forward(&args, &mut cache.yg, Some(conv_o), Some(spec_o))?;
             } else {
-                self.conv.gated_forward(&args, conv_o, None)?;
+                self.conv.gated_forward(&args, conv_o, None, Some(spec_o))?;
             }
         }
         // out_proj: y [B·L, D] = ygᵀ [B·L, D] · Woᵀ + bias.
@@ -380,6 +384,7 @@ impl HyenaOperator {
                 &args,
                 upstream,
                 if last { Some(conv_o) } else { None },
+                Some(&cache.spectra[o]),
                 GatedConvGrads {
                     du: dinput,
                     dpre: Some(dpre),

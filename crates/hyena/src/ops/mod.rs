@@ -29,10 +29,10 @@ impl SyncPtr {
         SyncPtr(s.as_mut_ptr(), s.len())
     }
     /// # Safety
-    /// `[off, off + len)` must lie inside the buffer and be written by no other task while the
-    /// returned slice lives.
+    /// `[off, off + len)` must lie inside the buffer, the buffer must outlive the returned slice,
+    /// and no other task may touch that range while the slice lives.
     #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn slice(&self, off: usize, len: usize) -> &mut [f32] {
+    pub(crate) unsafe fn slice<'a>(&self, off: usize, len: usize) -> &'a mut [f32] {
         assert!(off + len <= self.1, "SyncPtr range out of bounds");
         std::slice::from_raw_parts_mut(self.0.add(off), len)
     }
