@@ -793,13 +793,13 @@ fn backward_epilogue(
 
 /// View interleaved `[re, im, re, im, …]` floats as complex numbers.
 fn as_complex(s: &mut [f32]) -> &mut [Complex<f32>] {
-    debug_assert!(s.len() % 2 == 0);
+    debug_assert!(s.len().is_multiple_of(2));
     // SAFETY: `Complex<f32>` is `#[repr(C)]` { re, im } with the alignment of f32.
     unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut Complex<f32>, s.len() / 2) }
 }
 
 fn as_complex_ref(s: &[f32]) -> &[Complex<f32>] {
-    debug_assert!(s.len() % 2 == 0);
+    debug_assert!(s.len().is_multiple_of(2));
     // SAFETY: as in `as_complex`.
     unsafe { std::slice::from_raw_parts(s.as_ptr() as *const Complex<f32>, s.len() / 2) }
 }
