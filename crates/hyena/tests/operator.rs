@@ -430,3 +430,41 @@ fn config_round_trips_through_json_and_rejects_unknown_fields() {
     let err = serde_json::from_str::<HyenaConfig>(r#"{"d_model": 8, "ordr": 2}"#).unwrap_err();
     assert!(err.to_string().contains("ordr"), "{err}");
 }
+
+/// The `(o d)` blocked filter layout (HyenaDNA standalone) is the `(v o)` interleaved one
+/// (safari) with the filter channels permuted: permuting `w_out` rows, `bias` and `deltas`
+/// accordingly must give the same operator.
+#[test]
+fn blocked_filter_layout_is_a_channel_permutation() {
+    let cfg_i = small_cfg(3);
+    let mut cfg_b = cfg_i.clone();
+    cfg_b.filter.layout = hyena::FilterLayout::Blocked;
+    let a = HyenaOperator::new(&cfg_i, 11).unwrap();
+    let mut b = HyenaOperator::new(&cfg_b, 11).unwrap();
+    let (d, s, f) = (cfg_i.d_model, cfg_i.order - 1, cfg_i.filter.filter_order);
+    b.params = a.params.clone();
+    for o in 0..s {
+        for dd in 0..d {
+            let (ci, cb) = (dd * s + o, o * d + dd);
+            b.params.filter.bias[cb] = a.params.filter.bias[ci];
+            b.filter.buffers.deltas[cb] = a.filter.buffers.deltas[ci];
+            let row = a.params.filter.w_out[ci * f..(ci + 1) * f].to_vec();
+            b.params.filter.w_out[cb * f..(cb + 1) * f].copy_from_slice(&row);
+        }
+    }
+    let (bs, l) = (2, 16);
+    let u = rand_vec(bs * l * d, 8, 1.0);
+    let (mut ya, mut yb) = (vec![0.0; u.len()], vec![0.0; u.len()]);
+    a.forward(&u, bs, l, &mut ya, &mut HyenaCache::default())
+        .unwrap();
+    b.forward(&u, bs, l, &mut yb, &mut HyenaCache::default())
+        .unwrap();
+    assert!(max_abs_diff(&ya, &yb) <= 1e-6, "{}", max_abs_diff(&ya, &yb));
+    // ...and without the permutation the two layouts really differ (order 3).
+    let mut c = HyenaOperator::new(&cfg_b, 11).unwrap();
+    c.params = a.params.clone();
+    let mut yc = vec![0.0; u.len()];
+    c.forward(&u, bs, l, &mut yc, &mut HyenaCache::default())
+        .unwrap();
+    assert!(max_abs_diff(&ya, &yc) > 1e-4);
+}

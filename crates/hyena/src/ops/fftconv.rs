@@ -455,7 +455,8 @@ impl FftConv {
             }
             if let Some((_, kp)) = &sp {
                 // SAFETY: channel c's spectrum slot belongs to this task.
-                as_complex(unsafe { kp.slice(2 * c * n, 2 * n) }).copy_from_slice(kfull);
+                as_complex(unsafe { kp.slice(2 * c * (l + 1), 2 * (l + 1)) })
+                    .copy_from_slice(&kfull[..=l]);
             }
             let dc = a.d[c];
             let w_slot = |wp: SyncPtr, b: usize, len: usize| {
@@ -597,16 +598,23 @@ impl FftConv {
                 acc,
                 fft,
             } = &mut s;
-            let kfull: &[Complex<f32>] = match saved {
-                Some(sv) => as_complex_ref(&sv.k[2 * c * n..2 * (c + 1) * n]),
+            match saved {
+                // The saved half spectrum, mirrored: the spectrum of a real filter is Hermitian.
+                Some(sv) => {
+                    let half = as_complex_ref(&sv.k[2 * c * (l + 1)..2 * (c + 1) * (l + 1)]);
+                    kfull[..=l].copy_from_slice(half);
+                    for k in l + 1..n {
+                        kfull[k] = kfull[n - k].conj();
+                    }
+                }
                 None => {
                     plan.pack_forward(kfull, zt, &a.k[c * l..(c + 1) * l], None, None, fft);
                     for v in kfull.iter_mut() {
                         *v *= scale;
                     }
-                    kfull
                 }
-            };
+            }
+            let kfull: &[Complex<f32>] = kfull;
             acc.fill(Complex::default());
             let dc = a.d[c];
             let mut dd_acc = 0.0f64;
@@ -806,7 +814,8 @@ fn as_complex_ref(s: &[f32]) -> &[Complex<f32>] {
 
 /// Spectra kept by a training forward for its backward: the input spectra (per channel, the
 /// packed complex spectrum of each pair of batch rows and the half spectrum of an odd last
-/// row: `2(L+1)` floats per row) and the scaled filter spectrum `K/n` (`2n` floats per channel).
+/// row: `2(L+1)` floats per row) and the half spectrum of the scaled filter `K/n` (`2(L+1)`
+/// floats per channel).
 /// About twice the input's memory; saves two of the backward's five transforms per row pair.
 #[derive(Clone, Debug, Default)]
 pub struct Spectra {
@@ -822,7 +831,7 @@ impl Spectra {
     }
     fn resize(&mut self, lay: RowLayout) {
         self.w.resize(lay.chans * Self::row_floats(lay), 0.0);
-        self.k.resize(lay.chans * 4 * lay.len, 0.0);
+        self.k.resize(lay.chans * 2 * (lay.len + 1), 0.0);
         self.layout = Some(lay);
     }
 }
