@@ -349,6 +349,17 @@ fn short_conv_matches_reference_and_gradients() {
 
 #[test]
 fn linear_matches_reference_and_gradients() {
+    // Forward at every test length L (rows = sequence positions, as in the projections).
+    for &l in &LENGTHS {
+        let (kk, n) = (24, 40);
+        let x = rand_vec(l * kk, l as u64, 1.0);
+        let w = rand_vec(n * kk, 2, 1.0);
+        let b = rand_vec(n, 3, 1.0);
+        let mut y = vec![0.0; l * n];
+        linear::linear_forward(&x, &w, Some(&b), l, kk, n, &mut y).unwrap();
+        let y_ref = linear::reference::linear_forward(&x, &w, Some(&b), l, kk, n);
+        assert_close(&format!("linear L={l}"), &y, &y_ref, 1e-5);
+    }
     for &(m, kk, n) in &[
         (1usize, 1usize, 1usize),
         (7, 5, 3),
@@ -395,6 +406,18 @@ fn linear_matches_reference_and_gradients() {
 
 #[test]
 fn layernorm_matches_reference_and_gradients() {
+    for &l in &LENGTHS {
+        let d = 48;
+        let x: Vec<f32> = rand_vec(l * d, l as u64, 2.0)
+            .iter()
+            .map(|v| v + 0.5)
+            .collect();
+        let (g, b) = (rand_vec(d, 6, 1.0), rand_vec(d, 7, 1.0));
+        let (mut y, mut mu, mut rs) = (vec![0.0; l * d], vec![0.0; l], vec![0.0; l]);
+        norm::layernorm_forward(&x, &g, &b, d, 1e-5, &mut y, &mut mu, &mut rs).unwrap();
+        let y_ref = norm::reference::layernorm_forward(&x, &g, &b, d, 1e-5);
+        assert_close(&format!("layernorm L={l}"), &y, &y_ref, 1e-5);
+    }
     for &(m, d) in &[(1usize, 1usize), (3, 7), (64, 128)] {
         let x: Vec<f32> = rand_vec(m * d, 5, 2.0).iter().map(|v| v + 0.5).collect();
         let g = rand_vec(d, 6, 1.0);
@@ -424,6 +447,13 @@ fn layernorm_matches_reference_and_gradients() {
 
 #[test]
 fn activations_match_reference_and_gradients() {
+    for &l in &LENGTHS {
+        let x = rand_vec(l * 8, l as u64, 4.0);
+        let mut y = vec![0.0; x.len()];
+        act::gelu_forward(&x, &mut y).unwrap();
+        let y_ref: Vec<f32> = x.iter().map(|v| act::reference::gelu(*v)).collect();
+        assert_close(&format!("gelu L={l}"), &y, &y_ref, 1e-6);
+    }
     let x = rand_vec(1000, 9, 4.0);
     let mut y = vec![0.0; 1000];
     act::gelu_forward(&x, &mut y).unwrap();
