@@ -39,6 +39,9 @@ pub struct FilterConfig {
     pub shift: f32,
     /// Channel layout of the filter outputs (matters only for order > 2).
     pub layout: FilterLayout,
+    /// Train the positional embedding `z` (safari's `lr_pos_emb != 0` makes it a Parameter);
+    /// off for HyenaDNA, whose checkpoints keep it as a buffer.
+    pub learn_pos_emb: bool,
 }
 
 impl Default for FilterConfig {
@@ -54,6 +57,7 @@ impl Default for FilterConfig {
             target: 1e-2,
             shift: 0.0,
             layout: FilterLayout::Interleaved,
+            learn_pos_emb: false,
         }
     }
 }

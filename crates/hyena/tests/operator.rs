@@ -177,6 +177,8 @@ fn fftconv_matches_pytorch() {
     assert!(max_abs_diff(&dd, &f.get("grad.D").unwrap().data) <= 1e-4);
 }
 
+/// A tiny operator; order 3 also trains the positional embedding `z` (safari's default), so the
+/// gradient checks cover that path too.
 fn small_cfg(order: usize) -> HyenaConfig {
     HyenaConfig {
         d_model: 4,
@@ -188,6 +190,7 @@ fn small_cfg(order: usize) -> HyenaConfig {
             filter_order: 6,
             w: 1.5,
             shift: 0.05,
+            learn_pos_emb: order == 3,
             ..FilterConfig::default()
         },
     }
@@ -228,6 +231,11 @@ fn operator_gradcheck(order: usize) {
     check("du", &u, &du, |x| loss(&op, x), 48, 1e-2, 2e-2).unwrap();
     let mut names = Vec::new();
     grads.visit("", &mut |n, _, g| names.push((n.to_string(), g.to_vec())));
+    let has_z = names.iter().any(|(n, _)| n == "filter_fn.pos_emb.z");
+    assert_eq!(
+        has_z, cfg.filter.learn_pos_emb,
+        "pos_emb.z is trained iff configured"
+    );
     for (name, g) in &names {
         let mut x0 = Vec::new();
         op.params.visit("", &mut |n, _, d| {

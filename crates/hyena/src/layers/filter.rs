@@ -32,6 +32,9 @@ pub struct FilterParams {
     pub inner_b: Vec<Vec<f32>>,
     /// `implicit_filter.{2+2n}.weight` [C_f, F] (no bias).
     pub w_out: Vec<f32>,
+    /// `pos_emb.z` [1, l_max, E] when it is trained (`learn_pos_emb`); empty otherwise, and the
+    /// filter reads [`FilterBuffers::z`].
+    pub z: Vec<f32>,
     e: usize,
     f: usize,
     cf: usize,
@@ -54,6 +57,11 @@ impl FilterParams {
             inner_w: vec![vec![0.0; f * f]; n],
             inner_b: vec![vec![0.0; f]; n],
             w_out: vec![0.0; cf * f],
+            z: if cfg.filter.learn_pos_emb {
+                vec![0.0; cfg.l_max * e]
+            } else {
+                Vec::new()
+            },
             e,
             f,
             cf,
@@ -71,6 +79,9 @@ impl FilterParams {
         }
         p.w_out = init::linear(rng, cf, f, false).0;
         p.bias = init::randn(rng, cf, 1.0);
+        if cfg.filter.learn_pos_emb {
+            p.z = FilterBuffers::new(cfg).z;
+        }
         p
     }
 }
@@ -108,6 +119,13 @@ impl Params for FilterParams {
             &[cf, fo],
             &self.w_out,
         );
+        if !self.z.is_empty() {
+            f(
+                &format!("{prefix}pos_emb.z"),
+                &[1, self.z.len() / e, e],
+                &self.z,
+            );
+        }
     }
     fn visit_mut(&mut self, prefix: &str, f: &mut VisitorMut<'_>) {
         let (e, fo, cf) = (self.e, self.f, self.cf);
@@ -145,11 +163,19 @@ impl Params for FilterParams {
             &[cf, fo],
             &mut self.w_out,
         );
+        if !self.z.is_empty() {
+            f(
+                &format!("{prefix}pos_emb.z"),
+                &[1, self.z.len() / e, e],
+                &mut self.z,
+            );
+        }
     }
 }
 
-/// Non-trainable state of the filter: `pos_emb.z` [1, l_max, E], `pos_emb.t` [1, l_max, 1],
-/// `modulation.deltas` [1, 1, C_f]. Stored in checkpoints like the reference's buffers.
+/// Non-trainable state of the filter: `pos_emb.z` [1, l_max, E] (unless it is trained, see
+/// [`FilterParams::z`]), `pos_emb.t` [1, l_max, 1], `modulation.deltas` [1, 1, C_f]. Stored in
+/// checkpoints like the reference's buffers.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FilterBuffers {
     pub z: Vec<f32>,
@@ -197,7 +223,9 @@ impl FilterBuffers {
     /// Visit `(name, shape, data)` of the buffers.
     pub fn visit_mut(&mut self, prefix: &str, lm: usize, e: usize, f: &mut VisitorMut<'_>) {
         let cf = self.deltas.len();
-        f(&format!("{prefix}pos_emb.z"), &[1, lm, e], &mut self.z);
+        if !self.z.is_empty() {
+            f(&format!("{prefix}pos_emb.z"), &[1, lm, e], &mut self.z);
+        }
         f(&format!("{prefix}pos_emb.t"), &[1, lm, 1], &mut self.t);
         f(
             &format!("{prefix}modulation.deltas"),
@@ -231,11 +259,25 @@ pub struct HyenaFilter {
 }
 
 impl HyenaFilter {
-    /// Filter for `cfg`, with buffers computed from the config.
+    /// Filter for `cfg`, with buffers computed from the config (`z` lives in the parameters
+    /// instead when it is trained).
     pub fn new(cfg: &HyenaConfig) -> Self {
+        let mut buffers = FilterBuffers::new(cfg);
+        if cfg.filter.learn_pos_emb {
+            buffers.z = Vec::new();
+        }
         HyenaFilter {
-            buffers: FilterBuffers::new(cfg),
+            buffers,
             cfg: cfg.clone(),
+        }
+    }
+
+    /// The positional embedding `[l_max, E]`: trained (in `p`) or a buffer.
+    fn z<'a>(&'a self, p: &'a FilterParams) -> &'a [f32] {
+        if self.cfg.filter.learn_pos_emb {
+            &p.z
+        } else {
+            &self.buffers.z
         }
     }
 
@@ -289,7 +331,8 @@ impl HyenaFilter {
             cfg.d_model,
             cfg.order - 1,
         );
-        check_len(OP, "pos_emb.z", self.buffers.z.len(), cfg.l_max * e)?;
+        let z = self.z(p);
+        check_len(OP, "pos_emb.z", z.len(), cfg.l_max * e)?;
         let n_layers = 1 + p.inner_w.len();
         cache.l = l;
         cache.pre.resize(n_layers, Vec::new());
@@ -299,15 +342,7 @@ impl HyenaFilter {
             cache.post[i].resize(l * f, 0.0);
         }
         // [L, E] → [L, F] → Sin → ... (all row-major [L, F]).
-        linear_forward(
-            &self.buffers.z[..l * e],
-            &p.w0,
-            Some(&p.b0),
-            l,
-            e,
-            f,
-            &mut cache.pre[0],
-        )?;
+        linear_forward(&z[..l * e], &p.w0, Some(&p.b0), l, e, f, &mut cache.pre[0])?;
         sin_forward(&cache.pre[0], &p.freq, &mut cache.post[0])?;
         for i in 1..n_layers {
             let (before, after) = cache.post.split_at_mut(i);
@@ -351,7 +386,7 @@ impl HyenaFilter {
     }
 
     /// Backward. `dk: [N-1, D, L]` (consumed: used as scratch), `dbias: [N-1, D]`; accumulates
-    /// into `grads`. Gradients do not flow into the buffers `z`, `t`, `deltas`.
+    /// into `grads` (including `z` when it is trained; never into the buffers `t`, `deltas`).
     pub fn backward(
         &self,
         p: &FilterParams,
@@ -424,7 +459,7 @@ impl HyenaFilter {
                     Some(&mut grads.inner_b[i - 1]),
                 )?;
             } else {
-                let z = &self.buffers.z[..l * e];
+                let z = &self.z(p)[..l * e];
                 linear_backward(
                     &dpre,
                     z,
@@ -434,6 +469,11 @@ impl HyenaFilter {
                     &mut grads.w0,
                     Some(&mut grads.b0),
                 )?;
+                if cfg.filter.learn_pos_emb {
+                    // dz[:L] [L, E] += dpre [L, F] · W0 [F, E]
+                    let dz = MatMut::rm(&mut grads.z[..l * e], l, e);
+                    matmul(dz, MatRef::rm(&dpre, l, f), MatRef::rm(&p.w0, f, e), true)?;
+                }
             }
         }
         Ok(())
