@@ -63,10 +63,18 @@ struct BenchArgs {
     json: bool,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.cmd {
+    let res = match cli.cmd {
         Command::Bench(a) => bench(a),
+    };
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the whole context chain on one line, without a backtrace.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
@@ -92,6 +100,10 @@ fn bench(a: BenchArgs) -> Result<()> {
         BenchWhat::Conv => BenchOp::Conv,
         BenchWhat::Operator => BenchOp::Operator,
     };
+    if op == BenchOp::Operator {
+        // Fail before printing anything if the operator config is invalid (e.g. --order 1).
+        hyena::bench::bench_operator_config(a.dim, 1, a.order).validate()?;
+    }
     let spec = BenchSpec {
         op,
         batch: a.batch,

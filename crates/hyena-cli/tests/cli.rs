@@ -1,0 +1,98 @@
+//! End-to-end checks of the `hyena` binary: the `bench --json` contract other tools rely on,
+//! the table output, and clear errors on bad flags.
+
+use std::process::Command;
+
+fn hyena(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_hyena"))
+        .args(args)
+        .output()
+        .expect("run hyena")
+}
+
+#[test]
+fn bench_json_prints_one_record_per_length() {
+    for op in ["conv", "operator"] {
+        let out = hyena(&[
+            "bench",
+            op,
+            "--lengths",
+            "7,64",
+            "--batch",
+            "3",
+            "--dim",
+            "8",
+            "--reps",
+            "1",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let recs: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(recs.len(), 2, "{text}");
+        for (r, l) in recs.iter().zip([7, 64]) {
+            assert_eq!(r["op"], op);
+            assert_eq!(r["B"], 3);
+            assert_eq!(r["D"], 8);
+            assert_eq!(r["L"], l);
+            for key in ["fwd_ms", "fwdbwd_ms", "fwd_gflops", "peak_mib"] {
+                let v = r[key]
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("{key} missing in {r}"));
+                assert!(v > 0.0, "{key} = {v}");
+            }
+        }
+    }
+}
+
+#[test]
+fn bench_table_has_a_row_per_length() {
+    let out = hyena(&[
+        "bench",
+        "conv",
+        "--lengths",
+        "5,9,33",
+        "--batch",
+        "1",
+        "--dim",
+        "2",
+        "--reps",
+        "1",
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for l in ["| 5 |", "| 9 |", "| 33 |"] {
+        assert!(text.contains(l), "missing row {l} in\n{text}");
+    }
+}
+
+#[test]
+fn bad_flags_fail_with_a_message() {
+    let out = hyena(&["bench", "conv", "--lengths", "0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--lengths"));
+    let out = hyena(&[
+        "bench",
+        "operator",
+        "--order",
+        "1",
+        "--lengths",
+        "8",
+        "--dim",
+        "4",
+        "--batch",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("order"), "{err}");
+    let out = hyena(&["bench", "nonsense"]);
+    assert!(!out.status.success());
+}
