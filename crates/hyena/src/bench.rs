@@ -184,6 +184,22 @@ fn time_reps(
     Ok((median(times), n))
 }
 
+/// Run `step(true)` (forward+backward) once to warm up and read the peak memory, then time
+/// `step(true)` and `step(false)` (forward only). Returns `(fwd_ms, fwdbwd_ms, peak_mib, reps)`.
+fn measure(
+    reps: Option<usize>,
+    mem_base: usize,
+    mut step: impl FnMut(bool) -> Result<()>,
+) -> Result<(f64, f64, Option<f64>, usize)> {
+    let t = Instant::now();
+    step(true)?;
+    let first = t.elapsed().as_secs_f64() * 1e3;
+    let peak = mem_peak_mib(mem_base);
+    let (fbm, reps) = time_reps(reps, first, || step(true))?;
+    let (fm, _) = time_reps(Some(reps), first / 3.0, || step(false))?;
+    Ok((fm, fbm, peak, reps))
+}
+
 /// The operator config used by `hyena bench operator` (reference defaults, `l_max = L`).
 pub fn bench_operator_config(dim: usize, l: usize, order: usize) -> HyenaConfig {
     HyenaConfig {
@@ -211,28 +227,25 @@ pub fn run_one(spec: &BenchSpec, l: usize) -> Result<BenchRecord> {
             let mut dk = vec![0.0f32; d * l];
             let mut ddd = vec![0.0f32; d];
             let mut spectra = Spectra::default();
-            let mut fb = || -> Result<()> {
+            let step = |train: bool| -> Result<()> {
+                if !train {
+                    return engine.forward(&u, &k, &dd, (b, d, l), &mut y, None);
+                }
                 engine.forward(&u, &k, &dd, (b, d, l), &mut y, Some(&mut spectra))?;
+                let saved = Some(&spectra);
                 engine.backward(
                     &g,
                     &u,
                     &k,
                     &dd,
                     (b, d, l),
-                    Some(&spectra),
+                    saved,
                     &mut du,
                     &mut dk,
                     &mut ddd,
                 )
             };
-            let t = Instant::now();
-            fb()?;
-            let first = t.elapsed().as_secs_f64() * 1e3;
-            let peak = mem_peak_mib(base);
-            let (fbm, reps) = time_reps(spec.reps, first, &mut fb)?;
-            let (fm, _) = time_reps(Some(reps), first / 3.0, || {
-                engine.forward(&u, &k, &dd, (b, d, l), &mut y, None)
-            })?;
+            let (fm, fbm, peak, reps) = measure(spec.reps, base, step)?;
             (fm, fbm, peak, reps, conv_fwd_flops(b, d, l))
         }
         BenchOp::Operator => {
@@ -245,19 +258,15 @@ pub fn run_one(spec: &BenchSpec, l: usize) -> Result<BenchRecord> {
             let mut grads = op.zero_grads();
             let mut cache = HyenaCache::default();
             let mut ws = HyenaGradWorkspace::default();
-            let mut fb = || -> Result<()> {
+            let step = |train: bool| -> Result<()> {
                 op.forward(&u, b, l, &mut y, &mut cache)?;
+                if !train {
+                    return Ok(());
+                }
                 grads.zero();
                 op.backward(&g, &u, &cache, &mut du, &mut grads, &mut ws)
             };
-            let t = Instant::now();
-            fb()?;
-            let first = t.elapsed().as_secs_f64() * 1e3;
-            let peak = mem_peak_mib(base);
-            let (fbm, reps) = time_reps(spec.reps, first, &mut fb)?;
-            let (fm, _) = time_reps(Some(reps), first / 3.0, || {
-                op.forward(&u, b, l, &mut y, &mut cache)
-            })?;
+            let (fm, fbm, peak, reps) = measure(spec.reps, base, step)?;
             (fm, fbm, peak, reps, operator_fwd_flops(&cfg, b, l))
         }
     };

@@ -301,6 +301,19 @@ impl HyenaFilter {
         (start, step)
     }
 
+    /// The `w_out` rows `[D, F]` that produce stage `o`, as a strided view.
+    fn stage_weight<'a>(&self, p: &'a FilterParams, o: usize) -> MatRef<'a> {
+        let (start, step) = self.stage_rows(o);
+        let (d, f) = (self.cfg.d_model, self.cfg.filter.filter_order);
+        MatRef {
+            data: &p.w_out[start..],
+            rows: d,
+            cols: f,
+            rs: step,
+            cs: 1,
+        }
+    }
+
     /// Decay window `exp(-t·|δ|) + shift` of filter channel `ch` at time index `i`.
     #[inline]
     fn window(&self, ch: usize, i: usize) -> f32 {
@@ -362,14 +375,7 @@ impl HyenaFilter {
         cache.k.resize(s * d * l, 0.0);
         cache.bias.resize(s * d, 0.0);
         for o in 0..s {
-            let (start, step) = self.stage_rows(o);
-            let w = MatRef {
-                data: &p.w_out[start..],
-                rows: d,
-                cols: f,
-                rs: step,
-                cs: 1,
-            };
+            let w = self.stage_weight(p, o);
             let ko = &mut cache.k[o * d * l..(o + 1) * d * l];
             matmul(MatMut::rm(ko, d, l), w, MatRef::tr(last, f, l), false)?;
             for dd in 0..d {
@@ -431,13 +437,7 @@ impl HyenaFilter {
             };
             matmul(dw, MatRef::rm(dko, d, l), MatRef::rm(last, l, f), true)?;
             // dlast [L, F] += dh_oᵀ [L, D] · W_out[rows of o] [D, F]
-            let w = MatRef {
-                data: &p.w_out[start..],
-                rows: d,
-                cols: f,
-                rs: step,
-                cs: 1,
-            };
+            let w = self.stage_weight(p, o);
             matmul(
                 MatMut::rm(&mut dpost, l, f),
                 MatRef::tr(dko, l, d),

@@ -222,6 +222,23 @@ impl Plan {
         self.cfwd.process_outofplace_with_scratch(tmp, out, fft);
     }
 
+    /// Full spectrum of one filter row, carrying the `1/n` normalisation (reference Sec. 1,
+    /// step 2): `out = FFT(k zero-padded to n) / n`.
+    #[inline]
+    fn filter_spectrum(
+        &self,
+        out: &mut [Complex<f32>],
+        tmp: &mut [Complex<f32>],
+        k: &[f32],
+        fft: &mut [Complex<f32>],
+    ) {
+        self.pack_forward(out, tmp, k, None, None, fft);
+        let scale = 1.0 / self.n as f32;
+        for v in out.iter_mut() {
+            *v *= scale;
+        }
+    }
+
     /// Unscaled complex inverse FFT of `z` (destroyed) through `tmp`, then `a = Re`, `b = Im`
     /// of its first `L` entries.
     #[inline]
@@ -424,7 +441,6 @@ impl FftConv {
         let lay = a.layout;
         let l = lay.len;
         let plan = self.plan(2 * l);
-        let scale = 1.0 / plan.n as f32;
         let yp = SyncPtr::new(y);
         let cp = conv_out.map(SyncPtr::new);
         let sp = saved.map(|s| {
@@ -449,10 +465,7 @@ impl FftConv {
                 ..
             } = &mut s;
             // Filter spectrum, once per channel, shared by the batch; carries the 1/n.
-            plan.pack_forward(kfull, zt, &a.k[c * l..(c + 1) * l], None, None, fft);
-            for v in kfull.iter_mut() {
-                *v *= scale;
-            }
+            plan.filter_spectrum(kfull, zt, &a.k[c * l..(c + 1) * l], fft);
             if let Some((_, kp)) = &sp {
                 // SAFETY: channel c's spectrum slot belongs to this task.
                 as_complex(unsafe { kp.slice(2 * c * (l + 1), 2 * (l + 1)) })
@@ -608,10 +621,7 @@ impl FftConv {
                     }
                 }
                 None => {
-                    plan.pack_forward(kfull, zt, &a.k[c * l..(c + 1) * l], None, None, fft);
-                    for v in kfull.iter_mut() {
-                        *v *= scale;
-                    }
+                    plan.filter_spectrum(kfull, zt, &a.k[c * l..(c + 1) * l], fft);
                 }
             }
             let kfull: &[Complex<f32>] = kfull;
