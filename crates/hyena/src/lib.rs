@@ -58,6 +58,7 @@ pub mod config;
 pub mod error;
 pub mod io;
 pub mod layers;
+pub mod models;
 pub mod ops;
 
 pub use config::{FilterConfig, FilterLayout, HyenaConfig};

@@ -216,6 +216,20 @@ impl HyenaOperator {
         y: &mut [f32],
         cache: &mut HyenaCache,
     ) -> Result<()> {
+        self.forward_with(&self.params, u, b, l, y, cache)
+    }
+
+    /// [`HyenaOperator::forward`] with parameters held elsewhere (e.g. by a model that owns
+    /// all its parameters in one tree); `p` must be shaped for this operator's config.
+    pub fn forward_with(
+        &self,
+        p: &HyenaParams,
+        u: &[f32],
+        b: usize,
+        l: usize,
+        y: &mut [f32],
+        cache: &mut HyenaCache,
+    ) -> Result<()> {
         const OP: &str = "HyenaOperator forward";
         self.check_input(OP, u, b, l)?;
         check_len(OP, "output y [B, L, D]", y.len(), u.len())?;
@@ -229,7 +243,7 @@ impl HyenaOperator {
         grow(&mut cache.conv, (n - 1) * d * bl);
         grow(&mut cache.yg, d * bl);
         cache.spectra.resize_with(n - 1, Spectra::default);
-        let p = &self.params;
+        check_len(OP, "in_proj.weight", p.in_w.len(), c * d)?;
 
         // in_proj: z [C, B·L] = W [C, D] · uᵀ [D, B·L] + bias (bias written first, GEMM accumulates).
         for (row, bias) in cache.z.chunks_exact_mut(bl).zip(&p.in_b) {
@@ -303,6 +317,21 @@ impl HyenaOperator {
         grads: &mut HyenaParams,
         ws: &mut HyenaGradWorkspace,
     ) -> Result<()> {
+        self.backward_with(&self.params, dy, u, cache, du, grads, ws)
+    }
+
+    /// [`HyenaOperator::backward`] with parameters held elsewhere (see `forward_with`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_with(
+        &self,
+        p: &HyenaParams,
+        dy: &[f32],
+        u: &[f32],
+        cache: &HyenaCache,
+        du: &mut [f32],
+        grads: &mut HyenaParams,
+        ws: &mut HyenaGradWorkspace,
+    ) -> Result<()> {
         const OP: &str = "HyenaOperator backward";
         let (b, l) = (cache.b, cache.l);
         self.check_input(OP, u, b, l)?;
@@ -312,7 +341,7 @@ impl HyenaOperator {
         let (d, c, n) = (cfg.d_model, cfg.inner_channels(), cfg.order);
         let bl = b * l;
         let chunk = d * bl;
-        let p = &self.params;
+        check_len(OP, "in_proj.weight", p.in_w.len(), c * d)?;
         grow(&mut ws.dyg, chunk);
         grow(&mut ws.duc, c * bl);
         grow(&mut ws.dk, (n - 1) * d * l);

@@ -1,0 +1,621 @@
+//! The HyenaDNA causal language model (spec Sec. 3.2; the HF `HyenaDNAForCausalLM` layout).
+//!
+//! ```text
+//! tokens [B, L] ─embed→ x_0 [B·L, D]
+//! x_{l+½} = x_l + Hyena(LN1(x_l));  x_{l+1} = x_{l+½} + fc2(gelu(fc1(LN2(x_{l+½)))))
+//! logits [B·L, V_pad] = LN_f(x_n) · lm_headᵀ
+//! ```
+//! Pre-norm residual blocks with a tanh-GELU MLP; the vocabulary is padded to a multiple of 8;
+//! no position embeddings (the Hyena filters carry position). Parameter names mirror the HF
+//! checkpoint keys (`hyena.backbone.layers.{i}.mixer.in_proj.weight`, …, `lm_head.weight`).
+//! Forward fills an [`LmCache`]; backward accumulates into an [`LmParams`] of gradients.
+
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use crate::config::HyenaConfig;
+use crate::error::{check_len, Error, Result};
+use crate::layers::{
+    init, HyenaCache, HyenaGradWorkspace, HyenaOperator, HyenaParams, Params, Visitor, VisitorMut,
+};
+use crate::ops::act::{gelu_backward, gelu_forward};
+use crate::ops::fftconv::FftConv;
+use crate::ops::linear::{linear_backward, linear_forward};
+use crate::ops::norm::{layernorm_backward, layernorm_forward};
+
+/// Language-model configuration (HF `config.json` names where they exist).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LmConfig {
+    /// Real vocabulary size (12 for the HyenaDNA character tokenizer).
+    pub vocab_size: usize,
+    /// Embedding rows are padded up to a multiple of this (8 in HyenaDNA).
+    pub pad_vocab_size_multiple: usize,
+    /// Number of residual blocks.
+    pub n_layer: usize,
+    /// MLP hidden width (`4·D` in HyenaDNA).
+    pub d_inner: usize,
+    pub layer_norm_epsilon: f32,
+    /// Share the LM head with the embedding (safari) or keep a separate one (HF HyenaDNA).
+    pub tie_embeddings: bool,
+    /// The Hyena operator of every block; its `d_model` is the model width.
+    pub operator: HyenaConfig,
+}
+
+impl Default for LmConfig {
+    fn default() -> Self {
+        LmConfig {
+            vocab_size: 12,
+            pad_vocab_size_multiple: 8,
+            n_layer: 2,
+            d_inner: 512,
+            layer_norm_epsilon: 1e-5,
+            tie_embeddings: false,
+            operator: HyenaConfig {
+                d_model: 128,
+                ..HyenaConfig::default()
+            },
+        }
+    }
+}
+
+impl LmConfig {
+    /// Model width D.
+    pub fn d_model(&self) -> usize {
+        self.operator.d_model
+    }
+    /// Vocabulary rows after padding.
+    pub fn padded_vocab(&self) -> usize {
+        let m = self.pad_vocab_size_multiple.max(1);
+        self.vocab_size.div_ceil(m) * m
+    }
+    /// Check every field.
+    pub fn validate(&self) -> Result<()> {
+        if self.vocab_size == 0 {
+            return Err(Error::config("vocab_size", 0, "must be >= 1"));
+        }
+        if self.n_layer == 0 {
+            return Err(Error::config("n_layer", 0, "must be >= 1"));
+        }
+        if self.d_inner == 0 {
+            return Err(Error::config(
+                "d_inner",
+                0,
+                "must be >= 1 (HyenaDNA uses 4·d_model)",
+            ));
+        }
+        self.operator.validate()
+    }
+}
+
+/// One residual block's parameters. Names: `norm1.*`, `mixer.*`, `norm2.*`, `mlp.fc1.*`, `mlp.fc2.*`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockParams {
+    pub norm1_w: Vec<f32>,
+    pub norm1_b: Vec<f32>,
+    pub mixer: HyenaParams,
+    pub norm2_w: Vec<f32>,
+    pub norm2_b: Vec<f32>,
+    pub fc1_w: Vec<f32>,
+    pub fc1_b: Vec<f32>,
+    pub fc2_w: Vec<f32>,
+    pub fc2_b: Vec<f32>,
+    d: usize,
+    di: usize,
+}
+
+/// All trainable parameters of the LM (gradients use the same type).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LmParams {
+    /// `hyena.backbone.embeddings.word_embeddings.weight` [V_pad, D].
+    pub wte: Vec<f32>,
+    pub blocks: Vec<BlockParams>,
+    /// `hyena.backbone.ln_f.{weight,bias}` [D].
+    pub lnf_w: Vec<f32>,
+    pub lnf_b: Vec<f32>,
+    /// `lm_head.weight` [V_pad, D]; empty when tied to `wte`.
+    pub lm_head: Vec<f32>,
+    v: usize,
+    d: usize,
+}
+
+const BACKBONE: &str = "hyena.backbone.";
+
+impl LmParams {
+    /// Zero parameters shaped for `cfg`.
+    pub fn zeros(cfg: &LmConfig) -> Self {
+        let (v, d, di) = (cfg.padded_vocab(), cfg.d_model(), cfg.d_inner);
+        let block = BlockParams {
+            norm1_w: vec![0.0; d],
+            norm1_b: vec![0.0; d],
+            mixer: HyenaParams::zeros(&cfg.operator),
+            norm2_w: vec![0.0; d],
+            norm2_b: vec![0.0; d],
+            fc1_w: vec![0.0; di * d],
+            fc1_b: vec![0.0; di],
+            fc2_w: vec![0.0; d * di],
+            fc2_b: vec![0.0; d],
+            d,
+            di,
+        };
+        LmParams {
+            wte: vec![0.0; v * d],
+            blocks: vec![block; cfg.n_layer],
+            lnf_w: vec![0.0; d],
+            lnf_b: vec![0.0; d],
+            lm_head: if cfg.tie_embeddings {
+                Vec::new()
+            } else {
+                vec![0.0; v * d]
+            },
+            v,
+            d,
+        }
+    }
+}
+
+impl Params for LmParams {
+    fn visit(&self, prefix: &str, f: &mut Visitor<'_>) {
+        let (v, d) = (self.v, self.d);
+        f(
+            &format!("{prefix}{BACKBONE}embeddings.word_embeddings.weight"),
+            &[v, d],
+            &self.wte,
+        );
+        for (i, b) in self.blocks.iter().enumerate() {
+            let p = format!("{prefix}{BACKBONE}layers.{i}.");
+            f(&format!("{p}norm1.weight"), &[d], &b.norm1_w);
+            f(&format!("{p}norm1.bias"), &[d], &b.norm1_b);
+            b.mixer.visit(&format!("{p}mixer."), f);
+            f(&format!("{p}norm2.weight"), &[d], &b.norm2_w);
+            f(&format!("{p}norm2.bias"), &[d], &b.norm2_b);
+            f(&format!("{p}mlp.fc1.weight"), &[b.di, d], &b.fc1_w);
+            f(&format!("{p}mlp.fc1.bias"), &[b.di], &b.fc1_b);
+            f(&format!("{p}mlp.fc2.weight"), &[d, b.di], &b.fc2_w);
+            f(&format!("{p}mlp.fc2.bias"), &[d], &b.fc2_b);
+        }
+        f(&format!("{prefix}{BACKBONE}ln_f.weight"), &[d], &self.lnf_w);
+        f(&format!("{prefix}{BACKBONE}ln_f.bias"), &[d], &self.lnf_b);
+        if !self.lm_head.is_empty() {
+            f(&format!("{prefix}lm_head.weight"), &[v, d], &self.lm_head);
+        }
+    }
+    fn visit_mut(&mut self, prefix: &str, f: &mut VisitorMut<'_>) {
+        let (v, d) = (self.v, self.d);
+        f(
+            &format!("{prefix}{BACKBONE}embeddings.word_embeddings.weight"),
+            &[v, d],
+            &mut self.wte,
+        );
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            let p = format!("{prefix}{BACKBONE}layers.{i}.");
+            f(&format!("{p}norm1.weight"), &[d], &mut b.norm1_w);
+            f(&format!("{p}norm1.bias"), &[d], &mut b.norm1_b);
+            b.mixer.visit_mut(&format!("{p}mixer."), f);
+            f(&format!("{p}norm2.weight"), &[d], &mut b.norm2_w);
+            f(&format!("{p}norm2.bias"), &[d], &mut b.norm2_b);
+            f(&format!("{p}mlp.fc1.weight"), &[b.di, d], &mut b.fc1_w);
+            f(&format!("{p}mlp.fc1.bias"), &[b.di], &mut b.fc1_b);
+            f(&format!("{p}mlp.fc2.weight"), &[d, b.di], &mut b.fc2_w);
+            f(&format!("{p}mlp.fc2.bias"), &[d], &mut b.fc2_b);
+        }
+        f(
+            &format!("{prefix}{BACKBONE}ln_f.weight"),
+            &[d],
+            &mut self.lnf_w,
+        );
+        f(
+            &format!("{prefix}{BACKBONE}ln_f.bias"),
+            &[d],
+            &mut self.lnf_b,
+        );
+        if !self.lm_head.is_empty() {
+            f(
+                &format!("{prefix}lm_head.weight"),
+                &[v, d],
+                &mut self.lm_head,
+            );
+        }
+    }
+}
+
+/// Activations of one block saved for the backward, `[B·L, ·]` rows.
+#[derive(Clone, Debug, Default)]
+struct BlockCache {
+    x: Vec<f32>,   // block input (residual stream) [BL, D]
+    h1: Vec<f32>,  // LN1(x)
+    mu1: Vec<f32>, // [BL]
+    rs1: Vec<f32>, // [BL]
+    mixer: HyenaCache,
+    xh: Vec<f32>, // x + mixer(h1)
+    h2: Vec<f32>, // LN2(xh)
+    mu2: Vec<f32>,
+    rs2: Vec<f32>,
+    a: Vec<f32>, // fc1 output [BL, d_inner]
+    g: Vec<f32>, // gelu(a)
+}
+
+/// Everything the LM forward keeps for its backward (reused across steps).
+#[derive(Clone, Debug, Default)]
+pub struct LmCache {
+    b: usize,
+    l: usize,
+    tokens: Vec<u32>,
+    blocks: Vec<BlockCache>,
+    xn: Vec<f32>, // final residual stream [BL, D]
+    hf: Vec<f32>, // LN_f(xn)
+    muf: Vec<f32>,
+    rsf: Vec<f32>,
+    /// Logits `[B·L, V_pad]` of the last forward.
+    pub logits: Vec<f32>,
+    // backward scratch
+    mixer_ws: HyenaGradWorkspace,
+}
+
+fn grow(v: &mut Vec<f32>, n: usize) {
+    if v.len() != n {
+        v.resize(n, 0.0);
+    }
+}
+
+/// The language model: config, parameters and the operators of its blocks.
+#[derive(Clone, Debug)]
+pub struct HyenaLm {
+    pub cfg: LmConfig,
+    pub params: LmParams,
+    /// One operator per block; their `params` are unused (the LM's `params.blocks[i].mixer`
+    /// is the source of truth), they provide filters, buffers and the FFT engine.
+    ops: Vec<HyenaOperator>,
+}
+
+impl HyenaLm {
+    /// A fresh model initialised like the reference LMs (spec Sec. 2.4): Linear and embedding
+    /// weights `N(0, 0.02)`, biases 0, `out_proj`/`fc2` `N(0, 0.02/sqrt(2·n_layer))`,
+    /// LayerNorm weight 1, short filter and filter bias at their module defaults.
+    pub fn new(cfg: &LmConfig, seed: u64) -> Result<Self> {
+        cfg.validate()?;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let engine = Arc::new(FftConv::new());
+        let mut params = LmParams::zeros(cfg);
+        let mut ops = Vec::with_capacity(cfg.n_layer);
+        let std = 0.02f32;
+        let std_out = std / (2.0 * cfg.n_layer as f32).sqrt();
+        params.wte = init::randn(&mut rng, params.wte.len(), std);
+        if !cfg.tie_embeddings {
+            params.lm_head = init::randn(&mut rng, params.lm_head.len(), std);
+        }
+        params.lnf_w.fill(1.0);
+        for (i, b) in params.blocks.iter_mut().enumerate() {
+            let op = HyenaOperator::with_engine(
+                &cfg.operator,
+                seed.wrapping_add(1 + i as u64),
+                engine.clone(),
+            )?;
+            let mut m = op.params.clone();
+            // Every nn.Linear is re-drawn, including the filter MLP (spec Sec. 2.4).
+            m.in_w = init::randn(&mut rng, m.in_w.len(), std);
+            m.in_b.fill(0.0);
+            m.out_w = init::randn(&mut rng, m.out_w.len(), std_out);
+            m.out_b.fill(0.0);
+            let fp = &mut m.filter;
+            fp.w0 = init::randn(&mut rng, fp.w0.len(), std);
+            fp.b0.fill(0.0);
+            for (w, bb) in fp.inner_w.iter_mut().zip(fp.inner_b.iter_mut()) {
+                *w = init::randn(&mut rng, w.len(), std);
+                bb.fill(0.0);
+            }
+            fp.w_out = init::randn(&mut rng, fp.w_out.len(), std);
+            b.mixer = m;
+            b.norm1_w.fill(1.0);
+            b.norm2_w.fill(1.0);
+            b.fc1_w = init::randn(&mut rng, b.fc1_w.len(), std);
+            b.fc2_w = init::randn(&mut rng, b.fc2_w.len(), std_out);
+            ops.push(op);
+        }
+        Ok(HyenaLm {
+            cfg: cfg.clone(),
+            params,
+            ops,
+        })
+    }
+
+    /// Gradient buffers shaped like the parameters, all zero.
+    pub fn zero_grads(&self) -> LmParams {
+        LmParams::zeros(&self.cfg)
+    }
+
+    /// The operator of block `i` (filters and buffers; see the field doc).
+    pub fn operator(&self, i: usize) -> &HyenaOperator {
+        &self.ops[i]
+    }
+
+    /// Mutable access to block `i`'s operator, e.g. to load filter buffers from a checkpoint.
+    pub fn operator_mut(&mut self, i: usize) -> &mut HyenaOperator {
+        &mut self.ops[i]
+    }
+
+    fn lm_head(&self) -> &[f32] {
+        if self.cfg.tie_embeddings {
+            &self.params.wte
+        } else {
+            &self.params.lm_head
+        }
+    }
+
+    /// Forward: `tokens [B, L]` → `cache.logits [B·L, V_pad]`.
+    pub fn forward(&self, tokens: &[u32], b: usize, l: usize, cache: &mut LmCache) -> Result<()> {
+        const OP: &str = "HyenaLm forward";
+        check_len(OP, "tokens [B, L]", tokens.len(), b * l)?;
+        let (v, d, di) = (
+            self.cfg.padded_vocab(),
+            self.cfg.d_model(),
+            self.cfg.d_inner,
+        );
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            return Err(Error::config(
+                "token id",
+                t,
+                format!("must be < vocab_size {}", self.cfg.vocab_size),
+            ));
+        }
+        let bl = b * l;
+        let eps = self.cfg.layer_norm_epsilon;
+        cache.b = b;
+        cache.l = l;
+        cache.tokens.clear();
+        cache.tokens.extend_from_slice(tokens);
+        cache
+            .blocks
+            .resize_with(self.cfg.n_layer, BlockCache::default);
+        // x_0 = embedding rows [BL, D]
+        let mut x = std::mem::take(&mut cache.xn);
+        grow(&mut x, bl * d);
+        for (row, &t) in x.chunks_exact_mut(d).zip(tokens) {
+            row.copy_from_slice(&self.params.wte[t as usize * d..(t as usize + 1) * d]);
+        }
+        for (i, (bp, bc)) in self
+            .params
+            .blocks
+            .iter()
+            .zip(cache.blocks.iter_mut())
+            .enumerate()
+        {
+            std::mem::swap(&mut bc.x, &mut x); // bc.x = block input
+            for buf in [&mut bc.h1, &mut bc.xh, &mut bc.h2] {
+                grow(buf, bl * d);
+            }
+            for buf in [&mut bc.mu1, &mut bc.rs1, &mut bc.mu2, &mut bc.rs2] {
+                grow(buf, bl);
+            }
+            grow(&mut bc.a, bl * di);
+            grow(&mut bc.g, bl * di);
+            layernorm_forward(
+                &bc.x,
+                &bp.norm1_w,
+                &bp.norm1_b,
+                d,
+                eps,
+                &mut bc.h1,
+                &mut bc.mu1,
+                &mut bc.rs1,
+            )?;
+            let op = &self.ops[i];
+            op.forward_with(&bp.mixer, &bc.h1, b, l, &mut bc.xh, &mut bc.mixer)?;
+            for (o, xi) in bc.xh.iter_mut().zip(&bc.x) {
+                *o += xi;
+            }
+            layernorm_forward(
+                &bc.xh,
+                &bp.norm2_w,
+                &bp.norm2_b,
+                d,
+                eps,
+                &mut bc.h2,
+                &mut bc.mu2,
+                &mut bc.rs2,
+            )?;
+            linear_forward(&bc.h2, &bp.fc1_w, Some(&bp.fc1_b), bl, d, di, &mut bc.a)?;
+            gelu_forward(&bc.a, &mut bc.g)?;
+            // next residual stream: x = xh + fc2(g) (x holds the previous block's input buffer)
+            grow(&mut x, bl * d);
+            linear_forward(&bc.g, &bp.fc2_w, Some(&bp.fc2_b), bl, di, d, &mut x)?;
+            for (o, xi) in x.iter_mut().zip(&bc.xh) {
+                *o += xi;
+            }
+        }
+        cache.xn = x;
+        grow(&mut cache.hf, bl * d);
+        grow(&mut cache.muf, bl);
+        grow(&mut cache.rsf, bl);
+        let p = &self.params;
+        layernorm_forward(
+            &cache.xn,
+            &p.lnf_w,
+            &p.lnf_b,
+            d,
+            eps,
+            &mut cache.hf,
+            &mut cache.muf,
+            &mut cache.rsf,
+        )?;
+        grow(&mut cache.logits, bl * v);
+        linear_forward(&cache.hf, self.lm_head(), None, bl, d, v, &mut cache.logits)
+    }
+
+    /// Backward from `dlogits [B·L, V_pad]` (e.g. from [`cross_entropy`]); accumulates into `grads`.
+    pub fn backward(
+        &self,
+        dlogits: &[f32],
+        cache: &mut LmCache,
+        grads: &mut LmParams,
+    ) -> Result<()> {
+        const OP: &str = "HyenaLm backward";
+        let (b, l) = (cache.b, cache.l);
+        let (v, d, di) = (
+            self.cfg.padded_vocab(),
+            self.cfg.d_model(),
+            self.cfg.d_inner,
+        );
+        let bl = b * l;
+        check_len(OP, "dlogits [B·L, V_pad]", dlogits.len(), bl * v)?;
+        let p = &self.params;
+        // logits = hf · headᵀ
+        let mut dh = vec![0.0f32; bl * d];
+        {
+            let dhead = if self.cfg.tie_embeddings {
+                &mut grads.wte
+            } else {
+                &mut grads.lm_head
+            };
+            linear_backward(
+                dlogits,
+                &cache.hf,
+                self.lm_head(),
+                (bl, d, v),
+                Some(&mut dh),
+                dhead,
+                None,
+            )?;
+        }
+        // dx = d(residual stream), flowing down through the blocks.
+        let mut dx = vec![0.0f32; bl * d];
+        layernorm_backward(
+            &dh,
+            &cache.xn,
+            &p.lnf_w,
+            &cache.muf,
+            &cache.rsf,
+            d,
+            &mut dx,
+            &mut grads.lnf_w,
+            &mut grads.lnf_b,
+        )?;
+        let mut dg = vec![0.0f32; bl * di];
+        let mut da = vec![0.0f32; bl * di];
+        let mut dtmp = vec![0.0f32; bl * d];
+        for i in (0..self.cfg.n_layer).rev() {
+            let (bp, bc, gb) = (&p.blocks[i], &mut cache.blocks[i], &mut grads.blocks[i]);
+            // x_{i+1} = xh + fc2(gelu(fc1(LN2(xh))))
+            linear_backward(
+                &dx,
+                &bc.g,
+                &bp.fc2_w,
+                (bl, di, d),
+                Some(&mut dg),
+                &mut gb.fc2_w,
+                Some(&mut gb.fc2_b),
+            )?;
+            gelu_backward(&dg, &bc.a, &mut da)?;
+            linear_backward(
+                &da,
+                &bc.h2,
+                &bp.fc1_w,
+                (bl, d, di),
+                Some(&mut dh),
+                &mut gb.fc1_w,
+                Some(&mut gb.fc1_b),
+            )?;
+            layernorm_backward(
+                &dh,
+                &bc.xh,
+                &bp.norm2_w,
+                &bc.mu2,
+                &bc.rs2,
+                d,
+                &mut dtmp,
+                &mut gb.norm2_w,
+                &mut gb.norm2_b,
+            )?;
+            for (a, t) in dx.iter_mut().zip(&dtmp) {
+                *a += t; // dxh = dx (residual) + through LN2
+            }
+            // xh = x + mixer(LN1(x))
+            self.ops[i].backward_with(
+                &bp.mixer,
+                &dx,
+                &bc.h1,
+                &bc.mixer,
+                &mut dh,
+                &mut gb.mixer,
+                &mut cache.mixer_ws,
+            )?;
+            layernorm_backward(
+                &dh,
+                &bc.x,
+                &bp.norm1_w,
+                &bc.mu1,
+                &bc.rs1,
+                d,
+                &mut dtmp,
+                &mut gb.norm1_w,
+                &mut gb.norm1_b,
+            )?;
+            for (a, t) in dx.iter_mut().zip(&dtmp) {
+                *a += t;
+            }
+        }
+        // embedding: scatter-add rows
+        for (row, &t) in dx.chunks_exact(d).zip(&cache.tokens) {
+            let dst = &mut grads.wte[t as usize * d..(t as usize + 1) * d];
+            for (g, r) in dst.iter_mut().zip(row) {
+                *g += r;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Mean cross-entropy of `logits [N, V]` against `targets [N]` (targets equal to `ignore` are
+/// skipped). Writes `dlogits = (softmax - onehot) / count` and returns `(mean loss, count,
+/// correct)` where `correct` counts argmax hits (next-token accuracy).
+pub fn cross_entropy(
+    logits: &[f32],
+    targets: &[u32],
+    v: usize,
+    ignore: Option<u32>,
+    dlogits: &mut [f32],
+) -> Result<(f32, usize, usize)> {
+    const OP: &str = "cross_entropy";
+    let n = targets.len();
+    check_len(OP, "logits [N, V]", logits.len(), n * v)?;
+    check_len(OP, "dlogits [N, V]", dlogits.len(), n * v)?;
+    if let Some(&t) = targets
+        .iter()
+        .find(|&&t| t as usize >= v && Some(t) != ignore)
+    {
+        return Err(Error::config("target id", t, format!("must be < {v}")));
+    }
+    let count = targets.iter().filter(|&&t| Some(t) != ignore).count();
+    let scale = 1.0 / count.max(1) as f32;
+    let mut loss = 0.0f64;
+    let mut correct = 0;
+    for ((row, drow), &t) in logits
+        .chunks_exact(v)
+        .zip(dlogits.chunks_exact_mut(v))
+        .zip(targets)
+    {
+        if Some(t) == ignore {
+            drow.fill(0.0);
+            continue;
+        }
+        let (mut amax, mut m) = (0, f32::NEG_INFINITY);
+        for (j, &x) in row.iter().enumerate() {
+            if x > m {
+                m = x;
+                amax = j;
+            }
+        }
+        let sum: f32 = row.iter().map(|&x| (x - m).exp()).sum();
+        let lse = m + sum.ln();
+        loss += (lse - row[t as usize]) as f64;
+        correct += usize::from(amax == t as usize);
+        for (dv, &x) in drow.iter_mut().zip(row) {
+            *dv = (x - lse).exp() * scale;
+        }
+        drow[t as usize] -= scale;
+    }
+    Ok(((loss / count.max(1) as f64) as f32, count, correct))
+}

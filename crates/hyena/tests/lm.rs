@@ -1,0 +1,175 @@
+//! The language model: finite-difference gradients through embedding, blocks, final norm, head
+//! and cross-entropy; cross-entropy against a direct log-softmax; parameter names.
+
+use hyena::layers::Params;
+use hyena::models::lm::{cross_entropy, HyenaLm, LmCache, LmConfig};
+use hyena::ops::gradcheck::{check, rand_vec};
+use hyena::{FilterConfig, HyenaConfig};
+
+fn tiny(tie: bool) -> LmConfig {
+    LmConfig {
+        vocab_size: 12,
+        pad_vocab_size_multiple: 8,
+        n_layer: 2,
+        d_inner: 16,
+        layer_norm_epsilon: 1e-5,
+        tie_embeddings: tie,
+        operator: HyenaConfig {
+            d_model: 8,
+            l_max: 16,
+            filter: FilterConfig {
+                emb_dim: 5,
+                filter_order: 8,
+                w: 1.0,
+                shift: 0.05,
+                ..FilterConfig::default()
+            },
+            ..HyenaConfig::default()
+        },
+    }
+}
+
+fn tokens(n: usize, seed: u64) -> Vec<u32> {
+    rand_vec(n, seed, 1.0)
+        .iter()
+        .map(|v| ((v + 1.0) * 5.99) as u32)
+        .collect()
+}
+
+/// Scale up the 0.02-std init so that every parameter visibly moves the loss.
+fn loud(lm: &mut HyenaLm) {
+    let mut k = 0u64;
+    lm.params.visit_mut("", &mut |name, _, d| {
+        k += 1;
+        if name.ends_with("norm1.weight")
+            || name.ends_with("norm2.weight")
+            || name.ends_with("ln_f.weight")
+        {
+            return;
+        }
+        let r = rand_vec(d.len(), 100 + k, 0.4);
+        for (x, n) in d.iter_mut().zip(r) {
+            *x += n;
+        }
+    });
+}
+
+#[test]
+fn lm_gradients_match_finite_differences() {
+    for tie in [false, true] {
+        let cfg = tiny(tie);
+        let mut lm = HyenaLm::new(&cfg, 5).unwrap();
+        loud(&mut lm);
+        let (b, l) = (2, 10);
+        let toks = tokens(b * l, 1);
+        let targets = tokens(b * l, 2);
+        let v = cfg.padded_vocab();
+        let mut cache = LmCache::default();
+        lm.forward(&toks, b, l, &mut cache).unwrap();
+        let mut dlogits = vec![0.0; b * l * v];
+        cross_entropy(&cache.logits, &targets, v, None, &mut dlogits).unwrap();
+        let mut grads = lm.zero_grads();
+        lm.backward(&dlogits, &mut cache, &mut grads).unwrap();
+
+        let loss = |m: &HyenaLm| {
+            let mut c = LmCache::default();
+            m.forward(&toks, b, l, &mut c).unwrap();
+            let mut d = vec![0.0; b * l * v];
+            cross_entropy(&c.logits, &targets, v, None, &mut d)
+                .unwrap()
+                .0 as f64
+        };
+        let mut names = Vec::new();
+        grads.visit("", &mut |n, _, g| names.push((n.to_string(), g.to_vec())));
+        assert!(
+            names.iter().any(|(n, _)| n == "lm_head.weight") != tie,
+            "tied head has no own weight"
+        );
+        for (name, g) in &names {
+            let mut x0 = Vec::new();
+            lm.params.visit("", &mut |n, _, d| {
+                if n == name {
+                    x0 = d.to_vec()
+                }
+            });
+            let f = |x: &[f32]| {
+                let mut m = lm.clone();
+                m.params.visit_mut("", &mut |n, _, d| {
+                    if n == name {
+                        d.copy_from_slice(x)
+                    }
+                });
+                loss(&m)
+            };
+            check(name, &x0, g, f, 12, 1e-2, 5e-2).unwrap_or_else(|e| panic!("tie={tie}: {e}"));
+        }
+    }
+}
+
+#[test]
+fn cross_entropy_matches_log_softmax_and_ignores_padding() {
+    let (n, v) = (6, 5);
+    let logits = rand_vec(n * v, 3, 3.0);
+    let targets = vec![0u32, 4, 2, 4, 1, 3];
+    let mut d = vec![0.0; n * v];
+    let (loss, count, correct) = cross_entropy(&logits, &targets, v, Some(4), &mut d).unwrap();
+    assert_eq!(count, 4);
+    let mut want = 0.0f64;
+    let mut hits = 0;
+    for (i, &t) in targets.iter().enumerate() {
+        if t == 4 {
+            assert!(
+                d[i * v..(i + 1) * v].iter().all(|&x| x == 0.0),
+                "ignored rows get no gradient"
+            );
+            continue;
+        }
+        let row: Vec<f64> = logits[i * v..(i + 1) * v]
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
+        let lse = row.iter().map(|x| x.exp()).sum::<f64>().ln();
+        want += lse - row[t as usize];
+        let amax = (0..v).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+        hits += usize::from(amax == t as usize);
+        // Each kept row's gradient sums to zero (softmax minus one-hot).
+        let s: f32 = d[i * v..(i + 1) * v].iter().sum();
+        assert!(s.abs() < 1e-6);
+    }
+    assert!(
+        (loss as f64 - want / 4.0).abs() < 1e-5,
+        "{loss} vs {}",
+        want / 4.0
+    );
+    assert_eq!(correct, hits);
+    let err = cross_entropy(&logits, &[9, 0, 0, 0, 0, 0], v, None, &mut d).unwrap_err();
+    assert!(err.to_string().contains("target id"), "{err}");
+}
+
+#[test]
+fn parameter_names_follow_the_hf_checkpoint() {
+    let lm = HyenaLm::new(&tiny(false), 0).unwrap();
+    let mut names = Vec::new();
+    lm.params
+        .visit("", &mut |n, s, _| names.push((n.to_string(), s.to_vec())));
+    let has = |k: &str, s: &[usize]| names.iter().any(|(n, sh)| n == k && sh == s);
+    assert!(has(
+        "hyena.backbone.embeddings.word_embeddings.weight",
+        &[16, 8]
+    ));
+    assert!(has(
+        "hyena.backbone.layers.1.mixer.in_proj.weight",
+        &[24, 8]
+    ));
+    assert!(has(
+        "hyena.backbone.layers.0.mixer.filter_fn.implicit_filter.6.weight",
+        &[8, 8]
+    ));
+    assert!(has("hyena.backbone.layers.0.mlp.fc1.weight", &[16, 8]));
+    assert!(has("hyena.backbone.ln_f.bias", &[8]));
+    assert!(has("lm_head.weight", &[16, 8]));
+    let bad = lm
+        .forward(&[3, 12], 1, 2, &mut LmCache::default())
+        .unwrap_err();
+    assert!(bad.to_string().contains("token id"), "{bad}");
+}
