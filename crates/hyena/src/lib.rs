@@ -60,6 +60,7 @@ pub mod io;
 pub mod layers;
 pub mod models;
 pub mod ops;
+pub mod train;
 
 pub use config::{FilterConfig, FilterLayout, HyenaConfig};
 pub use error::{Error, Result};

@@ -1,0 +1,6 @@
+//! Training: the AdamW optimizer with parameter groups, the learning-rate schedule and
+//! gradient-norm clipping.
+
+pub mod optim;
+
+pub use optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
