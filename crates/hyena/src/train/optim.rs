@@ -85,11 +85,7 @@ pub type ZipVisitor<'a> = dyn FnMut(&str, &mut [f32], &[f32]) + 'a;
 
 /// Call `f(name, param, grad)` for every parameter of `params` with its gradient in `grads`
 /// (same type, hence same names, shapes and visiting order).
-pub fn zip_params(
-    params: &mut dyn Params,
-    grads: &dyn Params,
-    f: &mut dyn FnMut(&str, &mut [f32], &[f32]),
-) {
+pub fn zip_params(params: &mut dyn Params, grads: &dyn Params, f: &mut ZipVisitor<'_>) {
     let mut gs: Vec<Vec<f32>> = Vec::new();
     let mut names: Vec<String> = Vec::new();
     // Gradients are copied out once per call so that the two visits do not alias; the copy is
