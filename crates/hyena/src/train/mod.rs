@@ -1,6 +1,7 @@
 //! Training: the AdamW optimizer with parameter groups, the learning-rate schedule and
 //! gradient-norm clipping.
 
+pub mod baseline;
 pub mod optim;
 
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
