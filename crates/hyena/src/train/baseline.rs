@@ -30,7 +30,10 @@ pub fn markov_scores(train: &[u32], val: &[u32], max_order: usize) -> Vec<Baseli
         if k >= train.len() {
             break;
         }
-        out.push(BaselineScore { order: k, bits_per_token: order_k_bits(train, val, k, vocab) });
+        out.push(BaselineScore {
+            order: k,
+            bits_per_token: order_k_bits(train, val, k, vocab),
+        });
     }
     out
 }
@@ -39,7 +42,9 @@ pub fn markov_scores(train: &[u32], val: &[u32], max_order: usize) -> Vec<Baseli
 /// here; larger ids are folded, which only merges contexts). Orders up to 16 fit.
 #[inline]
 fn key(s: &[u32], t: usize, k: usize) -> u128 {
-    s[t - k..t].iter().fold(0u128, |acc, &x| (acc << 8) | (x & 0xff) as u128)
+    s[t - k..t]
+        .iter()
+        .fold(0u128, |acc, &x| (acc << 8) | (x & 0xff) as u128)
 }
 
 fn order_k_bits(train: &[u32], val: &[u32], k: usize, vocab: usize) -> f64 {
@@ -76,7 +81,9 @@ mod tests {
         let mut gen = |n: usize| -> Vec<u32> {
             (0..n)
                 .map(|_| {
-                    s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    s = s
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     (s >> 62) as u32
                 })
                 .collect()
@@ -89,7 +96,14 @@ mod tests {
         // A period-5 cycle: unigram ~log2(5) bits, order >= 1 near zero.
         let cyc: Vec<u32> = (0..10_000).map(|i| (i % 5) as u32).collect();
         let sc = markov_scores(&cyc[..9000], &cyc[9000..], 2);
-        assert!((sc[0].bits_per_token - 5f64.log2()).abs() < 0.01, "{:?}", sc[0]);
-        assert!(sc[1].bits_per_token < 0.01 && sc[2].bits_per_token < 0.01, "{sc:?}");
+        assert!(
+            (sc[0].bits_per_token - 5f64.log2()).abs() < 0.01,
+            "{:?}",
+            sc[0]
+        );
+        assert!(
+            sc[1].bits_per_token < 0.01 && sc[2].bits_per_token < 0.01,
+            "{sc:?}"
+        );
     }
 }

@@ -3,5 +3,6 @@
 
 pub mod baseline;
 pub mod optim;
+pub mod trainer;
 
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};

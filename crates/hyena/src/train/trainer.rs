@@ -1,0 +1,380 @@
+//! The training loop: random windows from a token stream, gradient accumulation, clipping,
+//! AdamW under a warm-up + cosine schedule, periodic evaluation, and exact resume.
+//!
+//! Determinism: the batch of step `s` is drawn from an RNG seeded by `(seed, s, micro-batch)`,
+//! so a run resumed from a checkpoint at step `s` sees exactly the batches an uninterrupted run
+//! would, and (with the same thread count) produces the same losses bit for bit.
+
+use std::path::Path;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::io::safetensors::{collect_params, write_atomic, write_bytes_atomic, TensorFile};
+use crate::models::lm::{cross_entropy, HyenaLm, LmCache, LmConfig};
+use crate::train::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
+
+/// Optimisation settings of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches whose gradients are summed before each update.
+    pub grad_accum: usize,
+    /// Window length L (tokens per sequence; targets are the next tokens).
+    pub seq_len: usize,
+    /// Optimizer updates in the run.
+    pub steps: u64,
+    /// Evaluate every this many steps (and at the end).
+    pub eval_every: u64,
+    /// Validation windows evaluated, at most (`batch_size` per forward).
+    pub eval_windows: usize,
+    /// Global gradient-norm clip (0 = off).
+    pub clip: f32,
+    pub seed: u64,
+    pub optim: AdamWConfig,
+    pub warmup: u64,
+    /// Final learning rate as a fraction of the peak.
+    pub min_lr_ratio: f32,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            batch_size: 8,
+            grad_accum: 1,
+            seq_len: 1024,
+            steps: 1000,
+            eval_every: 100,
+            eval_windows: 64,
+            clip: 1.0,
+            seed: 0,
+            optim: AdamWConfig::default(),
+            warmup: 50,
+            min_lr_ratio: 0.1,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The learning-rate schedule of this run.
+    pub fn schedule(&self) -> LrSchedule {
+        LrSchedule {
+            warmup: self.warmup,
+            total: self.steps,
+            min_ratio: self.min_lr_ratio,
+        }
+    }
+}
+
+/// What one optimizer step did.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StepStats {
+    pub step: u64,
+    pub loss: f32,
+    pub lr: f32,
+    pub grad_norm: f32,
+    pub tokens: usize,
+}
+
+/// Validation metrics.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EvalStats {
+    pub step: u64,
+    pub loss: f64,
+    pub perplexity: f64,
+    pub bits_per_token: f64,
+    pub accuracy: f64,
+    pub tokens: usize,
+}
+
+/// A model, its optimizer, and the data it trains on.
+pub struct Trainer {
+    pub lm: HyenaLm,
+    pub opt: AdamW,
+    pub cfg: TrainConfig,
+    train: Vec<u32>,
+    val: Vec<u32>,
+    cache: LmCache,
+    dlogits: Vec<f32>,
+}
+
+impl Trainer {
+    /// A new run. `train`/`val` are token streams; both must hold more than `seq_len` tokens.
+    pub fn new(lm: HyenaLm, cfg: TrainConfig, train: Vec<u32>, val: Vec<u32>) -> Result<Self> {
+        for (what, toks) in [("training", &train), ("validation", &val)] {
+            if toks.len() <= cfg.seq_len {
+                return Err(Error::config(
+                    "seq_len",
+                    cfg.seq_len,
+                    format!(
+                        "the {what} data has only {} tokens; it needs more than one window \
+                         (use a shorter --seq-len or more data)",
+                        toks.len()
+                    ),
+                ));
+            }
+        }
+        if cfg.seq_len > lm.cfg.operator.l_max {
+            return Err(Error::config(
+                "seq_len",
+                cfg.seq_len,
+                format!("exceeds the model's l_max {}", lm.cfg.operator.l_max),
+            ));
+        }
+        if cfg.batch_size == 0 || cfg.grad_accum == 0 {
+            return Err(Error::config(
+                "batch_size/grad_accum",
+                format!("{}/{}", cfg.batch_size, cfg.grad_accum),
+                "must be >= 1",
+            ));
+        }
+        let opt = AdamW::new(cfg.optim.clone());
+        Ok(Trainer {
+            lm,
+            opt,
+            cfg,
+            train,
+            val,
+            cache: LmCache::default(),
+            dlogits: Vec::new(),
+        })
+    }
+
+    /// Steps completed so far.
+    pub fn step(&self) -> u64 {
+        self.opt.step
+    }
+
+    /// The windows `(inputs, targets)` of micro-batch `micro` of step `step`: `[B, L]` each.
+    pub fn batch(&self, step: u64, micro: usize) -> (Vec<u32>, Vec<u32>) {
+        let (b, l) = (self.cfg.batch_size, self.cfg.seq_len);
+        let mix = self.cfg.seed
+            ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ (micro as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+        let mut rng = StdRng::seed_from_u64(mix);
+        let (mut x, mut y) = (Vec::with_capacity(b * l), Vec::with_capacity(b * l));
+        for _ in 0..b {
+            let s = rng.random_range(0..self.train.len() - l);
+            x.extend_from_slice(&self.train[s..s + l]);
+            y.extend_from_slice(&self.train[s + 1..s + l + 1]);
+        }
+        (x, y)
+    }
+
+    /// One optimizer update (with gradient accumulation over `grad_accum` micro-batches).
+    pub fn train_step(&mut self) -> Result<StepStats> {
+        let step = self.opt.step;
+        let (b, l) = (self.cfg.batch_size, self.cfg.seq_len);
+        let v = self.lm.cfg.padded_vocab();
+        let mut grads = self.lm.zero_grads();
+        let mut loss_sum = 0.0f32;
+        self.dlogits.resize(b * l * v, 0.0);
+        for micro in 0..self.cfg.grad_accum {
+            let (x, y) = self.batch(step, micro);
+            self.lm.forward(&x, b, l, &mut self.cache)?;
+            let (loss, _, _) = cross_entropy(&self.cache.logits, &y, v, None, &mut self.dlogits)?;
+            loss_sum += loss;
+            if self.cfg.grad_accum > 1 {
+                let s = 1.0 / self.cfg.grad_accum as f32;
+                self.dlogits.iter_mut().for_each(|d| *d *= s);
+            }
+            self.lm
+                .backward(&self.dlogits, &mut self.cache, &mut grads)?;
+        }
+        let grad_norm = clip_grad_norm(&mut grads, self.cfg.clip);
+        let lr = self.cfg.schedule().lr(self.cfg.optim.lr, step);
+        self.opt.step(&mut self.lm.params, &grads, lr);
+        Ok(StepStats {
+            step: self.opt.step,
+            loss: loss_sum / self.cfg.grad_accum as f32,
+            lr,
+            grad_norm,
+            tokens: b * l * self.cfg.grad_accum,
+        })
+    }
+
+    /// Loss, perplexity, bits per token and next-token accuracy on consecutive, non-overlapping
+    /// validation windows (at most `eval_windows` of them).
+    pub fn evaluate(&mut self) -> Result<EvalStats> {
+        let (b, l) = (self.cfg.batch_size, self.cfg.seq_len);
+        let v = self.lm.cfg.padded_vocab();
+        let n_win = ((self.val.len() - 1) / l).min(self.cfg.eval_windows).max(1);
+        let (mut loss_sum, mut count, mut correct) = (0.0f64, 0usize, 0usize);
+        let mut w = 0;
+        while w < n_win {
+            let nb = b.min(n_win - w);
+            let (mut x, mut y) = (Vec::with_capacity(nb * l), Vec::with_capacity(nb * l));
+            for i in 0..nb {
+                let s = (w + i) * l;
+                x.extend_from_slice(&self.val[s..s + l]);
+                y.extend_from_slice(&self.val[s + 1..s + l + 1]);
+            }
+            self.lm.forward(&x, nb, l, &mut self.cache)?;
+            self.dlogits.resize(nb * l * v, 0.0);
+            let (loss, c, k) = cross_entropy(
+                &self.cache.logits,
+                &y,
+                v,
+                None,
+                &mut self.dlogits[..nb * l * v],
+            )?;
+            loss_sum += loss as f64 * c as f64;
+            count += c;
+            correct += k;
+            w += nb;
+        }
+        let loss = loss_sum / count.max(1) as f64;
+        Ok(EvalStats {
+            step: self.opt.step,
+            loss,
+            perplexity: loss.exp(),
+            bits_per_token: loss / std::f64::consts::LN_2,
+            accuracy: correct as f64 / count.max(1) as f64,
+            tokens: count,
+        })
+    }
+
+    /// Write a checkpoint into `dir`: `model.safetensors` (parameters and filter buffers),
+    /// `optimizer.safetensors`, `config.json` (`{"model": …, "train": …}` plus `extra`), and
+    /// `state.json` (step). Every file is written atomically.
+    pub fn save(&self, dir: &Path, extra: &serde_json::Value) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            file: dir.to_path_buf(),
+            source,
+        })?;
+        save_model(&self.lm, dir)?;
+        let meta = std::collections::BTreeMap::new();
+        write_atomic(
+            dir.join("optimizer.safetensors"),
+            &self.opt.state_tensors(),
+            &meta,
+        )?;
+        let mut cfg = serde_json::json!({ "model": self.lm.cfg, "train": self.cfg });
+        if let (Some(obj), Some(ex)) = (cfg.as_object_mut(), extra.as_object()) {
+            for (k, v) in ex {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+        write_json(&dir.join("config.json"), &cfg)?;
+        write_json(
+            &dir.join("state.json"),
+            &serde_json::json!({ "step": self.opt.step }),
+        )
+    }
+
+    /// Continue a run saved by [`Trainer::save`]. The model config in `dir` must equal `lm_cfg`
+    /// (a different architecture cannot resume), and the data must be the same streams.
+    pub fn resume(
+        dir: &Path,
+        lm_cfg: &LmConfig,
+        cfg: TrainConfig,
+        train: Vec<u32>,
+        val: Vec<u32>,
+    ) -> Result<Self> {
+        let lm = load_model(dir)?;
+        if &lm.cfg != lm_cfg {
+            return Err(Error::Format {
+                file: dir.join("config.json"),
+                msg: "the checkpoint's model config differs from the requested one; \
+                      resume with the same model settings or start a new run"
+                    .into(),
+            });
+        }
+        let mut t = Trainer::new(lm, cfg, train, val)?;
+        let opt = TensorFile::read(dir.join("optimizer.safetensors"))?;
+        t.opt.load_state(&opt.tensors)?;
+        let st = read_json(&dir.join("state.json"))?;
+        t.opt.step = st["step"].as_u64().ok_or_else(|| Error::Format {
+            file: dir.join("state.json"),
+            msg: "missing integer `step`".into(),
+        })?;
+        Ok(t)
+    }
+}
+
+fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+    let s = serde_json::to_string_pretty(v).map_err(|e| Error::Format {
+        file: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    write_bytes_atomic(path, s.as_bytes())
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let s = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&s).map_err(|e| Error::Format {
+        file: path.to_path_buf(),
+        msg: format!("invalid JSON: {e}"),
+    })
+}
+
+/// Write `model.safetensors` (parameters with HF names, plus each block's filter buffers) and,
+/// if absent, a `config.json` holding `{"model": …}`.
+pub fn save_model(lm: &HyenaLm, dir: &Path) -> Result<()> {
+    let mut tensors = collect_params("", &lm.params);
+    let (lm_max, e) = (lm.cfg.operator.l_max, lm.cfg.operator.filter.emb_dim);
+    for i in 0..lm.cfg.n_layer {
+        let mut bufs = lm.operator(i).filter.buffers.clone();
+        let prefix = format!("hyena.backbone.layers.{i}.mixer.filter_fn.");
+        bufs.visit_mut(&prefix, lm_max, e, &mut |n, s, d| {
+            tensors.insert(
+                n.to_string(),
+                crate::io::safetensors::Tensor {
+                    shape: s.to_vec(),
+                    data: d.to_vec(),
+                },
+            );
+        });
+    }
+    let mut meta = std::collections::BTreeMap::new();
+    meta.insert("format".to_string(), "hyena-lm".to_string());
+    meta.insert("version".to_string(), "1".to_string());
+    write_atomic(dir.join("model.safetensors"), &tensors, &meta)?;
+    let cfg_path = dir.join("config.json");
+    if !cfg_path.exists() {
+        write_json(&cfg_path, &serde_json::json!({ "model": lm.cfg }))?;
+    }
+    Ok(())
+}
+
+/// Load a model saved by [`save_model`] / [`Trainer::save`] from `dir`.
+pub fn load_model(dir: &Path) -> Result<HyenaLm> {
+    let cfg_path = dir.join("config.json");
+    let cfg_v = read_json(&cfg_path)?;
+    let model_v = cfg_v.get("model").cloned().ok_or_else(|| Error::Format {
+        file: cfg_path.clone(),
+        msg: "no `model` section; is this a hyena run directory?".into(),
+    })?;
+    let cfg: LmConfig = serde_json::from_value(model_v).map_err(|e| Error::Format {
+        file: cfg_path.clone(),
+        msg: format!("model config: {e}"),
+    })?;
+    let mut lm = HyenaLm::new(&cfg, 0)?;
+    let f = TensorFile::read(dir.join("model.safetensors"))?;
+    f.load_params("", &mut lm.params)?;
+    let (lm_max, e) = (cfg.operator.l_max, cfg.operator.filter.emb_dim);
+    for i in 0..cfg.n_layer {
+        let prefix = format!("hyena.backbone.layers.{i}.mixer.filter_fn.");
+        let mut res = Ok(());
+        lm.operator_mut(i)
+            .filter
+            .buffers
+            .visit_mut(&prefix, lm_max, e, &mut |n, s, d| {
+                if res.is_ok() {
+                    match f.get_shaped(n, s) {
+                        Ok(t) => d.copy_from_slice(&t.data),
+                        Err(err) => res = Err(err),
+                    }
+                }
+            });
+        res?;
+    }
+    Ok(lm)
+}

@@ -1,0 +1,183 @@
+//! The training loop: resume equals an uninterrupted run, checkpoints round-trip bit for bit,
+//! bad checkpoints and bad settings give clear errors.
+
+use std::path::PathBuf;
+
+use hyena::models::lm::{HyenaLm, LmCache, LmConfig};
+use hyena::train::trainer::{load_model, save_model, TrainConfig, Trainer};
+use hyena::train::AdamWConfig;
+use hyena::{FilterConfig, HyenaConfig};
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("hyena-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn model_cfg() -> LmConfig {
+    LmConfig {
+        n_layer: 2,
+        d_inner: 32,
+        operator: HyenaConfig {
+            d_model: 16,
+            l_max: 34,
+            filter: FilterConfig {
+                emb_dim: 5,
+                filter_order: 8,
+                w: 10.0,
+                shift: 0.05,
+                ..FilterConfig::default()
+            },
+            ..HyenaConfig::default()
+        },
+        ..LmConfig::default()
+    }
+}
+
+fn train_cfg(steps: u64) -> TrainConfig {
+    TrainConfig {
+        batch_size: 3,
+        grad_accum: 2,
+        seq_len: 32,
+        steps,
+        eval_every: 100,
+        eval_windows: 4,
+        clip: 1.0,
+        seed: 9,
+        optim: AdamWConfig {
+            lr: 2e-3,
+            ..AdamWConfig::default()
+        },
+        warmup: 2,
+        min_lr_ratio: 0.1,
+    }
+}
+
+/// A DNA-like stream with some structure (a repeated motif with mutations).
+fn stream(n: usize, seed: u64) -> Vec<u32> {
+    let mut s = seed;
+    let motif = [7u32, 8, 9, 10, 10, 9, 7, 8, 8, 7];
+    (0..n)
+        .map(|i| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            if (s >> 60) < 3 {
+                7 + ((s >> 40) % 4) as u32
+            } else {
+                motif[i % motif.len()]
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn resume_reproduces_an_uninterrupted_run() {
+    let (train, val) = (stream(4000, 1), stream(400, 2));
+    let mut full = Trainer::new(
+        HyenaLm::new(&model_cfg(), 3).unwrap(),
+        train_cfg(6),
+        train.clone(),
+        val.clone(),
+    )
+    .unwrap();
+    let losses: Vec<f32> = (0..6).map(|_| full.train_step().unwrap().loss).collect();
+
+    let dir = tmpdir("resume");
+    let mut first = Trainer::new(
+        HyenaLm::new(&model_cfg(), 3).unwrap(),
+        train_cfg(6),
+        train.clone(),
+        val.clone(),
+    )
+    .unwrap();
+    let mut got: Vec<f32> = (0..3).map(|_| first.train_step().unwrap().loss).collect();
+    first.save(&dir, &serde_json::json!({})).unwrap();
+    drop(first);
+    let mut second = Trainer::resume(&dir, &model_cfg(), train_cfg(6), train, val).unwrap();
+    assert_eq!(second.step(), 3);
+    got.extend((0..3).map(|_| second.train_step().unwrap().loss));
+    assert_eq!(
+        got, losses,
+        "resumed run must match the uninterrupted one bit for bit"
+    );
+    assert!(losses[5] < losses[0], "the loss goes down: {losses:?}");
+    let ev = second.evaluate().unwrap();
+    assert!(ev.loss.is_finite() && ev.tokens == 4 * 32);
+    assert!((ev.bits_per_token - ev.loss / std::f64::consts::LN_2).abs() < 1e-9);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn checkpoint_round_trip_is_bit_exact() {
+    let lm = HyenaLm::new(&model_cfg(), 11).unwrap();
+    let dir = tmpdir("roundtrip");
+    save_model(&lm, &dir).unwrap();
+    let back = load_model(&dir).unwrap();
+    assert_eq!(back.params, lm.params);
+    let toks = stream(2 * 30, 5);
+    let (mut c1, mut c2) = (LmCache::default(), LmCache::default());
+    lm.forward(&toks, 2, 30, &mut c1).unwrap();
+    back.forward(&toks, 2, 30, &mut c2).unwrap();
+    assert_eq!(c1.logits, c2.logits);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_checkpoints_and_settings_are_clear_errors() {
+    let lm = HyenaLm::new(&model_cfg(), 11).unwrap();
+    let dir = tmpdir("bad");
+    save_model(&lm, &dir).unwrap();
+    // Truncated weights.
+    let p = dir.join("model.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    let e = load_model(&dir).unwrap_err().to_string();
+    assert!(
+        e.contains("model.safetensors") && e.contains("truncated"),
+        "{e}"
+    );
+    // Missing config.
+    std::fs::remove_file(dir.join("config.json")).unwrap();
+    let e = load_model(&dir).unwrap_err().to_string();
+    assert!(e.contains("config.json"), "{e}");
+    // Shapes that disagree with the config.
+    save_model(&lm, &dir).unwrap();
+    let mut other = model_cfg();
+    other.d_inner = 48;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::json!({ "model": other }).to_string(),
+    )
+    .unwrap();
+    let e = load_model(&dir).unwrap_err().to_string();
+    assert!(e.contains("mlp.fc1.weight") && e.contains("shape"), "{e}");
+    // Resuming with a different model config.
+    let (train, val) = (stream(4000, 1), stream(400, 2));
+    let t = Trainer::new(
+        HyenaLm::new(&model_cfg(), 3).unwrap(),
+        train_cfg(2),
+        train.clone(),
+        val.clone(),
+    )
+    .unwrap();
+    t.save(&dir, &serde_json::json!({})).unwrap();
+    let e = Trainer::resume(&dir, &other, train_cfg(2), train.clone(), val.clone())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("differs"), "{e}");
+    // Data shorter than one window.
+    let e = Trainer::new(
+        HyenaLm::new(&model_cfg(), 3).unwrap(),
+        train_cfg(2),
+        stream(20, 1),
+        val,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("only 20 tokens"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
