@@ -1,5 +1,6 @@
-//! Models built from layers: the HyenaDNA-style causal language model.
+//! Models built from layers: the HyenaDNA-style causal language model and sampling from it.
 
+pub mod generate;
 pub mod lm;
 
 pub use lm::{HyenaLm, LmCache, LmConfig, LmParams};
