@@ -247,3 +247,28 @@ fn generation_is_reproducible_and_respects_its_settings() {
     assert_eq!(g1, k1);
     assert!(generate(&lm, &[], 3, &cfg).is_err());
 }
+
+#[test]
+fn loss_curve_png_is_written() {
+    use hyena::train::plot::{loss_curve_png, RefLine};
+    let dir = tmpdir("plot");
+    let p = dir.join("loss.png");
+    let train: Vec<(u64, f64)> = (0..200)
+        .map(|s| {
+            (
+                s,
+                2.0 - (s as f64 / 200.0) * 0.2 + 0.03 * ((s as f64) * 0.7).sin(),
+            )
+        })
+        .collect();
+    let val = vec![(50, 1.95), (100, 1.9), (200, 1.85)];
+    let refs = vec![RefLine {
+        label: "order-8 Markov".into(),
+        value: 1.92,
+    }];
+    loss_curve_png(&p, "test run", &train, &val, &refs).unwrap();
+    let bytes = std::fs::read(&p).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(bytes.len() > 5_000, "a real picture, {} bytes", bytes.len());
+    let _ = std::fs::remove_dir_all(&dir);
+}

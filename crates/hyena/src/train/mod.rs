@@ -3,6 +3,7 @@
 
 pub mod baseline;
 pub mod optim;
+pub mod plot;
 pub mod trainer;
 
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};

@@ -1,0 +1,113 @@
+//! Loss curves as PNG: training loss per step, validation loss at each evaluation, and
+//! horizontal lines for baselines, in bits per token.
+//!
+//! Text is drawn with an embedded DejaVu Sans Mono (Bitstream Vera licence, `assets/`), so
+//! plotting needs no system fonts.
+
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::prelude::*;
+use plotters::style::{register_font, FontStyle};
+
+use crate::error::{Error, Result};
+
+static FONT: &[u8] = include_bytes!("../../assets/DejaVuSansMono.ttf");
+static REGISTER: Once = Once::new();
+
+fn ensure_font() {
+    REGISTER.call_once(|| {
+        // Registration only fails on a malformed font, and this one is compiled in.
+        let _ = register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+/// A named horizontal reference line (e.g. a Markov baseline), in the plotted unit.
+#[derive(Clone, Debug)]
+pub struct RefLine {
+    pub label: String,
+    pub value: f64,
+}
+
+/// Draw `train` (step, bits/token) and `val` (step, bits/token) with reference lines to `path`.
+pub fn loss_curve_png(
+    path: &Path,
+    title: &str,
+    train: &[(u64, f64)],
+    val: &[(u64, f64)],
+    refs: &[RefLine],
+) -> Result<()> {
+    ensure_font();
+    let err = |e: String| Error::Format {
+        file: path.to_path_buf(),
+        msg: format!("plotting failed: {e}"),
+    };
+    let max_step = train
+        .iter()
+        .chain(val)
+        .map(|p| p.0)
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let ys = train
+        .iter()
+        .chain(val)
+        .map(|p| p.1)
+        .chain(refs.iter().map(|r| r.value));
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for y in ys.filter(|y| y.is_finite()) {
+        lo = lo.min(y);
+        hi = hi.max(y);
+    }
+    if !lo.is_finite() {
+        (lo, hi) = (0.0, 1.0);
+    }
+    let pad = ((hi - lo) * 0.05).max(1e-3);
+    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0u64..max_step, (lo - pad)..(hi + pad))
+        .map_err(|e| err(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc("bits per token")
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    chart
+        .draw_series(LineSeries::new(train.iter().copied(), &BLUE.mix(0.6)))
+        .map_err(|e| err(e.to_string()))?
+        .label("train")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+    chart
+        .draw_series(LineSeries::new(val.iter().copied(), RED.stroke_width(2)))
+        .map_err(|e| err(e.to_string()))?
+        .label("validation")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+    let palette = [BLACK, MAGENTA, GREEN, CYAN];
+    for (i, r) in refs.iter().enumerate() {
+        let c = palette[i % palette.len()];
+        chart
+            .draw_series(LineSeries::new(
+                vec![(0, r.value), (max_step, r.value)],
+                c.stroke_width(1),
+            ))
+            .map_err(|e| err(e.to_string()))?
+            .label(r.label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    root.present().map_err(|e| err(e.to_string()))?;
+    Ok(())
+}
