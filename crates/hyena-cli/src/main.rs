@@ -5,7 +5,9 @@ use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use hyena::bench::{run_one, BenchOp, BenchRecord, BenchSpec, CountingAlloc};
+use hyena::bench::{
+    run_one, run_train, BenchOp, BenchRecord, BenchSpec, CountingAlloc, TrainShape,
+};
 
 // Counting allocator: lets `hyena bench` report peak heap memory per measurement.
 #[global_allocator]
@@ -34,6 +36,8 @@ enum BenchWhat {
     Conv,
     /// The Hyena operator (in_proj, short filter, implicit filter, gated long convs, out_proj).
     Operator,
+    /// Full LM training steps (HyenaDNA-tiny and -small shapes): tokens/s and peak memory.
+    Train,
 }
 
 #[derive(clap::Args, Debug)]
@@ -61,6 +65,10 @@ struct BenchArgs {
     /// Print one JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
+    /// `train` only: which shapes (tiny = d128 x 2 layers, L=1024, batch 8; small = d256 x 4
+    /// layers, L=32768, batch 1).
+    #[arg(long, value_delimiter = ',', default_value = "tiny,small")]
+    shapes: Vec<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -99,6 +107,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     let op = match a.what {
         BenchWhat::Conv => BenchOp::Conv,
         BenchWhat::Operator => BenchOp::Operator,
+        BenchWhat::Train => return bench_train(&a),
     };
     if op == BenchOp::Operator {
         // Fail before printing anything if the operator config is invalid (e.g. --order 1).
@@ -147,6 +156,52 @@ fn bench(a: BenchArgs) -> Result<()> {
                 out,
                 "| {} | {:.2} | {:.1} | {:.2} | {:.1} | {} | {} |",
                 r.L, r.fwd_ms, r.fwd_gflops, r.fwdbwd_ms, r.fwdbwd_gflops, peak, r.reps
+            )?;
+        }
+        out.flush()?;
+    }
+    Ok(())
+}
+
+fn bench_train(a: &BenchArgs) -> Result<()> {
+    let shapes = a
+        .shapes
+        .iter()
+        .map(|s| TrainShape::parse(s))
+        .collect::<hyena::Result<Vec<_>>>()?;
+    let mut out = std::io::stdout().lock();
+    if !a.json {
+        writeln!(
+            out,
+            "hyena bench train: threads={}\n",
+            rayon::current_num_threads()
+        )?;
+        writeln!(out, "| shape | B | L | D | layers | step ms | tokens/s | peak MiB | activation MiB | steps |")?;
+        writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+        out.flush()?;
+    }
+    for sh in shapes {
+        eprint!("measuring train {} ...\r", sh.name());
+        let r =
+            run_train(sh, a.reps).with_context(|| format!("training benchmark {}", sh.name()))?;
+        eprint!("{:40}\r", "");
+        if a.json {
+            writeln!(out, "{}", serde_json::to_string(&r)?)?;
+        } else {
+            let f = |v: Option<f64>| v.map_or("-".to_string(), |p| format!("{p:.1}"));
+            writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {:.1} | {:.0} | {} | {} | {} |",
+                r.shape,
+                r.B,
+                r.L,
+                r.D,
+                r.n_layer,
+                r.step_ms,
+                r.tokens_per_s,
+                f(r.peak_mib),
+                f(r.activation_mib),
+                r.steps
             )?;
         }
         out.flush()?;

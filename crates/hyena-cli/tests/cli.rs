@@ -95,4 +95,8 @@ fn bad_flags_fail_with_a_message() {
     assert!(err.contains("order"), "{err}");
     let out = hyena(&["bench", "nonsense"]);
     assert!(!out.status.success());
+    let out = hyena(&["bench", "train", "--shapes", "huge"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tiny") && err.contains("small"), "{err}");
 }

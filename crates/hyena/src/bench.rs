@@ -286,3 +286,132 @@ pub fn run_one(spec: &BenchSpec, l: usize) -> Result<BenchRecord> {
         reps,
     })
 }
+
+/// A training-throughput shape for `hyena bench train`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrainShape {
+    /// HyenaDNA-tiny: d_model 128, 2 layers, L=1024, batch 8.
+    Tiny,
+    /// HyenaDNA-small: d_model 256, 4 layers, L=32768, batch 1.
+    Small,
+}
+
+impl TrainShape {
+    pub fn name(self) -> &'static str {
+        match self {
+            TrainShape::Tiny => "tiny",
+            TrainShape::Small => "small",
+        }
+    }
+    /// Parse `tiny` / `small`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "tiny" => Ok(TrainShape::Tiny),
+            "small" => Ok(TrainShape::Small),
+            other => Err(crate::Error::config(
+                "shape",
+                other,
+                "expected `tiny` or `small`",
+            )),
+        }
+    }
+    /// `(d_model, n_layer, seq_len, batch)`.
+    pub fn dims(self) -> (usize, usize, usize, usize) {
+        match self {
+            TrainShape::Tiny => (128, 2, 1024, 8),
+            TrainShape::Small => (256, 4, 32768, 1),
+        }
+    }
+}
+
+/// One `hyena bench train` row.
+#[derive(Clone, Debug, Serialize)]
+#[allow(non_snake_case)]
+pub struct TrainBenchRecord {
+    #[serde(rename = "impl")]
+    pub implementation: &'static str,
+    pub shape: &'static str,
+    pub B: usize,
+    pub L: usize,
+    pub D: usize,
+    pub n_layer: usize,
+    pub threads: usize,
+    pub step_ms: f64,
+    pub tokens_per_s: f64,
+    /// Peak heap during one training step, counted from before the model is built.
+    pub peak_mib: Option<f64>,
+    /// `peak_mib` minus parameters, gradients and the two AdamW moments.
+    pub activation_mib: Option<f64>,
+    pub steps: usize,
+}
+
+/// Time full training steps (forward, cross-entropy, backward, clipping, AdamW) of a
+/// HyenaDNA-shaped LM (order 2, emb_dim 5, filter_order 64, w 10, shift 0.05, l_max = L) on
+/// random DNA tokens.
+pub fn run_train(shape: TrainShape, steps: Option<usize>) -> Result<TrainBenchRecord> {
+    use crate::models::lm::{cross_entropy, HyenaLm, LmCache, LmConfig};
+    use crate::train::{clip_grad_norm, AdamW, AdamWConfig};
+    let (d, n_layer, l, b) = shape.dims();
+    let base = mem_start();
+    let mut cfg = LmConfig {
+        n_layer,
+        d_inner: 4 * d,
+        operator: bench_operator_config(d, l, 2),
+        ..LmConfig::default()
+    };
+    cfg.operator.filter.emb_dim = 5;
+    cfg.operator.filter.w = 10.0;
+    cfg.operator.filter.shift = 0.05;
+    let mut lm = HyenaLm::new(&cfg, 0)?;
+    let mut opt = AdamW::new(AdamWConfig::default());
+    let v = cfg.padded_vocab();
+    let toks: Vec<u32> = rand_vec(b * (l + 1), 7, 1.0)
+        .iter()
+        .map(|x| 7 + ((x + 1.0) * 1.999) as u32)
+        .collect();
+    let x: Vec<u32> = (0..b)
+        .flat_map(|r| toks[r * (l + 1)..r * (l + 1) + l].to_vec())
+        .collect();
+    let y: Vec<u32> = (0..b)
+        .flat_map(|r| toks[r * (l + 1) + 1..(r + 1) * (l + 1)].to_vec())
+        .collect();
+    let mut cache = LmCache::default();
+    let mut dlogits = vec![0.0f32; b * l * v];
+    let mut grads = lm.zero_grads();
+    let mut step = |lm: &mut HyenaLm, grads: &mut crate::models::lm::LmParams| -> Result<()> {
+        lm.forward(&x, b, l, &mut cache)?;
+        cross_entropy(&cache.logits, &y, v, None, &mut dlogits)?;
+        grads.zero();
+        lm.backward(&dlogits, &mut cache, grads)?;
+        clip_grad_norm(grads, 1.0);
+        opt.step(&mut lm.params, grads, 6e-4);
+        Ok(())
+    };
+    let t = Instant::now();
+    step(&mut lm, &mut grads)?;
+    let first = t.elapsed().as_secs_f64() * 1e3;
+    let peak = mem_peak_mib(base);
+    let n = steps.unwrap_or_else(|| ((3000.0 / first.max(1e-3)).ceil() as usize).clamp(2, 10));
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        step(&mut lm, &mut grads)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let step_ms = median(times);
+    let state_mib = 4.0 * lm.params.num_params() as f64 * 4.0 / (1024.0 * 1024.0);
+    Ok(TrainBenchRecord {
+        implementation: "hyena",
+        shape: shape.name(),
+        B: b,
+        L: l,
+        D: d,
+        n_layer,
+        threads: rayon::current_num_threads(),
+        step_ms,
+        tokens_per_s: (b * l) as f64 / (step_ms * 1e-3),
+        peak_mib: peak,
+        activation_mib: peak.map(|p| p - state_mib),
+        steps: n,
+    })
+}
