@@ -518,3 +518,30 @@ fn activations_match_reference_and_gradients() {
     check("gate da", &a, &da, |v| f(v, &b), 50, 1e-2, 1e-3).unwrap();
     check("gate db", &b, &db, |v| f(&a, v), 50, 1e-2, 1e-3).unwrap();
 }
+
+#[test]
+fn fast_tanh_is_accurate_everywhere() {
+    let mut worst = 0.0f64;
+    let mut x = -30.0f32;
+    while x <= 30.0 {
+        let err = (act::tanh_fast(x) as f64 - (x as f64).tanh()).abs();
+        worst = worst.max(err);
+        x += 1.0e-3;
+    }
+    for x in [
+        0.0f32,
+        -0.0,
+        1e-30,
+        -1e-8,
+        1e-4,
+        100.0,
+        -100.0,
+        f32::MAX,
+        f32::MIN,
+    ] {
+        let err = (act::tanh_fast(x) as f64 - (x as f64).tanh()).abs();
+        worst = worst.max(err);
+    }
+    assert!(worst < 2e-7, "max abs error {worst:e}");
+    assert_eq!(act::tanh_fast(0.0), 0.0);
+}

@@ -12,6 +12,37 @@ use crate::error::{check_len, Result};
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 const GELU_C: f32 = 0.044_715;
 
+/// `exp(x)` for `x <= 0`, branch-free so that loops over it vectorise (libm's scalar `tanhf`
+/// measured as a fifth of a training step). Cody–Waite reduction `x = n·ln2 + r`,
+/// `|r| <= ln2/2`, a degree-7 Taylor polynomial for `exp(r)` (truncation < 2e-8 relative), and
+/// `2^n` built from the exponent bits. Inputs below -87 flush to ~0.
+#[inline(always)]
+fn exp_nonpos(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let x = x.max(-87.0);
+    // Round to nearest with the 1.5·2^23 trick: plain float adds, so it vectorises without
+    // SSE4.1 (f32::round is a libm call on baseline x86-64).
+    const MAGIC: f32 = 12_582_912.0;
+    let n = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    f32::from_bits(((n as i32 + 127) << 23) as u32) * p
+}
+
+/// `tanh(x) = sign(x)·(1 - e)/(1 + e)` with `e = exp(-2|x|)`: absolute error below 2e-7
+/// (checked against f64 in the tests), which is what GELU needs.
+#[inline(always)]
+pub fn tanh_fast(x: f32) -> f32 {
+    let e = exp_nonpos(-2.0 * x.abs());
+    ((1.0 - e) / (1.0 + e)).copysign(x)
+}
+
 /// `y = gelu_tanh(x)`.
 pub fn gelu_forward(x: &[f32], y: &mut [f32]) -> Result<()> {
     check_len("gelu forward", "y", y.len(), x.len())?;
@@ -20,7 +51,7 @@ pub fn gelu_forward(x: &[f32], y: &mut [f32]) -> Result<()> {
         .for_each(|(yc, xc)| {
             for (yv, &v) in yc.iter_mut().zip(xc) {
                 let u = SQRT_2_OVER_PI * (v + GELU_C * v * v * v);
-                *yv = 0.5 * v * (1.0 + u.tanh());
+                *yv = 0.5 * v * (1.0 + tanh_fast(u));
             }
         });
     Ok(())
@@ -35,7 +66,7 @@ pub fn gelu_backward(dy: &[f32], x: &[f32], dx: &mut [f32]) -> Result<()> {
         .for_each(|(dc, (xc, gc))| {
             for ((d, &v), &g) in dc.iter_mut().zip(xc).zip(gc) {
                 let u = SQRT_2_OVER_PI * (v + GELU_C * v * v * v);
-                let th = u.tanh();
+                let th = tanh_fast(u);
                 let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * v * v);
                 *d = g * (0.5 * (1.0 + th) + 0.5 * v * (1.0 - th * th) * du);
             }
