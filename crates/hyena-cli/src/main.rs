@@ -1,6 +1,8 @@
 //! `hyena`: the command-line tool. Thin by design: parse arguments, build a library config,
 //! call the library, print. All numerics live in the `hyena` crate.
 
+mod train_cmd;
+
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
@@ -26,6 +28,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Train a Hyena language model (default: a small model on the E. coli genome, ~5 min).
+    Train(train_cmd::TrainArgs),
+    /// Sample a continuation of a prompt from a trained model.
+    Generate(train_cmd::GenerateArgs),
     /// Time kernels: forward and forward+backward, median ms, GFLOP/s, peak memory.
     Bench(BenchArgs),
 }
@@ -74,6 +80,8 @@ struct BenchArgs {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
+        Command::Train(a) => train_cmd::train(a),
+        Command::Generate(a) => train_cmd::generate_cmd(a),
         Command::Bench(a) => bench(a),
     };
     match res {

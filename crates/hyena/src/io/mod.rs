@@ -1,3 +1,6 @@
 //! Reading and writing tensors: safetensors files with atomic writes.
 
+pub mod fasta;
 pub mod safetensors;
+pub mod text;
+pub mod tokenizer;

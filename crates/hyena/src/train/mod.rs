@@ -4,6 +4,7 @@
 pub mod baseline;
 pub mod optim;
 pub mod plot;
+pub mod run;
 pub mod trainer;
 
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};

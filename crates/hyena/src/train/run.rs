@@ -1,0 +1,319 @@
+//! A whole training run, as `hyena train` does it: read and tokenize the data, hold out a
+//! contiguous validation tail, score the count baselines on it, train with periodic evaluation,
+//! and keep a run directory up to date.
+//!
+//! Run directory: `config.json` (the whole [`RunConfig`], written first), `model.safetensors`,
+//! `optimizer.safetensors`, `state.json`, `metrics.jsonl` (one JSON object per step and per
+//! evaluation) and, at the end, `loss.png`. Every file is written atomically, and nothing is
+//! written before the configuration and the data have been checked.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::io::fasta::open_records;
+use crate::io::text::read_text;
+use crate::io::tokenizer::Tokenizer;
+use crate::models::lm::{HyenaLm, LmConfig};
+use crate::train::baseline::{markov_scores, BaselineScore};
+use crate::train::plot::{loss_curve_png, RefLine};
+use crate::train::trainer::{EvalStats, StepStats, TrainConfig, Trainer};
+
+/// Where the training tokens come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// FASTA/FASTQ files (gzip or xz allowed). With no files at all, the E. coli K-12 genome
+    /// shipped in `data/ecoli/` is used.
+    pub fasta: Vec<PathBuf>,
+    /// Plain-text files (gzip allowed), tokenized as bytes.
+    pub text: Vec<PathBuf>,
+    pub tokenizer: Tokenizer,
+    /// Fraction of the token stream, at its end, held out for validation.
+    pub val_fraction: f32,
+    /// Largest Markov order scored as a baseline.
+    pub markov_order: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            fasta: Vec::new(),
+            text: Vec::new(),
+            tokenizer: Tokenizer::default(),
+            val_fraction: 0.05,
+            markov_order: 8,
+        }
+    }
+}
+
+/// The embedded default data set.
+pub fn default_genome() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/ecoli/MG1655-K12.fasta.gz")
+}
+
+/// Everything a run is: model, optimisation and data. Saved as `config.json`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    pub model: LmConfig,
+    pub train: TrainConfig,
+    pub data: DataConfig,
+}
+
+/// Tokens of a data set, split into training and validation streams.
+#[derive(Clone, Debug)]
+pub struct TokenData {
+    pub train: Vec<u32>,
+    pub val: Vec<u32>,
+    /// Characters that were outside the tokenizer's alphabet (mapped to its unknown token).
+    pub unknown: usize,
+    /// A one-line description (files, records, tokens).
+    pub summary: String,
+}
+
+/// Read and tokenize the configured files and split them (validation = the last
+/// `val_fraction` of the stream). FASTA records are separated by the tokenizer's separator.
+pub fn load_tokens(cfg: &DataConfig) -> Result<TokenData> {
+    let mut fasta = cfg.fasta.clone();
+    if fasta.is_empty() && cfg.text.is_empty() {
+        fasta.push(default_genome());
+    }
+    let mut toks: Vec<u32> = Vec::new();
+    let (mut unknown, mut records) = (0usize, 0usize);
+    for path in &fasta {
+        for rec in open_records(path)? {
+            let rec = rec?;
+            if !toks.is_empty() {
+                toks.push(cfg.tokenizer.separator());
+            }
+            let (ids, unk) = cfg.tokenizer.encode_checked(&rec.seq);
+            toks.extend(ids);
+            unknown += unk;
+            records += 1;
+        }
+    }
+    for path in &cfg.text {
+        let bytes = read_text(path)?;
+        let (ids, unk) = cfg.tokenizer.encode_checked(&bytes);
+        toks.extend(ids);
+        unknown += unk;
+    }
+    if !(0.0..1.0).contains(&cfg.val_fraction) || cfg.val_fraction <= 0.0 {
+        return Err(Error::config(
+            "data.val_fraction",
+            cfg.val_fraction,
+            "must lie in (0, 1), e.g. 0.05",
+        ));
+    }
+    let n_val = ((toks.len() as f64) * cfg.val_fraction as f64).round() as usize;
+    let val = toks.split_off(toks.len() - n_val.min(toks.len()));
+    let files: Vec<String> = fasta
+        .iter()
+        .chain(&cfg.text)
+        .map(|p| p.display().to_string())
+        .collect();
+    let summary = format!(
+        "{} ({} records): {} training + {} validation tokens",
+        files.join(", "),
+        records,
+        toks.len(),
+        val.len()
+    );
+    Ok(TokenData {
+        train: toks,
+        val,
+        unknown,
+        summary,
+    })
+}
+
+/// What a run reports as it goes.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// Something to print once (data summary, baselines, config).
+    Info(String),
+    Step(StepStats),
+    Eval(EvalStats),
+}
+
+/// The outcome of a run.
+#[derive(Clone, Debug)]
+pub struct RunSummary {
+    pub last_eval: Option<EvalStats>,
+    pub baselines: Vec<BaselineScore>,
+    pub out_dir: PathBuf,
+}
+
+/// Run (or, with `resume`, continue) a training run into `out`. `on_event` sees every step
+/// and evaluation (the CLI draws its progress bar from them).
+pub fn run(
+    cfg: &RunConfig,
+    out: &Path,
+    resume: bool,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<RunSummary> {
+    cfg.model.validate()?;
+    if cfg.data.tokenizer.vocab_size() != cfg.model.vocab_size {
+        return Err(Error::config(
+            "model.vocab_size",
+            cfg.model.vocab_size,
+            format!(
+                "must equal the tokenizer's vocabulary ({})",
+                cfg.data.tokenizer.vocab_size()
+            ),
+        ));
+    }
+    let data = load_tokens(&cfg.data)?;
+    on_event(&Event::Info(format!("data: {}", data.summary)));
+    if data.unknown > 0 {
+        on_event(&Event::Info(format!(
+            "note: {} characters outside the alphabet were mapped to the unknown token",
+            data.unknown
+        )));
+    }
+    let baselines = markov_scores(&data.train, &data.val, cfg.data.markov_order);
+    let best = baselines
+        .iter()
+        .skip(1)
+        .min_by(|a, b| a.bits_per_token.total_cmp(&b.bits_per_token));
+    on_event(&Event::Info(format!(
+        "baselines on the validation set: unigram {:.4} bits/token{}",
+        baselines.first().map_or(f64::NAN, |b| b.bits_per_token),
+        best.map_or(String::new(), |b| format!(
+            ", best Markov (order {}) {:.4} bits/token",
+            b.order, b.bits_per_token
+        ))
+    )));
+
+    let metrics_path = out.join("metrics.jsonl");
+    let mut trainer = if resume {
+        let t = Trainer::resume(out, &cfg.model, cfg.train.clone(), data.train, data.val)?;
+        on_event(&Event::Info(format!(
+            "resuming {} at step {}",
+            out.display(),
+            t.step()
+        )));
+        t
+    } else {
+        if out.join("model.safetensors").exists() {
+            return Err(Error::config(
+                "out",
+                out.display(),
+                "already holds a run; pass --resume to continue it, or choose another --out",
+            ));
+        }
+        std::fs::create_dir_all(out).map_err(|source| Error::Io {
+            file: out.to_path_buf(),
+            source,
+        })?;
+        let lm = HyenaLm::new(&cfg.model, cfg.train.seed)?;
+        let t = Trainer::new(lm, cfg.train.clone(), data.train, data.val)?;
+        let _ = std::fs::remove_file(&metrics_path);
+        t
+    };
+    let extra = serde_json::json!({ "data": cfg.data });
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|source| Error::Io {
+            file: metrics_path.clone(),
+            source,
+        })?;
+    let mut log = |v: serde_json::Value| -> Result<()> {
+        writeln!(metrics, "{v}").map_err(|source| Error::Io {
+            file: metrics_path.clone(),
+            source,
+        })
+    };
+    let mut last_eval = None;
+    while trainer.step() < cfg.train.steps {
+        let s = trainer.train_step()?;
+        log(
+            serde_json::json!({ "kind": "train", "step": s.step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm }),
+        )?;
+        on_event(&Event::Step(s.clone()));
+        if s.step % cfg.train.eval_every.max(1) == 0 || s.step == cfg.train.steps {
+            let e = trainer.evaluate()?;
+            log(serde_json::to_value(&e)
+                .map(|mut v| {
+                    v["kind"] = "eval".into();
+                    v
+                })
+                .map_err(|e| Error::Format {
+                    file: metrics_path.clone(),
+                    msg: e.to_string(),
+                })?)?;
+            on_event(&Event::Eval(e.clone()));
+            trainer.save(out, &extra)?;
+            last_eval = Some(e);
+        }
+    }
+    plot_run(out, &baselines)?;
+    Ok(RunSummary {
+        last_eval,
+        baselines,
+        out_dir: out.to_path_buf(),
+    })
+}
+
+/// Draw `loss.png` from `metrics.jsonl` (training loss smoothed over a window, validation
+/// points, baselines), all in bits per token.
+pub fn plot_run(out: &Path, baselines: &[BaselineScore]) -> Result<()> {
+    let path = out.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+        file: path.clone(),
+        source,
+    })?;
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let step = v["step"].as_u64().unwrap_or(0);
+        match v["kind"].as_str() {
+            Some("train") => train.push((
+                step,
+                v["loss"].as_f64().unwrap_or(f64::NAN) / std::f64::consts::LN_2,
+            )),
+            Some("eval") => val.push((step, v["bits_per_token"].as_f64().unwrap_or(f64::NAN))),
+            _ => {}
+        }
+    }
+    // A running mean over 20 steps keeps the curve readable.
+    let w = 20usize;
+    let smooth: Vec<(u64, f64)> = (0..train.len())
+        .map(|i| {
+            let lo = i.saturating_sub(w - 1);
+            let s: f64 = train[lo..=i].iter().map(|p| p.1).sum();
+            (train[i].0, s / (i - lo + 1) as f64)
+        })
+        .collect();
+    let mut refs = Vec::new();
+    if let Some(u) = baselines.first() {
+        refs.push(RefLine {
+            label: "unigram".into(),
+            value: u.bits_per_token,
+        });
+    }
+    if let Some(b) = baselines
+        .iter()
+        .skip(1)
+        .min_by(|a, b| a.bits_per_token.total_cmp(&b.bits_per_token))
+    {
+        refs.push(RefLine {
+            label: format!("order-{} Markov", b.order),
+            value: b.bits_per_token,
+        });
+    }
+    loss_curve_png(
+        &out.join("loss.png"),
+        "hyena train: bits per token",
+        &smooth,
+        &val,
+        &refs,
+    )
+}

@@ -1,0 +1,185 @@
+//! `hyena train`'s library path end to end on a small FASTA file: the run directory, the
+//! metrics, refusing to overwrite a run, resuming, and data errors.
+
+use std::path::PathBuf;
+
+use hyena::io::tokenizer::Tokenizer;
+use hyena::train::run::{run, DataConfig, Event, RunConfig};
+use hyena::train::trainer::TrainConfig;
+use hyena::{FilterConfig, HyenaConfig};
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("hyena-run-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn small_run(fasta: PathBuf, steps: u64) -> RunConfig {
+    let mut cfg = RunConfig::default();
+    cfg.model.n_layer = 1;
+    cfg.model.d_inner = 32;
+    cfg.model.operator = HyenaConfig {
+        d_model: 16,
+        l_max: 64,
+        filter: FilterConfig {
+            emb_dim: 5,
+            filter_order: 8,
+            w: 10.0,
+            shift: 0.05,
+            ..FilterConfig::default()
+        },
+        ..HyenaConfig::default()
+    };
+    cfg.train = TrainConfig {
+        batch_size: 4,
+        seq_len: 64,
+        steps,
+        eval_every: 2,
+        eval_windows: 4,
+        warmup: 1,
+        ..TrainConfig::default()
+    };
+    cfg.data = DataConfig {
+        fasta: vec![fasta],
+        tokenizer: Tokenizer::Nucleotide { uppercase: true },
+        markov_order: 3,
+        ..DataConfig::default()
+    };
+    cfg
+}
+
+fn write_fasta(dir: &std::path::Path) -> PathBuf {
+    let mut s = String::new();
+    let mut x = 1u64;
+    for r in 0..3 {
+        s.push_str(&format!(">rec{r} test\n"));
+        for _ in 0..40 {
+            for _ in 0..60 {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                s.push(b"ACGTacgt"[(x >> 61) as usize] as char);
+            }
+            s.push('\n');
+        }
+    }
+    let p = dir.join("toy.fa");
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+#[test]
+fn a_run_writes_its_directory_and_resumes() {
+    let dir = tmpdir("ok");
+    let fasta = write_fasta(&dir);
+    let out = dir.join("run");
+    let mut events = Vec::new();
+    let cfg = small_run(fasta.clone(), 4);
+    let sum = run(&cfg, &out, false, &mut |e| events.push(format!("{e:?}"))).unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "optimizer.safetensors",
+        "state.json",
+        "metrics.jsonl",
+        "loss.png",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        metrics.lines().filter(|l| l.contains("\"train\"")).count(),
+        4
+    );
+    assert_eq!(
+        metrics.lines().filter(|l| l.contains("\"eval\"")).count(),
+        2
+    );
+    assert!(sum.last_eval.unwrap().bits_per_token.is_finite());
+    assert_eq!(sum.baselines.len(), 4, "unigram + orders 1..=3");
+    assert!(events.iter().any(|e| e.contains("baselines")));
+    // Lowercase input with uppercase=true: nothing unknown.
+    assert!(!events.iter().any(|e| e.contains("outside the alphabet")));
+
+    // A second run into the same directory is refused, and leaves the run intact.
+    let before = std::fs::read(out.join("model.safetensors")).unwrap();
+    let err = run(&cfg, &out, false, &mut |_: &Event| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--resume"), "{err}");
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        before
+    );
+
+    // Resume to 6 steps: two more train lines, one more eval.
+    let cfg6 = small_run(fasta, 6);
+    run(&cfg6, &out, true, &mut |_: &Event| {}).unwrap();
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        metrics.lines().filter(|l| l.contains("\"train\"")).count(),
+        6
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn data_problems_are_clear_errors() {
+    let dir = tmpdir("bad");
+    let out = dir.join("run");
+    // Missing file.
+    let err = run(
+        &small_run(dir.join("nope.fa"), 2),
+        &out,
+        false,
+        &mut |_: &Event| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("nope.fa"), "{err}");
+    // Empty file.
+    std::fs::write(dir.join("empty.fa"), "").unwrap();
+    let err = run(
+        &small_run(dir.join("empty.fa"), 2),
+        &out,
+        false,
+        &mut |_: &Event| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("empty.fa"), "{err}");
+    // Shorter than the window.
+    std::fs::write(dir.join("short.fa"), ">s\nACGTACGTAC\n").unwrap();
+    let err = run(
+        &small_run(dir.join("short.fa"), 2),
+        &out,
+        false,
+        &mut |_: &Event| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("tokens"), "{err}");
+    // Unknown characters are counted and reported.
+    let mut s = String::from(">x\n");
+    for i in 0..3000 {
+        s.push(if i % 100 == 0 {
+            'X'
+        } else {
+            b"ACGT"[i % 4] as char
+        });
+    }
+    std::fs::write(dir.join("x.fa"), s).unwrap();
+    let mut msgs = Vec::new();
+    run(&small_run(dir.join("x.fa"), 1), &out, false, &mut |e| {
+        msgs.push(format!("{e:?}"))
+    })
+    .unwrap();
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("30 characters outside the alphabet")),
+        "{msgs:?}"
+    );
+    assert!(!out.join("nothing").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
