@@ -87,8 +87,19 @@ fn main() -> std::process::ExitCode {
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // `{:#}` prints the whole context chain on one line, without a backtrace.
-            eprintln!("error: {e:#}");
+            // The context chain on one line, without a backtrace; a cause already spelled out
+            // by the message before it (library errors quote their I/O cause) is not repeated.
+            let mut msg = String::new();
+            for cause in e.chain() {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    if !msg.is_empty() {
+                        msg.push_str(": ");
+                    }
+                    msg.push_str(&c);
+                }
+            }
+            eprintln!("error: {msg}");
             std::process::ExitCode::FAILURE
         }
     }

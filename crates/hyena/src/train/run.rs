@@ -166,6 +166,14 @@ pub fn run(
             ),
         ));
     }
+    // Refuse to overwrite an existing run before doing any work.
+    if !resume && out.join("model.safetensors").exists() {
+        return Err(Error::config(
+            "out",
+            out.display(),
+            "already holds a run; pass --resume to continue it, or choose another --out",
+        ));
+    }
     let data = load_tokens(&cfg.data)?;
     on_event(&Event::Info(format!("data: {}", data.summary)));
     if data.unknown > 0 {
@@ -198,13 +206,6 @@ pub fn run(
         )));
         t
     } else {
-        if out.join("model.safetensors").exists() {
-            return Err(Error::config(
-                "out",
-                out.display(),
-                "already holds a run; pass --resume to continue it, or choose another --out",
-            ));
-        }
         std::fs::create_dir_all(out).map_err(|source| Error::Io {
             file: out.to_path_buf(),
             source,
