@@ -30,6 +30,8 @@ struct Cli {
 enum Command {
     /// Train a Hyena language model (default: a small model on the E. coli genome, ~5 min).
     Train(train_cmd::TrainArgs),
+    /// Score a trained model on held-out data: loss, perplexity, bits/token, accuracy, baselines.
+    Eval(train_cmd::EvalArgs),
     /// Sample a continuation of a prompt from a trained model.
     Generate(train_cmd::GenerateArgs),
     /// Time kernels: forward and forward+backward, median ms, GFLOP/s, peak memory.
@@ -81,6 +83,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Command::Train(a) => train_cmd::train(a),
+        Command::Eval(a) => train_cmd::eval_cmd(a),
         Command::Generate(a) => train_cmd::generate_cmd(a),
         Command::Bench(a) => bench(a),
     };

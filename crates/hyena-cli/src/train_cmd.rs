@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use hyena::io::tokenizer::Tokenizer;
 use hyena::models::generate::{generate, SampleConfig};
-use hyena::train::run::{run, Event, RunConfig};
+use hyena::train::run::{evaluate_run, run, EvalOptions, Event, RunConfig};
 use hyena::train::trainer::{load_model, TrainConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -27,37 +27,51 @@ pub struct TrainArgs {
     /// A JSON run config ({"model": …, "train": …, "data": …}); flags below override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Optimizer steps.
-    #[arg(long, default_value_t = 600)]
-    pub steps: u64,
-    /// Window length in tokens.
-    #[arg(long, default_value_t = 1024)]
-    pub seq_len: usize,
-    /// Sequences per step.
-    #[arg(long, default_value_t = 8)]
-    pub batch: usize,
-    /// Model width.
-    #[arg(long, default_value_t = 128)]
-    pub d_model: usize,
-    /// Residual blocks.
-    #[arg(long, default_value_t = 2)]
-    pub n_layer: usize,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 2e-3)]
-    pub lr: f32,
-    /// Evaluate and checkpoint every this many steps.
-    #[arg(long, default_value_t = 100)]
-    pub eval_every: u64,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Optimizer steps [default: 600]. With --resume, a larger value extends the run.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Window length in tokens [default: 1024].
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// Sequences per step [default: 8].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Model width [default: 128].
+    #[arg(long)]
+    pub d_model: Option<usize>,
+    /// Residual blocks [default: 2].
+    #[arg(long)]
+    pub n_layer: Option<usize>,
+    /// Peak learning rate [default: 0.002].
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Evaluate and checkpoint every this many steps [default: 100].
+    #[arg(long)]
+    pub eval_every: Option<u64>,
+    /// Seed of the initialisation and of the batches [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Keep DNA case as is (lowercase then maps to [UNK], as in the reference tokenizer).
     #[arg(long)]
     pub case_sensitive: bool,
 }
 
+/// Defaults of the `hyena train` flags (the run that the README's quick start makes).
+const STEPS: u64 = 600;
+const SEQ_LEN: usize = 1024;
+const BATCH: usize = 8;
+const D_MODEL: usize = 128;
+const N_LAYER: usize = 2;
+const LR: f32 = 2e-3;
+const EVAL_EVERY: u64 = 100;
+
 impl TrainArgs {
     /// Resolve flags (and an optional config file) into the library's run config.
     fn to_config(&self) -> Result<RunConfig> {
+        if !self.text.is_empty() && !self.fasta.is_empty() {
+            bail!("give either --fasta or --text, not both (they use different tokenizers)");
+        }
+        // Base: the --config file, or the quick-start run; then the flags that were given.
         let mut cfg = match &self.config {
             Some(p) => {
                 let s = std::fs::read_to_string(p)
@@ -65,43 +79,143 @@ impl TrainArgs {
                 serde_json::from_str::<RunConfig>(&s)
                     .with_context(|| format!("parsing {}", p.display()))?
             }
-            None => RunConfig::default(),
+            None => default_run(),
         };
-        if !self.text.is_empty() && !self.fasta.is_empty() {
-            bail!("give either --fasta or --text, not both (they use different tokenizers)");
+        if !self.fasta.is_empty() || !self.text.is_empty() {
+            cfg.data.fasta = self.fasta.clone();
+            cfg.data.text = self.text.clone();
         }
-        cfg.data.fasta = self.fasta.clone();
-        cfg.data.text = self.text.clone();
-        cfg.data.tokenizer = if self.text.is_empty() {
-            Tokenizer::Nucleotide {
+        if !self.text.is_empty() {
+            cfg.data.tokenizer = Tokenizer::Bytes;
+        } else if !self.fasta.is_empty() || self.case_sensitive {
+            cfg.data.tokenizer = Tokenizer::Nucleotide {
                 uppercase: !self.case_sensitive,
-            }
-        } else {
-            Tokenizer::Bytes
-        };
+            };
+        }
         cfg.model.vocab_size = cfg.data.tokenizer.vocab_size();
-        cfg.model.n_layer = self.n_layer;
-        cfg.model.d_inner = 4 * self.d_model;
-        cfg.model.operator.d_model = self.d_model;
-        cfg.model.operator.l_max = self.seq_len;
-        cfg.model.operator.filter.emb_dim = 5;
-        cfg.model.operator.filter.w = 10.0;
-        cfg.model.operator.filter.shift = 0.05;
-        cfg.train = TrainConfig {
-            batch_size: self.batch,
-            seq_len: self.seq_len,
-            steps: self.steps,
-            eval_every: self.eval_every,
-            seed: self.seed,
-            warmup: (self.steps / 20).max(1),
-            optim: hyena::train::AdamWConfig {
-                lr: self.lr,
-                ..cfg.train.optim.clone()
-            },
-            ..cfg.train.clone()
-        };
+        if let Some(d) = self.d_model {
+            cfg.model.operator.d_model = d;
+            cfg.model.d_inner = 4 * d;
+        }
+        if let Some(n) = self.n_layer {
+            cfg.model.n_layer = n;
+        }
+        if let Some(l) = self.seq_len {
+            cfg.train.seq_len = l;
+            cfg.model.operator.l_max = l;
+        }
+        if let Some(b) = self.batch {
+            cfg.train.batch_size = b;
+        }
+        if let Some(st) = self.steps {
+            cfg.train.steps = st;
+            cfg.train.warmup = (st / 20).max(1);
+        }
+        if let Some(e) = self.eval_every {
+            cfg.train.eval_every = e;
+        }
+        if let Some(s) = self.seed {
+            cfg.train.seed = s;
+        }
+        if let Some(lr) = self.lr {
+            cfg.train.optim.lr = lr;
+        }
         Ok(cfg)
     }
+}
+
+/// The run `hyena train` makes with no flags: a HyenaDNA-style LM (filter settings of the
+/// released checkpoints: emb_dim 5, w 10, shift 0.05) on the shipped E. coli genome.
+fn default_run() -> RunConfig {
+    let mut cfg = RunConfig::default();
+    cfg.data.tokenizer = Tokenizer::Nucleotide { uppercase: true };
+    cfg.model.vocab_size = cfg.data.tokenizer.vocab_size();
+    cfg.model.n_layer = N_LAYER;
+    cfg.model.d_inner = 4 * D_MODEL;
+    cfg.model.operator.d_model = D_MODEL;
+    cfg.model.operator.l_max = SEQ_LEN;
+    cfg.model.operator.filter.emb_dim = 5;
+    cfg.model.operator.filter.w = 10.0;
+    cfg.model.operator.filter.shift = 0.05;
+    cfg.train = TrainConfig {
+        batch_size: BATCH,
+        seq_len: SEQ_LEN,
+        steps: STEPS,
+        eval_every: EVAL_EVERY,
+        seed: 0,
+        warmup: (STEPS / 20).max(1),
+        optim: hyena::train::AdamWConfig {
+            lr: LR,
+            ..cfg.train.optim.clone()
+        },
+        ..cfg.train.clone()
+    };
+    cfg
+}
+
+/// With `--resume`, every flag given (other than `--steps`) must match the saved run.
+fn check_resume_flags(a: &TrainArgs, c: &RunConfig, out: &std::path::Path) -> Result<()> {
+    let mut diffs = Vec::new();
+    let mut cmp = |flag: &str, given: Option<String>, saved: String| {
+        if let Some(g) = given {
+            if g != saved {
+                diffs.push(format!("{flag} {g} (the run has {saved})"));
+            }
+        }
+    };
+    cmp(
+        "--d-model",
+        a.d_model.map(|v| v.to_string()),
+        c.model.operator.d_model.to_string(),
+    );
+    cmp(
+        "--n-layer",
+        a.n_layer.map(|v| v.to_string()),
+        c.model.n_layer.to_string(),
+    );
+    cmp(
+        "--seq-len",
+        a.seq_len.map(|v| v.to_string()),
+        c.train.seq_len.to_string(),
+    );
+    cmp(
+        "--batch",
+        a.batch.map(|v| v.to_string()),
+        c.train.batch_size.to_string(),
+    );
+    cmp(
+        "--lr",
+        a.lr.map(|v| v.to_string()),
+        c.train.optim.lr.to_string(),
+    );
+    cmp(
+        "--eval-every",
+        a.eval_every.map(|v| v.to_string()),
+        c.train.eval_every.to_string(),
+    );
+    cmp(
+        "--seed",
+        a.seed.map(|v| v.to_string()),
+        c.train.seed.to_string(),
+    );
+    if !a.fasta.is_empty() && a.fasta != c.data.fasta {
+        diffs.push("--fasta (the run used other files)".into());
+    }
+    if !a.text.is_empty() && a.text != c.data.text {
+        diffs.push("--text (the run used other files)".into());
+    }
+    if a.config.is_some() {
+        diffs.push("--config (a resumed run keeps its own config.json)".into());
+    }
+    if !diffs.is_empty() {
+        bail!(
+            "cannot resume {} with different settings: {}; resume with the run's own settings \
+             (only --steps may grow), or start a new run with --out",
+            out.display(),
+            diffs.join(", ")
+        );
+    }
+    Ok(())
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
@@ -110,12 +224,22 @@ pub fn train(a: TrainArgs) -> Result<()> {
         None => (a.out.clone(), false),
     };
     let cfg = if resume {
-        // The run's own config; only --steps may extend it.
+        // The run's own config; only --steps may extend it, and any other setting given must
+        // agree with it (a run cannot change its model or data halfway).
         let p = out.join("config.json");
-        let s = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        let s = std::fs::read_to_string(&p).with_context(|| {
+            format!(
+                "reading {} (is {} a run directory?)",
+                p.display(),
+                out.display()
+            )
+        })?;
         let mut c: RunConfig =
             serde_json::from_str(&s).with_context(|| format!("parsing {}", p.display()))?;
-        c.train.steps = c.train.steps.max(a.steps);
+        check_resume_flags(&a, &c, &out)?;
+        if let Some(st) = a.steps {
+            c.train.steps = c.train.steps.max(st);
+        }
         c
     } else {
         a.to_config()?
@@ -188,6 +312,113 @@ pub fn train(a: TrainArgs) -> Result<()> {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// Run directory of a trained model.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// FASTA/FASTQ files to score, every token (default: the validation split of the run's data).
+    #[arg(long, num_args = 1..)]
+    pub fasta: Vec<PathBuf>,
+    /// Plain-text files to score, every token.
+    #[arg(long, num_args = 1..)]
+    pub text: Vec<PathBuf>,
+    /// Window length (default: the run's training window).
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// Windows per forward pass (default: the run's batch size).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Score at most this many windows (default: all).
+    #[arg(long)]
+    pub max_windows: Option<usize>,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn eval_cmd(a: EvalArgs) -> Result<()> {
+    let data = if a.fasta.is_empty() && a.text.is_empty() {
+        None
+    } else {
+        Some(hyena::train::run::DataConfig {
+            fasta: a.fasta.clone(),
+            text: a.text.clone(),
+            ..Default::default()
+        })
+    };
+    let opts = EvalOptions {
+        data,
+        seq_len: a.seq_len,
+        batch: a.batch,
+        max_windows: a.max_windows,
+    };
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} windows  [{elapsed_precise} < {eta_precise}]",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let r = evaluate_run(&a.model, &opts, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })
+    .with_context(|| format!("evaluating the model in {}", a.model.display()))?;
+    bar.finish_and_clear();
+    if a.json {
+        let v = serde_json::json!({
+            "model": a.model,
+            "data": r.summary,
+            "seq_len": r.seq_len,
+            "unknown_chars": r.unknown,
+            "loss": r.stats.loss,
+            "perplexity": r.stats.perplexity,
+            "bits_per_token": r.stats.bits_per_token,
+            "accuracy": r.stats.accuracy,
+            "tokens": r.stats.tokens,
+            "baselines": r.baselines,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    println!("data: {}", r.summary);
+    if r.unknown > 0 {
+        println!(
+            "note: {} characters outside the alphabet were mapped to the unknown token",
+            r.unknown
+        );
+    }
+    println!(
+        "{} tokens in windows of {}: loss {:.4} nats, perplexity {:.4}, {:.4} bits/token, accuracy {:.4}",
+        r.stats.tokens,
+        r.seq_len,
+        r.stats.loss,
+        r.stats.perplexity,
+        r.stats.bits_per_token,
+        r.stats.accuracy
+    );
+    if !r.baselines.is_empty() {
+        let list: Vec<String> = r
+            .baselines
+            .iter()
+            .map(|b| {
+                let name = if b.order == 0 {
+                    "unigram".to_string()
+                } else {
+                    format!("order {}", b.order)
+                };
+                format!("{name} {:.4}", b.bits_per_token)
+            })
+            .collect();
+        println!(
+            "baselines fitted on the run's training split (bits/token): {}",
+            list.join(", ")
+        );
+    }
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
     /// Run directory of a trained model.
     #[arg(long)]
@@ -226,6 +457,7 @@ pub fn generate_cmd(a: GenerateArgs) -> Result<()> {
         temperature: a.temperature,
         top_k: a.top_k,
         seed: a.seed,
+        allowed: tok.sampleable_ids(),
     };
     let out = generate(&lm, &prompt, a.tokens, &sc)?;
     println!("{}{}", a.prompt, tok.decode(&out));

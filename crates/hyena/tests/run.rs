@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use hyena::io::tokenizer::Tokenizer;
-use hyena::train::run::{run, DataConfig, Event, RunConfig};
+use hyena::train::run::{evaluate_run, run, DataConfig, EvalOptions, Event, RunConfig};
 use hyena::train::trainer::TrainConfig;
 use hyena::{FilterConfig, HyenaConfig};
 
@@ -96,7 +96,35 @@ fn a_run_writes_its_directory_and_resumes() {
         metrics.lines().filter(|l| l.contains("\"eval\"")).count(),
         2
     );
-    assert!(sum.last_eval.unwrap().bits_per_token.is_finite());
+    let last = sum.last_eval.clone().unwrap();
+    assert!(last.bits_per_token.is_finite());
+    // `hyena eval` on the run's own split with the run's window count reproduces the run's
+    // last evaluation exactly, and its baselines are the run's.
+    let opts = EvalOptions {
+        max_windows: Some(cfg.train.eval_windows),
+        ..EvalOptions::default()
+    };
+    let mut calls = 0;
+    let rep = evaluate_run(&out, &opts, &mut |_, _| calls += 1).unwrap();
+    assert_eq!(rep.stats.loss, last.loss);
+    assert_eq!(rep.stats.accuracy, last.accuracy);
+    assert_eq!(rep.stats.tokens, last.tokens);
+    assert_eq!(rep.baselines.len(), sum.baselines.len());
+    assert!(calls >= 1);
+    // On explicit data, every window of it is scored.
+    let opts = EvalOptions {
+        data: Some(DataConfig {
+            fasta: vec![fasta.clone()],
+            ..DataConfig::default()
+        }),
+        ..EvalOptions::default()
+    };
+    let rep = evaluate_run(&out, &opts, &mut |_, _| {}).unwrap();
+    assert_eq!(rep.stats.tokens, (3 * 2400 + 2 - 1) / 64 * 64);
+    assert!(evaluate_run(&dir.join("nope"), &opts, &mut |_, _| {})
+        .unwrap_err()
+        .to_string()
+        .contains("nope"));
     assert_eq!(sum.baselines.len(), 4, "unigram + orders 1..=3");
     assert!(events.iter().any(|e| e.contains("baselines")));
     // Lowercase input with uppercase=true: nothing unknown.

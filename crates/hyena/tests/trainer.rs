@@ -191,6 +191,7 @@ fn generation_is_reproducible_and_respects_its_settings() {
         temperature: 1.0,
         top_k: 0,
         seed: 42,
+        ..Default::default()
     };
     // 40 new tokens: the context grows past l_max (34) and is windowed.
     let a = generate(&lm, &prompt, 40, &cfg).unwrap();
@@ -218,6 +219,7 @@ fn generation_is_reproducible_and_respects_its_settings() {
             temperature: 0.0,
             top_k: 0,
             seed: 1,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -229,6 +231,7 @@ fn generation_is_reproducible_and_respects_its_settings() {
             temperature: 0.0,
             top_k: 0,
             seed: 2,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -240,11 +243,28 @@ fn generation_is_reproducible_and_respects_its_settings() {
             temperature: 1.0,
             top_k: 1,
             seed: 3,
+            ..Default::default()
         },
     )
     .unwrap();
     assert_eq!(g1, g2);
     assert_eq!(g1, k1);
+    // An allowed set (the bases) is respected, even by an untrained model.
+    let bases = generate(
+        &lm,
+        &prompt,
+        60,
+        &SampleConfig {
+            allowed: vec![7, 8, 9, 10, 11],
+            ..cfg.clone()
+        },
+    )
+    .unwrap();
+    assert!(bases.iter().all(|t| (7..12).contains(t)), "{bases:?}");
+    assert!(
+        a.iter().any(|t| !(7..12).contains(t)),
+        "unrestricted: {a:?}"
+    );
     assert!(generate(&lm, &[], 3, &cfg).is_err());
 }
 

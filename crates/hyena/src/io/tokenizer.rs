@@ -301,6 +301,15 @@ impl Tokenizer {
         }
     }
 
+    /// The ids generation may emit: the bases A C G T N (7–11) for nucleotides (never a
+    /// special token), every byte for bytes.
+    pub fn sampleable_ids(&self) -> Vec<u32> {
+        match self {
+            Tokenizer::Nucleotide { .. } => (7..12).collect(),
+            Tokenizer::Bytes => (0..256).collect(),
+        }
+    }
+
     /// The padding id: `[PAD]` = 4 for nucleotides; none for bytes.
     pub fn pad_id(&self) -> Option<u32> {
         match self {

@@ -20,6 +20,9 @@ pub struct SampleConfig {
     /// Keep only the `top_k` most likely tokens (0 = all).
     pub top_k: usize,
     pub seed: u64,
+    /// Token ids that may be sampled (empty = the whole real vocabulary). Nucleotide models
+    /// restrict this to the bases, so an undertrained model never emits `[PAD]` or `[SEP]`.
+    pub allowed: Vec<u32>,
 }
 
 impl Default for SampleConfig {
@@ -28,13 +31,21 @@ impl Default for SampleConfig {
             temperature: 1.0,
             top_k: 0,
             seed: 0,
+            allowed: Vec::new(),
         }
     }
 }
 
-/// Choose the next token from `logits` (real vocabulary only, padding rows excluded).
+/// Choose the next token from `logits` (real vocabulary only, padding rows excluded), among
+/// `cfg.allowed` when it is not empty.
 pub fn sample(logits: &[f32], cfg: &SampleConfig, rng: &mut StdRng) -> u32 {
-    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    let mut idx: Vec<usize> = (0..logits.len())
+        .filter(|&i| cfg.allowed.is_empty() || cfg.allowed.contains(&(i as u32)))
+        .collect();
+    if idx.is_empty() {
+        // No allowed id inside the vocabulary: fall back to all of it.
+        idx = (0..logits.len()).collect();
+    }
     idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
     if cfg.temperature <= 0.0 {
         return idx[0] as u32;

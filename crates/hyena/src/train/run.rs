@@ -51,7 +51,13 @@ impl Default for DataConfig {
 
 /// The embedded default data set.
 pub fn default_genome() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/ecoli/MG1655-K12.fasta.gz")
+    // The workspace root is two levels above this crate's manifest.
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    crate_dir
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(crate_dir)
+        .join("data/ecoli/MG1655-K12.fasta.gz")
 }
 
 /// Everything a run is: model, optimisation and data. Saved as `config.json`.
@@ -77,6 +83,31 @@ pub struct TokenData {
 /// Read and tokenize the configured files and split them (validation = the last
 /// `val_fraction` of the stream). FASTA records are separated by the tokenizer's separator.
 pub fn load_tokens(cfg: &DataConfig) -> Result<TokenData> {
+    if !(0.0..1.0).contains(&cfg.val_fraction) || cfg.val_fraction <= 0.0 {
+        return Err(Error::config(
+            "data.val_fraction",
+            cfg.val_fraction,
+            "must lie in (0, 1), e.g. 0.05",
+        ));
+    }
+    let mut all = load_stream(cfg)?;
+    let n_val = ((all.train.len() as f64) * cfg.val_fraction as f64).round() as usize;
+    let val = all
+        .train
+        .split_off(all.train.len() - n_val.min(all.train.len()));
+    all.summary = format!(
+        "{}: {} training + {} validation tokens",
+        all.summary,
+        all.train.len(),
+        val.len()
+    );
+    all.val = val;
+    Ok(all)
+}
+
+/// Read and tokenize the configured files into one stream (returned in `train`; `val` is
+/// empty). With no files at all, the shipped E. coli genome is read.
+pub fn load_stream(cfg: &DataConfig) -> Result<TokenData> {
     let mut fasta = cfg.fasta.clone();
     if fasta.is_empty() && cfg.text.is_empty() {
         fasta.push(default_genome());
@@ -101,30 +132,15 @@ pub fn load_tokens(cfg: &DataConfig) -> Result<TokenData> {
         toks.extend(ids);
         unknown += unk;
     }
-    if !(0.0..1.0).contains(&cfg.val_fraction) || cfg.val_fraction <= 0.0 {
-        return Err(Error::config(
-            "data.val_fraction",
-            cfg.val_fraction,
-            "must lie in (0, 1), e.g. 0.05",
-        ));
-    }
-    let n_val = ((toks.len() as f64) * cfg.val_fraction as f64).round() as usize;
-    let val = toks.split_off(toks.len() - n_val.min(toks.len()));
     let files: Vec<String> = fasta
         .iter()
         .chain(&cfg.text)
         .map(|p| p.display().to_string())
         .collect();
-    let summary = format!(
-        "{} ({} records): {} training + {} validation tokens",
-        files.join(", "),
-        records,
-        toks.len(),
-        val.len()
-    );
+    let summary = format!("{} ({} records)", files.join(", "), records);
     Ok(TokenData {
         train: toks,
-        val,
+        val: Vec::new(),
         unknown,
         summary,
     })
@@ -258,6 +274,141 @@ pub fn run(
         last_eval,
         baselines,
         out_dir: out.to_path_buf(),
+    })
+}
+
+/// What `hyena eval` scores and how.
+#[derive(Clone, Debug, Default)]
+pub struct EvalOptions {
+    /// Data to score. `None`: the validation split of the run's own data (from its
+    /// `config.json`). `Some`: every token of these files (tokenized as the run's data was).
+    pub data: Option<DataConfig>,
+    /// Window length (default: the run's training window).
+    pub seq_len: Option<usize>,
+    /// Windows per forward (default: the run's batch size).
+    pub batch: Option<usize>,
+    /// Score at most this many windows (default: all).
+    pub max_windows: Option<usize>,
+}
+
+/// The outcome of `hyena eval`.
+#[derive(Clone, Debug)]
+pub struct EvalReport {
+    pub stats: EvalStats,
+    /// Unigram and Markov baselines fitted on the run's training split and scored on the same
+    /// tokens as the model (empty when the run's training data cannot be read).
+    pub baselines: Vec<BaselineScore>,
+    /// What was scored, in words.
+    pub summary: String,
+    /// Characters outside the tokenizer's alphabet in the scored data.
+    pub unknown: usize,
+    pub seq_len: usize,
+}
+
+/// Score the model saved in `dir` (a run directory) on held-out data: loss, perplexity,
+/// bits per token and accuracy, beside the count baselines. `progress(done, total)` follows
+/// the windows.
+pub fn evaluate_run(
+    dir: &Path,
+    opts: &EvalOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<EvalReport> {
+    let lm = crate::train::trainer::load_model(dir)?;
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|source| Error::Io {
+        file: cfg_path.clone(),
+        source,
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Format {
+        file: cfg_path.clone(),
+        msg: format!("invalid JSON: {e}"),
+    })?;
+    let parse = |key: &str| -> Result<Option<serde_json::Value>> {
+        Ok(v.get(key).filter(|x| !x.is_null()).cloned())
+    };
+    let run_data: Option<DataConfig> = parse("data")?
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| Error::Format {
+            file: cfg_path.clone(),
+            msg: format!("data config: {e}"),
+        })?;
+    let run_train: Option<TrainConfig> = parse("train")?
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| Error::Format {
+            file: cfg_path.clone(),
+            msg: format!("train config: {e}"),
+        })?;
+    let seq_len = opts
+        .seq_len
+        .or(run_train.as_ref().map(|t| t.seq_len))
+        .unwrap_or(lm.cfg.operator.l_max);
+    let batch = opts
+        .batch
+        .or(run_train.as_ref().map(|t| t.batch_size))
+        .unwrap_or(8);
+    // The run's own split: needed for the default data and for the baselines.
+    let own = run_data.as_ref().map(load_tokens);
+    let (tokens, unknown, summary) = match (&opts.data, own.as_ref()) {
+        (Some(d), _) => {
+            let mut d = d.clone();
+            if let Some(rd) = &run_data {
+                d.tokenizer = rd.tokenizer;
+            }
+            let s = load_stream(&d)?;
+            let summary = format!("{}: all {} tokens", s.summary, s.train.len());
+            (s.train, s.unknown, summary)
+        }
+        (None, Some(Ok(o))) => (
+            o.val.clone(),
+            o.unknown,
+            format!("validation split of the run's data ({})", o.summary),
+        ),
+        (None, Some(Err(e))) => {
+            return Err(Error::Format {
+                file: cfg_path,
+                msg: format!(
+                "cannot read the run's data ({e}); pass the data to score with --fasta or --text"
+            ),
+            })
+        }
+        (None, None) => {
+            return Err(Error::Format {
+                file: cfg_path,
+                msg: "has no `data` section, so there is no validation split to score; \
+                      pass the data with --fasta or --text"
+                    .into(),
+            })
+        }
+    };
+    let mut cache = crate::models::lm::LmCache::default();
+    let mut scratch = Vec::new();
+    let stats = crate::train::trainer::evaluate_tokens(
+        &lm,
+        &tokens,
+        batch,
+        seq_len,
+        opts.max_windows.unwrap_or(usize::MAX),
+        &mut cache,
+        &mut scratch,
+        progress,
+    )?;
+    // Baselines fitted on the run's training split, scored on the stretch of tokens the model
+    // was scored on.
+    let baselines = match (own, &run_data) {
+        (Some(Ok(o)), Some(d)) => {
+            let n = (stats.tokens + 1).min(tokens.len());
+            markov_scores(&o.train, &tokens[..n], d.markov_order)
+        }
+        _ => Vec::new(),
+    };
+    Ok(EvalReport {
+        stats,
+        baselines,
+        summary,
+        unknown,
+        seq_len,
     })
 }
 

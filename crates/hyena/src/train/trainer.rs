@@ -200,42 +200,18 @@ impl Trainer {
     /// Loss, perplexity, bits per token and next-token accuracy on consecutive, non-overlapping
     /// validation windows (at most `eval_windows` of them).
     pub fn evaluate(&mut self) -> Result<EvalStats> {
-        let (b, l) = (self.cfg.batch_size, self.cfg.seq_len);
-        let v = self.lm.cfg.padded_vocab();
-        let n_win = ((self.val.len() - 1) / l).min(self.cfg.eval_windows).max(1);
-        let (mut loss_sum, mut count, mut correct) = (0.0f64, 0usize, 0usize);
-        let mut w = 0;
-        while w < n_win {
-            let nb = b.min(n_win - w);
-            let (mut x, mut y) = (Vec::with_capacity(nb * l), Vec::with_capacity(nb * l));
-            for i in 0..nb {
-                let s = (w + i) * l;
-                x.extend_from_slice(&self.val[s..s + l]);
-                y.extend_from_slice(&self.val[s + 1..s + l + 1]);
-            }
-            self.lm.forward(&x, nb, l, &mut self.cache)?;
-            self.dlogits.resize(nb * l * v, 0.0);
-            let (loss, c, k) = cross_entropy(
-                &self.cache.logits,
-                &y,
-                v,
-                None,
-                &mut self.dlogits[..nb * l * v],
-            )?;
-            loss_sum += loss as f64 * c as f64;
-            count += c;
-            correct += k;
-            w += nb;
-        }
-        let loss = loss_sum / count.max(1) as f64;
-        Ok(EvalStats {
-            step: self.opt.step,
-            loss,
-            perplexity: loss.exp(),
-            bits_per_token: loss / std::f64::consts::LN_2,
-            accuracy: correct as f64 / count.max(1) as f64,
-            tokens: count,
-        })
+        let mut e = evaluate_tokens(
+            &self.lm,
+            &self.val,
+            self.cfg.batch_size,
+            self.cfg.seq_len,
+            self.cfg.eval_windows,
+            &mut self.cache,
+            &mut self.dlogits,
+            &mut |_, _| {},
+        )?;
+        e.step = self.opt.step;
+        Ok(e)
     }
 
     /// Write a checkpoint into `dir`: `model.safetensors` (parameters and filter buffers),
@@ -294,6 +270,72 @@ impl Trainer {
         })?;
         Ok(t)
     }
+}
+
+/// Score `lm` on consecutive, non-overlapping windows of `tokens` (at most `max_windows`,
+/// `batch` windows per forward): mean next-token loss (nats), perplexity, bits per token and
+/// accuracy. `cache` and `scratch` are reused between calls; `progress(done, total)` is called
+/// after each batch of windows. The returned `step` is 0.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_tokens(
+    lm: &HyenaLm,
+    tokens: &[u32],
+    batch: usize,
+    seq_len: usize,
+    max_windows: usize,
+    cache: &mut LmCache,
+    scratch: &mut Vec<f32>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<EvalStats> {
+    let (b, l) = (batch.max(1), seq_len);
+    if l == 0 || tokens.len() <= l {
+        return Err(Error::config(
+            "seq_len",
+            l,
+            format!(
+                "the evaluation data has {} tokens; it needs more than one window of {l} \
+                 (use a shorter --seq-len or more data)",
+                tokens.len()
+            ),
+        ));
+    }
+    if l > lm.cfg.operator.l_max {
+        return Err(Error::config(
+            "seq_len",
+            l,
+            format!("exceeds the model's l_max {}", lm.cfg.operator.l_max),
+        ));
+    }
+    let v = lm.cfg.padded_vocab();
+    let n_win = ((tokens.len() - 1) / l).min(max_windows).max(1);
+    let (mut loss_sum, mut count, mut correct) = (0.0f64, 0usize, 0usize);
+    let mut w = 0;
+    while w < n_win {
+        let nb = b.min(n_win - w);
+        let (mut x, mut y) = (Vec::with_capacity(nb * l), Vec::with_capacity(nb * l));
+        for i in 0..nb {
+            let s = (w + i) * l;
+            x.extend_from_slice(&tokens[s..s + l]);
+            y.extend_from_slice(&tokens[s + 1..s + l + 1]);
+        }
+        lm.forward(&x, nb, l, cache)?;
+        scratch.resize(nb * l * v, 0.0);
+        let (loss, c, k) = cross_entropy(&cache.logits, &y, v, None, &mut scratch[..nb * l * v])?;
+        loss_sum += loss as f64 * c as f64;
+        count += c;
+        correct += k;
+        w += nb;
+        progress(w, n_win);
+    }
+    let loss = loss_sum / count.max(1) as f64;
+    Ok(EvalStats {
+        step: 0,
+        loss,
+        perplexity: loss.exp(),
+        bits_per_token: loss / std::f64::consts::LN_2,
+        accuracy: correct as f64 / count.max(1) as f64,
+        tokens: count,
+    })
 }
 
 fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {

@@ -1,0 +1,174 @@
+//! `hyena train | eval | generate` end to end on a small FASTA file: the run directory, and
+//! bad input (missing or empty data, a window longer than the data, an existing run, a resume
+//! with other settings, a truncated checkpoint) failing with a clear message, a non-zero exit
+//! and every file already on disk left as it was.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn hyena(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hyena"))
+        .args(args)
+        .output()
+        .expect("run hyena")
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("hyena-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut m = BTreeMap::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            m.extend(snapshot(&p));
+        } else {
+            m.insert(p.clone(), std::fs::read(&p).unwrap());
+        }
+    }
+    m
+}
+
+fn fails_with(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected a failure, got: {err}");
+    for n in needles {
+        assert!(err.contains(n), "`{n}` not in: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+const SMALL: [&str; 12] = [
+    "--steps",
+    "2",
+    "--seq-len",
+    "64",
+    "--batch",
+    "2",
+    "--d-model",
+    "16",
+    "--n-layer",
+    "1",
+    "--eval-every",
+    "1",
+];
+
+#[test]
+fn train_eval_generate_and_bad_input() {
+    let dir = tmpdir("train");
+    let mut s = String::from(">chr test\n");
+    let mut x = 7u64;
+    for i in 0..4000 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        s.push(b"ACGT"[(x >> 62) as usize] as char);
+        if i % 70 == 69 {
+            s.push('\n');
+        }
+    }
+    let fa = dir.join("toy.fa");
+    std::fs::write(&fa, &s).unwrap();
+    let fa = fa.to_str().unwrap();
+    let run = dir.join("run");
+    let run_s = run.to_str().unwrap();
+
+    let mut args = vec!["train", "--fasta", fa, "--out", run_s];
+    args.extend(SMALL);
+    let out = hyena(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("final: validation"), "{stdout}");
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "metrics.jsonl",
+        "loss.png",
+    ] {
+        assert!(run.join(f).exists(), "{f}");
+    }
+    let before = snapshot(&dir);
+
+    // Eval: the run's own validation split, as text and as JSON.
+    let out = hyena(&["eval", "--model", run_s]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("bits/token") && stdout.contains("unigram"),
+        "{stdout}"
+    );
+    let out = hyena(&["eval", "--model", run_s, "--fasta", fa, "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bits = v["bits_per_token"].as_f64().unwrap();
+    assert!(bits > 1.0 && bits < 4.0, "{v}");
+    assert_eq!(v["tokens"].as_u64().unwrap() % 64, 0);
+
+    // Generate: reproducible with a seed, only DNA letters after the prompt.
+    let gen = |seed: &str| {
+        let o = hyena(&[
+            "generate", "--model", run_s, "--prompt", "ACGT", "--tokens", "20", "--seed", seed,
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let g = gen("3");
+    assert_eq!(g, gen("3"));
+    assert_eq!(g.len(), 24, "{g}");
+    assert!(g.starts_with("ACGT"));
+
+    // Bad input. None of these may touch what is on disk.
+    let mut args = vec!["train", "--fasta", fa, "--out", run_s];
+    args.extend(SMALL);
+    fails_with(&hyena(&args), &["--resume"]);
+    fails_with(
+        &hyena(&["train", "--resume", run_s, "--d-model", "32"]),
+        &["--d-model 32", "the run has 16"],
+    );
+    let missing = dir.join("missing.fa");
+    let mut args = vec!["train", "--fasta", missing.to_str().unwrap()];
+    let other = dir.join("other");
+    args.extend(["--out", other.to_str().unwrap()]);
+    fails_with(&hyena(&args), &["missing.fa"]);
+    let empty = dir.join("empty.fa");
+    std::fs::write(&empty, "").unwrap();
+    let mut args = vec!["train", "--fasta", empty.to_str().unwrap()];
+    args.extend(["--out", other.to_str().unwrap()]);
+    fails_with(&hyena(&args), &["empty.fa", "empty"]);
+    let mut args = vec!["train", "--fasta", fa, "--out", other.to_str().unwrap()];
+    args.extend(["--seq-len", "8192", "--steps", "1"]);
+    fails_with(&hyena(&args), &["tokens", "--seq-len"]);
+    assert!(!other.join("model.safetensors").exists());
+    std::fs::remove_file(&empty).unwrap();
+    let _ = std::fs::remove_dir_all(&other);
+    assert_eq!(snapshot(&dir), before, "a failed command changed files");
+
+    // A truncated checkpoint: generate, eval and resume refuse it and leave it as it is.
+    let model = run.join("model.safetensors");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..bytes.len() - 100]).unwrap();
+    let truncated = snapshot(&dir);
+    fails_with(
+        &hyena(&[
+            "generate", "--model", run_s, "--prompt", "ACGT", "--tokens", "5",
+        ]),
+        &["model.safetensors"],
+    );
+    fails_with(&hyena(&["eval", "--model", run_s]), &["model.safetensors"]);
+    fails_with(
+        &hyena(&["train", "--resume", run_s, "--steps", "4"]),
+        &["model.safetensors"],
+    );
+    assert_eq!(snapshot(&dir), truncated, "a failed command changed files");
+    let _ = std::fs::remove_dir_all(&dir);
+}
