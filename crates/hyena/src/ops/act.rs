@@ -8,6 +8,7 @@
 use rayon::prelude::*;
 
 use crate::error::{check_len, Result};
+use crate::ops::simd_fn;
 
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 const GELU_C: f32 = 0.044_715;
@@ -48,13 +49,28 @@ pub fn gelu_forward(x: &[f32], y: &mut [f32]) -> Result<()> {
     check_len("gelu forward", "y", y.len(), x.len())?;
     y.par_chunks_mut(4096)
         .zip(x.par_chunks(4096))
-        .for_each(|(yc, xc)| {
-            for (yv, &v) in yc.iter_mut().zip(xc) {
-                let u = SQRT_2_OVER_PI * (v + GELU_C * v * v * v);
-                *yv = 0.5 * v * (1.0 + tanh_fast(u));
-            }
-        });
+        .for_each(|(yc, xc)| gelu_chunk(yc, xc));
     Ok(())
+}
+
+simd_fn! {
+    fn gelu_chunk(yc: &mut [f32], xc: &[f32]) {
+        for (yv, &v) in yc.iter_mut().zip(xc) {
+            let u = SQRT_2_OVER_PI * (v + GELU_C * v * v * v);
+            *yv = 0.5 * v * (1.0 + tanh_fast(u));
+        }
+    }
+}
+
+simd_fn! {
+    fn gelu_backward_chunk(dc: &mut [f32], xc: &[f32], gc: &[f32]) {
+        for ((d, &v), &g) in dc.iter_mut().zip(xc).zip(gc) {
+            let u = SQRT_2_OVER_PI * (v + GELU_C * v * v * v);
+            let th = tanh_fast(u);
+            let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * v * v);
+            *d = g * (0.5 * (1.0 + th) + 0.5 * v * (1.0 - th * th) * du);
+        }
+    }
 }
 
 /// `dx = dy · gelu'(x)`.
@@ -63,14 +79,7 @@ pub fn gelu_backward(dy: &[f32], x: &[f32], dx: &mut [f32]) -> Result<()> {
     check_len("gelu backward", "dx", dx.len(), dy.len())?;
     dx.par_chunks_mut(4096)
         .zip(x.par_chunks(4096).zip(dy.par_chunks(4096)))
-        .for_each(|(dc, (xc, gc))| {
-            for ((d, &v), &g) in dc.iter_mut().zip(xc).zip(gc) {
-                let u = SQRT_2_OVER_PI * (v + GELU_C * v * v * v);
-                let th = tanh_fast(u);
-                let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * v * v);
-                *d = g * (0.5 * (1.0 + th) + 0.5 * v * (1.0 - th * th) * du);
-            }
-        });
+        .for_each(|(dc, (xc, gc))| gelu_backward_chunk(dc, xc, gc));
     Ok(())
 }
 

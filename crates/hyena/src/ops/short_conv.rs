@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use crate::error::{check_len, Result};
 use crate::ops::fftconv::RowLayout;
-use crate::ops::SyncPtr;
+use crate::ops::{simd_fn, SyncPtr};
 
 fn check(op: &'static str, lay: &RowLayout, x: usize, w: usize, b: usize, k: usize) -> Result<()> {
     check_len(op, "x (rows)", x, lay.numel())?;
@@ -38,20 +38,112 @@ pub fn forward(
             let xr = &x[off..off + l];
             // SAFETY: row (b, c) belongs to this task alone.
             let yr = unsafe { yp.slice(off, l) };
-            yr.fill(bias[c]);
-            // Tap j reads x shifted right by s = K-1-j: y[t] += w[j] · x[t - s].
-            for (j, &wj) in wc.iter().enumerate() {
-                let s = k - 1 - j;
-                if s >= l {
-                    continue;
-                }
-                for (yt, xt) in yr[s..].iter_mut().zip(&xr[..l - s]) {
-                    *yt += wj * xt;
-                }
-            }
+            row_forward(yr, xr, wc, bias[c]);
         }
     });
     Ok(())
+}
+
+simd_fn! {
+    /// One row: `y = bias + Σ_j w[j] · x shifted right by K-1-j`.
+    fn row_forward(yr: &mut [f32], xr: &[f32], wc: &[f32], bias: f32) {
+        let (l, k) = (yr.len(), wc.len());
+        yr.fill(bias);
+        // Tap j reads x shifted right by s = K-1-j: y[t] += w[j] · x[t - s].
+        for (j, &wj) in wc.iter().enumerate() {
+            let s = k - 1 - j;
+            if s >= l {
+                continue;
+            }
+            for (yt, xt) in yr[s..].iter_mut().zip(&xr[..l - s]) {
+                *yt += wj * xt;
+            }
+        }
+    }
+}
+
+/// `Σ a[i]·b[i]` in 8 interleaved partial sums, so that it vectorises (a fixed order: the
+/// result does not depend on the machine).
+#[inline(always)]
+fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc = [0.0f32; 8];
+    let (ac, bc) = (a[..n].chunks_exact(8), b[..n].chunks_exact(8));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut tail = 0.0f32;
+    for (x, y) in ar.iter().zip(br) {
+        tail += x * y;
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `Σ a[i]` in 8 interleaved partial sums.
+#[inline(always)]
+fn sum8(a: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let c = a.chunks_exact(8);
+    let r = c.remainder();
+    for x in c {
+        for i in 0..8 {
+            acc[i] += x[i];
+        }
+    }
+    acc.iter().sum::<f32>() + r.iter().sum::<f32>()
+}
+
+simd_fn! {
+    /// One row of the backward, in place: `gr` holds `dy` on entry and `dx` on return;
+    /// accumulates the row's `dw [K]` and `db`.
+    fn row_backward(gr: &mut [f32], xr: &[f32], wc: &[f32], dwc: &mut [f32], dbc: &mut f32) {
+        let (l, k) = (gr.len(), wc.len());
+        *dbc += sum8(gr);
+        // y[t] += w[j] x[t-s] with s = K-1-j  ⇒  dw[j] += Σ_t dy[t] x[t-s].
+        for (j, dwj) in dwc.iter_mut().enumerate() {
+            let s = k - 1 - j;
+            if s < l {
+                *dwj += dot8(&gr[s..], &xr[..l - s]);
+            }
+        }
+        // dx[t] = Σ_j w[j] dy[t+s_j]. In place, in blocks: a block's outputs are computed into
+        // a stack buffer from dy[t0..t0+n+K-1] (not yet overwritten: earlier blocks only wrote
+        // behind t0), then copied back.
+        const BLK: usize = 256;
+        let mut tmp = [0.0f32; BLK];
+        let mut t0 = 0;
+        while t0 < l {
+            let n = BLK.min(l - t0);
+            let out = &mut tmp[..n];
+            if t0 + n + k - 1 <= l {
+                // Interior: no bounds to test per element.
+                out.fill(0.0);
+                for (j, &wj) in wc.iter().enumerate() {
+                    let src = &gr[t0 + k - 1 - j..t0 + k - 1 - j + n];
+                    for (o, &v) in out.iter_mut().zip(src) {
+                        *o += wj * v;
+                    }
+                }
+            } else {
+                for (i, o) in out.iter_mut().enumerate() {
+                    let t = t0 + i;
+                    let mut acc = 0.0f32;
+                    for (j, &wj) in wc.iter().enumerate() {
+                        let src = t + (k - 1 - j);
+                        if src < l {
+                            acc += wj * gr[src];
+                        }
+                    }
+                    *o = acc;
+                }
+            }
+            gr[t0..t0 + n].copy_from_slice(out);
+            t0 += n;
+        }
+    }
 }
 
 /// Backward: writes `dx` (layout), *accumulates* `dw [C, K]` and `db [C]`.
@@ -103,29 +195,7 @@ pub fn backward_inplace(
             let off = b * lay.batch_stride + c * lay.chan_stride;
             let xr = &x[off..off + l];
             let gr = unsafe { gp.slice(off, l) };
-            dbc[0] += gr.iter().sum::<f32>();
-            // y[t] += w[j] x[t-s] with s = K-1-j  ⇒  dw[j] += Σ_t dy[t] x[t-s].
-            for (j, dwj) in dwc.iter_mut().enumerate() {
-                let s = k - 1 - j;
-                if s < l {
-                    *dwj += gr[s..]
-                        .iter()
-                        .zip(&xr[..l - s])
-                        .map(|(a, b)| a * b)
-                        .sum::<f32>();
-                }
-            }
-            // dx[t] = Σ_j w[j] dy[t+s_j], in place, ascending t.
-            for t in 0..l {
-                let mut acc = 0.0f32;
-                for (j, &wj) in wc.iter().enumerate() {
-                    let src = t + (k - 1 - j);
-                    if src < l {
-                        acc += wj * gr[src];
-                    }
-                }
-                gr[t] = acc;
-            }
+            row_backward(gr, xr, wc, dwc, &mut dbc[0]);
         }
     });
     Ok(())
