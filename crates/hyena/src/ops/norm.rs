@@ -7,6 +7,31 @@
 use rayon::prelude::*;
 
 use crate::error::{check_len, Result};
+use crate::ops::simd_fn;
+
+/// Rows per parallel task. Fixed (not derived from the thread count), so the backward's
+/// per-chunk partial sums of `dgamma`/`dbeta`, added in chunk order, give the same bits on any
+/// number of threads.
+const ROWS: usize = 64;
+
+/// Sum of 8 interleaved partial sums of `f(i)` over `0..n` (vectorises; fixed order).
+#[inline(always)]
+fn lanes8(n: usize, f: impl Fn(usize) -> f32) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let full = n / 8 * 8;
+    let mut i = 0;
+    while i < full {
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a += f(i + k);
+        }
+        i += 8;
+    }
+    let mut tail = 0.0f32;
+    for j in full..n {
+        tail += f(j);
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
 
 /// `y = (x - mean) * rstd * gamma + beta` per row. Writes `y [M, D]`, `mean [M]`, `rstd [M]`.
 #[allow(clippy::too_many_arguments)]
@@ -28,20 +53,43 @@ pub fn layernorm_forward(
     check_len(OP, "y [M, D]", y.len(), m * d)?;
     check_len(OP, "mean [M]", mean.len(), m)?;
     check_len(OP, "rstd [M]", rstd.len(), m)?;
-    y.par_chunks_mut(d)
-        .zip(x.par_chunks(d))
-        .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
-        .for_each(|((yr, xr), (mu, rs))| {
-            let mean = xr.iter().sum::<f32>() / d as f32;
-            let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+    if d == 0 {
+        return Ok(());
+    }
+    y.par_chunks_mut(ROWS * d)
+        .zip(x.par_chunks(ROWS * d))
+        .zip(mean.par_chunks_mut(ROWS).zip(rstd.par_chunks_mut(ROWS)))
+        .for_each(|((yc, xc), (mc, rc))| ln_forward_rows(yc, xc, gamma, beta, eps, mc, rc));
+    Ok(())
+}
+
+simd_fn! {
+    fn ln_forward_rows(
+        yc: &mut [f32],
+        xc: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f32,
+        mc: &mut [f32],
+        rc: &mut [f32],
+    ) {
+        let d = gamma.len();
+        for (((yr, xr), mu), rs) in yc
+            .chunks_exact_mut(d)
+            .zip(xc.chunks_exact(d))
+            .zip(mc.iter_mut())
+            .zip(rc.iter_mut())
+        {
+            let mean = lanes8(d, |j| xr[j]) / d as f32;
+            let var = lanes8(d, |j| (xr[j] - mean) * (xr[j] - mean)) / d as f32;
             let r = 1.0 / (var + eps).sqrt();
             for ((yv, xv), (g, b)) in yr.iter_mut().zip(xr).zip(gamma.iter().zip(beta)) {
                 *yv = (xv - mean) * r * g + b;
             }
             *mu = mean;
             *rs = r;
-        });
-    Ok(())
+        }
+    }
 }
 
 /// Backward: writes `dx`, *accumulates* `dgamma`, `dbeta`.
@@ -69,28 +117,59 @@ pub fn layernorm_backward(
     check_len(OP, "gamma [D]", gamma.len(), d)?;
     check_len(OP, "dgamma [D]", dgamma.len(), d)?;
     check_len(OP, "dbeta [D]", dbeta.len(), d)?;
-    for i in 0..m {
-        let (xr, gr) = (&x[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
-        let (mu, r) = (mean[i], rstd[i]);
-        let mut mg = 0.0f32;
-        let mut mgx = 0.0f32;
-        for j in 0..d {
-            let xhat = (xr[j] - mu) * r;
-            let g = gr[j] * gamma[j];
-            mg += g;
-            mgx += g * xhat;
-            dgamma[j] += gr[j] * xhat;
-            dbeta[j] += gr[j];
+    if d == 0 || m == 0 {
+        return Ok(());
+    }
+    // One [2, D] partial (dgamma, dbeta) per chunk of ROWS rows, reduced in chunk order.
+    let n_chunks = m.div_ceil(ROWS);
+    let mut partial = vec![0.0f32; n_chunks * 2 * d];
+    dx.par_chunks_mut(ROWS * d)
+        .zip(dy.par_chunks(ROWS * d).zip(x.par_chunks(ROWS * d)))
+        .zip(mean.par_chunks(ROWS).zip(rstd.par_chunks(ROWS)))
+        .zip(partial.par_chunks_mut(2 * d))
+        .for_each(|(((dxc, (gc, xc)), (mc, rc)), part)| {
+            ln_backward_rows(dxc, gc, xc, gamma, mc, rc, part)
+        });
+    for part in partial.chunks_exact(2 * d) {
+        for (g, p) in dgamma.iter_mut().zip(&part[..d]) {
+            *g += p;
         }
-        mg /= d as f32;
-        mgx /= d as f32;
-        let dxr = &mut dx[i * d..(i + 1) * d];
-        for j in 0..d {
-            let xhat = (xr[j] - mu) * r;
-            dxr[j] = r * (gr[j] * gamma[j] - mg - xhat * mgx);
+        for (b, p) in dbeta.iter_mut().zip(&part[d..]) {
+            *b += p;
         }
     }
     Ok(())
+}
+
+simd_fn! {
+    fn ln_backward_rows(
+        dxc: &mut [f32],
+        gc: &[f32],
+        xc: &[f32],
+        gamma: &[f32],
+        mc: &[f32],
+        rc: &[f32],
+        part: &mut [f32],
+    ) {
+        let d = gamma.len();
+        let (pg, pb) = part.split_at_mut(d);
+        for ((((dxr, gr), xr), &mu), &r) in dxc
+            .chunks_exact_mut(d)
+            .zip(gc.chunks_exact(d))
+            .zip(xc.chunks_exact(d))
+            .zip(mc)
+            .zip(rc)
+        {
+            let mg = lanes8(d, |j| gr[j] * gamma[j]) / d as f32;
+            let mgx = lanes8(d, |j| gr[j] * gamma[j] * ((xr[j] - mu) * r)) / d as f32;
+            for j in 0..d {
+                let xhat = (xr[j] - mu) * r;
+                pg[j] += gr[j] * xhat;
+                pb[j] += gr[j];
+                dxr[j] = r * (gr[j] * gamma[j] - mg - xhat * mgx);
+            }
+        }
+    }
 }
 
 /// f64 reference.
