@@ -1,6 +1,12 @@
 """Run `hyena bench` and bench/torch_bench.py on the same configs and compare.
 
   cargo build --release -p hyena-cli && python3 bench/compare.py --ops conv,operator
+  cargo build --release -p hyena-cli && python3 bench/compare.py --ops train
+
+`--ops train` compares full LM training steps (`hyena bench train` against
+bench/torch_train_bench.py), shape by shape (tiny, then small), hyena then PyTorch for each, so
+that both sides of a ratio run minutes apart at most; `--rounds N` repeats that N times and
+reports the median of each side.
 
 The Rust bench is called once per op as
   <hyena> bench <op> --json --lengths ... --batch B --dim D <hyena-flags>
@@ -50,9 +56,13 @@ def main():
     p.add_argument("--hyena-flags", default="--threads {threads} --order {order}",
                    help="extra flags for `hyena bench` ({threads}, {order} are substituted)")
     p.add_argument("--save", metavar="FILE.json", help="write all raw records here")
+    p.add_argument("--shapes", default="tiny,small", help="--ops train: training shapes")
+    p.add_argument("--rounds", type=int, default=1, help="--ops train: repetitions per shape")
     a = p.parse_args()
 
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
+    if a.ops == "train":
+        return compare_train(a, env)
     common = ["--lengths", a.lengths, "--batch", str(a.batch), "--dim", str(a.dim)]
     extra = a.hyena_flags.format(threads=a.threads, order=a.order).split()
     hy = []
@@ -82,6 +92,37 @@ def main():
     if a.save:
         with open(a.save, "w") as f:
             json.dump({"args": vars(a), "hyena": hy, "pytorch": th}, f, indent=1)
+        print(f"raw records written to {a.save}")
+
+
+def compare_train(a, env):
+    import statistics
+    rows, raw = [], []
+    for shape in a.shapes.split(","):
+        hs, ts = [], []
+        for _ in range(a.rounds):
+            hs += json_lines(run([a.hyena, "bench", "train", "--json", "--shapes", shape,
+                                  "--threads", str(a.threads)], env))
+            ts += json_lines(run([sys.executable, os.path.join(HERE, "torch_train_bench.py"), "--json",
+                                  "--shapes", shape, "--threads", str(a.threads)]))
+        raw += hs + ts
+        med = lambda recs, k: statistics.median(r[k] for r in recs) if recs else None
+        rows.append((shape, hs[0] if hs else {}, med(hs, "tokens_per_s"), med(ts, "tokens_per_s"),
+                     med(hs, "activation_mib"), med(ts, "activation_mib"),
+                     med(hs, "peak_mib"), med(ts, "peak_mib")))
+    print(f"\nfull training steps, threads={a.threads}, rounds={a.rounds} (medians); "
+          "speedup = hyena tokens/s / torch tokens/s\n")
+    print("| shape | B | L | D | layers | hyena tok/s | torch tok/s | speedup | hyena act. MiB "
+          "| torch act. MiB | hyena peak MiB | torch peak MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for shape, h, htps, ttps, hact, tact, hpk, tpk in rows:
+        sp = fmt(htps / ttps, ".2f") + "x" if htps and ttps else "n/a"
+        print(f"| {shape} | {h.get('B')} | {h.get('L')} | {h.get('D')} | {h.get('n_layer')} | {fmt(htps, '.0f')} "
+              f"| {fmt(ttps, '.0f')} | {sp} | {fmt(hact, '.1f')} | {fmt(tact, '.1f')} | {fmt(hpk, '.1f')} "
+              f"| {fmt(tpk, '.1f')} |")
+    if a.save:
+        with open(a.save, "w") as f:
+            json.dump({"args": vars(a), "records": raw}, f, indent=1)
         print(f"raw records written to {a.save}")
 
 

@@ -21,7 +21,7 @@ use crate::error::{check_len, Error, Result};
 use crate::layers::{
     init, HyenaCache, HyenaGradWorkspace, HyenaOperator, HyenaParams, Params, Visitor, VisitorMut,
 };
-use crate::ops::act::{gelu_backward, gelu_forward};
+use crate::ops::act::{add_assign, gelu_backward, gelu_forward};
 use crate::ops::fftconv::FftConv;
 use crate::ops::linear::{linear_backward, linear_forward};
 use crate::ops::norm::{layernorm_backward, layernorm_forward};
@@ -410,9 +410,7 @@ impl HyenaLm {
             )?;
             let op = &self.ops[i];
             op.forward_with(&bp.mixer, &bc.h1, b, l, &mut bc.xh, &mut bc.mixer)?;
-            for (o, xi) in bc.xh.iter_mut().zip(&bc.x) {
-                *o += xi;
-            }
+            add_assign(&mut bc.xh, &bc.x)?;
             layernorm_forward(
                 &bc.xh,
                 &bp.norm2_w,
@@ -428,9 +426,7 @@ impl HyenaLm {
             // next residual stream: x = xh + fc2(g) (x holds the previous block's input buffer)
             grow(&mut x, bl * d);
             linear_forward(&bc.g, &bp.fc2_w, Some(&bp.fc2_b), bl, di, d, &mut x)?;
-            for (o, xi) in x.iter_mut().zip(&bc.xh) {
-                *o += xi;
-            }
+            add_assign(&mut x, &bc.xh)?;
         }
         cache.xn = x;
         grow(&mut cache.hf, bl * d);
@@ -545,10 +541,8 @@ impl HyenaLm {
                 &mut gb.norm2_w,
                 &mut gb.norm2_b,
             )?;
-            for (a, t) in dx.iter_mut().zip(&dtmp) {
-                *a += t; // dxh = dx (residual) + through LN2
-            }
-            // xh = x + mixer(LN1(x))
+            add_assign(&mut dx, &dtmp)?; // dxh = dx (residual) + through LN2
+                                         // xh = x + mixer(LN1(x))
             self.ops[i].backward_with(
                 &bp.mixer,
                 &dx,
@@ -569,9 +563,7 @@ impl HyenaLm {
                 &mut gb.norm1_w,
                 &mut gb.norm1_b,
             )?;
-            for (a, t) in dx.iter_mut().zip(&dtmp) {
-                *a += t;
-            }
+            add_assign(&mut dx, &dtmp)?;
         }
         // embedding: scatter-add rows
         for (row, &t) in dx.chunks_exact(d).zip(&cache.tokens) {

@@ -18,7 +18,7 @@ const GELU_C: f32 = 0.044_715;
 /// `|r| <= ln2/2`, a degree-7 Taylor polynomial for `exp(r)` (truncation < 2e-8 relative), and
 /// `2^n` built from the exponent bits. Inputs below -87 flush to ~0.
 #[inline(always)]
-fn exp_nonpos(x: f32) -> f32 {
+pub(crate) fn exp_nonpos(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     let x = x.max(-87.0);
@@ -81,6 +81,23 @@ pub fn gelu_backward(dy: &[f32], x: &[f32], dx: &mut [f32]) -> Result<()> {
         .zip(x.par_chunks(4096).zip(dy.par_chunks(4096)))
         .for_each(|(dc, (xc, gc))| gelu_backward_chunk(dc, xc, gc));
     Ok(())
+}
+
+/// `y += x` (residual connections), in parallel over fixed chunks.
+pub fn add_assign(y: &mut [f32], x: &[f32]) -> Result<()> {
+    check_len("add_assign", "x", x.len(), y.len())?;
+    y.par_chunks_mut(1 << 14)
+        .zip(x.par_chunks(1 << 14))
+        .for_each(|(yc, xc)| add_chunk(yc, xc));
+    Ok(())
+}
+
+simd_fn! {
+    fn add_chunk(yc: &mut [f32], xc: &[f32]) {
+        for (a, b) in yc.iter_mut().zip(xc) {
+            *a += b;
+        }
+    }
 }
 
 /// `y[i, j] = sin(freq[j] · x[i, j])` for rows `x: [M, F]`.
