@@ -42,6 +42,26 @@ macro_rules! simd_fn {
 }
 pub(crate) use simd_fn;
 
+/// Sum of 8 interleaved partial sums of `f(i)` over `0..n` (vectorises inside a `simd_fn!`;
+/// a fixed order, so the result does not depend on the machine or the thread count).
+#[inline(always)]
+pub(crate) fn lanes8(n: usize, f: impl Fn(usize) -> f32) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let full = n / 8 * 8;
+    let mut i = 0;
+    while i < full {
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a += f(i + k);
+        }
+        i += 8;
+    }
+    let mut tail = 0.0f32;
+    for j in full..n {
+        tail += f(j);
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
 /// A raw pointer that may be shared across rayon tasks which write *disjoint* ranges.
 ///
 /// The kernels partition their outputs by channel or row; the borrow checker cannot see that

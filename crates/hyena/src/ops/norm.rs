@@ -7,31 +7,12 @@
 use rayon::prelude::*;
 
 use crate::error::{check_len, Result};
-use crate::ops::simd_fn;
+use crate::ops::{lanes8, simd_fn};
 
 /// Rows per parallel task. Fixed (not derived from the thread count), so the backward's
 /// per-chunk partial sums of `dgamma`/`dbeta`, added in chunk order, give the same bits on any
 /// number of threads.
 const ROWS: usize = 64;
-
-/// Sum of 8 interleaved partial sums of `f(i)` over `0..n` (vectorises; fixed order).
-#[inline(always)]
-fn lanes8(n: usize, f: impl Fn(usize) -> f32) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let full = n / 8 * 8;
-    let mut i = 0;
-    while i < full {
-        for (k, a) in acc.iter_mut().enumerate() {
-            *a += f(i + k);
-        }
-        i += 8;
-    }
-    let mut tail = 0.0f32;
-    for j in full..n {
-        tail += f(j);
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
-}
 
 /// `y = (x - mean) * rstd * gamma + beta` per row. Writes `y [M, D]`, `mean [M]`, `rstd [M]`.
 #[allow(clippy::too_many_arguments)]

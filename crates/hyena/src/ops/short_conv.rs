@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use crate::error::{check_len, Result};
 use crate::ops::fftconv::RowLayout;
-use crate::ops::{simd_fn, SyncPtr};
+use crate::ops::{lanes8, simd_fn, SyncPtr};
 
 fn check(op: &'static str, lay: &RowLayout, x: usize, w: usize, b: usize, k: usize) -> Result<()> {
     check_len(op, "x (rows)", x, lay.numel())?;
@@ -62,51 +62,18 @@ simd_fn! {
     }
 }
 
-/// `Σ a[i]·b[i]` in 8 interleaved partial sums, so that it vectorises (a fixed order: the
-/// result does not depend on the machine).
-#[inline(always)]
-fn dot8(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let mut acc = [0.0f32; 8];
-    let (ac, bc) = (a[..n].chunks_exact(8), b[..n].chunks_exact(8));
-    let (ar, br) = (ac.remainder(), bc.remainder());
-    for (x, y) in ac.zip(bc) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut tail = 0.0f32;
-    for (x, y) in ar.iter().zip(br) {
-        tail += x * y;
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// `Σ a[i]` in 8 interleaved partial sums.
-#[inline(always)]
-fn sum8(a: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let c = a.chunks_exact(8);
-    let r = c.remainder();
-    for x in c {
-        for i in 0..8 {
-            acc[i] += x[i];
-        }
-    }
-    acc.iter().sum::<f32>() + r.iter().sum::<f32>()
-}
-
 simd_fn! {
     /// One row of the backward, in place: `gr` holds `dy` on entry and `dx` on return;
     /// accumulates the row's `dw [K]` and `db`.
     fn row_backward(gr: &mut [f32], xr: &[f32], wc: &[f32], dwc: &mut [f32], dbc: &mut f32) {
         let (l, k) = (gr.len(), wc.len());
-        *dbc += sum8(gr);
+        *dbc += lanes8(l, |t| gr[t]);
         // y[t] += w[j] x[t-s] with s = K-1-j  ⇒  dw[j] += Σ_t dy[t] x[t-s].
         for (j, dwj) in dwc.iter_mut().enumerate() {
             let s = k - 1 - j;
             if s < l {
-                *dwj += dot8(&gr[s..], &xr[..l - s]);
+                let (g, x) = (&gr[s..], &xr[..l - s]);
+                *dwj += lanes8(l - s, |t| g[t] * x[t]);
             }
         }
         // dx[t] = Σ_j w[j] dy[t+s_j]. In place, in blocks: a block's outputs are computed into
