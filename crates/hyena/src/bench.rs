@@ -349,7 +349,7 @@ pub struct TrainBenchRecord {
 /// HyenaDNA-shaped LM (order 2, emb_dim 5, filter_order 64, w 10, shift 0.05, l_max = L) on
 /// random DNA tokens.
 pub fn run_train(shape: TrainShape, steps: Option<usize>) -> Result<TrainBenchRecord> {
-    use crate::models::lm::{cross_entropy, HyenaLm, LmCache, LmConfig};
+    use crate::models::lm::{HyenaLm, LmConfig, LmWorkspace};
     use crate::train::{clip_grad_norm, AdamW, AdamWConfig};
     let (d, n_layer, l, b) = shape.dims();
     let base = mem_start();
@@ -364,7 +364,6 @@ pub fn run_train(shape: TrainShape, steps: Option<usize>) -> Result<TrainBenchRe
     cfg.operator.filter.shift = 0.05;
     let mut lm = HyenaLm::new(&cfg, 0)?;
     let mut opt = AdamW::new(AdamWConfig::default());
-    let v = cfg.padded_vocab();
     let toks: Vec<u32> = rand_vec(b * (l + 1), 7, 1.0)
         .iter()
         .map(|x| 7 + ((x + 1.0) * 1.999) as u32)
@@ -375,14 +374,11 @@ pub fn run_train(shape: TrainShape, steps: Option<usize>) -> Result<TrainBenchRe
     let y: Vec<u32> = (0..b)
         .flat_map(|r| toks[r * (l + 1) + 1..(r + 1) * (l + 1)].to_vec())
         .collect();
-    let mut cache = LmCache::default();
-    let mut dlogits = vec![0.0f32; b * l * v];
+    let mut ws = LmWorkspace::default();
     let mut grads = lm.zero_grads();
     let mut step = |lm: &mut HyenaLm, grads: &mut crate::models::lm::LmParams| -> Result<()> {
-        lm.forward(&x, b, l, &mut cache)?;
-        cross_entropy(&cache.logits, &y, v, None, &mut dlogits)?;
         grads.zero();
-        lm.backward(&dlogits, &mut cache, grads)?;
+        lm.loss_and_grad(&x, &y, b, l, 1.0, &mut ws, grads)?;
         clip_grad_norm(grads, 1.0);
         opt.step(&mut lm.params, grads, 6e-4);
         Ok(())

@@ -471,6 +471,12 @@ fn activations_match_reference_and_gradients() {
         )
     };
     check("gelu dx", &x, &dx, f, 100, 1e-3, 1e-2).unwrap();
+    let mut d_inplace = dy.clone();
+    act::gelu_backward_inplace(&mut d_inplace, &x).unwrap();
+    assert_eq!(
+        d_inplace, dx,
+        "in-place GELU backward must equal the two-buffer one"
+    );
 
     // Sin with one shared frequency vector over rows [M, F].
     let (m, fdim) = (13, 6);
@@ -544,4 +550,43 @@ fn fast_tanh_is_accurate_everywhere() {
     }
     assert!(worst < 2e-7, "max abs error {worst:e}");
     assert_eq!(act::tanh_fast(0.0), 0.0);
+}
+
+/// `ops::serial` (used by the data-parallel LM step) changes only who computes a product, not
+/// its bits: gemm splits rows and columns between threads, never the inner sum.
+#[test]
+fn serial_matmul_equals_parallel_bit_for_bit() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    // (m, k, n): an activation product, a weight gradient (long inner sum), odd sizes.
+    for &(m, kk, n) in &[
+        (1000usize, 64usize, 96usize),
+        (48, 3000, 40),
+        (257, 129, 65),
+    ] {
+        let (x, w) = (rand_vec(m * kk, 1, 1.0), rand_vec(n * kk, 2, 1.0));
+        let dy = rand_vec(m * n, 3, 1.0);
+        let (y_par, dw_par, dx_par) = pool.install(|| {
+            let mut y = vec![0.0; m * n];
+            linear::linear_forward(&x, &w, None, m, kk, n, &mut y).unwrap();
+            let (mut dw, mut dx) = (vec![0.0; n * kk], vec![0.0; m * kk]);
+            linear::linear_backward(&dy, &x, &w, (m, kk, n), Some(&mut dx), &mut dw, None).unwrap();
+            (y, dw, dx)
+        });
+        let (y_ser, dw_ser, dx_ser) = pool.install(|| {
+            hyena::ops::serial(|| {
+                let mut y = vec![0.0; m * n];
+                linear::linear_forward(&x, &w, None, m, kk, n, &mut y).unwrap();
+                let (mut dw, mut dx) = (vec![0.0; n * kk], vec![0.0; m * kk]);
+                linear::linear_backward(&dy, &x, &w, (m, kk, n), Some(&mut dx), &mut dw, None)
+                    .unwrap();
+                (y, dw, dx)
+            })
+        });
+        assert_eq!(y_par, y_ser, "forward {m}x{kk}x{n}");
+        assert_eq!(dw_par, dw_ser, "dW {m}x{kk}x{n}");
+        assert_eq!(dx_par, dx_ser, "dx {m}x{kk}x{n}");
+    }
 }

@@ -173,3 +173,92 @@ fn parameter_names_follow_the_hf_checkpoint() {
         .unwrap_err();
     assert!(bad.to_string().contains("token id"), "{bad}");
 }
+
+fn flat(p: &hyena::models::lm::LmParams) -> Vec<f32> {
+    let mut out = Vec::new();
+    p.visit("", &mut |_, _, d| out.extend_from_slice(d));
+    out
+}
+
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+}
+
+/// The data-parallel step (one batch shard per thread) equals forward → cross-entropy →
+/// backward on the whole batch: bit for bit with one thread, to rounding with uneven shards,
+/// and bit for bit between two runs on the same thread count.
+#[test]
+fn sharded_loss_and_grad_equals_whole_batch() {
+    use hyena::models::lm::LmWorkspace;
+    let cfg = tiny(false);
+    let mut lm = HyenaLm::new(&cfg, 7).unwrap();
+    loud(&mut lm);
+    let (b, l) = (5, 12);
+    let (x, y) = (tokens(b * l, 3), tokens(b * l, 4));
+    let v = cfg.padded_vocab();
+
+    // The plain path.
+    let mut cache = LmCache::default();
+    lm.forward(&x, b, l, &mut cache).unwrap();
+    let mut dlogits = vec![0.0; b * l * v];
+    let (loss, count, correct) = cross_entropy(&cache.logits, &y, v, None, &mut dlogits).unwrap();
+    let mut g_plain = lm.zero_grads();
+    lm.backward(&dlogits, &mut cache, &mut g_plain).unwrap();
+    let g_plain = flat(&g_plain);
+
+    let run = |threads: usize, grads: &mut hyena::models::lm::LmParams| {
+        pool(threads).install(|| {
+            assert_eq!(HyenaLm::shards_for(b), threads.min(b));
+            let mut ws = LmWorkspace::default();
+            let st = lm.loss_and_grad(&x, &y, b, l, 1.0, &mut ws, grads).unwrap();
+            let ev = lm.loss(&x, &y, b, l, &mut ws).unwrap();
+            assert_eq!(ev, st, "loss() must score like loss_and_grad()");
+            st
+        })
+    };
+    let mut g1 = lm.zero_grads();
+    let st1 = run(1, &mut g1);
+    assert_eq!((st1.count, st1.correct), (count, correct));
+    assert_eq!((st1.loss_sum / count as f64) as f32, loss);
+    assert_eq!(
+        flat(&g1),
+        g_plain,
+        "one shard must be the plain path, bit for bit"
+    );
+
+    for threads in [2, 3] {
+        let mut g = lm.zero_grads();
+        let st = run(threads, &mut g);
+        assert_eq!((st.count, st.correct), (count, correct));
+        assert!((st.loss_sum - st1.loss_sum).abs() < 1e-5 * st1.loss_sum.abs().max(1.0));
+        let g = flat(&g);
+        let scale = g_plain.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        for (i, (a, r)) in g.iter().zip(&g_plain).enumerate() {
+            assert!(
+                (a - r).abs() <= 1e-5 * scale,
+                "{threads} shards: grad {i}: {a} vs {r}"
+            );
+        }
+        let mut again = lm.zero_grads();
+        run(threads, &mut again);
+        assert_eq!(flat(&again), g, "same thread count must give the same bits");
+    }
+
+    // Gradients accumulate (gradient accumulation relies on it), also across shards.
+    let mut twice = lm.zero_grads();
+    pool(2).install(|| {
+        let mut ws = LmWorkspace::default();
+        for _ in 0..2 {
+            lm.loss_and_grad(&x, &y, b, l, 0.5, &mut ws, &mut twice)
+                .unwrap();
+        }
+    });
+    let mut once = lm.zero_grads();
+    run(2, &mut once);
+    for (a, r) in flat(&twice).iter().zip(flat(&once)) {
+        assert!((a - r).abs() <= 1e-6 * r.abs().max(1e-3), "{a} vs {r}");
+    }
+}

@@ -30,6 +30,27 @@ pub trait Params {
     fn zero(&mut self) {
         self.visit_mut("", &mut |_, _, d| d.fill(0.0));
     }
+    /// `self += other`, tensor by tensor (e.g. summing the gradients of batch shards).
+    fn add_assign_from(&mut self, other: &Self)
+    where
+        Self: Sized,
+    {
+        let mut src: Vec<(*const f32, usize)> = Vec::new();
+        other.visit("", &mut |_, _, d| src.push((d.as_ptr(), d.len())));
+        let mut it = src.into_iter();
+        self.visit_mut("", &mut |name, _, d| {
+            let (p, n) = it
+                .next()
+                .unwrap_or((std::ptr::NonNull::dangling().as_ptr(), 0));
+            assert_eq!(n, d.len(), "add_assign_from: `{name}` differs in size");
+            // SAFETY: `p` points at `n` floats of `other`, which is borrowed (immutably) for
+            // this whole call and cannot alias `self` (a unique borrow).
+            let o = unsafe { std::slice::from_raw_parts(p, n) };
+            for (a, b) in d.iter_mut().zip(o) {
+                *a += b;
+            }
+        });
+    }
 }
 
 pub use filter::{FilterBuffers, FilterCache, FilterParams, HyenaFilter};

@@ -21,7 +21,7 @@ use crate::error::{check_len, Error, Result};
 use crate::layers::{
     init, HyenaCache, HyenaGradWorkspace, HyenaOperator, HyenaParams, Params, Visitor, VisitorMut,
 };
-use crate::ops::act::{add_assign, gelu_backward, gelu_forward};
+use crate::ops::act::{add_assign, gelu_backward_inplace, gelu_forward};
 use crate::ops::fftconv::FftConv;
 use crate::ops::linear::{linear_backward, linear_forward};
 use crate::ops::norm::{layernorm_backward, layernorm_forward};
@@ -257,8 +257,7 @@ pub struct LmCache {
     d_h: Vec<f32>,   // [BL, D]
     d_x: Vec<f32>,   // [BL, D]
     d_tmp: Vec<f32>, // [BL, D]
-    d_g: Vec<f32>,   // [BL, D_inner]
-    d_a: Vec<f32>,   // [BL, D_inner]
+    d_g: Vec<f32>,   // [BL, D_inner]: d(gelu output), then d(fc1 output) in place
 }
 
 fn grow(v: &mut Vec<f32>, n: usize) {
@@ -469,14 +468,12 @@ impl HyenaLm {
         let mut dh = std::mem::take(&mut cache.d_h);
         let mut dx = std::mem::take(&mut cache.d_x);
         let mut dg = std::mem::take(&mut cache.d_g);
-        let mut da = std::mem::take(&mut cache.d_a);
         let mut dtmp = std::mem::take(&mut cache.d_tmp);
         for (buf, n) in [
             (&mut dh, bl * d),
             (&mut dx, bl * d),
             (&mut dtmp, bl * d),
             (&mut dg, bl * di),
-            (&mut da, bl * di),
         ] {
             grow(buf, n);
         }
@@ -520,9 +517,9 @@ impl HyenaLm {
                 &mut gb.fc2_w,
                 Some(&mut gb.fc2_b),
             )?;
-            gelu_backward(&dg, &bc.a, &mut da)?;
+            gelu_backward_inplace(&mut dg, &bc.a)?; // dg now holds d(fc1 output)
             linear_backward(
-                &da,
+                &dg,
                 &bc.h2,
                 &bp.fc1_w,
                 (bl, d, di),
@@ -575,7 +572,6 @@ impl HyenaLm {
         cache.d_h = dh;
         cache.d_x = dx;
         cache.d_g = dg;
-        cache.d_a = da;
         cache.d_tmp = dtmp;
         Ok(())
     }
@@ -591,6 +587,45 @@ pub fn cross_entropy(
     ignore: Option<u32>,
     dlogits: &mut [f32],
 ) -> Result<(f32, usize, usize)> {
+    let count = targets.iter().filter(|&&t| Some(t) != ignore).count();
+    let scale = 1.0 / count.max(1) as f32;
+    let s = cross_entropy_sum(logits, targets, v, ignore, scale, dlogits)?;
+    Ok((
+        (s.loss_sum / s.count.max(1) as f64) as f32,
+        s.count,
+        s.correct,
+    ))
+}
+
+/// Summed next-token statistics of some windows: divide `loss_sum` by `count` for the mean.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LossSum {
+    /// Σ of per-token cross-entropies (nats).
+    pub loss_sum: f64,
+    /// Tokens scored.
+    pub count: usize,
+    /// Tokens whose argmax logit is the target.
+    pub correct: usize,
+}
+
+impl LossSum {
+    fn add(&mut self, o: LossSum) {
+        self.loss_sum += o.loss_sum;
+        self.count += o.count;
+        self.correct += o.correct;
+    }
+}
+
+/// Cross-entropy of `logits [N, V]` against `targets [N]` as a sum; writes
+/// `dlogits = (softmax - onehot) · scale` (zero rows for ignored targets).
+pub fn cross_entropy_sum(
+    logits: &[f32],
+    targets: &[u32],
+    v: usize,
+    ignore: Option<u32>,
+    scale: f32,
+    dlogits: &mut [f32],
+) -> Result<LossSum> {
     const OP: &str = "cross_entropy";
     let n = targets.len();
     check_len(OP, "logits [N, V]", logits.len(), n * v)?;
@@ -601,10 +636,7 @@ pub fn cross_entropy(
     {
         return Err(Error::config("target id", t, format!("must be < {v}")));
     }
-    let count = targets.iter().filter(|&&t| Some(t) != ignore).count();
-    let scale = 1.0 / count.max(1) as f32;
-    let mut loss = 0.0f64;
-    let mut correct = 0;
+    let mut out = LossSum::default();
     for ((row, drow), &t) in logits
         .chunks_exact(v)
         .zip(dlogits.chunks_exact_mut(v))
@@ -623,12 +655,168 @@ pub fn cross_entropy(
         }
         let sum: f32 = row.iter().map(|&x| (x - m).exp()).sum();
         let lse = m + sum.ln();
-        loss += (lse - row[t as usize]) as f64;
-        correct += usize::from(amax == t as usize);
+        out.loss_sum += (lse - row[t as usize]) as f64;
+        out.count += 1;
+        out.correct += usize::from(amax == t as usize);
         for (dv, &x) in drow.iter_mut().zip(row) {
             *dv = (x - lse).exp() * scale;
         }
         drow[t as usize] -= scale;
     }
-    Ok(((loss / count.max(1) as f64) as f32, count, correct))
+    Ok(out)
+}
+
+/// One data-parallel shard's buffers: its activations, logits gradient and parameter gradients.
+#[derive(Clone, Debug, Default)]
+struct Shard {
+    cache: LmCache,
+    dlogits: Vec<f32>,
+    grads: Option<LmParams>,
+}
+
+/// Buffers for [`HyenaLm::loss_and_grad`] and [`HyenaLm::loss`], kept between steps so that
+/// steady-state steps allocate nothing. One shard per worker thread (at most one per sequence).
+#[derive(Clone, Debug, Default)]
+pub struct LmWorkspace {
+    shards: Vec<Shard>,
+}
+
+/// Split `b` sequences into `s` contiguous shards as evenly as possible: `(start, len)` each.
+fn shard_ranges(b: usize, s: usize) -> Vec<(usize, usize)> {
+    let (q, r) = (b / s, b % s);
+    let mut start = 0;
+    (0..s)
+        .map(|i| {
+            let n = q + usize::from(i < r);
+            let out = (start, n);
+            start += n;
+            out
+        })
+        .collect()
+}
+
+impl HyenaLm {
+    /// Data-parallel shards for a batch of `b` sequences: one per rayon worker, at most `b`.
+    pub fn shards_for(b: usize) -> usize {
+        rayon::current_num_threads().min(b).max(1)
+    }
+
+    /// One forward, cross-entropy and backward over `x, y [B, L]`: accumulates
+    /// `scale · ∇(mean loss)` into `grads` and returns the summed loss statistics.
+    ///
+    /// With several worker threads and `B ≥ 2` the batch is split into contiguous shards, one
+    /// per thread, each run end to end with single-threaded kernels, and the shards' gradients
+    /// are added to `grads` in shard order. At small shapes (HyenaDNA-tiny) this keeps both
+    /// cores in large matrix products instead of synchronising at every kernel. The numbers
+    /// depend on the shard count (the summation order), hence on the thread count, and on
+    /// nothing else.
+    #[allow(clippy::too_many_arguments)]
+    pub fn loss_and_grad(
+        &self,
+        x: &[u32],
+        y: &[u32],
+        b: usize,
+        l: usize,
+        scale: f32,
+        ws: &mut LmWorkspace,
+        grads: &mut LmParams,
+    ) -> Result<LossSum> {
+        check_len("HyenaLm loss_and_grad", "targets [B, L]", y.len(), b * l)?;
+        check_len("HyenaLm loss_and_grad", "tokens [B, L]", x.len(), b * l)?;
+        let v = self.padded_vocab_len();
+        let s = Self::shards_for(b);
+        let scale = scale / (b * l).max(1) as f32;
+        ws.shards.resize_with(s, Shard::default);
+        let run =
+            |sh: &mut Shard, (start, n): (usize, usize), g: &mut LmParams| -> Result<LossSum> {
+                let (xs, ys) = (
+                    &x[start * l..(start + n) * l],
+                    &y[start * l..(start + n) * l],
+                );
+                self.forward(xs, n, l, &mut sh.cache)?;
+                sh.dlogits.resize(n * l * v, 0.0);
+                let st = cross_entropy_sum(&sh.cache.logits, ys, v, None, scale, &mut sh.dlogits)?;
+                self.backward(&sh.dlogits, &mut sh.cache, g)?;
+                Ok(st)
+            };
+        if s == 1 {
+            return run(&mut ws.shards[0], (0, b), grads);
+        }
+        use rayon::prelude::*;
+        // Shard 0 accumulates straight into `grads`; the others into their own buffers, added
+        // afterwards in shard order (a fixed summation order for a fixed thread count).
+        let mut own: Vec<LmParams> = ws.shards[1..]
+            .iter_mut()
+            .map(|sh| {
+                let mut g = sh.grads.take().unwrap_or_else(|| self.zero_grads());
+                g.zero();
+                g
+            })
+            .collect();
+        let targets: Vec<&mut LmParams> =
+            std::iter::once(&mut *grads).chain(own.iter_mut()).collect();
+        let stats = ws
+            .shards
+            .par_iter_mut()
+            .zip(targets)
+            .zip(shard_ranges(b, s))
+            .map(|((sh, g), r)| crate::ops::serial(|| run(sh, r, g)))
+            .collect::<Result<Vec<_>>>();
+        for g in &own {
+            grads.add_assign_from(g);
+        }
+        for (sh, g) in ws.shards[1..].iter_mut().zip(own) {
+            sh.grads = Some(g);
+        }
+        let mut total = LossSum::default();
+        for st in stats? {
+            total.add(st);
+        }
+        Ok(total)
+    }
+
+    /// Forward and cross-entropy only (evaluation), data-parallel like
+    /// [`HyenaLm::loss_and_grad`].
+    pub fn loss(
+        &self,
+        x: &[u32],
+        y: &[u32],
+        b: usize,
+        l: usize,
+        ws: &mut LmWorkspace,
+    ) -> Result<LossSum> {
+        check_len("HyenaLm loss", "targets [B, L]", y.len(), b * l)?;
+        check_len("HyenaLm loss", "tokens [B, L]", x.len(), b * l)?;
+        let v = self.padded_vocab_len();
+        let s = Self::shards_for(b);
+        ws.shards.resize_with(s, Shard::default);
+        let run = |sh: &mut Shard, (start, n): (usize, usize)| -> Result<LossSum> {
+            let (xs, ys) = (
+                &x[start * l..(start + n) * l],
+                &y[start * l..(start + n) * l],
+            );
+            self.forward(xs, n, l, &mut sh.cache)?;
+            sh.dlogits.resize(n * l * v, 0.0);
+            cross_entropy_sum(&sh.cache.logits, ys, v, None, 0.0, &mut sh.dlogits)
+        };
+        if s == 1 {
+            return run(&mut ws.shards[0], (0, b));
+        }
+        use rayon::prelude::*;
+        let stats = ws
+            .shards
+            .par_iter_mut()
+            .zip(shard_ranges(b, s))
+            .map(|(sh, r)| crate::ops::serial(|| run(sh, r)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut total = LossSum::default();
+        for st in stats {
+            total.add(st);
+        }
+        Ok(total)
+    }
+
+    fn padded_vocab_len(&self) -> usize {
+        self.cfg.padded_vocab()
+    }
 }

@@ -126,7 +126,7 @@ pub fn matmul(dst: MatMut<'_>, lhs: MatRef<'_>, rhs: MatRef<'_>, accumulate: boo
         }
         return Ok(());
     }
-    let par = if (m * n * k) < 32 * 32 * 32 {
+    let par = if (m * n * k) < 32 * 32 * 32 || super::in_serial() {
         gemm::Parallelism::None
     } else {
         gemm::Parallelism::Rayon(rayon::current_num_threads())
@@ -230,9 +230,15 @@ pub fn linear_backward(
 /// `out[j] += Σ_i a[i, j]` for row-major `a: [m, n]`.
 pub fn col_sums_acc(a: &[f32], m: usize, n: usize, out: &mut [f32]) {
     debug_assert_eq!(a.len(), m * n);
-    for row in a.chunks_exact(n) {
-        for (o, v) in out.iter_mut().zip(row) {
-            *o += v;
+    col_sums_rows(a, n, out);
+}
+
+crate::ops::simd_fn! {
+    fn col_sums_rows(a: &[f32], n: usize, out: &mut [f32]) {
+        for row in a.chunks_exact(n) {
+            for (o, v) in out.iter_mut().zip(row) {
+                *o += v;
+            }
         }
     }
 }

@@ -42,24 +42,53 @@ macro_rules! simd_fn {
 }
 pub(crate) use simd_fn;
 
-/// Sum of 8 interleaved partial sums of `f(i)` over `0..n` (vectorises inside a `simd_fn!`;
-/// a fixed order, so the result does not depend on the machine or the thread count).
+/// `Σ_i f(a[i], b[i], c[i])` over the common length, as 8 interleaved partial sums combined in
+/// a fixed order (so the result does not depend on the machine or the thread count). Pass the
+/// same slice more than once when `f` needs fewer inputs. The slices are walked in 8-element
+/// arrays, so there are no bounds checks and the loop vectorises inside a `simd_fn!` (an
+/// index-closure version compiled to scalar code).
 #[inline(always)]
-pub(crate) fn lanes8(n: usize, f: impl Fn(usize) -> f32) -> f32 {
+pub(crate) fn lanes8(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
+    let n = a.len().min(b.len()).min(c.len());
+    let (a, b, c) = (&a[..n], &b[..n], &c[..n]);
     let mut acc = [0.0f32; 8];
-    let full = n / 8 * 8;
-    let mut i = 0;
-    while i < full {
-        for (k, a) in acc.iter_mut().enumerate() {
-            *a += f(i + k);
+    let (ca, cb, cc) = (a.chunks_exact(8), b.chunks_exact(8), c.chunks_exact(8));
+    let (ta, tb, tc) = (ca.remainder(), cb.remainder(), cc.remainder());
+    for ((xa, xb), xc) in ca.zip(cb).zip(cc) {
+        let (xa, xb, xc): (&[f32; 8], &[f32; 8], &[f32; 8]) =
+            match (xa.try_into(), xb.try_into(), xc.try_into()) {
+                (Ok(xa), Ok(xb), Ok(xc)) => (xa, xb, xc),
+                _ => unreachable!("chunks_exact(8) yields 8 elements"),
+            };
+        for k in 0..8 {
+            acc[k] += f(xa[k], xb[k], xc[k]);
         }
-        i += 8;
     }
     let mut tail = 0.0f32;
-    for j in full..n {
-        tail += f(j);
+    for ((&xa, &xb), &xc) in ta.iter().zip(tb).zip(tc) {
+        tail += f(xa, xb, xc);
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+thread_local! {
+    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f` with this thread's matrix products single-threaded. Data-parallel callers (one
+/// batch shard per worker thread, e.g. [`crate::models::lm::HyenaLm::loss_and_grad`]) use it:
+/// their workers are all busy already, and gemm's own fork/join at every product then only
+/// costs synchronisation. Results do not change (gemm splits rows and columns, never the sum).
+pub fn serial<R>(f: impl FnOnce() -> R) -> R {
+    let prev = SERIAL.with(|s| s.replace(true));
+    let r = f();
+    SERIAL.with(|s| s.set(prev));
+    r
+}
+
+/// Whether the current thread is inside [`serial`].
+pub(crate) fn in_serial() -> bool {
+    SERIAL.with(|s| s.get())
 }
 
 /// A raw pointer that may be shared across rayon tasks which write *disjoint* ranges.

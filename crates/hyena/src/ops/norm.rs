@@ -61,8 +61,8 @@ simd_fn! {
             .zip(mc.iter_mut())
             .zip(rc.iter_mut())
         {
-            let mean = lanes8(d, |j| xr[j]) / d as f32;
-            let var = lanes8(d, |j| (xr[j] - mean) * (xr[j] - mean)) / d as f32;
+            let mean = lanes8(xr, xr, xr, |x, _, _| x) / d as f32;
+            let var = lanes8(xr, xr, xr, |x, _, _| (x - mean) * (x - mean)) / d as f32;
             let r = 1.0 / (var + eps).sqrt();
             for ((yv, xv), (g, b)) in yr.iter_mut().zip(xr).zip(gamma.iter().zip(beta)) {
                 *yv = (xv - mean) * r * g + b;
@@ -141,13 +141,20 @@ simd_fn! {
             .zip(mc)
             .zip(rc)
         {
-            let mg = lanes8(d, |j| gr[j] * gamma[j]) / d as f32;
-            let mgx = lanes8(d, |j| gr[j] * gamma[j] * ((xr[j] - mu) * r)) / d as f32;
-            for j in 0..d {
-                let xhat = (xr[j] - mu) * r;
-                pg[j] += gr[j] * xhat;
-                pb[j] += gr[j];
-                dxr[j] = r * (gr[j] * gamma[j] - mg - xhat * mgx);
+            let mg = lanes8(gr, gamma, gamma, |g, ga, _| g * ga) / d as f32;
+            let mgx = lanes8(gr, gamma, xr, |g, ga, x| g * ga * ((x - mu) * r)) / d as f32;
+            // Zipped iterators, not indices: no bounds checks, so this vectorises.
+            for ((((dxv, &g), &x), &ga), (pgv, pbv)) in dxr
+                .iter_mut()
+                .zip(gr)
+                .zip(xr)
+                .zip(gamma)
+                .zip(pg.iter_mut().zip(pb.iter_mut()))
+            {
+                let xhat = (x - mu) * r;
+                *pgv += g * xhat;
+                *pbv += g;
+                *dxv = r * (g * ga - mg - xhat * mgx);
             }
         }
     }

@@ -67,45 +67,46 @@ simd_fn! {
     /// accumulates the row's `dw [K]` and `db`.
     fn row_backward(gr: &mut [f32], xr: &[f32], wc: &[f32], dwc: &mut [f32], dbc: &mut f32) {
         let (l, k) = (gr.len(), wc.len());
-        *dbc += lanes8(l, |t| gr[t]);
+        *dbc += lanes8(gr, gr, gr, |g, _, _| g);
         // y[t] += w[j] x[t-s] with s = K-1-j  ⇒  dw[j] += Σ_t dy[t] x[t-s].
         for (j, dwj) in dwc.iter_mut().enumerate() {
             let s = k - 1 - j;
             if s < l {
                 let (g, x) = (&gr[s..], &xr[..l - s]);
-                *dwj += lanes8(l - s, |t| g[t] * x[t]);
+                *dwj += lanes8(g, x, x, |g, x, _| g * x);
             }
         }
         // dx[t] = Σ_j w[j] dy[t+s_j]. In place, in blocks: a block's outputs are computed into
         // a stack buffer from dy[t0..t0+n+K-1] (not yet overwritten: earlier blocks only wrote
         // behind t0), then copied back.
+        // Output t reads dy[t..t+K], all inside the row while t + K <= l: those outputs take
+        // the branch-free path; only the last K-1 outputs of the row need bounds tests.
         const BLK: usize = 256;
         let mut tmp = [0.0f32; BLK];
+        let fast_end = (l + 1).saturating_sub(k);
         let mut t0 = 0;
         while t0 < l {
             let n = BLK.min(l - t0);
             let out = &mut tmp[..n];
-            if t0 + n + k - 1 <= l {
-                // Interior: no bounds to test per element.
-                out.fill(0.0);
+            let nf = fast_end.saturating_sub(t0).min(n);
+            let (fast, slow) = out.split_at_mut(nf);
+            fast.fill(0.0);
+            for (j, &wj) in wc.iter().enumerate().take(if nf > 0 { k } else { 0 }) {
+                let src = &gr[t0 + k - 1 - j..t0 + k - 1 - j + nf];
+                for (o, &v) in fast.iter_mut().zip(src) {
+                    *o += wj * v;
+                }
+            }
+            for (i, o) in slow.iter_mut().enumerate() {
+                let t = t0 + nf + i;
+                let mut acc = 0.0f32;
                 for (j, &wj) in wc.iter().enumerate() {
-                    let src = &gr[t0 + k - 1 - j..t0 + k - 1 - j + n];
-                    for (o, &v) in out.iter_mut().zip(src) {
-                        *o += wj * v;
+                    let src = t + (k - 1 - j);
+                    if src < l {
+                        acc += wj * gr[src];
                     }
                 }
-            } else {
-                for (i, o) in out.iter_mut().enumerate() {
-                    let t = t0 + i;
-                    let mut acc = 0.0f32;
-                    for (j, &wj) in wc.iter().enumerate() {
-                        let src = t + (k - 1 - j);
-                        if src < l {
-                            acc += wj * gr[src];
-                        }
-                    }
-                    *o = acc;
-                }
+                *o = acc;
             }
             gr[t0..t0 + n].copy_from_slice(out);
             t0 += n;

@@ -382,16 +382,14 @@ pub fn evaluate_run(
             })
         }
     };
-    let mut cache = crate::models::lm::LmCache::default();
-    let mut scratch = Vec::new();
+    let mut ws = crate::models::lm::LmWorkspace::default();
     let stats = crate::train::trainer::evaluate_tokens(
         &lm,
         &tokens,
         batch,
         seq_len,
         opts.max_windows.unwrap_or(usize::MAX),
-        &mut cache,
-        &mut scratch,
+        &mut ws,
         progress,
     )?;
     // Baselines fitted on the run's training split, scored on the stretch of tokens the model

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::io::safetensors::{collect_params, write_atomic, write_bytes_atomic, TensorFile};
-use crate::models::lm::{cross_entropy, HyenaLm, LmCache, LmConfig};
+use crate::models::lm::{HyenaLm, LmConfig, LmWorkspace};
 use crate::train::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
 
 /// Optimisation settings of a run.
@@ -98,8 +98,8 @@ pub struct Trainer {
     pub cfg: TrainConfig,
     train: Vec<u32>,
     val: Vec<u32>,
-    cache: LmCache,
-    dlogits: Vec<f32>,
+    /// Activations, logits gradients and per-shard gradients, reused across steps.
+    ws: LmWorkspace,
 }
 
 impl Trainer {
@@ -139,8 +139,7 @@ impl Trainer {
             cfg,
             train,
             val,
-            cache: LmCache::default(),
-            dlogits: Vec::new(),
+            ws: LmWorkspace::default(),
         })
     }
 
@@ -169,21 +168,16 @@ impl Trainer {
     pub fn train_step(&mut self) -> Result<StepStats> {
         let step = self.opt.step;
         let (b, l) = (self.cfg.batch_size, self.cfg.seq_len);
-        let v = self.lm.cfg.padded_vocab();
         let mut grads = self.lm.zero_grads();
         let mut loss_sum = 0.0f32;
-        self.dlogits.resize(b * l * v, 0.0);
+        // Each micro-batch contributes ∇(its mean loss) / grad_accum.
+        let scale = 1.0 / self.cfg.grad_accum as f32;
         for micro in 0..self.cfg.grad_accum {
             let (x, y) = self.batch(step, micro);
-            self.lm.forward(&x, b, l, &mut self.cache)?;
-            let (loss, _, _) = cross_entropy(&self.cache.logits, &y, v, None, &mut self.dlogits)?;
-            loss_sum += loss;
-            if self.cfg.grad_accum > 1 {
-                let s = 1.0 / self.cfg.grad_accum as f32;
-                self.dlogits.iter_mut().for_each(|d| *d *= s);
-            }
-            self.lm
-                .backward(&self.dlogits, &mut self.cache, &mut grads)?;
+            let st = self
+                .lm
+                .loss_and_grad(&x, &y, b, l, scale, &mut self.ws, &mut grads)?;
+            loss_sum += (st.loss_sum / st.count.max(1) as f64) as f32;
         }
         let grad_norm = clip_grad_norm(&mut grads, self.cfg.clip);
         let lr = self.cfg.schedule().lr(self.cfg.optim.lr, step);
@@ -206,8 +200,7 @@ impl Trainer {
             self.cfg.batch_size,
             self.cfg.seq_len,
             self.cfg.eval_windows,
-            &mut self.cache,
-            &mut self.dlogits,
+            &mut self.ws,
             &mut |_, _| {},
         )?;
         e.step = self.opt.step;
@@ -274,17 +267,15 @@ impl Trainer {
 
 /// Score `lm` on consecutive, non-overlapping windows of `tokens` (at most `max_windows`,
 /// `batch` windows per forward): mean next-token loss (nats), perplexity, bits per token and
-/// accuracy. `cache` and `scratch` are reused between calls; `progress(done, total)` is called
+/// accuracy. `ws` is reused between calls; `progress(done, total)` is called
 /// after each batch of windows. The returned `step` is 0.
-#[allow(clippy::too_many_arguments)]
 pub fn evaluate_tokens(
     lm: &HyenaLm,
     tokens: &[u32],
     batch: usize,
     seq_len: usize,
     max_windows: usize,
-    cache: &mut LmCache,
-    scratch: &mut Vec<f32>,
+    ws: &mut LmWorkspace,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<EvalStats> {
     let (b, l) = (batch.max(1), seq_len);
@@ -306,7 +297,6 @@ pub fn evaluate_tokens(
             format!("exceeds the model's l_max {}", lm.cfg.operator.l_max),
         ));
     }
-    let v = lm.cfg.padded_vocab();
     let n_win = ((tokens.len() - 1) / l).min(max_windows).max(1);
     let (mut loss_sum, mut count, mut correct) = (0.0f64, 0usize, 0usize);
     let mut w = 0;
@@ -318,12 +308,10 @@ pub fn evaluate_tokens(
             x.extend_from_slice(&tokens[s..s + l]);
             y.extend_from_slice(&tokens[s + 1..s + l + 1]);
         }
-        lm.forward(&x, nb, l, cache)?;
-        scratch.resize(nb * l * v, 0.0);
-        let (loss, c, k) = cross_entropy(&cache.logits, &y, v, None, &mut scratch[..nb * l * v])?;
-        loss_sum += loss as f64 * c as f64;
-        count += c;
-        correct += k;
+        let st = lm.loss(&x, &y, nb, l, ws)?;
+        loss_sum += st.loss_sum;
+        count += st.count;
+        correct += st.correct;
         w += nb;
         progress(w, n_win);
     }
