@@ -14,10 +14,11 @@ pub mod short_conv;
 #[doc(hidden)]
 pub mod gradcheck;
 
-/// Define `fn name(args)` twice, for AVX2 (chosen at run time when the CPU has it) and for the
-/// baseline target, from one body: the hot elementwise loops (GELU, short convolution, spectra
-/// products) vectorise 8-wide instead of 4-wide. Only the vector width changes; no FMA
-/// contraction is enabled, so both paths give bit-identical results and runs stay reproducible
+/// Define `fn name(args)` three times, for AVX-512F and AVX2 (the widest the CPU has is chosen
+/// at run time) and for the baseline target, from one body: the hot elementwise loops (GELU,
+/// short convolution, LayerNorm, spectra products) vectorise 16- or 8-wide instead of 4-wide.
+/// Only the vector width changes; no FMA contraction is enabled and reductions have a fixed
+/// order ([`lanes8`]), so every path gives bit-identical results and runs stay reproducible
 /// across machines. Helpers the body calls must be `#[inline(always)]` to get the same benefit.
 macro_rules! simd_fn {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
@@ -27,6 +28,14 @@ macro_rules! simd_fn {
             fn inner($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    inner($($arg),*)
+                }
+                if std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports AVX-512F (checked just above).
+                    return unsafe { avx512($($arg),*) };
+                }
                 #[target_feature(enable = "avx2")]
                 unsafe fn avx2($($arg: $ty),*) {
                     inner($($arg),*)
