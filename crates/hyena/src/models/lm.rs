@@ -721,28 +721,9 @@ impl HyenaLm {
         ws: &mut LmWorkspace,
         grads: &mut LmParams,
     ) -> Result<LossSum> {
-        check_len("HyenaLm loss_and_grad", "targets [B, L]", y.len(), b * l)?;
-        check_len("HyenaLm loss_and_grad", "tokens [B, L]", x.len(), b * l)?;
-        let v = self.padded_vocab_len();
         let s = Self::shards_for(b);
         let scale = scale / (b * l).max(1) as f32;
         ws.shards.resize_with(s, Shard::default);
-        let run =
-            |sh: &mut Shard, (start, n): (usize, usize), g: &mut LmParams| -> Result<LossSum> {
-                let (xs, ys) = (
-                    &x[start * l..(start + n) * l],
-                    &y[start * l..(start + n) * l],
-                );
-                self.forward(xs, n, l, &mut sh.cache)?;
-                sh.dlogits.resize(n * l * v, 0.0);
-                let st = cross_entropy_sum(&sh.cache.logits, ys, v, None, scale, &mut sh.dlogits)?;
-                self.backward(&sh.dlogits, &mut sh.cache, g)?;
-                Ok(st)
-            };
-        if s == 1 {
-            return run(&mut ws.shards[0], (0, b), grads);
-        }
-        use rayon::prelude::*;
         // Shard 0 accumulates straight into `grads`; the others into their own buffers, added
         // afterwards in shard order (a fixed summation order for a fixed thread count).
         let mut own: Vec<LmParams> = ws.shards[1..]
@@ -755,24 +736,18 @@ impl HyenaLm {
             .collect();
         let targets: Vec<&mut LmParams> =
             std::iter::once(&mut *grads).chain(own.iter_mut()).collect();
-        let stats = ws
-            .shards
-            .par_iter_mut()
-            .zip(targets)
-            .zip(shard_ranges(b, s))
-            .map(|((sh, g), r)| crate::ops::serial(|| run(sh, r, g)))
-            .collect::<Result<Vec<_>>>();
+        let total = self.over_shards(x, y, b, l, ws, targets, |sh, xs, ys, n, g| {
+            let st = self.forward_ce(sh, xs, ys, n, l, scale)?;
+            self.backward(&sh.dlogits, &mut sh.cache, g)?;
+            Ok(st)
+        });
         for g in &own {
             grads.add_assign_from(g);
         }
         for (sh, g) in ws.shards[1..].iter_mut().zip(own) {
             sh.grads = Some(g);
         }
-        let mut total = LossSum::default();
-        for st in stats? {
-            total.add(st);
-        }
-        Ok(total)
+        total
     }
 
     /// Forward and cross-entropy only (evaluation), data-parallel like
@@ -785,29 +760,47 @@ impl HyenaLm {
         l: usize,
         ws: &mut LmWorkspace,
     ) -> Result<LossSum> {
-        check_len("HyenaLm loss", "targets [B, L]", y.len(), b * l)?;
-        check_len("HyenaLm loss", "tokens [B, L]", x.len(), b * l)?;
-        let v = self.padded_vocab_len();
         let s = Self::shards_for(b);
         ws.shards.resize_with(s, Shard::default);
-        let run = |sh: &mut Shard, (start, n): (usize, usize)| -> Result<LossSum> {
-            let (xs, ys) = (
-                &x[start * l..(start + n) * l],
-                &y[start * l..(start + n) * l],
-            );
-            self.forward(xs, n, l, &mut sh.cache)?;
-            sh.dlogits.resize(n * l * v, 0.0);
-            cross_entropy_sum(&sh.cache.logits, ys, v, None, 0.0, &mut sh.dlogits)
+        self.over_shards(x, y, b, l, ws, vec![(); s], |sh, xs, ys, n, ()| {
+            self.forward_ce(sh, xs, ys, n, l, 0.0)
+        })
+    }
+
+    /// Run `f(shard, tokens, targets, sequences, target)` on each of `ws`'s first
+    /// `targets.len()` shards, each with its contiguous slice of the batch `x, y [B, L]`: one
+    /// shard per worker with single-threaded kernels, or, with a single shard, parallel
+    /// kernels. Returns the statistics summed in shard order.
+    #[allow(clippy::too_many_arguments)]
+    fn over_shards<T: Send>(
+        &self,
+        x: &[u32],
+        y: &[u32],
+        b: usize,
+        l: usize,
+        ws: &mut LmWorkspace,
+        targets: Vec<T>,
+        f: impl Fn(&mut Shard, &[u32], &[u32], usize, T) -> Result<LossSum> + Sync,
+    ) -> Result<LossSum> {
+        check_len("HyenaLm loss", "targets [B, L]", y.len(), b * l)?;
+        check_len("HyenaLm loss", "tokens [B, L]", x.len(), b * l)?;
+        let run = |sh: &mut Shard, (start, n): (usize, usize), t: T| {
+            let rows = start * l..(start + n) * l;
+            f(sh, &x[rows.clone()], &y[rows], n, t)
         };
-        if s == 1 {
-            return run(&mut ws.shards[0], (0, b));
-        }
         use rayon::prelude::*;
-        let stats = ws
-            .shards
+        let s = targets.len();
+        let stats = ws.shards[..s]
             .par_iter_mut()
+            .zip(targets)
             .zip(shard_ranges(b, s))
-            .map(|(sh, r)| crate::ops::serial(|| run(sh, r)))
+            .map(|((sh, t), r)| {
+                if s > 1 {
+                    crate::ops::serial(|| run(sh, r, t))
+                } else {
+                    run(sh, r, t) // one shard: the kernels themselves run in parallel
+                }
+            })
             .collect::<Result<Vec<_>>>()?;
         let mut total = LossSum::default();
         for st in stats {
@@ -816,7 +809,20 @@ impl HyenaLm {
         Ok(total)
     }
 
-    fn padded_vocab_len(&self) -> usize {
-        self.cfg.padded_vocab()
+    /// Forward of `xs [n, L]` into the shard's cache, then cross-entropy against `ys [n, L]`,
+    /// writing the shard's `dlogits = (softmax - onehot) · scale`.
+    fn forward_ce(
+        &self,
+        sh: &mut Shard,
+        xs: &[u32],
+        ys: &[u32],
+        n: usize,
+        l: usize,
+        scale: f32,
+    ) -> Result<LossSum> {
+        let v = self.cfg.padded_vocab();
+        self.forward(xs, n, l, &mut sh.cache)?;
+        sh.dlogits.resize(n * l * v, 0.0);
+        cross_entropy_sum(&sh.cache.logits, ys, v, None, scale, &mut sh.dlogits)
     }
 }

@@ -91,10 +91,12 @@ simd_fn! {
             let nf = fast_end.saturating_sub(t0).min(n);
             let (fast, slow) = out.split_at_mut(nf);
             fast.fill(0.0);
-            for (j, &wj) in wc.iter().enumerate().take(if nf > 0 { k } else { 0 }) {
-                let src = &gr[t0 + k - 1 - j..t0 + k - 1 - j + nf];
-                for (o, &v) in fast.iter_mut().zip(src) {
-                    *o += wj * v;
+            if nf > 0 {
+                for (j, &wj) in wc.iter().enumerate() {
+                    let src = &gr[t0 + k - 1 - j..t0 + k - 1 - j + nf];
+                    for (o, &v) in fast.iter_mut().zip(src) {
+                        *o += wj * v;
+                    }
                 }
             }
             for (i, o) in slow.iter_mut().enumerate() {

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::io::safetensors::{collect_params, write_atomic, write_bytes_atomic, TensorFile};
-use crate::models::lm::{HyenaLm, LmConfig, LmWorkspace};
+use crate::layers::Params;
+use crate::models::lm::{HyenaLm, LmConfig, LmParams, LmWorkspace};
 use crate::train::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
 
 /// Optimisation settings of a run.
@@ -100,6 +101,8 @@ pub struct Trainer {
     val: Vec<u32>,
     /// Activations, logits gradients and per-shard gradients, reused across steps.
     ws: LmWorkspace,
+    /// The step's gradient, zeroed and refilled each step (a fresh buffer would page-fault).
+    grads: LmParams,
 }
 
 impl Trainer {
@@ -133,6 +136,7 @@ impl Trainer {
             ));
         }
         let opt = AdamW::new(cfg.optim.clone());
+        let grads = lm.zero_grads();
         Ok(Trainer {
             lm,
             opt,
@@ -140,6 +144,7 @@ impl Trainer {
             train,
             val,
             ws: LmWorkspace::default(),
+            grads,
         })
     }
 
@@ -168,7 +173,7 @@ impl Trainer {
     pub fn train_step(&mut self) -> Result<StepStats> {
         let step = self.opt.step;
         let (b, l) = (self.cfg.batch_size, self.cfg.seq_len);
-        let mut grads = self.lm.zero_grads();
+        self.grads.zero();
         let mut loss_sum = 0.0f32;
         // Each micro-batch contributes ∇(its mean loss) / grad_accum.
         let scale = 1.0 / self.cfg.grad_accum as f32;
@@ -176,12 +181,12 @@ impl Trainer {
             let (x, y) = self.batch(step, micro);
             let st = self
                 .lm
-                .loss_and_grad(&x, &y, b, l, scale, &mut self.ws, &mut grads)?;
+                .loss_and_grad(&x, &y, b, l, scale, &mut self.ws, &mut self.grads)?;
             loss_sum += (st.loss_sum / st.count.max(1) as f64) as f32;
         }
-        let grad_norm = clip_grad_norm(&mut grads, self.cfg.clip);
+        let grad_norm = clip_grad_norm(&mut self.grads, self.cfg.clip);
         let lr = self.cfg.schedule().lr(self.cfg.optim.lr, step);
-        self.opt.step(&mut self.lm.params, &grads, lr);
+        self.opt.step(&mut self.lm.params, &self.grads, lr);
         Ok(StepStats {
             step: self.opt.step,
             loss: loss_sum / self.cfg.grad_accum as f32,
