@@ -93,35 +93,96 @@ impl TrainArgs {
             };
         }
         cfg.model.vocab_size = cfg.data.tokenizer.vocab_size();
-        if let Some(d) = self.d_model {
-            cfg.model.operator.d_model = d;
-            cfg.model.d_inner = 4 * d;
-        }
-        if let Some(n) = self.n_layer {
-            cfg.model.n_layer = n;
-        }
-        if let Some(l) = self.seq_len {
-            cfg.train.seq_len = l;
-            cfg.model.operator.l_max = l;
-        }
-        if let Some(b) = self.batch {
-            cfg.train.batch_size = b;
+        for s in self.settings() {
+            (s.apply)(&mut cfg);
         }
         if let Some(st) = self.steps {
             cfg.train.steps = st;
             cfg.train.warmup = (st / 20).max(1);
         }
-        if let Some(e) = self.eval_every {
-            cfg.train.eval_every = e;
-        }
-        if let Some(s) = self.seed {
-            cfg.train.seed = s;
-        }
-        if let Some(lr) = self.lr {
-            cfg.train.optim.lr = lr;
-        }
         Ok(cfg)
     }
+
+    /// The setting flags that were given (all but `--steps`, which a resume may change, and
+    /// the data flags). One table serves both building a config and checking a resume.
+    fn settings(&self) -> Vec<Setting> {
+        [
+            setting(
+                "--d-model",
+                self.d_model,
+                |c, d| {
+                    c.model.operator.d_model = d;
+                    c.model.d_inner = 4 * d;
+                },
+                |c| c.model.operator.d_model,
+            ),
+            setting(
+                "--n-layer",
+                self.n_layer,
+                |c, n| c.model.n_layer = n,
+                |c| c.model.n_layer,
+            ),
+            setting(
+                "--seq-len",
+                self.seq_len,
+                |c, l| {
+                    c.train.seq_len = l;
+                    c.model.operator.l_max = l;
+                },
+                |c| c.train.seq_len,
+            ),
+            setting(
+                "--batch",
+                self.batch,
+                |c, b| c.train.batch_size = b,
+                |c| c.train.batch_size,
+            ),
+            setting(
+                "--lr",
+                self.lr,
+                |c, lr| c.train.optim.lr = lr,
+                |c| c.train.optim.lr,
+            ),
+            setting(
+                "--eval-every",
+                self.eval_every,
+                |c, e| c.train.eval_every = e,
+                |c| c.train.eval_every,
+            ),
+            setting(
+                "--seed",
+                self.seed,
+                |c, s| c.train.seed = s,
+                |c| c.train.seed,
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+
+/// A setting flag that was given: its name and value, how it sets the run config, and what
+/// the run config holds for it.
+struct Setting {
+    name: &'static str,
+    given: String,
+    apply: Box<dyn Fn(&mut RunConfig)>,
+    saved: Box<dyn Fn(&RunConfig) -> String>,
+}
+
+fn setting<T: ToString + Copy + 'static>(
+    name: &'static str,
+    given: Option<T>,
+    set: fn(&mut RunConfig, T),
+    get: fn(&RunConfig) -> T,
+) -> Option<Setting> {
+    given.map(|v| Setting {
+        name,
+        given: v.to_string(),
+        apply: Box::new(move |c| set(c, v)),
+        saved: Box::new(move |c| get(c).to_string()),
+    })
 }
 
 /// The run `hyena train` makes with no flags: a HyenaDNA-style LM (filter settings of the
@@ -159,48 +220,12 @@ fn default_run() -> RunConfig {
 /// With `--resume`, every flag given (other than `--steps`) must match the saved run.
 fn check_resume_flags(a: &TrainArgs, c: &RunConfig, out: &std::path::Path) -> Result<()> {
     let mut diffs = Vec::new();
-    let mut cmp = |flag: &str, given: Option<String>, saved: String| {
-        if let Some(g) = given {
-            if g != saved {
-                diffs.push(format!("{flag} {g} (the run has {saved})"));
-            }
+    for s in a.settings() {
+        let saved = (s.saved)(c);
+        if s.given != saved {
+            diffs.push(format!("{} {} (the run has {saved})", s.name, s.given));
         }
-    };
-    cmp(
-        "--d-model",
-        a.d_model.map(|v| v.to_string()),
-        c.model.operator.d_model.to_string(),
-    );
-    cmp(
-        "--n-layer",
-        a.n_layer.map(|v| v.to_string()),
-        c.model.n_layer.to_string(),
-    );
-    cmp(
-        "--seq-len",
-        a.seq_len.map(|v| v.to_string()),
-        c.train.seq_len.to_string(),
-    );
-    cmp(
-        "--batch",
-        a.batch.map(|v| v.to_string()),
-        c.train.batch_size.to_string(),
-    );
-    cmp(
-        "--lr",
-        a.lr.map(|v| v.to_string()),
-        c.train.optim.lr.to_string(),
-    );
-    cmp(
-        "--eval-every",
-        a.eval_every.map(|v| v.to_string()),
-        c.train.eval_every.to_string(),
-    );
-    cmp(
-        "--seed",
-        a.seed.map(|v| v.to_string()),
-        c.train.seed.to_string(),
-    );
+    }
     if !a.fasta.is_empty() && a.fasta != c.data.fasta {
         diffs.push("--fasta (the run used other files)".into());
     }
