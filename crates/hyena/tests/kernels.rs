@@ -552,6 +552,117 @@ fn fast_tanh_is_accurate_everywhere() {
     assert_eq!(act::tanh_fast(0.0), 0.0);
 }
 
+/// The filter's `Sin` runs on a vectorised polynomial sin/cos (libm above |x| = 8192): both
+/// against f64 over a dense sweep, negative arguments and the quadrant boundaries included, and
+/// a row with one huge argument (the libm fallback).
+#[test]
+fn fast_sin_and_cos_are_accurate() {
+    let freq = [1.0f32; 8];
+    let mut xs: Vec<f32> = (0..400_000).map(|i| -200.0 + i as f32 * 1.0e-3).collect();
+    xs.extend((0..4000).map(|i| -8190.0 + i as f32 * 4.095));
+    for q in -8..=8 {
+        let b = q as f32 * std::f32::consts::FRAC_PI_4;
+        xs.extend([b, b + 1e-6, b - 1e-6]);
+    }
+    xs.extend([0.0, -0.0, 1e-30, 8192.0, -8192.0]);
+    while !xs.len().is_multiple_of(8) {
+        xs.push(0.5);
+    }
+    let mut rows_huge = vec![0.3f32; 8];
+    rows_huge[5] = 1.0e6; // this row goes through libm
+    xs.extend(&rows_huge);
+    let mut y = vec![0.0; xs.len()];
+    act::sin_forward(&xs, &freq, &mut y).unwrap();
+    let (mut dx, mut dfreq) = (vec![0.0; xs.len()], vec![0.0; 8]);
+    act::sin_backward(&vec![1.0; xs.len()], &xs, &freq, &mut dx, &mut dfreq).unwrap();
+    let (mut worst_s, mut worst_c) = (0.0f64, 0.0f64);
+    for ((&x, &s), &c) in xs.iter().zip(&y).zip(&dx) {
+        worst_s = worst_s.max((s as f64 - (x as f64).sin()).abs());
+        worst_c = worst_c.max((c as f64 - (x as f64).cos()).abs());
+    }
+    assert!(worst_s < 3e-7, "sin max abs error {worst_s:e}");
+    assert!(worst_c < 3e-7, "cos max abs error {worst_c:e}");
+}
+
+/// The fused passes of the LM step equal their unfused definitions: bias + GELU, the residual
+/// folded into a linear layer's bias pass, LayerNorm backward accumulating into `dx`, row sums,
+/// and the short conv adding its input's bias in place.
+#[test]
+fn fused_passes_equal_their_unfused_form() {
+    let (m, n, k) = (37, 24, 10);
+    let x = rand_vec(m * n, 1, 2.0);
+    let bias = rand_vec(n, 2, 1.0);
+    let (mut xb, mut g) = (x.clone(), vec![0.0; m * n]);
+    act::bias_gelu_forward(&mut xb, &bias, &mut g).unwrap();
+    let want_xb: Vec<f32> = x.iter().enumerate().map(|(i, v)| v + bias[i % n]).collect();
+    assert_eq!(xb, want_xb);
+    let mut want_g = vec![0.0; m * n];
+    act::gelu_forward(&want_xb, &mut want_g).unwrap();
+    assert_eq!(g, want_g);
+
+    let (xin, w, res) = (
+        rand_vec(m * k, 3, 1.0),
+        rand_vec(n * k, 4, 1.0),
+        rand_vec(m * n, 5, 1.0),
+    );
+    let mut y = vec![0.0; m * n];
+    linear::linear_forward_residual(&xin, &w, Some(&bias), Some(&res), m, k, n, &mut y).unwrap();
+    let mut want = linear::reference::linear_forward(&xin, &w, Some(&bias), m, k, n);
+    for (a, r) in want.iter_mut().zip(&res) {
+        *a += r;
+    }
+    assert_close("linear + residual", &y, &want, 1e-5);
+
+    let d = 24;
+    let rows = m * n / d;
+    let (gamma, beta) = (rand_vec(d, 6, 1.0), rand_vec(d, 7, 1.0));
+    let (mut h, mut mu, mut rs) = (vec![0.0; m * n], vec![0.0; rows], vec![0.0; rows]);
+    norm::layernorm_forward(&x, &gamma, &beta, d, 1e-5, &mut h, &mut mu, &mut rs).unwrap();
+    let dy = rand_vec(m * n, 8, 1.0);
+    let (mut dx, mut dg, mut db) = (vec![0.0; m * n], vec![0.0; d], vec![0.0; d]);
+    norm::layernorm_backward(&dy, &x, &gamma, &mu, &rs, d, &mut dx, &mut dg, &mut db).unwrap();
+    let base = rand_vec(m * n, 9, 1.0);
+    let (mut acc, mut dg2, mut db2) = (base.clone(), vec![0.0; d], vec![0.0; d]);
+    norm::layernorm_backward_acc(&dy, &x, &gamma, &mu, &rs, d, &mut acc, &mut dg2, &mut db2)
+        .unwrap();
+    let want: Vec<f32> = base.iter().zip(&dx).map(|(a, b)| a + b).collect();
+    assert_eq!((acc, dg2, db2), (want, dg, db));
+
+    let mut sums = vec![1.0f32; m];
+    linear::row_sums_acc(&x, n, &mut sums);
+    for (i, s) in sums.iter().enumerate() {
+        let want = 1.0 + x[i * n..(i + 1) * n].iter().map(|v| *v as f64).sum::<f64>();
+        assert!((*s as f64 - want).abs() < 1e-5, "row {i}: {s} vs {want}");
+    }
+
+    let kk = 3;
+    for &l in &LENGTHS {
+        let lay = RowLayout::cbl(2, 4, l);
+        let z = rand_vec(lay.numel(), l as u64, 1.0);
+        let (w, b, ib) = (
+            rand_vec(4 * kk, 3, 1.0),
+            rand_vec(4, 4, 1.0),
+            rand_vec(4, 5, 1.0),
+        );
+        let mut zb = z.clone();
+        let mut y = vec![0.0; lay.numel()];
+        short_conv::forward_biased_input(&mut zb, &ib, &w, &b, kk, lay, &mut y).unwrap();
+        let mut want_z = z.clone();
+        for bb in 0..2 {
+            for (c, &bias_c) in ib.iter().enumerate() {
+                let off = bb * lay.batch_stride + c * lay.chan_stride;
+                for v in &mut want_z[off..off + l] {
+                    *v += bias_c;
+                }
+            }
+        }
+        assert_eq!(zb, want_z, "L={l}");
+        let mut want_y = vec![0.0; lay.numel()];
+        short_conv::forward(&want_z, &w, &b, kk, lay, &mut want_y).unwrap();
+        assert_eq!(y, want_y, "L={l}");
+    }
+}
+
 /// `ops::serial` (used by the data-parallel LM step) changes only who computes a product, not
 /// its bits: gemm splits rows and columns between threads, never the inner sum.
 #[test]

@@ -21,10 +21,10 @@ use crate::error::{check_len, Error, Result};
 use crate::layers::{
     init, HyenaCache, HyenaGradWorkspace, HyenaOperator, HyenaParams, Params, Visitor, VisitorMut,
 };
-use crate::ops::act::{add_assign, gelu_backward_inplace, gelu_forward};
+use crate::ops::act::{bias_gelu_forward, gelu_backward_inplace};
 use crate::ops::fftconv::FftConv;
-use crate::ops::linear::{linear_backward, linear_forward};
-use crate::ops::norm::{layernorm_backward, layernorm_forward};
+use crate::ops::linear::{linear_backward, linear_forward, linear_forward_residual};
+use crate::ops::norm::{layernorm_backward, layernorm_backward_acc, layernorm_forward};
 
 /// Language-model configuration (HF `config.json` names where they exist).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -254,10 +254,9 @@ pub struct LmCache {
     // backward scratch, kept between steps: large fresh allocations are mmapped and cost a
     // page fault per 4 KiB on first touch (about 0.3 s per step at the -small shape).
     mixer_ws: HyenaGradWorkspace,
-    d_h: Vec<f32>,   // [BL, D]
-    d_x: Vec<f32>,   // [BL, D]
-    d_tmp: Vec<f32>, // [BL, D]
-    d_g: Vec<f32>,   // [BL, D_inner]: d(gelu output), then d(fc1 output) in place
+    d_h: Vec<f32>, // [BL, D]
+    d_x: Vec<f32>, // [BL, D]
+    d_g: Vec<f32>, // [BL, D_inner]: d(gelu output), then d(fc1 output) in place
 }
 
 fn grow(v: &mut Vec<f32>, n: usize) {
@@ -408,8 +407,16 @@ impl HyenaLm {
                 &mut bc.rs1,
             )?;
             let op = &self.ops[i];
-            op.forward_with(&bp.mixer, &bc.h1, b, l, &mut bc.xh, &mut bc.mixer)?;
-            add_assign(&mut bc.xh, &bc.x)?;
+            // xh = x + mixer(LN1(x)), the skip folded into out_proj's bias pass.
+            op.forward_residual_with(
+                &bp.mixer,
+                &bc.h1,
+                Some(&bc.x),
+                b,
+                l,
+                &mut bc.xh,
+                &mut bc.mixer,
+            )?;
             layernorm_forward(
                 &bc.xh,
                 &bp.norm2_w,
@@ -420,12 +427,21 @@ impl HyenaLm {
                 &mut bc.mu2,
                 &mut bc.rs2,
             )?;
-            linear_forward(&bc.h2, &bp.fc1_w, Some(&bp.fc1_b), bl, d, di, &mut bc.a)?;
-            gelu_forward(&bc.a, &mut bc.g)?;
+            // fc1 without its bias: the GELU pass adds it (a keeps the biased pre-activation).
+            linear_forward(&bc.h2, &bp.fc1_w, None, bl, d, di, &mut bc.a)?;
+            bias_gelu_forward(&mut bc.a, &bp.fc1_b, &mut bc.g)?;
             // next residual stream: x = xh + fc2(g) (x holds the previous block's input buffer)
             grow(&mut x, bl * d);
-            linear_forward(&bc.g, &bp.fc2_w, Some(&bp.fc2_b), bl, di, d, &mut x)?;
-            add_assign(&mut x, &bc.xh)?;
+            linear_forward_residual(
+                &bc.g,
+                &bp.fc2_w,
+                Some(&bp.fc2_b),
+                Some(&bc.xh),
+                bl,
+                di,
+                d,
+                &mut x,
+            )?;
         }
         cache.xn = x;
         grow(&mut cache.hf, bl * d);
@@ -468,13 +484,7 @@ impl HyenaLm {
         let mut dh = std::mem::take(&mut cache.d_h);
         let mut dx = std::mem::take(&mut cache.d_x);
         let mut dg = std::mem::take(&mut cache.d_g);
-        let mut dtmp = std::mem::take(&mut cache.d_tmp);
-        for (buf, n) in [
-            (&mut dh, bl * d),
-            (&mut dx, bl * d),
-            (&mut dtmp, bl * d),
-            (&mut dg, bl * di),
-        ] {
+        for (buf, n) in [(&mut dh, bl * d), (&mut dx, bl * d), (&mut dg, bl * di)] {
             grow(buf, n);
         }
         {
@@ -527,19 +537,19 @@ impl HyenaLm {
                 &mut gb.fc1_w,
                 Some(&mut gb.fc1_b),
             )?;
-            layernorm_backward(
+            // dxh = dx (residual) + the branch through LN2, added in place.
+            layernorm_backward_acc(
                 &dh,
                 &bc.xh,
                 &bp.norm2_w,
                 &bc.mu2,
                 &bc.rs2,
                 d,
-                &mut dtmp,
+                &mut dx,
                 &mut gb.norm2_w,
                 &mut gb.norm2_b,
             )?;
-            add_assign(&mut dx, &dtmp)?; // dxh = dx (residual) + through LN2
-                                         // xh = x + mixer(LN1(x))
+            // xh = x + mixer(LN1(x))
             self.ops[i].backward_with(
                 &bp.mixer,
                 &dx,
@@ -549,18 +559,17 @@ impl HyenaLm {
                 &mut gb.mixer,
                 &mut cache.mixer_ws,
             )?;
-            layernorm_backward(
+            layernorm_backward_acc(
                 &dh,
                 &bc.x,
                 &bp.norm1_w,
                 &bc.mu1,
                 &bc.rs1,
                 d,
-                &mut dtmp,
+                &mut dx,
                 &mut gb.norm1_w,
                 &mut gb.norm1_b,
             )?;
-            add_assign(&mut dx, &dtmp)?;
         }
         // embedding: scatter-add rows
         for (row, &t) in dx.chunks_exact(d).zip(&cache.tokens) {
@@ -572,7 +581,6 @@ impl HyenaLm {
         cache.d_h = dh;
         cache.d_x = dx;
         cache.d_g = dg;
-        cache.d_tmp = dtmp;
         Ok(())
     }
 }

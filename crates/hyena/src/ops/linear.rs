@@ -170,22 +170,67 @@ pub fn linear_forward(
     n: usize,
     y: &mut [f32],
 ) -> Result<()> {
+    linear_forward_residual(x, w, b, None, m, k, n, y)
+}
+
+/// `y = residual + x Wᵀ + b`: [`linear_forward`] with a residual connection folded into the
+/// pass that writes the bias (the GEMM then accumulates onto it), so the residual add costs no
+/// separate pass over `[M, N]`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_forward_residual(
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    m: usize,
+    k: usize,
+    n: usize,
+    y: &mut [f32],
+) -> Result<()> {
     const OP: &str = "linear forward";
     check_len(OP, "x [M, K]", x.len(), m * k)?;
     check_len(OP, "weight [N, K]", w.len(), n * k)?;
     check_len(OP, "y [M, N]", y.len(), m * n)?;
     if let Some(b) = b {
         check_len(OP, "bias [N]", b.len(), n)?;
-        for row in y.chunks_exact_mut(n) {
-            row.copy_from_slice(b);
-        }
     }
+    if let Some(r) = residual {
+        check_len(OP, "residual [M, N]", r.len(), m * n)?;
+    }
+    let accumulate = prefill_rows(y, n, b, residual);
     matmul(
         MatMut::rm(y, m, n),
         MatRef::rm(x, m, k),
         MatRef::tr(w, k, n),
-        b.is_some(),
+        accumulate,
     )
+}
+
+/// Writes `y [M, N] = residual + bias` row by row (either may be absent) before a GEMM that
+/// accumulates onto it; returns whether anything was written (i.e. whether to accumulate).
+pub(crate) fn prefill_rows(
+    y: &mut [f32],
+    n: usize,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+) -> bool {
+    match (bias, residual) {
+        (None, None) => return false,
+        (Some(b), None) => y.chunks_exact_mut(n).for_each(|row| row.copy_from_slice(b)),
+        (None, Some(r)) => y.copy_from_slice(r),
+        (Some(b), Some(r)) => add_bias_rows(y, r, b),
+    }
+    true
+}
+
+crate::ops::simd_fn! {
+    fn add_bias_rows(y: &mut [f32], r: &[f32], b: &[f32]) {
+        for (yr, rr) in y.chunks_exact_mut(b.len()).zip(r.chunks_exact(b.len())) {
+            for ((yv, &rv), &bv) in yr.iter_mut().zip(rr).zip(b) {
+                *yv = rv + bv;
+            }
+        }
+    }
 }
 
 /// Backward of [`linear_forward`]. Writes `dx = dy · W` if asked, and *accumulates*
@@ -239,6 +284,21 @@ crate::ops::simd_fn! {
             for (o, v) in out.iter_mut().zip(row) {
                 *o += v;
             }
+        }
+    }
+}
+
+/// `out[i] += Σ_j a[i, j]` for row-major `a: [m, n]` (one fixed-order lane-split sum per row,
+/// so it vectorises and does not depend on the thread count).
+pub fn row_sums_acc(a: &[f32], n: usize, out: &mut [f32]) {
+    debug_assert_eq!(a.len(), out.len() * n);
+    row_sums_rows(a, n, out);
+}
+
+crate::ops::simd_fn! {
+    fn row_sums_rows(a: &[f32], n: usize, out: &mut [f32]) {
+        for (row, o) in a.chunks_exact(n).zip(out.iter_mut()) {
+            *o += crate::ops::lanes8(row, row, row, |x, _, _| x);
         }
     }
 }

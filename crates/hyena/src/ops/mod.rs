@@ -25,10 +25,12 @@ macro_rules! simd_fn {
         $(#[$m])*
         $vis fn $name($($arg: $ty),*) {
             #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
             fn inner($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
+                #[allow(clippy::too_many_arguments)]
                 unsafe fn avx512($($arg: $ty),*) {
                     inner($($arg),*)
                 }
@@ -37,6 +39,7 @@ macro_rules! simd_fn {
                     return unsafe { avx512($($arg),*) };
                 }
                 #[target_feature(enable = "avx2")]
+                #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2($($arg: $ty),*) {
                     inner($($arg),*)
                 }

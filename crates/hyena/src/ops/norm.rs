@@ -89,6 +89,40 @@ pub fn layernorm_backward(
     dgamma: &mut [f32],
     dbeta: &mut [f32],
 ) -> Result<()> {
+    ln_backward(dy, x, gamma, mean, rstd, d, dx, false, dgamma, dbeta)
+}
+
+/// [`layernorm_backward`] that *adds* its input gradient into `dx` (`dx += ∂L/∂x`): a
+/// pre-norm block's residual stream gradient picks up the branch through the norm without a
+/// separate add pass.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward_acc(
+    dy: &[f32],
+    x: &[f32],
+    gamma: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    d: usize,
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) -> Result<()> {
+    ln_backward(dy, x, gamma, mean, rstd, d, dx, true, dgamma, dbeta)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn ln_backward(
+    dy: &[f32],
+    x: &[f32],
+    gamma: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    d: usize,
+    dx: &mut [f32],
+    acc: bool,
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) -> Result<()> {
     const OP: &str = "layernorm backward";
     let m = mean.len();
     check_len(OP, "x [M, D]", x.len(), m * d)?;
@@ -109,7 +143,7 @@ pub fn layernorm_backward(
         .zip(mean.par_chunks(ROWS).zip(rstd.par_chunks(ROWS)))
         .zip(partial.par_chunks_mut(2 * d))
         .for_each(|(((dxc, (gc, xc)), (mc, rc)), part)| {
-            ln_backward_rows(dxc, gc, xc, gamma, mc, rc, part)
+            ln_backward_rows(dxc, gc, xc, gamma, mc, rc, part, acc)
         });
     for part in partial.chunks_exact(2 * d) {
         for (g, p) in dgamma.iter_mut().zip(&part[..d]) {
@@ -123,6 +157,7 @@ pub fn layernorm_backward(
 }
 
 simd_fn! {
+    #[allow(clippy::too_many_arguments)]
     fn ln_backward_rows(
         dxc: &mut [f32],
         gc: &[f32],
@@ -131,6 +166,7 @@ simd_fn! {
         mc: &[f32],
         rc: &[f32],
         part: &mut [f32],
+        acc: bool,
     ) {
         let d = gamma.len();
         let (pg, pb) = part.split_at_mut(d);
@@ -154,7 +190,8 @@ simd_fn! {
                 let xhat = (x - mu) * r;
                 *pgv += g * xhat;
                 *pbv += g;
-                *dxv = r * (g * ga - mg - xhat * mgx);
+                let v = r * (g * ga - mg - xhat * mgx);
+                *dxv = if acc { *dxv + v } else { v };
             }
         }
     }

@@ -44,6 +44,47 @@ pub fn forward(
     Ok(())
 }
 
+/// [`forward`] on `x + in_bias` (a per-channel bias of the layer that produced `x`, added
+/// here in place so that `x` ends up holding the biased input that the backward needs): the
+/// Hyena operator's in_proj bias costs no separate pass over its `[C, B·L]` output.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_biased_input(
+    x: &mut [f32],
+    in_bias: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    k: usize,
+    lay: RowLayout,
+    y: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "short_conv forward";
+    check(OP, &lay, x.len(), w.len(), bias.len(), k)?;
+    check_len(OP, "input bias [C]", in_bias.len(), lay.chans)?;
+    check_len(OP, "y (rows)", y.len(), lay.numel())?;
+    let l = lay.len;
+    let xp = SyncPtr::new(x);
+    let yp = SyncPtr::new(y);
+    (0..lay.chans).into_par_iter().for_each(|c| {
+        let wc = &w[c * k..(c + 1) * k];
+        for b in 0..lay.batch {
+            let off = b * lay.batch_stride + c * lay.chan_stride;
+            // SAFETY: row (b, c) of x and of y belongs to this task alone.
+            let (xr, yr) = unsafe { (xp.slice(off, l), yp.slice(off, l)) };
+            add_scalar(xr, in_bias[c]);
+            row_forward(yr, xr, wc, bias[c]);
+        }
+    });
+    Ok(())
+}
+
+simd_fn! {
+    fn add_scalar(xr: &mut [f32], v: f32) {
+        for x in xr.iter_mut() {
+            *x += v;
+        }
+    }
+}
+
 simd_fn! {
     /// One row: `y = bias + Σ_j w[j] · x shifted right by K-1-j`.
     fn row_forward(yr: &mut [f32], xr: &[f32], wc: &[f32], bias: f32) {
