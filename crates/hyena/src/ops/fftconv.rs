@@ -27,7 +27,7 @@ use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
 use rustfft::{Fft, FftPlanner};
 
 use crate::error::{check_len, Error, Result};
-use crate::ops::SyncPtr;
+use crate::ops::{lanes8, lanes8_4, simd_fn, SyncPtr};
 
 /// Where row `(b, c)` of a set of `[.., .., L]` sequences starts: `b * batch_stride + c * chan_stride`.
 ///
@@ -189,35 +189,7 @@ impl Plan {
         fft: &mut [Complex<f32>],
     ) {
         let l = a.len();
-        let z = &mut tmp[..l];
-        match (ga, b) {
-            (None, None) => z
-                .iter_mut()
-                .zip(a)
-                .for_each(|(z, &x)| *z = Complex::new(x, 0.0)),
-            (Some(ga), None) => {
-                for ((z, &x), &g) in z.iter_mut().zip(a).zip(ga) {
-                    *z = Complex::new(x * g, 0.0);
-                }
-            }
-            (None, Some((b, None))) => {
-                for ((z, &x), &y) in z.iter_mut().zip(a).zip(b) {
-                    *z = Complex::new(x, y);
-                }
-            }
-            (Some(ga), Some((b, Some(gb)))) => {
-                for (((z, &x), &y), (&g, &h)) in z.iter_mut().zip(a).zip(b).zip(ga.iter().zip(gb)) {
-                    *z = Complex::new(x * g, y * h);
-                }
-            }
-            (ga, Some((b, gb))) => {
-                for (t, z) in z.iter_mut().enumerate() {
-                    let x = ga.map_or(a[t], |g| a[t] * g[t]);
-                    let y = gb.map_or(b[t], |g| b[t] * g[t]);
-                    *z = Complex::new(x, y);
-                }
-            }
-        }
+        pack_rows(&mut tmp[..l], a, ga, b);
         tmp[l..].fill(Complex::default());
         self.cfwd.process_outofplace_with_scratch(tmp, out, fft);
     }
@@ -251,10 +223,7 @@ impl Plan {
         fft: &mut [Complex<f32>],
     ) {
         self.cinv.process_outofplace_with_scratch(z, tmp, fft);
-        for ((zt, x), y) in tmp.iter().zip(a.iter_mut()).zip(b.iter_mut()) {
-            *x = zt.re;
-            *y = zt.im;
-        }
+        unpack_rows(tmp, a, b);
     }
 }
 
@@ -489,9 +458,7 @@ impl FftConv {
                     None => &mut z2[..],
                 };
                 plan.pack_forward(wz, zt, row(o0), gate(o0), Some((row(o1), gate(o1))), fft);
-                for ((v, w), kz) in z.iter_mut().zip(wz.iter()).zip(kfull.iter()) {
-                    *v = *w * *kz;
-                }
+                cmul_into(z, wz, kfull);
                 plan.inverse_unpack(z, zt, &mut real[..l], &mut real2[..l], fft);
                 for (b, r) in [(b0, &mut real[..l]), (b1, &mut real2[..l])] {
                     let off = lay.row(b, c);
@@ -665,13 +632,8 @@ impl FftConv {
                 let post = |o: usize| a.post.map(|q| &q[o..o + l]);
                 plan.pack_forward(z, zt, g(o0), post(o0), Some((g(o1), post(o1))), fft);
                 // Re IFFT(Zg ⊙ conj(Zw)) = Σ over the pair of corr(g_b, w_b): dK accumulates it.
-                for ((ac, gz), wz) in acc.iter_mut().zip(z.iter()).zip(zw.iter()) {
-                    *ac += *gz * wz.conj();
-                }
                 // dw = corr(g, k) + D g: spectrum G ⊙ conj(K).
-                for (gz, kz) in z.iter_mut().zip(kfull.iter()) {
-                    *gz *= kz.conj();
-                }
+                corr_spectra(acc, z, zw, kfull);
                 plan.inverse_unpack(z, zt, &mut real[..l], &mut real2[..l], fft);
                 emit(b0, &real[..l]);
                 emit(b1, &real2[..l]);
@@ -745,23 +707,47 @@ fn forward_epilogue(
     cr: Option<&mut [f32]>,
 ) {
     let l = r.len();
-    let ur = &a.u[off..off + l];
-    match a.pre {
-        Some(p) => {
-            for ((v, &u), &g) in r.iter_mut().zip(ur).zip(&p[off..off + l]) {
-                *v += dc * u * g;
+    let (pre, post) = (
+        a.pre.map(|q| &q[off..off + l]),
+        a.post.map(|q| &q[off..off + l]),
+    );
+    forward_epilogue_row(r, &a.u[off..off + l], pre, post, dc, yr, cr);
+}
+
+simd_fn! {
+    fn forward_epilogue_row(
+        r: &mut [f32],
+        ur: &[f32],
+        pre: Option<&[f32]>,
+        post: Option<&[f32]>,
+        dc: f32,
+        yr: &mut [f32],
+        cr: Option<&mut [f32]>,
+    ) {
+        match pre {
+            Some(p) => {
+                for ((v, &u), &g) in r.iter_mut().zip(ur).zip(p) {
+                    *v += dc * u * g;
+                }
+            }
+            None => {
+                for (v, &u) in r.iter_mut().zip(ur) {
+                    *v += dc * u;
+                }
             }
         }
-        None => {
-            for (v, &u) in r.iter_mut().zip(ur) {
-                *v += dc * u;
+        if let Some(cr) = cr {
+            cr.copy_from_slice(r);
+        }
+        match post {
+            Some(q) => {
+                for ((o, x), y) in yr.iter_mut().zip(r.iter()).zip(q) {
+                    *o = x * y;
+                }
             }
+            None => yr.copy_from_slice(r),
         }
     }
-    if let Some(cr) = cr {
-        cr.copy_from_slice(r);
-    }
-    gather_product(yr, r, a.post.map(|q| &q[off..off + l]));
 }
 
 /// Backward epilogue of one row. `corr[t] = Σ_s g[t+s] k[s]`; with `g = dy ⊙ post`:
@@ -781,32 +767,135 @@ fn backward_epilogue(
     dpost: Option<&mut [f32]>,
 ) -> f32 {
     let l = corr.len();
-    let ur = &a.u[off..off + l];
-    let dyr = &dy[off..off + l];
-    let postr = a.post.map(|q| &q[off..off + l]);
+    let (ur, dyr) = (&a.u[off..off + l], &dy[off..off + l]);
+    let (pre, post) = (
+        a.pre.map(|q| &q[off..off + l]),
+        a.post.map(|q| &q[off..off + l]),
+    );
     let mut part = 0.0f32;
-    match (a.pre.map(|q| &q[off..off + l]), dpre) {
-        (Some(p), Some(dpre)) => {
-            for t in 0..l {
-                let gt = postr.map_or(dyr[t], |q| dyr[t] * q[t]);
-                part += gt * p[t] * ur[t];
-                let dw = corr[t] + dc * gt;
-                du[t] = dw * p[t];
-                dpre[t] = dw * ur[t];
-            }
-        }
-        _ => {
-            for t in 0..l {
-                let gt = postr.map_or(dyr[t], |q| dyr[t] * q[t]);
-                part += gt * ur[t];
-                du[t] = corr[t] + dc * gt;
-            }
-        }
-    }
+    backward_epilogue_row(corr, ur, dyr, pre, post, dc, du, dpre, &mut part);
     if let (Some(dpost), Some(co)) = (dpost, conv_out) {
         gather_product(dpost, dyr, Some(&co[off..off + l]));
     }
     part
+}
+
+simd_fn! {
+    #[allow(clippy::too_many_arguments)]
+    fn backward_epilogue_row(
+        corr: &[f32],
+        ur: &[f32],
+        dyr: &[f32],
+        pre: Option<&[f32]>,
+        post: Option<&[f32]>,
+        dc: f32,
+        du: &mut [f32],
+        dpre: Option<&mut [f32]>,
+        part: &mut f32,
+    ) {
+        // Zipped loops (no indices, no running sum inside) so that they vectorise; the dD
+        // contribution Σ g·w is a separate fixed-order lane-split sum.
+        // Without a post-gate, `post` aliases `dyr` and `g` ignores it.
+        let with_post = post.is_some();
+        let post = post.unwrap_or(dyr);
+        let g = |d: f32, q: f32| if with_post { d * q } else { d };
+        match (pre, dpre) {
+            (Some(p), Some(dpre)) => {
+                *part = lanes8_4(dyr, post, p, ur, |d, q, pp, u| g(d, q) * pp * u);
+                for (((((dut, dpt), &c), &d), &q), (&pp, &u)) in du
+                    .iter_mut()
+                    .zip(dpre.iter_mut())
+                    .zip(corr)
+                    .zip(dyr)
+                    .zip(post)
+                    .zip(p.iter().zip(ur))
+                {
+                    let dw = c + dc * g(d, q);
+                    *dut = dw * pp;
+                    *dpt = dw * u;
+                }
+            }
+            _ => {
+                *part = lanes8(dyr, post, ur, |d, q, u| g(d, q) * u);
+                for (((dut, &c), &d), &q) in du.iter_mut().zip(corr).zip(dyr).zip(post) {
+                    *dut = c + dc * g(d, q);
+                }
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// `z = a ⊙ ga + i·(b ⊙ gb)` (absent gates: 1; absent `b`: zero).
+    fn pack_rows(
+        z: &mut [Complex<f32>],
+        a: &[f32],
+        ga: Option<&[f32]>,
+        b: Option<(&[f32], Option<&[f32]>)>,
+    ) {
+        match (ga, b) {
+            (None, None) => z
+                .iter_mut()
+                .zip(a)
+                .for_each(|(z, &x)| *z = Complex::new(x, 0.0)),
+            (Some(ga), None) => {
+                for ((z, &x), &g) in z.iter_mut().zip(a).zip(ga) {
+                    *z = Complex::new(x * g, 0.0);
+                }
+            }
+            (None, Some((b, None))) => {
+                for ((z, &x), &y) in z.iter_mut().zip(a).zip(b) {
+                    *z = Complex::new(x, y);
+                }
+            }
+            (Some(ga), Some((b, Some(gb)))) => {
+                for (((z, &x), &y), (&g, &h)) in z.iter_mut().zip(a).zip(b).zip(ga.iter().zip(gb)) {
+                    *z = Complex::new(x * g, y * h);
+                }
+            }
+            (ga, Some((b, gb))) => {
+                for (t, z) in z.iter_mut().enumerate() {
+                    let x = ga.map_or(a[t], |g| a[t] * g[t]);
+                    let y = gb.map_or(b[t], |g| b[t] * g[t]);
+                    *z = Complex::new(x, y);
+                }
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// `a = Re z`, `b = Im z` over the common length.
+    fn unpack_rows(z: &[Complex<f32>], a: &mut [f32], b: &mut [f32]) {
+        for ((zt, x), y) in z.iter().zip(a.iter_mut()).zip(b.iter_mut()) {
+            *x = zt.re;
+            *y = zt.im;
+        }
+    }
+}
+
+simd_fn! {
+    /// `z = w ⊙ k` (complex).
+    fn cmul_into(z: &mut [Complex<f32>], w: &[Complex<f32>], k: &[Complex<f32>]) {
+        for ((v, w), kz) in z.iter_mut().zip(w).zip(k) {
+            *v = *w * *kz;
+        }
+    }
+}
+
+simd_fn! {
+    /// `acc += z ⊙ conj(w)`, then `z ⊙= conj(k)` (the two backward spectra of a row pair).
+    fn corr_spectra(
+        acc: &mut [Complex<f32>],
+        z: &mut [Complex<f32>],
+        w: &[Complex<f32>],
+        k: &[Complex<f32>],
+    ) {
+        for (((ac, gz), wz), kz) in acc.iter_mut().zip(z.iter_mut()).zip(w).zip(k) {
+            *ac += *gz * wz.conj();
+            *gz *= kz.conj();
+        }
+    }
 }
 
 /// View interleaved `[re, im, re, im, …]` floats as complex numbers.

@@ -83,6 +83,47 @@ pub(crate) fn lanes8(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) 
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
+/// [`lanes8`] over four slices.
+#[inline(always)]
+pub(crate) fn lanes8_4(
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    d: &[f32],
+    f: impl Fn(f32, f32, f32, f32) -> f32,
+) -> f32 {
+    let n = a.len().min(b.len()).min(c.len()).min(d.len());
+    let (a, b, c, d) = (&a[..n], &b[..n], &c[..n], &d[..n]);
+    let mut acc = [0.0f32; 8];
+    let (ca, cb, cc, cd) = (
+        a.chunks_exact(8),
+        b.chunks_exact(8),
+        c.chunks_exact(8),
+        d.chunks_exact(8),
+    );
+    let (ta, tb, tc, td) = (
+        ca.remainder(),
+        cb.remainder(),
+        cc.remainder(),
+        cd.remainder(),
+    );
+    for (((xa, xb), xc), xd) in ca.zip(cb).zip(cc).zip(cd) {
+        let (xa, xb, xc, xd): (&[f32; 8], &[f32; 8], &[f32; 8], &[f32; 8]) =
+            match (xa.try_into(), xb.try_into(), xc.try_into(), xd.try_into()) {
+                (Ok(xa), Ok(xb), Ok(xc), Ok(xd)) => (xa, xb, xc, xd),
+                _ => unreachable!("chunks_exact(8) yields 8 elements"),
+            };
+        for k in 0..8 {
+            acc[k] += f(xa[k], xb[k], xc[k], xd[k]);
+        }
+    }
+    let mut tail = 0.0f32;
+    for (((&xa, &xb), &xc), &xd) in ta.iter().zip(tb).zip(tc).zip(td) {
+        tail += f(xa, xb, xc, xd);
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
 thread_local! {
     static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
