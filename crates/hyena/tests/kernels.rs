@@ -600,6 +600,23 @@ fn fused_passes_equal_their_unfused_form() {
     act::gelu_forward(&want_xb, &mut want_g).unwrap();
     assert_eq!(g, want_g);
 
+    // GELU backward with the bias gradient summed in the same pass (300 rows: 3 blocks of
+    // 128, the last one partial).
+    let rows = 300;
+    let (a, d0) = (rand_vec(rows * n, 21, 4.0), rand_vec(rows * n, 22, 1.0));
+    let (mut dfused, mut dbias) = (d0.clone(), vec![0.5f32; n]);
+    act::gelu_backward_bias(&mut dfused, &a, &mut dbias).unwrap();
+    let mut dplain = d0.clone();
+    act::gelu_backward_inplace(&mut dplain, &a).unwrap();
+    assert_eq!(dfused, dplain);
+    for (j, got) in dbias.iter().enumerate() {
+        let want = 0.5 + (0..rows).map(|i| dplain[i * n + j] as f64).sum::<f64>();
+        assert!(
+            (*got as f64 - want).abs() < 1e-4,
+            "dbias[{j}]: {got} vs {want}"
+        );
+    }
+
     let (xin, w, res) = (
         rand_vec(m * k, 3, 1.0),
         rand_vec(n * k, 4, 1.0),

@@ -21,7 +21,7 @@ use crate::error::{check_len, Error, Result};
 use crate::layers::{
     init, HyenaCache, HyenaGradWorkspace, HyenaOperator, HyenaParams, Params, Visitor, VisitorMut,
 };
-use crate::ops::act::{bias_gelu_forward, gelu_backward_inplace};
+use crate::ops::act::{bias_gelu_forward, gelu_backward_bias};
 use crate::ops::fftconv::FftConv;
 use crate::ops::linear::{linear_backward, linear_forward, linear_forward_residual};
 use crate::ops::norm::{layernorm_backward, layernorm_backward_acc, layernorm_forward};
@@ -527,7 +527,8 @@ impl HyenaLm {
                 &mut gb.fc2_w,
                 Some(&mut gb.fc2_b),
             )?;
-            gelu_backward_inplace(&mut dg, &bc.a)?; // dg now holds d(fc1 output)
+            // dg now holds d(fc1 output); fc1's bias gradient is summed in the same pass.
+            gelu_backward_bias(&mut dg, &bc.a, &mut gb.fc1_b)?;
             linear_backward(
                 &dg,
                 &bc.h2,
@@ -535,7 +536,7 @@ impl HyenaLm {
                 (bl, d, di),
                 Some(&mut dh),
                 &mut gb.fc1_w,
-                Some(&mut gb.fc1_b),
+                None,
             )?;
             // dxh = dx (residual) + the branch through LN2, added in place.
             layernorm_backward_acc(

@@ -19,9 +19,14 @@ const GELU_C: f32 = 0.044_715;
 /// `2^n` built from the exponent bits. Inputs below -87 flush to ~0.
 #[inline(always)]
 pub(crate) fn exp_nonpos(x: f32) -> f32 {
+    exp_reduced(x.max(-87.0))
+}
+
+/// The body of [`exp_nonpos`] and [`exp_fast`], for `x` in `[-87, 88]`.
+#[inline(always)]
+fn exp_reduced(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
-    let x = x.max(-87.0);
     // Round to nearest with the 1.5·2^23 trick: plain float adds, so it vectorises without
     // SSE4.1 (f32::round is a libm call on baseline x86-64).
     const MAGIC: f32 = 12_582_912.0;
@@ -38,6 +43,69 @@ pub(crate) fn exp_nonpos(x: f32) -> f32 {
                     + r * (1.0 / 24.0
                         + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     f32::from_bits(((ni + 127) << 23) as u32) * p
+}
+
+/// `exp(x)` for any `x`, clamped to `[-87, 88]` (so the result stays finite and normal): the
+/// same scheme as [`exp_nonpos`], for GELU's logistic form.
+#[inline(always)]
+pub(crate) fn exp_fast(x: f32) -> f32 {
+    exp_reduced(x.clamp(-87.0, 88.0))
+}
+
+/// GELU (tanh form) through the logistic function: `0.5·(1 + tanh(u)) = σ(2u)`, so
+/// `gelu(v) = v·σ(2u)` and `gelu'(v) = σ + 2·v·σ·(1-σ)·u'` with `u = √(2/π)(v + c v³)`. One exp
+/// and one division, no sign handling. Returns `(σ(2u), u')`.
+#[inline(always)]
+fn gelu_sigma(v: f32) -> (f32, f32) {
+    let u = SQRT_2_OVER_PI * (v + GELU_C * v * v * v);
+    let s = 1.0 / (1.0 + exp_fast(-2.0 * u));
+    (s, SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * v * v))
+}
+
+/// `gelu'(v)`, see [`gelu_sigma`].
+#[inline(always)]
+fn gelu_grad(v: f32) -> f32 {
+    let (s, du) = gelu_sigma(v);
+    s + 2.0 * v * s * (1.0 - s) * du
+}
+
+/// `d ⊙= gelu'(x)` in place and `dbias[j] += Σ_i d[i, j]` over rows `[M, N]` (N = `dbias`
+/// length): the GELU backward with the bias gradient of the linear layer before it taken in the
+/// same pass. Rows are summed per block of 128 and the blocks in order, so the result does not
+/// depend on the thread count.
+pub fn gelu_backward_bias(d: &mut [f32], x: &[f32], dbias: &mut [f32]) -> Result<()> {
+    const OP: &str = "gelu backward";
+    const ROWS: usize = 128;
+    let n = dbias.len();
+    check_len(OP, "x", x.len(), d.len())?;
+    check_len(OP, "d [M, N] (N = bias length)", d.len() % n.max(1), 0)?;
+    if n == 0 || d.is_empty() {
+        return Ok(());
+    }
+    let chunk = ROWS * n;
+    let mut partial = vec![0.0f32; d.len().div_ceil(chunk) * n];
+    d.par_chunks_mut(chunk)
+        .zip(x.par_chunks(chunk))
+        .zip(partial.par_chunks_mut(n))
+        .for_each(|((dc, xc), part)| gelu_backward_bias_chunk(dc, xc, part));
+    for part in partial.chunks_exact(n) {
+        for (b, p) in dbias.iter_mut().zip(part) {
+            *b += p;
+        }
+    }
+    Ok(())
+}
+
+simd_fn! {
+    fn gelu_backward_bias_chunk(dc: &mut [f32], xc: &[f32], part: &mut [f32]) {
+        let n = part.len();
+        for (dr, xr) in dc.chunks_exact_mut(n).zip(xc.chunks_exact(n)) {
+            for ((d, &v), p) in dr.iter_mut().zip(xr).zip(part.iter_mut()) {
+                *d *= gelu_grad(v);
+                *p += *d;
+            }
+        }
+    }
 }
 
 /// `tanh(x) = sign(x)·(1 - e)/(1 + e)` with `e = exp(-2|x|)`: absolute error below 2e-7
@@ -80,9 +148,7 @@ simd_fn! {
         for (yr, xr) in yc.chunks_exact_mut(bias.len()).zip(xc.chunks_exact_mut(bias.len())) {
             for ((yv, v), &bv) in yr.iter_mut().zip(xr.iter_mut()).zip(bias) {
                 *v += bv;
-                let v = *v;
-                let u = SQRT_2_OVER_PI * (v + GELU_C * v * v * v);
-                *yv = 0.5 * v * (1.0 + tanh_fast(u));
+                *yv = *v * gelu_sigma(*v).0;
             }
         }
     }
@@ -91,8 +157,7 @@ simd_fn! {
 simd_fn! {
     fn gelu_chunk(yc: &mut [f32], xc: &[f32]) {
         for (yv, &v) in yc.iter_mut().zip(xc) {
-            let u = SQRT_2_OVER_PI * (v + GELU_C * v * v * v);
-            *yv = 0.5 * v * (1.0 + tanh_fast(u));
+            *yv = v * gelu_sigma(v).0;
         }
     }
 }
@@ -100,10 +165,7 @@ simd_fn! {
 simd_fn! {
     fn gelu_backward_chunk(dc: &mut [f32], xc: &[f32], gc: &[f32]) {
         for ((d, &v), &g) in dc.iter_mut().zip(xc).zip(gc) {
-            let u = SQRT_2_OVER_PI * (v + GELU_C * v * v * v);
-            let th = tanh_fast(u);
-            let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * v * v);
-            *d = g * (0.5 * (1.0 + th) + 0.5 * v * (1.0 - th * th) * du);
+            *d = g * gelu_grad(v);
         }
     }
 }
@@ -121,10 +183,7 @@ pub fn gelu_backward(dy: &[f32], x: &[f32], dx: &mut [f32]) -> Result<()> {
 simd_fn! {
     fn gelu_backward_inplace_chunk(dc: &mut [f32], xc: &[f32]) {
         for (d, &v) in dc.iter_mut().zip(xc) {
-            let u = SQRT_2_OVER_PI * (v + GELU_C * v * v * v);
-            let th = tanh_fast(u);
-            let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * v * v);
-            *d *= 0.5 * (1.0 + th) + 0.5 * v * (1.0 - th * th) * du;
+            *d *= gelu_grad(v);
         }
     }
 }
