@@ -272,7 +272,15 @@ pub struct GatedConv<'a> {
     pub d: &'a [f32],
 }
 
-impl GatedConv<'_> {
+impl<'a> GatedConv<'a> {
+    /// Row `off` (a [`RowLayout::row`] offset) of `u`, `pre` and `post`.
+    #[allow(clippy::type_complexity)]
+    fn row(&self, off: usize) -> (&'a [f32], Option<&'a [f32]>, Option<&'a [f32]>) {
+        let l = self.layout.len;
+        let at = |q: &'a [f32]| &q[off..off + l];
+        (at(self.u), self.pre.map(at), self.post.map(at))
+    }
+
     fn validate(&self, op: &'static str) -> Result<()> {
         let l = &self.layout;
         l.check(op, "u", self.u.len())?;
@@ -449,15 +457,14 @@ impl FftConv {
             for p in 0..pairs {
                 let (b0, b1) = (2 * p, 2 * p + 1);
                 let (o0, o1) = (lay.row(b0, c), lay.row(b1, c));
-                let row = |o: usize| &a.u[o..o + l];
-                let gate = |o: usize| a.pre.map(|q| &q[o..o + l]);
+                let ((u0, pre0, _), (u1, pre1, _)) = (a.row(o0), a.row(o1));
                 // With `saved`, the spectrum is written straight into its slot (a pair's slot
                 // holds n complex numbers = the two rows' (L+1)-slots) and multiplied from there.
                 let wz: &mut [Complex<f32>] = match &sp {
                     Some(sp) => w_slot(sp.0, b0, n),
                     None => &mut z2[..],
                 };
-                plan.pack_forward(wz, zt, row(o0), gate(o0), Some((row(o1), gate(o1))), fft);
+                plan.pack_forward(wz, zt, u0, pre0, Some((u1, pre1)), fft);
                 cmul_into(z, wz, kfull);
                 plan.inverse_unpack(z, zt, &mut real[..l], &mut real2[..l], fft);
                 for (b, r) in [(b0, &mut real[..l]), (b1, &mut real2[..l])] {
@@ -473,11 +480,8 @@ impl FftConv {
             if bsz % 2 == 1 {
                 let b = bsz - 1;
                 let off = lay.row(b, c);
-                gather_product(
-                    &mut real[..l],
-                    &a.u[off..off + l],
-                    a.pre.map(|q| &q[off..off + l]),
-                );
+                let (u, pre, _) = a.row(off);
+                gather_product(&mut real[..l], u, pre);
                 real[l..].fill(0.0);
                 plan.forward_into(real, spec, fft);
                 if let Some(sp) = &sp {
@@ -602,10 +606,11 @@ impl FftConv {
                 })
             };
             let g_row = |out: &mut [f32], off: usize| {
-                gather_product(out, &dy[off..off + l], a.post.map(|q| &q[off..off + l]));
+                gather_product(out, &dy[off..off + l], a.row(off).2);
             };
             let w_row = |out: &mut [f32], off: usize| {
-                gather_product(out, &a.u[off..off + l], a.pre.map(|q| &q[off..off + l]));
+                let (u, pre, _) = a.row(off);
+                gather_product(out, u, pre);
             };
             // SAFETY (all row writes below): rows (b, c) are disjoint across tasks.
             let mut emit = |b: usize, corr: &[f32]| {
@@ -622,15 +627,14 @@ impl FftConv {
                 let zw: &[Complex<f32>] = match w_slot(b0, n) {
                     Some(zw) => zw,
                     None => {
-                        let u = |o: usize| &a.u[o..o + l];
-                        let pre = |o: usize| a.pre.map(|q| &q[o..o + l]);
-                        plan.pack_forward(z2, zt, u(o0), pre(o0), Some((u(o1), pre(o1))), fft);
+                        let ((u0, pre0, _), (u1, pre1, _)) = (a.row(o0), a.row(o1));
+                        plan.pack_forward(z2, zt, u0, pre0, Some((u1, pre1)), fft);
                         z2
                     }
                 };
                 let g = |o: usize| &dy[o..o + l];
-                let post = |o: usize| a.post.map(|q| &q[o..o + l]);
-                plan.pack_forward(z, zt, g(o0), post(o0), Some((g(o1), post(o1))), fft);
+                let (post0, post1) = (a.row(o0).2, a.row(o1).2);
+                plan.pack_forward(z, zt, g(o0), post0, Some((g(o1), post1)), fft);
                 // Re IFFT(Zg ⊙ conj(Zw)) = Σ over the pair of corr(g_b, w_b): dK accumulates it.
                 // dw = corr(g, k) + D g: spectrum G ⊙ conj(K).
                 corr_spectra(acc, z, zw, kfull);
@@ -706,12 +710,8 @@ fn forward_epilogue(
     yr: &mut [f32],
     cr: Option<&mut [f32]>,
 ) {
-    let l = r.len();
-    let (pre, post) = (
-        a.pre.map(|q| &q[off..off + l]),
-        a.post.map(|q| &q[off..off + l]),
-    );
-    forward_epilogue_row(r, &a.u[off..off + l], pre, post, dc, yr, cr);
+    let (u, pre, post) = a.row(off);
+    forward_epilogue_row(r, u, pre, post, dc, yr, cr);
 }
 
 simd_fn! {
@@ -767,11 +767,8 @@ fn backward_epilogue(
     dpost: Option<&mut [f32]>,
 ) -> f32 {
     let l = corr.len();
-    let (ur, dyr) = (&a.u[off..off + l], &dy[off..off + l]);
-    let (pre, post) = (
-        a.pre.map(|q| &q[off..off + l]),
-        a.post.map(|q| &q[off..off + l]),
-    );
+    let (ur, pre, post) = a.row(off);
+    let dyr = &dy[off..off + l];
     let mut part = 0.0f32;
     backward_epilogue_row(corr, ur, dyr, pre, post, dc, du, dpre, &mut part);
     if let (Some(dpost), Some(co)) = (dpost, conv_out) {

@@ -61,29 +61,10 @@ pub(crate) use simd_fn;
 /// index-closure version compiled to scalar code).
 #[inline(always)]
 pub(crate) fn lanes8(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
-    let n = a.len().min(b.len()).min(c.len());
-    let (a, b, c) = (&a[..n], &b[..n], &c[..n]);
-    let mut acc = [0.0f32; 8];
-    let (ca, cb, cc) = (a.chunks_exact(8), b.chunks_exact(8), c.chunks_exact(8));
-    let (ta, tb, tc) = (ca.remainder(), cb.remainder(), cc.remainder());
-    for ((xa, xb), xc) in ca.zip(cb).zip(cc) {
-        let (xa, xb, xc): (&[f32; 8], &[f32; 8], &[f32; 8]) =
-            match (xa.try_into(), xb.try_into(), xc.try_into()) {
-                (Ok(xa), Ok(xb), Ok(xc)) => (xa, xb, xc),
-                _ => unreachable!("chunks_exact(8) yields 8 elements"),
-            };
-        for k in 0..8 {
-            acc[k] += f(xa[k], xb[k], xc[k]);
-        }
-    }
-    let mut tail = 0.0f32;
-    for ((&xa, &xb), &xc) in ta.iter().zip(tb).zip(tc) {
-        tail += f(xa, xb, xc);
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    lanes8_4(a, b, c, c, |x, y, z, _| f(x, y, z))
 }
 
-/// [`lanes8`] over four slices.
+/// [`lanes8`] over four slices (the one implementation of both).
 #[inline(always)]
 pub(crate) fn lanes8_4(
     a: &[f32],

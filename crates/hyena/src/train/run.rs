@@ -313,33 +313,12 @@ pub fn evaluate_run(
     opts: &EvalOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<EvalReport> {
-    let lm = crate::train::trainer::load_model(dir)?;
+    use crate::train::trainer::{config_section, load_model_with, read_json};
     let cfg_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|source| Error::Io {
-        file: cfg_path.clone(),
-        source,
-    })?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Format {
-        file: cfg_path.clone(),
-        msg: format!("invalid JSON: {e}"),
-    })?;
-    let parse = |key: &str| -> Result<Option<serde_json::Value>> {
-        Ok(v.get(key).filter(|x| !x.is_null()).cloned())
-    };
-    let run_data: Option<DataConfig> = parse("data")?
-        .map(serde_json::from_value)
-        .transpose()
-        .map_err(|e| Error::Format {
-            file: cfg_path.clone(),
-            msg: format!("data config: {e}"),
-        })?;
-    let run_train: Option<TrainConfig> = parse("train")?
-        .map(serde_json::from_value)
-        .transpose()
-        .map_err(|e| Error::Format {
-            file: cfg_path.clone(),
-            msg: format!("train config: {e}"),
-        })?;
+    let cfg_v = read_json(&cfg_path)?;
+    let lm = load_model_with(dir, &cfg_v)?;
+    let run_data: Option<DataConfig> = config_section(&cfg_v, "data", &cfg_path)?;
+    let run_train: Option<TrainConfig> = config_section(&cfg_v, "train", &cfg_path)?;
     let seq_len = opts
         .seq_len
         .or(run_train.as_ref().map(|t| t.seq_len))

@@ -339,7 +339,7 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     write_bytes_atomic(path, s.as_bytes())
 }
 
-fn read_json(path: &Path) -> Result<serde_json::Value> {
+pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
     let s = std::fs::read_to_string(path).map_err(|source| Error::Io {
         file: path.to_path_buf(),
         source,
@@ -379,18 +379,37 @@ pub fn save_model(lm: &HyenaLm, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Section `key` of a run's parsed `config.json` (read from `file`), if present and not null.
+pub(crate) fn config_section<T: serde::de::DeserializeOwned>(
+    cfg_v: &serde_json::Value,
+    key: &str,
+    file: &Path,
+) -> Result<Option<T>> {
+    cfg_v
+        .get(key)
+        .filter(|x| !x.is_null())
+        .map(T::deserialize)
+        .transpose()
+        .map_err(|e| Error::Format {
+            file: file.to_path_buf(),
+            msg: format!("{key} config: {e}"),
+        })
+}
+
 /// Load a model saved by [`save_model`] / [`Trainer::save`] from `dir`.
 pub fn load_model(dir: &Path) -> Result<HyenaLm> {
     let cfg_path = dir.join("config.json");
-    let cfg_v = read_json(&cfg_path)?;
-    let model_v = cfg_v.get("model").cloned().ok_or_else(|| Error::Format {
-        file: cfg_path.clone(),
-        msg: "no `model` section; is this a hyena run directory?".into(),
-    })?;
-    let cfg: LmConfig = serde_json::from_value(model_v).map_err(|e| Error::Format {
-        file: cfg_path.clone(),
-        msg: format!("model config: {e}"),
-    })?;
+    load_model_with(dir, &read_json(&cfg_path)?)
+}
+
+/// [`load_model`] with the run's `config.json` already parsed into `cfg_v`.
+pub(crate) fn load_model_with(dir: &Path, cfg_v: &serde_json::Value) -> Result<HyenaLm> {
+    let cfg_path = dir.join("config.json");
+    let cfg: LmConfig =
+        config_section(cfg_v, "model", &cfg_path)?.ok_or_else(|| Error::Format {
+            file: cfg_path.clone(),
+            msg: "no `model` section; is this a hyena run directory?".into(),
+        })?;
     let mut lm = HyenaLm::new(&cfg, 0)?;
     let f = TensorFile::read(dir.join("model.safetensors"))?;
     f.load_params("", &mut lm.params)?;
