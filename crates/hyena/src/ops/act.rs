@@ -108,14 +108,6 @@ simd_fn! {
     }
 }
 
-/// `tanh(x) = sign(x)·(1 - e)/(1 + e)` with `e = exp(-2|x|)`: absolute error below 2e-7
-/// (checked against f64 in the tests), which is what GELU needs.
-#[inline(always)]
-pub fn tanh_fast(x: f32) -> f32 {
-    let e = exp_nonpos(-2.0 * x.abs());
-    ((1.0 - e) / (1.0 + e)).copysign(x)
-}
-
 /// `y = gelu_tanh(x)`.
 pub fn gelu_forward(x: &[f32], y: &mut [f32]) -> Result<()> {
     check_len("gelu forward", "y", y.len(), x.len())?;
