@@ -56,7 +56,9 @@ fn loud(lm: &mut HyenaLm) {
 
 #[test]
 fn lm_gradients_match_finite_differences() {
-    for tie in [false, true] {
+    // Both ways of running the first block (per position, per vocabulary row).
+    for (tie, table) in [(false, false), (true, false), (false, true), (true, true)] {
+        let new_cache = || LmCache::with_token_table(table);
         let cfg = tiny(tie);
         let mut lm = HyenaLm::new(&cfg, 5).unwrap();
         loud(&mut lm);
@@ -64,7 +66,7 @@ fn lm_gradients_match_finite_differences() {
         let toks = tokens(b * l, 1);
         let targets = tokens(b * l, 2);
         let v = cfg.padded_vocab();
-        let mut cache = LmCache::default();
+        let mut cache = new_cache();
         lm.forward(&toks, b, l, &mut cache).unwrap();
         let mut dlogits = vec![0.0; b * l * v];
         cross_entropy(&cache.logits, &targets, v, None, &mut dlogits).unwrap();
@@ -72,7 +74,7 @@ fn lm_gradients_match_finite_differences() {
         lm.backward(&dlogits, &mut cache, &mut grads).unwrap();
 
         let loss = |m: &HyenaLm| {
-            let mut c = LmCache::default();
+            let mut c = new_cache();
             m.forward(&toks, b, l, &mut c).unwrap();
             let mut d = vec![0.0; b * l * v];
             cross_entropy(&c.logits, &targets, v, None, &mut d)
@@ -101,8 +103,54 @@ fn lm_gradients_match_finite_differences() {
                 });
                 loss(&m)
             };
-            check(name, &x0, g, f, 12, 1e-2, 5e-2).unwrap_or_else(|e| panic!("tie={tie}: {e}"));
+            check(name, &x0, g, f, 12, 1e-2, 5e-2)
+                .unwrap_or_else(|e| panic!("tie={tie} table={table}: {e}"));
         }
+    }
+}
+
+/// The first block on the token table (chosen by default once B·L ≥ 4·V_pad) equals the
+/// per-position path: logits and every gradient to rounding.
+#[test]
+fn first_block_on_the_token_table_equals_per_position() {
+    for tie in [false, true] {
+        let cfg = tiny(tie);
+        let mut lm = HyenaLm::new(&cfg, 11).unwrap();
+        loud(&mut lm);
+        let (b, l) = (4, 16); // B·L = 64 = 4·V_pad: the default folds
+        let (x, y) = (tokens(b * l, 6), tokens(b * l, 7));
+        let v = cfg.padded_vocab();
+        let run = |mut cache: LmCache| {
+            lm.forward(&x, b, l, &mut cache).unwrap();
+            let mut d = vec![0.0; b * l * v];
+            cross_entropy(&cache.logits, &y, v, None, &mut d).unwrap();
+            let mut g = lm.zero_grads();
+            lm.backward(&d, &mut cache, &mut g).unwrap();
+            (cache.logits.clone(), flat(&g))
+        };
+        let (z_rows, g_rows) = run(LmCache::with_token_table(false));
+        let (z_tab, g_tab) = run(LmCache::with_token_table(true));
+        let (z_auto, g_auto) = run(LmCache::default());
+        assert_eq!(
+            (&z_auto, &g_auto),
+            (&z_tab, &g_tab),
+            "the default folds here"
+        );
+        let close = |a: &[f32], r: &[f32], what: &str| {
+            let scale = r.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            for (i, (p, q)) in a.iter().zip(r).enumerate() {
+                assert!(
+                    (p - q).abs() <= 2e-5 * scale,
+                    "tie={tie} {what} {i}: {p} vs {q}"
+                );
+            }
+        };
+        close(&z_tab, &z_rows, "logit");
+        close(&g_tab, &g_rows, "grad");
+        assert_ne!(
+            g_tab, g_rows,
+            "the two paths must really differ in rounding"
+        );
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use hyena::io::safetensors::TensorFile;
 use hyena::layers::filter::FilterCache;
-use hyena::layers::{HyenaCache, HyenaGradWorkspace, HyenaOperator, Params};
+use hyena::layers::{HyenaCache, HyenaGradWorkspace, HyenaOperator, OpInput, Params};
 use hyena::ops::fftconv::FftConv;
 use hyena::ops::gradcheck::{check, dot, rand_vec};
 use hyena::{Error, FilterConfig, HyenaConfig};
@@ -256,6 +256,92 @@ fn operator_gradcheck(order: usize) {
             check(name, &x0, g, f, 24, 1e-2, 3e-2).unwrap_or_else(|e| panic!("order {order}: {e}"));
         println!("order {order}: {name:40} worst rel err {worst:.2e}");
     }
+}
+
+/// An input given as a table and row indices is the same function as the gathered rows: same
+/// output, the same parameter gradients, and the table gradient is the per-row sum of the row
+/// gradients (orders 2 and 3, a batch of 2 with repeated and unused table rows).
+#[test]
+fn table_input_equals_gathered_rows() {
+    for order in [2, 3] {
+        let cfg = small_cfg(order);
+        let d = cfg.d_model;
+        let op = HyenaOperator::new(&cfg, 9).unwrap();
+        let (b, l, v) = (2, 13, 5);
+        let table = rand_vec(v * d, 3, 1.0);
+        // rows 0..4 only (row 4 unused), with runs of repeats
+        let idx: Vec<u32> = (0..b * l).map(|t| ((t * 7 / 3) % 4) as u32).collect();
+        let rows: Vec<f32> = idx
+            .iter()
+            .flat_map(|&i| table[i as usize * d..(i as usize + 1) * d].to_vec())
+            .collect();
+        let resid = rand_vec(b * l * d, 4, 1.0);
+        let dy = rand_vec(b * l * d, 5, 1.0);
+        let run = |input: OpInput<'_>, du_rows: usize| {
+            let mut y = vec![0.0; b * l * d];
+            let mut cache = HyenaCache::default();
+            op.forward_input_with(&op.params, input, Some(&resid), b, l, &mut y, &mut cache)
+                .unwrap();
+            let mut du = vec![0.0; du_rows * d];
+            let mut g = op.zero_grads();
+            let mut ws = HyenaGradWorkspace::default();
+            op.backward_input_with(&op.params, &dy, input, &cache, &mut du, &mut g, &mut ws)
+                .unwrap();
+            let mut flat = Vec::new();
+            g.visit("", &mut |_, _, x| flat.extend_from_slice(x));
+            (y, du, flat)
+        };
+        let (y_r, du_r, g_r) = run(OpInput::Rows(&rows), b * l);
+        let (y_t, du_t, g_t) = run(
+            OpInput::Table {
+                table: &table,
+                idx: &idx,
+            },
+            v,
+        );
+        let mut du_sum = vec![0.0f32; v * d];
+        for (t, &i) in idx.iter().enumerate() {
+            for j in 0..d {
+                du_sum[i as usize * d + j] += du_r[t * d + j];
+            }
+        }
+        let scale = |x: &[f32]| x.iter().fold(1e-3f32, |m, a| m.max(a.abs()));
+        assert!(
+            max_abs_diff(&y_r, &y_t) <= 1e-5 * scale(&y_r),
+            "order {order}: y"
+        );
+        assert!(
+            max_abs_diff(&du_sum, &du_t) <= 1e-5 * scale(&du_sum),
+            "order {order}: du"
+        );
+        assert!(
+            du_t[4 * d..].iter().all(|&x| x == 0.0),
+            "unused row has no gradient"
+        );
+        assert!(
+            max_abs_diff(&g_r, &g_t) <= 1e-5 * scale(&g_r),
+            "order {order}: grads"
+        );
+    }
+    // An index past the table is an error naming it.
+    let op = HyenaOperator::new(&small_cfg(2), 9).unwrap();
+    let mut y = vec![0.0; 2 * 4];
+    let e = op
+        .forward_input_with(
+            &op.params,
+            OpInput::Table {
+                table: &[0.0; 8],
+                idx: &[0, 2],
+            },
+            None,
+            1,
+            2,
+            &mut y,
+            &mut HyenaCache::default(),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("row index") && e.contains('2'), "{e}");
 }
 
 #[test]

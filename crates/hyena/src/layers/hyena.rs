@@ -21,8 +21,33 @@ use crate::error::{check_len, Error, Result};
 use crate::layers::filter::{FilterCache, FilterParams, HyenaFilter};
 use crate::layers::{init, Params, Visitor, VisitorMut};
 use crate::ops::fftconv::{FftConv, GatedConv, GatedConvGrads, RowLayout, Spectra};
-use crate::ops::linear::{col_sums_acc, matmul, prefill_rows, row_sums_acc, MatMut, MatRef};
+use crate::ops::linear::{
+    col_sums_acc, linear_forward, matmul, prefill_rows, row_sums_acc, MatMut, MatRef,
+};
 use crate::ops::short_conv;
+
+/// The operator's input `u [B, L, D]`.
+#[derive(Clone, Copy, Debug)]
+pub enum OpInput<'a> {
+    /// The rows themselves, `[B·L, D]`.
+    Rows(&'a [f32]),
+    /// Row `t` of `u` is row `idx[t]` of `table [V, D]` (`idx: [B·L]`): an input that depends
+    /// on the token alone, like the first block of a language model, which sees
+    /// `LN(embedding(token))`. `in_proj` then runs on the V table rows instead of the B·L
+    /// positions, and its backward on the per-token sums of the gradient (both are linear in
+    /// the rows): 3 of a block's 12 matrix products shrink from B·L rows to V.
+    Table { table: &'a [f32], idx: &'a [u32] },
+}
+
+impl OpInput<'_> {
+    /// Number of rows of the input gradient the backward writes: `B·L`, or `V` for a table.
+    pub fn grad_rows(&self, bl: usize, d: usize) -> usize {
+        match self {
+            OpInput::Rows(_) => bl,
+            OpInput::Table { table, .. } => table.len() / d.max(1),
+        }
+    }
+}
 
 /// Trainable parameters of one operator (gradients use the same type).
 #[derive(Clone, Debug, PartialEq)]
@@ -108,6 +133,8 @@ pub struct HyenaCache {
     l: usize,
     /// in_proj output `[C, B, L]`.
     z: Vec<f32>,
+    /// in_proj output per table row `[V, C]` (bias included), for an [`OpInput::Table`] input.
+    ztab: Vec<f32>,
     /// short-filter output `[C, B, L]` = `[x_0, …, x_{N-1}, v]`.
     uc: Vec<f32>,
     /// Output of each long convolution (before the final gate) `[N-1, D, B, L]`.
@@ -131,6 +158,8 @@ pub struct HyenaGradWorkspace {
     dbias: Vec<f32>,
     /// `dWoᵀ [D, D]` before it is added into the gradient (see the out_proj backward).
     dwo_t: Vec<f32>,
+    /// Per-table-row sums of the in_proj output gradient `[C, V]` ([`OpInput::Table`]).
+    dztab_t: Vec<f32>,
 }
 
 /// The Hyena operator.
@@ -181,7 +210,7 @@ impl HyenaOperator {
         HyenaParams::zeros(&self.cfg)
     }
 
-    fn check_input(&self, op: &'static str, u: &[f32], b: usize, l: usize) -> Result<()> {
+    fn check_input(&self, op: &'static str, input: OpInput<'_>, b: usize, l: usize) -> Result<()> {
         if l > self.cfg.l_max {
             return Err(Error::TooLong {
                 op,
@@ -198,15 +227,36 @@ impl HyenaOperator {
             ));
         }
         let d = self.cfg.d_model;
-        if u.len() != b * l * d {
-            return Err(Error::shape(
+        match input {
+            OpInput::Rows(u) if u.len() != b * l * d => Err(Error::shape(
                 op,
                 "input u [B, L, D]",
                 format!("[{b}, {l}, {d}] = {} elements", b * l * d),
                 format!("{} elements (D mismatch?)", u.len()),
-            ));
+            )),
+            OpInput::Rows(_) => Ok(()),
+            OpInput::Table { table, idx } => {
+                if table.is_empty() || table.len() % d != 0 {
+                    return Err(Error::shape(
+                        op,
+                        "input table [V, D]",
+                        format!("a non-empty multiple of D = {d} elements"),
+                        table.len(),
+                    ));
+                }
+                check_len(op, "input rows idx [B·L]", idx.len(), b * l)?;
+                let v = table.len() / d;
+                match idx.iter().find(|&&i| i as usize >= v) {
+                    Some(&i) => Err(Error::shape(
+                        op,
+                        "input row index",
+                        format!("< {v} (table rows)"),
+                        i,
+                    )),
+                    None => Ok(()),
+                }
+            }
         }
-        Ok(())
     }
 
     /// Forward. `u: [B, L, D]` → `y: [B, L, D]`; fills `cache` for [`HyenaOperator::backward`].
@@ -248,15 +298,30 @@ impl HyenaOperator {
         y: &mut [f32],
         cache: &mut HyenaCache,
     ) -> Result<()> {
+        self.forward_input_with(p, OpInput::Rows(u), residual, b, l, y, cache)
+    }
+
+    /// [`HyenaOperator::forward_residual_with`] on an [`OpInput`] (rows or a token table).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_input_with(
+        &self,
+        p: &HyenaParams,
+        input: OpInput<'_>,
+        residual: Option<&[f32]>,
+        b: usize,
+        l: usize,
+        y: &mut [f32],
+        cache: &mut HyenaCache,
+    ) -> Result<()> {
         const OP: &str = "HyenaOperator forward";
-        self.check_input(OP, u, b, l)?;
-        check_len(OP, "output y [B, L, D]", y.len(), u.len())?;
-        if let Some(r) = residual {
-            check_len(OP, "residual [B, L, D]", r.len(), u.len())?;
-        }
+        self.check_input(OP, input, b, l)?;
         let cfg = &self.cfg;
         let (d, c, n) = (cfg.d_model, cfg.inner_channels(), cfg.order);
         let bl = b * l;
+        check_len(OP, "output y [B, L, D]", y.len(), bl * d)?;
+        if let Some(r) = residual {
+            check_len(OP, "residual [B, L, D]", r.len(), bl * d)?;
+        }
         cache.b = b;
         cache.l = l;
         grow(&mut cache.z, c * bl);
@@ -266,24 +331,44 @@ impl HyenaOperator {
         cache.spectra.resize_with(n - 1, Spectra::default);
         check_len(OP, "in_proj.weight", p.in_w.len(), c * d)?;
 
-        // in_proj: z [C, B·L] = W [C, D] · uᵀ [D, B·L], then + bias inside the short conv's
-        // pass over z.
-        matmul(
-            MatMut::rm(&mut cache.z, c, bl),
-            MatRef::rm(&p.in_w, c, d),
-            MatRef::tr(u, d, bl),
-            false,
-        )?;
         let lay_c = RowLayout::cbl(b, c, l);
-        short_conv::forward_biased_input(
-            &mut cache.z,
-            &p.in_b,
-            &p.short_w,
-            &p.short_b,
-            cfg.short_filter_order,
-            lay_c,
-            &mut cache.uc,
-        )?;
+        match input {
+            OpInput::Rows(u) => {
+                // in_proj: z [C, B·L] = W [C, D] · uᵀ [D, B·L], then + bias inside the short
+                // conv's pass over z.
+                matmul(
+                    MatMut::rm(&mut cache.z, c, bl),
+                    MatRef::rm(&p.in_w, c, d),
+                    MatRef::tr(u, d, bl),
+                    false,
+                )?;
+                short_conv::forward_biased_input(
+                    &mut cache.z,
+                    &p.in_b,
+                    &p.short_w,
+                    &p.short_b,
+                    cfg.short_filter_order,
+                    lay_c,
+                    &mut cache.uc,
+                )?;
+            }
+            OpInput::Table { table, idx } => {
+                // in_proj of the V table rows, ztab [V, C] = table · Wᵀ + bias, then z [C, B·L]
+                // gathered from it.
+                let v = table.len() / d;
+                grow(&mut cache.ztab, v * c);
+                linear_forward(table, &p.in_w, Some(&p.in_b), v, d, c, &mut cache.ztab)?;
+                gather_columns(&cache.ztab, c, idx, &mut cache.z);
+                short_conv::forward(
+                    &cache.z,
+                    &p.short_w,
+                    &p.short_b,
+                    cfg.short_filter_order,
+                    lay_c,
+                    &mut cache.uc,
+                )?;
+            }
+        }
         self.filter.forward(&p.filter, l, &mut cache.filter)?;
 
         let lay = RowLayout::cbl(b, d, l);
@@ -350,14 +435,36 @@ impl HyenaOperator {
         grads: &mut HyenaParams,
         ws: &mut HyenaGradWorkspace,
     ) -> Result<()> {
+        self.backward_input_with(p, dy, OpInput::Rows(u), cache, du, grads, ws)
+    }
+
+    /// Backward of [`HyenaOperator::forward_input_with`] on the same `input`. `du` is
+    /// `[B·L, D]` for rows and `[V, D]` for a table (each table row's gradient summed over the
+    /// positions that use it; see [`OpInput::grad_rows`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_input_with(
+        &self,
+        p: &HyenaParams,
+        dy: &[f32],
+        input: OpInput<'_>,
+        cache: &HyenaCache,
+        du: &mut [f32],
+        grads: &mut HyenaParams,
+        ws: &mut HyenaGradWorkspace,
+    ) -> Result<()> {
         const OP: &str = "HyenaOperator backward";
         let (b, l) = (cache.b, cache.l);
-        self.check_input(OP, u, b, l)?;
-        check_len(OP, "dy [B, L, D]", dy.len(), u.len())?;
-        check_len(OP, "du [B, L, D]", du.len(), u.len())?;
+        self.check_input(OP, input, b, l)?;
         let cfg = &self.cfg;
         let (d, c, n) = (cfg.d_model, cfg.inner_channels(), cfg.order);
         let bl = b * l;
+        check_len(OP, "dy [B, L, D]", dy.len(), bl * d)?;
+        check_len(
+            OP,
+            "du (input gradient rows × D)",
+            du.len(),
+            input.grad_rows(bl, d) * d,
+        )?;
         let chunk = d * bl;
         check_len(OP, "in_proj.weight", p.in_w.len(), c * d)?;
         grow(&mut ws.dyg, chunk);
@@ -472,18 +579,87 @@ impl HyenaOperator {
             &mut grads.short_b,
         )?;
         let dz = &ws.duc; // duc now holds dz
-        matmul(
-            MatMut::rm(&mut grads.in_w, c, d),
-            MatRef::rm(dz, c, bl),
-            MatRef::rm(u, bl, d),
-            true,
-        )?;
-        row_sums_acc(dz, bl, &mut grads.in_b);
-        matmul(
-            MatMut::rm(du, bl, d),
-            MatRef::tr(dz, bl, c),
-            MatRef::rm(&p.in_w, c, d),
-            false,
-        )
+        match input {
+            OpInput::Rows(u) => {
+                matmul(
+                    MatMut::rm(&mut grads.in_w, c, d),
+                    MatRef::rm(dz, c, bl),
+                    MatRef::rm(u, bl, d),
+                    true,
+                )?;
+                row_sums_acc(dz, bl, &mut grads.in_b);
+                matmul(
+                    MatMut::rm(du, bl, d),
+                    MatRef::tr(dz, bl, c),
+                    MatRef::rm(&p.in_w, c, d),
+                    false,
+                )
+            }
+            OpInput::Table { table, idx } => {
+                // z[:, t] = W · table[idx[t]] + b is linear in the table row, so the products
+                // run on S [C, V] = Σ_{t: idx[t] = r} dz[:, t] (per row r): dWi += S · table,
+                // dbi += row sums of S, du [V, D] = Sᵀ · Wi.
+                let v = table.len() / d;
+                grow(&mut ws.dztab_t, c * v);
+                scatter_columns(dz, bl, idx, v, &mut ws.dztab_t);
+                let s_t = &ws.dztab_t;
+                matmul(
+                    MatMut::rm(&mut grads.in_w, c, d),
+                    MatRef::rm(s_t, c, v),
+                    MatRef::rm(table, v, d),
+                    true,
+                )?;
+                row_sums_acc(s_t, v, &mut grads.in_b);
+                matmul(
+                    MatMut::rm(du, v, d),
+                    MatRef::tr(s_t, v, c),
+                    MatRef::rm(&p.in_w, c, d),
+                    false,
+                )
+            }
+        }
     }
+}
+
+/// `z[c, t] = tab[idx[t], c]` for `tab: [V, C]` (row-major), `z: [C, T]`, `T = idx.len()`.
+fn gather_columns(tab: &[f32], c: usize, idx: &[u32], z: &mut [f32]) {
+    use rayon::prelude::*;
+    let t = idx.len();
+    z.par_chunks_mut(t).enumerate().for_each(|(ch, row)| {
+        let col: Vec<f32> = tab.iter().skip(ch).step_by(c).copied().collect();
+        for (zt, &i) in row.iter_mut().zip(idx) {
+            *zt = col[i as usize];
+        }
+    });
+}
+
+/// `s[c, r] = Σ_{t: idx[t] = r} dz[c, t]` for `dz: [C, T]`, `s: [C, V]` (written). Each
+/// channel's sum runs in four interleaved banks (t mod 4), added in a fixed order at the end:
+/// repeated tokens then do not form one serial chain of dependent adds, and the result does
+/// not depend on the thread count.
+fn scatter_columns(dz: &[f32], t: usize, idx: &[u32], v: usize, s: &mut [f32]) {
+    use rayon::prelude::*;
+    s.par_chunks_mut(v).zip(dz.par_chunks(t)).for_each_init(
+        || vec![0.0f32; 4 * v],
+        |banks, (out, row)| {
+            banks.fill(0.0);
+            let (b01, b23) = banks.split_at_mut(2 * v);
+            let (b0, b1) = b01.split_at_mut(v);
+            let (b2, b3) = b23.split_at_mut(v);
+            let mut quads = row.chunks_exact(4).zip(idx.chunks_exact(4));
+            for (g, i) in &mut quads {
+                b0[i[0] as usize] += g[0];
+                b1[i[1] as usize] += g[1];
+                b2[i[2] as usize] += g[2];
+                b3[i[3] as usize] += g[3];
+            }
+            let tail = row.len() / 4 * 4;
+            for (g, &i) in row[tail..].iter().zip(&idx[tail..]) {
+                b0[i as usize] += g;
+            }
+            for (r, o) in out.iter_mut().enumerate() {
+                *o = (b0[r] + b1[r]) + (b2[r] + b3[r]);
+            }
+        },
+    );
 }

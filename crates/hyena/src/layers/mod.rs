@@ -54,4 +54,4 @@ pub trait Params {
 }
 
 pub use filter::{FilterBuffers, FilterCache, FilterParams, HyenaFilter};
-pub use hyena::{HyenaCache, HyenaGradWorkspace, HyenaOperator, HyenaParams};
+pub use hyena::{HyenaCache, HyenaGradWorkspace, HyenaOperator, HyenaParams, OpInput};
