@@ -47,6 +47,7 @@
 //! # Layout
 //! - [`ops`]: kernels (the backend boundary): FFT long conv, short conv, linear, norm, activations.
 //! - [`layers`]: the implicit Hyena filter and the Hyena operator built from ops.
+//! - [`distill`]: Hankel spectra, effective state size, modal fits of long filters.
 //! - [`io`]: safetensors reading and atomic writing.
 //! - [`config`]: the serde configuration tree; [`error`]: the error type.
 
@@ -55,6 +56,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod distill;
 pub mod error;
 pub mod io;
 pub mod layers;
