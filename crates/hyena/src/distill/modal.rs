@@ -406,3 +406,72 @@ pub fn refine(h: &[f64], modes: Vec<Mode>, steps: usize, lr: f64) -> (Vec<Mode>,
     }
     (best, best_err)
 }
+
+/// The modal filters of one Hyena operator: `S = N−1` stages × `D` channels, each padded to
+/// the same number `M` of modes (padding modes have pole and residue 0, so they add nothing).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ModalBank {
+    pub stages: usize,
+    pub d: usize,
+    /// Modes per filter.
+    pub m: usize,
+    /// Lag-0 taps `[S, D]`.
+    pub h0: Vec<f64>,
+    /// `[S, D, M]`.
+    pub poles: Vec<c64>,
+    /// `[S, D, M]`.
+    pub residues: Vec<c64>,
+}
+
+impl ModalBank {
+    /// Pack `filters [S·D]` (stage-major).
+    pub fn from_filters(stages: usize, d: usize, filters: &[ModalFilter]) -> Result<Self> {
+        if filters.len() != stages * d {
+            return Err(Error::shape(
+                "ModalBank",
+                "filters [S, D]",
+                format!("{stages}·{d} = {}", stages * d),
+                filters.len(),
+            ));
+        }
+        let m = filters.iter().map(|f| f.modes.len()).max().unwrap_or(0);
+        let zero = c64::new(0.0, 0.0);
+        let mut bank = ModalBank {
+            stages,
+            d,
+            m,
+            h0: filters.iter().map(|f| f.h0).collect(),
+            poles: vec![zero; stages * d * m],
+            residues: vec![zero; stages * d * m],
+        };
+        for (i, f) in filters.iter().enumerate() {
+            for (j, md) in f.modes.iter().enumerate() {
+                bank.poles[i * m + j] = md.pole;
+                bank.residues[i * m + j] = md.residue;
+            }
+        }
+        Ok(bank)
+    }
+
+    /// Filter `i` of `[S·D]` (padding modes dropped).
+    pub fn filter(&self, i: usize) -> ModalFilter {
+        let modes = (0..self.m)
+            .map(|j| Mode {
+                pole: self.poles[i * self.m + j],
+                residue: self.residues[i * self.m + j],
+            })
+            .filter(|md| md.residue != c64::new(0.0, 0.0) || md.pole != c64::new(0.0, 0.0))
+            .collect();
+        ModalFilter {
+            h0: self.h0[i],
+            modes,
+        }
+    }
+
+    /// Impulse responses `[S, D, l]` in f32.
+    pub fn impulse(&self, l: usize) -> Vec<f32> {
+        (0..self.stages * self.d)
+            .flat_map(|i| self.filter(i).impulse(l).into_iter().map(|v| v as f32))
+            .collect()
+    }
+}

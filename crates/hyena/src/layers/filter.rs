@@ -283,7 +283,7 @@ impl HyenaFilter {
 
     /// Row of `implicit_filter`'s last weight (and of `bias`, `deltas`) for stage `o`, channel `d`.
     #[inline]
-    fn channel(&self, o: usize, d: usize) -> usize {
+    pub fn channel(&self, o: usize, d: usize) -> usize {
         match self.cfg.filter.layout {
             FilterLayout::Interleaved => d * (self.cfg.order - 1) + o,
             FilterLayout::Blocked => o * self.cfg.d_model + d,

@@ -146,6 +146,25 @@ pub struct HyenaCache {
     filter: FilterCache,
 }
 
+impl HyenaCache {
+    /// `(B, L)` of the last forward.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.b, self.l)
+    }
+    /// in_proj output with its bias, `[C, B, L]` (the short filter's input).
+    pub fn z(&self) -> &[f32] {
+        &self.z
+    }
+    /// Short-filter output `[C, B, L]` = `[x_0, …, x_{N-1}, v]`.
+    pub fn uc(&self) -> &[f32] {
+        &self.uc
+    }
+    /// Output of each long convolution before the final gate, `[N-1, D, B, L]`.
+    pub fn conv(&self) -> &[f32] {
+        &self.conv
+    }
+}
+
 /// Scratch for the backward, reused across steps.
 #[derive(Clone, Debug, Default)]
 pub struct HyenaGradWorkspace {
@@ -169,6 +188,9 @@ pub struct HyenaOperator {
     pub params: HyenaParams,
     pub filter: HyenaFilter,
     conv: Arc<FftConv>,
+    /// Explicit long filters `[N-1, D, l_max]` used instead of the implicit filter's output
+    /// (e.g. the impulse responses of a distilled model's modal filters); inference only.
+    explicit: Option<Arc<Vec<f32>>>,
 }
 
 fn grow(v: &mut Vec<f32>, n: usize) {
@@ -202,12 +224,30 @@ impl HyenaOperator {
             params,
             filter,
             conv,
+            explicit: None,
         })
     }
 
     /// Gradient buffers shaped like the parameters, all zero.
     pub fn zero_grads(&self) -> HyenaParams {
         HyenaParams::zeros(&self.cfg)
+    }
+
+    /// Use the explicit filters `k [N-1, D, l_max]` instead of the implicit filter (`None`:
+    /// back to the implicit filter). The skip terms (`filter_fn.bias`) still apply. An
+    /// operator with explicit filters has no backward.
+    pub fn set_explicit_filters(&mut self, k: Option<Vec<f32>>) -> Result<()> {
+        if let Some(k) = &k {
+            let want = (self.cfg.order - 1) * self.cfg.d_model * self.cfg.l_max;
+            check_len("set_explicit_filters", "k [N-1, D, l_max]", k.len(), want)?;
+        }
+        self.explicit = k.map(Arc::new);
+        Ok(())
+    }
+
+    /// Whether explicit filters replace the implicit one.
+    pub fn has_explicit_filters(&self) -> bool {
+        self.explicit.is_some()
     }
 
     fn check_input(&self, op: &'static str, input: OpInput<'_>, b: usize, l: usize) -> Result<()> {
@@ -369,7 +409,26 @@ impl HyenaOperator {
                 )?;
             }
         }
-        self.filter.forward(&p.filter, l, &mut cache.filter)?;
+        match &self.explicit {
+            None => self.filter.forward(&p.filter, l, &mut cache.filter)?,
+            Some(k) => {
+                // Rows [N-1, D] of length l_max, truncated to l (a causal filter over l steps
+                // only uses its first l taps).
+                let (s_d, lm) = ((n - 1) * d, cfg.l_max);
+                let fc = &mut cache.filter;
+                fc.l = l;
+                fc.k.resize(s_d * l, 0.0);
+                for (dst, src) in fc.k.chunks_exact_mut(l).zip(k.chunks_exact(lm)) {
+                    dst.copy_from_slice(&src[..l]);
+                }
+                fc.bias.resize(s_d, 0.0);
+                for o in 0..n - 1 {
+                    for dd in 0..d {
+                        fc.bias[o * d + dd] = p.filter.bias[self.filter.channel(o, dd)];
+                    }
+                }
+            }
+        }
 
         let lay = RowLayout::cbl(b, d, l);
         let chunk = d * bl;
@@ -453,6 +512,13 @@ impl HyenaOperator {
         ws: &mut HyenaGradWorkspace,
     ) -> Result<()> {
         const OP: &str = "HyenaOperator backward";
+        if self.explicit.is_some() {
+            return Err(Error::config(
+                "HyenaOperator backward",
+                "explicit (distilled) filters",
+                "a distilled operator is for inference; train the original model instead",
+            ));
+        }
         let (b, l) = (cache.b, cache.l);
         self.check_input(OP, input, b, l)?;
         let cfg = &self.cfg;

@@ -267,6 +267,12 @@ pub struct LmCache {
 }
 
 impl LmCache {
+    /// The Hyena operator cache of block `i` from the last forward (its inputs, gates and
+    /// convolution outputs: what a recurrent prefill reads).
+    pub fn mixer(&self, i: usize) -> &HyenaCache {
+        &self.blocks[i].mixer
+    }
+
     /// A cache whose forward always (`true`) or never (`false`) runs the first block's in_proj
     /// on the token table; the default decides by shape. Both give the same function; this is
     /// for tests and measurements.
@@ -360,7 +366,8 @@ impl HyenaLm {
         &mut self.ops[i]
     }
 
-    fn lm_head(&self) -> &[f32] {
+    /// The output head `[V_pad, D]` (the embedding when tied).
+    pub fn lm_head(&self) -> &[f32] {
         if self.cfg.tie_embeddings {
             &self.params.wte
         } else {

@@ -2,5 +2,6 @@
 
 pub mod generate;
 pub mod lm;
+pub mod recurrent;
 
 pub use lm::{HyenaLm, LmCache, LmConfig, LmParams};
