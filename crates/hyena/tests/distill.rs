@@ -275,3 +275,134 @@ fn bad_filters_and_orders_are_clear_errors() {
     assert!(hankel_singular_values(&h, 512).is_err());
     assert!(fit_filter(&[], OrderChoice::Fixed(1), &FitOptions::default()).is_err());
 }
+
+mod model {
+    use hyena::distill::model::{
+        distill_lm, is_distilled, load_distilled, save_distilled, DistillConfig,
+    };
+    use hyena::models::lm::{HyenaLm, LmCache, LmConfig};
+    use hyena::{FilterConfig, HyenaConfig};
+
+    fn lm() -> HyenaLm {
+        let cfg = LmConfig {
+            vocab_size: 12,
+            pad_vocab_size_multiple: 8,
+            n_layer: 2,
+            d_inner: 16,
+            layer_norm_epsilon: 1e-5,
+            tie_embeddings: false,
+            operator: HyenaConfig {
+                d_model: 8,
+                l_max: 96,
+                filter: FilterConfig {
+                    emb_dim: 5,
+                    filter_order: 8,
+                    ..FilterConfig::default()
+                },
+                ..HyenaConfig::default()
+            },
+        };
+        HyenaLm::new(&cfg, 4).unwrap()
+    }
+
+    fn logits(m: &HyenaLm, toks: &[u32]) -> Vec<f32> {
+        let mut c = LmCache::default();
+        m.forward(toks, 1, toks.len(), &mut c).unwrap();
+        c.logits
+    }
+
+    #[test]
+    fn distilled_model_round_trips_and_tracks_the_original() {
+        let lm = lm();
+        let toks: Vec<u32> = (0..96).map(|t| (t * 7 % 11) as u32).collect();
+        let cfg = DistillConfig {
+            order: Some(16),
+            tol: None,
+            refine_steps: 50,
+            ..Default::default()
+        };
+        let count = std::sync::atomic::AtomicUsize::new(0);
+        let (rlm, fits) = distill_lm(&lm, &cfg, &|_, _| {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })
+        .unwrap();
+        assert_eq!(fits.len(), 2 * 8);
+        assert_eq!(count.into_inner(), 16, "progress once per filter");
+        assert!(fits.iter().all(|f| f.order <= 16 && f.rel_err.is_finite()));
+        // Close to the original at order 16.
+        let (a, b) = (logits(&lm, &toks), logits(&rlm.lm, &toks));
+        let worst = a
+            .iter()
+            .zip(&b)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+        let worst_fit = fits.iter().fold(0.0f64, |m, f| m.max(f.rel_err));
+        assert!(
+            worst < 1e-2,
+            "logits moved by {worst} (worst filter rel err {worst_fit})"
+        );
+
+        let dir = std::env::temp_dir().join(format!("hyena-distill-{}", std::process::id()));
+        save_distilled(&rlm, &cfg, &serde_json::json!({"note": "kept"}), &dir).unwrap();
+        assert!(is_distilled(&dir).unwrap());
+        let back = load_distilled(&dir).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(v["note"], "kept");
+        assert_eq!(v["distill"]["order"], 16);
+        // The checkpoint stores f32 modes: the reloaded model equals the saved one up to that.
+        let c = logits(&back.lm, &toks);
+        let plain_load = hyena::train::trainer::load_model(&dir).unwrap();
+        assert_eq!(
+            logits(&plain_load, &toks),
+            c,
+            "load_model also uses the modal filters"
+        );
+        let worst = b
+            .iter()
+            .zip(&c)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(worst < 1e-4, "reload moved logits by {worst}");
+        // ...and its recurrence equals its own forward.
+        let mut st = back.empty_state();
+        let vp = back.lm.cfg.padded_vocab();
+        for (t, &tok) in toks.iter().enumerate() {
+            back.step(tok, &mut st).unwrap();
+            for (x, y) in st.logits.iter().zip(&c[t * vp..(t + 1) * vp]) {
+                assert!((x - y).abs() <= 1e-4, "t={t}: {x} vs {y}");
+            }
+        }
+        // Saving again over it, then loading the plain original as distilled, is refused.
+        let plain = dir.join("plain");
+        hyena::train::trainer::save_model(&lm, &{
+            std::fs::create_dir_all(&plain).unwrap();
+            plain.clone()
+        })
+        .unwrap();
+        let e = load_distilled(&plain).unwrap_err().to_string();
+        assert!(e.contains("not a distilled model"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_distill_settings_are_clear_errors() {
+        let lm = lm();
+        let both = DistillConfig {
+            order: Some(4),
+            tol: Some(1e-3),
+            ..Default::default()
+        };
+        let e = distill_lm(&lm, &both, &|_, _| {}).unwrap_err().to_string();
+        assert!(e.contains("not both"), "{e}");
+        let big = DistillConfig {
+            order: Some(200),
+            tol: None,
+            ..Default::default()
+        };
+        let e = distill_lm(&lm, &big, &|_, _| {}).unwrap_err().to_string();
+        assert!(
+            e.contains("layer 0") && e.contains("200") && e.contains("96"),
+            "{e}"
+        );
+    }
+}

@@ -11,3 +11,4 @@
 
 pub mod hankel;
 pub mod modal;
+pub mod model;

@@ -331,7 +331,8 @@ pub fn evaluate_tokens(
     })
 }
 
-fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+/// Write pretty JSON to `path` atomically.
+pub fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     let s = serde_json::to_string_pretty(v).map_err(|e| Error::Format {
         file: path.to_path_buf(),
         msg: e.to_string(),
@@ -339,7 +340,7 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     write_bytes_atomic(path, s.as_bytes())
 }
 
-pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
+pub fn read_json(path: &Path) -> Result<serde_json::Value> {
     let s = std::fs::read_to_string(path).map_err(|source| Error::Io {
         file: path.to_path_buf(),
         source,
@@ -353,6 +354,21 @@ pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
 /// Write `model.safetensors` (parameters with HF names, plus each block's filter buffers) and,
 /// if absent, a `config.json` holding `{"model": …}`.
 pub fn save_model(lm: &HyenaLm, dir: &Path) -> Result<()> {
+    let mut meta = std::collections::BTreeMap::new();
+    meta.insert("format".to_string(), "hyena-lm".to_string());
+    meta.insert("version".to_string(), "1".to_string());
+    write_atomic(dir.join("model.safetensors"), &model_tensors(lm), &meta)?;
+    let cfg_path = dir.join("config.json");
+    if !cfg_path.exists() {
+        write_json(&cfg_path, &serde_json::json!({ "model": lm.cfg }))?;
+    }
+    Ok(())
+}
+
+/// The tensors [`save_model`] writes: parameters with HF names and each block's filter buffers.
+pub fn model_tensors(
+    lm: &HyenaLm,
+) -> std::collections::BTreeMap<String, crate::io::safetensors::Tensor> {
     let mut tensors = collect_params("", &lm.params);
     let (lm_max, e) = (lm.cfg.operator.l_max, lm.cfg.operator.filter.emb_dim);
     for i in 0..lm.cfg.n_layer {
@@ -368,15 +384,7 @@ pub fn save_model(lm: &HyenaLm, dir: &Path) -> Result<()> {
             );
         });
     }
-    let mut meta = std::collections::BTreeMap::new();
-    meta.insert("format".to_string(), "hyena-lm".to_string());
-    meta.insert("version".to_string(), "1".to_string());
-    write_atomic(dir.join("model.safetensors"), &tensors, &meta)?;
-    let cfg_path = dir.join("config.json");
-    if !cfg_path.exists() {
-        write_json(&cfg_path, &serde_json::json!({ "model": lm.cfg }))?;
-    }
-    Ok(())
+    tensors
 }
 
 /// Section `key` of a run's parsed `config.json` (read from `file`), if present and not null.
@@ -403,7 +411,7 @@ pub fn load_model(dir: &Path) -> Result<HyenaLm> {
 }
 
 /// [`load_model`] with the run's `config.json` already parsed into `cfg_v`.
-pub(crate) fn load_model_with(dir: &Path, cfg_v: &serde_json::Value) -> Result<HyenaLm> {
+pub fn load_model_with(dir: &Path, cfg_v: &serde_json::Value) -> Result<HyenaLm> {
     let cfg_path = dir.join("config.json");
     let cfg: LmConfig =
         config_section(cfg_v, "model", &cfg_path)?.ok_or_else(|| Error::Format {
@@ -429,6 +437,15 @@ pub(crate) fn load_model_with(dir: &Path, cfg_v: &serde_json::Value) -> Result<H
                 }
             });
         res?;
+    }
+    // A distilled model: its long filters are the stored modal filters.
+    if cfg_v.get("distill").is_some_and(|x| !x.is_null()) {
+        let banks = crate::distill::model::read_banks(&f, &lm)?;
+        let l_max = cfg.operator.l_max;
+        for (i, b) in banks.iter().enumerate() {
+            lm.operator_mut(i)
+                .set_explicit_filters(Some(b.impulse(l_max)))?;
+        }
     }
     Ok(lm)
 }
