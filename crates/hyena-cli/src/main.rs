@@ -1,6 +1,7 @@
 //! `hyena`: the command-line tool. Thin by design: parse arguments, build a library config,
 //! call the library, print. All numerics live in the `hyena` crate.
 
+mod distill_cmd;
 mod train_cmd;
 
 use std::io::Write;
@@ -34,6 +35,8 @@ enum Command {
     Eval(train_cmd::EvalArgs),
     /// Sample a continuation of a prompt from a trained model.
     Generate(train_cmd::GenerateArgs),
+    /// Distil the long convolutions of a trained model into small modal recurrences.
+    Distill(distill_cmd::DistillArgs),
     /// Time kernels: forward and forward+backward, median ms, GFLOP/s, peak memory.
     Bench(BenchArgs),
 }
@@ -85,6 +88,7 @@ fn main() -> std::process::ExitCode {
         Command::Train(a) => train_cmd::train(a),
         Command::Eval(a) => train_cmd::eval_cmd(a),
         Command::Generate(a) => train_cmd::generate_cmd(a),
+        Command::Distill(a) => distill_cmd::distill_cmd(a),
         Command::Bench(a) => bench(a),
     };
     match res {

@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use hyena::distill::model::{is_distilled, load_distilled};
 use hyena::io::tokenizer::Tokenizer;
-use hyena::models::generate::{generate, SampleConfig};
+use hyena::models::generate::{generate, generate_recurrent, SampleConfig};
 use hyena::train::run::{evaluate_run, run, EvalOptions, Event, RunConfig};
 use hyena::train::trainer::{load_model, TrainConfig};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -465,6 +466,15 @@ pub struct GenerateArgs {
     pub top_k: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// conv: full forward over the context per token; recurrent: O(1) steps (distilled models).
+    #[arg(long, value_enum, default_value_t = GenMode::Conv)]
+    pub mode: GenMode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum GenMode {
+    Conv,
+    Recurrent,
 }
 
 pub fn generate_cmd(a: GenerateArgs) -> Result<()> {
@@ -487,7 +497,21 @@ pub fn generate_cmd(a: GenerateArgs) -> Result<()> {
         seed: a.seed,
         allowed: tok.sampleable_ids(),
     };
-    let out = generate(&lm, &prompt, a.tokens, &sc)?;
+    let out = match a.mode {
+        GenMode::Conv => generate(&lm, &prompt, a.tokens, &sc)?,
+        GenMode::Recurrent => {
+            if !is_distilled(&a.model)? {
+                bail!(
+                    "{} is not a distilled model: --mode recurrent needs one (make it with \
+                     `hyena distill --model {} --out DIR`), or use --mode conv",
+                    a.model.display(),
+                    a.model.display()
+                );
+            }
+            let rlm = load_distilled(&a.model)?;
+            generate_recurrent(&rlm, &prompt, a.tokens, &sc)?
+        }
+    };
     println!("{}{}", a.prompt, tok.decode(&out));
     Ok(())
 }

@@ -169,3 +169,28 @@ fn distilled_models_refuse_training_and_bad_banks() {
         .unwrap_err();
     assert!(e.to_string().contains("inference"), "{e}");
 }
+
+#[test]
+fn recurrent_generation_samples_what_conv_generation_samples() {
+    use hyena::models::generate::{generate, generate_recurrent, SampleConfig};
+    let c = cfg(2, 256);
+    let mut lm = HyenaLm::new(&c, 8).unwrap();
+    loud(&mut lm);
+    let rlm = RecurrentLm::new(lm, banks(&c, 9)).unwrap();
+    let prompt = tokens(40, 3);
+    for seed in [0, 1, 2] {
+        let sc = SampleConfig {
+            seed,
+            temperature: 1.0,
+            ..Default::default()
+        };
+        let conv = generate(&rlm.lm, &prompt, 100, &sc).unwrap();
+        let rec = generate_recurrent(&rlm, &prompt, 100, &sc).unwrap();
+        assert_eq!(conv, rec, "seed {seed}");
+        assert!(
+            conv.iter().collect::<std::collections::BTreeSet<_>>().len() > 2,
+            "not degenerate"
+        );
+    }
+    assert!(generate_recurrent(&rlm, &[], 5, &SampleConfig::default()).is_err());
+}

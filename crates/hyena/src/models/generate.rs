@@ -1,8 +1,13 @@
 //! Sampling text or DNA from a language model, one token at a time.
 //!
-//! Each new token runs the full convolutional forward over the context (the last `l_max`
-//! tokens); O(1)-per-token recurrent generation comes with distillation. Sampling is seeded,
-//! so the same prompt, settings and seed give the same output.
+//! Two modes:
+//! - conv ([`generate`]): each new token runs the full convolutional forward over the context
+//!   (the last `l_max` tokens), O(L) memory and more than O(L) work per token;
+//! - recurrent ([`generate_recurrent`]), for distilled models: the prompt is prefilled by the
+//!   parallel forward, then each token is one O(1) step of [`RecurrentLm`].
+//!
+//! Sampling is seeded, so the same prompt, settings and seed give the same output; both modes
+//! draw from the same random stream.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -10,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::models::lm::{HyenaLm, LmCache};
+use crate::models::recurrent::RecurrentLm;
 
 /// Sampling settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -93,6 +99,40 @@ pub fn generate(lm: &HyenaLm, prompt: &[u32], n: usize, cfg: &SampleConfig) -> R
         let t = sample(last, cfg, &mut rng);
         ctx.push(t);
         out.push(t);
+    }
+    Ok(out)
+}
+
+/// [`generate`] by recurrence: prefill `prompt` (its first `l_max` tokens by the parallel
+/// forward, any rest by steps), then one step per new token. Context beyond `l_max` is not
+/// cut off: the state carries the whole past.
+pub fn generate_recurrent(
+    rlm: &RecurrentLm,
+    prompt: &[u32],
+    n: usize,
+    cfg: &SampleConfig,
+) -> Result<Vec<u32>> {
+    if prompt.is_empty() {
+        return Err(Error::config(
+            "prompt",
+            "\"\"",
+            "give at least one token of prompt",
+        ));
+    }
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let v_real = rlm.lm.cfg.vocab_size;
+    let head = prompt.len().min(rlm.lm.cfg.operator.l_max);
+    let mut st = rlm.prefill(&prompt[..head], &mut LmCache::default())?;
+    for &t in &prompt[head..] {
+        rlm.step(t, &mut st)?;
+    }
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = sample(&st.logits[..v_real], cfg, &mut rng);
+        out.push(t);
+        if i + 1 < n {
+            rlm.step(t, &mut st)?;
+        }
     }
     Ok(out)
 }
