@@ -49,6 +49,8 @@ enum BenchWhat {
     Operator,
     /// Full LM training steps (HyenaDNA-tiny and -small shapes): tokens/s and peak memory.
     Train,
+    /// Generation: per-token latency and memory per sequence, conv mode vs recurrent mode.
+    Generate,
 }
 
 #[derive(clap::Args, Debug)]
@@ -61,9 +63,9 @@ struct BenchArgs {
     /// Batch size B.
     #[arg(long, default_value_t = 4)]
     batch: usize,
-    /// Channels / model width D.
-    #[arg(long, default_value_t = 256)]
-    dim: usize,
+    /// Channels / model width D [default: 256; generate: 128, the `hyena train` model].
+    #[arg(long)]
+    dim: Option<usize>,
     /// Hyena order N (operator only).
     #[arg(long, default_value_t = 2)]
     order: usize,
@@ -80,6 +82,22 @@ struct BenchArgs {
     /// layers, L=32768, batch 1).
     #[arg(long, value_delimiter = ',', default_value = "tiny,small")]
     shapes: Vec<String>,
+    /// `generate` only: context lengths.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1024,4096,8192,16384,65536"
+    )]
+    contexts: Vec<usize>,
+    /// `generate` only: blocks of the model.
+    #[arg(long, default_value_t = 2)]
+    layers: usize,
+    /// `generate` only: modes per modal filter (real order up to twice this).
+    #[arg(long, default_value_t = 8)]
+    modes: usize,
+    /// `generate` only: where to draw latency against context.
+    #[arg(long, default_value = "bench-generate.png")]
+    png: std::path::PathBuf,
 }
 
 fn main() -> std::process::ExitCode {
@@ -123,26 +141,27 @@ fn bench(a: BenchArgs) -> Result<()> {
     if a.lengths.is_empty() || a.lengths.contains(&0) {
         bail!("--lengths must list positive integers, e.g. --lengths 1024,4096");
     }
-    if a.batch == 0 || a.dim == 0 {
+    if a.batch == 0 || a.dim == Some(0) {
         bail!(
-            "--batch and --dim must be >= 1 (got --batch {} --dim {})",
-            a.batch,
-            a.dim
+            "--batch and --dim must be >= 1 (got --batch {} --dim 0)",
+            a.batch
         );
     }
     let op = match a.what {
         BenchWhat::Conv => BenchOp::Conv,
         BenchWhat::Operator => BenchOp::Operator,
         BenchWhat::Train => return bench_train(&a),
+        BenchWhat::Generate => return bench_generate(&a),
     };
+    let dim = a.dim.unwrap_or(256);
     if op == BenchOp::Operator {
         // Fail before printing anything if the operator config is invalid (e.g. --order 1).
-        hyena::bench::bench_operator_config(a.dim, 1, a.order).validate()?;
+        hyena::bench::bench_operator_config(dim, 1, a.order).validate()?;
     }
     let spec = BenchSpec {
         op,
         batch: a.batch,
-        dim: a.dim,
+        dim,
         lengths: a.lengths.clone(),
         order: a.order,
         reps: a.reps,
@@ -154,7 +173,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             "hyena bench {}: B={} D={}{} threads={}\n",
             op.name(),
             a.batch,
-            a.dim,
+            dim,
             if op == BenchOp::Operator {
                 format!(" order={}", a.order)
             } else {
@@ -185,6 +204,74 @@ fn bench(a: BenchArgs) -> Result<()> {
             )?;
         }
         out.flush()?;
+    }
+    Ok(())
+}
+
+fn bench_generate(a: &BenchArgs) -> Result<()> {
+    if a.contexts.is_empty() || a.contexts.contains(&0) || a.layers == 0 || a.modes == 0 {
+        bail!("--contexts must list positive integers, and --layers and --modes must be >= 1");
+    }
+    let d = a.dim.unwrap_or(128);
+    let mut out = std::io::stdout().lock();
+    if !a.json {
+        writeln!(
+            out,
+            "hyena bench generate: D={d} layers={} modes={} threads={}\n",
+            a.layers,
+            a.modes,
+            rayon::current_num_threads()
+        )?;
+        writeln!(out, "| context | conv ms/token | recurrent ms/token | speedup | conv MiB/sequence | recurrent KiB/sequence | prefill ms |")?;
+        writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|")?;
+        out.flush()?;
+    }
+    let recs = hyena::bench::run_generate(&a.contexts, d, a.layers, a.modes, &mut |c| {
+        eprint!("measuring generate at context {c} ...\r")
+    })
+    .context("generation benchmark")?;
+    eprint!("{:50}\r", "");
+    for r in &recs {
+        if a.json {
+            writeln!(out, "{}", serde_json::to_string(r)?)?;
+        } else {
+            writeln!(
+                out,
+                "| {} | {:.3} | {:.4} | {:.0}x | {} | {:.1} | {:.1} |",
+                r.context,
+                r.conv_ms_per_token,
+                r.recurrent_ms_per_token,
+                r.speedup,
+                r.conv_mib_per_sequence
+                    .map_or("-".into(), |m| format!("{m:.1}")),
+                r.recurrent_kib_per_sequence,
+                r.prefill_ms
+            )?;
+        }
+    }
+    let series = vec![
+        (
+            "conv mode (forward over the context)".to_string(),
+            recs.iter()
+                .map(|r| (r.context as f64, r.conv_ms_per_token))
+                .collect(),
+        ),
+        (
+            format!("recurrent mode ({} modes per filter)", a.modes),
+            recs.iter()
+                .map(|r| (r.context as f64, r.recurrent_ms_per_token))
+                .collect(),
+        ),
+    ];
+    hyena::train::plot::log_log_png(
+        &a.png,
+        &format!("per-token generation latency, D={d}, {} layers", a.layers),
+        "context length (tokens)",
+        "ms per token",
+        &series,
+    )?;
+    if !a.json {
+        writeln!(out, "\nplot: {}", a.png.display())?;
     }
     Ok(())
 }

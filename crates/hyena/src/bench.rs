@@ -411,3 +411,130 @@ pub fn run_train(shape: TrainShape, steps: Option<usize>) -> Result<TrainBenchRe
         steps: n,
     })
 }
+
+/// One context length of `hyena bench generate`.
+#[allow(non_snake_case)]
+#[derive(Clone, Debug, Serialize)]
+pub struct GenBenchRecord {
+    #[serde(rename = "impl")]
+    pub implementation: &'static str,
+    pub context: usize,
+    pub D: usize,
+    pub n_layer: usize,
+    /// Modes per modal filter (real order up to 2·modes).
+    pub modes: usize,
+    pub threads: usize,
+    /// Conv mode: one forward over the whole context per generated token.
+    pub conv_ms_per_token: f64,
+    /// Recurrent mode: one step.
+    pub recurrent_ms_per_token: f64,
+    pub speedup: f64,
+    /// Conv mode: peak heap of one forward over the context (its activations).
+    pub conv_mib_per_sequence: Option<f64>,
+    /// Recurrent mode: the state carried between tokens.
+    pub recurrent_kib_per_sequence: f64,
+    /// Recurrent mode: prefill of the context (parallel forward + state), ms.
+    pub prefill_ms: f64,
+    pub conv_reps: usize,
+    pub recurrent_steps: usize,
+}
+
+/// Per-token latency and memory per sequence of generation in conv mode and recurrent mode
+/// (spec Sec. 9, 7.4), for an LM of width `d` with `n_layer` blocks (order 2, d_inner 4d,
+/// l_max = the largest context) whose long filters are random stable modal filters of `modes`
+/// modes: latency does not depend on the values. Calls `progress(context)` before each.
+pub fn run_generate(
+    contexts: &[usize],
+    d: usize,
+    n_layer: usize,
+    modes: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<GenBenchRecord>> {
+    use crate::distill::modal::{ModalBank, ModalFilter, Mode};
+    use crate::models::lm::{HyenaLm, LmCache, LmConfig};
+    use crate::models::recurrent::RecurrentLm;
+    use faer::c64;
+    let l_max = contexts.iter().copied().max().unwrap_or(1).max(1);
+    let cfg = LmConfig {
+        n_layer,
+        d_inner: 4 * d,
+        operator: bench_operator_config(d, l_max, 2),
+        ..LmConfig::default()
+    };
+    let lm = HyenaLm::new(&cfg, 0)?;
+    let banks = (0..n_layer)
+        .map(|i| {
+            let r = rand_vec(d * modes * 3, 11 + i as u64, 1.0);
+            let filters: Vec<ModalFilter> = (0..d)
+                .map(|ch| ModalFilter {
+                    h0: 0.1,
+                    modes: (0..modes)
+                        .map(|j| {
+                            let q = &r[(ch * modes + j) * 3..(ch * modes + j) * 3 + 3];
+                            Mode {
+                                pole: c64::from_polar(0.9 + 0.099 * q[0].abs() as f64, q[1] as f64),
+                                residue: c64::new(0.1 * q[2] as f64, 0.05),
+                            }
+                        })
+                        .collect(),
+                })
+                .collect();
+            ModalBank::from_filters(1, d, &filters)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let rlm = RecurrentLm::new(lm, banks)?;
+    let toks: Vec<u32> = rand_vec(l_max, 5, 1.0)
+        .iter()
+        .map(|x| 7 + ((x + 1.0) * 1.999) as u32)
+        .collect();
+    let mut out = Vec::with_capacity(contexts.len());
+    for &c in contexts {
+        progress(c);
+        let ctx = &toks[..c];
+        // Conv mode: what `generate` does per new token at this context.
+        let base = mem_start();
+        let mut cache = LmCache::default();
+        let t = Instant::now();
+        rlm.lm.forward(ctx, 1, c, &mut cache)?;
+        let first = t.elapsed().as_secs_f64() * 1e3;
+        let conv_mib = mem_peak_mib(base);
+        let reps = ((2000.0 / first.max(1e-3)).ceil() as usize).clamp(2, 20);
+        let mut times = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let t = Instant::now();
+            rlm.lm.forward(ctx, 1, c, &mut cache)?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let conv_ms = median(times);
+        drop(cache);
+        // Recurrent mode: prefill, then steps.
+        let t = Instant::now();
+        let mut st = rlm.prefill(ctx, &mut LmCache::default())?;
+        let prefill_ms = t.elapsed().as_secs_f64() * 1e3;
+        let steps = 300;
+        let mut times = Vec::with_capacity(steps);
+        for i in 0..steps {
+            let t = Instant::now();
+            rlm.step(toks[i % c], &mut st)?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let rec_ms = median(times);
+        out.push(GenBenchRecord {
+            implementation: "hyena",
+            context: c,
+            D: d,
+            n_layer,
+            modes,
+            threads: rayon::current_num_threads(),
+            conv_ms_per_token: conv_ms,
+            recurrent_ms_per_token: rec_ms,
+            speedup: conv_ms / rec_ms,
+            conv_mib_per_sequence: conv_mib,
+            recurrent_kib_per_sequence: st.bytes() as f64 / 1024.0,
+            prefill_ms,
+            conv_reps: reps,
+            recurrent_steps: steps,
+        });
+    }
+    Ok(out)
+}

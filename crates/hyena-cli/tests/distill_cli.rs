@@ -1,0 +1,190 @@
+//! `hyena distill`, `hyena generate --mode recurrent` and `hyena bench generate` end to end on
+//! a small trained run, and their errors (clear message, non-zero exit, nothing on disk
+//! changed).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn hyena(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hyena"))
+        .args(args)
+        .output()
+        .expect("run hyena")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn fails_with(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected a failure, got: {err}");
+    for n in needles {
+        assert!(err.contains(n), "`{n}` not in: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut m = BTreeMap::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            m.extend(snapshot(&p));
+        } else {
+            m.insert(p.clone(), std::fs::read(&p).unwrap());
+        }
+    }
+    m
+}
+
+#[test]
+fn distill_then_generate_recurrently() {
+    let dir = std::env::temp_dir().join(format!("hyena-distill-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut s = String::from(">toy\n");
+    let mut x = 11u64;
+    for _ in 0..3000 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        s.push(b"ACGT"[(x >> 62) as usize] as char);
+    }
+    let fa = dir.join("toy.fa");
+    std::fs::write(&fa, s).unwrap();
+    let run = dir.join("run");
+    let (fa, run_s) = (fa.to_str().unwrap(), run.to_str().unwrap());
+    ok(&hyena(&[
+        "train",
+        "--fasta",
+        fa,
+        "--out",
+        run_s,
+        "--steps",
+        "2",
+        "--seq-len",
+        "64",
+        "--batch",
+        "2",
+        "--d-model",
+        "16",
+        "--n-layer",
+        "2",
+        "--eval-every",
+        "1",
+    ]));
+
+    let dist = dir.join("dist");
+    let dist_s = dist.to_str().unwrap();
+    let out = ok(&hyena(&[
+        "distill",
+        "--model",
+        run_s,
+        "--order",
+        "4",
+        "--refine-steps",
+        "20",
+        "--out",
+        dist_s,
+    ]));
+    assert!(
+        out.contains("| layer |") && out.contains("rel. err"),
+        "{out}"
+    );
+    for f in ["model.safetensors", "config.json", "distill_report.json"] {
+        assert!(dist.join(f).exists(), "{f}");
+    }
+    let rep: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dist.join("distill_report.json")).unwrap()).unwrap();
+    assert_eq!(rep["filters"].as_array().unwrap().len(), 2 * 16);
+
+    // Eval works on the distilled directory as on any run.
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&hyena(&["eval", "--model", dist_s, "--json"]))).unwrap();
+    assert!(v["bits_per_token"].as_f64().unwrap() > 1.0);
+
+    // Recurrent and conv generation agree on a distilled model.
+    let gen = |mode: &str| {
+        ok(&hyena(&[
+            "generate", "--model", dist_s, "--prompt", "ACGTTGCA", "--tokens", "40", "--seed", "5",
+            "--mode", mode,
+        ]))
+    };
+    let rec = gen("recurrent");
+    assert_eq!(rec, gen("conv"));
+    assert_eq!(rec.trim().len(), 48);
+
+    // Errors leave everything as it was.
+    let before = snapshot(&dir);
+    fails_with(
+        &hyena(&[
+            "generate",
+            "--model",
+            run_s,
+            "--prompt",
+            "ACGT",
+            "--mode",
+            "recurrent",
+        ]),
+        &["not a distilled model", "hyena distill"],
+    );
+    fails_with(
+        &hyena(&["distill", "--model", run_s, "--order", "2", "--out", dist_s]),
+        &["not empty", "nothing was written"],
+    );
+    let other = dir.join("other");
+    fails_with(
+        &hyena(&[
+            "distill",
+            "--model",
+            run_s,
+            "--order",
+            "1000",
+            "--out",
+            other.to_str().unwrap(),
+        ]),
+        &["order", "1000", "layer 0"],
+    );
+    fails_with(
+        &hyena(&[
+            "distill", "--model", run_s, "--order", "2", "--tol", "1e-3", "--out", "x",
+        ]),
+        &["--tol"],
+    );
+    assert_eq!(snapshot(&dir), before);
+    assert!(!other.join("model.safetensors").exists());
+
+    // The generation benchmark: one record per context and the plot.
+    let png = dir.join("gen.png");
+    let out = ok(&hyena(&[
+        "bench",
+        "generate",
+        "--contexts",
+        "64,256",
+        "--dim",
+        "16",
+        "--modes",
+        "2",
+        "--json",
+        "--png",
+        png.to_str().unwrap(),
+    ]));
+    let recs: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 2);
+    assert_eq!(recs[1]["context"], 256);
+    assert!(recs
+        .iter()
+        .all(|r| r["recurrent_ms_per_token"].as_f64().unwrap() > 0.0));
+    assert!(std::fs::metadata(&png).unwrap().len() > 1000);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
