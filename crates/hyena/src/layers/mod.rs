@@ -7,6 +7,7 @@
 pub mod filter;
 pub mod hyena;
 pub mod init;
+pub mod rtf;
 
 /// Visiting named parameters: `(name, shape, data)`. Names follow the reference state dicts.
 /// Callback of [`Params::visit`]: `(name, shape, data)`.
