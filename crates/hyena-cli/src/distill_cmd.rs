@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use hyena::distill::model::{distill_lm, save_distilled, ChannelFit, DistillConfig};
+use hyena::distill::model::{distill_lm, report_pngs, save_distilled, ChannelFit, DistillConfig};
 use hyena::train::trainer::{load_model, read_json, write_json};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -83,9 +83,16 @@ pub fn distill_cmd(a: DistillArgs) -> Result<()> {
         &serde_json::json!({ "source": a.model, "config": cfg, "filters": fits }),
     )?;
     print_summary(&fits);
+    eprint!("drawing the report ...\r");
+    let pngs = report_pngs(&lm, &rlm, &fits, &cfg, &a.out)?;
+    eprint!("{:30}\r", "");
     println!(
-        "wrote {} (model.safetensors, config.json, distill_report.json)",
-        a.out.display()
+        "wrote {} (model.safetensors, config.json, distill_report.json, {})",
+        a.out.display(),
+        pngs.iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(())
 }

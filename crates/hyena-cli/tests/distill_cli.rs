@@ -98,7 +98,13 @@ fn distill_then_generate_recurrently() {
         out.contains("| layer |") && out.contains("rel. err"),
         "{out}"
     );
-    for f in ["model.safetensors", "config.json", "distill_report.json"] {
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "distill_report.json",
+        "distill_error_vs_order.png",
+        "distill_filters.png",
+    ] {
         assert!(dist.join(f).exists(), "{f}");
     }
     let rep: serde_json::Value =

@@ -275,3 +275,96 @@ pub fn read_banks(f: &TensorFile, lm: &HyenaLm) -> Result<Vec<ModalBank>> {
     }
     Ok(banks)
 }
+
+/// Draw the distillation report into `dir`: `distill_error_vs_order.png` (relative ℓ2 error
+/// against order for up to four filters per layer, spread over the channels, refitted at
+/// orders 1, 2, 4, … up to `max(chosen orders)`), and `distill_filters.png` (four of those
+/// filters, layer 0 and the last layer, against their fits in `rlm`). Returns the files.
+pub fn report_pngs(
+    lm: &HyenaLm,
+    rlm: &RecurrentLm,
+    fits: &[ChannelFit],
+    cfg: &DistillConfig,
+    dir: &Path,
+) -> Result<Vec<std::path::PathBuf>> {
+    use crate::train::plot::{lines_png, log_log_png};
+    let (d, l, layers) = (lm.cfg.d_model(), lm.cfg.operator.l_max, lm.cfg.n_layer);
+    let top = fits.iter().map(|f| f.order).max().unwrap_or(1).max(1);
+    let mut orders = vec![];
+    let mut o = 1;
+    while o < top {
+        orders.push(o);
+        o *= 2;
+    }
+    orders.push(top);
+    let opts = FitOptions {
+        max_hankel: cfg.max_hankel,
+        refine_steps: cfg.refine_steps,
+        lr: cfg.lr,
+    };
+    let picks: Vec<usize> = (0..4.min(d)).map(|j| j * d / 4.min(d)).collect();
+    let mut err_series = Vec::new();
+    let mut filt_series = Vec::new();
+    for i in 0..layers {
+        let k = block_filters(lm, i, l)?;
+        let curves: Vec<(String, Vec<(f64, f64)>)> = picks
+            .par_iter()
+            .map(|&ch| {
+                let h = &k[ch * l..(ch + 1) * l];
+                let pts = orders
+                    .iter()
+                    .filter_map(|&o| {
+                        fit_filter(h, OrderChoice::Fixed(o), &opts)
+                            .ok()
+                            .map(|r| (r.filter.order().max(1) as f64, r.rel_err.max(1e-12)))
+                    })
+                    .collect();
+                (format!("layer {i} ch {ch}"), pts)
+            })
+            .collect();
+        err_series.extend(curves);
+        if i == 0 || i + 1 == layers {
+            let fitted = rlm.banks[i].impulse(l);
+            for &ch in picks.iter().take(if layers > 1 { 2 } else { 4 }) {
+                let f = ch; // stage 0
+                let orig = &k[f * l..(f + 1) * l];
+                let fit = &fitted[f * l..(f + 1) * l];
+                let order = fits
+                    .iter()
+                    .find(|x| x.layer == i && x.stage == 0 && x.channel == ch)
+                    .map_or(0, |x| x.order);
+                filt_series.push((
+                    format!("layer {i} ch {ch}"),
+                    orig.iter()
+                        .enumerate()
+                        .map(|(t, &v)| (t as f64, v as f64))
+                        .collect(),
+                ));
+                filt_series.push((
+                    format!("fit, order {order}"),
+                    fit.iter()
+                        .enumerate()
+                        .map(|(t, &v)| (t as f64, v as f64))
+                        .collect(),
+                ));
+            }
+        }
+    }
+    let a = dir.join("distill_error_vs_order.png");
+    log_log_png(
+        &a,
+        "modal fit: relative l2 error against order",
+        "order (real state dimension)",
+        "relative l2 error",
+        &err_series,
+    )?;
+    let b = dir.join("distill_filters.png");
+    lines_png(
+        &b,
+        "long filters (colour) and their modal fits (black)",
+        "t",
+        "h[t]",
+        &filt_series,
+    )?;
+    Ok(vec![a, b])
+}

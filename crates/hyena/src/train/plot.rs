@@ -186,3 +186,82 @@ pub fn log_log_png(
     root.present().map_err(|e| err(e.to_string()))?;
     Ok(())
 }
+
+/// Lines `(label, points)` on linear axes; series whose label starts with `fit` are drawn
+/// dashed-looking (thin) over the solid originals.
+pub fn lines_png(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> Result<()> {
+    ensure_font();
+    let err = |e: String| Error::Format {
+        file: path.to_path_buf(),
+        msg: format!("plotting failed: {e}"),
+    };
+    let pts = || {
+        series
+            .iter()
+            .flat_map(|s| s.1.iter())
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
+    };
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for p in pts() {
+        (x0, x1, y0, y1) = (x0.min(p.0), x1.max(p.0), y0.min(p.1), y1.max(p.1));
+    }
+    if x0 >= x1 {
+        (x0, x1) = (0.0, 1.0);
+    }
+    if y0 >= y1 {
+        (y0, y1) = (y0 - 1.0, y0 + 1.0);
+    }
+    let pad = (y1 - y0) * 0.05;
+    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
+        .map_err(|e| err(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    let palette = [RED, BLUE, GREEN, MAGENTA, BLACK, CYAN];
+    let mut colour = 0;
+    for (label, p) in series {
+        let fit = label.starts_with("fit");
+        let c = palette[colour % palette.len()];
+        if !fit {
+            colour += 1;
+        }
+        let style = if fit {
+            BLACK.stroke_width(1)
+        } else {
+            c.mix(0.7).stroke_width(3)
+        };
+        chart
+            .draw_series(LineSeries::new(p.iter().copied(), style))
+            .map_err(|e| err(e.to_string()))?
+            .label(label.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], if fit { BLACK } else { c })
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    root.present().map_err(|e| err(e.to_string()))?;
+    Ok(())
+}
