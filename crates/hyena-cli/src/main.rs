@@ -1,6 +1,7 @@
 //! `hyena`: the command-line tool. Thin by design: parse arguments, build a library config,
 //! call the library, print. All numerics live in the `hyena` crate.
 
+mod analyze_cmd;
 mod distill_cmd;
 mod train_cmd;
 
@@ -37,6 +38,9 @@ enum Command {
     Generate(train_cmd::GenerateArgs),
     /// Distil the long convolutions of a trained model into small modal recurrences.
     Distill(distill_cmd::DistillArgs),
+    /// Analyses of a trained model (effective state size).
+    #[command(subcommand)]
+    Analyze(analyze_cmd::AnalyzeWhat),
     /// Time kernels: forward and forward+backward, median ms, GFLOP/s, peak memory.
     Bench(BenchArgs),
 }
@@ -107,6 +111,7 @@ fn main() -> std::process::ExitCode {
         Command::Eval(a) => train_cmd::eval_cmd(a),
         Command::Generate(a) => train_cmd::generate_cmd(a),
         Command::Distill(a) => distill_cmd::distill_cmd(a),
+        Command::Analyze(w) => analyze_cmd::analyze_cmd(w),
         Command::Bench(a) => bench(a),
     };
     match res {

@@ -116,6 +116,48 @@ fn distill_then_generate_recurrently() {
         serde_json::from_str(&ok(&hyena(&["eval", "--model", dist_s, "--json"]))).unwrap();
     assert!(v["bits_per_token"].as_f64().unwrap() > 1.0);
 
+    // ESS of the original and of the distilled model: per layer, filters and operator.
+    for m in [run_s, dist_s] {
+        let png = dir.join("ess.png");
+        let v: serde_json::Value = serde_json::from_str(&ok(&hyena(&[
+            "analyze",
+            "ess",
+            "--model",
+            m,
+            "--json",
+            "--png",
+            png.to_str().unwrap(),
+        ])))
+        .unwrap();
+        for kind in ["filters", "operator"] {
+            let layers = v[kind].as_array().unwrap();
+            assert_eq!(layers.len(), 2, "{kind}: {v}");
+            assert_eq!(layers[0]["channels"].as_array().unwrap().len(), 16);
+            assert!(layers
+                .iter()
+                .all(|l| l["tolerance_total"].as_f64().unwrap() >= 1.0));
+        }
+        assert!(std::fs::metadata(&png).unwrap().len() > 1000);
+        std::fs::remove_file(&png).unwrap();
+    }
+    // The distilled filters have at most the fitted order 4 of state each.
+    let v: serde_json::Value = serde_json::from_str(&ok(&hyena(&[
+        "analyze",
+        "ess",
+        "--model",
+        dist_s,
+        "--json",
+        "--tol",
+        "1e-6",
+        "--png",
+        dir.join("e.png").to_str().unwrap(),
+    ])))
+    .unwrap();
+    std::fs::remove_file(dir.join("e.png")).unwrap();
+    for ch in v["filters"][0]["channels"].as_array().unwrap() {
+        assert!(ch[0].as_f64().unwrap() <= 4.0, "{ch}");
+    }
+
     // Recurrent and conv generation agree on a distilled model.
     let gen = |mode: &str| {
         ok(&hyena(&[

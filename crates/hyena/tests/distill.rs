@@ -406,3 +406,81 @@ mod model {
         );
     }
 }
+
+mod ess {
+    use hyena::distill::ess::{filter_ess, operator_ess};
+    use hyena::models::lm::{HyenaLm, LmConfig};
+    use hyena::{FilterConfig, HyenaConfig};
+
+    /// Filters of known Hankel rank: channel c is a sum of `1 + c % 3` damped cosines (rank
+    /// 2 each) → rank 2, 4 or 6.
+    fn known_rank_lm(l: usize) -> (HyenaLm, Vec<usize>) {
+        let d = 6;
+        let cfg = LmConfig {
+            vocab_size: 12,
+            pad_vocab_size_multiple: 8,
+            n_layer: 2,
+            d_inner: 12,
+            layer_norm_epsilon: 1e-5,
+            tie_embeddings: false,
+            operator: HyenaConfig {
+                d_model: d,
+                l_max: l,
+                filter: FilterConfig {
+                    emb_dim: 5,
+                    filter_order: 8,
+                    ..FilterConfig::default()
+                },
+                ..HyenaConfig::default()
+            },
+        };
+        let mut lm = HyenaLm::new(&cfg, 2).unwrap();
+        let ranks: Vec<usize> = (0..d).map(|c| 2 * (1 + c % 3)).collect();
+        let mut k = vec![0.0f32; d * l];
+        for c in 0..d {
+            for t in 0..l {
+                k[c * l + t] = (0..ranks[c] / 2)
+                    .map(|j| {
+                        let (rho, w) = (0.97 - 0.05 * j as f64, 0.3 + 0.7 * j as f64);
+                        rho.powi(t as i32) * (w * t as f64).cos()
+                    })
+                    .sum::<f64>() as f32;
+            }
+        }
+        for i in 0..2 {
+            lm.operator_mut(i)
+                .set_explicit_filters(Some(k.clone()))
+                .unwrap();
+        }
+        (lm, ranks)
+    }
+
+    #[test]
+    fn ess_of_known_rank_filters_is_their_rank() {
+        let l = 128;
+        let (lm, ranks) = known_rank_lm(l);
+        let f = filter_ess(&lm, 1e-4, 512).unwrap();
+        assert_eq!(f.len(), 2);
+        for layer in &f {
+            let tol: Vec<usize> = layer.channels.iter().map(|c| c.0 as usize).collect();
+            assert_eq!(tol, ranks, "filter tolerance-ESS");
+            assert_eq!(layer.tolerance_total as usize, ranks.iter().sum::<usize>());
+            for (c, &(_, e)) in layer.channels.iter().enumerate() {
+                assert!(e >= 1.0 && e <= ranks[c] as f64 + 1e-9, "entropy-ESS {e}");
+            }
+        }
+        // Gating by non-zero diagonal factors keeps the rank: the operator ESS on an input
+        // equals the filter's rank (gates from a random input are almost surely non-zero).
+        let toks: Vec<u32> = (0..l).map(|t| (7 + (t * 5 + t / 3) % 4) as u32).collect();
+        let o = operator_ess(&lm, &toks, 1e-6).unwrap();
+        for layer in &o {
+            let tol: Vec<usize> = layer.channels.iter().map(|c| c.0 as usize).collect();
+            assert_eq!(tol, ranks, "operator tolerance-ESS, layer {}", layer.layer);
+        }
+        assert!(operator_ess(&lm, &toks[..4], 1e-3).is_err());
+        assert!(filter_ess(&lm, 0.0, 512)
+            .unwrap_err()
+            .to_string()
+            .contains("tol"));
+    }
+}

@@ -9,6 +9,7 @@
 //!
 //! Linear algebra runs in `f64` through `faer` (these are per-filter analyses, not kernels).
 
+pub mod ess;
 pub mod hankel;
 pub mod modal;
 pub mod model;

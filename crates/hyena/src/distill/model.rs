@@ -84,6 +84,21 @@ pub struct ChannelFit {
 
 /// The original filters `[N−1, D, L]` of block `i` at length `l` (implicit or explicit).
 pub fn block_filters(lm: &HyenaLm, i: usize, l: usize) -> Result<Vec<f32>> {
+    let op = lm.operator(i);
+    if let Some(k) = op.explicit_filters() {
+        let lm_max = op.cfg.l_max;
+        if l > lm_max {
+            return Err(Error::TooLong {
+                op: "block_filters",
+                len: l,
+                l_max: lm_max,
+            });
+        }
+        return Ok(k
+            .chunks_exact(lm_max)
+            .flat_map(|r| r[..l].to_vec())
+            .collect());
+    }
     let mut c = FilterCache::default();
     lm.operator(i)
         .filter

@@ -245,6 +245,11 @@ impl HyenaOperator {
         Ok(())
     }
 
+    /// The explicit filters `[N-1, D, l_max]`, if set.
+    pub fn explicit_filters(&self) -> Option<&[f32]> {
+        self.explicit.as_deref().map(|v| v.as_slice())
+    }
+
     /// Whether explicit filters replace the implicit one.
     pub fn has_explicit_filters(&self) -> bool {
         self.explicit.is_some()

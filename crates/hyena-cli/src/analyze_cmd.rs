@@ -1,0 +1,163 @@
+//! `hyena analyze ess`: argument parsing and printing only; the work is `hyena::distill::ess`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use hyena::distill::ess::{filter_ess, operator_ess, LayerEss};
+use hyena::train::run::{load_tokens, DataConfig};
+use hyena::train::trainer::{load_model, read_json};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum AnalyzeWhat {
+    /// Effective state size per layer: of the long filters (Hankel spectra) and of the gated
+    /// operator on an input (the run's first validation window, or --fasta).
+    Ess(EssArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EssArgs {
+    /// Run directory of a trained (or distilled) model.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Tolerance-ESS counts singular values above TOL × the largest.
+    #[arg(long, default_value_t = 1e-3)]
+    pub tol: f64,
+    /// FASTA/FASTQ input for the operator ESS (its first l_max tokens).
+    #[arg(long)]
+    pub fasta: Option<PathBuf>,
+    /// Input length for the operator ESS [default: min(l_max, 1024)].
+    #[arg(long)]
+    pub len: Option<usize>,
+    /// Largest Hankel matrix side for the filter ESS.
+    #[arg(long, default_value_t = 512)]
+    pub max_hankel: usize,
+    /// Print the results as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Where to draw the per-layer ESS.
+    #[arg(long, default_value = "ess.png")]
+    pub png: PathBuf,
+}
+
+pub fn analyze_cmd(w: AnalyzeWhat) -> Result<()> {
+    match w {
+        AnalyzeWhat::Ess(a) => ess_cmd(a),
+    }
+}
+
+fn ess_cmd(a: EssArgs) -> Result<()> {
+    let lm = load_model(&a.model)
+        .with_context(|| format!("loading the model in {}", a.model.display()))?;
+    let filters = filter_ess(&lm, a.tol, a.max_hankel)?;
+    // The run's data settings (a distilled directory keeps them beside its `distill` section).
+    let cfg_v = read_json(&a.model.join("config.json"))?;
+    let run_data: Option<DataConfig> = cfg_v
+        .get("data")
+        .and_then(|d| serde_json::from_value(d.clone()).ok());
+    let data = match (&a.fasta, &run_data) {
+        (Some(f), _) => Some(DataConfig {
+            fasta: vec![f.clone()],
+            text: Vec::new(),
+            val_fraction: 0.0,
+            ..run_data.clone().unwrap_or_default()
+        }),
+        (None, Some(d)) => Some(d.clone()),
+        (None, None) => None,
+    };
+    let (operator, input) = match data {
+        Some(dc) => {
+            let td = load_tokens(&dc).context("reading the input for the operator ESS")?;
+            let src = if a.fasta.is_some() || td.val.is_empty() {
+                &td.train
+            } else {
+                &td.val
+            };
+            let n = a
+                .len
+                .unwrap_or(1024)
+                .min(lm.cfg.operator.l_max)
+                .min(src.len());
+            let ess = operator_ess(&lm, &src[..n], a.tol)
+                .with_context(|| format!("operator ESS on {n} tokens"))?;
+            (ess, format!("{n} tokens of {}", td.summary))
+        }
+        None => (
+            Vec::new(),
+            "none (no data section in config.json; pass --fasta)".into(),
+        ),
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"model": a.model, "tol": a.tol, "input": input,
+                               "filters": filters, "operator": operator})
+        );
+    } else {
+        println!(
+            "ESS per layer (tolerance {:e}; sums over channels, per-channel means in parentheses)",
+            a.tol
+        );
+        println!("operator input: {input}\n");
+        println!("| layer | filter tol-ESS | filter entropy-ESS | operator tol-ESS | operator entropy-ESS |");
+        println!("|---:|---:|---:|---:|---:|");
+        let cell = |e: Option<&LayerEss>, tol: bool| {
+            e.map_or("-".to_string(), |e| {
+                if tol {
+                    format!("{:.0} ({:.2})", e.tolerance_total, e.tolerance_mean)
+                } else {
+                    format!("{:.1} ({:.2})", e.entropy_total, e.entropy_mean)
+                }
+            })
+        };
+        for f in &filters {
+            let o = operator.iter().find(|o| o.layer == f.layer);
+            println!(
+                "| {} | {} | {} | {} | {} |",
+                f.layer,
+                cell(Some(f), true),
+                cell(Some(f), false),
+                cell(o, true),
+                cell(o, false)
+            );
+        }
+    }
+    let line = |v: &[LayerEss], tol: bool| -> Vec<(f64, f64)> {
+        v.iter()
+            .map(|e| {
+                (
+                    e.layer as f64,
+                    if tol {
+                        e.tolerance_mean
+                    } else {
+                        e.entropy_mean
+                    },
+                )
+            })
+            .collect()
+    };
+    let mut series = vec![
+        ("filters: tolerance-ESS".to_string(), line(&filters, true)),
+        ("filters: entropy-ESS".to_string(), line(&filters, false)),
+    ];
+    if !operator.is_empty() {
+        series.push((
+            "operator on input: tolerance-ESS".to_string(),
+            line(&operator, true),
+        ));
+        series.push((
+            "operator on input: entropy-ESS".to_string(),
+            line(&operator, false),
+        ));
+    }
+    hyena::train::plot::lines_png(
+        &a.png,
+        "effective state size per channel (mean over channels)",
+        "layer",
+        "ESS per channel",
+        &series,
+    )?;
+    if !a.json {
+        println!("\nplot: {}", a.png.display());
+    }
+    Ok(())
+}
