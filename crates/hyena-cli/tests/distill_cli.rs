@@ -207,6 +207,51 @@ fn distill_then_generate_recurrently() {
         &["--tol"],
     );
     assert_eq!(snapshot(&dir), before);
+    // A model without long convolutions (no Hyena blocks) and a non-finite filter.
+    let nolong = dir.join("nolong");
+    std::fs::create_dir_all(&nolong).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
+    cfg["model"]["n_layer"] = 0.into();
+    std::fs::write(nolong.join("config.json"), cfg.to_string()).unwrap();
+    std::fs::copy(
+        run.join("model.safetensors"),
+        nolong.join("model.safetensors"),
+    )
+    .unwrap();
+    let nan = dir.join("nan");
+    std::fs::create_dir_all(&nan).unwrap();
+    std::fs::copy(run.join("config.json"), nan.join("config.json")).unwrap();
+    let mut lm = hyena::train::trainer::load_model(&run).unwrap();
+    lm.params.blocks[1].mixer.filter.w_out[3] = f32::NAN;
+    hyena::train::trainer::save_model(&lm, &nan).unwrap();
+    let before = snapshot(&dir);
+    let x = dir.join("x");
+    fails_with(
+        &hyena(&[
+            "distill",
+            "--model",
+            nan.to_str().unwrap(),
+            "--order",
+            "2",
+            "--out",
+            x.to_str().unwrap(),
+        ]),
+        &["layer 1", "finite"],
+    );
+    fails_with(
+        &hyena(&[
+            "distill",
+            "--model",
+            nolong.to_str().unwrap(),
+            "--order",
+            "2",
+            "--out",
+            x.to_str().unwrap(),
+        ]),
+        &["n_layer"],
+    );
+    assert_eq!(snapshot(&dir), before);
     assert!(!other.join("model.safetensors").exists());
 
     // The generation benchmark: one record per context and the plot.
