@@ -2,16 +2,9 @@
 //! a small trained run, and their errors (clear message, non-zero exit, nothing on disk
 //! changed).
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn hyena(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hyena"))
-        .args(args)
-        .output()
-        .expect("run hyena")
-}
+mod common;
+use common::{fails_with, hyena, snapshot};
+use std::process::Output;
 
 fn ok(out: &Output) -> String {
     assert!(
@@ -20,28 +13,6 @@ fn ok(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn fails_with(out: &Output, needles: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected a failure, got: {err}");
-    for n in needles {
-        assert!(err.contains(n), "`{n}` not in: {err}");
-    }
-    assert!(!err.contains("panicked"), "{err}");
-}
-
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut m = BTreeMap::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            m.extend(snapshot(&p));
-        } else {
-            m.insert(p.clone(), std::fs::read(&p).unwrap());
-        }
-    }
-    m
 }
 
 #[test]

@@ -3,45 +3,15 @@
 //! with other settings, a truncated checkpoint) failing with a clear message, a non-zero exit
 //! and every file already on disk left as it was.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn hyena(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hyena"))
-        .args(args)
-        .output()
-        .expect("run hyena")
-}
+mod common;
+use common::{fails_with, hyena, snapshot};
+use std::path::PathBuf;
 
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("hyena-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// Every file under `dir` with its bytes.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut m = BTreeMap::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            m.extend(snapshot(&p));
-        } else {
-            m.insert(p.clone(), std::fs::read(&p).unwrap());
-        }
-    }
-    m
-}
-
-fn fails_with(out: &Output, needles: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected a failure, got: {err}");
-    for n in needles {
-        assert!(err.contains(n), "`{n}` not in: {err}");
-    }
-    assert!(!err.contains("panicked"), "{err}");
 }
 
 const SMALL: [&str; 12] = [

@@ -637,8 +637,7 @@ impl HyenaOperator {
             &mut grads.filter,
         )?;
 
-        // short_filter, then in_proj: dWi [C, D] += dz [C, B·L] · u [B·L, D]; dbi += row sums;
-        // du [B·L, D] = dzᵀ [B·L, C] · Wi [C, D].
+        // short_filter backward, in place: duc becomes dz [C, B·L], the in_proj output gradient.
         let lay_c = RowLayout::cbl(b, c, l);
         short_conv::backward_inplace(
             &mut ws.duc,
@@ -649,46 +648,32 @@ impl HyenaOperator {
             &mut grads.short_w,
             &mut grads.short_b,
         )?;
-        let dz = &ws.duc; // duc now holds dz
-        match input {
-            OpInput::Rows(u) => {
-                matmul(
-                    MatMut::rm(&mut grads.in_w, c, d),
-                    MatRef::rm(dz, c, bl),
-                    MatRef::rm(u, bl, d),
-                    true,
-                )?;
-                row_sums_acc(dz, bl, &mut grads.in_b);
-                matmul(
-                    MatMut::rm(du, bl, d),
-                    MatRef::tr(dz, bl, c),
-                    MatRef::rm(&p.in_w, c, d),
-                    false,
-                )
-            }
+        // in_proj: with A [C, n] the output gradient per input row and X [n, D] those rows,
+        // dWi += A · X, dbi += row sums of A, du [n, D] = Aᵀ · Wi. For a table input,
+        // z[:, t] = W · table[idx[t]] + b is linear in the row, so A = S [C, V] with
+        // S[:, r] = Σ_{t: idx[t] = r} dz[:, t] and X = the table.
+        let (a, n, x): (&[f32], usize, &[f32]) = match input {
+            OpInput::Rows(u) => (&ws.duc, bl, u),
             OpInput::Table { table, idx } => {
-                // z[:, t] = W · table[idx[t]] + b is linear in the table row, so the products
-                // run on S [C, V] = Σ_{t: idx[t] = r} dz[:, t] (per row r): dWi += S · table,
-                // dbi += row sums of S, du [V, D] = Sᵀ · Wi.
                 let v = table.len() / d;
                 grow(&mut ws.dztab_t, c * v);
-                scatter_columns(dz, bl, idx, v, &mut ws.dztab_t);
-                let s_t = &ws.dztab_t;
-                matmul(
-                    MatMut::rm(&mut grads.in_w, c, d),
-                    MatRef::rm(s_t, c, v),
-                    MatRef::rm(table, v, d),
-                    true,
-                )?;
-                row_sums_acc(s_t, v, &mut grads.in_b);
-                matmul(
-                    MatMut::rm(du, v, d),
-                    MatRef::tr(s_t, v, c),
-                    MatRef::rm(&p.in_w, c, d),
-                    false,
-                )
+                scatter_columns(&ws.duc, bl, idx, v, &mut ws.dztab_t);
+                (&ws.dztab_t, v, table)
             }
-        }
+        };
+        matmul(
+            MatMut::rm(&mut grads.in_w, c, d),
+            MatRef::rm(a, c, n),
+            MatRef::rm(x, n, d),
+            true,
+        )?;
+        row_sums_acc(a, n, &mut grads.in_b);
+        matmul(
+            MatMut::rm(du, n, d),
+            MatRef::tr(a, n, c),
+            MatRef::rm(&p.in_w, c, d),
+            false,
+        )
     }
 }
 
