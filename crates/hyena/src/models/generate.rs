@@ -75,8 +75,8 @@ pub fn sample(logits: &[f32], cfg: &SampleConfig, rng: &mut StdRng) -> u32 {
     idx[idx.len() - 1] as u32
 }
 
-/// Append `n` sampled tokens to `prompt` (which must not be empty); returns only the new tokens.
-pub fn generate(lm: &HyenaLm, prompt: &[u32], n: usize, cfg: &SampleConfig) -> Result<Vec<u32>> {
+/// An error unless `prompt` has at least one token (generation and prefill need one).
+pub(crate) fn check_prompt(prompt: &[u32]) -> Result<()> {
     if prompt.is_empty() {
         return Err(Error::config(
             "prompt",
@@ -84,6 +84,12 @@ pub fn generate(lm: &HyenaLm, prompt: &[u32], n: usize, cfg: &SampleConfig) -> R
             "give at least one token of prompt",
         ));
     }
+    Ok(())
+}
+
+/// Append `n` sampled tokens to `prompt` (which must not be empty); returns only the new tokens.
+pub fn generate(lm: &HyenaLm, prompt: &[u32], n: usize, cfg: &SampleConfig) -> Result<Vec<u32>> {
+    check_prompt(prompt)?;
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let (v_real, v_pad) = (lm.cfg.vocab_size, lm.cfg.padded_vocab());
     let l_max = lm.cfg.operator.l_max;
@@ -112,13 +118,7 @@ pub fn generate_recurrent(
     n: usize,
     cfg: &SampleConfig,
 ) -> Result<Vec<u32>> {
-    if prompt.is_empty() {
-        return Err(Error::config(
-            "prompt",
-            "\"\"",
-            "give at least one token of prompt",
-        ));
-    }
+    // An empty prompt is refused by the prefill.
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let v_real = rlm.lm.cfg.vocab_size;
     let head = prompt.len().min(rlm.lm.cfg.operator.l_max);

@@ -109,14 +109,8 @@ impl RecurrentLm {
     /// Consume `prompt` (at least one token) with the parallel forward and return the state
     /// after it; `state.logits` are those of the prompt's last position.
     pub fn prefill(&self, prompt: &[u32], cache: &mut LmCache) -> Result<RecurrentState> {
+        crate::models::generate::check_prompt(prompt)?;
         let t = prompt.len();
-        if t == 0 {
-            return Err(Error::config(
-                "prompt",
-                "\"\"",
-                "give at least one token of prompt",
-            ));
-        }
         self.lm.forward(prompt, 1, t, cache)?;
         let cfg = &self.lm.cfg;
         let (n, d) = (cfg.operator.order, cfg.d_model());

@@ -38,10 +38,7 @@ pub fn loss_curve_png(
     refs: &[RefLine],
 ) -> Result<()> {
     ensure_font();
-    let err = |e: String| Error::Format {
-        file: path.to_path_buf(),
-        msg: format!("plotting failed: {e}"),
-    };
+    let err = plot_err(path);
     let max_step = train
         .iter()
         .chain(val)
@@ -101,15 +98,7 @@ pub fn loss_curve_png(
             .label(r.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()
-        .map_err(|e| err(e.to_string()))?;
-    root.present().map_err(|e| err(e.to_string()))?;
-    Ok(())
+    legend_and_present(&root, &mut chart, path)
 }
 
 /// Lines `(label, points)` on log–log axes (e.g. latency against context length).
@@ -121,23 +110,9 @@ pub fn log_log_png(
     series: &[(String, Vec<(f64, f64)>)],
 ) -> Result<()> {
     ensure_font();
-    let err = |e: String| Error::Format {
-        file: path.to_path_buf(),
-        msg: format!("plotting failed: {e}"),
-    };
-    let pts = || {
-        series
-            .iter()
-            .flat_map(|s| s.1.iter())
-            .filter(|p| p.0 > 0.0 && p.1 > 0.0)
-    };
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for p in pts() {
-        (x0, x1, y0, y1) = (x0.min(p.0), x1.max(p.0), y0.min(p.1), y1.max(p.1));
-    }
-    if x0 > x1 {
-        (x0, x1, y0, y1) = (1.0, 10.0, 1.0, 10.0);
-    }
+    let err = plot_err(path);
+    let (x0, x1, y0, y1) =
+        bounds(series, |p| p.0 > 0.0 && p.1 > 0.0).unwrap_or((1.0, 10.0, 1.0, 10.0));
     let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
     let mut chart = ChartBuilder::on(&root)
@@ -176,15 +151,7 @@ pub fn log_log_png(
             .draw_series(p.iter().map(|&q| Circle::new(q, 4, c.filled())))
             .map_err(|e| err(e.to_string()))?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()
-        .map_err(|e| err(e.to_string()))?;
-    root.present().map_err(|e| err(e.to_string()))?;
-    Ok(())
+    legend_and_present(&root, &mut chart, path)
 }
 
 /// Lines `(label, points)` on linear axes; series whose label starts with `fit` are drawn
@@ -197,20 +164,9 @@ pub fn lines_png(
     series: &[(String, Vec<(f64, f64)>)],
 ) -> Result<()> {
     ensure_font();
-    let err = |e: String| Error::Format {
-        file: path.to_path_buf(),
-        msg: format!("plotting failed: {e}"),
-    };
-    let pts = || {
-        series
-            .iter()
-            .flat_map(|s| s.1.iter())
-            .filter(|p| p.0.is_finite() && p.1.is_finite())
-    };
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for p in pts() {
-        (x0, x1, y0, y1) = (x0.min(p.0), x1.max(p.0), y0.min(p.1), y1.max(p.1));
-    }
+    let err = plot_err(path);
+    let (mut x0, mut x1, mut y0, mut y1) =
+        bounds(series, |p| p.0.is_finite() && p.1.is_finite()).unwrap_or((0.0, 1.0, 0.0, 0.0));
     if x0 >= x1 {
         (x0, x1) = (0.0, 1.0);
     }
@@ -255,6 +211,20 @@ pub fn lines_png(
                 PathElement::new(vec![(x, y), (x + 20, y)], if fit { BLACK } else { c })
             });
     }
+    legend_and_present(&root, &mut chart, path)
+}
+
+/// Draw the series legend (top right, over a translucent box) and write the file.
+fn legend_and_present<'a, DB, CT>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    chart: &mut ChartContext<'a, DB, CT>,
+    path: &Path,
+) -> Result<()>
+where
+    DB: DrawingBackend + 'a,
+    CT: plotters::coord::CoordTranslate,
+{
+    let err = plot_err(path);
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
@@ -262,6 +232,29 @@ pub fn lines_png(
         .label_font(("sans-serif", 14))
         .draw()
         .map_err(|e| err(e.to_string()))?;
-    root.present().map_err(|e| err(e.to_string()))?;
-    Ok(())
+    root.present().map_err(|e| err(e.to_string()))
+}
+
+/// The error for a failed plot of `path`.
+fn plot_err(path: &Path) -> impl Fn(String) -> Error + '_ {
+    move |e| Error::Format {
+        file: path.to_path_buf(),
+        msg: format!("plotting failed: {e}"),
+    }
+}
+
+/// The box `(x0, x1, y0, y1)` around the points of `series` that pass `keep`; `None` if
+/// there are none.
+fn bounds(
+    series: &[(String, Vec<(f64, f64)>)],
+    keep: impl Fn(&(f64, f64)) -> bool,
+) -> Option<(f64, f64, f64, f64)> {
+    series
+        .iter()
+        .flat_map(|s| s.1.iter())
+        .filter(|p| keep(p))
+        .fold(None, |b, p| {
+            let (x0, x1, y0, y1) = b.unwrap_or((p.0, p.0, p.1, p.1));
+            Some((x0.min(p.0), x1.max(p.0), y0.min(p.1), y1.max(p.1)))
+        })
 }
