@@ -1,6 +1,7 @@
 //! Reading and writing tensors: safetensors files with atomic writes.
 
 pub mod fasta;
+pub mod hf;
 pub mod safetensors;
 pub mod text;
 pub mod tokenizer;

@@ -485,7 +485,7 @@ impl HyenaFilter {
 
 crate::ops::simd_fn! {
     /// `row[i] *= exp(-t[i]·a) + shift` (`a >= 0`, `t >= 0`).
-    fn window_row(row: &mut [f32], t: &[f32], a: f32, shift: f32) {
+    pub(crate) fn window_row(row: &mut [f32], t: &[f32], a: f32, shift: f32) {
         for (v, &ti) in row.iter_mut().zip(t) {
             *v *= crate::ops::act::exp_nonpos(-ti * a) + shift;
         }

@@ -1,6 +1,7 @@
 //! Models built from layers: the HyenaDNA-style causal language model and sampling from it.
 
 pub mod generate;
+pub mod infer;
 pub mod lm;
 pub mod recurrent;
 

@@ -895,6 +895,119 @@ simd_fn! {
     }
 }
 
+/// Causal long convolution of one row at a time with the least working memory: the inference
+/// path at very long L (a 1M-base HyenaDNA forward), where [`FftConv`]'s per-task scratch (ten
+/// `2L`-point buffers, sized for batched training) would not fit beside the activations.
+///
+/// `w ← (k * w)[..L] + d·w`, with the same numerics as [`FftConv::forward`]: zero padding to
+/// `n = 2L`, the `1/n` carried by the filter spectrum, unscaled inverse. Per concurrent task it
+/// needs one [`RowConvScratch`]: a `2L`-float signal, two half spectra and the FFT scratch,
+/// about `8L` floats.
+pub struct RowConv {
+    l: usize,
+    fwd: Arc<dyn RealToComplex<f32>>,
+    inv: Arc<dyn ComplexToReal<f32>>,
+}
+
+/// Working memory of one [`RowConv`] task (reuse it across rows).
+pub struct RowConvScratch {
+    real: Vec<f32>,
+    kspec: Vec<Complex<f32>>,
+    wspec: Vec<Complex<f32>>,
+    fft: Vec<Complex<f32>>,
+}
+
+impl std::fmt::Debug for RowConv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RowConv").field("len", &self.l).finish()
+    }
+}
+
+impl RowConv {
+    /// Plans for rows of length `l >= 1`.
+    pub fn new(l: usize) -> Result<Self> {
+        if l == 0 {
+            return Err(Error::shape("row conv", "sequence length", "L >= 1", 0));
+        }
+        let mut p = RealFftPlanner::<f32>::new();
+        Ok(RowConv {
+            l,
+            fwd: p.plan_fft_forward(2 * l),
+            inv: p.plan_fft_inverse(2 * l),
+        })
+    }
+
+    /// Row length L.
+    pub fn len(&self) -> usize {
+        self.l
+    }
+
+    /// Always false (L >= 1).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Fresh working memory for one task.
+    pub fn scratch(&self) -> RowConvScratch {
+        let (n, m) = (2 * self.l, self.l + 1);
+        let fl = self.fwd.get_scratch_len().max(self.inv.get_scratch_len());
+        RowConvScratch {
+            real: vec![0.0; n],
+            kspec: vec![Complex::default(); m],
+            wspec: vec![Complex::default(); m],
+            fft: vec![Complex::default(); fl],
+        }
+    }
+
+    /// `w ← (k * w)[..L] + d·w` for one row `w [L]` with filter `k [L]`.
+    pub fn conv_inplace(
+        &self,
+        w: &mut [f32],
+        k: &[f32],
+        d: f32,
+        s: &mut RowConvScratch,
+    ) -> Result<()> {
+        const OP: &str = "row conv";
+        let l = self.l;
+        check_len(OP, "row w [L]", w.len(), l)?;
+        check_len(OP, "filter k [L]", k.len(), l)?;
+        check_len(OP, "scratch", s.real.len(), 2 * l)?;
+        let bad = |_| Error::shape(OP, "scratch", "RowConv::scratch of this length", "other");
+        s.real[..l].copy_from_slice(k);
+        s.real[l..].fill(0.0);
+        self.fwd
+            .process_with_scratch(&mut s.real, &mut s.kspec, &mut s.fft)
+            .map_err(bad)?;
+        s.real[..l].copy_from_slice(w);
+        s.real[l..].fill(0.0);
+        self.fwd
+            .process_with_scratch(&mut s.real, &mut s.wspec, &mut s.fft)
+            .map_err(bad)?;
+        let scale = 1.0 / (2 * l) as f32;
+        for (a, b) in s.wspec.iter_mut().zip(&s.kspec) {
+            *a *= *b * scale;
+        }
+        // Products of real signals' spectra have real DC and Nyquist bins (up to rounding,
+        // which realfft would reject).
+        s.wspec[0].im = 0.0;
+        s.wspec[l].im = 0.0;
+        self.inv
+            .process_with_scratch(&mut s.wspec, &mut s.real, &mut s.fft)
+            .map_err(bad)?;
+        row_skip(w, &s.real[..l], d);
+        Ok(())
+    }
+}
+
+simd_fn! {
+    /// `w[t] = conv[t] + d·w[t]`.
+    fn row_skip(w: &mut [f32], conv: &[f32], d: f32) {
+        for (v, &c) in w.iter_mut().zip(conv) {
+            *v = c + d * *v;
+        }
+    }
+}
+
 /// View interleaved `[re, im, re, im, …]` floats as complex numbers.
 fn as_complex(s: &mut [f32]) -> &mut [Complex<f32>] {
     debug_assert!(s.len().is_multiple_of(2));

@@ -213,6 +213,76 @@ pub fn backward_inplace(
 }
 
 /// The definition, literally, in f64.
+/// Streaming forward over position-major rows, one chunk of a sequence at a time (the
+/// memory-lean inference path). `x: [P, C]` is the chunk's input, `carry: [K-1, C]` the K−1
+/// input rows before it (zeros at the start of a sequence; updated here to the chunk's last
+/// K−1 rows, so the next call continues the sequence), `w: [C, K]`, `bias: [C]`, `y: [P, C]`.
+/// Chunks of any size give exactly [`forward`]'s result on the whole sequence.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_rows_carry(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    k: usize,
+    c: usize,
+    carry: &mut [f32],
+    y: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "short_conv forward (rows)";
+    let p = x.len().checked_div(c).unwrap_or(0);
+    check_len(OP, "x [P, C]", x.len(), p * c)?;
+    check_len(OP, "weight [C, 1, K]", w.len(), c * k)?;
+    check_len(OP, "bias [C]", bias.len(), c)?;
+    check_len(OP, "carry [K-1, C]", carry.len(), k.saturating_sub(1) * c)?;
+    check_len(OP, "y [P, C]", y.len(), p * c)?;
+    if k == 0 {
+        return Err(crate::Error::shape(OP, "kernel size", "K >= 1", 0));
+    }
+    // Taps as [K, C] so the inner loop runs along contiguous channels.
+    let mut wt = vec![0.0f32; k * c];
+    for ch in 0..c {
+        for j in 0..k {
+            wt[j * c + ch] = w[ch * k + j];
+        }
+    }
+    let h = k - 1;
+    y.par_chunks_mut(64 * c)
+        .enumerate()
+        .for_each(|(blk, yb)| {
+            for (i, yr) in yb.chunks_exact_mut(c).enumerate() {
+                let t = blk * 64 + i;
+                yr.copy_from_slice(bias);
+                for j in 0..k {
+                    // input row t-(K-1)+j: inside the chunk, or in the carry before it.
+                    let src = if t + j >= h {
+                        let r = t + j - h;
+                        &x[r * c..(r + 1) * c]
+                    } else {
+                        let r = t + j; // carry row index, < K-1
+                        &carry[r * c..(r + 1) * c]
+                    };
+                    axpy_row(yr, &wt[j * c..(j + 1) * c], src);
+                }
+            }
+        });
+    // The new carry: the last K−1 input rows (from the old carry when the chunk is shorter).
+    if p >= h {
+        carry.copy_from_slice(&x[(p - h) * c..]);
+    } else {
+        carry.copy_within(p * c.., 0);
+        carry[(h - p) * c..].copy_from_slice(x);
+    }
+    Ok(())
+}
+
+simd_fn! {
+    fn axpy_row(y: &mut [f32], a: &[f32], x: &[f32]) {
+        for ((yv, &av), &xv) in y.iter_mut().zip(a).zip(x) {
+            *yv += av * xv;
+        }
+    }
+}
+
 pub mod reference {
     use crate::ops::fftconv::RowLayout;
 

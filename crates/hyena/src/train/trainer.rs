@@ -411,12 +411,22 @@ pub fn load_model(dir: &Path) -> Result<HyenaLm> {
 }
 
 /// [`load_model`] with the run's `config.json` already parsed into `cfg_v`.
+///
+/// A directory holding a released HyenaDNA checkpoint (HF or Lightning layout, see
+/// [`crate::io::hf`]) loads too.
 pub fn load_model_with(dir: &Path, cfg_v: &serde_json::Value) -> Result<HyenaLm> {
+    use crate::io::hf::{kind_of, load_reference, CheckpointKind};
+    if matches!(
+        kind_of(cfg_v),
+        Some(CheckpointKind::Hf | CheckpointKind::Lightning)
+    ) {
+        return Ok(load_reference(dir, cfg_v)?.0);
+    }
     let cfg_path = dir.join("config.json");
     let cfg: LmConfig =
         config_section(cfg_v, "model", &cfg_path)?.ok_or_else(|| Error::Format {
             file: cfg_path.clone(),
-            msg: "no `model` section; is this a hyena run directory?".into(),
+            msg: "no `model` section (hyena run) and no `d_model` key (HyenaDNA checkpoint): is this a model directory?".into(),
         })?;
     let mut lm = HyenaLm::new(&cfg, 0)?;
     let f = TensorFile::read(dir.join("model.safetensors"))?;

@@ -1,0 +1,369 @@
+//! Loading released HyenaDNA checkpoints (spec Sec. 3.4) into a [`HyenaLm`].
+//!
+//! Three directory layouts are understood, besides hyena's own run directories:
+//! - **HF** (`LongSafari/hyenadna-*-hf`): `config.json` with flat keys (`d_model`, `n_layer`,
+//!   `d_inner`, `max_seq_len`, `emb_dim`, `filter_order`, …) and `model.safetensors` or
+//!   `pytorch_model.bin`; keys `hyena.backbone.…` plus `lm_head.weight` (CausalLM), or
+//!   `backbone.…` (the bare model), or `hyena.backbone.…` plus `score.weight` (classifier).
+//! - **Lightning** (`LongSafari/hyenadna-*`, non-HF): `config.json` with the model keys at the
+//!   top and the operator under `layer` (`{"_name_": "hyena", "l_max": …, "emb_dim": …}`), and
+//!   `weights.ckpt`, whose `state_dict` keys start with `model.backbone.`.
+//! - Either may use the `.mixer.layer.` / `.mlp.layer.` key variant that activation
+//!   checkpointing introduces (`checkpoint_mixer`/`checkpoint_mlp`); it is folded away.
+//!
+//! The operator settings that no config stores are those of the released code: filter shift
+//! 0.05 and the `(o d)` channel layout (spec Sec. 3.1), with modulation on. The filters' buffers
+//! (`pos_emb.z`, `pos_emb.t`, `modulation.deltas`) are read from the file when present and
+//! recomputed from the config otherwise. A checkpoint without `lm_head.weight` gets the
+//! embedding as its head (the training repo ties them). Pickle files are read by
+//! [`crate::io::torch`], which extracts tensors only.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::config::{FilterConfig, FilterLayout, HyenaConfig};
+use crate::error::{Error, Result};
+use crate::io::safetensors::{Tensor, TensorFile};
+use crate::models::lm::{HyenaLm, LmConfig};
+
+/// Which layout a model directory has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointKind {
+    /// Written by hyena (`config.json` has a `model` section).
+    Hyena,
+    /// HuggingFace port: flat config keys.
+    Hf,
+    /// PyTorch Lightning `weights.ckpt` with the training repo's config.
+    Lightning,
+}
+
+/// What was loaded from a reference checkpoint, for the user to see.
+#[derive(Clone, Debug)]
+pub struct LoadReport {
+    pub kind: CheckpointKind,
+    /// The weights file read.
+    pub weights: PathBuf,
+    /// Tensors in the file that the model does not use (e.g. a classifier's `score.weight`).
+    pub unused: Vec<String>,
+    /// Whether the LM head was tied to the embedding because the file had none.
+    pub tied_head: bool,
+}
+
+/// Decide the layout of `dir` from its `config.json` (already parsed).
+pub fn kind_of(cfg: &Value) -> Option<CheckpointKind> {
+    if cfg.get("model").is_some_and(|m| m.is_object()) {
+        Some(CheckpointKind::Hyena)
+    } else if cfg.get("layer").is_some_and(|m| m.is_object()) {
+        Some(CheckpointKind::Lightning)
+    } else if cfg.get("d_model").is_some() {
+        Some(CheckpointKind::Hf)
+    } else {
+        None
+    }
+}
+
+fn fmt_err(file: &Path, msg: impl Into<String>) -> Error {
+    Error::Format {
+        file: file.to_path_buf(),
+        msg: msg.into(),
+    }
+}
+
+/// A required unsigned integer key of a reference config.
+fn req_usize(obj: &Value, key: &str, file: &Path) -> Result<usize> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Err(fmt_err(
+            file,
+            format!(
+                "missing config key `{key}`; a HyenaDNA config needs d_model, n_layer, d_inner, \
+                 max_seq_len (or layer.l_max), emb_dim and filter_order"
+            ),
+        )),
+        Some(v) => v.as_u64().map(|x| x as usize).ok_or_else(|| {
+            fmt_err(
+                file,
+                format!("config key `{key}` = {v} is not a non-negative integer"),
+            )
+        }),
+    }
+}
+
+fn opt_usize(obj: &Value, key: &str, default: usize, file: &Path) -> Result<usize> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(_) => req_usize(obj, key, file),
+    }
+}
+
+fn opt_f32(obj: &Value, key: &str, default: f32, file: &Path) -> Result<f32> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v
+            .as_f64()
+            .map(|x| x as f32)
+            .ok_or_else(|| fmt_err(file, format!("config key `{key}` = {v} is not a number"))),
+    }
+}
+
+/// The model config of a reference `config.json` (`file` names it in errors).
+///
+/// Keys that set shapes are required; the others default to the values every released
+/// checkpoint uses (spec Sec. 3.4): vocab 12 padded to a multiple of 8, order 2, short filter 3,
+/// 2 inner filter layers, Sin frequency 10, LayerNorm eps 1e-5.
+pub fn lm_config_from_reference(cfg: &Value, file: &Path) -> Result<LmConfig> {
+    let kind = kind_of(cfg).ok_or_else(|| {
+        fmt_err(
+            file,
+            "not a HyenaDNA config: no `d_model` (HF layout), `layer` (Lightning layout) or \
+             `model` (hyena run) key",
+        )
+    })?;
+    // Operator keys live at the top (HF) or under `layer` (Lightning), with different names.
+    let (op, l_max_key, order_key, w_key) = match kind {
+        CheckpointKind::Lightning => (&cfg["layer"], "l_max", "order", "w"),
+        _ => (cfg, "max_seq_len", "hyena_order", "activation_freq"),
+    };
+    if let Some(name) = op.get("_name_").and_then(|v| v.as_str()) {
+        if name != "hyena" {
+            return Err(fmt_err(
+                file,
+                format!("layer `_name_` = {name:?}: only Hyena layers are supported"),
+            ));
+        }
+    }
+    let d_model = req_usize(cfg, "d_model", file)?;
+    let lm = LmConfig {
+        vocab_size: opt_usize(cfg, "vocab_size", 12, file)?,
+        pad_vocab_size_multiple: opt_usize(cfg, "pad_vocab_size_multiple", 8, file)?,
+        n_layer: req_usize(cfg, "n_layer", file)?,
+        d_inner: req_usize(cfg, "d_inner", file)?,
+        layer_norm_epsilon: opt_f32(cfg, "layer_norm_epsilon", 1e-5, file)?,
+        tie_embeddings: false,
+        operator: HyenaConfig {
+            d_model,
+            l_max: req_usize(op, l_max_key, file)?,
+            order: opt_usize(op, order_key, 2, file)?,
+            short_filter_order: opt_usize(op, "short_filter_order", 3, file)?,
+            filter: FilterConfig {
+                emb_dim: req_usize(op, "emb_dim", file)?,
+                filter_order: req_usize(op, "filter_order", file)?,
+                num_inner_mlps: opt_usize(op, "num_inner_mlps", 2, file)?,
+                w: opt_f32(op, w_key, 10.0, file)?,
+                modulate: op.get("modulate").and_then(|v| v.as_bool()).unwrap_or(true),
+                shift: 0.05,
+                layout: FilterLayout::Blocked,
+                learn_pos_emb: false,
+                ..FilterConfig::default()
+            },
+        },
+    };
+    lm.validate()
+        .map_err(|e| fmt_err(file, format!("config describes an invalid model: {e}")))?;
+    Ok(lm)
+}
+
+/// hyena's name for a reference key, or `None` for keys the LM does not use.
+///
+/// Strips the prefixes `hyena.` / `model.` (HF CausalLM, Lightning), maps `backbone.…` to
+/// `hyena.backbone.…`, and folds the `.mixer.layer.` / `.mlp.layer.` checkpointing variant.
+pub fn canonical_key(key: &str) -> Option<String> {
+    let k = key
+        .strip_prefix("hyena.")
+        .or_else(|| key.strip_prefix("model."))
+        .unwrap_or(key);
+    if k == "lm_head.weight" {
+        return Some(k.to_string());
+    }
+    let rest = k.strip_prefix("backbone.")?;
+    let rest = rest
+        .replace(".mixer.layer.", ".mixer.")
+        .replace(".mlp.layer.", ".mlp.");
+    Some(format!("hyena.backbone.{rest}"))
+}
+
+/// The weights file of a reference directory: `model.safetensors`, `pytorch_model.bin` or
+/// `weights.ckpt`, in that order of preference.
+pub fn weights_file(dir: &Path) -> Result<PathBuf> {
+    for name in ["model.safetensors", "pytorch_model.bin", "weights.ckpt"] {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(fmt_err(
+        dir,
+        "no weights file: expected model.safetensors, pytorch_model.bin or weights.ckpt beside \
+         config.json",
+    ))
+}
+
+/// Read the tensors of a weights file (safetensors, or a PyTorch zip pickle read safely).
+pub fn read_weights(path: &Path) -> Result<BTreeMap<String, Tensor>> {
+    if path.extension().is_some_and(|e| e == "safetensors") {
+        Ok(TensorFile::read(path)?.tensors)
+    } else {
+        // TORCH-PENDING crate::io::torch::read_state_dict(path)
+        Err(fmt_err(path, "pickle reader pending"))
+    }
+}
+
+/// Load a reference HyenaDNA directory (HF or Lightning layout; see the module docs).
+pub fn load_reference(dir: &Path, cfg: &Value) -> Result<(HyenaLm, LoadReport)> {
+    let cfg_path = dir.join("config.json");
+    let kind = kind_of(cfg).unwrap_or(CheckpointKind::Hf);
+    let mut lm_cfg = lm_config_from_reference(cfg, &cfg_path)?;
+    let weights = weights_file(dir)?;
+    let raw = read_weights(&weights)?;
+    // Rename to hyena's keys; the shared Sin frequency may be stored once or three times.
+    let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
+    let mut unused = Vec::new();
+    for (k, t) in raw {
+        match canonical_key(&k) {
+            Some(c) => {
+                let c = freq_alias(&c);
+                if let Some(prev) = tensors.get(&c) {
+                    if prev != &t {
+                        return Err(fmt_err(
+                            &weights,
+                            format!(
+                                "`{k}` differs from another copy of `{c}`; the Sin frequency \
+                                 is shared by the whole filter MLP"
+                            ),
+                        ));
+                    }
+                    continue;
+                }
+                tensors.insert(c, t);
+            }
+            None => unused.push(k),
+        }
+    }
+    let tied_head = !tensors.contains_key("lm_head.weight");
+    lm_cfg.tie_embeddings = tied_head;
+    let mut lm = HyenaLm::new(&lm_cfg, 0)?;
+    let file = TensorFile {
+        path: weights.clone(),
+        tensors,
+        metadata: BTreeMap::new(),
+    };
+    file.load_params("", &mut lm.params)?;
+    let (l_max, e) = (lm_cfg.operator.l_max, lm_cfg.operator.filter.emb_dim);
+    for i in 0..lm_cfg.n_layer {
+        let prefix = format!("hyena.backbone.layers.{i}.mixer.filter_fn.");
+        let mut res = Ok(());
+        lm.operator_mut(i)
+            .filter
+            .buffers
+            .visit_mut(&prefix, l_max, e, &mut |n, s, d| {
+                if res.is_err() {
+                    return;
+                }
+                if let Some(t) = file.tensors.get(n) {
+                    // Buffers may be stored with or without their leading singleton axes.
+                    if t.data.len() == d.len() {
+                        d.copy_from_slice(&t.data);
+                    } else {
+                        res = Err(fmt_err(
+                            &weights,
+                            format!(
+                                "tensor `{n}` has shape {:?}, expected {s:?}: the config's \
+                                 max_seq_len/l_max or emb_dim disagrees with the weights",
+                                t.shape
+                            ),
+                        ));
+                    }
+                }
+            });
+        res?;
+    }
+    Ok((
+        lm,
+        LoadReport {
+            kind,
+            weights,
+            unused,
+            tied_head,
+        },
+    ))
+}
+
+/// `implicit_filter.{3,5,…}.freq` are the same shared Sin as `implicit_filter.1.freq`.
+fn freq_alias(key: &str) -> String {
+    if let Some((head, tail)) = key.rsplit_once(".implicit_filter.") {
+        if let Some(idx) = tail.strip_suffix(".freq") {
+            if idx.parse::<usize>().is_ok() {
+                return format!("{head}.implicit_filter.1.freq");
+            }
+        }
+    }
+    key.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_keys_of_every_layout() {
+        let c = |k: &str| canonical_key(k);
+        assert_eq!(
+            c("hyena.backbone.layers.0.mixer.in_proj.weight").as_deref(),
+            Some("hyena.backbone.layers.0.mixer.in_proj.weight")
+        );
+        assert_eq!(
+            c("backbone.ln_f.weight").as_deref(),
+            Some("hyena.backbone.ln_f.weight")
+        );
+        assert_eq!(
+            c("model.backbone.layers.3.mixer.layer.filter_fn.bias").as_deref(),
+            Some("hyena.backbone.layers.3.mixer.filter_fn.bias")
+        );
+        assert_eq!(
+            c("model.backbone.layers.1.mlp.layer.fc1.weight").as_deref(),
+            Some("hyena.backbone.layers.1.mlp.fc1.weight")
+        );
+        assert_eq!(c("lm_head.weight").as_deref(), Some("lm_head.weight"));
+        assert_eq!(c("model.lm_head.weight").as_deref(), Some("lm_head.weight"));
+        assert_eq!(c("score.weight"), None);
+        assert_eq!(c("model.decoder.0.output_transform.weight"), None);
+        assert_eq!(
+            freq_alias("hyena.backbone.layers.0.mixer.filter_fn.implicit_filter.5.freq"),
+            "hyena.backbone.layers.0.mixer.filter_fn.implicit_filter.1.freq"
+        );
+    }
+
+    #[test]
+    fn configs_of_both_layouts_and_a_missing_key() {
+        let p = Path::new("config.json");
+        let hf = serde_json::json!({
+            "d_model": 256, "n_layer": 8, "d_inner": 1024, "vocab_size": 12,
+            "max_seq_len": 1000002, "emb_dim": 5, "filter_order": 64,
+            "activation_freq": 10, "hyena_order": 2, "short_filter_order": 3,
+            "num_inner_mlps": 2, "pad_vocab_size_multiple": 8, "layer_norm_epsilon": 1e-5
+        });
+        let c = lm_config_from_reference(&hf, p).unwrap();
+        assert_eq!(
+            (c.d_model(), c.n_layer, c.d_inner, c.operator.l_max),
+            (256, 8, 1024, 1000002)
+        );
+        assert_eq!(c.operator.filter.shift, 0.05);
+        assert_eq!(c.operator.filter.w, 10.0);
+        let lit = serde_json::json!({
+            "d_model": 128, "n_layer": 2, "d_inner": 512, "vocab_size": 12,
+            "layer": {"_name_": "hyena", "emb_dim": 5, "filter_order": 64, "l_max": 1026,
+                      "modulate": true, "w": 10, "lr": 6e-4, "wd": 0.0, "lr_pos_emb": 0.0}
+        });
+        let c = lm_config_from_reference(&lit, p).unwrap();
+        assert_eq!((c.d_model(), c.operator.l_max), (128, 1026));
+        let mut bad = hf.clone();
+        bad.as_object_mut().unwrap().remove("d_inner");
+        let e = lm_config_from_reference(&bad, p).unwrap_err().to_string();
+        assert!(e.contains("config.json") && e.contains("`d_inner`"), "{e}");
+        let mut bad = hf;
+        bad["n_layer"] = serde_json::json!("eight");
+        let e = lm_config_from_reference(&bad, p).unwrap_err().to_string();
+        assert!(e.contains("`n_layer`") && e.contains("eight"), "{e}");
+    }
+}

@@ -1,0 +1,209 @@
+//! The memory-lean inference path (`models::infer`) and its two kernels: the single-row FFT
+//! convolution and the chunked short filter, each against a slow reference, and the whole lean
+//! forward against the training forward at several lengths and chunk sizes.
+
+use hyena::layers::Params;
+use hyena::models::infer::{hidden_states, log_likelihood, InferWorkspace};
+use hyena::models::lm::{HyenaLm, LmCache, LmConfig};
+use hyena::ops::fftconv::{reference, GatedConv, RowConv, RowLayout};
+use hyena::ops::gradcheck::rand_vec;
+use hyena::ops::short_conv::{self, forward_rows_carry};
+use hyena::{FilterConfig, FilterLayout, HyenaConfig};
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn row_conv_matches_direct_convolution() {
+    for l in [1usize, 2, 7, 64, 100, 257, 1000] {
+        let conv = RowConv::new(l).unwrap();
+        let mut s = conv.scratch();
+        let w = rand_vec(l, l as u64, 1.0);
+        let k = rand_vec(l, 7 + l as u64, 0.5);
+        let d = [0.37f32];
+        let (want, _) = reference::gated_forward(&GatedConv {
+            layout: RowLayout::bcl(1, 1, l),
+            u: &w,
+            pre: None,
+            post: None,
+            k: &k,
+            d: &d,
+        });
+        let mut got = w.clone();
+        conv.conv_inplace(&mut got, &k, d[0], &mut s).unwrap();
+        let err = max_abs_diff(&got, &want);
+        let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        assert!(
+            err <= 2e-6 * scale,
+            "L={l}: max abs err {err} (scale {scale})"
+        );
+        // Reusing the scratch gives the same result.
+        let mut again = w.clone();
+        conv.conv_inplace(&mut again, &k, d[0], &mut s).unwrap();
+        assert_eq!(again, got);
+    }
+    let conv = RowConv::new(10).unwrap();
+    let mut s = conv.scratch();
+    assert!(conv
+        .conv_inplace(&mut [0.0; 9], &[0.0; 10], 0.0, &mut s)
+        .is_err());
+    assert!(RowConv::new(0).is_err());
+}
+
+#[test]
+fn chunked_short_filter_equals_whole_sequence() {
+    let (c, k) = (5usize, 3usize);
+    let w = rand_vec(c * k, 1, 0.7);
+    let b = rand_vec(c, 2, 0.3);
+    for l in [1usize, 2, 5, 64, 101] {
+        let x_rows = rand_vec(l * c, 3 + l as u64, 1.0); // [L, C]
+                                                         // Reference on channel-major rows [C, L].
+        let mut x_cl = vec![0.0f32; c * l];
+        for t in 0..l {
+            for ch in 0..c {
+                x_cl[ch * l + t] = x_rows[t * c + ch];
+            }
+        }
+        let want_cl = short_conv::reference::forward(&x_cl, &w, &b, k, RowLayout::bcl(1, c, l));
+        for chunk in [1usize, 2, 3, 7, 64, 1000] {
+            let mut carry = vec![0.0f32; (k - 1) * c];
+            let mut got = vec![0.0f32; l * c];
+            for t0 in (0..l).step_by(chunk) {
+                let t1 = (t0 + chunk).min(l);
+                forward_rows_carry(
+                    &x_rows[t0 * c..t1 * c],
+                    &w,
+                    &b,
+                    k,
+                    c,
+                    &mut carry,
+                    &mut got[t0 * c..t1 * c],
+                )
+                .unwrap();
+            }
+            let mut err = 0.0f32;
+            for t in 0..l {
+                for ch in 0..c {
+                    err = err.max((got[t * c + ch] - want_cl[ch * l + t]).abs());
+                }
+            }
+            assert!(err < 1e-6, "L={l} chunk={chunk}: {err}");
+        }
+    }
+}
+
+fn model(l_max: usize, tie: bool, seed: u64) -> HyenaLm {
+    let cfg = LmConfig {
+        n_layer: 2,
+        d_inner: 48,
+        tie_embeddings: tie,
+        operator: HyenaConfig {
+            d_model: 20, // not a multiple of the 16-channel filter group
+            l_max,
+            filter: FilterConfig {
+                emb_dim: 5,
+                filter_order: 16,
+                w: 10.0,
+                shift: 0.05,
+                layout: FilterLayout::Blocked,
+                ..FilterConfig::default()
+            },
+            ..HyenaConfig::default()
+        },
+        ..LmConfig::default()
+    };
+    let mut lm = HyenaLm::new(&cfg, seed).unwrap();
+    // Move every parameter well away from its init so that each one matters.
+    let mut i = 0u64;
+    lm.params.visit_mut("", &mut |_, _, d| {
+        i += 1;
+        let r = rand_vec(d.len(), 50 + i, 0.3);
+        for (x, n) in d.iter_mut().zip(r) {
+            *x += n;
+        }
+    });
+    lm
+}
+
+fn tokens(n: usize, seed: u64) -> Vec<u32> {
+    rand_vec(n, seed, 1.0)
+        .iter()
+        .map(|v| 7 + ((v + 1.0) * 2.499) as u32)
+        .collect()
+}
+
+#[test]
+fn lean_forward_equals_training_forward() {
+    let l_max = 300;
+    for (tie, seed) in [(false, 1u64), (true, 2)] {
+        let lm = model(l_max, tie, seed);
+        let (d, vp) = (lm.cfg.d_model(), lm.cfg.padded_vocab());
+        for l in [1usize, 7, 100, 257, 300] {
+            let toks = tokens(l, 10 + l as u64);
+            let mut cache = LmCache::default();
+            lm.forward(&toks, 1, l, &mut cache).unwrap();
+            let logits = &cache.logits;
+            // Log-likelihoods from the training forward's logits.
+            let want: Vec<f32> = (0..l.saturating_sub(1))
+                .map(|t| {
+                    let row = &logits[t * vp..(t + 1) * vp];
+                    let mx = row.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
+                    let lse = mx + row.iter().map(|&v| (v as f64 - mx).exp()).sum::<f64>().ln();
+                    (row[toks[t + 1] as usize] as f64 - lse) as f32
+                })
+                .collect();
+            for chunk in [3usize, 64, 2048] {
+                let mut ws = InferWorkspace::new(chunk);
+                let mut lp = Vec::new();
+                let total = log_likelihood(&lm, &toks, &mut ws, &mut lp).unwrap();
+                assert_eq!(lp.len(), l - 1);
+                let err = max_abs_diff(&lp, &want);
+                assert!(err < 1e-4, "L={l} chunk={chunk} tie={tie}: {err}");
+                let sum: f64 = want.iter().map(|&v| v as f64).sum();
+                assert!((total - sum).abs() < 1e-4 * (l as f64), "{total} vs {sum}");
+                // Final hidden states · headᵀ are the logits.
+                let h = hidden_states(&lm, &toks, 2, &mut ws).unwrap().to_vec();
+                let head = lm.lm_head();
+                let mut lg = vec![0.0f32; l * vp];
+                for t in 0..l {
+                    for v in 0..vp {
+                        lg[t * vp + v] = (0..d).map(|j| h[t * d + j] * head[v * d + j]).sum();
+                    }
+                }
+                let err = max_abs_diff(&lg, logits);
+                assert!(err < 2e-4, "L={l} chunk={chunk}: logits {err}");
+            }
+        }
+    }
+}
+
+#[test]
+fn lean_forward_is_causal_and_reuses_its_workspace() {
+    let lm = model(200, false, 3);
+    let toks = tokens(150, 4);
+    let mut ws = InferWorkspace::new(32);
+    let a = hidden_states(&lm, &toks, 1, &mut ws).unwrap().to_vec();
+    // A longer sequence with the same prefix: the prefix's states do not change.
+    let mut longer = toks.clone();
+    longer.extend(tokens(50, 5));
+    let b = hidden_states(&lm, &longer, 1, &mut ws).unwrap().to_vec();
+    assert!(max_abs_diff(&a, &b[..a.len()]) < 1e-5);
+    // Back to the short one in the grown workspace: the same numbers.
+    let c = hidden_states(&lm, &toks, 1, &mut ws).unwrap().to_vec();
+    assert!(max_abs_diff(&a, &c) < 1e-6);
+    // Layer 0 is the embedding rows.
+    let e = hidden_states(&lm, &toks[..3], 0, &mut ws).unwrap().to_vec();
+    let d = lm.cfg.d_model();
+    let t0 = toks[0] as usize;
+    assert_eq!(&e[..d], &lm.params.wte[t0 * d..(t0 + 1) * d]);
+    // Errors: too long, a bad layer, a bad token, empty.
+    assert!(hidden_states(&lm, &tokens(201, 6), 2, &mut ws).is_err());
+    assert!(hidden_states(&lm, &toks, 3, &mut ws).is_err());
+    assert!(hidden_states(&lm, &[99], 2, &mut ws).is_err());
+    assert!(hidden_states(&lm, &[], 2, &mut ws).is_err());
+}
