@@ -3,6 +3,7 @@
 
 mod analyze_cmd;
 mod distill_cmd;
+mod dna_cmd;
 mod train_cmd;
 
 use std::io::Write;
@@ -36,6 +37,10 @@ enum Command {
     Eval(train_cmd::EvalArgs),
     /// Sample a continuation of a prompt from a trained model.
     Generate(train_cmd::GenerateArgs),
+    /// Hidden states of DNA records (FASTA/FASTQ) as a .npy array, pooled or per base.
+    Embed(dna_cmd::EmbedArgs),
+    /// Log-likelihood of DNA records (FASTA/FASTQ) under a model, per record and per base.
+    Score(dna_cmd::ScoreArgs),
     /// Distil the long convolutions of a trained model into small modal recurrences.
     Distill(distill_cmd::DistillArgs),
     /// Analyses of a trained model (effective state size).
@@ -110,6 +115,8 @@ fn main() -> std::process::ExitCode {
         Command::Train(a) => train_cmd::train(a),
         Command::Eval(a) => train_cmd::eval_cmd(a),
         Command::Generate(a) => train_cmd::generate_cmd(a),
+        Command::Embed(a) => dna_cmd::embed_cmd(a),
+        Command::Score(a) => dna_cmd::score_cmd(a),
         Command::Distill(a) => distill_cmd::distill_cmd(a),
         Command::Analyze(w) => analyze_cmd::analyze_cmd(w),
         Command::Bench(a) => bench(a),

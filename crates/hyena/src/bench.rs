@@ -70,6 +70,22 @@ impl CountingAlloc {
     }
 }
 
+/// Peak live heap bytes since the process started (or since the last benchmark's baseline),
+/// when [`CountingAlloc`] is the global allocator.
+pub fn peak_heap_bytes() -> Option<usize> {
+    INSTALLED
+        .load(Ordering::Relaxed)
+        .then(|| PEAK.load(Ordering::Relaxed))
+}
+
+/// The process's peak resident set size (`VmHWM`), where the OS reports it (Linux).
+pub fn peak_rss_bytes() -> Option<usize> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Start a peak measurement; returns the live bytes now (the baseline).
 fn mem_start() -> usize {
     let live = LIVE.load(Ordering::Relaxed);

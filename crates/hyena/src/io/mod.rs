@@ -2,6 +2,7 @@
 
 pub mod fasta;
 pub mod hf;
+pub mod npy;
 pub mod safetensors;
 pub mod text;
 pub mod tokenizer;

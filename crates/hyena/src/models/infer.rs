@@ -61,6 +61,8 @@ pub struct InferWorkspace {
     scratch: Vec<RowConvScratch>,
     l: usize,
     d: usize,
+    /// Called with (blocks done, blocks to run) after each block: progress on long sequences.
+    on_block: Option<Box<dyn FnMut(usize, usize) + Send>>,
 }
 
 impl std::fmt::Debug for InferWorkspace {
@@ -91,6 +93,11 @@ impl InferWorkspace {
     /// The rows `[L, D]` of the last run: hidden states of the requested layer.
     pub fn hidden_states(&self) -> &[f32] {
         &self.x[..self.l * self.d]
+    }
+
+    /// Report progress after every block (`(done, total)`), e.g. to a progress bar.
+    pub fn set_progress(&mut self, f: Option<Box<dyn FnMut(usize, usize) + Send>>) {
+        self.on_block = f;
     }
 
     /// Bytes held by the workspace's buffers now.
@@ -170,6 +177,9 @@ fn run_blocks(
     for i in 0..n_blocks {
         mixer(lm, i, ws)?;
         mlp(lm, i, ws)?;
+        if let Some(f) = ws.on_block.as_mut() {
+            f(i + 1, n_blocks);
+        }
     }
     Ok(())
 }

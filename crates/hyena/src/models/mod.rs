@@ -1,5 +1,6 @@
 //! Models built from layers: the HyenaDNA-style causal language model and sampling from it.
 
+pub mod dna;
 pub mod generate;
 pub mod infer;
 pub mod lm;

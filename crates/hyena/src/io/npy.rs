@@ -1,0 +1,211 @@
+//! `.npy` files (NumPy format 1.0) of little-endian `float32`, written as a stream.
+//!
+//! [`NpyWriter`] takes rows as they are computed (record by record: the row count is not known
+//! in advance), reserving a fixed-size header that [`NpyWriter::finish`] fills in with the final
+//! shape. It writes to a temp file beside the target and renames it at the end, so an
+//! interrupted run never leaves a truncated `.npy` under the final name. [`read_f32`] reads
+//! such files back (C order, `<f4` only).
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Bytes reserved for magic, version, header length and the header dict (a multiple of 64).
+const HEADER: usize = 128;
+
+/// A streaming writer of a 2-d `float32` array `[rows, cols]`.
+pub struct NpyWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    out: BufWriter<File>,
+    cols: usize,
+    rows: u64,
+}
+
+impl std::fmt::Debug for NpyWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NpyWriter")
+            .field("path", &self.path)
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .finish()
+    }
+}
+
+fn io_err(file: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        file: file.to_path_buf(),
+        source,
+    }
+}
+
+fn header(shape: &[u64]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_s = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_s}, }}");
+    let mut h = Vec::with_capacity(HEADER);
+    h.extend_from_slice(b"\x93NUMPY\x01\x00");
+    let len = HEADER - 10;
+    h.extend_from_slice(&(len as u16).to_le_bytes());
+    h.extend_from_slice(dict.as_bytes());
+    while h.len() < HEADER - 1 {
+        h.push(b' ');
+    }
+    h.push(b'\n');
+    h
+}
+
+impl NpyWriter {
+    /// Start `path` (written as a temp file until [`finish`](Self::finish)) for rows of
+    /// `cols` values.
+    pub fn create(path: impl AsRef<Path>, cols: usize) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+        let f = File::create(&tmp).map_err(io_err(&path))?;
+        let mut out = BufWriter::with_capacity(1 << 20, f);
+        out.write_all(&[0u8; HEADER]).map_err(io_err(&path))?;
+        Ok(NpyWriter {
+            path,
+            tmp,
+            out,
+            cols,
+            rows: 0,
+        })
+    }
+
+    /// Append rows `[n, cols]` (row-major).
+    pub fn write_rows(&mut self, data: &[f32]) -> Result<()> {
+        if self.cols == 0 || !data.len().is_multiple_of(self.cols) {
+            return Err(Error::shape(
+                "npy write",
+                "rows",
+                format!("a multiple of {} values", self.cols),
+                data.len(),
+            ));
+        }
+        let mut buf = Vec::with_capacity(data.len().min(1 << 18) * 4);
+        for chunk in data.chunks(1 << 18) {
+            buf.clear();
+            buf.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
+            self.out.write_all(&buf).map_err(io_err(&self.path))?;
+        }
+        self.rows += (data.len() / self.cols) as u64;
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Write the header with the final shape `[rows, cols]` and move the file into place.
+    pub fn finish(mut self) -> Result<PathBuf> {
+        let path = self.path.clone();
+        let e = io_err(&path);
+        let h = header(&[self.rows, self.cols as u64]);
+        self.out.flush().map_err(&e)?;
+        let mut f = self.out.into_inner().map_err(|x| e(x.into_error()))?;
+        f.seek(SeekFrom::Start(0)).map_err(&e)?;
+        f.write_all(&h).map_err(&e)?;
+        f.sync_all().map_err(&e)?;
+        drop(f);
+        std::fs::rename(&self.tmp, &path).map_err(&e)?;
+        Ok(self.path)
+    }
+}
+
+/// Read a C-order `<f4` `.npy` file: `(shape, data)`.
+pub fn read_f32(path: impl AsRef<Path>) -> Result<(Vec<usize>, Vec<f32>)> {
+    let path = path.as_ref();
+    let fmt = |msg: String| Error::Format {
+        file: path.to_path_buf(),
+        msg,
+    };
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(io_err(path))?;
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(fmt("not a .npy file (no \\x93NUMPY magic)".into()));
+    }
+    let (hlen, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => return Err(fmt(format!("unsupported .npy version {v}"))),
+    };
+    let dict = bytes
+        .get(start..start + hlen)
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .ok_or_else(|| fmt("truncated header".into()))?;
+    if !dict.contains("'<f4'") || dict.contains("'fortran_order': True") {
+        return Err(fmt(format!(
+            "only C-order float32 arrays are read; header {dict}"
+        )));
+    }
+    let shape: Vec<usize> = dict
+        .split("'shape':")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .map(|s| {
+            s.trim()
+                .trim_start_matches('(')
+                .split(',')
+                .filter_map(|x| x.trim().parse().ok())
+                .collect()
+        })
+        .ok_or_else(|| fmt(format!("no shape in header {dict}")))?;
+    let n: usize = shape.iter().product();
+    let body = &bytes[start + hlen..];
+    if body.len() != 4 * n {
+        return Err(fmt(format!(
+            "shape {shape:?} needs {} data bytes, the file has {}",
+            4 * n,
+            body.len()
+        )));
+    }
+    let data = body
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok((shape, data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streamed_rows_round_trip() {
+        let p = std::env::temp_dir().join(format!("hyena-npy-{}.npy", std::process::id()));
+        let mut w = NpyWriter::create(&p, 3).unwrap();
+        w.write_rows(&[1.0, 2.0, 3.0]).unwrap();
+        w.write_rows(&[4.0, 5.0, 6.0, -7.5, 8.0, 9.0]).unwrap();
+        assert!(w.write_rows(&[1.0]).is_err());
+        assert!(!p.exists(), "the final name appears only at finish");
+        w.finish().unwrap();
+        let (shape, data) = read_f32(&p).unwrap();
+        assert_eq!(shape, vec![3, 3]);
+        assert_eq!(data, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, -7.5, 8.0, 9.0]);
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!(bytes.len(), HEADER + 36);
+        assert_eq!(bytes[HEADER - 1], b'\n');
+        let _ = std::fs::remove_file(&p);
+    }
+}

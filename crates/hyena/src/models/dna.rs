@@ -1,0 +1,358 @@
+//! Embeddings and likelihoods of DNA records from FASTA/FASTQ files (`hyena embed`,
+//! `hyena score`), one record at a time through the lean forward of [`super::infer`].
+//!
+//! Tokenisation is HyenaDNA's (spec Sec. 3.3): `A C G T N` → 7–11, case-sensitive. Soft-masked
+//! (lower-case) bases and other letters would silently become `[UNK]` in the reference; here
+//! they are an error naming the record and position unless the user chooses: `uppercase`
+//! folds case first, `unknown_as_unk` keeps the reference's behaviour. No special tokens are
+//! added unless `add_sep` asks for the `[SEP]` the HF tokenizer appends by default.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::io::fasta::{open_records, SeqRecord};
+use crate::io::npy::NpyWriter;
+use crate::io::tokenizer::{NucleotideTokenizer, SEP_ID, UNK_ID};
+use crate::models::infer::{hidden_states, log_likelihood, InferWorkspace};
+use crate::models::lm::HyenaLm;
+
+/// How records become token ids.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TokenizeOptions {
+    /// Upper-case bases before lookup (soft-masked genomes); off, as in the reference.
+    pub uppercase: bool,
+    /// Map characters outside `A C G T N` to `[UNK]` (the reference's behaviour) instead of
+    /// failing.
+    pub unknown_as_unk: bool,
+    /// Append `[SEP]` (what the HF tokenizer does by default; pre-training data had it).
+    pub add_sep: bool,
+}
+
+/// Token ids of one record; `file` names it in errors.
+pub fn tokenize_record(rec: &SeqRecord, opts: TokenizeOptions, file: &Path) -> Result<Vec<u32>> {
+    let tok = NucleotideTokenizer::new(opts.uppercase);
+    let (mut ids, unknown) = tok.encode_checked(&rec.seq);
+    if unknown > 0 && !opts.unknown_as_unk {
+        let pos = ids.iter().position(|&i| i == UNK_ID).unwrap_or(0);
+        let c = rec.seq.get(pos).copied().unwrap_or(b'?');
+        let hint = if c.is_ascii_lowercase() && !opts.uppercase {
+            "the tokenizer is case-sensitive like HyenaDNA's: pass --uppercase for soft-masked \
+             sequence"
+        } else {
+            "only A, C, G, T and N have ids: pass --unknown-as-unk to map other letters to \
+             [UNK] as the reference tokenizer does"
+        };
+        return Err(Error::Format {
+            file: file.to_path_buf(),
+            msg: format!(
+                "record '{}': {unknown} character(s) outside the alphabet, the first {:?} at \
+                 base {}; {hint}",
+                rec.id,
+                c as char,
+                pos + 1
+            ),
+        });
+    }
+    if opts.add_sep {
+        ids.push(SEP_ID);
+    }
+    Ok(ids)
+}
+
+/// How the per-position hidden states of a record are reduced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pool {
+    /// Mean over positions (HyenaDNA's `pool` decoder).
+    Mean,
+    /// The last position (what a causal model has seen the whole record at).
+    Last,
+    /// Every position: `[bases, D]` per record.
+    None,
+}
+
+/// Settings of [`embed_file`].
+#[derive(Clone, Debug)]
+pub struct EmbedOptions {
+    /// Blocks to run: 0 = embeddings, `n_layer` (default) = final states after `ln_f`.
+    pub layer: Option<usize>,
+    pub pool: Pool,
+    pub tokenize: TokenizeOptions,
+    /// Rows per position chunk of the lean forward.
+    pub chunk: usize,
+}
+
+/// One record's place in the output.
+#[derive(Clone, Debug, Serialize)]
+pub struct RecordRow {
+    pub name: String,
+    /// Tokens fed to the model (bases, plus `[SEP]` if asked).
+    pub tokens: usize,
+    /// First output row of the record.
+    pub row: u64,
+    /// Output rows of the record (1 when pooled).
+    pub rows: u64,
+}
+
+/// What [`embed_file`] wrote.
+#[derive(Clone, Debug, Serialize)]
+pub struct EmbedReport {
+    pub out: PathBuf,
+    /// The record table written beside the array (`<out>.records.tsv`).
+    pub records_tsv: PathBuf,
+    pub shape: [u64; 2],
+    pub layer: usize,
+    pub records: Vec<RecordRow>,
+}
+
+/// Progress of a file: the record being processed and the blocks done on it.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    pub record: usize,
+    pub name: String,
+    pub tokens: usize,
+    pub blocks_done: usize,
+    pub blocks: usize,
+}
+
+type ProgressFn = Box<dyn FnMut(&Progress) + Send>;
+
+fn with_progress(
+    ws: &mut InferWorkspace,
+    progress: &Option<std::sync::Arc<std::sync::Mutex<ProgressFn>>>,
+    base: Progress,
+) {
+    match progress {
+        Some(p) => {
+            let p = p.clone();
+            let mut cur = base;
+            if let Ok(mut f) = p.lock() {
+                f(&cur);
+            }
+            ws.set_progress(Some(Box::new(move |done, total| {
+                cur.blocks_done = done;
+                cur.blocks = total;
+                if let Ok(mut f) = p.lock() {
+                    f(&cur);
+                }
+            })));
+        }
+        None => ws.set_progress(None),
+    }
+}
+
+/// Embed every record of `fasta` (FASTA/FASTQ, plain, gzip or xz; streamed) into `out`
+/// (`.npy`, float32): `[records, D]` when pooled, `[Σ tokens, D]` with [`Pool::None`] (one
+/// record: `[bases, D]`). A tab-separated table of records and their rows is written to
+/// `<out>.records.tsv`.
+pub fn embed_file(
+    lm: &HyenaLm,
+    fasta: &Path,
+    out: &Path,
+    opts: &EmbedOptions,
+    progress: Option<ProgressFn>,
+) -> Result<EmbedReport> {
+    let layer = opts.layer.unwrap_or(lm.cfg.n_layer);
+    let d = lm.cfg.d_model();
+    let mut reader = open_records(fasta)?;
+    let mut npy = NpyWriter::create(out, d)?;
+    let mut ws = InferWorkspace::new(opts.chunk);
+    let progress = progress.map(|p| std::sync::Arc::new(std::sync::Mutex::new(p)));
+    let mut records = Vec::new();
+    let mut pooled = vec![0.0f32; d];
+    for (i, rec) in (&mut reader).enumerate() {
+        let rec = rec?;
+        let ids = tokenize_record(&rec, opts.tokenize, fasta)?;
+        with_progress(
+            &mut ws,
+            &progress,
+            Progress {
+                record: i,
+                name: rec.id.clone(),
+                tokens: ids.len(),
+                blocks_done: 0,
+                blocks: layer,
+            },
+        );
+        let h = hidden_states(lm, &ids, layer, &mut ws).map_err(|e| in_record(e, fasta, &rec))?;
+        let row = npy.rows();
+        match opts.pool {
+            Pool::None => npy.write_rows(h)?,
+            Pool::Mean => {
+                let mut acc = vec![0.0f64; d];
+                for r in h.chunks_exact(d) {
+                    for (a, &v) in acc.iter_mut().zip(r) {
+                        *a += v as f64;
+                    }
+                }
+                let n = (h.len() / d) as f64;
+                for (p, a) in pooled.iter_mut().zip(&acc) {
+                    *p = (*a / n) as f32;
+                }
+                npy.write_rows(&pooled)?;
+            }
+            Pool::Last => npy.write_rows(&h[h.len() - d..])?,
+        }
+        records.push(RecordRow {
+            name: rec.id,
+            tokens: ids.len(),
+            row,
+            rows: npy.rows() - row,
+        });
+    }
+    let shape = [npy.rows(), d as u64];
+    let out = npy.finish()?;
+    let mut tsv_name = out.as_os_str().to_owned();
+    tsv_name.push(".records.tsv");
+    let records_tsv = PathBuf::from(tsv_name);
+    let mut s = String::from("record\tname\ttokens\tfirst_row\trows\n");
+    for (i, r) in records.iter().enumerate() {
+        s.push_str(&format!(
+            "{i}\t{}\t{}\t{}\t{}\n",
+            r.name, r.tokens, r.row, r.rows
+        ));
+    }
+    crate::io::safetensors::write_bytes_atomic(&records_tsv, s.as_bytes())?;
+    Ok(EmbedReport {
+        out,
+        records_tsv,
+        shape,
+        layer,
+        records,
+    })
+}
+
+/// Say which record an error of the forward concerns.
+fn in_record(e: Error, file: &Path, rec: &SeqRecord) -> Error {
+    let hint = match &e {
+        Error::TooLong { l_max, .. } => {
+            format!("; the model takes at most {l_max} tokens (its max_seq_len): split the record")
+        }
+        _ => String::new(),
+    };
+    Error::Format {
+        file: file.to_path_buf(),
+        msg: format!("record '{}' ({} bases): {e}{hint}", rec.id, rec.seq.len()),
+    }
+}
+
+/// Likelihood of one record under the model.
+#[derive(Clone, Debug, Serialize)]
+pub struct RecordScore {
+    pub name: String,
+    /// Tokens fed to the model.
+    pub tokens: usize,
+    /// Positions scored: every token after the first (the first has no context).
+    pub scored: usize,
+    /// Σ log p(token | prefix), natural log.
+    pub log_likelihood: f64,
+    /// `-log_likelihood / scored / ln 2`.
+    pub bits_per_base: f64,
+}
+
+/// Score every record of `fasta`; with `per_base`, also write one line per scored position
+/// (`record`, 1-based `position`, `base`, `log_prob`) to that TSV file.
+pub fn score_file(
+    lm: &HyenaLm,
+    fasta: &Path,
+    tokenize: TokenizeOptions,
+    chunk: usize,
+    per_base: Option<&Path>,
+    progress: Option<ProgressFn>,
+) -> Result<Vec<RecordScore>> {
+    let mut reader = open_records(fasta)?;
+    let mut ws = InferWorkspace::new(chunk);
+    let progress = progress.map(|p| std::sync::Arc::new(std::sync::Mutex::new(p)));
+    let mut tsv = match per_base {
+        Some(p) => Some(TsvOut::create(p)?),
+        None => None,
+    };
+    let tok = NucleotideTokenizer::new(tokenize.uppercase);
+    let mut out = Vec::new();
+    let mut lp = Vec::new();
+    for (i, rec) in (&mut reader).enumerate() {
+        let rec = rec?;
+        let ids = tokenize_record(&rec, tokenize, fasta)?;
+        with_progress(
+            &mut ws,
+            &progress,
+            Progress {
+                record: i,
+                name: rec.id.clone(),
+                tokens: ids.len(),
+                blocks_done: 0,
+                blocks: lm.cfg.n_layer,
+            },
+        );
+        let total =
+            log_likelihood(lm, &ids, &mut ws, &mut lp).map_err(|e| in_record(e, fasta, &rec))?;
+        if let Some(t) = tsv.as_mut() {
+            for (j, &v) in lp.iter().enumerate() {
+                let id = ids[j + 1];
+                t.line(format_args!(
+                    "{}\t{}\t{}\t{v:.6}\n",
+                    rec.id,
+                    j + 2,
+                    tok.token(id)
+                ))?;
+            }
+        }
+        let scored = lp.len();
+        out.push(RecordScore {
+            name: rec.id,
+            tokens: ids.len(),
+            scored,
+            log_likelihood: total,
+            bits_per_base: if scored > 0 {
+                -total / scored as f64 / std::f64::consts::LN_2
+            } else {
+                f64::NAN
+            },
+        });
+    }
+    if let Some(t) = tsv {
+        t.finish()?;
+    }
+    Ok(out)
+}
+
+/// A TSV written through a temp file and renamed at the end.
+struct TsvOut {
+    path: PathBuf,
+    tmp: PathBuf,
+    w: std::io::BufWriter<std::fs::File>,
+}
+
+impl TsvOut {
+    fn create(path: &Path) -> Result<Self> {
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let f = std::fs::File::create(&tmp).map_err(|source| Error::Io {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        let mut t = TsvOut {
+            path: path.to_path_buf(),
+            tmp,
+            w: std::io::BufWriter::new(f),
+        };
+        t.line(format_args!("record\tposition\tbase\tlog_prob\n"))?;
+        Ok(t)
+    }
+    fn line(&mut self, a: std::fmt::Arguments<'_>) -> Result<()> {
+        self.w.write_fmt(a).map_err(|source| Error::Io {
+            file: self.path.clone(),
+            source,
+        })
+    }
+    fn finish(mut self) -> Result<()> {
+        let io = |source| Error::Io {
+            file: self.path.clone(),
+            source,
+        };
+        self.w.flush().map_err(io)?;
+        std::fs::rename(&self.tmp, &self.path).map_err(io)
+    }
+}
