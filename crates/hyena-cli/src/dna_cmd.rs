@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use hyena::bench::{peak_heap_bytes, peak_rss_bytes, CountingAlloc};
-use hyena::models::dna::{embed_file, score_file, EmbedOptions, Pool, Progress, TokenizeOptions};
+use hyena::models::dna::{
+    embed_file, score_file, EmbedOptions, Pool, Progress, ProgressFn, TokenizeOptions,
+};
 use hyena::train::trainer::load_model;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -91,7 +93,7 @@ pub struct ScoreArgs {
     pub tokens: TokenArgs,
 }
 
-fn progress_bar() -> (ProgressBar, Box<dyn FnMut(&Progress) + Send>) {
+fn progress_bar() -> (ProgressBar, ProgressFn) {
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{spinner} {msg} {bar:20} {pos}/{len} blocks [{elapsed}]")

@@ -60,6 +60,9 @@ enum BenchWhat {
     Train,
     /// Generation: per-token latency and memory per sequence, conv mode vs recurrent mode.
     Generate,
+    /// `hyena embed`'s lean forward of a HyenaDNA-shaped model (random weights, default the
+    /// large shape: d_model 256, 8 layers) on one sequence per length: time, peak memory.
+    Embed,
 }
 
 #[derive(clap::Args, Debug)]
@@ -98,9 +101,9 @@ struct BenchArgs {
         default_value = "1024,4096,8192,16384,65536"
     )]
     contexts: Vec<usize>,
-    /// `generate` only: blocks of the model.
-    #[arg(long, default_value_t = 2)]
-    layers: usize,
+    /// `generate` and `embed`: blocks of the model [default: generate 2, embed 8].
+    #[arg(long)]
+    layers: Option<usize>,
     /// `generate` only: modes per modal filter (real order up to twice this).
     #[arg(long, default_value_t = 8)]
     modes: usize,
@@ -164,6 +167,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         BenchWhat::Operator => BenchOp::Operator,
         BenchWhat::Train => return bench_train(&a),
         BenchWhat::Generate => return bench_generate(&a),
+        BenchWhat::Embed => return bench_embed(&a),
     };
     let dim = a.dim.unwrap_or(256);
     if op == BenchOp::Operator {
@@ -220,8 +224,63 @@ fn bench(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+fn bench_embed(a: &BenchArgs) -> Result<()> {
+    let (d, layers) = (a.dim.unwrap_or(256), a.layers.unwrap_or(8));
+    if layers == 0 {
+        bail!("--layers must be >= 1");
+    }
+    let mut out = std::io::stdout().lock();
+    if !a.json {
+        writeln!(
+            out,
+            "hyena bench embed: HyenaDNA shape D={d} layers={layers} (d_inner {}), random weights, \
+             threads={}\n",
+            4 * d,
+            rayon::current_num_threads()
+        )?;
+        writeln!(
+            out,
+            "| L | seconds | bases/s | model MiB | peak heap MiB | peak resident MiB |"
+        )?;
+        writeln!(out, "|---:|---:|---:|---:|---:|---:|")?;
+        out.flush()?;
+    }
+    let recs = hyena::bench::run_embed(&a.lengths, d, layers, 2048, &mut |l| {
+        eprint!("measuring embed at L={l} ...\r")
+    })
+    .context("embedding benchmark")?;
+    eprint!("{:50}\r", "");
+    let rss = hyena::bench::peak_rss_bytes().map(|b| b as f64 / 1048576.0);
+    for r in &recs {
+        if a.json {
+            let mut v = serde_json::to_value(r)?;
+            v["peak_rss_mib_process"] = serde_json::json!(rss);
+            writeln!(out, "{v}")?;
+        } else {
+            writeln!(
+                out,
+                "| {} | {:.2} | {:.0} | {:.1} | {} | {} |",
+                r.length,
+                r.seconds,
+                r.bases_per_s,
+                r.model_mib,
+                r.peak_heap_mib.map_or("-".into(), |m| format!("{m:.1}")),
+                rss.map_or("-".into(), |m| format!("{m:.1}"))
+            )?;
+        }
+    }
+    if !a.json {
+        writeln!(
+            out,
+            "\n(peak resident is the whole process's high-water mark, over all lengths)"
+        )?;
+    }
+    Ok(())
+}
+
 fn bench_generate(a: &BenchArgs) -> Result<()> {
-    if a.contexts.is_empty() || a.contexts.contains(&0) || a.layers == 0 || a.modes == 0 {
+    let layers = a.layers.unwrap_or(2);
+    if a.contexts.is_empty() || a.contexts.contains(&0) || layers == 0 || a.modes == 0 {
         bail!("--contexts must list positive integers, and --layers and --modes must be >= 1");
     }
     let d = a.dim.unwrap_or(128);
@@ -230,7 +289,7 @@ fn bench_generate(a: &BenchArgs) -> Result<()> {
         writeln!(
             out,
             "hyena bench generate: D={d} layers={} modes={} threads={}\n",
-            a.layers,
+            layers,
             a.modes,
             rayon::current_num_threads()
         )?;
@@ -238,7 +297,7 @@ fn bench_generate(a: &BenchArgs) -> Result<()> {
         writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|")?;
         out.flush()?;
     }
-    let recs = hyena::bench::run_generate(&a.contexts, d, a.layers, a.modes, &mut |c| {
+    let recs = hyena::bench::run_generate(&a.contexts, d, layers, a.modes, &mut |c| {
         eprint!("measuring generate at context {c} ...\r")
     })
     .context("generation benchmark")?;
@@ -277,7 +336,7 @@ fn bench_generate(a: &BenchArgs) -> Result<()> {
     ];
     hyena::train::plot::log_log_png(
         &a.png,
-        &format!("per-token generation latency, D={d}, {} layers", a.layers),
+        &format!("per-token generation latency, D={d}, {} layers", layers),
         "context length (tokens)",
         "ms per token",
         &series,

@@ -554,3 +554,91 @@ pub fn run_generate(
     }
     Ok(out)
 }
+
+/// One length of [`run_embed`].
+#[derive(Clone, Debug, Serialize)]
+pub struct EmbedBenchRecord {
+    pub length: usize,
+    pub d_model: usize,
+    pub n_layer: usize,
+    /// Wall time of one lean forward to the final hidden states.
+    pub seconds: f64,
+    pub bases_per_s: f64,
+    /// Heap bytes of the model (parameters and filter buffers), MiB.
+    pub model_mib: f64,
+    /// Peak live heap of the whole process during the forward (model included), MiB.
+    pub peak_heap_mib: Option<f64>,
+}
+
+/// A HyenaDNA-shaped LM config (spec Sec. 3.4: emb_dim 5, filter_order 64, Sin frequency 10,
+/// shift 0.05, d_inner 4·D) of width `d`, `n_layer` blocks and `l_max`.
+pub fn hyenadna_config(d: usize, n_layer: usize, l_max: usize) -> crate::models::lm::LmConfig {
+    use crate::config::{FilterConfig, FilterLayout};
+    crate::models::lm::LmConfig {
+        n_layer,
+        d_inner: 4 * d,
+        operator: HyenaConfig {
+            d_model: d,
+            l_max,
+            filter: FilterConfig {
+                emb_dim: 5,
+                filter_order: 64,
+                w: 10.0,
+                shift: 0.05,
+                layout: FilterLayout::Blocked,
+                ..FilterConfig::default()
+            },
+            ..HyenaConfig::default()
+        },
+        ..crate::models::lm::LmConfig::default()
+    }
+}
+
+/// Time the lean inference forward ([`crate::models::infer::hidden_states`], what `hyena
+/// embed` runs) of a randomly initialised HyenaDNA-shaped model on random bases, one sequence
+/// per length (`l_max` = the longest + 2, as the released configs). `progress(length)` is
+/// called before each.
+pub fn run_embed(
+    lengths: &[usize],
+    d: usize,
+    n_layer: usize,
+    chunk: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<EmbedBenchRecord>> {
+    use crate::models::infer::{hidden_states, InferWorkspace};
+    let l_max = lengths.iter().copied().max().unwrap_or(1).max(1) + 2;
+    let base = mem_start();
+    let lm = crate::models::lm::HyenaLm::new(&hyenadna_config(d, n_layer, l_max), 0)?;
+    let model_mib = LIVE.load(Ordering::Relaxed).saturating_sub(base) as f64 / 1048576.0;
+    let mut out = Vec::with_capacity(lengths.len());
+    for &l in lengths {
+        progress(l);
+        let toks: Vec<u32> = rand_vec(l, 9, 1.0)
+            .iter()
+            .map(|x| 7 + ((x + 1.0) * 1.999) as u32)
+            .collect();
+        mem_start();
+        let mut ws = InferWorkspace::new(chunk);
+        let t = Instant::now();
+        let h = hidden_states(&lm, &toks, n_layer, &mut ws)?;
+        let seconds = t.elapsed().as_secs_f64();
+        if !h.iter().all(|v| v.is_finite()) {
+            return Err(crate::Error::Format {
+                file: "bench".into(),
+                msg: format!("non-finite hidden states at L={l}"),
+            });
+        }
+        let peak_heap_mib = mem_peak_mib(0);
+        drop(ws);
+        out.push(EmbedBenchRecord {
+            length: l,
+            d_model: d,
+            n_layer,
+            seconds,
+            bases_per_s: l as f64 / seconds,
+            model_mib,
+            peak_heap_mib,
+        });
+    }
+    Ok(out)
+}

@@ -204,8 +204,7 @@ pub fn read_weights(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     if path.extension().is_some_and(|e| e == "safetensors") {
         Ok(TensorFile::read(path)?.tensors)
     } else {
-        // TORCH-PENDING crate::io::torch::read_state_dict(path)
-        Err(fmt_err(path, "pickle reader pending"))
+        crate::io::torch::read_state_dict(path)
     }
 }
 
@@ -278,6 +277,7 @@ pub fn load_reference(dir: &Path, cfg: &Value) -> Result<(HyenaLm, LoadReport)> 
             });
         res?;
     }
+    lm.share_filter_buffers();
     Ok((
         lm,
         LoadReport {

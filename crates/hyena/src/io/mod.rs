@@ -3,6 +3,8 @@
 pub mod fasta;
 pub mod hf;
 pub mod npy;
+pub mod pickle;
 pub mod safetensors;
 pub mod text;
 pub mod tokenizer;
+pub mod torch;

@@ -9,6 +9,8 @@
 //! Output is arranged by convolution stage: `k: [N-1, D, L]` and `bias: [N-1, D]`, using the
 //! configured channel layout (`(v o)` interleaved or `(o d)` blocked).
 
+use std::sync::Arc;
+
 use rand::rngs::StdRng;
 
 use crate::config::{FilterLayout, HyenaConfig};
@@ -80,7 +82,7 @@ impl FilterParams {
         p.w_out = init::linear(rng, cf, f, false).0;
         p.bias = init::randn(rng, cf, 1.0);
         if cfg.filter.learn_pos_emb {
-            p.z = FilterBuffers::new(cfg).z;
+            p.z = Arc::unwrap_or_clone(FilterBuffers::new(cfg).z);
         }
         p
     }
@@ -178,8 +180,10 @@ impl Params for FilterParams {
 /// checkpoints like the reference's buffers.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FilterBuffers {
-    pub z: Vec<f32>,
-    pub t: Vec<f32>,
+    /// Shared between the blocks of a model when equal (they are a function of `l_max` and
+    /// `E` only): 24 MB each at HyenaDNA-large's l_max of 1M. Writes copy on write.
+    pub z: Arc<Vec<f32>>,
+    pub t: Arc<Vec<f32>>,
     pub deltas: Vec<f32>,
 }
 
@@ -217,16 +221,39 @@ impl FilterBuffers {
             (fc.target as f64).ln() / fc.fast_decay_pct as f64,
         );
         let deltas = (0..cf).map(|i| linspace(lo, hi, cf, i) as f32).collect();
-        FilterBuffers { z, t, deltas }
+        FilterBuffers {
+            z: Arc::new(z),
+            t: Arc::new(t),
+            deltas,
+        }
+    }
+
+    /// Make `self` share `other`'s `z` and `t` where the values are equal (after loading a
+    /// checkpoint, whose blocks each store their own copy).
+    pub fn share_with(&mut self, other: &FilterBuffers) {
+        if !Arc::ptr_eq(&self.z, &other.z) && self.z == other.z {
+            self.z = other.z.clone();
+        }
+        if !Arc::ptr_eq(&self.t, &other.t) && self.t == other.t {
+            self.t = other.t.clone();
+        }
     }
 
     /// Visit `(name, shape, data)` of the buffers.
     pub fn visit_mut(&mut self, prefix: &str, lm: usize, e: usize, f: &mut VisitorMut<'_>) {
         let cf = self.deltas.len();
         if !self.z.is_empty() {
-            f(&format!("{prefix}pos_emb.z"), &[1, lm, e], &mut self.z);
+            f(
+                &format!("{prefix}pos_emb.z"),
+                &[1, lm, e],
+                Arc::make_mut(&mut self.z).as_mut_slice(),
+            );
         }
-        f(&format!("{prefix}pos_emb.t"), &[1, lm, 1], &mut self.t);
+        f(
+            &format!("{prefix}pos_emb.t"),
+            &[1, lm, 1],
+            Arc::make_mut(&mut self.t).as_mut_slice(),
+        );
         f(
             &format!("{prefix}modulation.deltas"),
             &[1, 1, cf],
@@ -264,7 +291,7 @@ impl HyenaFilter {
     pub fn new(cfg: &HyenaConfig) -> Self {
         let mut buffers = FilterBuffers::new(cfg);
         if cfg.filter.learn_pos_emb {
-            buffers.z = Vec::new();
+            buffers.z = Arc::new(Vec::new());
         }
         HyenaFilter {
             buffers,

@@ -118,7 +118,8 @@ pub struct Progress {
     pub blocks: usize,
 }
 
-type ProgressFn = Box<dyn FnMut(&Progress) + Send>;
+/// A progress callback: called when a record starts and after each of its blocks.
+pub type ProgressFn = Box<dyn FnMut(&Progress) + Send>;
 
 fn with_progress(
     ws: &mut InferWorkspace,

@@ -185,6 +185,7 @@ fn run_blocks(
 }
 
 /// `LN1`/`LN2` of rows `[t0, t1)` of `x` into `ws.h`.
+#[allow(clippy::too_many_arguments)]
 fn norm_rows(
     x: &[f32],
     w: &[f32],
@@ -335,8 +336,8 @@ fn long_convs(lm: &HyenaLm, i: usize, ws: &mut InferWorkspace) -> Result<()> {
     if explicit.is_none() {
         filter_hidden(lm, i, ws)?;
     }
-    if !ws.convs.contains_key(&l) {
-        ws.convs.insert(l, RowConv::new(l)?);
+    if let std::collections::hash_map::Entry::Vacant(e) = ws.convs.entry(l) {
+        e.insert(RowConv::new(l)?);
     }
     let conv = &ws.convs[&l];
     let threads = rayon::current_num_threads().max(1);

@@ -344,11 +344,24 @@ impl HyenaLm {
             b.fc2_w = init::randn(&mut rng, b.fc2_w.len(), std_out);
             ops.push(op);
         }
-        Ok(HyenaLm {
+        let mut lm = HyenaLm {
             cfg: cfg.clone(),
             params,
             ops,
-        })
+        };
+        lm.share_filter_buffers();
+        Ok(lm)
+    }
+
+    /// Let every block share the first block's filter buffers `z`, `t` where they are equal
+    /// (they depend only on `l_max` and `E`): saves `(n_layer − 1)·(E+1)·l_max` floats, 170 MB
+    /// at HyenaDNA-large's shape. Loaders call it after reading per-block copies.
+    pub fn share_filter_buffers(&mut self) {
+        if let Some((first, rest)) = self.ops.split_first_mut() {
+            for op in rest {
+                op.filter.buffers.share_with(&first.filter.buffers);
+            }
+        }
     }
 
     /// Gradient buffers shaped like the parameters, all zero.

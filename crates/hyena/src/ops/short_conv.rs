@@ -246,25 +246,23 @@ pub fn forward_rows_carry(
         }
     }
     let h = k - 1;
-    y.par_chunks_mut(64 * c)
-        .enumerate()
-        .for_each(|(blk, yb)| {
-            for (i, yr) in yb.chunks_exact_mut(c).enumerate() {
-                let t = blk * 64 + i;
-                yr.copy_from_slice(bias);
-                for j in 0..k {
-                    // input row t-(K-1)+j: inside the chunk, or in the carry before it.
-                    let src = if t + j >= h {
-                        let r = t + j - h;
-                        &x[r * c..(r + 1) * c]
-                    } else {
-                        let r = t + j; // carry row index, < K-1
-                        &carry[r * c..(r + 1) * c]
-                    };
-                    axpy_row(yr, &wt[j * c..(j + 1) * c], src);
-                }
+    y.par_chunks_mut(64 * c).enumerate().for_each(|(blk, yb)| {
+        for (i, yr) in yb.chunks_exact_mut(c).enumerate() {
+            let t = blk * 64 + i;
+            yr.copy_from_slice(bias);
+            for j in 0..k {
+                // input row t-(K-1)+j: inside the chunk, or in the carry before it.
+                let src = if t + j >= h {
+                    let r = t + j - h;
+                    &x[r * c..(r + 1) * c]
+                } else {
+                    let r = t + j; // carry row index, < K-1
+                    &carry[r * c..(r + 1) * c]
+                };
+                axpy_row(yr, &wt[j * c..(j + 1) * c], src);
             }
-        });
+        }
+    });
     // The new carry: the last K−1 input rows (from the old carry when the chunk is shorter).
     if p >= h {
         carry.copy_from_slice(&x[(p - h) * c..]);

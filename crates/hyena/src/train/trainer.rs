@@ -448,6 +448,7 @@ pub fn load_model_with(dir: &Path, cfg_v: &serde_json::Value) -> Result<HyenaLm>
             });
         res?;
     }
+    lm.share_filter_buffers();
     // A distilled model: its long filters are the stored modal filters.
     if cfg_v.get("distill").is_some_and(|x| !x.is_null()) {
         let banks = crate::distill::model::read_banks(&f, &lm)?;
