@@ -19,9 +19,19 @@ const HEADER: usize = 128;
 pub struct NpyWriter {
     path: PathBuf,
     tmp: PathBuf,
-    out: BufWriter<File>,
+    /// `None` once finished.
+    out: Option<BufWriter<File>>,
     cols: usize,
     rows: u64,
+}
+
+impl Drop for NpyWriter {
+    /// An unfinished writer (an error on the way) removes its temp file.
+    fn drop(&mut self) {
+        if self.out.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 impl std::fmt::Debug for NpyWriter {
@@ -81,7 +91,7 @@ impl NpyWriter {
         Ok(NpyWriter {
             path,
             tmp,
-            out,
+            out: Some(out),
             cols,
             rows: 0,
         })
@@ -101,7 +111,9 @@ impl NpyWriter {
         for chunk in data.chunks(1 << 18) {
             buf.clear();
             buf.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
-            self.out.write_all(&buf).map_err(io_err(&self.path))?;
+            if let Some(o) = self.out.as_mut() {
+                o.write_all(&buf).map_err(io_err(&self.path))?;
+            }
         }
         self.rows += (data.len() / self.cols) as u64;
         Ok(())
@@ -114,17 +126,26 @@ impl NpyWriter {
 
     /// Write the header with the final shape `[rows, cols]` and move the file into place.
     pub fn finish(mut self) -> Result<PathBuf> {
-        let path = self.path.clone();
-        let e = io_err(&path);
         let h = header(&[self.rows, self.cols as u64]);
-        self.out.flush().map_err(&e)?;
-        let mut f = self.out.into_inner().map_err(|x| e(x.into_error()))?;
-        f.seek(SeekFrom::Start(0)).map_err(&e)?;
-        f.write_all(&h).map_err(&e)?;
-        f.sync_all().map_err(&e)?;
-        drop(f);
-        std::fs::rename(&self.tmp, &path).map_err(&e)?;
-        Ok(self.path)
+        let Some(out) = self.out.take() else {
+            return Ok(self.path.clone());
+        };
+        let (path, tmp) = (self.path.clone(), self.tmp.clone());
+        let done = (|| -> std::io::Result<()> {
+            let mut f = out.into_inner().map_err(|x| x.into_error())?;
+            f.seek(SeekFrom::Start(0))?;
+            f.write_all(&h)?;
+            f.sync_all()?;
+            drop(f);
+            std::fs::rename(&tmp, &path)
+        })();
+        match done {
+            Ok(()) => Ok(path),
+            Err(source) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(Error::Io { file: path, source })
+            }
+        }
     }
 }
 

@@ -325,6 +325,16 @@ struct TsvOut {
     path: PathBuf,
     tmp: PathBuf,
     w: std::io::BufWriter<std::fs::File>,
+    done: bool,
+}
+
+impl Drop for TsvOut {
+    /// Unfinished (an error on the way): remove the temp file.
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 impl TsvOut {
@@ -338,6 +348,7 @@ impl TsvOut {
             path: path.to_path_buf(),
             tmp,
             w: std::io::BufWriter::new(f),
+            done: false,
         };
         t.line(format_args!("record\tposition\tbase\tlog_prob\n"))?;
         Ok(t)
@@ -354,6 +365,8 @@ impl TsvOut {
             source,
         };
         self.w.flush().map_err(io)?;
-        std::fs::rename(&self.tmp, &self.path).map_err(io)
+        std::fs::rename(&self.tmp, &self.path).map_err(io)?;
+        self.done = true;
+        Ok(())
     }
 }
