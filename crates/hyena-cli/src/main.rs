@@ -2,6 +2,7 @@
 //! call the library, print. All numerics live in the `hyena` crate.
 
 mod analyze_cmd;
+mod data_cmd;
 mod distill_cmd;
 mod dna_cmd;
 mod train_cmd;
@@ -46,6 +47,9 @@ enum Command {
     /// Analyses of a trained model (effective state size).
     #[command(subcommand)]
     Analyze(analyze_cmd::AnalyzeWhat),
+    /// Sequence-classification data: build the species-of-origin task, fit the k-mer baseline.
+    #[command(subcommand)]
+    Data(data_cmd::DataWhat),
     /// Time kernels: forward and forward+backward, median ms, GFLOP/s, peak memory.
     Bench(BenchArgs),
 }
@@ -122,6 +126,7 @@ fn main() -> std::process::ExitCode {
         Command::Score(a) => dna_cmd::score_cmd(a),
         Command::Distill(a) => distill_cmd::distill_cmd(a),
         Command::Analyze(w) => analyze_cmd::analyze_cmd(w),
+        Command::Data(w) => data_cmd::data_cmd(w),
         Command::Bench(a) => bench(a),
     };
     match res {

@@ -5,6 +5,7 @@ pub mod hf;
 pub mod npy;
 pub mod pickle;
 pub mod safetensors;
+pub mod seqcls;
 pub mod text;
 pub mod tokenizer;
 pub mod torch;

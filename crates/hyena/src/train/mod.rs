@@ -2,6 +2,7 @@
 //! gradient-norm clipping.
 
 pub mod baseline;
+pub mod kmer;
 pub mod optim;
 pub mod plot;
 pub mod run;
