@@ -84,6 +84,12 @@ fn hf_safetensors_checkpoint_matches_pytorch() {
     // `load_model` (what every subcommand uses) recognises the layout too.
     let lm = load_model(&fixtures().join("tiny-hf")).unwrap();
     assert_eq!(lm.cfg.operator.filter.shift, 0.05);
+    // The blocks' equal positional grids are held once.
+    let (b0, b1) = (
+        &lm.operator(0).filter.buffers,
+        &lm.operator(1).filter.buffers,
+    );
+    assert!(std::sync::Arc::ptr_eq(&b0.z, &b1.z) && std::sync::Arc::ptr_eq(&b0.t, &b1.t));
 }
 
 #[test]

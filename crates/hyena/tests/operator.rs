@@ -49,20 +49,11 @@ fn operator_from_fixture(f: &TensorFile) -> (HyenaOperator, serde_json::Value) {
     };
     let mut op = HyenaOperator::new(&cfg, 0).unwrap();
     f.load_params("", &mut op.params).unwrap();
-    let (lm, e) = (cfg.l_max, cfg.filter.emb_dim);
-    let mut res = Ok(());
+    let dims = (cfg.l_max, cfg.filter.emb_dim);
     op.filter
         .buffers
-        .visit_mut(
-            "filter_fn.",
-            lm,
-            e,
-            &mut |name, shape, data| match f.get_shaped(name, shape) {
-                Ok(t) => data.copy_from_slice(&t.data),
-                Err(err) => res = Err(err),
-            },
-        );
-    res.unwrap();
+        .load("filter_fn.", dims, f, true, None)
+        .unwrap();
     (op, meta)
 }
 

@@ -248,36 +248,9 @@ pub fn load_reference(dir: &Path, cfg: &Value) -> Result<(HyenaLm, LoadReport)> 
         metadata: BTreeMap::new(),
     };
     file.load_params("", &mut lm.params)?;
-    let (l_max, e) = (lm_cfg.operator.l_max, lm_cfg.operator.filter.emb_dim);
-    for i in 0..lm_cfg.n_layer {
-        let prefix = format!("hyena.backbone.layers.{i}.mixer.filter_fn.");
-        let mut res = Ok(());
-        lm.operator_mut(i)
-            .filter
-            .buffers
-            .visit_mut(&prefix, l_max, e, &mut |n, s, d| {
-                if res.is_err() {
-                    return;
-                }
-                if let Some(t) = file.tensors.get(n) {
-                    // Buffers may be stored with or without their leading singleton axes.
-                    if t.data.len() == d.len() {
-                        d.copy_from_slice(&t.data);
-                    } else {
-                        res = Err(fmt_err(
-                            &weights,
-                            format!(
-                                "tensor `{n}` has shape {:?}, expected {s:?}: the config's \
-                                 max_seq_len/l_max or emb_dim disagrees with the weights",
-                                t.shape
-                            ),
-                        ));
-                    }
-                }
-            });
-        res?;
-    }
-    lm.share_filter_buffers();
+    // Buffers may be missing (then computed from the config) or stored without their
+    // leading singleton axes.
+    lm.load_filter_buffers(&file, false)?;
     Ok((
         lm,
         LoadReport {

@@ -15,6 +15,7 @@ use rand::rngs::StdRng;
 
 use crate::config::{FilterLayout, HyenaConfig};
 use crate::error::{check_len, Error, Result};
+use crate::io::safetensors::TensorFile;
 use crate::layers::{init, Params, Visitor, VisitorMut};
 use crate::ops::act::{sin_backward, sin_forward};
 use crate::ops::linear::{linear_backward, linear_forward, matmul, MatMut, MatRef};
@@ -228,8 +229,7 @@ impl FilterBuffers {
         }
     }
 
-    /// Make `self` share `other`'s `z` and `t` where the values are equal (after loading a
-    /// checkpoint, whose blocks each store their own copy).
+    /// Make `self` share `other`'s `z` and `t` where the values are equal.
     pub fn share_with(&mut self, other: &FilterBuffers) {
         if !Arc::ptr_eq(&self.z, &other.z) && self.z == other.z {
             self.z = other.z.clone();
@@ -239,26 +239,82 @@ impl FilterBuffers {
         }
     }
 
-    /// Visit `(name, shape, data)` of the buffers.
-    pub fn visit_mut(&mut self, prefix: &str, lm: usize, e: usize, f: &mut VisitorMut<'_>) {
-        let cf = self.deltas.len();
+    /// `(name, shape)` of the buffers under `prefix`: `pos_emb.z` (when it is a buffer),
+    /// `pos_emb.t`, `modulation.deltas`.
+    fn names(&self, prefix: &str, lm: usize, e: usize) -> Vec<(String, Vec<usize>)> {
+        let mut v = Vec::with_capacity(3);
         if !self.z.is_empty() {
-            f(
-                &format!("{prefix}pos_emb.z"),
-                &[1, lm, e],
-                Arc::make_mut(&mut self.z).as_mut_slice(),
-            );
+            v.push((format!("{prefix}pos_emb.z"), vec![1, lm, e]));
         }
-        f(
-            &format!("{prefix}pos_emb.t"),
-            &[1, lm, 1],
-            Arc::make_mut(&mut self.t).as_mut_slice(),
-        );
-        f(
-            &format!("{prefix}modulation.deltas"),
-            &[1, 1, cf],
-            &mut self.deltas,
-        );
+        v.push((format!("{prefix}pos_emb.t"), vec![1, lm, 1]));
+        v.push((
+            format!("{prefix}modulation.deltas"),
+            vec![1, 1, self.deltas.len()],
+        ));
+        v
+    }
+
+    /// Visit `(name, shape, data)` of the buffers (for saving).
+    pub fn visit(&self, prefix: &str, lm: usize, e: usize, f: &mut Visitor<'_>) {
+        for (name, shape) in self.names(prefix, lm, e) {
+            let data: &[f32] = if name.ends_with("pos_emb.z") {
+                &self.z
+            } else if name.ends_with("pos_emb.t") {
+                &self.t
+            } else {
+                &self.deltas
+            };
+            f(&name, &shape, data);
+        }
+    }
+
+    /// Read the buffers under `prefix` from `file`. `z` and `t` equal to `prev`'s (the block
+    /// before, already loaded) share its copy instead of holding their own.
+    ///
+    /// `required`: every buffer must be present with exactly its shape (hyena checkpoints).
+    /// Otherwise (reference checkpoints) a missing buffer keeps the value computed from the
+    /// config, and a stored shape that differs only in singleton axes is accepted.
+    pub fn load(
+        &mut self,
+        prefix: &str,
+        (lm, e): (usize, usize),
+        file: &TensorFile,
+        required: bool,
+        prev: Option<&FilterBuffers>,
+    ) -> Result<()> {
+        for (name, shape) in self.names(prefix, lm, e) {
+            let t = if required {
+                file.get_shaped(&name, &shape)?
+            } else {
+                match file.tensors.get(&name) {
+                    None => continue,
+                    Some(t) if t.data.len() == shape.iter().product::<usize>() => t,
+                    Some(t) => {
+                        return Err(Error::Format {
+                            file: file.path.clone(),
+                            msg: format!(
+                                "tensor `{name}` has shape {:?}, expected {shape:?}: the \
+                                 config's max_seq_len/l_max or emb_dim disagrees with the \
+                                 weights",
+                                t.shape
+                            ),
+                        })
+                    }
+                }
+            };
+            let shared = |own: &mut Arc<Vec<f32>>, theirs: Option<&Arc<Vec<f32>>>| match theirs {
+                Some(p) if p.as_slice() == t.data.as_slice() => *own = p.clone(),
+                _ => *own = Arc::new(t.data.clone()),
+            };
+            if name.ends_with("pos_emb.z") {
+                shared(&mut self.z, prev.map(|p| &p.z));
+            } else if name.ends_with("pos_emb.t") {
+                shared(&mut self.t, prev.map(|p| &p.t));
+            } else {
+                self.deltas.copy_from_slice(&t.data);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -353,10 +353,32 @@ impl HyenaLm {
         Ok(lm)
     }
 
+    /// Read every block's filter buffers from `file` (see [`FilterBuffers::load`] for
+    /// `required`); blocks whose `z`, `t` equal the block before share one copy.
+    ///
+    /// [`FilterBuffers::load`]: crate::layers::FilterBuffers::load
+    pub fn load_filter_buffers(
+        &mut self,
+        file: &crate::io::safetensors::TensorFile,
+        required: bool,
+    ) -> Result<()> {
+        let dims = (self.cfg.operator.l_max, self.cfg.operator.filter.emb_dim);
+        for i in 0..self.ops.len() {
+            let (before, rest) = self.ops.split_at_mut(i);
+            let prefix = format!("{BACKBONE}layers.{i}.mixer.filter_fn.");
+            let prev = before.last().map(|op| &op.filter.buffers);
+            rest[0]
+                .filter
+                .buffers
+                .load(&prefix, dims, file, required, prev)?;
+        }
+        Ok(())
+    }
+
     /// Let every block share the first block's filter buffers `z`, `t` where they are equal
     /// (they depend only on `l_max` and `E`): saves `(n_layer − 1)·(E+1)·l_max` floats, 170 MB
-    /// at HyenaDNA-large's shape. Loaders call it after reading per-block copies.
-    pub fn share_filter_buffers(&mut self) {
+    /// at HyenaDNA-large's shape.
+    fn share_filter_buffers(&mut self) {
         if let Some((first, rest)) = self.ops.split_first_mut() {
             for op in rest {
                 op.filter.buffers.share_with(&first.filter.buffers);

@@ -372,9 +372,9 @@ pub fn model_tensors(
     let mut tensors = collect_params("", &lm.params);
     let (lm_max, e) = (lm.cfg.operator.l_max, lm.cfg.operator.filter.emb_dim);
     for i in 0..lm.cfg.n_layer {
-        let mut bufs = lm.operator(i).filter.buffers.clone();
         let prefix = format!("hyena.backbone.layers.{i}.mixer.filter_fn.");
-        bufs.visit_mut(&prefix, lm_max, e, &mut |n, s, d| {
+        let bufs = &lm.operator(i).filter.buffers;
+        bufs.visit(&prefix, lm_max, e, &mut |n, s, d| {
             tensors.insert(
                 n.to_string(),
                 crate::io::safetensors::Tensor {
@@ -431,24 +431,7 @@ pub fn load_model_with(dir: &Path, cfg_v: &serde_json::Value) -> Result<HyenaLm>
     let mut lm = HyenaLm::new(&cfg, 0)?;
     let f = TensorFile::read(dir.join("model.safetensors"))?;
     f.load_params("", &mut lm.params)?;
-    let (lm_max, e) = (cfg.operator.l_max, cfg.operator.filter.emb_dim);
-    for i in 0..cfg.n_layer {
-        let prefix = format!("hyena.backbone.layers.{i}.mixer.filter_fn.");
-        let mut res = Ok(());
-        lm.operator_mut(i)
-            .filter
-            .buffers
-            .visit_mut(&prefix, lm_max, e, &mut |n, s, d| {
-                if res.is_ok() {
-                    match f.get_shaped(n, s) {
-                        Ok(t) => d.copy_from_slice(&t.data),
-                        Err(err) => res = Err(err),
-                    }
-                }
-            });
-        res?;
-    }
-    lm.share_filter_buffers();
+    lm.load_filter_buffers(&f, true)?;
     // A distilled model: its long filters are the stored modal filters.
     if cfg_v.get("distill").is_some_and(|x| !x.is_null()) {
         let banks = crate::distill::model::read_banks(&f, &lm)?;
