@@ -359,6 +359,12 @@ fn linear_matches_reference_and_gradients() {
         linear::linear_forward(&x, &w, Some(&b), l, kk, n, &mut y).unwrap();
         let y_ref = linear::reference::linear_forward(&x, &w, Some(&b), l, kk, n);
         assert_close(&format!("linear L={l}"), &y, &y_ref, 1e-5);
+        // In place onto a residual stream: y0 + x Wᵀ + b.
+        let y0 = rand_vec(l * n, 4, 1.0);
+        let mut acc = y0.clone();
+        linear::linear_accumulate(&x, &w, &b, l, kk, n, &mut acc).unwrap();
+        let want: Vec<f32> = y0.iter().zip(&y_ref).map(|(a, b)| a + b).collect();
+        assert_close(&format!("linear accumulate L={l}"), &acc, &want, 1e-5);
     }
     for &(m, kk, n) in &[
         (1usize, 1usize, 1usize),

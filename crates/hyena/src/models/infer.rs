@@ -20,8 +20,6 @@
 //! the chunk buffers, the FFT scratch and the parameters. Results equal the training forward's
 //! up to float rounding (tested). Order-2 operators (HyenaDNA) only.
 
-use std::collections::HashMap;
-
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -29,7 +27,7 @@ use crate::layers::filter::window_row;
 use crate::models::lm::{BlockParams, HyenaLm};
 use crate::ops::act::{bias_gelu_forward, sin_forward};
 use crate::ops::fftconv::{RowConv, RowConvScratch};
-use crate::ops::linear::{linear_forward, matmul, MatMut, MatRef};
+use crate::ops::linear::{linear_accumulate, linear_forward, matmul, MatMut, MatRef};
 use crate::ops::norm::layernorm_forward;
 use crate::ops::short_conv::forward_rows_carry;
 
@@ -57,7 +55,8 @@ pub struct InferWorkspace {
     carry: Vec<f32>, // [K-1, 2D]
     mu: Vec<f32>,
     rs: Vec<f32>,
-    convs: HashMap<usize, RowConv>,
+    /// The FFT plan of the current length and its per-task scratch (rebuilt when L changes).
+    conv: Option<RowConv>,
     scratch: Vec<RowConvScratch>,
     l: usize,
     d: usize,
@@ -98,26 +97,6 @@ impl InferWorkspace {
     /// Report progress after every block (`(done, total)`), e.g. to a progress bar.
     pub fn set_progress(&mut self, f: Option<Box<dyn FnMut(usize, usize) + Send>>) {
         self.on_block = f;
-    }
-
-    /// Bytes held by the workspace's buffers now.
-    pub fn bytes(&self) -> usize {
-        let f = [
-            &self.x,
-            &self.y,
-            &self.hidden,
-            &self.filt,
-            &self.h,
-            &self.u,
-            &self.s,
-            &self.carry,
-            &self.mu,
-            &self.rs,
-        ]
-        .iter()
-        .map(|v| v.capacity())
-        .sum::<usize>();
-        4 * f
     }
 }
 
@@ -292,14 +271,7 @@ fn mixer(lm: &HyenaLm, i: usize, ws: &mut InferWorkspace) -> Result<()> {
         proj_chunk(ws, blk, eps, t0, p, &x0)?;
         let s = &mut ws.s[..p * d];
         gather_gate(s, d, p, t0, l, &ws.y);
-        let xc = &mut ws.x[t0 * d..t1 * d];
-        add_rows(xc, &m.out_b);
-        matmul(
-            MatMut::rm(xc, p, d),
-            MatRef::rm(s, p, d),
-            MatRef::tr(&m.out_w, d, d),
-            true,
-        )?;
+        linear_accumulate(s, &m.out_w, &m.out_b, p, d, d, &mut ws.x[t0 * d..t1 * d])?;
     }
     Ok(())
 }
@@ -349,16 +321,6 @@ fn gather_gate(s: &mut [f32], d: usize, p: usize, t0: usize, l: usize, y: &[f32]
         });
 }
 
-crate::ops::simd_fn! {
-    fn add_rows(x: &mut [f32], b: &[f32]) {
-        for r in x.chunks_exact_mut(b.len()) {
-            for (v, &bv) in r.iter_mut().zip(b) {
-                *v += bv;
-            }
-        }
-    }
-}
-
 /// Step 2 of the module docs: filters by channel group, one FFT convolution per channel.
 fn long_convs(lm: &HyenaLm, i: usize, ws: &mut InferWorkspace) -> Result<()> {
     let cfg = &lm.cfg.operator;
@@ -370,16 +332,14 @@ fn long_convs(lm: &HyenaLm, i: usize, ws: &mut InferWorkspace) -> Result<()> {
     if explicit.is_none() {
         filter_hidden(lm, i, ws)?;
     }
-    if let std::collections::hash_map::Entry::Vacant(e) = ws.convs.entry(l) {
-        e.insert(RowConv::new(l)?);
+    if ws.conv.as_ref().is_none_or(|c| c.len() != l) {
+        ws.conv = Some(RowConv::new(l)?);
+        ws.scratch.clear();
     }
-    let conv = &ws.convs[&l];
-    let threads = rayon::current_num_threads().max(1);
+    let Some(conv) = ws.conv.as_ref() else {
+        return Ok(());
+    };
     let g = FILTER_GROUP.min(d);
-    // Scratch for `threads` concurrent rows, reused across groups and blocks.
-    ws.scratch.retain(|_| false);
-    ws.scratch
-        .extend((0..threads.min(g)).map(|_| conv.scratch()));
     grow(&mut ws.filt, g * l);
     let bufs = &op.filter.buffers;
     for c0 in (0..d).step_by(g) {
@@ -410,7 +370,8 @@ fn long_convs(lm: &HyenaLm, i: usize, ws: &mut InferWorkspace) -> Result<()> {
                 }
             }
         }
-        // One row per task; tasks take a scratch from the pool.
+        // One row per task; tasks take a scratch from the pool (kept across groups, blocks and
+        // sequences of the same length: fresh large buffers cost a page fault per 4 KiB).
         let pool = std::sync::Mutex::new(std::mem::take(&mut ws.scratch));
         let rows = &mut ws.y[c0 * l..(c0 + gn) * l];
         let res: Result<()> = rows
@@ -496,13 +457,14 @@ fn mlp(lm: &HyenaLm, i: usize, ws: &mut InferWorkspace) -> Result<()> {
         )?;
         let g = &mut ws.s[..p * di];
         bias_gelu_forward(a, &blk.fc1_b, g)?;
-        let xc = &mut ws.x[t0 * d..t1 * d];
-        add_rows(xc, &blk.fc2_b);
-        matmul(
-            MatMut::rm(xc, p, d),
-            MatRef::rm(g, p, di),
-            MatRef::tr(&blk.fc2_w, di, d),
-            true,
+        linear_accumulate(
+            g,
+            &blk.fc2_w,
+            &blk.fc2_b,
+            p,
+            di,
+            d,
+            &mut ws.x[t0 * d..t1 * d],
         )?;
     }
     Ok(())

@@ -206,6 +206,42 @@ pub fn linear_forward_residual(
     )
 }
 
+/// `y += x Wᵀ + b` in place (`x: [M, K]`, `W: [N, K]`, `b: [N]`, `y: [M, N]`): a residual
+/// connection whose stream is updated where it lies (the lean inference path).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_accumulate(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    y: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "linear accumulate";
+    check_len(OP, "x [M, K]", x.len(), m * k)?;
+    check_len(OP, "weight [N, K]", w.len(), n * k)?;
+    check_len(OP, "bias [N]", b.len(), n)?;
+    check_len(OP, "y [M, N]", y.len(), m * n)?;
+    add_rows_inplace(y, b);
+    matmul(
+        MatMut::rm(y, m, n),
+        MatRef::rm(x, m, k),
+        MatRef::tr(w, k, n),
+        true,
+    )
+}
+
+crate::ops::simd_fn! {
+    fn add_rows_inplace(y: &mut [f32], b: &[f32]) {
+        for r in y.chunks_exact_mut(b.len()) {
+            for (v, &bv) in r.iter_mut().zip(b) {
+                *v += bv;
+            }
+        }
+    }
+}
+
 /// Writes `y [M, N] = residual + bias` row by row (either may be absent) before a GEMM that
 /// accumulates onto it; returns whether anything was written (i.e. whether to accumulate).
 pub(crate) fn prefill_rows(
