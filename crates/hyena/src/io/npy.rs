@@ -76,15 +76,7 @@ impl NpyWriter {
     /// `cols` values.
     pub fn create(path: impl AsRef<Path>, cols: usize) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+        let tmp = crate::io::safetensors::temp_path_beside(&path);
         let f = File::create(&tmp).map_err(io_err(&path))?;
         let mut out = BufWriter::with_capacity(1 << 20, f);
         out.write_all(&[0u8; HEADER]).map_err(io_err(&path))?;

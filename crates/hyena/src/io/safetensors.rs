@@ -198,12 +198,9 @@ pub fn write_atomic(
     write_bytes_atomic(path, &data)
 }
 
-/// Write bytes to `path` through a temp file in the same directory and a rename.
-pub fn write_bytes_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let io = |source| Error::Io {
-        file: path.to_path_buf(),
-        source,
-    };
+/// Where an atomic write of `path` goes first: a hidden file in the same directory (so that
+/// the final rename stays on one file system), named after the target and this process.
+pub fn temp_path_beside(path: &Path) -> PathBuf {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -212,7 +209,16 @@ pub fn write_bytes_atomic(path: &Path, data: &[u8]) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    dir.join(format!(".{name}.tmp{}", std::process::id()))
+}
+
+/// Write bytes to `path` through a temp file in the same directory and a rename.
+pub fn write_bytes_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let io = |source| Error::Io {
+        file: path.to_path_buf(),
+        source,
+    };
+    let tmp = temp_path_beside(path);
     {
         use std::io::Write;
         let mut f = std::fs::File::create(&tmp).map_err(io)?;

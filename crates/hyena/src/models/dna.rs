@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::io::fasta::{open_records, SeqRecord};
 use crate::io::npy::NpyWriter;
+use crate::io::safetensors::{temp_path_beside, write_bytes_atomic};
 use crate::io::tokenizer::{NucleotideTokenizer, SEP_ID, UNK_ID};
 use crate::models::infer::{hidden_states, log_likelihood, InferWorkspace};
 use crate::models::lm::HyenaLm;
@@ -121,15 +122,34 @@ pub struct Progress {
 /// A progress callback: called when a record starts and after each of its blocks.
 pub type ProgressFn = Box<dyn FnMut(&Progress) + Send>;
 
-fn with_progress(
-    ws: &mut InferWorkspace,
-    progress: &Option<std::sync::Arc<std::sync::Mutex<ProgressFn>>>,
-    base: Progress,
-) {
-    match progress {
-        Some(p) => {
-            let p = p.clone();
-            let mut cur = base;
+/// Run `each(record, ids, workspace)` on every record of `fasta` (streamed), tokenized with
+/// `tokenize`, telling `progress` (if any) when a record starts and after each of its
+/// `blocks` blocks. Errors of `each` are said to concern that record.
+fn for_each_record(
+    fasta: &Path,
+    tokenize: TokenizeOptions,
+    chunk: usize,
+    blocks: usize,
+    progress: Option<ProgressFn>,
+    mut each: impl FnMut(&SeqRecord, &[u32], &mut InferWorkspace) -> Result<()>,
+) -> Result<()> {
+    use std::sync::{Arc, Mutex};
+    let progress = progress.map(|p| Arc::new(Mutex::new(p)));
+    let mut ws = InferWorkspace::new(chunk);
+    for (i, rec) in open_records(fasta)?.enumerate() {
+        let rec = rec?;
+        let ids = tokenize_record(&rec, tokenize, fasta)?;
+        if let Some(p) = &progress {
+            let (p, mut cur) = (
+                p.clone(),
+                Progress {
+                    record: i,
+                    name: rec.id.clone(),
+                    tokens: ids.len(),
+                    blocks_done: 0,
+                    blocks,
+                },
+            );
             if let Ok(mut f) = p.lock() {
                 f(&cur);
             }
@@ -141,8 +161,9 @@ fn with_progress(
                 }
             })));
         }
-        None => ws.set_progress(None),
+        each(&rec, &ids, &mut ws).map_err(|e| in_record(e, fasta, &rec))?;
     }
+    Ok(())
 }
 
 /// Embed every record of `fasta` (FASTA/FASTQ, plain, gzip or xz; streamed) into `out`
@@ -158,52 +179,44 @@ pub fn embed_file(
 ) -> Result<EmbedReport> {
     let layer = opts.layer.unwrap_or(lm.cfg.n_layer);
     let d = lm.cfg.d_model();
-    let mut reader = open_records(fasta)?;
     let mut npy = NpyWriter::create(out, d)?;
-    let mut ws = InferWorkspace::new(opts.chunk);
-    let progress = progress.map(|p| std::sync::Arc::new(std::sync::Mutex::new(p)));
     let mut records = Vec::new();
     let mut pooled = vec![0.0f32; d];
-    for (i, rec) in (&mut reader).enumerate() {
-        let rec = rec?;
-        let ids = tokenize_record(&rec, opts.tokenize, fasta)?;
-        with_progress(
-            &mut ws,
-            &progress,
-            Progress {
-                record: i,
+    for_each_record(
+        fasta,
+        opts.tokenize,
+        opts.chunk,
+        layer,
+        progress,
+        |rec, ids, ws| {
+            let h = hidden_states(lm, ids, layer, ws)?;
+            let row = npy.rows();
+            match opts.pool {
+                Pool::None => npy.write_rows(h)?,
+                Pool::Mean => {
+                    let mut acc = vec![0.0f64; d];
+                    for r in h.chunks_exact(d) {
+                        for (a, &v) in acc.iter_mut().zip(r) {
+                            *a += v as f64;
+                        }
+                    }
+                    let n = (h.len() / d) as f64;
+                    for (p, a) in pooled.iter_mut().zip(&acc) {
+                        *p = (*a / n) as f32;
+                    }
+                    npy.write_rows(&pooled)?;
+                }
+                Pool::Last => npy.write_rows(&h[h.len() - d..])?,
+            }
+            records.push(RecordRow {
                 name: rec.id.clone(),
                 tokens: ids.len(),
-                blocks_done: 0,
-                blocks: layer,
-            },
-        );
-        let h = hidden_states(lm, &ids, layer, &mut ws).map_err(|e| in_record(e, fasta, &rec))?;
-        let row = npy.rows();
-        match opts.pool {
-            Pool::None => npy.write_rows(h)?,
-            Pool::Mean => {
-                let mut acc = vec![0.0f64; d];
-                for r in h.chunks_exact(d) {
-                    for (a, &v) in acc.iter_mut().zip(r) {
-                        *a += v as f64;
-                    }
-                }
-                let n = (h.len() / d) as f64;
-                for (p, a) in pooled.iter_mut().zip(&acc) {
-                    *p = (*a / n) as f32;
-                }
-                npy.write_rows(&pooled)?;
-            }
-            Pool::Last => npy.write_rows(&h[h.len() - d..])?,
-        }
-        records.push(RecordRow {
-            name: rec.id,
-            tokens: ids.len(),
-            row,
-            rows: npy.rows() - row,
-        });
-    }
+                row,
+                rows: npy.rows() - row,
+            });
+            Ok(())
+        },
+    )?;
     let shape = [npy.rows(), d as u64];
     let out = npy.finish()?;
     let mut tsv_name = out.as_os_str().to_owned();
@@ -216,7 +229,7 @@ pub fn embed_file(
             r.name, r.tokens, r.row, r.rows
         ));
     }
-    crate::io::safetensors::write_bytes_atomic(&records_tsv, s.as_bytes())?;
+    write_bytes_atomic(&records_tsv, s.as_bytes())?;
     Ok(EmbedReport {
         out,
         records_tsv,
@@ -264,9 +277,6 @@ pub fn score_file(
     per_base: Option<&Path>,
     progress: Option<ProgressFn>,
 ) -> Result<Vec<RecordScore>> {
-    let mut reader = open_records(fasta)?;
-    let mut ws = InferWorkspace::new(chunk);
-    let progress = progress.map(|p| std::sync::Arc::new(std::sync::Mutex::new(p)));
     let mut tsv = match per_base {
         Some(p) => Some(TsvOut::create(p)?),
         None => None,
@@ -274,46 +284,35 @@ pub fn score_file(
     let tok = NucleotideTokenizer::new(tokenize.uppercase);
     let mut out = Vec::new();
     let mut lp = Vec::new();
-    for (i, rec) in (&mut reader).enumerate() {
-        let rec = rec?;
-        let ids = tokenize_record(&rec, tokenize, fasta)?;
-        with_progress(
-            &mut ws,
-            &progress,
-            Progress {
-                record: i,
+    for_each_record(
+        fasta,
+        tokenize,
+        chunk,
+        lm.cfg.n_layer,
+        progress,
+        |rec, ids, ws| {
+            let total = log_likelihood(lm, ids, ws, &mut lp)?;
+            if let Some(t) = tsv.as_mut() {
+                for (j, &v) in lp.iter().enumerate() {
+                    let base = tok.token(ids[j + 1]);
+                    t.line(format_args!("{}\t{}\t{base}\t{v:.6}\n", rec.id, j + 2))?;
+                }
+            }
+            let scored = lp.len();
+            out.push(RecordScore {
                 name: rec.id.clone(),
                 tokens: ids.len(),
-                blocks_done: 0,
-                blocks: lm.cfg.n_layer,
-            },
-        );
-        let total =
-            log_likelihood(lm, &ids, &mut ws, &mut lp).map_err(|e| in_record(e, fasta, &rec))?;
-        if let Some(t) = tsv.as_mut() {
-            for (j, &v) in lp.iter().enumerate() {
-                let id = ids[j + 1];
-                t.line(format_args!(
-                    "{}\t{}\t{}\t{v:.6}\n",
-                    rec.id,
-                    j + 2,
-                    tok.token(id)
-                ))?;
-            }
-        }
-        let scored = lp.len();
-        out.push(RecordScore {
-            name: rec.id,
-            tokens: ids.len(),
-            scored,
-            log_likelihood: total,
-            bits_per_base: if scored > 0 {
-                -total / scored as f64 / std::f64::consts::LN_2
-            } else {
-                f64::NAN
-            },
-        });
-    }
+                scored,
+                log_likelihood: total,
+                bits_per_base: if scored > 0 {
+                    -total / scored as f64 / std::f64::consts::LN_2
+                } else {
+                    f64::NAN
+                },
+            });
+            Ok(())
+        },
+    )?;
     if let Some(t) = tsv {
         t.finish()?;
     }
@@ -339,7 +338,7 @@ impl Drop for TsvOut {
 
 impl TsvOut {
     fn create(path: &Path) -> Result<Self> {
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let tmp = temp_path_beside(path);
         let f = std::fs::File::create(&tmp).map_err(|source| Error::Io {
             file: path.to_path_buf(),
             source,
