@@ -3,8 +3,11 @@
 //! the tokenizer gives the reference ids, and hidden states and logits match to 1e-4.
 //! Also the loader's errors: a missing config key, shapes that disagree with the config.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
+use common::{max_abs_diff, TempDir};
 use hyena::io::hf::{load_reference, CheckpointKind};
 use hyena::io::safetensors::TensorFile;
 use hyena::io::tokenizer::{NucleotideTokenizer, SEP_ID};
@@ -14,14 +17,6 @@ use hyena::train::trainer::{load_model, read_json};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hyenadna")
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 /// Load `name`, check every output of `expected-{name}.safetensors` to 1e-4.
@@ -110,20 +105,19 @@ fn lightning_checkpoint_matches_pytorch() {
 }
 
 /// A copy of fixture `name` in a fresh temp dir, for tests that damage it.
-fn temp_copy(name: &str, tag: &str) -> PathBuf {
-    let dst = std::env::temp_dir().join(format!("hyena-hf-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dst);
-    std::fs::create_dir_all(&dst).unwrap();
+fn temp_copy(name: &str, tag: &str) -> TempDir {
+    let dst = TempDir::new(tag);
     for e in std::fs::read_dir(fixtures().join(name)).unwrap() {
         let e = e.unwrap();
-        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        std::fs::copy(e.path(), dst.0.join(e.file_name())).unwrap();
     }
     dst
 }
 
 #[test]
 fn missing_config_key_and_shape_mismatch_are_clear_errors() {
-    let dir = temp_copy("tiny-hf", "cfg");
+    let tmp = temp_copy("tiny-hf", "cfg");
+    let dir = tmp.0.clone();
     let cfg_path = dir.join("config.json");
     let mut cfg = read_json(&cfg_path).unwrap();
     cfg.as_object_mut().unwrap().remove("n_layer");
@@ -152,5 +146,4 @@ fn missing_config_key_and_shape_mismatch_are_clear_errors() {
     std::fs::remove_file(dir.join("model.safetensors")).unwrap();
     let e = load_model(&dir).unwrap_err().to_string();
     assert!(e.contains("pytorch_model.bin"), "{e}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

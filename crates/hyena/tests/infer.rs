@@ -2,6 +2,9 @@
 //! convolution and the chunked short filter, each against a slow reference, and the whole lean
 //! forward against the training forward at several lengths and chunk sizes.
 
+mod common;
+
+use common::max_abs_diff;
 use hyena::layers::Params;
 use hyena::models::infer::{hidden_states, log_likelihood, InferWorkspace};
 use hyena::models::lm::{HyenaLm, LmCache, LmConfig};
@@ -9,14 +12,6 @@ use hyena::ops::fftconv::{reference, GatedConv, RowConv, RowLayout};
 use hyena::ops::gradcheck::rand_vec;
 use hyena::ops::short_conv::{self, forward_rows_carry};
 use hyena::{FilterConfig, FilterLayout, HyenaConfig};
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
 
 #[test]
 fn row_conv_matches_direct_convolution() {

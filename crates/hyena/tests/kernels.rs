@@ -1,19 +1,15 @@
 //! Every kernel against its slow reference (several lengths, incl. non-powers of two), plus a
 //! finite-difference gradient check of every hand-written backward and a causality check.
 
+mod common;
+
+use common::max_abs_diff;
 use hyena::ops::act;
 use hyena::ops::fftconv::{reference, FftConv, GatedConv, GatedConvGrads, RowLayout, Spectra};
 use hyena::ops::gradcheck::{check, dot, rand_vec};
 use hyena::ops::{linear, norm, short_conv};
 
 const LENGTHS: [usize; 5] = [1, 7, 64, 1000, 4097];
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
-}
 
 fn max_abs(a: &[f32]) -> f32 {
     a.iter().fold(0.0f32, |m, x| m.max(x.abs()))

@@ -2,8 +2,11 @@
 //! `tests/fixtures`, made by `tests/fixtures/make_fixtures.py`), finite-difference gradient
 //! checks, causality, and clear errors on bad shapes and configs.
 
+mod common;
+
 use std::path::PathBuf;
 
+use common::max_abs_diff;
 use hyena::io::safetensors::TensorFile;
 use hyena::layers::filter::FilterCache;
 use hyena::layers::{HyenaCache, HyenaGradWorkspace, HyenaOperator, OpInput, Params};
@@ -16,13 +19,6 @@ fn fixture(name: &str) -> TensorFile {
         .join("../../tests/fixtures")
         .join(name);
     TensorFile::read(&p).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
 }
 
 /// Build the operator described by a fixture's metadata and load its parameters and buffers.

@@ -2,11 +2,13 @@
 //! the errors a user meets), the species-of-origin builder on small synthetic genomes laid out
 //! like the Debian packages, and the Markov-chain baseline classifier.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
+use common::TempDir;
 use hyena::io::seqcls::{
     build_species_task, load_csv, load_dataset, load_dir, reverse_complement, Example,
     SpeciesTaskOptions, SPECIES,
@@ -14,37 +16,6 @@ use hyena::io::seqcls::{
 use hyena::train::kmer::{
     fit_select, holdout_split, select_k, MarkovClassifier, MarkovOptions, MAX_K,
 };
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "hyena-seqcls-test-{tag}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    /// Write `bytes` at `rel` (parents created).
-    fn write(&self, rel: &str, bytes: &[u8]) -> PathBuf {
-        let p = self.0.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, bytes).unwrap();
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn err_msg<T: std::fmt::Debug>(r: hyena::Result<T>) -> String {
     r.expect_err("expected an error").to_string()

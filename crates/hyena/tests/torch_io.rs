@@ -3,10 +3,12 @@
 //! bit-for-bit with a safetensors copy, Lightning checkpoints, zip variants, and the errors for
 //! malicious, truncated, legacy and corrupted files (which must never panic or run anything).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
+use common::TempDir;
 use hyena::io::pickle::Value;
 use hyena::io::safetensors::TensorFile;
 use hyena::io::torch::{read_state_dict, read_torch_file, read_torch_pickle, TorchFile};
@@ -259,34 +261,6 @@ fn truncated_legacy_and_big_endian_files_are_clear_errors() {
     match read_torch_file(&fixture("does_not_exist.bin")) {
         Err(Error::Io { file, .. }) => assert!(file.ends_with("does_not_exist.bin")),
         other => panic!("expected an Io error, got {other:?}"),
-    }
-}
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "hyena-torch-io-{tag}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, bytes).unwrap();
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
