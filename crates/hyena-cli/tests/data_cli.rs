@@ -3,20 +3,10 @@
 //! disk changed).
 
 mod common;
-use common::{fails_with, hyena, snapshot};
+use common::{fails_with, hyena, ok, snapshot};
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use hyena::io::seqcls::SPECIES;
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
 
 /// One random chromosome (and a small plasmid) per strain at its package path under `root`;
 /// each species has its own GC content, so the task is learnable from base statistics.

@@ -3,17 +3,7 @@
 //! changed).
 
 mod common;
-use common::{fails_with, hyena, snapshot};
-use std::process::Output;
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
+use common::{fails_with, hyena, ok, snapshot};
 
 #[test]
 fn distill_then_generate_recurrently() {

@@ -1,4 +1,5 @@
-//! Helpers shared by the CLI tests: run the binary, check a failure, snapshot a directory.
+//! Helpers shared by the CLI tests: run the binary, check a success or a failure, snapshot a
+//! directory.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -25,6 +26,16 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
         }
     }
     m
+}
+
+/// A successful run's stdout (the stderr in the message when it failed).
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 /// A non-zero exit whose stderr names every needle, without a panic.
