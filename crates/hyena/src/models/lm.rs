@@ -273,6 +273,17 @@ impl LmCache {
         &self.blocks[i].mixer
     }
 
+    /// `LN_f` of the final residual stream, `[B·L, D]`, from the last forward (the backbone
+    /// output).
+    pub fn hidden(&self) -> &[f32] {
+        &self.hf
+    }
+
+    /// Sequences and length `(B, L)` of the last forward.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.b, self.l)
+    }
+
     /// A cache whose forward always (`true`) or never (`false`) runs the first block's in_proj
     /// on the token table; the default decides by shape. Both give the same function; this is
     /// for tests and measurements.
@@ -412,6 +423,23 @@ impl HyenaLm {
 
     /// Forward: `tokens [B, L]` → `cache.logits [B·L, V_pad]`.
     pub fn forward(&self, tokens: &[u32], b: usize, l: usize, cache: &mut LmCache) -> Result<()> {
+        self.forward_hidden(tokens, b, l, cache)?;
+        let (v, d, bl) = (self.cfg.padded_vocab(), self.cfg.d_model(), b * l);
+        grow(&mut cache.logits, bl * v);
+        linear_forward(&cache.hf, self.lm_head(), None, bl, d, v, &mut cache.logits)
+    }
+
+    /// The forward up to the final LayerNorm: afterwards [`LmCache::hidden`] holds
+    /// `LN_f(x) [B·L, D]`, the backbone output that a sequence head pools (the reference's
+    /// `HyenaDNAModel` output), and [`HyenaLm::backward_hidden`] can run. The logits are not
+    /// computed.
+    pub fn forward_hidden(
+        &self,
+        tokens: &[u32],
+        b: usize,
+        l: usize,
+        cache: &mut LmCache,
+    ) -> Result<()> {
         const OP: &str = "HyenaLm forward";
         check_len(OP, "tokens [B, L]", tokens.len(), b * l)?;
         let (v, d, di) = (
@@ -535,9 +563,7 @@ impl HyenaLm {
             &mut cache.hf,
             &mut cache.muf,
             &mut cache.rsf,
-        )?;
-        grow(&mut cache.logits, bl * v);
-        linear_forward(&cache.hf, self.lm_head(), None, bl, d, v, &mut cache.logits)
+        )
     }
 
     /// Backward from `dlogits [B·L, V_pad]` (e.g. from [`cross_entropy`]); accumulates into `grads`.
@@ -549,37 +575,75 @@ impl HyenaLm {
     ) -> Result<()> {
         const OP: &str = "HyenaLm backward";
         let (b, l) = (cache.b, cache.l);
-        let (v, d, di) = (
+        let (v, d, _) = (
             self.cfg.padded_vocab(),
             self.cfg.d_model(),
             self.cfg.d_inner,
         );
         let bl = b * l;
         check_len(OP, "dlogits [B·L, V_pad]", dlogits.len(), bl * v)?;
-        let p = &self.params;
         // logits = hf · headᵀ
-        // Every kernel below writes (not accumulates) these, so stale contents do not matter.
         let mut dh = std::mem::take(&mut cache.d_h);
+        grow(&mut dh, bl * d);
+        let dhead = if self.cfg.tie_embeddings {
+            &mut grads.wte
+        } else {
+            &mut grads.lm_head
+        };
+        linear_backward(
+            dlogits,
+            &cache.hf,
+            self.lm_head(),
+            (bl, d, v),
+            Some(&mut dh),
+            dhead,
+            None,
+        )?;
+        self.backward_blocks(dh, cache, grads)
+    }
+
+    /// Backward from `dhidden [B·L, D]`, the gradient of the final hidden states
+    /// ([`LmCache::hidden`], after `LN_f`), e.g. from a pooled classification head; accumulates
+    /// into `grads` (the LM head gets none). Runs after [`HyenaLm::forward_hidden`] or
+    /// [`HyenaLm::forward`].
+    pub fn backward_hidden(
+        &self,
+        dhidden: &[f32],
+        cache: &mut LmCache,
+        grads: &mut LmParams,
+    ) -> Result<()> {
+        let bl = cache.b * cache.l;
+        check_len(
+            "HyenaLm backward_hidden",
+            "dhidden [B·L, D]",
+            dhidden.len(),
+            bl * self.cfg.d_model(),
+        )?;
+        let mut dh = std::mem::take(&mut cache.d_h);
+        dh.clear();
+        dh.extend_from_slice(dhidden);
+        self.backward_blocks(dh, cache, grads)
+    }
+
+    /// The backward below the LM head: `dh [B·L, D]` holds d(LN_f output) and becomes scratch.
+    fn backward_blocks(
+        &self,
+        mut dh: Vec<f32>,
+        cache: &mut LmCache,
+        grads: &mut LmParams,
+    ) -> Result<()> {
+        let bl = cache.b * cache.l;
+        let (v, d, di) = (
+            self.cfg.padded_vocab(),
+            self.cfg.d_model(),
+            self.cfg.d_inner,
+        );
+        let p = &self.params;
+        // Every kernel below writes (not accumulates) these, so stale contents do not matter.
         let mut dx = std::mem::take(&mut cache.d_x);
         let mut dg = std::mem::take(&mut cache.d_g);
-        for (buf, n) in [(&mut dh, bl * d), (&mut dx, bl * d), (&mut dg, bl * di)] {
+        for (buf, n) in [(&mut dx, bl * d), (&mut dg, bl * di)] {
             grow(buf, n);
-        }
-        {
-            let dhead = if self.cfg.tie_embeddings {
-                &mut grads.wte
-            } else {
-                &mut grads.lm_head
-            };
-            linear_backward(
-                dlogits,
-                &cache.hf,
-                self.lm_head(),
-                (bl, d, v),
-                Some(&mut dh),
-                dhead,
-                None,
-            )?;
         }
         // dx = d(residual stream), flowing down through the blocks.
         layernorm_backward(
@@ -801,7 +865,7 @@ pub struct LmWorkspace {
 }
 
 /// Split `b` sequences into `s` contiguous shards as evenly as possible: `(start, len)` each.
-fn shard_ranges(b: usize, s: usize) -> Vec<(usize, usize)> {
+pub(crate) fn shard_ranges(b: usize, s: usize) -> Vec<(usize, usize)> {
     let (q, r) = (b / s, b % s);
     let mut start = 0;
     (0..s)

@@ -1,5 +1,7 @@
-//! Models built from layers: the HyenaDNA-style causal language model and sampling from it.
+//! Models built from layers: the HyenaDNA-style causal language model, sampling from it, and
+//! a sequence classifier on its backbone.
 
+pub mod classifier;
 pub mod dna;
 pub mod generate;
 pub mod infer;

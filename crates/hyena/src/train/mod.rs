@@ -1,7 +1,8 @@
 //! Training: the AdamW optimizer with parameter groups, the learning-rate schedule and
-//! gradient-norm clipping.
+//! gradient-norm clipping; language-model training runs and classifier fine-tuning.
 
 pub mod baseline;
+pub mod finetune;
 pub mod kmer;
 pub mod optim;
 pub mod plot;

@@ -1,0 +1,486 @@
+//! Fine-tuning a sequence classifier ([`SeqClassifier`]) on a labelled dataset
+//! ([`SeqClsDataset`]: GenomicBenchmarks directory or CSV), as `hyena finetune` does it.
+//!
+//! The recipe follows the reference's GenomicBenchmarks fine-tuning (spec Sec. 3.6): no special
+//! tokens, **left padding** with `[PAD]` = 4 to a fixed length (longer sequences keep their
+//! first `max_len` bases, as the reference tokenizer's right truncation does), mean pooling
+//! with a linear head, cross-entropy, AdamW (lr 6e-4, weight decay 0.1, no decay on biases,
+//! norms and the implicit filter), warm-up of 1% then cosine decay to 0.1·lr, gradient clip 1,
+//! the whole backbone trained (`freeze_backbone` false). The batch is 32 rather than 128 and
+//! the run is counted in epochs (default 1) rather than the reference's 100: a CPU budget.
+//!
+//! The backbone is either a pretrained model directory (a `hyena train` run or a released
+//! HyenaDNA checkpoint) or a fresh initialisation of a given [`LmConfig`] (a from-scratch
+//! baseline that shows what pretraining adds).
+//!
+//! Output directory: `config.json` (the whole [`FinetuneRun`] plus the classes), then at every
+//! evaluation `model.safetensors` (the backbone under its LM names, its filter buffers, and
+//! `head.output_transform.{weight,bias}`), `metrics.jsonl` (one JSON object per step and per
+//! evaluation), and at the end `eval.json` (the final test [`Evaluation`]: accuracy, per class,
+//! confusion matrix) and `accuracy.png`. Every file is written atomically. The model is
+//! evaluated on the test split only at the evaluations and the end; nothing is selected on it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::io::safetensors::{collect_params, write_atomic, TensorFile};
+use crate::io::seqcls::{Example, SeqClsDataset};
+use crate::io::tokenizer::{NucleotideTokenizer, PAD_ID};
+use crate::layers::Params;
+use crate::models::classifier::{
+    argmax, ClassifierGrads, ClsWorkspace, HeadParams, Pool, SeqClassifier,
+};
+use crate::models::lm::{HyenaLm, LmConfig};
+use crate::train::kmer::Evaluation;
+use crate::train::trainer::{load_model, model_tensors, read_json, write_json};
+use crate::train::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
+
+/// Optimisation settings of a fine-tuning run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FinetuneConfig {
+    /// Passes over the training examples (fractions allowed).
+    pub epochs: f64,
+    /// Sequences per optimizer step.
+    pub batch_size: usize,
+    /// Length every sequence is left-padded (or truncated) to; `None`: the longest training
+    /// sequence.
+    pub max_len: Option<usize>,
+    pub pool: Pool,
+    pub optim: AdamWConfig,
+    /// Warm-up steps as a fraction of the run.
+    pub warmup_frac: f64,
+    /// Final learning rate as a fraction of the peak.
+    pub min_lr_ratio: f32,
+    /// Global gradient-norm clip (0 = off).
+    pub clip: f32,
+    /// Seed of the head's initialisation (and of a fresh backbone) and of the example order.
+    pub seed: u64,
+    /// Evaluate on the test split every this many steps (0: only at the end).
+    pub eval_every: u64,
+    /// Use at most this many training examples (a seeded random subset), e.g. for a quick run.
+    pub train_limit: Option<usize>,
+    /// Evaluate on at most this many test examples (a seeded random subset) at the intermediate
+    /// evaluations; the final evaluation always uses the whole test split.
+    pub eval_limit: Option<usize>,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        FinetuneConfig {
+            epochs: 1.0,
+            batch_size: 32,
+            max_len: None,
+            pool: Pool::Mean,
+            optim: AdamWConfig {
+                lr: 6e-4,
+                weight_decay: 0.1,
+                ..AdamWConfig::default()
+            },
+            warmup_frac: 0.01,
+            min_lr_ratio: 0.1,
+            clip: 1.0,
+            seed: 0,
+            eval_every: 0,
+            train_limit: None,
+            eval_limit: Some(1000),
+        }
+    }
+}
+
+/// Everything a fine-tuning run is. Saved as `config.json` (with `classes` added).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneRun {
+    /// The dataset: a GenomicBenchmarks-layout directory or a CSV file.
+    pub data: PathBuf,
+    /// Test CSV when `data` is a train CSV without a `split` column.
+    #[serde(default)]
+    pub test_csv: Option<PathBuf>,
+    /// Pretrained backbone directory; `None` trains `model` from a fresh initialisation.
+    #[serde(default)]
+    pub init: Option<PathBuf>,
+    /// The backbone's config (for a pretrained backbone, filled in from its directory).
+    pub model: LmConfig,
+    pub finetune: FinetuneConfig,
+}
+
+/// What a fine-tuning run reports as it goes.
+#[derive(Clone, Debug)]
+pub enum FinetuneEvent {
+    /// Something to print once (data, model, settings).
+    Info(String),
+    /// One optimizer step: `(step, total steps, mean loss, batch accuracy, lr)`.
+    Step {
+        step: u64,
+        total: u64,
+        loss: f64,
+        accuracy: f64,
+        lr: f32,
+    },
+    /// A test evaluation (on `n` examples).
+    Eval { step: u64, eval: Evaluation },
+}
+
+/// The outcome of a run.
+#[derive(Clone, Debug)]
+pub struct FinetuneSummary {
+    /// The final evaluation on the whole test split.
+    pub test: Evaluation,
+    pub classes: Vec<String>,
+    pub steps: u64,
+    /// Wall-clock seconds of training and evaluation.
+    pub seconds: f64,
+    /// Training examples that were longer than `max_len` and lost their tail.
+    pub truncated: usize,
+    pub max_len: usize,
+}
+
+/// `seq` as `max_len` token ids: the first `max_len` bases (reference tokenizer ids, case as
+/// given: the datasets are upper case), left-padded with `[PAD]`. Appends to `out`; returns
+/// whether the sequence was truncated.
+pub fn encode_padded(seq: &[u8], max_len: usize, out: &mut Vec<u32>) -> bool {
+    let tok = NucleotideTokenizer::new(false);
+    let keep = seq.len().min(max_len);
+    out.extend(std::iter::repeat_n(PAD_ID, max_len - keep));
+    out.extend(seq[..keep].iter().map(|&b| tok.id(b)));
+    seq.len() > max_len
+}
+
+/// Tokens `[n, max_len]` and labels of `examples`.
+fn encode_all(examples: &[&Example], max_len: usize) -> (Vec<u32>, Vec<usize>, usize) {
+    let mut toks = Vec::with_capacity(examples.len() * max_len);
+    let mut truncated = 0;
+    for e in examples {
+        truncated += usize::from(encode_padded(&e.seq, max_len, &mut toks));
+    }
+    (toks, examples.iter().map(|e| e.label).collect(), truncated)
+}
+
+/// Test accuracy, per class, and the confusion matrix of `clf` on `examples`
+/// (`batch` sequences per forward); `progress(done, total)` after each batch.
+pub fn evaluate(
+    clf: &SeqClassifier,
+    n_classes: usize,
+    examples: &[&Example],
+    max_len: usize,
+    batch: usize,
+    ws: &mut ClsWorkspace,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Evaluation> {
+    if examples.is_empty() {
+        return Err(Error::config("test", 0, "no examples to evaluate"));
+    }
+    let mut pairs = Vec::with_capacity(examples.len());
+    for (i, part) in examples.chunks(batch.max(1)).enumerate() {
+        let (toks, labels, _) = encode_all(part, max_len);
+        let logits = clf.predict(&toks, part.len(), max_len, ws)?;
+        for (row, y) in logits.chunks_exact(n_classes).zip(labels) {
+            pairs.push((y, argmax(row).0));
+        }
+        progress((i * batch + part.len()).min(examples.len()), examples.len());
+    }
+    Ok(Evaluation::from_predictions(n_classes, pairs))
+}
+
+/// A seeded random subset of at most `limit` items (all of them, in order, without a limit).
+fn subset<'a, T>(xs: &'a [T], limit: Option<usize>, seed: u64) -> Vec<&'a T> {
+    let mut v: Vec<&T> = xs.iter().collect();
+    if let Some(n) = limit.filter(|&n| n < xs.len()) {
+        v.shuffle(&mut StdRng::seed_from_u64(seed));
+        v.truncate(n);
+    }
+    v
+}
+
+/// Load the backbone of a run: the pretrained directory's model (its config replaces
+/// `run.model`), or a fresh `run.model`.
+pub fn backbone(run: &mut FinetuneRun) -> Result<HyenaLm> {
+    match &run.init {
+        Some(dir) => {
+            let lm = load_model(dir)?;
+            run.model = lm.cfg.clone();
+            Ok(lm)
+        }
+        None => HyenaLm::new(&run.model, run.finetune.seed),
+    }
+}
+
+/// Fine-tune into `out` (created; an existing `model.safetensors` there is refused).
+pub fn finetune(
+    run: &FinetuneRun,
+    dataset: &SeqClsDataset,
+    out: &Path,
+    on_event: &mut dyn FnMut(&FinetuneEvent),
+) -> Result<FinetuneSummary> {
+    let t0 = std::time::Instant::now();
+    let mut run = run.clone();
+    let f = run.finetune.clone();
+    if out.join("model.safetensors").exists() {
+        return Err(Error::config(
+            "out",
+            out.display(),
+            "already holds a model; choose another --out",
+        ));
+    }
+    if dataset.train.is_empty() || dataset.test.is_empty() {
+        return Err(Error::config(
+            "data",
+            run.data.display(),
+            format!(
+                "needs training and test examples (has {} and {})",
+                dataset.train.len(),
+                dataset.test.len()
+            ),
+        ));
+    }
+    if f.batch_size == 0 || !(f.epochs > 0.0) {
+        return Err(Error::config(
+            "batch_size / epochs",
+            format!("{} / {}", f.batch_size, f.epochs),
+            "must both be positive",
+        ));
+    }
+    let lm = backbone(&mut run)?;
+    let longest = dataset.train.iter().map(|e| e.seq.len()).max().unwrap_or(0);
+    let max_len = f.max_len.unwrap_or(longest);
+    if max_len == 0 || max_len > lm.cfg.operator.l_max {
+        return Err(Error::config(
+            "max_len",
+            max_len,
+            format!(
+                "must lie in 1..={} (the backbone's l_max); pass a smaller --max-len (sequences \
+                 keep their first max_len bases) or pretrain with a longer --seq-len",
+                lm.cfg.operator.l_max
+            ),
+        ));
+    }
+    let n_classes = dataset.classes.len();
+    let mut clf = SeqClassifier::new(lm, n_classes, f.pool, f.seed)?;
+    let train = subset(&dataset.train, f.train_limit, f.seed ^ 0x7A1);
+    let eval_sub = subset(&dataset.test, f.eval_limit, f.seed ^ 0xE7A1);
+    let all_test: Vec<&Example> = dataset.test.iter().collect();
+    let n_train = train.len();
+    let steps_per_epoch = n_train.div_ceil(f.batch_size) as u64;
+    let total = ((f.epochs * n_train as f64) / f.batch_size as f64).ceil().max(1.0) as u64;
+    let truncated = train.iter().filter(|e| e.seq.len() > max_len).count();
+    on_event(&FinetuneEvent::Info(format!(
+        "data: {} classes ({}), {} training examples{}, {} test; length {max_len} \
+         (left-padded with [PAD]{})",
+        n_classes,
+        dataset.classes.join(", "),
+        n_train,
+        if n_train < dataset.train.len() {
+            format!(" (of {})", dataset.train.len())
+        } else {
+            String::new()
+        },
+        dataset.test.len(),
+        if truncated > 0 {
+            format!("; {truncated} longer training sequences keep their first {max_len} bases")
+        } else {
+            String::new()
+        }
+    )));
+    on_event(&FinetuneEvent::Info(format!(
+        "backbone: {} (d_model {}, {} layers, l_max {}); {} trainable parameters; {} steps \
+         of {} ({:.2} epochs)",
+        run.init
+            .as_ref()
+            .map_or("fresh initialisation".to_string(), |p| p.display().to_string()),
+        run.model.d_model(),
+        run.model.n_layer,
+        run.model.operator.l_max,
+        clf.trainable().num_params(),
+        total,
+        f.batch_size,
+        total as f64 / steps_per_epoch as f64
+    )));
+
+    std::fs::create_dir_all(out).map_err(|source| Error::Io {
+        file: out.to_path_buf(),
+        source,
+    })?;
+    let mut cfg_json = serde_json::to_value(&run).map_err(|e| Error::Format {
+        file: out.join("config.json"),
+        msg: e.to_string(),
+    })?;
+    cfg_json["classes"] = serde_json::json!(dataset.classes);
+    cfg_json["finetune"]["max_len"] = serde_json::json!(max_len);
+    write_json(&out.join("config.json"), &cfg_json)?;
+    let metrics_path = out.join("metrics.jsonl");
+    let mut metrics = std::fs::File::create(&metrics_path).map_err(|source| Error::Io {
+        file: metrics_path.clone(),
+        source,
+    })?;
+    let mut log = |v: serde_json::Value| -> Result<()> {
+        writeln!(metrics, "{v}").map_err(|source| Error::Io {
+            file: metrics_path.clone(),
+            source,
+        })
+    };
+
+    let sched = LrSchedule {
+        warmup: ((total as f64 * f.warmup_frac).round() as u64).max(1),
+        total,
+        min_ratio: f.min_lr_ratio,
+    };
+    let mut opt = AdamW::new(f.optim.clone());
+    let mut grads: ClassifierGrads = clf.zero_grads();
+    let mut ws = ClsWorkspace::default();
+    let mut order: Vec<usize> = Vec::new();
+    let mut curve: Vec<(f64, f64)> = Vec::new();
+    let mut test_curve: Vec<(f64, f64)> = Vec::new();
+    let mut batch: Vec<&Example> = Vec::with_capacity(f.batch_size);
+    for step in 0..total {
+        // Each epoch visits the examples in a fresh seeded order.
+        let pos = (step % steps_per_epoch) as usize * f.batch_size;
+        if pos == 0 {
+            order = (0..n_train).collect();
+            let epoch = step / steps_per_epoch;
+            order.shuffle(&mut StdRng::seed_from_u64(
+                f.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            ));
+        }
+        batch.clear();
+        batch.extend(
+            order[pos..(pos + f.batch_size).min(n_train)]
+                .iter()
+                .map(|&i| train[i]),
+        );
+        let (toks, labels, _) = encode_all(&batch, max_len);
+        grads.zero();
+        let st = clf.loss_and_grad(&toks, &labels, max_len, &mut ws, &mut grads)?;
+        let grad_norm = clip_grad_norm(&mut grads.trainable(), f.clip);
+        let lr = sched.lr(f.optim.lr, step);
+        opt.step(&mut clf.trainable(), &grads.trainable(), lr);
+        let loss = st.loss_sum / st.count.max(1) as f64;
+        let acc = st.correct as f64 / st.count.max(1) as f64;
+        log(serde_json::json!({"kind": "train", "step": step + 1, "loss": loss,
+            "accuracy": acc, "lr": lr, "grad_norm": grad_norm}))?;
+        curve.push(((step + 1) as f64, acc));
+        on_event(&FinetuneEvent::Step {
+            step: step + 1,
+            total,
+            loss,
+            accuracy: acc,
+            lr,
+        });
+        let last = step + 1 == total;
+        if (f.eval_every > 0 && (step + 1) % f.eval_every == 0) || last {
+            let set = if last { &all_test } else { &eval_sub };
+            let e = evaluate(&clf, n_classes, set, max_len, 64, &mut ws, &mut |_, _| {})?;
+            log(serde_json::json!({"kind": "eval", "step": step + 1, "n": e.n,
+                "accuracy": e.accuracy}))?;
+            test_curve.push(((step + 1) as f64, e.accuracy));
+            save_classifier(&clf, out)?;
+            on_event(&FinetuneEvent::Eval {
+                step: step + 1,
+                eval: e.clone(),
+            });
+            if last {
+                write_json(
+                    &out.join("eval.json"),
+                    &serde_json::json!({"classes": dataset.classes, "test": e, "steps": total}),
+                )?;
+                plot_accuracy(out, &curve, &test_curve)?;
+                return Ok(FinetuneSummary {
+                    test: e,
+                    classes: dataset.classes.clone(),
+                    steps: total,
+                    seconds: t0.elapsed().as_secs_f64(),
+                    truncated,
+                    max_len,
+                });
+            }
+        }
+    }
+    unreachable!("the loop returns at its last step")
+}
+
+/// Training accuracy (smoothed over 50 steps) and test accuracy per step, as `accuracy.png`.
+fn plot_accuracy(out: &Path, train: &[(f64, f64)], test: &[(f64, f64)]) -> Result<()> {
+    let w = 50usize;
+    let smooth: Vec<(f64, f64)> = (0..train.len())
+        .map(|i| {
+            let lo = i.saturating_sub(w - 1);
+            let s: f64 = train[lo..=i].iter().map(|p| p.1).sum();
+            (train[i].0, s / (i - lo + 1) as f64)
+        })
+        .collect();
+    crate::train::plot::lines_png(
+        &out.join("accuracy.png"),
+        "fine-tuning accuracy",
+        "step",
+        "accuracy",
+        &[
+            ("train (batch, mean of 50 steps)".to_string(), smooth),
+            ("test".to_string(), test.to_vec()),
+        ],
+    )
+}
+
+/// Write `model.safetensors` of a classifier: the backbone's tensors (as [`model_tensors`]
+/// names them) and the head.
+pub fn save_classifier(clf: &SeqClassifier, dir: &Path) -> Result<()> {
+    let mut tensors = model_tensors(&clf.lm);
+    tensors.extend(collect_params("", &clf.head));
+    let mut meta = std::collections::BTreeMap::new();
+    meta.insert("format".to_string(), "hyena-classifier".to_string());
+    meta.insert("version".to_string(), "1".to_string());
+    write_atomic(dir.join("model.safetensors"), &tensors, &meta)
+}
+
+/// A classifier saved by [`finetune`]: the model, its classes and its input length.
+pub struct LoadedClassifier {
+    pub clf: SeqClassifier,
+    pub classes: Vec<String>,
+    pub max_len: usize,
+}
+
+/// Load a classifier written by [`finetune`] from `dir`.
+pub fn load_classifier(dir: &Path) -> Result<LoadedClassifier> {
+    let cfg_path = dir.join("config.json");
+    let v = read_json(&cfg_path)?;
+    let bad = |msg: &str| Error::Format {
+        file: cfg_path.clone(),
+        msg: msg.to_string(),
+    };
+    let run: FinetuneRun = serde_json::from_value({
+        let mut r = v.clone();
+        if let Some(o) = r.as_object_mut() {
+            o.remove("classes");
+        }
+        r
+    })
+    .map_err(|e| bad(&format!("not a fine-tuned classifier's config: {e}")))?;
+    let classes: Vec<String> = v
+        .get("classes")
+        .and_then(|c| serde_json::from_value(c.clone()).ok())
+        .ok_or_else(|| bad("missing `classes` (a list of class names)"))?;
+    let max_len = run
+        .finetune
+        .max_len
+        .ok_or_else(|| bad("missing `finetune.max_len`"))?;
+    let mut lm = HyenaLm::new(&run.model, 0)?;
+    let f = TensorFile::read(dir.join("model.safetensors"))?;
+    f.load_params("", &mut lm.params)?;
+    lm.load_filter_buffers(&f, true)?;
+    let mut head = HeadParams::zeros(classes.len(), run.model.d_model());
+    f.load_params("", &mut head)?;
+    Ok(LoadedClassifier {
+        clf: SeqClassifier {
+            lm,
+            head,
+            pool: run.finetune.pool,
+        },
+        classes,
+        max_len,
+    })
+}
