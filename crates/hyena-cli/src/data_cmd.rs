@@ -228,7 +228,7 @@ fn baseline_cmd(a: BaselineArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_eval(out: &mut impl Write, classes: &[String], ev: &Evaluation) -> Result<()> {
+pub(crate) fn print_eval(out: &mut impl Write, classes: &[String], ev: &Evaluation) -> Result<()> {
     writeln!(out, "| class | test n | accuracy |")?;
     writeln!(out, "|---|---:|---:|")?;
     for (name, s) in classes.iter().zip(&ev.per_class) {

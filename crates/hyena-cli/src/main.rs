@@ -5,6 +5,7 @@ mod analyze_cmd;
 mod data_cmd;
 mod distill_cmd;
 mod dna_cmd;
+mod finetune_cmd;
 mod train_cmd;
 
 use std::io::Write;
@@ -42,6 +43,9 @@ enum Command {
     Embed(dna_cmd::EmbedArgs),
     /// Log-likelihood of DNA records (FASTA/FASTQ) under a model, per record and per base.
     Score(dna_cmd::ScoreArgs),
+    /// Fine-tune a sequence classifier (pooled head on a HyenaDNA backbone) on a labelled
+    /// dataset: GenomicBenchmarks layout or CSV; reports test accuracy, writes a checkpoint.
+    Finetune(finetune_cmd::FinetuneArgs),
     /// Distil the long convolutions of a trained model into small modal recurrences.
     Distill(distill_cmd::DistillArgs),
     /// Analyses of a trained model (effective state size).
@@ -124,6 +128,7 @@ fn main() -> std::process::ExitCode {
         Command::Generate(a) => train_cmd::generate_cmd(a),
         Command::Embed(a) => dna_cmd::embed_cmd(a),
         Command::Score(a) => dna_cmd::score_cmd(a),
+        Command::Finetune(a) => finetune_cmd::finetune_cmd(a),
         Command::Distill(a) => distill_cmd::distill_cmd(a),
         Command::Analyze(w) => analyze_cmd::analyze_cmd(w),
         Command::Data(w) => data_cmd::data_cmd(w),

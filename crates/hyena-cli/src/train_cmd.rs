@@ -26,8 +26,16 @@ pub struct TrainArgs {
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// A JSON run config ({"model": …, "train": …, "data": …}); flags below override it.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "preset")]
     pub config: Option<PathBuf>,
+    /// Start from a named configuration instead of the quick-start run; flags below override
+    /// it. hyenadna-tiny: the released tiny-1k shape (d_model 128, 2 layers, l_max 1026) with
+    /// the reference recipe (AdamW 6e-4, weight decay 0.1, 1% warm-up, clip 1), 2000 steps of
+    /// 8 x 1024 bases; hyenadna-tiny-d256; hyenadna-small (d_model 256, 4 layers, 32768-base
+    /// windows).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(
+        hyena::train::run::PRESETS.iter().map(|p| p.0)))]
+    pub preset: Option<String>,
     /// Optimizer steps [default: 1000]. With --resume, a larger value extends the run.
     #[arg(long)]
     pub steps: Option<u64>,
@@ -80,7 +88,10 @@ impl TrainArgs {
                 serde_json::from_str::<RunConfig>(&s)
                     .with_context(|| format!("parsing {}", p.display()))?
             }
-            None => default_run(),
+            None => match &self.preset {
+                Some(name) => hyena::train::run::preset(name)?,
+                None => default_run(),
+            },
         };
         if !self.fasta.is_empty() || !self.text.is_empty() {
             cfg.data.fasta = self.fasta.clone();
@@ -98,8 +109,10 @@ impl TrainArgs {
             (s.apply)(&mut cfg);
         }
         if let Some(st) = self.steps {
+            // Keep the base config's warm-up fraction (5% quick start, 1% presets).
+            let frac = cfg.train.warmup as f64 / cfg.train.steps.max(1) as f64;
             cfg.train.steps = st;
-            cfg.train.warmup = (st / 20).max(1);
+            cfg.train.warmup = ((st as f64 * frac).round() as u64).max(1);
         }
         Ok(cfg)
     }
@@ -127,8 +140,10 @@ impl TrainArgs {
                 "--seq-len",
                 self.seq_len,
                 |c, l| {
+                    // Keep the base config's margin (presets: l_max = window + 2, as released).
+                    let extra = c.model.operator.l_max.saturating_sub(c.train.seq_len);
                     c.train.seq_len = l;
-                    c.model.operator.l_max = l;
+                    c.model.operator.l_max = l + extra;
                 },
                 |c| c.train.seq_len,
             ),
@@ -235,6 +250,9 @@ fn check_resume_flags(a: &TrainArgs, c: &RunConfig, out: &std::path::Path) -> Re
     }
     if a.config.is_some() {
         diffs.push("--config (a resumed run keeps its own config.json)".into());
+    }
+    if a.preset.is_some() {
+        diffs.push("--preset (a resumed run keeps its own config.json)".into());
     }
     if !diffs.is_empty() {
         bail!(

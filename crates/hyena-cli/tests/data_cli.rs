@@ -117,6 +117,67 @@ fn species_task_then_baseline() {
         "{out}"
     );
 
+    // Fine-tuning a fresh HyenaDNA-tiny backbone on the same task, with the baseline beside.
+    let ft = dir.join("ft");
+    let f = ft.to_str().unwrap();
+    let finetune = [
+        "finetune",
+        "--data",
+        t,
+        "--preset",
+        "hyenadna-tiny",
+        "--epochs",
+        "2",
+        "--batch",
+        "16",
+        "--lr",
+        "3e-3",
+        "--baseline",
+        "--out",
+        f,
+    ];
+    let out = ok(&hyena(&finetune));
+    for needle in [
+        "fine-tuned 38 steps",
+        "| class | test n | accuracy |",
+        "confusion matrix",
+        "Markov baseline (k = ",
+    ] {
+        assert!(out.contains(needle), "`{needle}` not in: {out}");
+    }
+    let acc: f64 = out
+        .lines()
+        .find_map(|l| l.split("test accuracy ").nth(1))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no accuracy in: {out}"));
+    assert!(acc > 0.6, "accuracy {acc} (chance 0.2): {out}");
+    for file in [
+        "model.safetensors",
+        "config.json",
+        "eval.json",
+        "accuracy.png",
+    ] {
+        assert!(ft.join(file).is_file(), "{file}");
+    }
+    fails_with(&hyena(&finetune), &["already holds"]);
+    fails_with(
+        &hyena(&["finetune", "--data", t, "--out", f]),
+        &["--model", "--preset"],
+    );
+    fails_with(
+        &hyena(&[
+            "finetune",
+            "--data",
+            t,
+            "--model",
+            g,
+            "--out",
+            &format!("{f}2"),
+        ]),
+        &["config.json"],
+    );
+
     // Errors: the same output again (not empty), nothing changed.
     let before = snapshot(&task);
     fails_with(&hyena(&species), &["task", "not empty"]);

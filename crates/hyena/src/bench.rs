@@ -573,25 +573,7 @@ pub struct EmbedBenchRecord {
 /// A HyenaDNA-shaped LM config (spec Sec. 3.4: emb_dim 5, filter_order 64, Sin frequency 10,
 /// shift 0.05, d_inner 4·D) of width `d`, `n_layer` blocks and `l_max`.
 pub fn hyenadna_config(d: usize, n_layer: usize, l_max: usize) -> crate::models::lm::LmConfig {
-    use crate::config::{FilterConfig, FilterLayout};
-    crate::models::lm::LmConfig {
-        n_layer,
-        d_inner: 4 * d,
-        operator: HyenaConfig {
-            d_model: d,
-            l_max,
-            filter: FilterConfig {
-                emb_dim: 5,
-                filter_order: 64,
-                w: 10.0,
-                shift: 0.05,
-                layout: FilterLayout::Blocked,
-                ..FilterConfig::default()
-            },
-            ..HyenaConfig::default()
-        },
-        ..crate::models::lm::LmConfig::default()
-    }
+    crate::models::lm::LmConfig::hyenadna(d, n_layer, l_max)
 }
 
 /// Time the lean inference forward ([`crate::models::infer::hidden_states`], what `hyena

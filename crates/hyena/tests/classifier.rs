@@ -93,7 +93,9 @@ fn classifier_gradients_match_finite_differences() {
         grads
             .trainable()
             .visit("", &mut |n, _, g| named.push((n.to_string(), g.to_vec())));
-        assert!(named.iter().any(|(n, _)| n == "head.output_transform.weight"));
+        assert!(named
+            .iter()
+            .any(|(n, _)| n == "head.output_transform.weight"));
         assert!(named.iter().any(|(n, _)| n == "head.output_transform.bias"));
         assert!(
             !named.iter().any(|(n, _)| n.contains("lm_head")),
@@ -130,7 +132,11 @@ fn sequences_are_left_padded_and_truncated_on_the_right() {
     assert_eq!(out, vec![7, 8, 9], "keeps the first bases");
     out.clear();
     encode_padded(b"AcR", 3, &mut out);
-    assert_eq!(out, vec![7, 6, 6], "case-sensitive; other letters are [UNK]");
+    assert_eq!(
+        out,
+        vec![7, 6, 6],
+        "case-sensitive; other letters are [UNK]"
+    );
 }
 
 /// Class 0: A/T-rich sequences; class 1: G/C-rich; lengths vary (so padding is exercised).
@@ -226,6 +232,22 @@ fn finetuning_learns_a_separable_task_and_the_checkpoint_reloads() {
     // The backbone still loads as a language model.
     let lm = hyena::train::trainer::load_model(&out).unwrap();
     assert_eq!(max_abs_diff(&lm.params.wte, &loaded.clf.lm.params.wte), 0.0);
+    // Fine-tuning again from the saved backbone (the pretrained-model path): its config is
+    // the saved one, whatever `model` says.
+    let again = FinetuneRun {
+        init: Some(out.clone()),
+        model: tiny(8),
+        finetune: FinetuneConfig {
+            epochs: 0.25,
+            ..run.finetune.clone()
+        },
+        ..run.clone()
+    };
+    let s2 = finetune(&again, &data, &dir.0.join("again"), &mut |_| {}).unwrap();
+    assert_eq!(s2.steps, 4);
+    assert!(s2.test.accuracy >= 0.9, "{}", s2.test.accuracy);
+    let saved = hyena::train::trainer::read_json(&dir.0.join("again/config.json")).unwrap();
+    assert_eq!(saved["model"]["operator"]["l_max"], 64);
     // A second run into the same directory is refused.
     let e = finetune(&run, &data, &out, &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("already holds"), "{e}");

@@ -190,13 +190,19 @@ pub fn evaluate(
 }
 
 /// A seeded random subset of at most `limit` items (all of them, in order, without a limit).
-fn subset<'a, T>(xs: &'a [T], limit: Option<usize>, seed: u64) -> Vec<&'a T> {
+fn subset<T>(xs: &[T], limit: Option<usize>, seed: u64) -> Vec<&T> {
     let mut v: Vec<&T> = xs.iter().collect();
     if let Some(n) = limit.filter(|&n| n < xs.len()) {
         v.shuffle(&mut StdRng::seed_from_u64(seed));
         v.truncate(n);
     }
     v
+}
+
+/// The training examples a run with `cfg` uses: all of them, or its seeded subset of
+/// `cfg.train_limit`.
+pub fn training_subset<'a>(train: &'a [Example], cfg: &FinetuneConfig) -> Vec<&'a Example> {
+    subset(train, cfg.train_limit, cfg.seed ^ 0x7A1)
 }
 
 /// Load the backbone of a run: the pretrained directory's model (its config replaces
@@ -240,7 +246,7 @@ pub fn finetune(
             ),
         ));
     }
-    if f.batch_size == 0 || !(f.epochs > 0.0) {
+    if f.batch_size == 0 || f.epochs.is_nan() || f.epochs <= 0.0 {
         return Err(Error::config(
             "batch_size / epochs",
             format!("{} / {}", f.batch_size, f.epochs),
@@ -248,6 +254,10 @@ pub fn finetune(
         ));
     }
     let lm = backbone(&mut run)?;
+    on_event(&FinetuneEvent::Info(format!(
+        "config: {}",
+        serde_json::to_string(&run).unwrap_or_default()
+    )));
     let longest = dataset.train.iter().map(|e| e.seq.len()).max().unwrap_or(0);
     let max_len = f.max_len.unwrap_or(longest);
     if max_len == 0 || max_len > lm.cfg.operator.l_max {
@@ -263,12 +273,14 @@ pub fn finetune(
     }
     let n_classes = dataset.classes.len();
     let mut clf = SeqClassifier::new(lm, n_classes, f.pool, f.seed)?;
-    let train = subset(&dataset.train, f.train_limit, f.seed ^ 0x7A1);
+    let train = training_subset(&dataset.train, &f);
     let eval_sub = subset(&dataset.test, f.eval_limit, f.seed ^ 0xE7A1);
     let all_test: Vec<&Example> = dataset.test.iter().collect();
     let n_train = train.len();
     let steps_per_epoch = n_train.div_ceil(f.batch_size) as u64;
-    let total = ((f.epochs * n_train as f64) / f.batch_size as f64).ceil().max(1.0) as u64;
+    let total = ((f.epochs * n_train as f64) / f.batch_size as f64)
+        .ceil()
+        .max(1.0) as u64;
     let truncated = train.iter().filter(|e| e.seq.len() > max_len).count();
     on_event(&FinetuneEvent::Info(format!(
         "data: {} classes ({}), {} training examples{}, {} test; length {max_len} \
@@ -293,7 +305,9 @@ pub fn finetune(
          of {} ({:.2} epochs)",
         run.init
             .as_ref()
-            .map_or("fresh initialisation".to_string(), |p| p.display().to_string()),
+            .map_or("fresh initialisation".to_string(), |p| p
+                .display()
+                .to_string()),
         run.model.d_model(),
         run.model.n_layer,
         run.model.operator.l_max,
@@ -362,8 +376,10 @@ pub fn finetune(
         opt.step(&mut clf.trainable(), &grads.trainable(), lr);
         let loss = st.loss_sum / st.count.max(1) as f64;
         let acc = st.correct as f64 / st.count.max(1) as f64;
-        log(serde_json::json!({"kind": "train", "step": step + 1, "loss": loss,
-            "accuracy": acc, "lr": lr, "grad_norm": grad_norm}))?;
+        log(
+            serde_json::json!({"kind": "train", "step": step + 1, "loss": loss,
+            "accuracy": acc, "lr": lr, "grad_norm": grad_norm}),
+        )?;
         curve.push(((step + 1) as f64, acc));
         on_event(&FinetuneEvent::Step {
             step: step + 1,
@@ -376,8 +392,10 @@ pub fn finetune(
         if (f.eval_every > 0 && (step + 1) % f.eval_every == 0) || last {
             let set = if last { &all_test } else { &eval_sub };
             let e = evaluate(&clf, n_classes, set, max_len, 64, &mut ws, &mut |_, _| {})?;
-            log(serde_json::json!({"kind": "eval", "step": step + 1, "n": e.n,
-                "accuracy": e.accuracy}))?;
+            log(
+                serde_json::json!({"kind": "eval", "step": step + 1, "n": e.n,
+                "accuracy": e.accuracy}),
+            )?;
             test_curve.push(((step + 1) as f64, e.accuracy));
             save_classifier(&clf, out)?;
             on_event(&FinetuneEvent::Eval {

@@ -407,6 +407,14 @@ pub(crate) fn config_section<T: serde::de::DeserializeOwned>(
 /// Load a model saved by [`save_model`] / [`Trainer::save`] from `dir`.
 pub fn load_model(dir: &Path) -> Result<HyenaLm> {
     let cfg_path = dir.join("config.json");
+    if !cfg_path.is_file() {
+        return Err(Error::Format {
+            file: cfg_path,
+            msg: "not found: a model directory holds config.json and its weights (a `hyena \
+                  train` run, or a HyenaDNA checkpoint in the HF or Lightning layout)"
+                .into(),
+        });
+    }
     load_model_with(dir, &read_json(&cfg_path)?)
 }
 
