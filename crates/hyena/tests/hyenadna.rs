@@ -147,3 +147,25 @@ fn missing_config_key_and_shape_mismatch_are_clear_errors() {
     let e = load_model(&dir).unwrap_err().to_string();
     assert!(e.contains("pytorch_model.bin"), "{e}");
 }
+
+/// The `--preset` shapes are the released checkpoints': parameter counts of spec Sec. 3.4
+/// (backbone with a tied head, buffers excluded) and l_max = window + 2.
+#[test]
+fn presets_have_the_released_shapes() {
+    use hyena::layers::Params;
+    for (name, params, l_max) in [
+        ("hyenadna-tiny", 436_096, 1026),
+        ("hyenadna-tiny-d256", 1_641_088, 1026),
+        ("hyenadna-small", 3_277_568, 32770),
+    ] {
+        let cfg = hyena::train::run::preset(name).unwrap();
+        assert_eq!(cfg.model.operator.l_max, l_max, "{name}");
+        assert_eq!(cfg.train.seq_len + 2, l_max, "{name}");
+        let mut m = cfg.model.clone();
+        m.tie_embeddings = true;
+        let lm = hyena::models::lm::HyenaLm::new(&m, 0).unwrap();
+        assert_eq!(lm.params.num_params(), params, "{name}");
+    }
+    let e = hyena::train::run::preset("hyenadna-huge").unwrap_err().to_string();
+    assert!(e.contains("hyenadna-tiny") && e.contains("hyenadna-small"), "{e}");
+}
