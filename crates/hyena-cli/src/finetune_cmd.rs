@@ -73,6 +73,10 @@ pub struct FinetuneArgs {
     /// Test examples scored at the intermediate evaluations (the final one uses all).
     #[arg(long, default_value_t = 1000)]
     pub eval_limit: usize,
+    /// Reverse-complement each training example with probability 1/2 at every step (the
+    /// reference's rc_aug): a fragment read from either strand has the same label.
+    #[arg(long)]
+    pub rc_aug: bool,
     /// Also fit the k-mer / Markov-chain baseline (k chosen on held-out training examples) on
     /// the same training examples and print its test accuracy beside the model's.
     #[arg(long)]
@@ -101,6 +105,7 @@ pub fn finetune_cmd(a: FinetuneArgs) -> Result<()> {
         seed: a.seed,
         eval_every: a.eval_every,
         train_limit: a.train_limit,
+        rc_aug: a.rc_aug,
         eval_limit: Some(a.eval_limit),
         ..FinetuneConfig::default()
     };

@@ -232,13 +232,15 @@ fn finetuning_learns_a_separable_task_and_the_checkpoint_reloads() {
     // The backbone still loads as a language model.
     let lm = hyena::train::trainer::load_model(&out).unwrap();
     assert_eq!(max_abs_diff(&lm.params.wte, &loaded.clf.lm.params.wte), 0.0);
-    // Fine-tuning again from the saved backbone (the pretrained-model path): its config is
-    // the saved one, whatever `model` says.
+    // Fine-tuning again from the saved backbone (the pretrained-model path; with strand
+    // augmentation, which keeps A/T- and G/C-richness): its config is the saved one, whatever
+    // `model` says.
     let again = FinetuneRun {
         init: Some(out.clone()),
         model: tiny(8),
         finetune: FinetuneConfig {
             epochs: 0.25,
+            rc_aug: true,
             ..run.finetune.clone()
         },
         ..run.clone()

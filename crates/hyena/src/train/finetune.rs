@@ -25,12 +25,12 @@ use std::path::{Path, PathBuf};
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::io::safetensors::{collect_params, write_atomic, TensorFile};
-use crate::io::seqcls::{Example, SeqClsDataset};
+use crate::io::seqcls::{reverse_complement, Example, SeqClsDataset};
 use crate::io::tokenizer::{NucleotideTokenizer, PAD_ID};
 use crate::layers::Params;
 use crate::models::classifier::{
@@ -66,6 +66,10 @@ pub struct FinetuneConfig {
     pub eval_every: u64,
     /// Use at most this many training examples (a seeded random subset), e.g. for a quick run.
     pub train_limit: Option<usize>,
+    /// Reverse-complement each training example with probability ½ at every step (the
+    /// reference's `rc_aug`, off in its GenomicBenchmarks configs): DNA read from either
+    /// strand carries the same label.
+    pub rc_aug: bool,
     /// Evaluate on at most this many test examples (a seeded random subset) at the intermediate
     /// evaluations; the final evaluation always uses the whole test split.
     pub eval_limit: Option<usize>,
@@ -89,6 +93,7 @@ impl Default for FinetuneConfig {
             seed: 0,
             eval_every: 0,
             train_limit: None,
+            rc_aug: false,
             eval_limit: Some(1000),
         }
     }
@@ -368,7 +373,29 @@ pub fn finetune(
                 .iter()
                 .map(|&i| train[i]),
         );
-        let (toks, labels, _) = encode_all(&batch, max_len);
+        let flipped: Vec<Example>;
+        let (toks, labels, _) = if f.rc_aug {
+            // Each example of the step on a seeded coin's strand (the reference's `rc_aug`).
+            let mut rng = StdRng::seed_from_u64(
+                f.seed ^ 0x5C ^ step.wrapping_mul(0xD1B5_4A32_D192_ED03),
+            );
+            flipped = batch
+                .iter()
+                .map(|e| {
+                    if rng.random_bool(0.5) {
+                        Example {
+                            seq: reverse_complement(&e.seq),
+                            label: e.label,
+                        }
+                    } else {
+                        (*e).clone()
+                    }
+                })
+                .collect();
+            encode_all(&flipped.iter().collect::<Vec<_>>(), max_len)
+        } else {
+            encode_all(&batch, max_len)
+        };
         grads.zero();
         let st = clf.loss_and_grad(&toks, &labels, max_len, &mut ws, &mut grads)?;
         let grad_norm = clip_grad_norm(&mut grads.trainable(), f.clip);
