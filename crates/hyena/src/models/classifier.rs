@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{check_len, Error, Result};
 use crate::layers::{Params, Visitor, VisitorMut};
-use crate::models::lm::{shard_ranges, HyenaLm, LmCache, LmParams};
+use crate::models::lm::{cross_entropy_sum, shard_ranges, HyenaLm, LmCache, LmParams, LossSum};
 use crate::ops::linear::{linear_backward, linear_forward};
 
 /// How the hidden states of a sequence become one vector.
@@ -151,23 +151,6 @@ pub struct SeqClassifier {
     pub pool: Pool,
 }
 
-/// Summed classification statistics of some sequences.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct ClsStats {
-    /// Σ cross-entropy (nats).
-    pub loss_sum: f64,
-    pub count: usize,
-    pub correct: usize,
-}
-
-impl ClsStats {
-    fn add(&mut self, o: ClsStats) {
-        self.loss_sum += o.loss_sum;
-        self.count += o.count;
-        self.correct += o.correct;
-    }
-}
-
 /// One shard's buffers, kept between steps.
 #[derive(Clone, Debug, Default)]
 struct Shard {
@@ -175,6 +158,7 @@ struct Shard {
     pooled: Vec<f32>,  // [n, D]
     logits: Vec<f32>,  // [n, C]
     dlogits: Vec<f32>, // [n, C]
+    targets: Vec<u32>, // [n]
     dpooled: Vec<f32>, // [n, D]
     dhidden: Vec<f32>, // [n·L, D]
     grads: Option<ClassifierGrads>,
@@ -310,7 +294,7 @@ impl SeqClassifier {
         l: usize,
         ws: &mut ClsWorkspace,
         grads: &mut ClassifierGrads,
-    ) -> Result<ClsStats> {
+    ) -> Result<LossSum> {
         let b = labels.len();
         check_len("classifier", "tokens [B, L]", tokens.len(), b * l)?;
         let c = self.head.c;
@@ -363,7 +347,7 @@ impl SeqClassifier {
         for (sh, g) in ws.shards[1..].iter_mut().zip(own) {
             sh.grads = Some(g);
         }
-        let mut total = ClsStats::default();
+        let mut total = LossSum::default();
         for st in stats {
             total.add(st);
         }
@@ -378,12 +362,14 @@ impl SeqClassifier {
         l: usize,
         scale: f32,
         grads: &mut ClassifierGrads,
-    ) -> Result<ClsStats> {
+    ) -> Result<LossSum> {
         let n = labels.len();
         let (c, d) = (self.head.c, self.head.d);
         self.forward_shard(sh, tokens, n, l)?;
         sh.dlogits.resize(n * c, 0.0);
-        let st = softmax_ce(&sh.logits, labels, c, scale, &mut sh.dlogits);
+        sh.targets.clear();
+        sh.targets.extend(labels.iter().map(|&y| y as u32));
+        let st = cross_entropy_sum(&sh.logits, &sh.targets, c, None, scale, &mut sh.dlogits)?;
         sh.dpooled.resize(n * d, 0.0);
         linear_backward(
             &sh.dlogits,
@@ -417,35 +403,6 @@ impl SeqClassifier {
             .backward_hidden(&sh.dhidden, &mut sh.cache, &mut grads.lm)?;
         Ok(st)
     }
-}
-
-/// Cross-entropy of `logits [N, C]` against `labels [N]` as a sum; writes
-/// `dlogits = (softmax − onehot) · scale`.
-pub fn softmax_ce(
-    logits: &[f32],
-    labels: &[usize],
-    c: usize,
-    scale: f32,
-    dlogits: &mut [f32],
-) -> ClsStats {
-    let mut st = ClsStats::default();
-    for ((row, drow), &y) in logits
-        .chunks_exact(c)
-        .zip(dlogits.chunks_exact_mut(c))
-        .zip(labels)
-    {
-        let (amax, m) = argmax(row);
-        let sum: f32 = row.iter().map(|&x| (x - m).exp()).sum();
-        let lse = m + sum.ln();
-        st.loss_sum += (lse - row[y]) as f64;
-        st.count += 1;
-        st.correct += usize::from(amax == y);
-        for (dv, &x) in drow.iter_mut().zip(row) {
-            *dv = (x - lse).exp() * scale;
-        }
-        drow[y] -= scale;
-    }
-    st
 }
 
 /// Index and value of the largest entry (the first on ties).

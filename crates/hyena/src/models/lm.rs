@@ -817,7 +817,8 @@ pub struct LossSum {
 }
 
 impl LossSum {
-    fn add(&mut self, o: LossSum) {
+    /// Add another set of sums.
+    pub fn add(&mut self, o: LossSum) {
         self.loss_sum += o.loss_sum;
         self.count += o.count;
         self.correct += o.correct;

@@ -376,9 +376,8 @@ pub fn finetune(
         let flipped: Vec<Example>;
         let (toks, labels, _) = if f.rc_aug {
             // Each example of the step on a seeded coin's strand (the reference's `rc_aug`).
-            let mut rng = StdRng::seed_from_u64(
-                f.seed ^ 0x5C ^ step.wrapping_mul(0xD1B5_4A32_D192_ED03),
-            );
+            let mut rng =
+                StdRng::seed_from_u64(f.seed ^ 0x5C ^ step.wrapping_mul(0xD1B5_4A32_D192_ED03));
             flipped = batch
                 .iter()
                 .map(|e| {
@@ -451,14 +450,7 @@ pub fn finetune(
 
 /// Training accuracy (smoothed over 50 steps) and test accuracy per step, as `accuracy.png`.
 fn plot_accuracy(out: &Path, train: &[(f64, f64)], test: &[(f64, f64)]) -> Result<()> {
-    let w = 50usize;
-    let smooth: Vec<(f64, f64)> = (0..train.len())
-        .map(|i| {
-            let lo = i.saturating_sub(w - 1);
-            let s: f64 = train[lo..=i].iter().map(|p| p.1).sum();
-            (train[i].0, s / (i - lo + 1) as f64)
-        })
-        .collect();
+    let smooth = crate::train::plot::running_mean(train, 50);
     crate::train::plot::lines_png(
         &out.join("accuracy.png"),
         "fine-tuning accuracy",

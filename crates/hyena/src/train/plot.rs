@@ -22,6 +22,19 @@ fn ensure_font() {
     });
 }
 
+/// The running mean of `points`' values over the last `w` points (fewer at the start), to
+/// draw a noisy per-step curve readably.
+pub fn running_mean<T: Copy>(points: &[(T, f64)], w: usize) -> Vec<(T, f64)> {
+    let w = w.max(1);
+    (0..points.len())
+        .map(|i| {
+            let lo = i.saturating_sub(w - 1);
+            let s: f64 = points[lo..=i].iter().map(|p| p.1).sum();
+            (points[i].0, s / (i - lo + 1) as f64)
+        })
+        .collect()
+}
+
 /// A named horizontal reference line (e.g. a Markov baseline), in the plotted unit.
 #[derive(Clone, Debug)]
 pub struct RefLine {

@@ -477,14 +477,7 @@ pub fn plot_run(out: &Path, baselines: &[BaselineScore]) -> Result<()> {
         }
     }
     // A running mean over 20 steps keeps the curve readable.
-    let w = 20usize;
-    let smooth: Vec<(u64, f64)> = (0..train.len())
-        .map(|i| {
-            let lo = i.saturating_sub(w - 1);
-            let s: f64 = train[lo..=i].iter().map(|p| p.1).sum();
-            (train[i].0, s / (i - lo + 1) as f64)
-        })
-        .collect();
+    let smooth = crate::train::plot::running_mean(&train, 20);
     let mut refs = Vec::new();
     if let Some(u) = baselines.first() {
         refs.push(RefLine {
