@@ -166,6 +166,11 @@ fn presets_have_the_released_shapes() {
         let lm = hyena::models::lm::HyenaLm::new(&m, 0).unwrap();
         assert_eq!(lm.params.num_params(), params, "{name}");
     }
-    let e = hyena::train::run::preset("hyenadna-huge").unwrap_err().to_string();
-    assert!(e.contains("hyenadna-tiny") && e.contains("hyenadna-small"), "{e}");
+    let e = hyena::train::run::preset("hyenadna-huge")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("hyenadna-tiny") && e.contains("hyenadna-small"),
+        "{e}"
+    );
 }
