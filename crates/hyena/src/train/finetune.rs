@@ -417,7 +417,15 @@ pub fn finetune(
         let last = step + 1 == total;
         if (f.eval_every > 0 && (step + 1) % f.eval_every == 0) || last {
             let set = if last { &all_test } else { &eval_sub };
-            let e = evaluate(&clf, n_classes, set, max_len, 64, &mut ws, &mut |_, _| {})?;
+            let e = evaluate(
+                &clf,
+                n_classes,
+                set,
+                max_len,
+                f.batch_size,
+                &mut ws,
+                &mut |_, _| {},
+            )?;
             log(
                 serde_json::json!({"kind": "eval", "step": step + 1, "n": e.n,
                 "accuracy": e.accuracy}),
