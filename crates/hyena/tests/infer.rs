@@ -92,7 +92,9 @@ fn chunked_short_filter_equals_whole_sequence() {
     }
 }
 
-fn model(l_max: usize, tie: bool, seed: u64) -> HyenaLm {
+/// `filter_order` 16 < d_model exercises the lean forward's channel split (the filter MLP's
+/// output kept inside `Y`); 32 > d_model, the separate `hidden` buffer.
+fn model_with(l_max: usize, tie: bool, seed: u64, filter_order: usize) -> HyenaLm {
     let cfg = LmConfig {
         n_layer: 2,
         d_inner: 48,
@@ -102,7 +104,7 @@ fn model(l_max: usize, tie: bool, seed: u64) -> HyenaLm {
             l_max,
             filter: FilterConfig {
                 emb_dim: 5,
-                filter_order: 16,
+                filter_order,
                 w: 10.0,
                 shift: 0.05,
                 layout: FilterLayout::Blocked,
@@ -125,6 +127,10 @@ fn model(l_max: usize, tie: bool, seed: u64) -> HyenaLm {
     lm
 }
 
+fn model(l_max: usize, tie: bool, seed: u64) -> HyenaLm {
+    model_with(l_max, tie, seed, 16)
+}
+
 fn tokens(n: usize, seed: u64) -> Vec<u32> {
     rand_vec(n, seed, 1.0)
         .iter()
@@ -135,8 +141,8 @@ fn tokens(n: usize, seed: u64) -> Vec<u32> {
 #[test]
 fn lean_forward_equals_training_forward() {
     let l_max = 300;
-    for (tie, seed) in [(false, 1u64), (true, 2)] {
-        let lm = model(l_max, tie, seed);
+    for (tie, seed, order) in [(false, 1u64, 16), (true, 2, 16), (false, 3, 32)] {
+        let lm = model_with(l_max, tie, seed, order);
         let (d, vp) = (lm.cfg.d_model(), lm.cfg.padded_vocab());
         for l in [1usize, 7, 100, 257, 300] {
             let toks = tokens(l, 10 + l as u64);

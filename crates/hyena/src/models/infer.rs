@@ -4,38 +4,58 @@
 //! The training forward ([`HyenaLm::forward`]) keeps every block's activations for the
 //! backward: about 15 `[L, D]` buffers per block, 120 GB for the 8-block large model at 1M
 //! bases. Inference needs none of that. It runs one block at a time in place on the residual
-//! stream `x [L, D]`, with one channel-major buffer `Y [D, L]` for the long convolutions:
+//! stream `x [L, D]`, with one channel-major buffer `Y [D, L]` for the long convolutions. The
+//! operator's channels split in two, `A = [0, D−F)` and `B = [D−F, D)` (F: the filter MLP's
+//! width), so that B's rows of `Y` can hold the filter MLP's output while A is convolved:
 //!
-//! 1. Position chunks of `P` rows: `LN1 → in_proj` (the `x1`, `v` columns only) → short filter
-//!    (a K−1-row carry links the chunks) → `w = x1 ⊙ v`, written transposed into `Y`.
-//! 2. The filter MLP once per block (`hidden [L, F]`), then per group of 16 channels the
-//!    filters `W_out · hiddenᵀ` with their decay windows, and one FFT convolution per channel,
-//!    in place in `Y` ([`RowConv`]: its own working memory is about 8L floats per thread).
-//! 3. Position chunks again: `LN1 → in_proj` for the `x0` columns (recomputed rather than
-//!    stored: it costs no extra FLOPs, since step 1 skipped them), `y = x0 ⊙ Y`, then
-//!    `x += out_proj(y)`.
-//! 4. The MLP, chunk by chunk, in place: `x += fc2(gelu(fc1(LN2(x))))`.
+//! 1. The filter MLP on the first L grid points, `hidden [F, L]`, into B's rows of `Y`.
+//! 2. Position chunks of `P` rows: `LN1 → in_proj` (the `x1`, `v` columns of A) → short filter
+//!    (a K−1-row carry links the chunks) → `w = x1 ⊙ v`, written transposed into A's rows.
+//!    LN1's per-position statistics are kept (`2L` floats) for the later passes.
+//! 3. Per group of G channels of A: the filters `W_out · hidden` with their decay windows
+//!    (`[G, L]`), then one FFT convolution per channel, in place in `Y` ([`RowConv`]: about
+//!    `3L` floats of working memory per thread).
+//! 4. B's filters replace `hidden` in place, chunk by chunk of positions (the filters at
+//!    positions `[t0, t1)` need only those columns of `hidden`). Then per group of G channels
+//!    of B: a pass like step 2 writes their `w` into the `[G, L]` buffer, and each
+//!    convolution is written over its filter's row.
+//! 5. Position chunks again: `LN1 → in_proj` for the `x0` columns (recomputed rather than
+//!    stored: it costs no extra FLOPs, since the earlier passes skipped them), `y = x0 ⊙ Y`,
+//!    then `x += out_proj(y)`.
+//! 6. The MLP, chunk by chunk, in place: `x += fc2(gelu(fc1(LN2(x))))`, its `[P, d_inner]`
+//!    buffers borrowed from `Y`.
 //!
-//! Peak memory is `x` + `Y` + `hidden` (`(2D + F)·L` floats, 2.2 GiB at D = 256, L = 1M) plus
-//! the chunk buffers, the FFT scratch and the parameters. Results equal the training forward's
-//! up to float rounding (tested). Order-2 operators (HyenaDNA) only.
+//! Peak memory is `x` + `Y` (`2DL` floats, 1.91 GiB at D = 256, L = 1M) plus the `[G, L]`
+//! group, the FFT working memory of each thread and its plan, LN1's statistics and the
+//! parameters. Keeping `hidden` inside `Y` saves `F·L` floats (244 MiB at 1M) for F/G extra
+//! passes over `x` in step 4; their matrix products only split step 2's, so what they add is
+//! reading `x` and applying LN1. With F > D, or explicit filters, every channel is in A and
+//! `hidden` (if any) has a buffer of its own. Results equal the training forward's up to float
+//! rounding (tested). Order-2 operators (HyenaDNA) only.
+
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::layers::filter::window_row;
-use crate::models::lm::{BlockParams, HyenaLm};
+use crate::layers::hyena::HyenaParams;
+use crate::models::lm::{BlockParams, HyenaLm, LmConfig};
 use crate::ops::act::{bias_gelu_forward, sin_forward};
 use crate::ops::fftconv::{RowConv, RowConvScratch};
 use crate::ops::linear::{linear_accumulate, linear_forward, matmul, MatMut, MatRef};
 use crate::ops::norm::layernorm_forward;
 use crate::ops::short_conv::forward_rows_carry;
+use crate::ops::simd_fn;
 
-/// Channels whose filters are materialised together (`[G, L]`): large enough for an efficient
-/// filter GEMM, small enough to stay a few percent of the activations.
-const FILTER_GROUP: usize = 16;
+/// Channels handled together (`[G, L]`, 31 MiB at L = 1M): A's filters materialised at once
+/// (each group reads all of `hidden`), and B's convolution inputs made by one pass over `x`
+/// (F/G passes, each about 1% of a block's time at HyenaDNA's shapes). 16 measured a few
+/// percent faster for 31 MiB more at 1M; 4 would add eight more passes to save 15 MiB.
+const FILTER_GROUP: usize = 8;
 
-/// Reusable buffers of the lean forward (grow to the longest sequence seen, never shrink).
+/// Reusable buffers of the lean forward (grow to the longest sequence seen, never shrink,
+/// except the position-chunk buffers `u`, `s`, which are dropped before the convolutions).
 #[derive(Default)]
 pub struct InferWorkspace {
     /// Rows per position chunk.
@@ -44,17 +64,23 @@ pub struct InferWorkspace {
     x: Vec<f32>,
     /// Long-convolution rows `[D, L]`.
     y: Vec<f32>,
-    /// Filter-MLP output `[L, F]`.
+    /// Filter-MLP output `[F, L]`, only when it cannot borrow rows of `Y` (F > D).
     hidden: Vec<f32>,
-    /// Filters of one channel group `[G, L]`.
-    filt: Vec<f32>,
+    /// One channel group `[G, L]`: filters of A, then convolution inputs of B.
+    group: Vec<f32>,
     // Chunk buffers.
-    h: Vec<f32>,     // [P, D]
-    u: Vec<f32>,     // [P, 2D] (in_proj output), [P, d_inner] (fc1 output)
-    s: Vec<f32>,     // [P, 2D] (short filter output), [P, d_inner] (gelu output)
-    carry: Vec<f32>, // [K-1, 2D]
+    h: Vec<f32>,     // [P, D] (LN output), [F, P] (columns of hidden)
+    u: Vec<f32>,     // [P, 2C] (in_proj output), [P, d_inner] (fc1 output)
+    s: Vec<f32>,     // [P, 2C] (short filter output), [P, d_inner] (gelu output)
+    carry: Vec<f32>, // [K-1, 2C]
     mu: Vec<f32>,
     rs: Vec<f32>,
+    /// LN1's per-position mean and 1/std `[L]` of the current block, from its first pass over
+    /// `x`: later passes only apply them (the same arithmetic, so the same values).
+    ln1_mean: Vec<f32>,
+    ln1_rstd: Vec<f32>,
+    /// Whether `ln1_mean`/`ln1_rstd` hold the current block's statistics.
+    ln1_ready: bool,
     /// The FFT plan of the current length and its per-task scratch (rebuilt when L changes).
     conv: Option<RowConv>,
     scratch: Vec<RowConvScratch>,
@@ -179,45 +205,108 @@ fn norm_rows(
     layernorm_forward(x, w, b, d, eps, &mut h[..p * d], &mut mu[..p], &mut rs[..p])
 }
 
-/// The rows of in_proj and the short filter that make some of the operator's channels:
-/// `w [C, D]`, `b [C]`, `sw [C, K]`, `sb [C]`.
-struct Proj<'a> {
-    w: &'a [f32],
-    b: &'a [f32],
-    sw: &'a [f32],
-    sb: &'a [f32],
+/// The rows of in_proj and the short filter that make some of the operator's channels,
+/// gathered so that one matrix product makes them all: `w [C, D]`, `b [C]`, `sw [C, K]`,
+/// `sb [C]`.
+struct Proj {
+    w: Vec<f32>,
+    b: Vec<f32>,
+    sw: Vec<f32>,
+    sb: Vec<f32>,
     k: usize,
     c: usize,
 }
 
+impl Proj {
+    /// The in_proj output rows `ranges` (`(first, count)`, in this order) of `m`, whose inputs
+    /// have `d` features and whose short filters `k` taps.
+    fn rows(m: &HyenaParams, d: usize, k: usize, ranges: &[(usize, usize)]) -> Self {
+        let c = ranges.iter().map(|r| r.1).sum();
+        let mut p = Proj {
+            w: Vec::with_capacity(c * d),
+            b: Vec::with_capacity(c),
+            sw: Vec::with_capacity(c * k),
+            sb: Vec::with_capacity(c),
+            k,
+            c,
+        };
+        for &(r0, n) in ranges {
+            p.w.extend_from_slice(&m.in_w[r0 * d..(r0 + n) * d]);
+            p.b.extend_from_slice(&m.in_b[r0..r0 + n]);
+            p.sw.extend_from_slice(&m.short_w[r0 * k..(r0 + n) * k]);
+            p.sb.extend_from_slice(&m.short_b[r0..r0 + n]);
+        }
+        p
+    }
+}
+
 /// `ws.s[..P·C] = short_filter(in_proj(LN1(x[t0..t0+P])))` for the channels of `pr`, the
-/// short filter continuing from `ws.carry`.
+/// short filter continuing from `ws.carry`. LN1's statistics are computed and kept on the
+/// block's first pass, and reused after.
 fn proj_chunk(
     ws: &mut InferWorkspace,
     blk: &BlockParams,
     eps: f32,
     t0: usize,
     p: usize,
-    pr: &Proj<'_>,
+    pr: &Proj,
 ) -> Result<()> {
     let d = ws.d;
-    norm_rows(
-        &ws.x[t0 * d..(t0 + p) * d],
-        &blk.norm1_w,
-        &blk.norm1_b,
-        eps,
-        d,
-        &mut ws.h,
-        &mut ws.mu,
-        &mut ws.rs,
-    )?;
+    let (x, h) = (&ws.x[t0 * d..(t0 + p) * d], &mut ws.h[..p * d]);
+    let (mean, rstd) = (&mut ws.ln1_mean[t0..t0 + p], &mut ws.ln1_rstd[t0..t0 + p]);
+    if ws.ln1_ready {
+        ln_apply(h, x, &blk.norm1_w, &blk.norm1_b, mean, rstd);
+    } else {
+        layernorm_forward(x, &blk.norm1_w, &blk.norm1_b, d, eps, h, mean, rstd)?;
+    }
     let u = &mut ws.u[..p * pr.c];
-    linear_forward(&ws.h[..p * d], pr.w, Some(pr.b), p, d, pr.c, u)?;
+    linear_forward(&ws.h[..p * d], &pr.w, Some(&pr.b), p, d, pr.c, u)?;
     let s = &mut ws.s[..p * pr.c];
-    forward_rows_carry(u, pr.sw, pr.sb, pr.k, pr.c, &mut ws.carry, s)
+    forward_rows_carry(u, &pr.sw, &pr.sb, pr.k, pr.c, &mut ws.carry, s)
 }
 
-/// The Hyena mixer of block `i`, in place on `ws.x` (`x += mixer(LN1(x))`).
+/// `h = (x − mean)·rstd·γ + β` per row `[P, D]` with saved statistics: the arithmetic of the
+/// layer norm that computed them, in the same order, so the same values; without the two
+/// reductions per row it costs about a third of the layer norm.
+fn ln_apply(h: &mut [f32], x: &[f32], gamma: &[f32], beta: &[f32], mean: &[f32], rstd: &[f32]) {
+    const ROWS: usize = 64;
+    let d = gamma.len();
+    h.par_chunks_mut(ROWS * d)
+        .zip(x.par_chunks(ROWS * d))
+        .zip(mean.par_chunks(ROWS).zip(rstd.par_chunks(ROWS)))
+        .for_each(|((hc, xc), (mc, rc))| ln_apply_rows(hc, xc, gamma, beta, mc, rc));
+}
+
+simd_fn! {
+    fn ln_apply_rows(
+        hc: &mut [f32],
+        xc: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        mc: &[f32],
+        rc: &[f32],
+    ) {
+        let d = gamma.len();
+        for (((hr, xr), &mean), &r) in hc.chunks_exact_mut(d).zip(xc.chunks_exact(d)).zip(mc).zip(rc) {
+            for ((yv, xv), (g, b)) in hr.iter_mut().zip(xr).zip(gamma.iter().zip(beta)) {
+                *yv = (xv - mean) * r * g + b;
+            }
+        }
+    }
+}
+
+/// Grow the position-chunk buffers for `c` in_proj channels (`[P, c]` each).
+fn chunk_buffers(ws: &mut InferWorkspace, c: usize) {
+    let (pch, d) = (ws.chunk, ws.d);
+    grow(&mut ws.h, pch * d);
+    grow(&mut ws.u, pch * c);
+    grow(&mut ws.s, pch * c);
+    grow(&mut ws.mu, pch);
+    grow(&mut ws.rs, pch);
+}
+
+/// The Hyena mixer of block `i`, in place on `ws.x` (`x += mixer(LN1(x))`): the steps of the
+/// module docs.
 fn mixer(lm: &HyenaLm, i: usize, ws: &mut InferWorkspace) -> Result<()> {
     let cfg = &lm.cfg;
     let (l, d) = (ws.l, ws.d);
@@ -225,46 +314,46 @@ fn mixer(lm: &HyenaLm, i: usize, ws: &mut InferWorkspace) -> Result<()> {
     let m = &blk.mixer;
     let k = cfg.operator.short_filter_order;
     let eps = cfg.layer_norm_epsilon;
-    let pch = ws.chunk;
+    let f = cfg.operator.filter.filter_order;
+    let implicit = lm.operator(i).explicit_filters().is_none();
+    // Channels [a, d) lend their rows to `hidden` (step 1) until step 4.
+    let a = if implicit && f <= d { d - f } else { d };
     grow(&mut ws.y, d * l);
-    grow(&mut ws.h, pch * d);
-    grow(&mut ws.u, pch * 2 * d);
-    grow(&mut ws.s, pch * 2 * d);
-    grow(&mut ws.mu, pch);
-    grow(&mut ws.rs, pch);
-    let hk = k - 1;
+    grow(&mut ws.ln1_mean, l);
+    grow(&mut ws.ln1_rstd, l);
+    ws.ln1_ready = false;
 
-    // 1. w = x1 ⊙ v for every position, channel-major into Y.
-    ws.carry.clear();
-    ws.carry.resize(hk * 2 * d, 0.0);
-    let x12 = Proj {
-        w: &m.in_w[d * d..3 * d * d],
-        b: &m.in_b[d..3 * d],
-        sw: &m.short_w[d * k..3 * d * k],
-        sb: &m.short_b[d..3 * d],
-        k,
-        c: 2 * d,
-    };
-    for t0 in (0..l).step_by(pch) {
-        let p = (t0 + pch).min(l) - t0;
-        proj_chunk(ws, blk, eps, t0, p, &x12)?;
-        scatter_gate(&ws.s[..p * 2 * d], d, p, t0, l, &mut ws.y);
+    // 1. The filter MLP's output.
+    if implicit {
+        filter_hidden(lm, i, ws, a)?;
     }
 
-    // 2. Long convolutions, in place in Y.
-    long_convs(lm, i, ws)?;
+    // 2. w = x1 ⊙ v for the channels of A, channel-major into Y.
+    gate_pass(ws, blk, cfg, (0, a), false)?;
 
-    // 3. y = x0 ⊙ conv; x += out_proj(y).
+    // 3-4. Long convolutions, in place in Y. The chunk buffers are not needed until step 5:
+    // free them rather than carry them through the peak (3 MiB each at P = 2048).
+    ws.u = Vec::new();
+    ws.s = Vec::new();
+    if ws.conv.as_ref().is_none_or(|c| c.len() != l) {
+        ws.conv = None;
+        ws.scratch.clear();
+        ws.conv = Some(RowConv::new(l)?);
+    }
+    convs_a(lm, i, ws, a)?;
+    if a < d {
+        convs_b(lm, i, ws, a)?;
+    }
+    // Free the group until the next block's convolutions: kept, it would add to the chunk
+    // buffers of steps 5 and 2 (the larger of which, [P, 2·|A|], step 3 frees).
+    ws.group = Vec::new();
+
+    // 5. y = x0 ⊙ conv; x += out_proj(y).
+    chunk_buffers(ws, d);
     ws.carry.clear();
-    ws.carry.resize(hk * d, 0.0);
-    let x0 = Proj {
-        w: &m.in_w[..d * d],
-        b: &m.in_b[..d],
-        sw: &m.short_w[..d * k],
-        sb: &m.short_b[..d],
-        k,
-        c: d,
-    };
+    ws.carry.resize((k - 1) * d, 0.0);
+    let x0 = Proj::rows(m, d, k, &[(0, d)]);
+    let pch = ws.chunk;
     for t0 in (0..l).step_by(pch) {
         let t1 = (t0 + pch).min(l);
         let p = t1 - t0;
@@ -276,26 +365,64 @@ fn mixer(lm: &HyenaLm, i: usize, ws: &mut InferWorkspace) -> Result<()> {
     Ok(())
 }
 
-/// `Y[c, t0 + t] = s[t, c] · s[t, D + c]` for the chunk's rows `s [P, 2D]` = (x1, v): the
-/// gated input of the long convolution, transposed into channel-major rows. Tiles of 64
-/// channels × 16 positions keep both sides in cache (a plain row-by-row transpose re-streamed
-/// the whole chunk once per channel: 10% of the forward at L = 262144).
-fn scatter_gate(s: &[f32], d: usize, p: usize, t0: usize, l: usize, y: &mut [f32]) {
-    const TC: usize = 64;
+/// `w = x1 ⊙ v` of channels `[c0, c1)` for every position: into their rows of `Y`, or (with
+/// `into_group`) into the group buffer's first rows. One pass over `x`.
+fn gate_pass(
+    ws: &mut InferWorkspace,
+    blk: &BlockParams,
+    cfg: &LmConfig,
+    (c0, c1): (usize, usize),
+    into_group: bool,
+) -> Result<()> {
+    let (l, d, pch) = (ws.l, ws.d, ws.chunk);
+    let (k, eps) = (cfg.operator.short_filter_order, cfg.layer_norm_epsilon);
+    let n = c1 - c0;
+    if n == 0 {
+        return Ok(());
+    }
+    let pr = Proj::rows(&blk.mixer, d, k, &[(d + c0, n), (2 * d + c0, n)]);
+    chunk_buffers(ws, 2 * n);
+    ws.carry.clear();
+    ws.carry.resize((k - 1) * 2 * n, 0.0);
+    if into_group {
+        grow(&mut ws.group, n * l);
+    }
+    for t0 in (0..l).step_by(pch) {
+        let p = (t0 + pch).min(l) - t0;
+        proj_chunk(ws, blk, eps, t0, p, &pr)?;
+        let rows = if into_group {
+            &mut ws.group[..n * l]
+        } else {
+            &mut ws.y[c0 * l..c1 * l]
+        };
+        scatter_gate(&ws.s[..p * 2 * n], n, p, t0, l, rows);
+    }
+    ws.ln1_ready = true;
+    Ok(())
+}
+
+/// `rows[c, t0 + t] = s[t, c] · s[t, n + c]` for the chunk's rows `s [P, 2n]` = (x1, v) of `n`
+/// channels: the gated input of the long convolution, transposed into channel-major rows
+/// `rows [n, L]`. Tiles of 32 channels × 16 positions keep both sides in cache (a plain
+/// row-by-row transpose re-streamed the whole chunk once per channel: 10% of the forward at
+/// L = 262144); 32-channel tasks also share A's 192 channels evenly between 2 threads, where
+/// 64-channel ones made 3 tasks.
+fn scatter_gate(s: &[f32], n: usize, p: usize, t0: usize, l: usize, rows: &mut [f32]) {
+    const TC: usize = 32;
     const TT: usize = 16;
-    y[..d * l]
+    rows[..n * l]
         .par_chunks_mut(TC * l)
         .enumerate()
         .for_each(|(cb, rows)| {
             let c0 = cb * TC;
             for tb in (0..p).step_by(TT) {
-                let n = TT.min(p - tb);
+                let nt = TT.min(p - tb);
                 for (ci, row) in rows.chunks_exact_mut(l).enumerate() {
                     let c = c0 + ci;
-                    let out = &mut row[t0 + tb..t0 + tb + n];
+                    let out = &mut row[t0 + tb..t0 + tb + nt];
                     for (t, o) in out.iter_mut().enumerate() {
-                        let r = (tb + t) * 2 * d;
-                        *o = s[r + c] * s[r + d + c];
+                        let r = (tb + t) * 2 * n;
+                        *o = s[r + c] * s[r + n + c];
                     }
                 }
             }
@@ -321,85 +448,193 @@ fn gather_gate(s: &mut [f32], d: usize, p: usize, t0: usize, l: usize, y: &[f32]
         });
 }
 
-/// Step 2 of the module docs: filters by channel group, one FFT convolution per channel.
-fn long_convs(lm: &HyenaLm, i: usize, ws: &mut InferWorkspace) -> Result<()> {
+/// One FFT convolution per row of `rows [n, L]`, in parallel. `other(ci)` is row `ci`'s
+/// partner: its filter (`into_filter` false: the rows hold the inputs), or its input
+/// (`into_filter` true: the rows hold the filters). The results replace the rows; `bias [n]`
+/// are the skip weights. Tasks take a scratch from `pool` (kept across groups, blocks and
+/// sequences of the same length: fresh large buffers cost a page fault per 4 KiB).
+fn conv_rows<'a>(
+    conv: &RowConv,
+    pool: &mut Vec<RowConvScratch>,
+    rows: &mut [f32],
+    other: impl Fn(usize) -> &'a [f32] + Sync,
+    bias: &[f32],
+    into_filter: bool,
+) -> Result<()> {
+    let l = conv.len();
+    let shared = Mutex::new(std::mem::take(pool));
+    let res: Result<()> = rows
+        .par_chunks_mut(l)
+        .enumerate()
+        .try_for_each(|(ci, row)| {
+            let mut s = match shared.lock().ok().and_then(|mut p| p.pop()) {
+                Some(s) => s,
+                None => conv.scratch(),
+            };
+            let r = if into_filter {
+                conv.conv_into_filter(row, other(ci), bias[ci], &mut s)
+            } else {
+                conv.conv_inplace(row, other(ci), bias[ci], &mut s)
+            };
+            if let Ok(mut p) = shared.lock() {
+                p.push(s);
+            }
+            r
+        });
+    *pool = shared.into_inner().unwrap_or_default();
+    res
+}
+
+/// Step 3 of the module docs: A's filters group by group (from `hidden`, or the explicit
+/// filters), one FFT convolution per channel.
+fn convs_a(lm: &HyenaLm, i: usize, ws: &mut InferWorkspace, a: usize) -> Result<()> {
     let cfg = &lm.cfg.operator;
     let (l, d) = (ws.l, ws.d);
     let op = lm.operator(i);
     let fp = &lm.params.blocks[i].mixer.filter;
     let fsz = cfg.filter.filter_order;
     let explicit = op.explicit_filters();
+    let g = FILTER_GROUP.min(d);
     if explicit.is_none() {
-        filter_hidden(lm, i, ws)?;
+        grow(&mut ws.group, g * l);
     }
-    if ws.conv.as_ref().is_none_or(|c| c.len() != l) {
-        ws.conv = Some(RowConv::new(l)?);
-        ws.scratch.clear();
-    }
-    let Some(conv) = ws.conv.as_ref() else {
+    let InferWorkspace {
+        y,
+        hidden,
+        group,
+        conv,
+        scratch,
+        ..
+    } = ws;
+    let Some(conv) = conv.as_ref() else {
         return Ok(());
     };
-    let g = FILTER_GROUP.min(d);
-    grow(&mut ws.filt, g * l);
+    let (rows_a, rows_b) = y[..d * l].split_at_mut(a * l);
     let bufs = &op.filter.buffers;
-    for c0 in (0..d).step_by(g) {
-        let gn = g.min(d - c0);
-        let filt = &mut ws.filt[..gn * l];
+    for c0 in (0..a).step_by(g) {
+        let gn = g.min(a - c0);
+        let rows = &mut rows_a[c0 * l..(c0 + gn) * l];
+        let bias = &fp.bias[c0..c0 + gn];
         match explicit {
             Some(k) => {
+                // Rows [D, l_max], truncated to l: convolve straight from the model's copy.
                 let lm_max = cfg.l_max;
-                for (ci, row) in filt.chunks_exact_mut(l).enumerate() {
-                    let c = c0 + ci;
-                    row.copy_from_slice(&k[c * lm_max..c * lm_max + l]);
-                }
+                conv_rows(
+                    conv,
+                    scratch,
+                    rows,
+                    |ci| &k[(c0 + ci) * lm_max..(c0 + ci) * lm_max + l],
+                    bias,
+                    false,
+                )?;
             }
             None => {
-                // filt [G, L] = W_out[c0..c0+G] [G, F] · hiddenᵀ [F, L], then the windows.
+                let hid: &[f32] = if a < d {
+                    &rows_b[..fsz * l]
+                } else {
+                    &hidden[..fsz * l]
+                };
+                // filt [G, L] = W_out[c0..c0+G] [G, F] · hidden [F, L], then the windows.
+                let filt = &mut group[..gn * l];
                 matmul(
                     MatMut::rm(filt, gn, l),
                     MatRef::rm(&fp.w_out[c0 * fsz..(c0 + gn) * fsz], gn, fsz),
-                    MatRef::tr(&ws.hidden[..l * fsz], fsz, l),
+                    MatRef::rm(hid, fsz, l),
                     false,
                 )?;
                 if cfg.filter.modulate {
                     let (t, shift) = (&bufs.t[..l], cfg.filter.shift);
                     filt.par_chunks_mut(l).enumerate().for_each(|(ci, row)| {
-                        let a = bufs.deltas[c0 + ci].abs();
-                        window_row(row, t, a, shift);
+                        let dl = bufs.deltas[c0 + ci].abs();
+                        window_row(row, t, dl, shift);
                     });
                 }
+                let filt: &[f32] = filt;
+                conv_rows(
+                    conv,
+                    scratch,
+                    rows,
+                    |ci| &filt[ci * l..(ci + 1) * l],
+                    bias,
+                    false,
+                )?;
             }
         }
-        // One row per task; tasks take a scratch from the pool (kept across groups, blocks and
-        // sequences of the same length: fresh large buffers cost a page fault per 4 KiB).
-        let pool = std::sync::Mutex::new(std::mem::take(&mut ws.scratch));
-        let rows = &mut ws.y[c0 * l..(c0 + gn) * l];
-        let res: Result<()> = rows
-            .par_chunks_mut(l)
-            .zip(filt.par_chunks(l))
-            .enumerate()
-            .try_for_each(|(ci, (row, kr))| {
-                let mut s = match pool.lock().ok().and_then(|mut p| p.pop()) {
-                    Some(s) => s,
-                    None => conv.scratch(),
-                };
-                let r = conv.conv_inplace(row, kr, fp.bias[c0 + ci], &mut s);
-                if let Ok(mut p) = pool.lock() {
-                    p.push(s);
-                }
-                r
+    }
+    Ok(())
+}
+
+/// Step 4 of the module docs: B's filters over `hidden` in B's rows of `Y`, then per group one
+/// pass over `x` for the group's inputs and one convolution per channel, written over its
+/// filter's row.
+fn convs_b(lm: &HyenaLm, i: usize, ws: &mut InferWorkspace, a: usize) -> Result<()> {
+    let cfg = &lm.cfg;
+    let (l, d, pch) = (ws.l, ws.d, ws.chunk);
+    let blk = &lm.params.blocks[i];
+    let fp = &blk.mixer.filter;
+    let bufs = &lm.operator(i).filter.buffers;
+    let f = d - a; // B's channels = the filter MLP's width
+    let fcfg = &cfg.operator.filter;
+    // B's filters, chunk by chunk of positions: the columns [t0, t1) of hidden [F, L] go to a
+    // small [F, P] copy, and W_out[B] [F, F] · that copy replaces them.
+    grow(&mut ws.h, f * pch);
+    let w_b = &fp.w_out[a * f..d * f];
+    for t0 in (0..l).step_by(pch) {
+        let t1 = (t0 + pch).min(l);
+        let p = t1 - t0;
+        let hid = &mut ws.y[a * l..d * l];
+        let cols = &mut ws.h[..f * p];
+        for (j, c) in cols.chunks_exact_mut(p).enumerate() {
+            c.copy_from_slice(&hid[j * l + t0..j * l + t1]);
+        }
+        let dst = MatMut {
+            data: &mut hid[t0..],
+            rows: f,
+            cols: p,
+            rs: l,
+            cs: 1,
+        };
+        matmul(dst, MatRef::rm(w_b, f, f), MatRef::rm(cols, f, p), false)?;
+        if fcfg.modulate {
+            let (t, shift) = (&bufs.t[t0..t1], fcfg.shift);
+            hid.par_chunks_mut(l).enumerate().for_each(|(ci, row)| {
+                let dl = bufs.deltas[a + ci].abs();
+                window_row(&mut row[t0..t1], t, dl, shift);
             });
-        ws.scratch = pool.into_inner().unwrap_or_default();
-        res?;
+        }
+    }
+    let g = FILTER_GROUP.min(d);
+    for c0 in (a..d).step_by(g) {
+        let c1 = (c0 + g).min(d);
+        gate_pass(ws, blk, cfg, (c0, c1), true)?;
+        let InferWorkspace {
+            y,
+            group,
+            conv,
+            scratch,
+            ..
+        } = &mut *ws;
+        let Some(conv) = conv.as_ref() else {
+            return Ok(());
+        };
+        let group: &[f32] = group;
+        conv_rows(
+            conv,
+            scratch,
+            &mut y[c0 * l..c1 * l],
+            |ci| &group[ci * l..(ci + 1) * l],
+            &fp.bias[c0..c1],
+            true,
+        )?;
     }
     Ok(())
 }
 
 /// The filter MLP `Sin(W_n … Sin(W_0 z + b_0) …)` on the first L points of the grid, chunk by
-/// chunk, into `ws.hidden [L, F]`.
-fn filter_hidden(lm: &HyenaLm, i: usize, ws: &mut InferWorkspace) -> Result<()> {
+/// chunk, into `hidden [F, L]`: B's rows of `Y` when `a < D`, else `ws.hidden`.
+fn filter_hidden(lm: &HyenaLm, i: usize, ws: &mut InferWorkspace, a: usize) -> Result<()> {
     let cfg = &lm.cfg.operator;
-    let (l, e, f) = (ws.l, cfg.filter.emb_dim, cfg.filter.filter_order);
+    let (l, d, e, f) = (ws.l, ws.d, cfg.filter.emb_dim, cfg.filter.filter_order);
     let fp = &lm.params.blocks[i].mixer.filter;
     let bufs = &lm.operator(i).filter.buffers;
     let z: &[f32] = if cfg.filter.learn_pos_emb {
@@ -407,9 +642,11 @@ fn filter_hidden(lm: &HyenaLm, i: usize, ws: &mut InferWorkspace) -> Result<()> 
     } else {
         &bufs.z
     };
-    grow(&mut ws.hidden, l * f);
+    if a == d {
+        grow(&mut ws.hidden, f * l);
+    }
     let pch = ws.chunk;
-    // Two [P, F] ping-pong buffers, borrowed from the chunk buffers (free during step 2).
+    // Two [P, F] ping-pong buffers, borrowed from the chunk buffers.
     grow(&mut ws.u, pch * f);
     grow(&mut ws.s, pch * f);
     for t0 in (0..l).step_by(pch) {
@@ -422,7 +659,18 @@ fn filter_hidden(lm: &HyenaLm, i: usize, ws: &mut InferWorkspace) -> Result<()> 
             linear_forward(post, w, Some(b), p, f, f, pre)?;
             sin_forward(pre, &fp.freq, post)?;
         }
-        ws.hidden[t0 * f..t1 * f].copy_from_slice(post);
+        // [P, F] → columns [t0, t1) of [F, L].
+        let hid = if a < d {
+            &mut ws.y[a * l..(a + f) * l]
+        } else {
+            &mut ws.hidden[..f * l]
+        };
+        let post: &[f32] = post;
+        hid.par_chunks_mut(l).enumerate().for_each(|(j, row)| {
+            for (r, o) in row[t0..t1].iter_mut().enumerate() {
+                *o = post[r * f + j];
+            }
+        });
     }
     Ok(())
 }
@@ -433,39 +681,57 @@ fn mlp(lm: &HyenaLm, i: usize, ws: &mut InferWorkspace) -> Result<()> {
     let (l, d, di) = (ws.l, ws.d, cfg.d_inner);
     let blk = &lm.params.blocks[i];
     let pch = ws.chunk;
-    grow(&mut ws.u, pch * di);
-    grow(&mut ws.s, pch * di);
+    // The fc1 and gelu outputs [P, d_inner] go into Y, free until the next block's mixer, when
+    // it is large enough (L >= 8·P at d_inner = 4D): separate buffers would stay allocated
+    // (16 MiB at P = 2048) or, freed and reallocated, stay resident.
+    let need = pch.min(l) * di;
+    let in_y = ws.y.len() >= 2 * need;
+    if in_y {
+        grow(&mut ws.h, pch * d);
+        grow(&mut ws.mu, pch);
+        grow(&mut ws.rs, pch);
+    } else {
+        chunk_buffers(ws, di);
+    }
+    let InferWorkspace {
+        x,
+        y,
+        h,
+        u,
+        s,
+        mu,
+        rs,
+        ..
+    } = ws;
+    let (fc1, act) = if in_y {
+        let (a, b) = y.split_at_mut(need);
+        (a, &mut b[..need])
+    } else {
+        (&mut u[..need], &mut s[..need])
+    };
     for t0 in (0..l).step_by(pch) {
         let t1 = (t0 + pch).min(l);
         let p = t1 - t0;
         norm_rows(
-            &ws.x[t0 * d..t1 * d],
+            &x[t0 * d..t1 * d],
             &blk.norm2_w,
             &blk.norm2_b,
             cfg.layer_norm_epsilon,
             d,
-            &mut ws.h,
-            &mut ws.mu,
-            &mut ws.rs,
+            h,
+            mu,
+            rs,
         )?;
-        let a = &mut ws.u[..p * di];
+        let a = &mut fc1[..p * di];
         matmul(
             MatMut::rm(a, p, di),
-            MatRef::rm(&ws.h[..p * d], p, d),
+            MatRef::rm(&h[..p * d], p, d),
             MatRef::tr(&blk.fc1_w, d, di),
             false,
         )?;
-        let g = &mut ws.s[..p * di];
+        let g = &mut act[..p * di];
         bias_gelu_forward(a, &blk.fc1_b, g)?;
-        linear_accumulate(
-            g,
-            &blk.fc2_w,
-            &blk.fc2_b,
-            p,
-            di,
-            d,
-            &mut ws.x[t0 * d..t1 * d],
-        )?;
+        linear_accumulate(g, &blk.fc2_w, &blk.fc2_b, p, di, d, &mut x[t0 * d..t1 * d])?;
     }
     Ok(())
 }
@@ -556,4 +822,117 @@ pub fn log_likelihood(
         }
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{hidden_states, log_likelihood, InferWorkspace, FILTER_GROUP};
+    use crate::layers::Params;
+    use crate::models::lm::{HyenaLm, LmCache, LmConfig};
+    use crate::ops::gradcheck::rand_vec;
+    use crate::{FilterConfig, FilterLayout, HyenaConfig};
+
+    /// A 2-block model of width `d` and filter MLP width `f`, every parameter moved away from
+    /// its init so that each one matters.
+    fn model(d: usize, f: usize, l_max: usize, seed: u64) -> HyenaLm {
+        let cfg = LmConfig {
+            n_layer: 2,
+            d_inner: 2 * d,
+            operator: HyenaConfig {
+                d_model: d,
+                l_max,
+                filter: FilterConfig {
+                    emb_dim: 5,
+                    filter_order: f,
+                    w: 10.0,
+                    shift: 0.05,
+                    layout: FilterLayout::Blocked,
+                    ..FilterConfig::default()
+                },
+                ..HyenaConfig::default()
+            },
+            ..LmConfig::default()
+        };
+        let mut lm = HyenaLm::new(&cfg, seed).unwrap();
+        let mut i = 0u64;
+        lm.params.visit_mut("", &mut |_, _, v| {
+            i += 1;
+            let r = rand_vec(v.len(), 90 + i, 0.3);
+            for (x, n) in v.iter_mut().zip(r) {
+                *x += n;
+            }
+        });
+        lm
+    }
+
+    fn tokens(n: usize, seed: u64) -> Vec<u32> {
+        rand_vec(n, seed, 1.0)
+            .iter()
+            .map(|v| 7 + ((v + 1.0) * 2.499) as u32)
+            .collect()
+    }
+
+    /// The final hidden states of the lean forward against the training forward's, for `lm`
+    /// at several lengths and chunk sizes.
+    fn check_against_training(lm: &HyenaLm, what: &str) {
+        for l in [1usize, 9, 130, 257] {
+            let toks = tokens(l, 3 + l as u64);
+            let mut cache = LmCache::default();
+            lm.forward_hidden(&toks, 1, l, &mut cache).unwrap();
+            let want = cache.hidden();
+            let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            for chunk in [5usize, 64, 2048] {
+                let mut ws = InferWorkspace::new(chunk);
+                let got = hidden_states(lm, &toks, lm.cfg.n_layer, &mut ws).unwrap();
+                let err = got
+                    .iter()
+                    .zip(want)
+                    .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+                // Float rounding only: about 1e-6 of the scale, up to 3e-5 with 5-row chunks
+                // (the same as before the channel split and the M-point transforms).
+                assert!(
+                    err < 1e-4 * scale,
+                    "{what}: L={l} chunk={chunk}: {err} (scale {scale})"
+                );
+                let mut lp = Vec::new();
+                let total = log_likelihood(lm, &toks, &mut ws, &mut lp).unwrap();
+                assert_eq!(lp.len(), l - 1);
+                assert!(total.is_finite());
+            }
+        }
+    }
+
+    /// F < D with several groups on both sides of the split, neither a multiple of the group:
+    /// channels [0, 25) are convolved while the filter MLP's output sits in the rows of
+    /// [25, 45), which then take their filters and run in groups of their own.
+    #[test]
+    fn split_channels_match_the_training_forward() {
+        let (d, f) = (45, 20);
+        let g = FILTER_GROUP;
+        assert!(d - f > g && f > g && (d - f) % g != 0 && f % g != 0);
+        check_against_training(&model(d, f, 300, 1), "split");
+    }
+
+    /// F = D: every channel lends its row to the filter MLP's output first.
+    #[test]
+    fn all_channels_in_the_second_set() {
+        check_against_training(&model(16, 16, 300, 2), "F = D");
+    }
+
+    /// F > D: the filter MLP's output cannot sit in Y and has its own buffer.
+    #[test]
+    fn wide_filter_mlp_uses_its_own_buffer() {
+        check_against_training(&model(12, 20, 300, 3), "F > D");
+    }
+
+    /// Explicit (distilled) filters: convolved straight from the model's rows.
+    #[test]
+    fn explicit_filters_match_the_training_forward() {
+        let mut lm = model(20, 16, 300, 4);
+        for i in 0..lm.cfg.n_layer {
+            let k = rand_vec(20 * 300, 40 + i as u64, 0.2);
+            lm.operator_mut(i).set_explicit_filters(Some(k)).unwrap();
+        }
+        check_against_training(&lm, "explicit");
+    }
 }

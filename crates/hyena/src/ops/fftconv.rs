@@ -899,28 +899,62 @@ simd_fn! {
 /// path at very long L (a 1M-base HyenaDNA forward), where [`FftConv`]'s per-task scratch (ten
 /// `2L`-point buffers, sized for batched training) would not fit beside the activations.
 ///
-/// `w ← (k * w)[..L] + d·w`, with the same numerics as [`FftConv::forward`]: zero padding to
-/// `n = 2L`, the `1/n` carried by the filter spectrum, unscaled inverse. Per concurrent task it
-/// needs one [`RowConvScratch`]: a `2L`-float signal, two half spectra and the FFT scratch,
-/// about `8L` floats.
+/// `w ← (k * w)[..L] + d·w`. Zero padding to `2L` points, as [`FftConv`] does, would need `6L`
+/// floats of buffers per task and two `2L`-point plans (about 70 MiB at L = 1M with two
+/// threads). Instead, with `M >= L` even (`N = M/2` with small prime factors only: L itself
+/// when it allows) and both rows zero-padded to `M`:
+///
+/// - the linear convolution truncated to `M` is the mean of the cyclic and the negacyclic
+///   convolutions of length `M` (the wrapped-around terms enter them with opposite signs);
+/// - the cyclic one is a real FFT of `M` points: a complex FFT of `N` points (even and odd
+///   samples as real and imaginary parts) and a split step;
+/// - the negacyclic one is a cyclic convolution of `N` complex points: `ℝ[x]/(x^M + 1) ≅
+///   ℂ[x]/(x^N − i)` pairs samples `n` and `n + N` into one complex number, and the twist
+///   `x = θu`, `θ = e^{iπ/M}`, turns `x^N − i` into `u^N − 1`.
+///
+/// So a task needs three `N`-point complex buffers (`3M` floats; a fourth when `M > L`, where
+/// the row itself cannot hold a spectrum), and all transforms share one forward plan of `N`
+/// points (an inverse is the forward transform of the conjugate). The skip term `d·w` enters as
+/// `d` added to `k[0]`, which adds `d·w` to both convolutions. Results equal the zero-padded
+/// transform's up to float rounding (tested against the direct sum).
 pub struct RowConv {
     l: usize,
-    fwd: Arc<dyn RealToComplex<f32>>,
-    inv: Arc<dyn ComplexToReal<f32>>,
+    /// `N`: complex points per transform.
+    n: usize,
+    fft: Arc<dyn Fft<f32>>,
+    /// `θ^j = e^{iπj/M}` for `j < N`; its even entries are also the real FFT's split twiddles
+    /// (`e^{−2πik/M} = conj(θ^{2k})`).
+    twist: Vec<Complex<f32>>,
 }
 
-/// Working memory of one [`RowConv`] task (reuse it across rows).
+/// Working memory of one [`RowConv`] task (reuse it across rows): three `N`-point buffers, a
+/// fourth when the transform is longer than the row, and the plan's own scratch (none for
+/// lengths with small prime factors, which [`RowConv::new`] picks).
 pub struct RowConvScratch {
-    real: Vec<f32>,
-    kspec: Vec<Complex<f32>>,
-    wspec: Vec<Complex<f32>>,
+    a: Vec<Complex<f32>>,
+    b: Vec<Complex<f32>>,
+    c: Vec<Complex<f32>>,
+    d: Vec<Complex<f32>>,
     fft: Vec<Complex<f32>>,
 }
 
 impl std::fmt::Debug for RowConv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RowConv").field("len", &self.l).finish()
+        f.debug_struct("RowConv")
+            .field("len", &self.l)
+            .field("points", &(2 * self.n))
+            .finish()
     }
+}
+
+/// Whether `n` has no prime factor above 7 (the radices `rustfft` has fast butterflies for).
+fn is_7_smooth(mut n: usize) -> bool {
+    for p in [2, 3, 5, 7] {
+        while n.is_multiple_of(p) {
+            n /= p;
+        }
+    }
+    n == 1
 }
 
 impl RowConv {
@@ -929,12 +963,21 @@ impl RowConv {
         if l == 0 {
             return Err(Error::shape("row conv", "sequence length", "L >= 1", 0));
         }
-        let mut p = RealFftPlanner::<f32>::new();
-        Ok(RowConv {
-            l,
-            fwd: p.plan_fft_forward(2 * l),
-            inv: p.plan_fft_inverse(2 * l),
-        })
+        // The least N >= L/2 without large prime factors: a prime N would run Bluestein's
+        // algorithm, several times slower and with scratch of its own.
+        let mut n = l.div_ceil(2);
+        while !is_7_smooth(n) {
+            n += 1;
+        }
+        let m = (2 * n) as f64;
+        let fft = FftPlanner::<f32>::new().plan_fft_forward(n);
+        let twist = (0..n)
+            .map(|j| {
+                let a = std::f64::consts::PI * j as f64 / m;
+                Complex::new(a.cos() as f32, a.sin() as f32)
+            })
+            .collect();
+        Ok(RowConv { l, n, fft, twist })
     }
 
     /// Row length L.
@@ -947,16 +990,38 @@ impl RowConv {
         false
     }
 
+    /// Whether the row itself can hold a spectrum (`M = L`), sparing the fourth buffer.
+    fn in_row(&self) -> bool {
+        2 * self.n == self.l
+    }
+
     /// Fresh working memory for one task.
     pub fn scratch(&self) -> RowConvScratch {
-        let (n, m) = (2 * self.l, self.l + 1);
-        let fl = self.fwd.get_scratch_len().max(self.inv.get_scratch_len());
+        let z = |n| vec![Complex::default(); n];
         RowConvScratch {
-            real: vec![0.0; n],
-            kspec: vec![Complex::default(); m],
-            wspec: vec![Complex::default(); m],
-            fft: vec![Complex::default(); fl],
+            a: z(self.n),
+            b: z(self.n),
+            c: z(self.n),
+            d: z(if self.in_row() { 0 } else { self.n }),
+            fft: z(self.fft.get_outofplace_scratch_len()),
         }
+    }
+
+    fn check(&self, w: usize, k: usize, s: &RowConvScratch) -> Result<()> {
+        const OP: &str = "row conv";
+        check_len(OP, "row w [L]", w, self.l)?;
+        check_len(OP, "filter k [L]", k, self.l)?;
+        let d = if self.in_row() { 0 } else { self.n };
+        for (len, want) in [
+            (s.a.len(), self.n),
+            (s.b.len(), self.n),
+            (s.c.len(), self.n),
+            (s.d.len(), d),
+            (s.fft.len(), self.fft.get_outofplace_scratch_len()),
+        ] {
+            check_len(OP, "scratch (RowConv::scratch of this length)", len, want)?;
+        }
+        Ok(())
     }
 
     /// `w ← (k * w)[..L] + d·w` for one row `w [L]` with filter `k [L]`.
@@ -967,44 +1032,215 @@ impl RowConv {
         d: f32,
         s: &mut RowConvScratch,
     ) -> Result<()> {
-        const OP: &str = "row conv";
-        let l = self.l;
-        check_len(OP, "row w [L]", w.len(), l)?;
-        check_len(OP, "filter k [L]", k.len(), l)?;
-        check_len(OP, "scratch", s.real.len(), 2 * l)?;
-        let bad = |_| Error::shape(OP, "scratch", "RowConv::scratch of this length", "other");
-        s.real[..l].copy_from_slice(k);
-        s.real[l..].fill(0.0);
-        self.fwd
-            .process_with_scratch(&mut s.real, &mut s.kspec, &mut s.fft)
-            .map_err(bad)?;
-        s.real[..l].copy_from_slice(w);
-        s.real[l..].fill(0.0);
-        self.fwd
-            .process_with_scratch(&mut s.real, &mut s.wspec, &mut s.fft)
-            .map_err(bad)?;
-        let scale = 1.0 / (2 * l) as f32;
-        for (a, b) in s.wspec.iter_mut().zip(&s.kspec) {
-            *a *= *b * scale;
-        }
-        // Products of real signals' spectra have real DC and Nyquist bins (up to rounding,
-        // which realfft would reject).
-        s.wspec[0].im = 0.0;
-        s.wspec[l].im = 0.0;
-        self.inv
-            .process_with_scratch(&mut s.wspec, &mut s.real, &mut s.fft)
-            .map_err(bad)?;
-        row_skip(w, &s.real[..l], d);
+        self.check(w.len(), k.len(), s)?;
+        self.run(w, k, true, d, s);
         Ok(())
+    }
+
+    /// `k ← (k * w)[..L] + d·w`: the same convolution written over the filter row (whose values
+    /// are no longer needed), `w [L]` read only.
+    pub fn conv_into_filter(
+        &self,
+        k: &mut [f32],
+        w: &[f32],
+        d: f32,
+        s: &mut RowConvScratch,
+    ) -> Result<()> {
+        self.check(w.len(), k.len(), s)?;
+        self.run(k, w, false, d, s);
+        Ok(())
+    }
+
+    /// The convolution of `w` and `k`, where `out` holds `w` (`out_is_w`) or `k` on entry and
+    /// the result on return, and `other` holds the other row. Both rows are read in full before
+    /// `out` is first written (with `M = L` it then holds the input's cyclic spectrum).
+    fn run(&self, out: &mut [f32], other: &[f32], out_is_w: bool, d: f32, s: &mut RowConvScratch) {
+        let (l, n) = (self.l, self.n);
+        let m = 2 * n;
+        let tw = &self.twist[..];
+        let in_row = self.in_row();
+        let RowConvScratch {
+            a,
+            b,
+            c,
+            d: spare,
+            fft: fs,
+        } = s;
+        let mut go = |i: &mut [Complex<f32>], o: &mut [Complex<f32>]| {
+            self.fft.process_outofplace_with_scratch(i, o, fs)
+        };
+        {
+            let (w, k) = if out_is_w {
+                (&*out, other)
+            } else {
+                (other, &*out)
+            };
+            // 1. Negacyclic filter spectrum: c = FFT(twist(k + d·δ)).
+            fold_twist(b, k, tw);
+            b[0].re += d;
+            go(b, c);
+            // 2. The negacyclic half of the result, in natural order into a (as M floats):
+            // a = FFT(twist(w)); b = FFT(conj(a·c)/M), the conjugate of the unscaled inverse.
+            fold_twist(b, w, tw);
+            go(b, a);
+            mul_conj_scaled(a, c, 1.0 / m as f32);
+            go(a, b);
+            untwist_neg(as_floats_mut(a), b, tw);
+            // 3. The cyclic filter spectrum (packed real FFT of M points) into c.
+            load_pairs(b, k);
+            b[0].re += d;
+            go(b, c);
+            split_forward(c, tw);
+            // 4. The input's pairs into b: the last read of both rows.
+            load_pairs(b, w);
+        }
+        // The cyclic half: the input's spectrum in the row itself when it fits (M = L), its
+        // inverse in b, then the two halves summed into the row.
+        let o: &mut [Complex<f32>] = if in_row {
+            as_complex(&mut out[..m])
+        } else {
+            &mut spare[..]
+        };
+        go(b, o);
+        split_forward(o, tw);
+        mul_packed(o, c, 0.5 / m as f32);
+        split_inverse_conj(o, tw);
+        go(o, b);
+        add_halves(out, &as_floats(a)[..l], b);
+    }
+}
+
+/// `dst[j] = (x[2j] + i·x[2j+1])` for `x` = `src` zero-padded to `2·dst.len()` points.
+fn load_pairs(dst: &mut [Complex<f32>], src: &[f32]) {
+    let p = src.len() / 2;
+    dst[..p].copy_from_slice(as_complex_ref(&src[..2 * p]));
+    let rest = &mut dst[p..];
+    if let Some(first) = rest.first_mut() {
+        *first = Complex::new(src.get(2 * p).copied().unwrap_or(0.0), 0.0);
+        rest[1..].fill(Complex::default());
+    }
+}
+
+/// `dst[j] = (x[j] + i·x[j + N]) · θ^j`, `N = dst.len()`: the negacyclic fold and twist of `x` =
+/// `src` zero-padded to `2N` points.
+fn fold_twist(dst: &mut [Complex<f32>], src: &[f32], tw: &[Complex<f32>]) {
+    let n = dst.len();
+    let lo = &src[..src.len().min(n)];
+    let hi = &src[lo.len()..];
+    let h = hi.len();
+    fold_twist_full(&mut dst[..h], &lo[..h], hi, &tw[..h]);
+    for ((o, &r), &t) in dst[h..].iter_mut().zip(&lo[h..]).zip(&tw[h..]) {
+        *o = t * r;
+    }
+    dst[lo.len()..].fill(Complex::default());
+}
+
+simd_fn! {
+    /// `dst[j] = (lo[j] + i·hi[j]) · tw[j]`.
+    fn fold_twist_full(dst: &mut [Complex<f32>], lo: &[f32], hi: &[f32], tw: &[Complex<f32>]) {
+        for (((o, &r), &i), &t) in dst.iter_mut().zip(lo).zip(hi).zip(tw) {
+            *o = Complex::new(r * t.re - i * t.im, r * t.im + i * t.re);
+        }
     }
 }
 
 simd_fn! {
-    /// `w[t] = conv[t] + d·w[t]`.
-    fn row_skip(w: &mut [f32], conv: &[f32], d: f32) {
-        for (v, &c) in w.iter_mut().zip(conv) {
-            *v = c + d * *v;
+    /// `a[j] = conj(a[j] · c[j]) · s`.
+    fn mul_conj_scaled(a: &mut [Complex<f32>], c: &[Complex<f32>], s: f32) {
+        for (x, &y) in a.iter_mut().zip(c) {
+            let p = *x * y;
+            *x = Complex::new(p.re * s, -p.im * s);
         }
+    }
+}
+
+simd_fn! {
+    /// Undo the twist and fold of the negacyclic result: `z = b[j]·θ^j` is the conjugate of
+    /// output pair `j` (the inverse ran as a forward transform), so `dst[j] = Re z` and
+    /// `dst[j + N] = −Im z`.
+    fn untwist_neg(dst: &mut [f32], b: &[Complex<f32>], tw: &[Complex<f32>]) {
+        let n = b.len();
+        let (lo, hi) = dst[..2 * n].split_at_mut(n);
+        for (((x, y), &z), &t) in lo.iter_mut().zip(hi.iter_mut()).zip(b).zip(&tw[..n]) {
+            *x = z.re * t.re - z.im * t.im;
+            *y = -(z.re * t.im + z.im * t.re);
+        }
+    }
+}
+
+simd_fn! {
+    /// `row[2j] = a[2j] + Re b[j]`, `row[2j + 1] = a[2j + 1] − Im b[j]` for the row's length:
+    /// the negacyclic half plus the cyclic half (whose inverse ran as a forward transform, so
+    /// its pairs are conjugated).
+    fn add_halves(row: &mut [f32], a: &[f32], b: &[Complex<f32>]) {
+        let half = row.len() / 2;
+        let mut rc = row.chunks_exact_mut(2);
+        let mut ac = a.chunks_exact(2);
+        for ((o, x), &z) in (&mut rc).zip(&mut ac).zip(b) {
+            o[0] = x[0] + z.re;
+            o[1] = x[1] - z.im;
+        }
+        // An odd length's last value: the real part of the next pair.
+        if let (Some(o), Some(x)) = (rc.into_remainder().first_mut(), ac.remainder().first()) {
+            *o = x + b[half].re;
+        }
+    }
+}
+
+/// Split step of a real FFT of `M = 2N` points, in place: `z = FFT_N(pairs of x)` becomes `X[k]`
+/// for `k < N`, with `X[0]` and `X[N]` (both real) packed as the real and imaginary parts of
+/// slot 0.
+fn split_forward(z: &mut [Complex<f32>], tw: &[Complex<f32>]) {
+    let n = z.len();
+    let z0 = z[0];
+    z[0] = Complex::new(z0.re + z0.im, z0.re - z0.im);
+    for k in 1..=n / 2 {
+        let j = n - k;
+        if k == j {
+            z[k] = z[k].conj();
+            continue;
+        }
+        let (zk, zj) = (z[k], z[j].conj());
+        let e = (zk + zj) * 0.5;
+        // O = (zk − conj zj) / 2i; the twiddle e^{−2πik/M} = conj(θ^{2k}).
+        let dlt = (zk - zj) * 0.5;
+        let o = Complex::new(dlt.im, -dlt.re);
+        let to = tw[2 * k].conj() * o;
+        z[k] = e + to;
+        z[j] = (e - to).conj();
+    }
+}
+
+/// The inverse of [`split_forward`], conjugated: turns a packed half spectrum `Y` into
+/// `conj(Z)` such that the forward FFT of it, conjugated, interleaves the real signal
+/// (`y[2n] + i·y[2n+1]`), unscaled.
+fn split_inverse_conj(y: &mut [Complex<f32>], tw: &[Complex<f32>]) {
+    let n = y.len();
+    let (y0, yn) = (y[0].re, y[0].im);
+    y[0] = Complex::new(y0 + yn, -(y0 - yn));
+    for k in 1..=n / 2 {
+        let j = n - k;
+        if k == j {
+            y[k] *= 2.0;
+            continue;
+        }
+        let (yk, yj) = (y[k], y[j].conj());
+        let ev = yk + yj;
+        let od = (yk - yj) * tw[2 * k];
+        let iod = Complex::new(-od.im, od.re);
+        y[k] = (ev + iod).conj();
+        y[j] = ev - iod;
+    }
+}
+
+simd_fn! {
+    /// `x ← x · k · s` on packed half spectra (slot 0: two real products).
+    fn mul_packed(x: &mut [Complex<f32>], k: &[Complex<f32>], s: f32) {
+        let (x0, k0) = (x[0], k[0]);
+        for (a, &b) in x.iter_mut().zip(k).skip(1) {
+            *a = *a * b * s;
+        }
+        x[0] = Complex::new(x0.re * k0.re * s, x0.im * k0.im * s);
     }
 }
 
@@ -1019,6 +1255,17 @@ fn as_complex_ref(s: &[f32]) -> &[Complex<f32>] {
     debug_assert!(s.len().is_multiple_of(2));
     // SAFETY: as in `as_complex`.
     unsafe { std::slice::from_raw_parts(s.as_ptr() as *const Complex<f32>, s.len() / 2) }
+}
+
+/// View complex numbers as their interleaved `[re, im, …]` floats.
+fn as_floats(s: &[Complex<f32>]) -> &[f32] {
+    // SAFETY: as in `as_complex` (the same layout, read the other way).
+    unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, 2 * s.len()) }
+}
+
+fn as_floats_mut(s: &mut [Complex<f32>]) -> &mut [f32] {
+    // SAFETY: as in `as_floats`.
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut f32, 2 * s.len()) }
 }
 
 /// Spectra kept by a training forward for its backward: the input spectra (per channel, the
@@ -1118,5 +1365,77 @@ pub mod reference {
         let dk = dk.into_iter().map(|v| v as f32).collect();
         let dd = dd.into_iter().map(|v| v as f32).collect();
         (du, dpre, dpost, dk, dd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{reference, GatedConv, RowConv, RowLayout};
+    use crate::ops::gradcheck::rand_vec;
+
+    /// [`RowConv`] against the direct sum, at lengths that take each path: even and odd, `M = L`
+    /// (the row holds a spectrum) and `M > L` (padded: odd lengths, and `L/2` with a prime
+    /// factor above 7), tiny rows, and the written-over-the-filter variant.
+    #[test]
+    fn row_conv_matches_direct_sum_at_many_lengths() {
+        for l in [
+            1usize, 2, 3, 4, 5, 6, 8, 9, 15, 16, 22, 31, 64, 127, 128, 250, 255, 257, 262, 1000,
+            1001, 2048, 4097, 5000,
+        ] {
+            let conv = RowConv::new(l).unwrap();
+            let mut s = conv.scratch();
+            let w = rand_vec(l, 3 * l as u64 + 1, 1.0);
+            // A decaying filter, as the Hyena windows make them, plus noise.
+            let k: Vec<f32> = rand_vec(l, 5 * l as u64 + 2, 0.5)
+                .iter()
+                .enumerate()
+                .map(|(t, v)| v * (-(t as f32) / (0.3 * l as f32 + 1.0)).exp())
+                .collect();
+            let d = [-0.61f32];
+            let (want, _) = reference::gated_forward(&GatedConv {
+                layout: RowLayout::bcl(1, 1, l),
+                u: &w,
+                pre: None,
+                post: None,
+                k: &k,
+                d: &d,
+            });
+            let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            let err = |got: &[f32]| {
+                got.iter()
+                    .zip(&want)
+                    .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()))
+            };
+            let mut got = w.clone();
+            conv.conv_inplace(&mut got, &k, d[0], &mut s).unwrap();
+            assert!(err(&got) <= 2e-6 * scale, "L={l}: {} ({scale})", err(&got));
+            // Into the filter row: the same numbers (the same operations on the same values).
+            let mut into_k = k.clone();
+            conv.conv_into_filter(&mut into_k, &w, d[0], &mut s)
+                .unwrap();
+            assert_eq!(into_k, got, "L={l}");
+            // The reused scratch gives the same result.
+            let mut again = w.clone();
+            conv.conv_inplace(&mut again, &k, d[0], &mut s).unwrap();
+            assert_eq!(again, got, "L={l}");
+        }
+    }
+
+    #[test]
+    fn row_conv_rejects_other_lengths() {
+        let conv = RowConv::new(10).unwrap();
+        let mut s = conv.scratch();
+        assert!(conv
+            .conv_inplace(&mut [0.0; 9], &[0.0; 10], 0.0, &mut s)
+            .is_err());
+        assert!(conv
+            .conv_into_filter(&mut [0.0; 10], &[0.0; 11], 0.0, &mut s)
+            .is_err());
+        let other = RowConv::new(7).unwrap();
+        let mut s7 = other.scratch();
+        assert!(conv
+            .conv_inplace(&mut [0.0; 10], &[0.0; 10], 0.0, &mut s7)
+            .is_err());
+        assert!(RowConv::new(0).is_err());
     }
 }
