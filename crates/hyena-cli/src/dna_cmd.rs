@@ -9,6 +9,7 @@ use hyena::bench::{peak_heap_bytes, peak_rss_bytes, CountingAlloc};
 use hyena::models::dna::{
     embed_file, score_file, EmbedOptions, Pool, Progress, ProgressFn, TokenizeOptions,
 };
+use hyena::models::infer::{LeanOptions, ResidualStore};
 use hyena::train::trainer::load_model;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -29,6 +30,38 @@ pub struct TokenArgs {
     /// Positions per chunk of the lean forward (memory/speed trade-off; results do not change).
     #[arg(long, default_value_t = 2048)]
     pub chunk: usize,
+    /// How the residual stream is held between passes: `auto` packs it to 24 bits per value
+    /// above 2^27 values (L·d_model; past 524,288 bases at d_model 256), which keeps a
+    /// 1M-base HyenaDNA-large forward under 2 GiB; `f32` is exact at a third more memory;
+    /// `packed24` always packs (relative rounding <= 2^-16 per store).
+    #[arg(long, value_enum, default_value_t = ResidualArg::Auto)]
+    pub residual: ResidualArg,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ResidualArg {
+    Auto,
+    F32,
+    Packed24,
+}
+
+impl ResidualArg {
+    pub fn store(self) -> ResidualStore {
+        match self {
+            ResidualArg::Auto => ResidualStore::Auto,
+            ResidualArg::F32 => ResidualStore::F32,
+            ResidualArg::Packed24 => ResidualStore::Packed24,
+        }
+    }
+}
+
+impl TokenArgs {
+    fn lean(&self) -> LeanOptions {
+        LeanOptions {
+            chunk: self.chunk,
+            residual: self.residual.store(),
+        }
+    }
 }
 
 impl TokenArgs {
@@ -140,7 +173,7 @@ pub fn embed_cmd(a: EmbedArgs) -> Result<()> {
             PoolArg::None => Pool::None,
         },
         tokenize: a.tokens.options(),
-        chunk: a.tokens.chunk,
+        lean: a.tokens.lean(),
     };
     eprintln!(
         "model: d_model {}, {} blocks, max length {}; embedding layer {} ({:?} pooling)",
@@ -177,7 +210,7 @@ pub fn score_cmd(a: ScoreArgs) -> Result<()> {
         &lm,
         &a.fasta,
         a.tokens.options(),
-        a.tokens.chunk,
+        a.tokens.lean(),
         a.per_base.as_deref(),
         Some(f),
     );

@@ -115,6 +115,9 @@ struct BenchArgs {
     /// `generate` only: modes per modal filter (real order up to twice this).
     #[arg(long, default_value_t = 8)]
     modes: usize,
+    /// `embed` only: residual stream storage (see `hyena embed --help`).
+    #[arg(long, value_enum, default_value_t = dna_cmd::ResidualArg::Auto)]
+    residual: dna_cmd::ResidualArg,
     /// `generate` only: where to draw latency against context.
     #[arg(long, default_value = "bench-generate.png")]
     png: std::path::PathBuf,
@@ -250,12 +253,16 @@ fn bench_embed(a: &BenchArgs) -> Result<()> {
         )?;
         writeln!(
             out,
-            "| L | seconds | bases/s | model MiB | peak heap MiB | peak resident MiB |"
+            "| L | seconds | bases/s | residual | model MiB | peak heap MiB | peak resident MiB |"
         )?;
-        writeln!(out, "|---:|---:|---:|---:|---:|---:|")?;
+        writeln!(out, "|---:|---:|---:|---|---:|---:|---:|")?;
         out.flush()?;
     }
-    let recs = hyena::bench::run_embed(&a.lengths, d, layers, 2048, &mut |l| {
+    let lean = hyena::models::infer::LeanOptions {
+        chunk: 2048,
+        residual: a.residual.store(),
+    };
+    let recs = hyena::bench::run_embed(&a.lengths, d, layers, lean, &mut |l| {
         eprint!("measuring embed at L={l} ...\r")
     })
     .context("embedding benchmark")?;
@@ -269,10 +276,11 @@ fn bench_embed(a: &BenchArgs) -> Result<()> {
         } else {
             writeln!(
                 out,
-                "| {} | {:.2} | {:.0} | {:.1} | {} | {} |",
+                "| {} | {:.2} | {:.0} | {} | {:.1} | {} | {} |",
                 r.length,
                 r.seconds,
                 r.bases_per_s,
+                if r.residual_packed { "packed24" } else { "f32" },
                 r.model_mib,
                 r.peak_heap_mib.map_or("-".into(), |m| format!("{m:.1}")),
                 rss.map_or("-".into(), |m| format!("{m:.1}"))

@@ -108,6 +108,31 @@ fn embed_and_score_match_the_pytorch_fixture() {
         assert!((m - mean[j]).abs() < 1e-4);
     }
 
+    // The packed residual stream (the default past 2^27 values) stays near the PyTorch states.
+    let o = hyena(&[
+        "embed",
+        "--model",
+        &model,
+        "--fasta",
+        &s(&fq),
+        "--pool",
+        "none",
+        "--special-tokens",
+        "--unknown-as-unk",
+        "--residual",
+        "packed24",
+        "--out",
+        &tmp.path("p.npy"),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (_, packed) = read_f32(tmp.path("p.npy")).unwrap();
+    let err = packed[..want.len()]
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(err > 0.0 && err <= 2e-3, "packed embed vs PyTorch: {err}");
+
     // Score: the per-base log-probabilities add up to the record's total.
     let pb = tmp.path("pb.tsv");
     let o = hyena(&[

@@ -564,6 +564,8 @@ pub struct EmbedBenchRecord {
     /// Wall time of one lean forward to the final hidden states.
     pub seconds: f64,
     pub bases_per_s: f64,
+    /// Whether the residual stream was packed to 24 bits ([`crate::models::infer::ResidualStore`]).
+    pub residual_packed: bool,
     /// Heap bytes of the model (parameters and filter buffers), MiB.
     pub model_mib: f64,
     /// Peak live heap of the whole process during the forward (model included), MiB.
@@ -584,7 +586,7 @@ pub fn run_embed(
     lengths: &[usize],
     d: usize,
     n_layer: usize,
-    chunk: usize,
+    lean: crate::models::infer::LeanOptions,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<EmbedBenchRecord>> {
     use crate::models::infer::{hidden_states, InferWorkspace};
@@ -600,7 +602,7 @@ pub fn run_embed(
             .map(|x| 7 + ((x + 1.0) * 1.999) as u32)
             .collect();
         mem_start();
-        let mut ws = InferWorkspace::new(chunk);
+        let mut ws = InferWorkspace::with_options(lean);
         let t = Instant::now();
         let h = hidden_states(&lm, &toks, n_layer, &mut ws)?;
         let seconds = t.elapsed().as_secs_f64();
@@ -611,6 +613,7 @@ pub fn run_embed(
             });
         }
         let peak_heap_mib = mem_peak_mib(0);
+        let residual_packed = ws.residual_packed();
         drop(ws);
         out.push(EmbedBenchRecord {
             length: l,
@@ -618,6 +621,7 @@ pub fn run_embed(
             n_layer,
             seconds,
             bases_per_s: l as f64 / seconds,
+            residual_packed,
             model_mib,
             peak_heap_mib,
         });

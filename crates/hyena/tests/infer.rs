@@ -6,7 +6,7 @@ mod common;
 
 use common::max_abs_diff;
 use hyena::layers::Params;
-use hyena::models::infer::{hidden_states, log_likelihood, InferWorkspace};
+use hyena::models::infer::{hidden_states, log_likelihood, InferWorkspace, ResidualStore};
 use hyena::models::lm::{HyenaLm, LmCache, LmConfig};
 use hyena::ops::fftconv::{reference, GatedConv, RowConv, RowLayout};
 use hyena::ops::gradcheck::rand_vec;
@@ -207,4 +207,66 @@ fn lean_forward_is_causal_and_reuses_its_workspace() {
     assert!(hidden_states(&lm, &toks, 3, &mut ws).is_err());
     assert!(hidden_states(&lm, &[99], 2, &mut ws).is_err());
     assert!(hidden_states(&lm, &[], 2, &mut ws).is_err());
+}
+
+#[test]
+fn packed_residual_stays_within_its_rounding() {
+    let lm = model(300, false, 7);
+    for l in [1usize, 100, 257, 300] {
+        let toks = tokens(l, 20 + l as u64);
+        for chunk in [3usize, 64] {
+            let mut exact = InferWorkspace::new(chunk).with_residual(ResidualStore::F32);
+            let want = hidden_states(&lm, &toks, 2, &mut exact).unwrap().to_vec();
+            assert!(!exact.residual_packed());
+            let mut ws = InferWorkspace::new(chunk).with_residual(ResidualStore::Packed24);
+            let got = hidden_states(&lm, &toks, 2, &mut ws).unwrap().to_vec();
+            assert!(ws.residual_packed());
+            // 2 stores per block of relative error <= 2^-16, through 2 blocks and ln_f (which
+            // divides by the row's std, about 1 here).
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let err = max_abs_diff(&got, &want);
+            assert!(
+                err <= 2e-4 * scale,
+                "L={l} chunk={chunk}: {err} (scale {scale})"
+            );
+            assert!(err > 0.0, "the packed run rounded nothing");
+            let mut lp_exact = Vec::new();
+            let mut lp = Vec::new();
+            let a = log_likelihood(&lm, &toks, &mut exact, &mut lp_exact).unwrap();
+            let b = log_likelihood(&lm, &toks, &mut ws, &mut lp).unwrap();
+            assert!(max_abs_diff(&lp, &lp_exact) < 1e-3, "L={l}");
+            assert!((a - b).abs() < 1e-3 * l as f64);
+            // The packed workspace gives the same numbers when reused.
+            let again = hidden_states(&lm, &toks, 2, &mut ws).unwrap().to_vec();
+            assert_eq!(again, got);
+        }
+    }
+    // Auto packs only long sequences.
+    let mut ws = InferWorkspace::new(64);
+    hidden_states(&lm, &tokens(50, 1), 1, &mut ws).unwrap();
+    assert!(!ws.residual_packed());
+}
+
+/// The packed residual on the HyenaDNA-large shape (random weights) at 64K bases, against f32:
+/// `cargo test --release --test infer -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn packed_residual_error_on_the_large_shape() {
+    let l = 65_536;
+    let lm = HyenaLm::new(&LmConfig::hyenadna(256, 8, l + 2), 0).unwrap();
+    let toks = tokens(l, 5);
+    let mut exact = InferWorkspace::new(2048).with_residual(ResidualStore::F32);
+    let want = hidden_states(&lm, &toks, 8, &mut exact).unwrap().to_vec();
+    let mut ws = InferWorkspace::new(2048).with_residual(ResidualStore::Packed24);
+    let got = hidden_states(&lm, &toks, 8, &mut ws).unwrap().to_vec();
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = max_abs_diff(&got, &want);
+    let mean_err = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs() as f64)
+        .sum::<f64>()
+        / got.len() as f64;
+    eprintln!("L={l}: max abs diff {err:.3e}, mean {mean_err:.3e}, max |h| {scale:.3}");
+    assert!(err <= 1e-3 * scale);
 }

@@ -8,6 +8,7 @@ pub mod filter;
 pub mod hyena;
 pub mod init;
 pub mod rtf;
+pub mod zoo;
 
 /// Visiting named parameters: `(name, shape, data)`. Names follow the reference state dicts.
 /// Callback of [`Params::visit`]: `(name, shape, data)`.

@@ -17,7 +17,7 @@ use crate::io::fasta::{open_records, SeqRecord};
 use crate::io::npy::NpyWriter;
 use crate::io::safetensors::{temp_path_beside, write_bytes_atomic};
 use crate::io::tokenizer::{NucleotideTokenizer, SEP_ID, UNK_ID};
-use crate::models::infer::{hidden_states, log_likelihood, InferWorkspace};
+use crate::models::infer::{hidden_states, log_likelihood, InferWorkspace, LeanOptions};
 use crate::models::lm::HyenaLm;
 
 /// How records become token ids.
@@ -82,8 +82,8 @@ pub struct EmbedOptions {
     pub layer: Option<usize>,
     pub pool: Pool,
     pub tokenize: TokenizeOptions,
-    /// Rows per position chunk of the lean forward.
-    pub chunk: usize,
+    /// Chunk size and residual storage of the lean forward.
+    pub lean: LeanOptions,
 }
 
 /// One record's place in the output.
@@ -128,14 +128,14 @@ pub type ProgressFn = Box<dyn FnMut(&Progress) + Send>;
 fn for_each_record(
     fasta: &Path,
     tokenize: TokenizeOptions,
-    chunk: usize,
+    lean: LeanOptions,
     blocks: usize,
     progress: Option<ProgressFn>,
     mut each: impl FnMut(&SeqRecord, &[u32], &mut InferWorkspace) -> Result<()>,
 ) -> Result<()> {
     use std::sync::{Arc, Mutex};
     let progress = progress.map(|p| Arc::new(Mutex::new(p)));
-    let mut ws = InferWorkspace::new(chunk);
+    let mut ws = InferWorkspace::with_options(lean);
     for (i, rec) in open_records(fasta)?.enumerate() {
         let rec = rec?;
         let ids = tokenize_record(&rec, tokenize, fasta)?;
@@ -185,7 +185,7 @@ pub fn embed_file(
     for_each_record(
         fasta,
         opts.tokenize,
-        opts.chunk,
+        opts.lean,
         layer,
         progress,
         |rec, ids, ws| {
@@ -273,7 +273,7 @@ pub fn score_file(
     lm: &HyenaLm,
     fasta: &Path,
     tokenize: TokenizeOptions,
-    chunk: usize,
+    lean: LeanOptions,
     per_base: Option<&Path>,
     progress: Option<ProgressFn>,
 ) -> Result<Vec<RecordScore>> {
@@ -287,7 +287,7 @@ pub fn score_file(
     for_each_record(
         fasta,
         tokenize,
-        chunk,
+        lean,
         lm.cfg.n_layer,
         progress,
         |rec, ids, ws| {
