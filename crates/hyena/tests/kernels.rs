@@ -448,6 +448,28 @@ fn layernorm_matches_reference_and_gradients() {
 }
 
 #[test]
+fn rmsnorm_matches_reference_and_gradients() {
+    for &(m, d) in &[(1usize, 2usize), (7, 5), (65, 128), (130, 33)] {
+        let x: Vec<f32> = rand_vec(m * d, 15, 2.0).iter().map(|v| v + 0.3).collect();
+        let w = rand_vec(d, 16, 1.0);
+        let (mut y, mut rs) = (vec![0.0; m * d], vec![0.0; m]);
+        norm::rmsnorm_forward(&x, &w, d, 1e-5, &mut y, &mut rs).unwrap();
+        let y_ref = norm::reference::rmsnorm_forward(&x, &w, d, 1e-5);
+        assert_close(&format!("rmsnorm {m}x{d}"), &y, &y_ref, 1e-5);
+        let dy = rand_vec(m * d, 17, 1.0);
+        let (mut dx, mut dw) = (vec![0.0; m * d], vec![0.0; d]);
+        norm::rmsnorm_backward(&dy, &x, &w, &rs, d, &mut dx, false, &mut dw).unwrap();
+        let f = |x: &[f32], w: &[f32]| dot(&dy, &norm::reference::rmsnorm_forward(x, w, d, 1e-5));
+        check("rms dx", &x, &dx, |v| f(v, &w), 40, 1e-2, 2e-2).unwrap();
+        check("rms dw", &w, &dw, |v| f(&x, v), 40, 1e-2, 2e-2).unwrap();
+        // The accumulating form adds onto dx.
+        let mut dx2 = vec![1.0; m * d];
+        norm::rmsnorm_backward(&dy, &x, &w, &rs, d, &mut dx2, true, &mut dw).unwrap();
+        assert!(dx2.iter().zip(&dx).all(|(a, b)| (a - 1.0 - b).abs() < 1e-5));
+    }
+}
+
+#[test]
 fn activations_match_reference_and_gradients() {
     for &l in &LENGTHS {
         let x = rand_vec(l * 8, l as u64, 4.0);

@@ -7,6 +7,7 @@
 pub mod filter;
 pub mod hyena;
 pub mod init;
+pub mod mlp;
 pub mod rtf;
 pub mod zoo;
 

@@ -197,6 +197,98 @@ simd_fn! {
     }
 }
 
+/// RMSNorm (Zhang & Sennrich 2019, arXiv 1910.07467; MAD's default norm, spec Sec. 6.3):
+/// `y = x · rstd · w` per row with `rstd = 1/sqrt(mean(x²) + eps)`. Writes `y [M, D]` and
+/// `rstd [M]`.
+pub fn rmsnorm_forward(
+    x: &[f32],
+    w: &[f32],
+    d: usize,
+    eps: f32,
+    y: &mut [f32],
+    rstd: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "rmsnorm forward";
+    let m = x.len().checked_div(d).unwrap_or(0);
+    check_len(OP, "x [M, D]", x.len(), m * d)?;
+    check_len(OP, "w [D]", w.len(), d)?;
+    check_len(OP, "y [M, D]", y.len(), m * d)?;
+    check_len(OP, "rstd [M]", rstd.len(), m)?;
+    if d == 0 {
+        return Ok(());
+    }
+    y.par_chunks_mut(ROWS * d)
+        .zip(x.par_chunks(ROWS * d))
+        .zip(rstd.par_chunks_mut(ROWS))
+        .for_each(|((yc, xc), rc)| {
+            for ((yr, xr), r) in yc.chunks_exact_mut(d).zip(xc.chunks_exact(d)).zip(rc) {
+                let ms = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+                *r = 1.0 / (ms + eps).sqrt();
+                for ((yv, xv), g) in yr.iter_mut().zip(xr).zip(w) {
+                    *yv = xv * *r * g;
+                }
+            }
+        });
+    Ok(())
+}
+
+/// Backward of [`rmsnorm_forward`]: with `g = dy ⊙ w`,
+/// `dx = rstd · (g − x · rstd² · mean(g ⊙ x))`. Writes `dx` (adds into it with `acc`),
+/// *accumulates* `dw += Σ_rows dy ⊙ x · rstd`.
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_backward(
+    dy: &[f32],
+    x: &[f32],
+    w: &[f32],
+    rstd: &[f32],
+    d: usize,
+    dx: &mut [f32],
+    acc: bool,
+    dw: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "rmsnorm backward";
+    let m = rstd.len();
+    check_len(OP, "x [M, D]", x.len(), m * d)?;
+    check_len(OP, "dy [M, D]", dy.len(), m * d)?;
+    check_len(OP, "dx [M, D]", dx.len(), m * d)?;
+    check_len(OP, "w [D]", w.len(), d)?;
+    check_len(OP, "dw [D]", dw.len(), d)?;
+    if d == 0 || m == 0 {
+        return Ok(());
+    }
+    let n_chunks = m.div_ceil(ROWS);
+    let mut partial = vec![0.0f32; n_chunks * d];
+    dx.par_chunks_mut(ROWS * d)
+        .zip(dy.par_chunks(ROWS * d).zip(x.par_chunks(ROWS * d)))
+        .zip(rstd.par_chunks(ROWS))
+        .zip(partial.par_chunks_mut(d))
+        .for_each(|(((dxc, (gc, xc)), rc), part)| {
+            for (((dxr, gr), xr), &r) in dxc
+                .chunks_exact_mut(d)
+                .zip(gc.chunks_exact(d))
+                .zip(xc.chunks_exact(d))
+                .zip(rc)
+            {
+                let mut dot = 0.0f32;
+                for ((g, xv), wv) in gr.iter().zip(xr).zip(w) {
+                    dot += g * wv * xv;
+                }
+                let c = dot / d as f32 * r * r;
+                for (j, dv) in dxr.iter_mut().enumerate() {
+                    part[j] += gr[j] * xr[j] * r;
+                    let v = r * (gr[j] * w[j] - xr[j] * c);
+                    *dv = if acc { *dv + v } else { v };
+                }
+            }
+        });
+    for part in partial.chunks_exact(d) {
+        for (g, p) in dw.iter_mut().zip(part) {
+            *g += p;
+        }
+    }
+    Ok(())
+}
+
 /// f64 reference.
 pub mod reference {
     /// LayerNorm forward in f64.
@@ -214,6 +306,18 @@ pub mod reference {
             for j in 0..d {
                 yr[j] = (((xr[j] as f64 - mean) / (var + eps as f64).sqrt()) * gamma[j] as f64
                     + beta[j] as f64) as f32;
+            }
+        }
+        y
+    }
+
+    /// RMSNorm forward in f64.
+    pub fn rmsnorm_forward(x: &[f32], w: &[f32], d: usize, eps: f32) -> Vec<f32> {
+        let mut y = vec![0.0; x.len()];
+        for (yr, xr) in y.chunks_mut(d).zip(x.chunks(d)) {
+            let ms = xr.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / d as f64;
+            for j in 0..d {
+                yr[j] = (xr[j] as f64 / (ms + eps as f64).sqrt() * w[j] as f64) as f32;
             }
         }
         y

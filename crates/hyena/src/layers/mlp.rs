@@ -1,0 +1,255 @@
+//! Channel mixers of the operator zoo (spec Sec. 6.3): SwiGLU (Shazeer 2020, arXiv 2002.05202)
+//! and the tanh-GELU MLP. Both act on each position alone (`[B·L, D]` rows).
+//!
+//! MAD's settings: SwiGLU without biases and inner width `16·ceil(⌊2·4D/3⌋/16)` (352 at
+//! D = 128, so that it has about the parameters of a 4D GELU MLP); the MLP with inner width 4D.
+//! Linear weights take PyTorch's default init `U(±1/√fan_in)`; biases start at zero, as MAD
+//! zeroes them.
+
+use rand::rngs::StdRng;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{check_len, Error, Result};
+use crate::layers::zoo::{split, split_mut, LayerCache, SeqLayer, TensorSpec};
+use crate::ops::act::{gelu_backward_inplace, gelu_forward};
+use crate::ops::linear::{linear_backward, linear_forward};
+
+/// Inner width of MAD's SwiGLU for width `d`: `16·ceil(⌊8d/3⌋/16)`.
+pub fn swiglu_inner(d: usize) -> usize {
+    (2 * d * 4 / 3).div_ceil(16) * 16
+}
+
+/// `U(±1/√fan_in)` (PyTorch's `nn.Linear` default).
+pub(crate) fn init_linear(w: &mut [f32], fan_in: usize, rng: &mut StdRng) {
+    let a = 1.0 / (fan_in.max(1) as f32).sqrt();
+    for v in w {
+        *v = rng.random_range(-a..a);
+    }
+}
+
+/// Settings of the channel mixers.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MlpConfig {
+    pub d_model: usize,
+    /// Inner width; `None`: the MAD default (SwiGLU: [`swiglu_inner`], MLP: 4D).
+    pub d_inner: Option<usize>,
+}
+
+fn check_dims(kind: &'static str, d: usize, di: usize) -> Result<()> {
+    if d == 0 || di == 0 {
+        return Err(Error::config(
+            kind,
+            format!("d_model {d}, d_inner {di}"),
+            "widths must be >= 1",
+        ));
+    }
+    Ok(())
+}
+
+/// SwiGLU: `y = W3 (silu(W1 x) ⊙ W2 x)`, no biases. Parameters `l1.weight [I, D]`,
+/// `l2.weight [I, D]`, `l3.weight [D, I]`.
+#[derive(Clone, Debug)]
+pub struct SwiGlu {
+    d: usize,
+    di: usize,
+}
+
+#[derive(Default)]
+struct SwiGluCache {
+    a: Vec<f32>, // [M, I] W1 x
+    b: Vec<f32>, // [M, I] W2 x
+    h: Vec<f32>, // [M, I] silu(a) ⊙ b
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl SwiGlu {
+    pub fn new(cfg: &MlpConfig) -> Result<Self> {
+        let di = cfg.d_inner.unwrap_or(swiglu_inner(cfg.d_model));
+        check_dims("swiglu", cfg.d_model, di)?;
+        Ok(SwiGlu { d: cfg.d_model, di })
+    }
+}
+
+impl SeqLayer for SwiGlu {
+    fn kind(&self) -> &'static str {
+        "swiglu"
+    }
+    fn d_model(&self) -> usize {
+        self.d
+    }
+    fn mixes_positions(&self) -> bool {
+        false
+    }
+    fn param_specs(&self) -> Vec<TensorSpec> {
+        vec![
+            TensorSpec::new("l1.weight", &[self.di, self.d]),
+            TensorSpec::new("l2.weight", &[self.di, self.d]),
+            TensorSpec::new("l3.weight", &[self.d, self.di]),
+        ]
+    }
+    fn init(&self, p: &mut [f32], rng: &mut StdRng) {
+        let specs = self.param_specs();
+        let mut t = split_mut(p, &specs);
+        init_linear(t[0], self.d, rng);
+        init_linear(t[1], self.d, rng);
+        init_linear(t[2], self.di, rng);
+    }
+    fn forward(
+        &self,
+        p: &[f32],
+        x: &[f32],
+        b: usize,
+        l: usize,
+        y: &mut [f32],
+        cache: &mut LayerCache,
+    ) -> Result<()> {
+        let (d, di, m) = (self.d, self.di, b * l);
+        check_len("swiglu", "x [B, L, D]", x.len(), m * d)?;
+        check_len("swiglu", "y [B, L, D]", y.len(), m * d)?;
+        let specs = self.param_specs();
+        let w = split(p, &specs);
+        let c = cache.get_mut::<SwiGluCache>();
+        for v in [&mut c.a, &mut c.b, &mut c.h] {
+            v.resize(m * di, 0.0);
+        }
+        linear_forward(x, w[0], None, m, d, di, &mut c.a)?;
+        linear_forward(x, w[1], None, m, d, di, &mut c.b)?;
+        for ((h, &a), &bv) in c.h.iter_mut().zip(&c.a).zip(&c.b) {
+            *h = a * sigmoid(a) * bv;
+        }
+        linear_forward(&c.h, w[2], None, m, di, d, y)
+    }
+    fn backward(
+        &self,
+        p: &[f32],
+        x: &[f32],
+        dy: &[f32],
+        b: usize,
+        l: usize,
+        cache: &LayerCache,
+        dx: &mut [f32],
+        g: &mut [f32],
+    ) -> Result<()> {
+        let (d, di, m) = (self.d, self.di, b * l);
+        let c = cache.get::<SwiGluCache>("swiglu")?;
+        let specs = self.param_specs();
+        let w = split(p, &specs);
+        let gw = split_mut(g, &specs);
+        let [g1, g2, g3] = <[&mut [f32]; 3]>::try_from(gw)
+            .map_err(|_| Error::config("swiglu", "params", "three tensors"))?;
+        let mut dh = vec![0.0; m * di];
+        linear_backward(dy, &c.h, w[2], (m, di, d), Some(&mut dh), g3, None)?;
+        // dh → da (into dh), db.
+        let mut db = vec![0.0; m * di];
+        for ((dhv, dbv), (&a, &bv)) in dh.iter_mut().zip(db.iter_mut()).zip(c.a.iter().zip(&c.b)) {
+            let s = sigmoid(a);
+            *dbv = *dhv * a * s;
+            *dhv *= bv * s * (1.0 + a * (1.0 - s));
+        }
+        let mut dx2 = vec![0.0; m * d];
+        linear_backward(&dh, x, w[0], (m, d, di), Some(dx), g1, None)?;
+        linear_backward(&db, x, w[1], (m, d, di), Some(&mut dx2), g2, None)?;
+        for (a, b) in dx.iter_mut().zip(&dx2) {
+            *a += b;
+        }
+        Ok(())
+    }
+}
+
+/// The MLP: `y = W2 gelu_tanh(W1 x + b1) + b2`. Parameters `l1.weight [I, D]`, `l1.bias [I]`,
+/// `l2.weight [D, I]`, `l2.bias [D]`.
+#[derive(Clone, Debug)]
+pub struct GeluMlp {
+    d: usize,
+    di: usize,
+}
+
+#[derive(Default)]
+struct MlpCache {
+    a: Vec<f32>, // [M, I] pre-activation
+    h: Vec<f32>, // [M, I] gelu(a)
+}
+
+impl GeluMlp {
+    pub fn new(cfg: &MlpConfig) -> Result<Self> {
+        let di = cfg.d_inner.unwrap_or(4 * cfg.d_model);
+        check_dims("mlp", cfg.d_model, di)?;
+        Ok(GeluMlp { d: cfg.d_model, di })
+    }
+}
+
+impl SeqLayer for GeluMlp {
+    fn kind(&self) -> &'static str {
+        "mlp"
+    }
+    fn d_model(&self) -> usize {
+        self.d
+    }
+    fn mixes_positions(&self) -> bool {
+        false
+    }
+    fn param_specs(&self) -> Vec<TensorSpec> {
+        vec![
+            TensorSpec::new("l1.weight", &[self.di, self.d]),
+            TensorSpec::new("l1.bias", &[self.di]),
+            TensorSpec::new("l2.weight", &[self.d, self.di]),
+            TensorSpec::new("l2.bias", &[self.d]),
+        ]
+    }
+    fn init(&self, p: &mut [f32], rng: &mut StdRng) {
+        let specs = self.param_specs();
+        let mut t = split_mut(p, &specs);
+        init_linear(t[0], self.d, rng);
+        t[1].fill(0.0);
+        init_linear(t[2], self.di, rng);
+        t[3].fill(0.0);
+    }
+    fn forward(
+        &self,
+        p: &[f32],
+        x: &[f32],
+        b: usize,
+        l: usize,
+        y: &mut [f32],
+        cache: &mut LayerCache,
+    ) -> Result<()> {
+        let (d, di, m) = (self.d, self.di, b * l);
+        check_len("mlp", "x [B, L, D]", x.len(), m * d)?;
+        check_len("mlp", "y [B, L, D]", y.len(), m * d)?;
+        let specs = self.param_specs();
+        let w = split(p, &specs);
+        let c = cache.get_mut::<MlpCache>();
+        c.a.resize(m * di, 0.0);
+        c.h.resize(m * di, 0.0);
+        linear_forward(x, w[0], Some(w[1]), m, d, di, &mut c.a)?;
+        gelu_forward(&c.a, &mut c.h)?;
+        linear_forward(&c.h, w[2], Some(w[3]), m, di, d, y)
+    }
+    fn backward(
+        &self,
+        p: &[f32],
+        x: &[f32],
+        dy: &[f32],
+        b: usize,
+        l: usize,
+        cache: &LayerCache,
+        dx: &mut [f32],
+        g: &mut [f32],
+    ) -> Result<()> {
+        let (d, di, m) = (self.d, self.di, b * l);
+        let c = cache.get::<MlpCache>("mlp")?;
+        let specs = self.param_specs();
+        let w = split(p, &specs);
+        let gw = split_mut(g, &specs);
+        let [g1w, g1b, g2w, g2b] = <[&mut [f32]; 4]>::try_from(gw)
+            .map_err(|_| Error::config("mlp", "params", "four tensors"))?;
+        let mut dh = vec![0.0; m * di];
+        linear_backward(dy, &c.h, w[2], (m, di, d), Some(&mut dh), g2w, Some(g2b))?;
+        gelu_backward_inplace(&mut dh, &c.a)?;
+        linear_backward(&dh, x, w[0], (m, d, di), Some(dx), g1w, Some(g1b))
+    }
+}
