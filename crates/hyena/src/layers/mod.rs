@@ -6,6 +6,7 @@
 
 pub mod filter;
 pub mod hyena;
+pub mod hyena_zoo;
 pub mod init;
 pub mod mlp;
 pub mod rtf;

@@ -9,3 +9,4 @@ pub mod lm;
 pub mod recurrent;
 
 pub use lm::{HyenaLm, LmCache, LmConfig, LmParams};
+pub mod zoo;

@@ -1,0 +1,146 @@
+//! Zoo language models: gradients of the whole model (embedding, norms, layers, unembedding)
+//! by finite differences, ignored targets, causality and architecture-string errors.
+
+use hyena::models::zoo::{parse_layers, ArchConfig, NormKind, ZooCache, ZooModel};
+use hyena::ops::gradcheck::{check, rand_vec};
+
+fn arch(layers: &str, norm: NormKind) -> ArchConfig {
+    ArchConfig {
+        layers: parse_layers(layers).unwrap(),
+        d_model: 8,
+        n_heads: 2,
+        state_size: 4,
+        norm,
+        vocab_size: 7,
+        max_len: 16,
+    }
+}
+
+fn data(b: usize, l: usize, v: usize) -> (Vec<u32>, Vec<i32>) {
+    let toks: Vec<u32> = rand_vec(b * l, 3, 1.0)
+        .iter()
+        .map(|x| ((x + 1.0) * 0.5 * v as f32).min(v as f32 - 1.0) as u32)
+        .collect();
+    // Every third target ignored.
+    let tg: Vec<i32> = toks
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            if i % 3 == 0 {
+                -100
+            } else {
+                ((t + 1) % v as u32) as i32
+            }
+        })
+        .collect();
+    (toks, tg)
+}
+
+fn loss_of(m: &ZooModel, toks: &[u32], tg: &[i32], b: usize, l: usize) -> f64 {
+    let mut c = ZooCache::default();
+    m.forward(toks, b, l, &mut c).unwrap();
+    let mut dl = Vec::new();
+    let s = m.loss(&c, tg, None, &mut dl).unwrap();
+    s.loss_sum / s.count as f64
+}
+
+#[test]
+fn whole_model_gradients() {
+    for (layers, norm) in [
+        ("hyena,swiglu", NormKind::Rms),
+        ("mlp,hyena", NormKind::Layer),
+    ] {
+        let mut m = ZooModel::new(&arch(layers, norm), 1).unwrap();
+        let jit = rand_vec(m.params.len(), 2, 0.05);
+        for (p, r) in m.params.iter_mut().zip(jit) {
+            *p += r;
+        }
+        let (b, l) = (2, 11);
+        let (toks, tg) = data(b, l, 7);
+        let mut c = ZooCache::default();
+        m.forward(&toks, b, l, &mut c).unwrap();
+        let mut dl = Vec::new();
+        let s = m.loss(&c, &tg, None, &mut dl).unwrap();
+        assert_eq!(s.count, tg.iter().filter(|&&t| t >= 0).count());
+        let mut g = vec![0.0; m.params.len()];
+        m.backward(&dl, &c, &mut g).unwrap();
+        let p0 = m.params.clone();
+        let mut mm = ZooModel::new(&arch(layers, norm), 1).unwrap();
+        // Each named tensor on its own.
+        let mut off = 0;
+        for spec in m.specs().to_vec() {
+            let n = spec.numel();
+            check(
+                &format!("{layers} {}", spec.name),
+                &p0[off..off + n],
+                &g[off..off + n],
+                |pt| {
+                    mm.params.copy_from_slice(&p0);
+                    mm.params[off..off + n].copy_from_slice(pt);
+                    loss_of(&mm, &toks, &tg, b, l)
+                },
+                12,
+                // Embeddings are ~0.05 in size and LayerNorm divides by their spread: a
+                // smaller step keeps their difference quotient accurate. Elsewhere the larger
+                // step keeps f32 rounding of the loss below the (sometimes 1e-5) gradients.
+                if spec.name == "embedding.weight" {
+                    2e-3
+                } else {
+                    1e-2
+                },
+                3e-2,
+            )
+            .unwrap();
+            off += n;
+        }
+        // Targets set to -100 do not change the loss.
+        let mut tg2 = tg.clone();
+        tg2[0] = 3;
+        assert_ne!(
+            loss_of(&m, &toks, &tg2, b, l),
+            loss_of(&m, &toks, &tg, b, l)
+        );
+    }
+}
+
+#[test]
+fn zoo_model_is_causal() {
+    let m = ZooModel::new(&arch("hyena,swiglu,hyena,mlp", NormKind::Rms), 4).unwrap();
+    let (b, l, v) = (1, 12, 7);
+    let (toks, _) = data(b, l, v);
+    let mut c0 = ZooCache::default();
+    m.forward(&toks, b, l, &mut c0).unwrap();
+    let mut t2 = toks.clone();
+    t2[6] = (t2[6] + 1) % v as u32;
+    let mut c1 = ZooCache::default();
+    m.forward(&t2, b, l, &mut c1).unwrap();
+    // FFT convolutions round differently when any input changes: compare with a tolerance.
+    for t in 0..l {
+        let diff = c0.logits[t * v..(t + 1) * v]
+            .iter()
+            .zip(&c1.logits[t * v..(t + 1) * v])
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert_eq!(diff < 1e-5, t < 6, "position {t}: {diff}");
+    }
+}
+
+#[test]
+fn architecture_errors_are_clear() {
+    let e = parse_layers("hyena,bogus").unwrap_err().to_string();
+    assert!(e.contains("bogus") && e.contains("swiglu"), "{e}");
+    assert!(parse_layers(" ,").is_err());
+    assert_eq!(
+        parse_layers("Hyena SwiGLU").unwrap(),
+        vec!["hyena", "swiglu"]
+    );
+    let mut a = arch("hyena", NormKind::Rms);
+    a.d_model = 0;
+    assert!(ZooModel::new(&a, 0).is_err());
+    let m = ZooModel::new(&arch("mlp", NormKind::Rms), 0).unwrap();
+    let mut c = ZooCache::default();
+    assert!(m.forward(&[9, 1], 1, 2, &mut c).is_err(), "token >= vocab");
+    assert!(
+        m.forward(&[1; 17], 1, 17, &mut c).is_err(),
+        "longer than max_len"
+    );
+}
