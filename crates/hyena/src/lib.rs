@@ -49,6 +49,7 @@
 //! - [`layers`]: the implicit Hyena filter and the Hyena operator built from ops.
 //! - [`distill`]: Hankel spectra, effective state size, modal fits of long filters.
 //! - [`io`]: safetensors reading and atomic writing.
+//! - [`tasks`]: synthetic benchmark tasks (the six MAD tasks, arXiv 2403.17844).
 //! - [`config`]: the serde configuration tree; [`error`]: the error type.
 
 // Kernels index several buffers with one loop counter; iterator chains would obscure them.
@@ -62,6 +63,7 @@ pub mod io;
 pub mod layers;
 pub mod models;
 pub mod ops;
+pub mod tasks;
 pub mod train;
 
 pub use config::{FilterConfig, FilterLayout, HyenaConfig};

@@ -49,6 +49,8 @@ fn whole_model_gradients() {
     for (layers, norm) in [
         ("hyena,swiglu", NormKind::Rms),
         ("mlp,hyena", NormKind::Layer),
+        ("attn,mh-attn,swa,swiglu", NormKind::Rms),
+        ("rtf,ssm,mlp", NormKind::Layer),
     ] {
         let mut m = ZooModel::new(&arch(layers, norm), 1).unwrap();
         let jit = rand_vec(m.params.len(), 2, 0.05);
@@ -105,7 +107,7 @@ fn whole_model_gradients() {
 
 #[test]
 fn zoo_model_is_causal() {
-    let m = ZooModel::new(&arch("hyena,swiglu,hyena,mlp", NormKind::Rms), 4).unwrap();
+    let m = ZooModel::new(&arch("hyena,swiglu,mh-attn,mlp", NormKind::Rms), 4).unwrap();
     let (b, l, v) = (1, 12, 7);
     let (toks, _) = data(b, l, v);
     let mut c0 = ZooCache::default();

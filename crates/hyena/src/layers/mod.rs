@@ -4,12 +4,15 @@
 //! [`Params`]), has `forward` (which fills a cache for the backward) and `backward` (which
 //! *accumulates* into a gradient struct of the same type as the parameters).
 
+pub mod attention;
 pub mod filter;
 pub mod hyena;
 pub mod hyena_zoo;
 pub mod init;
 pub mod mlp;
 pub mod rtf;
+pub mod rtf_layer;
+pub mod ssm;
 pub mod zoo;
 
 /// Visiting named parameters: `(name, shape, data)`. Names follow the reference state dicts.

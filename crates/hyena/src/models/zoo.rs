@@ -14,8 +14,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{FilterConfig, HyenaConfig};
 use crate::error::{check_len, Error, Result};
+use crate::layers::attention::{Attention, AttentionConfig};
 use crate::layers::hyena_zoo::HyenaLayer;
 use crate::layers::mlp::{GeluMlp, MlpConfig, SwiGlu};
+use crate::layers::rtf_layer::{RtfConfig, RtfLayer};
+use crate::layers::ssm::{ModalConfig, ModalSsm};
 use crate::layers::zoo::{numel, LayerCache, SeqLayer, TensorSpec};
 use crate::models::lm::{cross_entropy_sum, LossSum};
 use crate::ops::linear::linear_backward;
@@ -84,6 +87,23 @@ pub const LAYER_NAMES: &[(&str, &str)] = &[
         "hyena",
         "Hyena operator, order 2, implicit long filter (Sec. 2)",
     ),
+    (
+        "attn",
+        "causal attention, 1 head, rotary on the whole head (MAD's attention)",
+    ),
+    (
+        "mh-attn",
+        "causal attention, n_heads heads, rotary dim 8 (MAD's mh-attention)",
+    ),
+    (
+        "swa",
+        "sliding-window attention, n_heads heads, window 64, rotary dim 8",
+    ),
+    (
+        "rtf",
+        "RTF: rational transfer function SSM, state-free kernel, ungated (Sec. 5)",
+    ),
+    ("ssm", "diagonal modal SSM (S4D-Lin init), ungated"),
     ("swiglu", "SwiGLU channel mixer (inner 16*ceil(8D/3/16))"),
     ("mlp", "GELU MLP channel mixer (inner 4D)"),
 ];
@@ -148,6 +168,26 @@ pub fn build_layer(name: &str, a: &ArchConfig) -> Result<Box<dyn SeqLayer>> {
                 ..FilterConfig::default()
             },
         })?),
+        "attn" => Box::new(Attention::new(AttentionConfig::mad_attention(d))?),
+        "mh-attn" => Box::new(Attention::new(AttentionConfig {
+            n_heads: a.n_heads,
+            rotary_dim: mh_rotary(d, a.n_heads),
+            ..AttentionConfig::mad_mh_attention(d)
+        })?),
+        "swa" => Box::new(Attention::new(AttentionConfig {
+            n_heads: a.n_heads,
+            rotary_dim: mh_rotary(d, a.n_heads),
+            window: Some(SWA_WINDOW),
+            ..AttentionConfig::mad_mh_attention(d)
+        })?),
+        "rtf" => Box::new(RtfLayer::new(RtfConfig {
+            state_size: a.state_size,
+            ..RtfConfig::new(d)
+        })?),
+        "ssm" => Box::new(ModalSsm::new(ModalConfig {
+            state_size: a.state_size,
+            ..ModalConfig::new(d)
+        })?),
         "swiglu" => Box::new(SwiGlu::new(&mlp)?),
         "mlp" => Box::new(GeluMlp::new(&mlp)?),
         other => {
@@ -159,6 +199,14 @@ pub fn build_layer(name: &str, a: &ArchConfig) -> Result<Box<dyn SeqLayer>> {
         }
     })
 }
+
+/// MAD's multi-head rotary width, 8, capped at the head width (kept even).
+fn mh_rotary(d: usize, heads: usize) -> usize {
+    (d / heads.max(1)).min(8) & !1
+}
+
+/// Window of the `swa` layer.
+pub const SWA_WINDOW: usize = 64;
 
 /// A language model over a zoo architecture.
 pub struct ZooModel {

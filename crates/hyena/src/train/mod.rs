@@ -4,6 +4,7 @@
 pub mod baseline;
 pub mod finetune;
 pub mod kmer;
+pub mod mad;
 pub mod optim;
 pub mod plot;
 pub mod run;

@@ -1,0 +1,490 @@
+//! The trainable RTF mixer of the operator zoo (kind `"rtf"`): rational transfer function SSM,
+//! Parnichkun et al., "State-Free Inference of State-Space Models: The Transfer Function
+//! Approach", arXiv 2405.06147; reference spec Sec. 5 (parameters 5.1, kernel 5.2).
+//!
+//! Structure: the plain ungated mixer of [`crate::layers::ssm`],
+//! `y = out_proj(k * in_proj(x))`, with per channel `d` the transfer function
+//! `H_d(z) = h0_d + (b_1 z⁻¹ + … + b_N z⁻ᴺ) / (1 + a_1 z⁻¹ + … + a_N z⁻ᴺ)`. The direct term `h0`
+//! sits inside `k[0]` and *is* the skip, so there is no separate `D` (unlike MAD's HyenaConv,
+//! which adds its own bias; spec 5.5).
+//!
+//! Kernel (spec 5.2), per channel in f64, with the even FFT length `M = L + (L mod 2)`:
+//!
+//! ```text
+//! a = a_raw / (Σ|a_raw| + |s| + 1e-6)         (l1_montel: Σ|a| < 1, all poles inside |z| = 1)
+//! A = [1, a_1 … a_N, 0 …],  B = [0, b_1 … b_N, 0 …]    (length M)
+//! K = rfft(B) / rfft(A) + h0,   k = irfft(K)[:L]
+//! ```
+//!
+//! `k` is the impulse response aliased with period `M`: `k[n] = Σ_m h[n + mM]`. When `N + 1 > M`
+//! (short sequences) the coefficients are *folded* modulo `M` (coefficient `i` lands in bin
+//! `i mod M`), which evaluates the polynomials exactly at the M-th roots of unity, so the
+//! identity above holds for every `N` and `L` (PyTorch's `rfft(·, n=M)` would truncate them
+//! instead). The constraint is always on: without it `rfft(A)` can vanish.
+//!
+//! Backward (adjoint of each step): with `X = rfft(dk)` (zero-padded to `M`),
+//! `P = X / (M · conj(rfft(A)))`: `dB = irfft_unscaled(P)`, `dA = irfft_unscaled(−P ·
+//! conj(rfft(B)/rfft(A)))`, `dh0 = dk[0]`; then through `l1_montel` with
+//! `S = Σ|a_raw| + |s| + 1e-6`: `da_raw_i = da_i/S − sgn(a_raw_i)·(da·a_raw)/S²`,
+//! `ds = −sgn(s)·(da·a_raw)/S²`, using the subgradient `sgn(0) = 0` of `|·|`.
+//!
+//! Init (spec 5.1): `ab` "zeros" (kernel = `h0` delta), "xavier" `U(±1/sqrt(N))` or "montel"
+//! `U(±1/N)`; `h0 ~ N(0, 1)`; `s ~ U(0, 1)`. Default **xavier**: it is what the Hyena-RTF
+//! WikiText-103 configuration uses, and with `l1_montel` on its instability does not arise (the
+//! poles stay inside the unit circle); "zeros" starts with `b = 0`, where `a` gets no gradient
+//! at all until `b` has moved.
+
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use rand::rngs::StdRng;
+use rand::Rng;
+use rayon::prelude::*;
+use realfft::num_complex::Complex64;
+use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
+
+use crate::error::{check_len, Error, Result};
+use crate::layers::init;
+use crate::layers::rtf::{fft_len, Rtf};
+use crate::layers::ssm::{
+    check_io, init_proj, mix_backward, mix_forward, MixCache, Proj, ProjGrad,
+};
+use crate::layers::zoo::{numel, split, split_mut, LayerCache, SeqLayer, TensorSpec};
+use crate::ops::fftconv::FftConv;
+
+/// Initialisation of the `ab` coefficients (spec 5.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RtfInit {
+    /// All zero: the kernel is a pure `h0` delta.
+    Zeros,
+    /// `U(±1/sqrt(N))`.
+    #[default]
+    Xavier,
+    /// `U(±1/N)`.
+    Montel,
+}
+
+impl FromStr for RtfInit {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "zeros" => Ok(RtfInit::Zeros),
+            "xavier" => Ok(RtfInit::Xavier),
+            "montel" => Ok(RtfInit::Montel),
+            other => Err(Error::config(
+                "rtf init",
+                other,
+                "expected one of \"zeros\", \"xavier\", \"montel\"",
+            )),
+        }
+    }
+}
+
+/// Configuration of an [`RtfLayer`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct RtfConfig {
+    /// Width `D`.
+    pub d_model: usize,
+    /// State size `N` (numerator and denominator degree).
+    pub state_size: usize,
+    pub init: RtfInit,
+}
+
+impl RtfConfig {
+    /// Defaults: `N = 16`, xavier init.
+    pub fn new(d_model: usize) -> Self {
+        RtfConfig {
+            d_model,
+            state_size: 16,
+            init: RtfInit::default(),
+        }
+    }
+}
+
+/// The RTF mixer (module docs).
+///
+/// Parameters (in this order): `in_proj.weight [D, D]`, `in_proj.bias [D]`, `ab [2D, N]`
+/// (rows `0..D` the raw denominators `a_raw`, rows `D..2D` the numerators `b`; `num_a = D`),
+/// `h_0 [D]`, `s [D]` (the l1_montel scalars), `out_proj.weight [D, D]`, `out_proj.bias [D]`.
+pub struct RtfLayer {
+    cfg: RtfConfig,
+    conv: FftConv,
+    planner: Mutex<RealFftPlanner<f64>>,
+}
+
+impl std::fmt::Debug for RtfLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RtfLayer").field("cfg", &self.cfg).finish()
+    }
+}
+
+const R_IN_W: usize = 0;
+const R_IN_B: usize = 1;
+const R_AB: usize = 2;
+const R_H0: usize = 3;
+const R_S: usize = 4;
+const R_OUT_W: usize = 5;
+const R_OUT_B: usize = 6;
+
+type Plans = (Arc<dyn RealToComplex<f64>>, Arc<dyn ComplexToReal<f64>>);
+
+/// `sgn` with the subgradient `sgn(0) = 0`.
+fn sgn(v: f64) -> f64 {
+    if v > 0.0 {
+        1.0
+    } else if v < 0.0 {
+        -1.0
+    } else {
+        0.0
+    }
+}
+
+fn fft_err(e: impl std::fmt::Display) -> Error {
+    Error::config("rtf", "FFT", e.to_string())
+}
+
+/// One channel's constrained denominator `a [N]` and the normaliser `S`.
+fn constrain(a_raw: &[f32], s: f32) -> (Vec<f64>, f64) {
+    let den = a_raw.iter().map(|v| (*v as f64).abs()).sum::<f64>() + (s as f64).abs() + 1e-6;
+    (a_raw.iter().map(|&v| v as f64 / den).collect(), den)
+}
+
+/// Spectra of one channel at FFT length `m`: `(rfft(A), rfft(B)/rfft(A))`, the coefficients
+/// folded modulo `m`.
+fn spectra(
+    plans: &Plans,
+    a: &[f64],
+    b: &[f32],
+    m: usize,
+) -> Result<(Vec<Complex64>, Vec<Complex64>)> {
+    let (fwd, _) = plans;
+    let (mut ta, mut tb) = (vec![0.0f64; m], vec![0.0f64; m]);
+    ta[0] = 1.0;
+    for (i, (&av, &bv)) in a.iter().zip(b).enumerate() {
+        ta[(i + 1) % m] += av;
+        tb[(i + 1) % m] += bv as f64;
+    }
+    let (mut fa, mut fb) = (fwd.make_output_vec(), fwd.make_output_vec());
+    fwd.process(&mut ta, &mut fa).map_err(fft_err)?;
+    fwd.process(&mut tb, &mut fb).map_err(fft_err)?;
+    for (x, y) in fb.iter_mut().zip(&fa) {
+        *x /= *y;
+    }
+    Ok((fa, fb))
+}
+
+/// Unscaled inverse of a half spectrum whose DC and Nyquist bins are made real.
+fn irfft(plans: &Plans, mut spec: Vec<Complex64>, m: usize) -> Result<Vec<f64>> {
+    let (_, inv) = plans;
+    spec[0].im = 0.0;
+    if let Some(last) = spec.last_mut() {
+        last.im = 0.0;
+    }
+    let mut out = vec![0.0f64; m];
+    inv.process(&mut spec, &mut out).map_err(fft_err)?;
+    Ok(out)
+}
+
+impl RtfLayer {
+    /// An RTF layer; errors (no panic) on `d_model = 0` or `state_size = 0`.
+    pub fn new(cfg: RtfConfig) -> Result<Self> {
+        if cfg.d_model == 0 {
+            return Err(Error::config("rtf d_model", 0, "must be at least 1"));
+        }
+        if cfg.state_size == 0 {
+            return Err(Error::config(
+                "rtf state_size",
+                0,
+                "must be at least 1 (the degree of the transfer function)",
+            ));
+        }
+        Ok(RtfLayer {
+            cfg,
+            conv: FftConv::new(),
+            planner: Mutex::new(RealFftPlanner::new()),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RtfConfig {
+        &self.cfg
+    }
+
+    fn plans(&self, m: usize) -> Plans {
+        let mut pl = self.planner.lock().unwrap_or_else(|e| e.into_inner());
+        (pl.plan_fft_forward(m), pl.plan_fft_inverse(m))
+    }
+
+    fn check_params(&self, p: &[f32]) -> Result<()> {
+        check_len(
+            "rtf",
+            "parameters (flat, as param_specs)",
+            p.len(),
+            numel(&self.param_specs()),
+        )
+    }
+
+    /// The constrained transfer functions as an inference [`Rtf`] (`a` after l1_montel), e.g.
+    /// for its companion recurrence.
+    pub fn to_rtf(&self, p: &[f32]) -> Result<Rtf> {
+        self.check_params(p)?;
+        let specs = self.param_specs();
+        let ps = split(p, &specs);
+        let (d, n) = (self.cfg.d_model, self.cfg.state_size);
+        let mut a = Vec::with_capacity(d * n);
+        for ch in 0..d {
+            a.extend(constrain(&ps[R_AB][ch * n..(ch + 1) * n], ps[R_S][ch]).0);
+        }
+        Ok(Rtf {
+            d,
+            n,
+            a,
+            b: ps[R_AB][d * n..].iter().map(|&v| v as f64).collect(),
+            h0: ps[R_H0].iter().map(|&v| v as f64).collect(),
+        })
+    }
+
+    /// The kernels `k [D, L]` (module docs), from the flat parameters `p`.
+    pub fn kernel(&self, p: &[f32], l: usize) -> Result<Vec<f32>> {
+        self.check_params(p)?;
+        if l == 0 {
+            return Err(Error::shape("rtf kernel", "sequence length", "L >= 1", 0));
+        }
+        let specs = self.param_specs();
+        let ps = split(p, &specs);
+        let (d, n) = (self.cfg.d_model, self.cfg.state_size);
+        let m = fft_len(l);
+        let plans = self.plans(m);
+        let mut k = vec![0.0f32; d * l];
+        k.par_chunks_mut(l)
+            .enumerate()
+            .try_for_each(|(ch, kr)| -> Result<()> {
+                let (a, _) = constrain(&ps[R_AB][ch * n..(ch + 1) * n], ps[R_S][ch]);
+                let (_, mut kb) =
+                    spectra(&plans, &a, &ps[R_AB][(d + ch) * n..(d + ch + 1) * n], m)?;
+                let h0 = ps[R_H0][ch] as f64;
+                for v in kb.iter_mut() {
+                    *v += h0;
+                }
+                let out = irfft(&plans, kb, m)?;
+                for (o, v) in kr.iter_mut().zip(&out) {
+                    *o = (v / m as f64) as f32;
+                }
+                Ok(())
+            })?;
+        Ok(k)
+    }
+
+    /// Map `dk [D, L]` onto `ab`, `h_0` and `s` (accumulating into `g`).
+    fn kernel_backward(&self, p: &[f32], dk: &[f32], l: usize, g: &mut [f32]) -> Result<()> {
+        let specs = self.param_specs();
+        let ps = split(p, &specs);
+        let (d, n) = (self.cfg.d_model, self.cfg.state_size);
+        let m = fft_len(l);
+        let plans = self.plans(m);
+        // Per channel: (da_raw [N], db [N], dh0, ds).
+        type ChanGrad = (Vec<f64>, Vec<f64>, f64, f64);
+        let per: Vec<ChanGrad> = (0..d)
+            .into_par_iter()
+            .map(|ch| -> Result<ChanGrad> {
+                let a_raw = &ps[R_AB][ch * n..(ch + 1) * n];
+                let s = ps[R_S][ch];
+                let (a, den) = constrain(a_raw, s);
+                let (fa, kb) = spectra(&plans, &a, &ps[R_AB][(d + ch) * n..(d + ch + 1) * n], m)?;
+                let dkr = &dk[ch * l..(ch + 1) * l];
+                let mut t = vec![0.0f64; m];
+                for (o, v) in t.iter_mut().zip(dkr) {
+                    *o = *v as f64;
+                }
+                let mut x = plans.0.make_output_vec();
+                plans.0.process(&mut t, &mut x).map_err(fft_err)?;
+                let pm: Vec<Complex64> = x
+                    .iter()
+                    .zip(&fa)
+                    .map(|(xv, av)| xv / (av.conj() * m as f64))
+                    .collect();
+                let qm: Vec<Complex64> =
+                    pm.iter().zip(&kb).map(|(pv, kv)| -pv * kv.conj()).collect();
+                let db_full = irfft(&plans, pm, m)?;
+                let da_full = irfft(&plans, qm, m)?;
+                let da: Vec<f64> = (0..n).map(|i| da_full[(i + 1) % m]).collect();
+                let db: Vec<f64> = (0..n).map(|i| db_full[(i + 1) % m]).collect();
+                // l1_montel: a = a_raw / S.
+                let dot: f64 = da.iter().zip(a_raw).map(|(g, r)| g * *r as f64).sum();
+                let s2 = den * den;
+                let da_raw = da
+                    .iter()
+                    .zip(a_raw)
+                    .map(|(g, r)| g / den - sgn(*r as f64) * dot / s2)
+                    .collect();
+                let ds = -sgn(s as f64) * dot / s2;
+                Ok((da_raw, db, dkr[0] as f64, ds))
+            })
+            .collect::<Result<_>>()?;
+        let mut gs = split_mut(g, &specs);
+        for (ch, (da_raw, db, dh0, ds)) in per.into_iter().enumerate() {
+            for (i, (ga, gb)) in da_raw.iter().zip(&db).enumerate() {
+                gs[R_AB][ch * n + i] += *ga as f32;
+                gs[R_AB][(d + ch) * n + i] += *gb as f32;
+            }
+            gs[R_H0][ch] += dh0 as f32;
+            gs[R_S][ch] += ds as f32;
+        }
+        Ok(())
+    }
+}
+
+impl SeqLayer for RtfLayer {
+    fn kind(&self) -> &'static str {
+        "rtf"
+    }
+
+    fn d_model(&self) -> usize {
+        self.cfg.d_model
+    }
+
+    fn mixes_positions(&self) -> bool {
+        true
+    }
+
+    fn param_specs(&self) -> Vec<TensorSpec> {
+        let (d, n) = (self.cfg.d_model, self.cfg.state_size);
+        vec![
+            TensorSpec::new("in_proj.weight", &[d, d]),
+            TensorSpec::new("in_proj.bias", &[d]),
+            TensorSpec::new("ab", &[2 * d, n]),
+            TensorSpec::new("h_0", &[d]),
+            TensorSpec::new("s", &[d]),
+            TensorSpec::new("out_proj.weight", &[d, d]),
+            TensorSpec::new("out_proj.bias", &[d]),
+        ]
+    }
+
+    fn init(&self, p: &mut [f32], rng: &mut StdRng) {
+        let specs = self.param_specs();
+        let (d, n) = (self.cfg.d_model, self.cfg.state_size);
+        let mut ps = split_mut(p, &specs);
+        {
+            let (a, b) = ps.split_at_mut(R_IN_B);
+            init_proj(a[R_IN_W], b[0], d, rng);
+        }
+        match self.cfg.init {
+            RtfInit::Zeros => ps[R_AB].fill(0.0),
+            RtfInit::Xavier => {
+                ps[R_AB].copy_from_slice(&init::uniform(rng, 2 * d * n, 1.0 / (n as f32).sqrt()))
+            }
+            RtfInit::Montel => {
+                ps[R_AB].copy_from_slice(&init::uniform(rng, 2 * d * n, 1.0 / n as f32))
+            }
+        }
+        ps[R_H0].copy_from_slice(&init::randn(rng, d, 1.0));
+        for v in ps[R_S].iter_mut() {
+            *v = rng.random::<f32>();
+        }
+        let (a, b) = ps.split_at_mut(R_OUT_B);
+        init_proj(a[R_OUT_W], b[0], d, rng);
+    }
+
+    fn forward(
+        &self,
+        p: &[f32],
+        x: &[f32],
+        b: usize,
+        l: usize,
+        y: &mut [f32],
+        cache: &mut LayerCache,
+    ) -> Result<()> {
+        let d = self.cfg.d_model;
+        check_io(
+            "rtf forward",
+            d,
+            b,
+            l,
+            &[("x [B, L, D]", x.len()), ("y [B, L, D]", y.len())],
+        )?;
+        let k = self.kernel(p, l)?;
+        let specs = self.param_specs();
+        let ps = split(p, &specs);
+        let pr = Proj {
+            w_in: ps[R_IN_W],
+            b_in: ps[R_IN_B],
+            w_out: ps[R_OUT_W],
+            b_out: ps[R_OUT_B],
+        };
+        mix_forward(
+            &self.conv,
+            &pr,
+            d,
+            x,
+            (b, l),
+            k,
+            vec![0.0; d],
+            y,
+            cache.get_mut::<MixCache>(),
+        )
+    }
+
+    fn backward(
+        &self,
+        p: &[f32],
+        x: &[f32],
+        dy: &[f32],
+        b: usize,
+        l: usize,
+        cache: &LayerCache,
+        dx: &mut [f32],
+        g: &mut [f32],
+    ) -> Result<()> {
+        let d = self.cfg.d_model;
+        check_io(
+            "rtf backward",
+            d,
+            b,
+            l,
+            &[
+                ("x [B, L, D]", x.len()),
+                ("dy [B, L, D]", dy.len()),
+                ("dx [B, L, D]", dx.len()),
+            ],
+        )?;
+        self.check_params(p)?;
+        check_len(
+            "rtf backward",
+            "gradient (flat, as param_specs)",
+            g.len(),
+            p.len(),
+        )?;
+        let c = cache.get::<MixCache>("rtf")?;
+        let specs = self.param_specs();
+        let ps = split(p, &specs);
+        let pr = Proj {
+            w_in: ps[R_IN_W],
+            b_in: ps[R_IN_B],
+            w_out: ps[R_OUT_W],
+            b_out: ps[R_OUT_B],
+        };
+        let (dk, _) = {
+            let mut gs = split_mut(g, &specs);
+            let (lo, hi) = gs.split_at_mut(R_OUT_W);
+            let (gin_w, gin_b) = lo[..R_AB].split_at_mut(R_IN_B);
+            let (gout_w, gout_b) = hi.split_at_mut(1);
+            mix_backward(
+                &self.conv,
+                &pr,
+                d,
+                x,
+                dy,
+                (b, l),
+                c,
+                dx,
+                ProjGrad {
+                    w_in: gin_w[0],
+                    b_in: gin_b[0],
+                    w_out: gout_w[0],
+                    b_out: gout_b[0],
+                },
+            )?
+        };
+        self.kernel_backward(p, &dk, l, g)
+    }
+}

@@ -1,0 +1,43 @@
+//! Training zoo architectures on MAD tasks: a small run must learn, and the protocol pieces
+//! (schedule, early stop, both averages) behave as documented.
+
+use hyena::models::zoo::{parse_layers, ArchConfig};
+use hyena::tasks::mad::{baseline, generate, MadTask};
+use hyena::train::mad::{cosine_lr, train_run, MadTrainConfig};
+
+/// Throughput probe on the baseline in-context recall task:
+/// `cargo test --release --test mad_train -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn recall_epoch_timing() {
+    let layers = std::env::var("MAD_ARCH").unwrap_or("hyena,swiglu,hyena,swiglu".into());
+    let epochs: usize = std::env::var("MAD_EPOCHS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let s = baseline(MadTask::InContextRecall);
+    let data = generate(&s).unwrap();
+    let arch = ArchConfig {
+        layers: parse_layers(&layers).unwrap(),
+        ..ArchConfig::default()
+    };
+    let cfg = MadTrainConfig {
+        epochs,
+        ..MadTrainConfig::default()
+    };
+    let r = train_run(&arch, &data, 1e-3, 0.0, &cfg, &mut |e| {
+        eprintln!(
+            "epoch {} loss {:.4} macro {:.4} micro {:.4} lr {:.2e} {:.1}s",
+            e.epoch, e.train_loss, e.test_macro, e.test_micro, e.lr, e.seconds
+        )
+    })
+    .unwrap();
+    eprintln!("{r:?}; tokens/s {:.0}", r.train_tokens as f64 / r.seconds);
+}
+
+#[test]
+fn cosine_schedule_endpoints() {
+    assert_eq!(cosine_lr(1e-3, 1e-6, 0, 10), 1e-3);
+    assert!((cosine_lr(1e-3, 1e-6, 10, 10) - 1e-6).abs() < 1e-9);
+    assert!((cosine_lr(1e-3, 1e-6, 5, 10) - (1e-3 + 1e-6) / 2.0).abs() < 1e-8);
+}
