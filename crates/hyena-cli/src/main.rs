@@ -6,6 +6,7 @@ mod data_cmd;
 mod distill_cmd;
 mod dna_cmd;
 mod finetune_cmd;
+mod mad_cmd;
 mod train_cmd;
 
 use std::io::Write;
@@ -46,6 +47,9 @@ enum Command {
     /// Fine-tune a sequence classifier (pooled head on a HyenaDNA backbone) on a labelled
     /// dataset: GenomicBenchmarks layout or CSV; reports test accuracy, writes a checkpoint.
     Finetune(finetune_cmd::FinetuneArgs),
+    /// MAD synthetic benchmark of an architecture (`--arch hyena,swiglu,…`), or several side
+    /// by side (`compare`): markdown table, results JSON/CSV and a PNG chart.
+    Mad(mad_cmd::MadArgs),
     /// Distil the long convolutions of a trained model into small modal recurrences.
     Distill(distill_cmd::DistillArgs),
     /// Analyses of a trained model (effective state size).
@@ -132,6 +136,7 @@ fn main() -> std::process::ExitCode {
         Command::Embed(a) => dna_cmd::embed_cmd(a),
         Command::Score(a) => dna_cmd::score_cmd(a),
         Command::Finetune(a) => finetune_cmd::finetune_cmd(a),
+        Command::Mad(a) => mad_cmd::mad_cmd(a),
         Command::Distill(a) => distill_cmd::distill_cmd(a),
         Command::Analyze(w) => analyze_cmd::analyze_cmd(w),
         Command::Data(w) => data_cmd::data_cmd(w),

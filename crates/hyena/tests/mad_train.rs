@@ -15,7 +15,10 @@ fn recall_epoch_timing() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
-    let s = baseline(MadTask::InContextRecall);
+    let mut s = baseline(MadTask::InContextRecall);
+    if let Some(n) = std::env::var("MAD_TRAIN").ok().and_then(|s| s.parse().ok()) {
+        s.num_train = n;
+    }
     let data = generate(&s).unwrap();
     let arch = ArchConfig {
         layers: parse_layers(&layers).unwrap(),

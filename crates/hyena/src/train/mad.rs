@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::models::zoo::{ArchConfig, ZooCache, ZooModel};
-use crate::tasks::mad::{AccuracyCounter, Average, Example, TaskData};
+use crate::tasks::mad::{
+    baseline, generate, sweep, AccuracyCounter, Average, Example, MadTask, TaskData, TaskSetting,
+};
 
 /// Settings of one training run.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -307,4 +309,328 @@ pub fn train_run(
     }
     res.seconds = t0.elapsed().as_secs_f64();
     Ok(res)
+}
+
+/// The MAD protocol's knobs (spec Sec. 6.3; issue 6 point 4).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MadProtocol {
+    /// Learning rates swept (MAD: 1e-4, 5e-4, 1e-3).
+    pub lrs: Vec<f32>,
+    /// Weight decays swept (MAD: 0, 0.1).
+    pub weight_decays: Vec<f32>,
+    /// Baseline settings only (`false`: baseline and every single change of the sweep table).
+    pub baseline_only: bool,
+    /// Cap on training tokens per run (`None`: `train.epochs` epochs): the quick mode's budget.
+    /// Epochs = `ceil(budget / tokens per epoch)`, at most `train.epochs`.
+    pub token_budget: Option<u64>,
+    pub train: MadTrainConfig,
+}
+
+impl MadProtocol {
+    /// The full protocol: every setting, the 3 × 2 sweep, 200 epochs, early stop at 0.999.
+    pub fn full() -> Self {
+        MadProtocol {
+            lrs: vec![1e-4, 5e-4, 1e-3],
+            weight_decays: vec![0.0, 0.1],
+            baseline_only: false,
+            token_budget: None,
+            train: MadTrainConfig::default(),
+        }
+    }
+
+    /// Quick mode: baseline settings only, one point of the sweep (lr 1e-3, weight decay 0.0:
+    /// the largest learning rate, which a small budget needs), at most
+    /// [`QUICK_TOKEN_BUDGET`] training tokens per task, early stop as in the full protocol.
+    pub fn quick() -> Self {
+        MadProtocol {
+            lrs: vec![1e-3],
+            weight_decays: vec![0.0],
+            baseline_only: true,
+            token_budget: Some(QUICK_TOKEN_BUDGET),
+            train: MadTrainConfig::default(),
+        }
+    }
+}
+
+/// Training tokens per task in quick mode (about 3 epochs of the baseline recall tasks).
+pub const QUICK_TOKEN_BUDGET: u64 = 5_000_000;
+
+/// One task setting's sweep.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SettingResult {
+    pub label: String,
+    pub setting: TaskSetting,
+    /// Every (lr, weight decay) run.
+    pub runs: Vec<RunResult>,
+    /// The best test accuracy over the runs (the protocol's number for this setting).
+    pub best_acc: f64,
+    pub best_lr: f32,
+    pub best_weight_decay: f32,
+}
+
+/// One task: its settings and score (mean over settings of the best accuracy).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TaskScore {
+    pub task: MadTask,
+    pub score: f64,
+    pub settings: Vec<SettingResult>,
+    pub seconds: f64,
+}
+
+/// An architecture's MAD profile.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MadReport {
+    /// The architecture string, as given.
+    pub spec: String,
+    pub arch: ArchConfig,
+    pub protocol: MadProtocol,
+    pub tasks: Vec<TaskScore>,
+    /// Mean of the task scores.
+    pub overall: f64,
+    pub seconds: f64,
+    /// Parameters of the model at the baseline vocabulary of the first task.
+    pub params: usize,
+    /// Tasks not run, with the reason.
+    pub skipped: Vec<(MadTask, String)>,
+}
+
+/// Progress of [`run_mad`].
+#[derive(Clone, Debug)]
+pub enum MadEvent {
+    /// A run starts: task, setting label, lr, weight decay, epochs planned.
+    RunStart {
+        task: MadTask,
+        label: String,
+        lr: f32,
+        weight_decay: f32,
+        epochs: usize,
+    },
+    Epoch(EpochEvent),
+    RunEnd(RunResult),
+}
+
+/// Run the protocol for `arch` on `tasks`.
+pub fn run_mad(
+    spec: &str,
+    arch: &ArchConfig,
+    tasks: &[MadTask],
+    proto: &MadProtocol,
+    on_event: &mut dyn FnMut(&MadEvent),
+) -> Result<MadReport> {
+    if tasks.is_empty() || proto.lrs.is_empty() || proto.weight_decays.is_empty() {
+        return Err(Error::config(
+            "mad",
+            "empty",
+            "give at least one task, learning rate and weight decay",
+        ));
+    }
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    let mut params = 0;
+    let mut skipped = Vec::new();
+    for &task in tasks {
+        if task == MadTask::Compression {
+            // Its encoder-decoder backbone (spec Sec. 6.1) is not built yet: say so rather
+            // than score it with another model.
+            skipped.push((
+                task,
+                "needs MAD's encoder-decoder backbone, not built yet".to_string(),
+            ));
+            continue;
+        }
+        let tt = Instant::now();
+        let settings = if proto.baseline_only {
+            vec![baseline(task)]
+        } else {
+            sweep(task)
+        };
+        let mut results = Vec::new();
+        for setting in settings {
+            let label = setting.label();
+            let data = generate(&setting)?;
+            let per_epoch = (data.train.len() * data.seq_len) as u64;
+            let mut train = proto.train.clone();
+            if let Some(b) = proto.token_budget {
+                let e = b.div_ceil(per_epoch.max(1)) as usize;
+                train.epochs = train.epochs.min(e.max(1));
+            }
+            let mut runs = Vec::new();
+            for &lr in &proto.lrs {
+                for &wd in &proto.weight_decays {
+                    on_event(&MadEvent::RunStart {
+                        task,
+                        label: label.clone(),
+                        lr,
+                        weight_decay: wd,
+                        epochs: train.epochs,
+                    });
+                    let r = train_run(arch, &data, lr, wd, &train, &mut |e| {
+                        on_event(&MadEvent::Epoch(e.clone()))
+                    })?;
+                    on_event(&MadEvent::RunEnd(r.clone()));
+                    runs.push(r);
+                }
+            }
+            if params == 0 {
+                let mut a = arch.clone();
+                a.vocab_size = data.vocab_size;
+                a.max_len = data.seq_len;
+                params = ZooModel::new(&a, 0)?.params.len();
+            }
+            let best = runs
+                .iter()
+                .fold(None::<&RunResult>, |b, r| match b {
+                    Some(b) if b.best_acc >= r.best_acc => Some(b),
+                    _ => Some(r),
+                })
+                .cloned();
+            let (best_acc, best_lr, best_wd) =
+                best.map_or((0.0, 0.0, 0.0), |b| (b.best_acc, b.lr, b.weight_decay));
+            results.push(SettingResult {
+                label,
+                setting,
+                runs,
+                best_acc,
+                best_lr,
+                best_weight_decay: best_wd,
+            });
+        }
+        let score = results.iter().map(|r| r.best_acc).sum::<f64>() / results.len().max(1) as f64;
+        out.push(TaskScore {
+            task,
+            score,
+            settings: results,
+            seconds: tt.elapsed().as_secs_f64(),
+        });
+    }
+    let overall = out.iter().map(|t| t.score).sum::<f64>() / out.len().max(1) as f64;
+    Ok(MadReport {
+        spec: spec.to_string(),
+        arch: arch.clone(),
+        protocol: proto.clone(),
+        tasks: out,
+        overall,
+        seconds: t0.elapsed().as_secs_f64(),
+        params,
+        skipped,
+    })
+}
+
+/// A markdown table of reports side by side: one row per architecture, one column per task
+/// and the overall score.
+pub fn markdown_table(reports: &[MadReport]) -> String {
+    let mut tasks: Vec<MadTask> = Vec::new();
+    for r in reports {
+        for t in &r.tasks {
+            if !tasks.contains(&t.task) {
+                tasks.push(t.task);
+            }
+        }
+    }
+    let mut s = String::from("| architecture | params |");
+    for t in &tasks {
+        s.push_str(&format!(" {} |", t.name()));
+    }
+    s.push_str(" overall | minutes |\n|---|---:|");
+    for _ in &tasks {
+        s.push_str("---:|");
+    }
+    s.push_str("---:|---:|\n");
+    for r in reports {
+        s.push_str(&format!("| {} | {} |", r.spec, r.params));
+        for t in &tasks {
+            match r.tasks.iter().find(|x| x.task == *t) {
+                Some(x) => s.push_str(&format!(" {:.3} |", x.score)),
+                None => s.push_str(" – |"),
+            }
+        }
+        s.push_str(&format!(
+            " **{:.3}** | {:.1} |\n",
+            r.overall,
+            r.seconds / 60.0
+        ));
+    }
+    s
+}
+
+/// CSV: one line per (architecture, task, setting, lr, weight decay) run.
+pub fn csv_lines(reports: &[MadReport]) -> String {
+    let mut s = String::from(
+        "arch,task,setting,lr,weight_decay,best_acc,best_macro,best_micro,best_epoch,epochs_run,seconds,setting_best,task_score,overall\n",
+    );
+    for r in reports {
+        for t in &r.tasks {
+            for st in &t.settings {
+                for run in &st.runs {
+                    s.push_str(&format!(
+                        "\"{}\",{},\"{}\",{},{},{:.6},{:.6},{:.6},{},{},{:.1},{:.6},{:.6},{:.6}\n",
+                        r.spec,
+                        t.task.name(),
+                        st.label,
+                        run.lr,
+                        run.weight_decay,
+                        run.best_acc,
+                        run.best_macro,
+                        run.best_micro,
+                        run.best_epoch,
+                        run.epochs_run,
+                        run.seconds,
+                        st.best_acc,
+                        t.score,
+                        r.overall
+                    ));
+                }
+            }
+        }
+    }
+    s
+}
+
+/// The grouped bar chart of reports: tasks (and "overall") on x, one bar per architecture.
+pub fn chart_png(path: &std::path::Path, reports: &[MadReport], title: &str) -> Result<()> {
+    let mut tasks: Vec<MadTask> = Vec::new();
+    for r in reports {
+        for t in &r.tasks {
+            if !tasks.contains(&t.task) {
+                tasks.push(t.task);
+            }
+        }
+    }
+    let mut groups: Vec<String> = tasks.iter().map(|t| short_name(*t).to_string()).collect();
+    groups.push("overall".into());
+    let series: Vec<(String, Vec<f64>)> = reports
+        .iter()
+        .map(|r| {
+            let mut v: Vec<f64> = tasks
+                .iter()
+                .map(|t| {
+                    r.tasks
+                        .iter()
+                        .find(|x| x.task == *t)
+                        .map_or(f64::NAN, |x| x.score)
+                })
+                .collect();
+            v.push(r.overall);
+            (r.spec.clone(), v)
+        })
+        .collect();
+    crate::train::plot::grouped_bars_png(
+        path,
+        title,
+        "MAD score (best test accuracy)",
+        &groups,
+        &series,
+    )
+}
+
+/// Short task names for chart labels.
+pub fn short_name(t: MadTask) -> &'static str {
+    match t {
+        MadTask::InContextRecall => "recall",
+        MadTask::FuzzyInContextRecall => "fuzzy",
+        MadTask::NoisyInContextRecall => "noisy",
+        MadTask::SelectiveCopying => "sel-copy",
+        MadTask::Compression => "compress",
+        MadTask::Memorization => "memorize",
+    }
 }

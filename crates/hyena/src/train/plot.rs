@@ -271,3 +271,73 @@ fn bounds(
             Some((x0.min(p.0), x1.max(p.0), y0.min(p.1), y1.max(p.1)))
         })
 }
+
+/// Grouped bars: for each group (x category, e.g. a MAD task) one bar per series (e.g. an
+/// architecture), values in `[0, 1]` (accuracies).
+pub fn grouped_bars_png(
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    groups: &[String],
+    series: &[(String, Vec<f64>)],
+) -> Result<()> {
+    ensure_font();
+    let err = plot_err(path);
+    let n = groups.len().max(1);
+    let k = series.len().max(1);
+    let width = (160 + 110 * n).max(700) as u32;
+    let root = BitMapBackend::new(path, (width, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let names = groups.to_vec();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..n as f64, 0.0..1.1f64)
+        .map_err(|e| err(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(2 * n + 1)
+        .x_label_formatter(&|x: &f64| {
+            // Label only the group centres.
+            let c = x - x.floor();
+            if (c - 0.5).abs() < 1e-6 {
+                names.get(x.floor() as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc(y_desc)
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    let palette = [
+        RED,
+        BLUE,
+        GREEN,
+        MAGENTA,
+        BLACK,
+        CYAN,
+        RGBColor(255, 140, 0),
+    ];
+    let bw = 0.8 / k as f64;
+    for (si, (label, vals)) in series.iter().enumerate() {
+        let c = palette[si % palette.len()];
+        chart
+            .draw_series(
+                vals.iter()
+                    .enumerate()
+                    .filter(|(_, v)| v.is_finite())
+                    .map(|(gi, &v)| {
+                        let x0 = gi as f64 + 0.1 + si as f64 * bw;
+                        Rectangle::new([(x0, 0.0), (x0 + bw * 0.9, v)], c.mix(0.75).filled())
+                    }),
+            )
+            .map_err(|e| err(e.to_string()))?
+            .label(label.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], c.filled()));
+    }
+    legend_and_present(&root, &mut chart, path)
+}

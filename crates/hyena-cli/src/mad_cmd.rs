@@ -1,0 +1,291 @@
+//! `hyena mad`: the MAD synthetic benchmark for one architecture, or several side by side
+//! (`hyena mad compare`). Argument parsing and printing only; the work is
+//! `hyena::train::mad`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use hyena::models::zoo::{parse_layers, ArchConfig, NormKind, LAYER_NAMES};
+use hyena::tasks::mad::{Average, MadTask};
+use hyena::train::mad::{
+    chart_png, csv_lines, markdown_table, run_mad, MadEvent, MadProtocol, MadReport,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(clap::Args, Debug)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "Layer names: see `hyena mad --list-layers`. Example: \
+                  hyena mad --arch hyena,swiglu,hyena,swiglu --quick"
+)]
+pub struct MadArgs {
+    #[command(subcommand)]
+    pub cmd: Option<MadSub>,
+    /// The architecture: layer names separated by commas (e.g. `hyena,swiglu,hyena,swiglu`,
+    /// `se,mr,li,attn`), or a JSON file with an `ArchConfig` (`layers`, `d_model`, …).
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Print the valid layer names and exit.
+    #[arg(long)]
+    pub list_layers: bool,
+    #[command(flatten)]
+    pub common: MadCommon,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum MadSub {
+    /// Several architectures side by side: one table, one chart.
+    Compare(CompareArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CompareArgs {
+    /// Architectures (layer strings or JSON files), two or more.
+    #[arg(required = true, num_args = 1..)]
+    pub specs: Vec<String>,
+    #[command(flatten)]
+    pub common: MadCommon,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum NormArg {
+    Rms,
+    Layer,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum AverageArg {
+    /// Per-class accuracy averaged over the classes that occur as targets (MAD's default).
+    Macro,
+    /// Correct / scored positions.
+    Micro,
+    /// torchmetrics' exact macro: classes that are only ever predicted count as 0.
+    MacroTorchmetrics,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct MadCommon {
+    /// Tasks, comma-separated (default: all six): in-context-recall, fuzzy-in-context-recall,
+    /// noisy-in-context-recall, selective-copying, compression, memorization.
+    #[arg(long, value_delimiter = ',')]
+    pub tasks: Vec<String>,
+    /// Quick mode: baseline settings only, lr 1e-3 and weight decay 0 (one point of the
+    /// sweep), at most 5M training tokens per task, early stop at 0.999. Default: the full
+    /// protocol (every setting, lr {1e-4, 5e-4, 1e-3} × wd {0, 0.1}, 200 epochs).
+    #[arg(long)]
+    pub quick: bool,
+    /// Model width.
+    #[arg(long, default_value_t = 128)]
+    pub d_model: usize,
+    /// Heads of multi-head layers.
+    #[arg(long, default_value_t = 16)]
+    pub heads: usize,
+    /// State size of SSM layers.
+    #[arg(long, default_value_t = 16)]
+    pub state_size: usize,
+    /// Norm before each layer.
+    #[arg(long, value_enum, default_value_t = NormArg::Rms)]
+    pub norm: NormArg,
+    /// Which accuracy average scores a run (both are always recorded).
+    #[arg(long, value_enum, default_value_t = AverageArg::Macro)]
+    pub average: AverageArg,
+    /// Epochs per run (overrides the protocol's 200).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Training-token budget per run (overrides quick mode's 5M; 0 = none).
+    #[arg(long)]
+    pub budget: Option<u64>,
+    /// Learning rates to sweep (overrides the protocol's).
+    #[arg(long, value_delimiter = ',')]
+    pub lrs: Vec<f32>,
+    /// Weight decays to sweep (overrides the protocol's).
+    #[arg(long, value_delimiter = ',')]
+    pub wds: Vec<f32>,
+    /// Sequences per training step.
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    /// Seed of model init and batch order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where to write results.json, results.csv and mad.png.
+    #[arg(long, default_value = "mad-results")]
+    pub out: PathBuf,
+    /// Print the results JSON to stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn arch_of(spec: &str, c: &MadCommon) -> Result<ArchConfig> {
+    let mut a = if spec.ends_with(".json") && Path::new(spec).exists() {
+        let text = std::fs::read_to_string(spec).with_context(|| format!("reading {spec}"))?;
+        serde_json::from_str::<ArchConfig>(&text)
+            .with_context(|| format!("{spec}: not an architecture config (layers, d_model, …)"))?
+    } else {
+        ArchConfig {
+            layers: parse_layers(spec)?,
+            d_model: c.d_model,
+            n_heads: c.heads,
+            state_size: c.state_size,
+            norm: match c.norm {
+                NormArg::Rms => NormKind::Rms,
+                NormArg::Layer => NormKind::Layer,
+            },
+            ..ArchConfig::default()
+        }
+    };
+    a.layers = parse_layers(&a.layers.join(","))?;
+    Ok(a)
+}
+
+fn protocol(c: &MadCommon) -> MadProtocol {
+    let mut p = if c.quick {
+        MadProtocol::quick()
+    } else {
+        MadProtocol::full()
+    };
+    if let Some(e) = c.epochs {
+        p.train.epochs = e.max(1);
+    }
+    if let Some(b) = c.budget {
+        p.token_budget = (b > 0).then_some(b);
+    }
+    if !c.lrs.is_empty() {
+        p.lrs = c.lrs.clone();
+    }
+    if !c.wds.is_empty() {
+        p.weight_decays = c.wds.clone();
+    }
+    p.train.batch = c.batch.max(1);
+    p.train.seed = c.seed;
+    p.train.average = match c.average {
+        AverageArg::Macro => Average::Macro,
+        AverageArg::Micro => Average::Micro,
+        AverageArg::MacroTorchmetrics => Average::MacroTorchmetrics,
+    };
+    p
+}
+
+fn tasks_of(c: &MadCommon) -> Result<Vec<MadTask>> {
+    if c.tasks.is_empty() {
+        return Ok(MadTask::all().to_vec());
+    }
+    c.tasks
+        .iter()
+        .map(|t| MadTask::from_name(t.trim()).map_err(Into::into))
+        .collect()
+}
+
+pub fn mad_cmd(a: MadArgs) -> Result<()> {
+    if a.list_layers {
+        for (k, what) in LAYER_NAMES {
+            println!("{k:10} {what}");
+        }
+        return Ok(());
+    }
+    let (specs, common) = match a.cmd {
+        Some(MadSub::Compare(c)) => (c.specs, c.common),
+        None => match a.arch {
+            Some(s) => (vec![s], a.common),
+            None => bail!("give --arch SPEC (e.g. --arch hyena,swiglu,hyena,swiglu), or `hyena mad compare SPEC SPEC …`"),
+        },
+    };
+    let archs = specs
+        .iter()
+        .map(|s| arch_of(s, &common).with_context(|| format!("architecture {s:?}")))
+        .collect::<Result<Vec<_>>>()?;
+    let tasks = tasks_of(&common)?;
+    let proto = protocol(&common);
+    std::fs::create_dir_all(&common.out)
+        .with_context(|| format!("creating {}", common.out.display()))?;
+    eprintln!(
+        "config: {}",
+        serde_json::json!({ "architectures": archs, "tasks": tasks, "protocol": proto })
+    );
+    let mut reports: Vec<MadReport> = Vec::new();
+    for (spec, arch) in specs.iter().zip(&archs) {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:25}] epoch {pos}/{len} {msg} ({elapsed})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        let mut ev = |e: &MadEvent| match e {
+            MadEvent::RunStart {
+                task,
+                label,
+                lr,
+                weight_decay,
+                epochs,
+            } => {
+                bar.set_prefix(format!(
+                    "{spec} {} {label} lr {lr:.0e} wd {weight_decay}",
+                    task.name()
+                ));
+                bar.set_length(*epochs as u64);
+                bar.set_position(0);
+                bar.reset_elapsed();
+            }
+            MadEvent::Epoch(e) => {
+                bar.set_position(e.epoch as u64);
+                bar.set_message(format!(
+                    "loss {:.3} acc {:.3}/{:.3} (macro/micro)",
+                    e.train_loss, e.test_macro, e.test_micro
+                ));
+            }
+            MadEvent::RunEnd(r) => {
+                bar.println(format!(
+                    "  {spec}: lr {:.0e} wd {} -> best acc {:.4} at epoch {} of {} ({:.0} s)",
+                    r.lr, r.weight_decay, r.best_acc, r.best_epoch, r.epochs_run, r.seconds
+                ));
+            }
+        };
+        let r = run_mad(spec, arch, &tasks, &proto, &mut ev)
+            .with_context(|| format!("MAD run of {spec}"))?;
+        bar.finish_and_clear();
+        for s in &r.skipped {
+            eprintln!("  skipped {}: {}", s.0.name(), s.1);
+        }
+        reports.push(r);
+        // Keep what is done on disk as it finishes.
+        write_outputs(&common.out, &reports, common.quick)?;
+    }
+    if common.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        println!("{}", markdown_table(&reports));
+        for r in &reports {
+            for t in &r.tasks {
+                let best: Vec<String> = t
+                    .settings
+                    .iter()
+                    .map(|s| format!("{} {:.3}", s.label, s.best_acc))
+                    .collect();
+                println!("{} / {}: {}", r.spec, t.task.name(), best.join(", "));
+            }
+        }
+        println!(
+            "\nwrote {}/results.json, results.csv, mad.png",
+            common.out.display()
+        );
+    }
+    Ok(())
+}
+
+fn write_outputs(out: &Path, reports: &[MadReport], quick: bool) -> Result<()> {
+    let json = serde_json::to_string_pretty(reports)?;
+    atomic_write(&out.join("results.json"), json.as_bytes())?;
+    atomic_write(&out.join("results.csv"), csv_lines(reports).as_bytes())?;
+    let title = if quick {
+        "MAD scores (quick: baseline settings)"
+    } else {
+        "MAD scores (full protocol)"
+    };
+    chart_png(&out.join("mad.png"), reports, title)?;
+    Ok(())
+}
+
+fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! `hyena mad` and `hyena mad compare` end to end on small models and budgets: the table,
+//! the results files and chart, `--json`, and clear errors.
+
+mod common;
+use common::{fails_with, hyena, ok};
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("hyena-mad-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn mad_quick_writes_table_json_csv_and_chart() {
+    let out = tmp("one");
+    let o = hyena(&[
+        "mad",
+        "--arch",
+        "hyena,swiglu",
+        "--tasks",
+        "memorization,compression",
+        "--quick",
+        "--budget",
+        "200000",
+        "--d-model",
+        "16",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let text = ok(&o);
+    assert!(text.contains("| hyena,swiglu |"), "{text}");
+    assert!(text.contains("memorization"), "{text}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("config:") && err.contains("skipped compression"), "{err}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    let r = &json[0];
+    let score = r["tasks"][0]["score"].as_f64().unwrap();
+    // Memorization of a fixed 127-entry map is learnable at this budget: far above chance
+    // (1/128) — a broken trainer or scorer stays near it.
+    assert!(score > 0.3, "memorization score {score}");
+    assert_eq!(r["tasks"][0]["settings"][0]["label"], "baseline");
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+    assert!(std::fs::metadata(out.join("mad.png")).unwrap().len() > 1000);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn mad_compare_json_and_errors() {
+    let out = tmp("cmp");
+    let o = hyena(&[
+        "mad",
+        "compare",
+        "mlp",
+        "attn,mlp",
+        "--tasks",
+        "memorization",
+        "--quick",
+        "--budget",
+        "30000",
+        "--d-model",
+        "16",
+        "--heads",
+        "2",
+        "--json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    let specs: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["spec"].as_str().unwrap())
+        .collect();
+    assert_eq!(specs, ["mlp", "attn,mlp"]);
+    for r in v.as_array().unwrap() {
+        let run = &r["tasks"][0]["settings"][0]["runs"][0];
+        assert!(run["best_macro"].as_f64().is_some() && run["best_micro"].as_f64().is_some());
+    }
+    let _ = std::fs::remove_dir_all(&out);
+
+    fails_with(
+        &hyena(&["mad", "--arch", "hyena,bogus", "--quick"]),
+        &["bogus", "valid names", "swiglu"],
+    );
+    fails_with(&hyena(&["mad", "--quick"]), &["--arch"]);
+    fails_with(
+        &hyena(&["mad", "--arch", "mlp", "--tasks", "recal"]),
+        &["recal", "in-context-recall"],
+    );
+    let list = ok(&hyena(&["mad", "--list-layers"]));
+    assert!(list.contains("hyena") && list.contains("rtf") && list.contains("swa"));
+}
