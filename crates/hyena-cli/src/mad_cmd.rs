@@ -241,9 +241,6 @@ pub fn mad_cmd(a: MadArgs) -> Result<()> {
         let r = run_mad(spec, arch, &tasks, &proto, &mut ev)
             .with_context(|| format!("MAD run of {spec}"))?;
         bar.finish_and_clear();
-        for s in &r.skipped {
-            eprintln!("  skipped {}: {}", s.0.name(), s.1);
-        }
         reports.push(r);
         // Keep what is done on disk as it finishes.
         write_outputs(&common.out, &reports, common.quick)?;

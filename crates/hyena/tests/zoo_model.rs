@@ -13,6 +13,7 @@ fn arch(layers: &str, norm: NormKind) -> ArchConfig {
         norm,
         vocab_size: 7,
         max_len: 16,
+        decoder: false,
     }
 }
 
@@ -46,13 +47,19 @@ fn loss_of(m: &ZooModel, toks: &[u32], tg: &[i32], b: usize, l: usize) -> f64 {
 
 #[test]
 fn whole_model_gradients() {
-    for (layers, norm) in [
-        ("hyena,swiglu", NormKind::Rms),
-        ("mlp,hyena", NormKind::Layer),
-        ("attn,mh-attn,swa,swiglu", NormKind::Rms),
-        ("rtf,ssm,mlp", NormKind::Layer),
+    for (layers, norm, decoder) in [
+        ("hyena,swiglu", NormKind::Rms, false),
+        ("mlp,hyena", NormKind::Layer, false),
+        ("attn,mh-attn,swa,swiglu", NormKind::Rms, false),
+        ("rtf,ssm,mlp", NormKind::Layer, false),
+        // MAD's AutoEncoder head (compression).
+        ("hyena,mlp", NormKind::Rms, true),
     ] {
-        let mut m = ZooModel::new(&arch(layers, norm), 1).unwrap();
+        let a = ArchConfig {
+            decoder,
+            ..arch(layers, norm)
+        };
+        let mut m = ZooModel::new(&a, 1).unwrap();
         let jit = rand_vec(m.params.len(), 2, 0.05);
         for (p, r) in m.params.iter_mut().zip(jit) {
             *p += r;
@@ -67,7 +74,7 @@ fn whole_model_gradients() {
         let mut g = vec![0.0; m.params.len()];
         m.backward(&dl, &c, &mut g).unwrap();
         let p0 = m.params.clone();
-        let mut mm = ZooModel::new(&arch(layers, norm), 1).unwrap();
+        let mut mm = ZooModel::new(&a, 1).unwrap();
         // Each named tensor on its own.
         let mut off = 0;
         for spec in m.specs().to_vec() {
@@ -145,4 +152,33 @@ fn architecture_errors_are_clear() {
         m.forward(&[1; 17], 1, 17, &mut c).is_err(),
         "longer than max_len"
     );
+}
+
+#[test]
+fn decoder_head_sees_only_the_last_position() {
+    // The AutoEncoder decodes from the encoder's last position: every logit depends on it,
+    // and on nothing else once the encoder is per-position (an MLP only).
+    let a = ArchConfig {
+        decoder: true,
+        ..arch("mlp", NormKind::Rms)
+    };
+    let m = ZooModel::new(&a, 2).unwrap();
+    let (b, l, v) = (1, 9, 7);
+    let (toks, _) = data(b, l, v);
+    let mut c0 = ZooCache::default();
+    m.forward(&toks, b, l, &mut c0).unwrap();
+    let mut t2 = toks.clone();
+    t2[3] = (t2[3] + 1) % v as u32;
+    let mut c1 = ZooCache::default();
+    m.forward(&t2, b, l, &mut c1).unwrap();
+    assert_eq!(
+        c0.logits, c1.logits,
+        "a non-final token changed the decoding"
+    );
+    t2[l - 1] = (t2[l - 1] + 1) % v as u32;
+    m.forward(&t2, b, l, &mut c1).unwrap();
+    for t in 0..l {
+        assert_ne!(c0.logits[t * v..(t + 1) * v], c1.logits[t * v..(t + 1) * v]);
+    }
+    assert!(m.specs().iter().any(|s| s.name == "decoder.l2.weight"));
 }

@@ -65,6 +65,10 @@ pub struct ArchConfig {
     pub vocab_size: usize,
     /// Longest sequence (fixes the implicit filters' grid).
     pub max_len: usize,
+    /// MAD's AutoEncoder head for the compression task (spec Sec. 6.1): the encoder's last
+    /// position, plus a fixed sinusoidal position code, decoded at every position by
+    /// `RMSNorm → Linear → GELU → RMSNorm → Linear → GELU → RMSNorm`, then unembedded.
+    pub decoder: bool,
 }
 
 impl Default for ArchConfig {
@@ -77,6 +81,7 @@ impl Default for ArchConfig {
             norm: NormKind::Rms,
             vocab_size: 16,
             max_len: 1024,
+            decoder: false,
         }
     }
 }
@@ -241,6 +246,7 @@ pub struct ZooCache {
     mean: Vec<Vec<f32>>,
     rstd: Vec<Vec<f32>>,
     caches: Vec<LayerCache>,
+    dec: DecoderCache,
     /// `[B·L, V]`.
     pub logits: Vec<f32>,
     ys: Vec<f32>,
@@ -288,6 +294,17 @@ impl ZooModel {
             }
         }
         specs.extend(norm_specs("norm_f"));
+        if cfg.decoder {
+            specs.extend([
+                TensorSpec::new("decoder.norm1.weight", &[d]),
+                TensorSpec::new("decoder.l1.weight", &[d, d]),
+                TensorSpec::new("decoder.l1.bias", &[d]),
+                TensorSpec::new("decoder.norm2.weight", &[d]),
+                TensorSpec::new("decoder.l2.weight", &[d, d]),
+                TensorSpec::new("decoder.l2.bias", &[d]),
+                TensorSpec::new("decoder.norm3.weight", &[d]),
+            ]);
+        }
         specs.push(TensorSpec::new("unembed.weight", &[v, d]));
         specs.push(TensorSpec::new("unembed.bias", &[v]));
         let mut m = ZooModel {
@@ -316,9 +333,19 @@ impl ZooModel {
             layer.init(&mut self.params[lo..lo + n], &mut rng);
             off = lo + n;
         }
-        debug_assert_eq!(off + nn, self.params.len() - v * d - v);
+        debug_assert_eq!(off, self.final_norm_off());
         self.params[off..off + d].fill(1.0);
         off += nn;
+        if self.cfg.decoder {
+            let dl = self.dec_len();
+            let p = &mut self.params[off..off + dl];
+            p[..d].fill(1.0);
+            crate::layers::mlp::init_linear(&mut p[d..d + d * d], d, &mut rng);
+            p[2 * d + d * d..3 * d + d * d].fill(1.0);
+            crate::layers::mlp::init_linear(&mut p[3 * d + d * d..3 * d + 2 * d * d], d, &mut rng);
+            p[4 * d + 2 * d * d..].fill(1.0);
+            off += dl;
+        }
         crate::layers::mlp::init_linear(&mut self.params[off..off + v * d], d, &mut rng);
         // The unembedding bias stays zero (MAD zeroes biases).
     }
@@ -343,7 +370,17 @@ impl ZooModel {
     /// Offset of the final norm.
     fn final_norm_off(&self) -> usize {
         let (d, v) = (self.cfg.d_model, self.cfg.vocab_size);
-        self.params.len() - v * d - v - self.norm_len()
+        self.params.len() - v * d - v - self.dec_len() - self.norm_len()
+    }
+
+    /// Parameters of the AutoEncoder decoder (0 without it).
+    fn dec_len(&self) -> usize {
+        let d = self.cfg.d_model;
+        if self.cfg.decoder {
+            2 * d * d + 5 * d
+        } else {
+            0
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -478,8 +515,22 @@ impl ZooModel {
         )?;
         let uo = p.len() - v * d - v;
         cache.logits.resize(b * l * v, 0.0);
+        let head_in = if self.cfg.decoder {
+            let off = self.final_norm_off() + self.norm_len();
+            decoder_forward(
+                &p[off..off + self.dec_len()],
+                &cache.hs[nl],
+                b,
+                l,
+                d,
+                &mut cache.dec,
+            )?;
+            &cache.dec.out
+        } else {
+            &cache.hs[nl]
+        };
         linear_forward(
-            &cache.hs[nl],
+            head_in,
             &p[uo..uo + v * d],
             Some(&p[uo + v * d..]),
             b * l,
@@ -529,15 +580,36 @@ impl ZooModel {
         let uo = p.len() - v * d - v;
         let mut dh = vec![0.0; n];
         {
+            let head_in = if self.cfg.decoder {
+                &cache.dec.out
+            } else {
+                &cache.hs[nl]
+            };
             let (gw, gb) = grads[uo..].split_at_mut(v * d);
             linear_backward(
                 dlogits,
-                &cache.hs[nl],
+                head_in,
                 &p[uo..uo + v * d],
                 (b * l, d, v),
                 Some(&mut dh),
                 gw,
                 Some(gb),
+            )?;
+        }
+        if self.cfg.decoder {
+            let off = self.final_norm_off() + self.norm_len();
+            let dl = self.dec_len();
+            let dout = std::mem::take(&mut dh);
+            dh = vec![0.0; n];
+            decoder_backward(
+                &p[off..off + dl],
+                &dout,
+                b,
+                l,
+                d,
+                &cache.dec,
+                &mut dh,
+                &mut grads[off..off + dl],
             )?;
         }
         let mut dx = vec![0.0; n];
@@ -586,4 +658,135 @@ impl ZooModel {
         }
         Ok(())
     }
+}
+
+/// Activations of the AutoEncoder decoder, each `[B·L, D]` (statistics `[B·L]`).
+#[derive(Default)]
+struct DecoderCache {
+    z: Vec<f32>,
+    r1: Vec<f32>,
+    a1: Vec<f32>,
+    u1: Vec<f32>,
+    g1: Vec<f32>,
+    r2: Vec<f32>,
+    a2: Vec<f32>,
+    u2: Vec<f32>,
+    g2: Vec<f32>,
+    r3: Vec<f32>,
+    out: Vec<f32>,
+}
+
+/// MAD's fixed sinusoidal position code `[L, D]`: `sin(t·ω_j)` in the first half and
+/// `cos(t·ω_j)` in the second, `ω_j = 10000^(−j/(half−1))` (the reference divides by
+/// `half − 1`, spec Sec. 6.1).
+pub fn sinusoidal_positions(l: usize, d: usize) -> Vec<f32> {
+    let half = d / 2;
+    let div = (half.max(2) - 1) as f64;
+    let mut pe = vec![0.0f32; l * d];
+    for t in 0..l {
+        for j in 0..half {
+            let w = 10000f64.powf(-(j as f64) / div);
+            pe[t * d + j] = (t as f64 * w).sin() as f32;
+            pe[t * d + half + j] = (t as f64 * w).cos() as f32;
+        }
+    }
+    pe
+}
+
+const DEC_EPS: f32 = 1e-5;
+
+/// Decoder forward: `hf [B·L, D]` (the encoder's normed states) → `c.out [B·L, D]`.
+fn decoder_forward(
+    p: &[f32],
+    hf: &[f32],
+    b: usize,
+    l: usize,
+    d: usize,
+    c: &mut DecoderCache,
+) -> Result<()> {
+    let m = b * l;
+    let (n1, rest) = p.split_at(d);
+    let (w1, rest) = rest.split_at(d * d);
+    let (b1, rest) = rest.split_at(d);
+    let (n2, rest) = rest.split_at(d);
+    let (w2, rest) = rest.split_at(d * d);
+    let (b2, n3) = rest.split_at(d);
+    for v in [
+        &mut c.z, &mut c.a1, &mut c.u1, &mut c.g1, &mut c.a2, &mut c.u2, &mut c.g2, &mut c.out,
+    ] {
+        v.resize(m * d, 0.0);
+    }
+    for v in [&mut c.r1, &mut c.r2, &mut c.r3] {
+        v.resize(m, 0.0);
+    }
+    let pe = sinusoidal_positions(l, d);
+    for bi in 0..b {
+        let e = &hf[(bi * l + l - 1) * d..(bi * l + l) * d];
+        for t in 0..l {
+            let row = &mut c.z[(bi * l + t) * d..(bi * l + t + 1) * d];
+            for ((z, &ev), &pv) in row.iter_mut().zip(e).zip(&pe[t * d..(t + 1) * d]) {
+                *z = ev + pv;
+            }
+        }
+    }
+    rmsnorm_forward(&c.z, n1, d, DEC_EPS, &mut c.a1, &mut c.r1)?;
+    linear_forward(&c.a1, w1, Some(b1), m, d, d, &mut c.u1)?;
+    crate::ops::act::gelu_forward(&c.u1, &mut c.g1)?;
+    rmsnorm_forward(&c.g1, n2, d, DEC_EPS, &mut c.a2, &mut c.r2)?;
+    linear_forward(&c.a2, w2, Some(b2), m, d, d, &mut c.u2)?;
+    crate::ops::act::gelu_forward(&c.u2, &mut c.g2)?;
+    rmsnorm_forward(&c.g2, n3, d, DEC_EPS, &mut c.out, &mut c.r3)
+}
+
+/// Decoder backward: `dout [B·L, D]` → `dhf [B·L, D]` (non-zero only at each sequence's last
+/// position, the pooled one); accumulates into `g` (laid out like `p`).
+#[allow(clippy::too_many_arguments)]
+fn decoder_backward(
+    p: &[f32],
+    dout: &[f32],
+    b: usize,
+    l: usize,
+    d: usize,
+    c: &DecoderCache,
+    dhf: &mut [f32],
+    g: &mut [f32],
+) -> Result<()> {
+    let m = b * l;
+    let (n1, rest) = p.split_at(d);
+    let (w1, rest) = rest.split_at(d * d);
+    let (_b1, rest) = rest.split_at(d);
+    let (n2, rest) = rest.split_at(d);
+    let (w2, rest) = rest.split_at(d * d);
+    let (_b2, n3) = rest.split_at(d);
+    let (gn1, rest) = g.split_at_mut(d);
+    let (gw1, rest) = rest.split_at_mut(d * d);
+    let (gb1, rest) = rest.split_at_mut(d);
+    let (gn2, rest) = rest.split_at_mut(d);
+    let (gw2, rest) = rest.split_at_mut(d * d);
+    let (gb2, gn3) = rest.split_at_mut(d);
+    let mut t1 = vec![0.0; m * d];
+    let mut t2 = vec![0.0; m * d];
+    rmsnorm_backward(dout, &c.g2, n3, &c.r3, d, &mut t1, false, gn3)?;
+    crate::ops::act::gelu_backward_inplace(&mut t1, &c.u2)?;
+    linear_backward(&t1, &c.a2, w2, (m, d, d), Some(&mut t2), gw2, Some(gb2))?;
+    rmsnorm_backward(&t2, &c.g1, n2, &c.r2, d, &mut t1, false, gn2)?;
+    crate::ops::act::gelu_backward_inplace(&mut t1, &c.u1)?;
+    linear_backward(&t1, &c.a1, w1, (m, d, d), Some(&mut t2), gw1, Some(gb1))?;
+    rmsnorm_backward(&t2, &c.z, n1, &c.r1, d, &mut t1, false, gn1)?;
+    // z[b, t] = e[b] + pe[t]: the pooled row's gradient is the sum over positions.
+    dhf.fill(0.0);
+    for bi in 0..b {
+        let (head, tail) = dhf.split_at_mut((bi * l + l - 1) * d);
+        let _ = head;
+        let de = &mut tail[..d];
+        for t in 0..l {
+            for (a, v) in de
+                .iter_mut()
+                .zip(&t1[(bi * l + t) * d..(bi * l + t + 1) * d])
+            {
+                *a += v;
+            }
+        }
+    }
+    Ok(())
 }

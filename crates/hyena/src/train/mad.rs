@@ -189,18 +189,11 @@ pub fn train_run(
     on_epoch: &mut dyn FnMut(&EpochEvent),
 ) -> Result<RunResult> {
     check_data(data)?;
-    if data.encoder_decoder {
-        return Err(Error::config(
-            "task",
-            "compression",
-            "the compression task needs MAD's encoder-decoder backbone, which this build \
-             does not have yet; run the other tasks",
-        ));
-    }
     let t0 = Instant::now();
     let mut a = arch.clone();
     a.vocab_size = data.vocab_size;
     a.max_len = data.seq_len;
+    a.decoder = data.encoder_decoder;
     let mut model = ZooModel::new(&a, cfg.seed)?;
     let (l, v, np) = (data.seq_len, data.vocab_size, model.params.len());
     let mut m1 = vec![0.0f32; np];
@@ -390,8 +383,6 @@ pub struct MadReport {
     pub seconds: f64,
     /// Parameters of the model at the baseline vocabulary of the first task.
     pub params: usize,
-    /// Tasks not run, with the reason.
-    pub skipped: Vec<(MadTask, String)>,
 }
 
 /// Progress of [`run_mad`].
@@ -427,17 +418,7 @@ pub fn run_mad(
     let t0 = Instant::now();
     let mut out = Vec::new();
     let mut params = 0;
-    let mut skipped = Vec::new();
     for &task in tasks {
-        if task == MadTask::Compression {
-            // Its encoder-decoder backbone (spec Sec. 6.1) is not built yet: say so rather
-            // than score it with another model.
-            skipped.push((
-                task,
-                "needs MAD's encoder-decoder backbone, not built yet".to_string(),
-            ));
-            continue;
-        }
         let tt = Instant::now();
         let settings = if proto.baseline_only {
             vec![baseline(task)]
@@ -475,6 +456,7 @@ pub fn run_mad(
                 let mut a = arch.clone();
                 a.vocab_size = data.vocab_size;
                 a.max_len = data.seq_len;
+                a.decoder = data.encoder_decoder;
                 params = ZooModel::new(&a, 0)?.params.len();
             }
             let best = runs
@@ -512,7 +494,6 @@ pub fn run_mad(
         overall,
         seconds: t0.elapsed().as_secs_f64(),
         params,
-        skipped,
     })
 }
 
