@@ -75,6 +75,9 @@ enum BenchWhat {
     /// `hyena embed`'s lean forward of a HyenaDNA-shaped model (random weights, default the
     /// large shape: d_model 256, 8 layers) on one sequence per length: time, peak memory.
     Embed,
+    /// MAD training throughput of zoo architectures (`--arch`, repeatable; width 128 unless
+    /// `--dim`): tokens/s and matmul GFLOP/s beside the machine's sgemm rate.
+    Mad,
 }
 
 #[derive(clap::Args, Debug)]
@@ -122,6 +125,16 @@ struct BenchArgs {
     /// `embed` only: residual stream storage (see `hyena embed --help`).
     #[arg(long, value_enum, default_value_t = dna_cmd::ResidualArg::Auto)]
     residual: dna_cmd::ResidualArg,
+    /// `mad` only: architectures (layer strings), repeatable
+    /// [default: hyena,swiglu,hyena,swiglu].
+    #[arg(long)]
+    arch: Vec<String>,
+    /// `mad` only: the task whose baseline shape is trained.
+    #[arg(long, default_value = "in-context-recall")]
+    task: String,
+    /// `mad` only: training steps of 128 sequences timed.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
     /// `generate` only: where to draw latency against context.
     #[arg(long, default_value = "bench-generate.png")]
     png: std::path::PathBuf,
@@ -186,6 +199,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         BenchWhat::Train => return bench_train(&a),
         BenchWhat::Generate => return bench_generate(&a),
         BenchWhat::Embed => return bench_embed(&a),
+        BenchWhat::Mad => return bench_mad(&a),
     };
     let dim = a.dim.unwrap_or(256);
     if op == BenchOp::Operator {
@@ -297,6 +311,59 @@ fn bench_embed(a: &BenchArgs) -> Result<()> {
             out,
             "\n(peak resident is the whole process's high-water mark, over all lengths)"
         )?;
+    }
+    Ok(())
+}
+
+fn bench_mad(a: &BenchArgs) -> Result<()> {
+    use hyena::models::zoo::{parse_layers, ArchConfig};
+    let specs = if a.arch.is_empty() {
+        vec!["hyena,swiglu,hyena,swiglu".to_string()]
+    } else {
+        a.arch.clone()
+    };
+    let task = hyena::tasks::mad::MadTask::from_name(&a.task)?;
+    let mut out = std::io::stdout().lock();
+    if !a.json {
+        writeln!(
+            out,
+            "hyena bench mad: {} baseline shape, batch 128, {} steps, threads={}\n",
+            task.name(),
+            a.steps,
+            rayon::current_num_threads()
+        )?;
+        writeln!(
+            out,
+            "| architecture | params | step ms | tokens/s | matmul GFLOP/s | sgemm GFLOP/s | share |"
+        )?;
+        writeln!(out, "|---|---:|---:|---:|---:|---:|---:|")?;
+    }
+    for spec in &specs {
+        let arch = ArchConfig {
+            layers: parse_layers(spec)?,
+            d_model: a.dim.unwrap_or(128),
+            ..ArchConfig::default()
+        };
+        eprint!("measuring {spec} ...\r");
+        let r = hyena::bench::run_mad_bench(spec, &arch, task, a.steps.max(1), 128)
+            .with_context(|| format!("MAD benchmark of {spec}"))?;
+        eprint!("{:60}\r", "");
+        if a.json {
+            writeln!(out, "{}", serde_json::to_string(&r)?)?;
+        } else {
+            writeln!(
+                out,
+                "| {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0}% |",
+                r.arch,
+                r.params,
+                r.step_ms,
+                r.tokens_per_s,
+                r.matmul_gflops,
+                r.sgemm_gflops,
+                100.0 * r.matmul_gflops / r.sgemm_gflops
+            )?;
+        }
+        out.flush()?;
     }
     Ok(())
 }

@@ -628,3 +628,91 @@ pub fn run_embed(
     }
     Ok(out)
 }
+
+/// One `hyena bench mad` measurement: training throughput of a zoo architecture on a MAD
+/// task's baseline shape, beside the machine's sgemm rate measured in the same process.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MadBenchRecord {
+    pub arch: String,
+    pub task: String,
+    pub params: usize,
+    pub batch: usize,
+    pub seq_len: usize,
+    pub steps: usize,
+    /// Training tokens per second (forward, backward and AdamW; one small test evaluation of
+    /// 128 sequences included).
+    pub tokens_per_s: f64,
+    pub step_ms: f64,
+    /// Matrix-product FLOPs of the run per second of it (FFTs and elementwise work not counted).
+    pub matmul_gflops: f64,
+    /// `[2048, 512] · [512, 512]` products on all threads, the machine's sgemm rate here.
+    pub sgemm_gflops: f64,
+}
+
+/// The machine's sgemm rate (GFLOP/s) through the engine's [`crate::ops::linear::matmul`] on
+/// all threads: `[2048, 512] · [512, 512]`, best of 5 after a warm-up.
+pub fn sgemm_rate() -> Result<f64> {
+    use crate::ops::linear::{matmul, MatMut, MatRef};
+    let (m, k, n) = (2048, 512, 512);
+    let a = rand_vec(m * k, 1, 1.0);
+    let b = rand_vec(k * n, 2, 1.0);
+    let mut c = vec![0.0f32; m * n];
+    let mut best = f64::INFINITY;
+    for rep in 0..6 {
+        let t = Instant::now();
+        matmul(
+            MatMut::rm(&mut c, m, n),
+            MatRef::rm(&a, m, k),
+            MatRef::rm(&b, k, n),
+            false,
+        )?;
+        if rep > 0 {
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+    }
+    Ok(2.0 * (m * k * n) as f64 / best / 1e9)
+}
+
+/// Train `arch` for `steps` steps of `batch` sequences of `task`'s baseline setting (one epoch
+/// over `steps · batch` examples) and report throughput.
+pub fn run_mad_bench(
+    spec: &str,
+    arch: &crate::models::zoo::ArchConfig,
+    task: crate::tasks::mad::MadTask,
+    steps: usize,
+    batch: usize,
+) -> Result<MadBenchRecord> {
+    use crate::tasks::mad::{baseline, generate};
+    use crate::train::mad::{train_run, MadTrainConfig};
+    let mut s = baseline(task);
+    s.num_train = steps.max(1) * batch.max(1);
+    s.num_test = 128;
+    let data = generate(&s)?;
+    let cfg = MadTrainConfig {
+        epochs: 1,
+        batch: batch.max(1),
+        stop_at: 2.0,
+        ..MadTrainConfig::default()
+    };
+    let sgemm = sgemm_rate()?;
+    let f0 = crate::ops::linear::matmul_flops();
+    let r = train_run(arch, &data, 1e-3, 0.0, &cfg, &mut |_| {})?;
+    let flops = crate::ops::linear::matmul_flops() - f0;
+    let mut a = arch.clone();
+    a.vocab_size = data.vocab_size;
+    a.max_len = data.seq_len;
+    a.decoder = data.encoder_decoder;
+    let params = crate::models::zoo::ZooModel::new(&a, 0)?.params.len();
+    Ok(MadBenchRecord {
+        arch: spec.to_string(),
+        task: task.name().to_string(),
+        params,
+        batch,
+        seq_len: data.seq_len,
+        steps,
+        tokens_per_s: r.train_tokens as f64 / r.seconds,
+        step_ms: r.seconds * 1e3 / steps.max(1) as f64,
+        matmul_gflops: flops as f64 / r.seconds / 1e9,
+        sgemm_gflops: sgemm,
+    })
+}

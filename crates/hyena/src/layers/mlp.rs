@@ -12,8 +12,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{check_len, Error, Result};
 use crate::layers::zoo::{split, split_mut, LayerCache, SeqLayer, TensorSpec};
-use crate::ops::act::{gelu_backward_inplace, gelu_forward};
+use std::sync::Mutex;
+
+use crate::ops::act::{exp_fast, gelu_backward_inplace, gelu_forward};
 use crate::ops::linear::{linear_backward, linear_forward};
+use crate::ops::simd_fn;
 
 /// Inner width of MAD's SwiGLU for width `d`: `16·ceil(⌊8d/3⌋/16)`.
 pub fn swiglu_inner(d: usize) -> usize {
@@ -60,10 +63,34 @@ struct SwiGluCache {
     a: Vec<f32>, // [M, I] W1 x
     b: Vec<f32>, // [M, I] W2 x
     h: Vec<f32>, // [M, I] silu(a) ⊙ b
+    /// Backward scratch `[M, I]`, `[M, I]`, `[M, D]`, kept with the cache: fresh buffers of
+    /// this size cost a page fault per 4 KiB on every step.
+    scratch: Mutex<(Vec<f32>, Vec<f32>, Vec<f32>)>,
 }
 
+#[inline(always)]
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + exp_fast(-x))
+}
+
+simd_fn! {
+    /// `h = silu(a) ⊙ b`.
+    fn swiglu_gate(h: &mut [f32], a: &[f32], b: &[f32]) {
+        for ((h, &a), &b) in h.iter_mut().zip(a).zip(b) {
+            *h = a * sigmoid(a) * b;
+        }
+    }
+}
+
+simd_fn! {
+    /// Given `dh`: `db = dh ⊙ silu(a)`, and `dh ← dh ⊙ b ⊙ silu'(a)` (the gradient of `a`).
+    fn swiglu_gate_backward(dh: &mut [f32], db: &mut [f32], a: &[f32], b: &[f32]) {
+        for (((dh, db), &a), &b) in dh.iter_mut().zip(db.iter_mut()).zip(a).zip(b) {
+            let s = sigmoid(a);
+            *db = *dh * a * s;
+            *dh *= b * s * (1.0 + a * (1.0 - s));
+        }
+    }
 }
 
 impl SwiGlu {
@@ -118,9 +145,7 @@ impl SeqLayer for SwiGlu {
         }
         linear_forward(x, w[0], None, m, d, di, &mut c.a)?;
         linear_forward(x, w[1], None, m, d, di, &mut c.b)?;
-        for ((h, &a), &bv) in c.h.iter_mut().zip(&c.a).zip(&c.b) {
-            *h = a * sigmoid(a) * bv;
-        }
+        swiglu_gate(&mut c.h, &c.a, &c.b);
         linear_forward(&c.h, w[2], None, m, di, d, y)
     }
     fn backward(
@@ -141,19 +166,20 @@ impl SeqLayer for SwiGlu {
         let gw = split_mut(g, &specs);
         let [g1, g2, g3] = <[&mut [f32]; 3]>::try_from(gw)
             .map_err(|_| Error::config("swiglu", "params", "three tensors"))?;
-        let mut dh = vec![0.0; m * di];
-        linear_backward(dy, &c.h, w[2], (m, di, d), Some(&mut dh), g3, None)?;
+        let mut guard = c
+            .scratch
+            .lock()
+            .map_err(|_| Error::config("swiglu", "scratch", "poisoned by an earlier panic"))?;
+        let (dh, db, dx2) = &mut *guard;
+        dh.resize(m * di, 0.0);
+        db.resize(m * di, 0.0);
+        dx2.resize(m * d, 0.0);
+        linear_backward(dy, &c.h, w[2], (m, di, d), Some(dh), g3, None)?;
         // dh → da (into dh), db.
-        let mut db = vec![0.0; m * di];
-        for ((dhv, dbv), (&a, &bv)) in dh.iter_mut().zip(db.iter_mut()).zip(c.a.iter().zip(&c.b)) {
-            let s = sigmoid(a);
-            *dbv = *dhv * a * s;
-            *dhv *= bv * s * (1.0 + a * (1.0 - s));
-        }
-        let mut dx2 = vec![0.0; m * d];
-        linear_backward(&dh, x, w[0], (m, d, di), Some(dx), g1, None)?;
-        linear_backward(&db, x, w[1], (m, d, di), Some(&mut dx2), g2, None)?;
-        for (a, b) in dx.iter_mut().zip(&dx2) {
+        swiglu_gate_backward(dh, db, &c.a, &c.b);
+        linear_backward(dh, x, w[0], (m, d, di), Some(dx), g1, None)?;
+        linear_backward(db, x, w[1], (m, d, di), Some(dx2), g2, None)?;
+        for (a, b) in dx.iter_mut().zip(dx2.iter()) {
             *a += b;
         }
         Ok(())

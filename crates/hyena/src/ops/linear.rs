@@ -87,10 +87,21 @@ impl<'a> MatMut<'a> {
     }
 }
 
+/// FLOPs (`2·m·k·n` per product) of every [`matmul`] since the process started: lets the
+/// benchmarks report how close a model's training runs to the machine's sgemm rate. One
+/// relaxed atomic add per product.
+static MATMUL_FLOPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Total [`matmul`] FLOPs so far (see [`MATMUL_FLOPS`]).
+pub fn matmul_flops() -> u64 {
+    MATMUL_FLOPS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// `dst = lhs · rhs` (or `dst += lhs · rhs` with `accumulate`). Shapes `[m, k] · [k, n] → [m, n]`.
 pub fn matmul(dst: MatMut<'_>, lhs: MatRef<'_>, rhs: MatRef<'_>, accumulate: bool) -> Result<()> {
     const OP: &str = "matmul";
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    MATMUL_FLOPS.fetch_add(2 * (m * k * n) as u64, std::sync::atomic::Ordering::Relaxed);
     if rhs.rows != k || dst.rows != m || dst.cols != n {
         return Err(crate::Error::shape(
             OP,
