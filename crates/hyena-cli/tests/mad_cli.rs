@@ -95,5 +95,7 @@ fn mad_compare_json_and_errors() {
         &["recal", "in-context-recall"],
     );
     let list = ok(&hyena(&["mad", "--list-layers"]));
-    assert!(list.contains("hyena") && list.contains("rtf") && list.contains("swa"));
+    assert!(["hyena", "mh-hyena", "rtf", "ssm", "swa", "se", "mr", "li"]
+        .iter()
+        .all(|k| list.contains(k)));
 }

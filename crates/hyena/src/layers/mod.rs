@@ -10,9 +10,11 @@ pub mod hyena;
 pub mod hyena_zoo;
 pub mod init;
 pub mod mlp;
+pub mod multihyena;
 pub mod rtf;
 pub mod rtf_layer;
 pub mod ssm;
+pub mod striped;
 pub mod zoo;
 
 /// Visiting named parameters: `(name, shape, data)`. Names follow the reference state dicts.

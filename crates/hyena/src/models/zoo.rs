@@ -17,8 +17,10 @@ use crate::error::{check_len, Error, Result};
 use crate::layers::attention::{Attention, AttentionConfig};
 use crate::layers::hyena_zoo::HyenaLayer;
 use crate::layers::mlp::{GeluMlp, MlpConfig, SwiGlu};
+use crate::layers::multihyena::{MultiHyena, MultiHyenaConfig};
 use crate::layers::rtf_layer::{RtfConfig, RtfLayer};
 use crate::layers::ssm::{ModalConfig, ModalSsm};
+use crate::layers::striped::{StripedConfig, StripedOp};
 use crate::layers::zoo::{numel, LayerCache, SeqLayer, TensorSpec};
 use crate::models::lm::{cross_entropy_sum, LossSum};
 use crate::ops::linear::linear_backward;
@@ -91,6 +93,22 @@ pub const LAYER_NAMES: &[(&str, &str)] = &[
     (
         "hyena",
         "Hyena operator, order 2, implicit long filter (Sec. 2)",
+    ),
+    (
+        "mh-hyena",
+        "MultiHyena: heads of size 16 (MAD's mh-hyena), one long filter per head (Sec. 4)",
+    ),
+    (
+        "se",
+        "Hyena-SE: short explicit filter, length 7 (StripedHyena 2, Sec. 8)",
+    ),
+    (
+        "mr",
+        "Hyena-MR: explicit filter of length 128 with exponential decay",
+    ),
+    (
+        "li",
+        "Hyena-LI: long implicit filter, sum of 16 real exponentials",
     ),
     (
         "attn",
@@ -172,6 +190,18 @@ pub fn build_layer(name: &str, a: &ArchConfig) -> Result<Box<dyn SeqLayer>> {
                 shift: 0.0,
                 ..FilterConfig::default()
             },
+        })?),
+        "mh-hyena" => Box::new(MultiHyena::new(&MultiHyenaConfig {
+            // Head size 16 as MAD's config behaves; widths 16 does not divide fall back to
+            // --heads heads.
+            n_heads: if d % 16 == 0 { d / 16 } else { a.n_heads },
+            ..MultiHyenaConfig::mad(d, a.max_len)
+        })?),
+        "se" => Box::new(StripedOp::new(StripedConfig::se(d))?),
+        "mr" => Box::new(StripedOp::new(StripedConfig::mr(d))?),
+        "li" => Box::new(StripedOp::new(StripedConfig {
+            state: a.state_size,
+            ..StripedConfig::li(d)
         })?),
         "attn" => Box::new(Attention::new(AttentionConfig::mad_attention(d))?),
         "mh-attn" => Box::new(Attention::new(AttentionConfig {
