@@ -194,7 +194,11 @@ pub fn build_layer(name: &str, a: &ArchConfig) -> Result<Box<dyn SeqLayer>> {
         "mh-hyena" => Box::new(MultiHyena::new(&MultiHyenaConfig {
             // Head size 16 as MAD's config behaves; widths 16 does not divide fall back to
             // --heads heads.
-            n_heads: if d % 16 == 0 { d / 16 } else { a.n_heads },
+            n_heads: if d.is_multiple_of(16) {
+                d / 16
+            } else {
+                a.n_heads
+            },
             ..MultiHyenaConfig::mad(d, a.max_len)
         })?),
         "se" => Box::new(StripedOp::new(StripedConfig::se(d))?),
