@@ -232,7 +232,16 @@ pub fn mad_cmd(a: MadArgs) -> Result<()> {
                 ));
             }
             MadEvent::RunEnd(r) => {
-                bar.println(format!(
+                // Printed through the bar on a terminal; straight to stderr in logs, where the
+                // bar is hidden and this line is the only progress.
+                let say = |m: String| {
+                    if bar.is_hidden() {
+                        eprintln!("{m}");
+                    } else {
+                        bar.println(m);
+                    }
+                };
+                say(format!(
                     "  {spec}: lr {:.0e} wd {} -> best acc {:.4} at epoch {} of {} ({:.0} s)",
                     r.lr, r.weight_decay, r.best_acc, r.best_epoch, r.epochs_run, r.seconds
                 ));
