@@ -70,7 +70,7 @@ pub struct MadCommon {
     #[arg(long, value_delimiter = ',')]
     pub tasks: Vec<String>,
     /// Quick mode: baseline settings only, lr 1e-3 and weight decay 0 (one point of the
-    /// sweep), at most 5M training tokens per task, early stop at 0.999. Default: the full
+    /// sweep), about 5M training tokens per task (whole epochs, rounded up), early stop at 0.999. Default: the full
     /// protocol (every setting, lr {1e-4, 5e-4, 1e-3} × wd {0, 0.1}, 200 epochs).
     #[arg(long)]
     pub quick: bool,

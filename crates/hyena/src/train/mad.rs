@@ -313,7 +313,7 @@ pub struct MadProtocol {
     pub weight_decays: Vec<f32>,
     /// Baseline settings only (`false`: baseline and every single change of the sweep table).
     pub baseline_only: bool,
-    /// Cap on training tokens per run (`None`: `train.epochs` epochs): the quick mode's budget.
+    /// Training-token budget per run, rounded up to whole epochs (`None`: `train.epochs` epochs): the quick mode's budget.
     /// Epochs = `ceil(budget / tokens per epoch)`, at most `train.epochs`.
     pub token_budget: Option<u64>,
     pub train: MadTrainConfig,
@@ -332,8 +332,8 @@ impl MadProtocol {
     }
 
     /// Quick mode: baseline settings only, one point of the sweep (lr 1e-3, weight decay 0.0:
-    /// the largest learning rate, which a small budget needs), at most
-    /// [`QUICK_TOKEN_BUDGET`] training tokens per task, early stop as in the full protocol.
+    /// the largest learning rate, which a small budget needs), about [`QUICK_TOKEN_BUDGET`]
+    /// training tokens per task (whole epochs, rounded up), early stop as in the full protocol.
     pub fn quick() -> Self {
         MadProtocol {
             lrs: vec![1e-3],
