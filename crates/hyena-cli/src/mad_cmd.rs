@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use hyena::io::safetensors::write_bytes_atomic;
 use hyena::models::zoo::{parse_layers, ArchConfig, NormKind, LAYER_NAMES};
 use hyena::tasks::mad::{Average, MadTask};
 use hyena::train::mad::{
@@ -278,20 +279,13 @@ pub fn mad_cmd(a: MadArgs) -> Result<()> {
 
 fn write_outputs(out: &Path, reports: &[MadReport], quick: bool) -> Result<()> {
     let json = serde_json::to_string_pretty(reports)?;
-    atomic_write(&out.join("results.json"), json.as_bytes())?;
-    atomic_write(&out.join("results.csv"), csv_lines(reports).as_bytes())?;
+    write_bytes_atomic(&out.join("results.json"), json.as_bytes())?;
+    write_bytes_atomic(&out.join("results.csv"), csv_lines(reports).as_bytes())?;
     let title = if quick {
         "MAD scores (quick: baseline settings)"
     } else {
         "MAD scores (full protocol)"
     };
     chart_png(&out.join("mad.png"), reports, title)?;
-    Ok(())
-}
-
-fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

@@ -8,6 +8,20 @@ pub fn uniform(rng: &mut StdRng, n: usize, bound: f32) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-bound..bound)).collect()
 }
 
+/// The bound `1/sqrt(fan_in)` of `nn.Linear`'s default init.
+pub fn linear_bound(fan_in: usize) -> f32 {
+    1.0 / (fan_in.max(1) as f32).sqrt()
+}
+
+/// [`linear`]'s weight init in place: `w` (any shape with inputs `fan_in`) `U(±1/sqrt(fan_in))`,
+/// drawn in the same order as [`uniform`].
+pub fn linear_into(rng: &mut StdRng, w: &mut [f32], fan_in: usize) {
+    let bound = linear_bound(fan_in);
+    for v in w {
+        *v = rng.random_range(-bound..bound);
+    }
+}
+
 /// Standard normal samples (Box–Muller).
 pub fn randn(rng: &mut StdRng, n: usize, std: f32) -> Vec<f32> {
     (0..n)
@@ -21,7 +35,7 @@ pub fn randn(rng: &mut StdRng, n: usize, std: f32) -> Vec<f32> {
 
 /// `nn.Linear(in, out)` default: weight and bias `U(±1/sqrt(in))` (kaiming-uniform with a=√5).
 pub fn linear(rng: &mut StdRng, fan_out: usize, fan_in: usize, bias: bool) -> (Vec<f32>, Vec<f32>) {
-    let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
+    let bound = linear_bound(fan_in);
     let w = uniform(rng, fan_out * fan_in, bound);
     let b = if bias {
         uniform(rng, fan_out, bound)

@@ -7,10 +7,10 @@
 //! zeroes them.
 
 use rand::rngs::StdRng;
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{check_len, Error, Result};
+use crate::layers::init;
 use crate::layers::zoo::{split, split_mut, LayerCache, SeqLayer, TensorSpec};
 use std::sync::Mutex;
 
@@ -21,14 +21,6 @@ use crate::ops::simd_fn;
 /// Inner width of MAD's SwiGLU for width `d`: `16·ceil(⌊8d/3⌋/16)`.
 pub fn swiglu_inner(d: usize) -> usize {
     (2 * d * 4 / 3).div_ceil(16) * 16
-}
-
-/// `U(±1/√fan_in)` (PyTorch's `nn.Linear` default).
-pub(crate) fn init_linear(w: &mut [f32], fan_in: usize, rng: &mut StdRng) {
-    let a = 1.0 / (fan_in.max(1) as f32).sqrt();
-    for v in w {
-        *v = rng.random_range(-a..a);
-    }
 }
 
 /// Settings of the channel mixers.
@@ -121,9 +113,9 @@ impl SeqLayer for SwiGlu {
     fn init(&self, p: &mut [f32], rng: &mut StdRng) {
         let specs = self.param_specs();
         let mut t = split_mut(p, &specs);
-        init_linear(t[0], self.d, rng);
-        init_linear(t[1], self.d, rng);
-        init_linear(t[2], self.di, rng);
+        init::linear_into(rng, t[0], self.d);
+        init::linear_into(rng, t[1], self.d);
+        init::linear_into(rng, t[2], self.di);
     }
     fn forward(
         &self,
@@ -229,9 +221,9 @@ impl SeqLayer for GeluMlp {
     fn init(&self, p: &mut [f32], rng: &mut StdRng) {
         let specs = self.param_specs();
         let mut t = split_mut(p, &specs);
-        init_linear(t[0], self.d, rng);
+        init::linear_into(rng, t[0], self.d);
         t[1].fill(0.0);
-        init_linear(t[2], self.di, rng);
+        init::linear_into(rng, t[2], self.di);
         t[3].fill(0.0);
     }
     fn forward(

@@ -9,13 +9,13 @@
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use rand_distr_free::normal;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{FilterConfig, HyenaConfig};
 use crate::error::{check_len, Error, Result};
 use crate::layers::attention::{Attention, AttentionConfig};
 use crate::layers::hyena_zoo::HyenaLayer;
+use crate::layers::init;
 use crate::layers::mlp::{GeluMlp, MlpConfig, SwiGlu};
 use crate::layers::multihyena::{MultiHyena, MultiHyenaConfig};
 use crate::layers::rtf_layer::{RtfConfig, RtfLayer};
@@ -28,16 +28,6 @@ use crate::ops::linear::linear_forward;
 use crate::ops::norm::{
     layernorm_backward_acc, layernorm_forward, rmsnorm_backward, rmsnorm_forward,
 };
-
-/// Standard normal samples without an extra crate (Box–Muller).
-mod rand_distr_free {
-    use rand::Rng;
-    pub fn normal(rng: &mut impl Rng) -> f32 {
-        let u1: f64 = rng.random_range(f64::EPSILON..1.0);
-        let u2: f64 = rng.random();
-        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-    }
-}
 
 /// The norm before each layer and before the unembedding.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -149,16 +139,21 @@ pub fn parse_layers(spec: &str) -> Result<Vec<String>> {
             ),
         ));
     }
-    for n in &names {
-        if !LAYER_NAMES.iter().any(|(k, _)| k == n) {
-            return Err(Error::config(
-                "arch",
-                n,
-                format!("unknown layer name; valid names: {}", valid_names()),
-            ));
-        }
+    if let Some(n) = names
+        .iter()
+        .find(|n| !LAYER_NAMES.iter().any(|(k, _)| k == n))
+    {
+        return Err(unknown_layer(n));
     }
     Ok(names)
+}
+
+fn unknown_layer(name: &str) -> Error {
+    Error::config(
+        "arch",
+        name,
+        format!("unknown layer name; valid names: {}", valid_names()),
+    )
 }
 
 fn valid_names() -> String {
@@ -229,13 +224,7 @@ pub fn build_layer(name: &str, a: &ArchConfig) -> Result<Box<dyn SeqLayer>> {
         })?),
         "swiglu" => Box::new(SwiGlu::new(&mlp)?),
         "mlp" => Box::new(GeluMlp::new(&mlp)?),
-        other => {
-            return Err(Error::config(
-                "arch",
-                other,
-                format!("unknown layer name; valid names: {}", valid_names()),
-            ))
-        }
+        other => return Err(unknown_layer(other)),
     })
 }
 
@@ -355,9 +344,7 @@ impl ZooModel {
     fn init(&mut self, seed: u64) {
         let mut rng = StdRng::seed_from_u64(seed);
         let (d, v) = (self.cfg.d_model, self.cfg.vocab_size);
-        for x in &mut self.params[..v * d] {
-            *x = 0.02 * normal(&mut rng);
-        }
+        self.params[..v * d].copy_from_slice(&init::randn(&mut rng, v * d, 0.02));
         let mut off = v * d;
         let nn = self.norm_len();
         for (i, layer) in self.layers.iter().enumerate() {
@@ -374,13 +361,13 @@ impl ZooModel {
             let dl = self.dec_len();
             let p = &mut self.params[off..off + dl];
             p[..d].fill(1.0);
-            crate::layers::mlp::init_linear(&mut p[d..d + d * d], d, &mut rng);
+            init::linear_into(&mut rng, &mut p[d..d + d * d], d);
             p[2 * d + d * d..3 * d + d * d].fill(1.0);
-            crate::layers::mlp::init_linear(&mut p[3 * d + d * d..3 * d + 2 * d * d], d, &mut rng);
+            init::linear_into(&mut rng, &mut p[3 * d + d * d..3 * d + 2 * d * d], d);
             p[4 * d + 2 * d * d..].fill(1.0);
             off += dl;
         }
-        crate::layers::mlp::init_linear(&mut self.params[off..off + v * d], d, &mut rng);
+        init::linear_into(&mut rng, &mut self.params[off..off + v * d], d);
         // The unembedding bias stays zero (MAD zeroes biases).
     }
 
@@ -810,9 +797,7 @@ fn decoder_backward(
     // z[b, t] = e[b] + pe[t]: the pooled row's gradient is the sum over positions.
     dhf.fill(0.0);
     for bi in 0..b {
-        let (head, tail) = dhf.split_at_mut((bi * l + l - 1) * d);
-        let _ = head;
-        let de = &mut tail[..d];
+        let de = &mut dhf[(bi * l + l - 1) * d..(bi * l + l) * d];
         for t in 0..l {
             for (a, v) in de
                 .iter_mut()

@@ -15,6 +15,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::models::classifier::argmax;
 use crate::models::zoo::{ArchConfig, ZooCache, ZooModel};
 use crate::tasks::mad::{
     baseline, generate, sweep, AccuracyCounter, Average, Example, MadTask, TaskData, TaskSetting,
@@ -154,18 +155,7 @@ pub fn evaluate(
                     .cache
                     .logits
                     .chunks_exact(vocab)
-                    .map(|r| {
-                        r.iter()
-                            .enumerate()
-                            .fold((0usize, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-                                if v > bv {
-                                    (i, v)
-                                } else {
-                                    (bi, bv)
-                                }
-                            })
-                            .0 as u32
-                    })
+                    .map(|r| argmax(r).0 as u32)
                     .collect();
                 Ok((preds, std::mem::take(&mut s.tg)))
             })
