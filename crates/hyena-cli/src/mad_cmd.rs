@@ -71,8 +71,9 @@ pub struct MadCommon {
     #[arg(long, value_delimiter = ',')]
     pub tasks: Vec<String>,
     /// Quick mode: baseline settings only, lr 1e-3 and weight decay 0 (one point of the
-    /// sweep), about 5M training tokens per task (whole epochs, rounded up), early stop at 0.999. Default: the full
-    /// protocol (every setting, lr {1e-4, 5e-4, 1e-3} × wd {0, 0.1}, 200 epochs).
+    /// sweep), batch 32, about 5M training tokens per task (whole epochs, rounded up), early
+    /// stop at 0.999. Default: the full protocol (every setting, lr {1e-4, 5e-4, 1e-3} × wd
+    /// {0, 0.1}, batch 128, 200 epochs).
     #[arg(long)]
     pub quick: bool,
     /// Model width.
@@ -102,9 +103,9 @@ pub struct MadCommon {
     /// Weight decays to sweep (overrides the protocol's).
     #[arg(long, value_delimiter = ',')]
     pub wds: Vec<f32>,
-    /// Sequences per training step.
-    #[arg(long, default_value_t = 128)]
-    pub batch: usize,
+    /// Sequences per training step (default: 128, the full protocol's; 32 in quick mode).
+    #[arg(long)]
+    pub batch: Option<usize>,
     /// Seed of model init and batch order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -156,7 +157,9 @@ fn protocol(c: &MadCommon) -> MadProtocol {
     if !c.wds.is_empty() {
         p.weight_decays = c.wds.clone();
     }
-    p.train.batch = c.batch.max(1);
+    if let Some(b) = c.batch {
+        p.train.batch = b.max(1);
+    }
     p.train.seed = c.seed;
     p.train.average = match c.average {
         AverageArg::Macro => Average::Macro,

@@ -9,7 +9,9 @@ use hyena::ops::fftconv::{reference, FftConv, GatedConv, GatedConvGrads, RowLayo
 use hyena::ops::gradcheck::{check, dot, rand_vec};
 use hyena::ops::{linear, norm, short_conv};
 
-const LENGTHS: [usize; 5] = [1, 7, 64, 1000, 4097];
+// Non-powers of two; 127 and 4097 also make `2L` a size with a large prime factor (254 = 2·127,
+// 8194 = 2·17·241), which the FFT convolution pads further to a 7-smooth size.
+const LENGTHS: [usize; 6] = [1, 7, 64, 127, 1000, 4097];
 
 fn max_abs(a: &[f32]) -> f32 {
     a.iter().fold(0.0f32, |m, x| m.max(x.abs()))

@@ -5,8 +5,9 @@ use hyena::models::zoo::{parse_layers, ArchConfig};
 use hyena::tasks::mad::{baseline, generate, MadTask};
 use hyena::train::mad::{cosine_lr, train_run, MadTrainConfig};
 
-/// Throughput probe on the baseline in-context recall task:
-/// `cargo test --release --test mad_train -- --ignored --nocapture`.
+/// Throughput and learning-curve probe on the baseline in-context recall task:
+/// `cargo test --release --test mad_train -- --ignored --nocapture`, with optional `MAD_ARCH`,
+/// `MAD_EPOCHS`, `MAD_TRAIN` (examples), `MAD_BATCH` and `MAD_LR`.
 #[test]
 #[ignore]
 fn recall_epoch_timing() {
@@ -24,11 +25,14 @@ fn recall_epoch_timing() {
         layers: parse_layers(&layers).unwrap(),
         ..ArchConfig::default()
     };
+    let env = |k: &str| std::env::var(k).ok().and_then(|s| s.parse::<f64>().ok());
     let cfg = MadTrainConfig {
         epochs,
+        batch: env("MAD_BATCH").map_or(128, |b| b as usize),
         ..MadTrainConfig::default()
     };
-    let r = train_run(&arch, &data, 1e-3, 0.0, &cfg, &mut |e| {
+    let lr = env("MAD_LR").unwrap_or(1e-3) as f32;
+    let r = train_run(&arch, &data, lr, 0.0, &cfg, &mut |e| {
         eprintln!(
             "epoch {} loss {:.4} macro {:.4} micro {:.4} lr {:.2e} {:.1}s",
             e.epoch, e.train_loss, e.test_macro, e.test_micro, e.lr, e.seconds

@@ -5,7 +5,8 @@
 //! FFT rows so that the operator never makes a separate pass over memory for it.
 //!
 //! Numerics follow the reference exactly: both signals are zero-padded to `n = 2L` (any L, no
-//! rounding to a power of two; `realfft`/`rustfft` handle mixed radices and primes), the kernel
+//! rounding to a power of two; `realfft`/`rustfft` handle mixed radices; only when `2L` has a
+//! prime factor above 7 is `n` the next 7-smooth size, see [`fft_size`]), the kernel
 //! spectrum carries the `1/n` normalisation, and the inverse transform is unscaled. With
 //! `n >= 2L - 1` the circular convolution equals the linear one, so the result is exact up to
 //! float rounding.
@@ -323,7 +324,7 @@ impl FftConv {
         }
     }
 
-    /// The cached plan for FFT size `n` (= 2L), created on first use.
+    /// The cached plan for FFT size `n` (= [`fft_size`]`(L)`), created on first use.
     fn plan(&self, n: usize) -> Arc<Plan> {
         let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
         plans
@@ -417,7 +418,8 @@ impl FftConv {
         }
         let lay = a.layout;
         let l = lay.len;
-        let plan = self.plan(2 * l);
+        let plan = self.plan(fft_size(l));
+        let h = plan.n / 2 + 1;
         let yp = SyncPtr::new(y);
         let cp = conv_out.map(SyncPtr::new);
         let sp = saved.map(|s| {
@@ -445,13 +447,12 @@ impl FftConv {
             plan.filter_spectrum(kfull, zt, &a.k[c * l..(c + 1) * l], fft);
             if let Some((_, kp)) = &sp {
                 // SAFETY: channel c's spectrum slot belongs to this task.
-                as_complex(unsafe { kp.slice(2 * c * (l + 1), 2 * (l + 1)) })
-                    .copy_from_slice(&kfull[..=l]);
+                as_complex(unsafe { kp.slice(2 * c * h, 2 * h) }).copy_from_slice(&kfull[..h]);
             }
             let dc = a.d[c];
             let w_slot = |wp: SyncPtr, b: usize, len: usize| {
                 // SAFETY: the spectrum slots of channel c belong to this task.
-                as_complex(unsafe { wp.slice(c * wrow + b * 2 * (l + 1), 2 * len) })
+                as_complex(unsafe { wp.slice(c * wrow + b * 2 * h, 2 * len) })
             };
             // Pairs of rows: one complex FFT carries both.
             for p in 0..pairs {
@@ -459,7 +460,7 @@ impl FftConv {
                 let (o0, o1) = (lay.row(b0, c), lay.row(b1, c));
                 let ((u0, pre0, _), (u1, pre1, _)) = (a.row(o0), a.row(o1));
                 // With `saved`, the spectrum is written straight into its slot (a pair's slot
-                // holds n complex numbers = the two rows' (L+1)-slots) and multiplied from there.
+                // holds n complex numbers, within the two rows' (n/2+1)-slots) and multiplied from there.
                 let wz: &mut [Complex<f32>] = match &sp {
                     Some(sp) => w_slot(sp.0, b0, n),
                     None => &mut z2[..],
@@ -485,7 +486,7 @@ impl FftConv {
                 real[l..].fill(0.0);
                 plan.forward_into(real, spec, fft);
                 if let Some(sp) = &sp {
-                    w_slot(sp.0, b, l + 1).copy_from_slice(spec);
+                    w_slot(sp.0, b, h).copy_from_slice(spec);
                 }
                 for (v, kz) in spec.iter_mut().zip(kfull.iter()) {
                     *v *= *kz;
@@ -556,7 +557,8 @@ impl FftConv {
             }
         }
 
-        let plan = self.plan(2 * l);
+        let plan = self.plan(fft_size(l));
+        let h = plan.n / 2 + 1;
         let scale = 1.0 / plan.n as f32;
         let dup = SyncPtr::new(g.du);
         let dprep = g.dpre.map(SyncPtr::new);
@@ -585,9 +587,9 @@ impl FftConv {
             match saved {
                 // The saved half spectrum, mirrored: the spectrum of a real filter is Hermitian.
                 Some(sv) => {
-                    let half = as_complex_ref(&sv.k[2 * c * (l + 1)..2 * (c + 1) * (l + 1)]);
-                    kfull[..=l].copy_from_slice(half);
-                    for k in l + 1..n {
+                    let half = as_complex_ref(&sv.k[2 * c * h..2 * (c + 1) * h]);
+                    kfull[..h].copy_from_slice(half);
+                    for k in h..n {
                         kfull[k] = kfull[n - k].conj();
                     }
                 }
@@ -601,7 +603,7 @@ impl FftConv {
             let mut dd_acc = 0.0f64;
             let w_slot = |b: usize, len: usize| -> Option<&[Complex<f32>]> {
                 saved.map(|sv| {
-                    let start = c * wrow + b * 2 * (l + 1);
+                    let start = c * wrow + b * 2 * h;
                     as_complex_ref(&sv.w[start..start + 2 * len])
                 })
             };
@@ -645,7 +647,7 @@ impl FftConv {
             if bsz % 2 == 1 {
                 let b = bsz - 1;
                 let off = lay.row(b, c);
-                let wspec: &[Complex<f32>] = match w_slot(b, l + 1) {
+                let wspec: &[Complex<f32>] = match w_slot(b, h) {
                     Some(ws) => ws,
                     None => {
                         w_row(&mut real[..l], off);
@@ -945,6 +947,18 @@ impl std::fmt::Debug for RowConv {
             .field("points", &(2 * self.n))
             .finish()
     }
+}
+
+/// FFT size of a causal convolution over `l` steps: `2L` as the reference pads (so the numerics
+/// match it), unless `2L` has a prime factor above 7; then the least even 7-smooth size above
+/// it. Any `n >= 2L - 1` gives the linear convolution exactly, and a size such as 254 = 2·127
+/// runs Rader's algorithm (several times slower than 256: MAD's recall tasks have L = 127).
+pub fn fft_size(l: usize) -> usize {
+    let mut n = 2 * l;
+    while !is_7_smooth(n) {
+        n += 2;
+    }
+    n
 }
 
 /// Whether `n` has no prime factor above 7 (the radices `rustfft` has fast butterflies for).
@@ -1270,7 +1284,7 @@ fn as_floats_mut(s: &mut [Complex<f32>]) -> &mut [f32] {
 
 /// Spectra kept by a training forward for its backward: the input spectra (per channel, the
 /// packed complex spectrum of each pair of batch rows and the half spectrum of an odd last
-/// row: `2(L+1)` floats per row) and the half spectrum of the scaled filter `K/n` (`2(L+1)`
+/// row: `2(n/2+1)` floats per row, n = [`fft_size`]) and the half spectrum of the scaled filter `K/n` (`2(n/2+1)`
 /// floats per channel).
 /// About twice the input's memory; saves two of the backward's five transforms per row pair.
 #[derive(Clone, Debug, Default)]
@@ -1283,11 +1297,12 @@ pub struct Spectra {
 impl Spectra {
     /// Floats per channel of the input spectra.
     fn row_floats(lay: RowLayout) -> usize {
-        lay.batch * 2 * (lay.len + 1)
+        lay.batch * 2 * (fft_size(lay.len) / 2 + 1)
     }
     fn resize(&mut self, lay: RowLayout) {
         self.w.resize(lay.chans * Self::row_floats(lay), 0.0);
-        self.k.resize(lay.chans * 2 * (lay.len + 1), 0.0);
+        self.k
+            .resize(lay.chans * 2 * (fft_size(lay.len) / 2 + 1), 0.0);
         self.layout = Some(lay);
     }
 }
@@ -1437,5 +1452,30 @@ mod tests {
             .conv_inplace(&mut [0.0; 10], &[0.0; 10], 0.0, &mut s7)
             .is_err());
         assert!(RowConv::new(0).is_err());
+    }
+}
+
+#[cfg(test)]
+mod fft_size_tests {
+    use super::{fft_size, is_7_smooth};
+
+    #[test]
+    fn fft_size_is_2l_when_smooth_else_the_next_even_smooth_size() {
+        assert_eq!(fft_size(64), 128);
+        assert_eq!(fft_size(1000), 2000);
+        assert_eq!(fft_size(1), 2);
+        assert_eq!(fft_size(127), 256); // 254 = 2·127
+        assert_eq!(fft_size(4097), 8232); // 8194 = 2·17·241; 8232 = 2³·3·7³
+        for l in 1..600 {
+            let n = fft_size(l);
+            assert!(
+                n >= 2 * l && n.is_multiple_of(2) && is_7_smooth(n),
+                "L = {l}: n = {n}"
+            );
+            assert!(
+                (2 * l..n).step_by(2).all(|m| !is_7_smooth(m)),
+                "L = {l}: n = {n} not least"
+            );
+        }
     }
 }

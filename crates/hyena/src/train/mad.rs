@@ -324,19 +324,29 @@ impl MadProtocol {
     /// Quick mode: baseline settings only, one point of the sweep (lr 1e-3, weight decay 0.0:
     /// the largest learning rate, which a small budget needs), about [`QUICK_TOKEN_BUDGET`]
     /// training tokens per task (whole epochs, rounded up), early stop as in the full protocol.
+    ///
+    /// Batch [`QUICK_BATCH`] instead of 128: the budget is a few epochs, and what a small
+    /// budget lacks is optimizer steps. Measured on baseline in-context recall with
+    /// `attn,swiglu,attn,swiglu`, 4 epochs: batch 128 reached 0.50, batch 32 0.73.
     pub fn quick() -> Self {
         MadProtocol {
             lrs: vec![1e-3],
             weight_decays: vec![0.0],
             baseline_only: true,
             token_budget: Some(QUICK_TOKEN_BUDGET),
-            train: MadTrainConfig::default(),
+            train: MadTrainConfig {
+                batch: QUICK_BATCH,
+                ..MadTrainConfig::default()
+            },
         }
     }
 }
 
 /// Training tokens per task in quick mode (about 3 epochs of the baseline recall tasks).
 pub const QUICK_TOKEN_BUDGET: u64 = 5_000_000;
+
+/// Sequences per step in quick mode (the full protocol: 128).
+pub const QUICK_BATCH: usize = 32;
 
 /// One task setting's sweep.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
