@@ -9,7 +9,7 @@ use hyena::io::safetensors::write_bytes_atomic;
 use hyena::models::zoo::{parse_layers, ArchConfig, NormKind, LAYER_NAMES};
 use hyena::tasks::mad::{Average, MadTask};
 use hyena::train::mad::{
-    chart_png, csv_lines, markdown_table, run_mad, MadEvent, MadProtocol, MadReport,
+    chart_png, csv_lines, estimate_mad, markdown_table, run_mad, MadEvent, MadProtocol, MadReport,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -115,6 +115,10 @@ pub struct MadCommon {
     /// Print the results JSON to stdout instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Do not train: time a few optimizer steps of every setting and print the protocol's
+    /// projected wall time on this machine (an upper bound: early stopping only shortens it).
+    #[arg(long)]
+    pub estimate: bool,
 }
 
 fn arch_of(spec: &str, c: &MadCommon) -> Result<ArchConfig> {
@@ -199,6 +203,9 @@ pub fn mad_cmd(a: MadArgs) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let tasks = tasks_of(&common)?;
     let proto = protocol(&common);
+    if common.estimate {
+        return estimate_cmd(&specs, &archs, &tasks, &proto);
+    }
     std::fs::create_dir_all(&common.out)
         .with_context(|| format!("creating {}", common.out.display()))?;
     eprintln!(
@@ -277,6 +284,52 @@ pub fn mad_cmd(a: MadArgs) -> Result<()> {
             common.out.display()
         );
     }
+    Ok(())
+}
+
+/// `--estimate`: a table of projected hours per task, from timed steps of every setting.
+fn estimate_cmd(
+    specs: &[String],
+    archs: &[ArchConfig],
+    tasks: &[MadTask],
+    proto: &MadProtocol,
+) -> Result<()> {
+    eprintln!(
+        "config: {}",
+        serde_json::json!({ "architectures": archs, "tasks": tasks, "protocol": proto })
+    );
+    println!("| architecture | task | settings | runs each | epochs | s/step | projected hours |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for (spec, arch) in specs.iter().zip(archs) {
+        let bar = ProgressBar::new_spinner();
+        let mut total = 0.0;
+        for &task in tasks {
+            let est = estimate_mad(arch, &[task], proto, &mut |e| {
+                bar.set_message(format!("{spec} {} {}", e.task.name(), e.label));
+                bar.tick();
+            })
+            .with_context(|| format!("estimating {spec} on {}", task.name()))?;
+            let secs: f64 = est.iter().map(|e| e.seconds).sum();
+            let step = est.iter().map(|e| e.step_seconds).sum::<f64>() / est.len().max(1) as f64;
+            let epochs = est.first().map_or(0, |e| e.epochs);
+            let runs = est.first().map_or(0, |e| e.runs);
+            bar.suspend(|| {
+                println!(
+                    "| {spec} | {} | {} | {runs} | {epochs} | {step:.3} | {:.1} |",
+                    task.name(),
+                    est.len(),
+                    secs / 3600.0
+                )
+            });
+            total += secs;
+        }
+        bar.finish_and_clear();
+        println!("| {spec} | **all** | | | | | **{:.1}** |", total / 3600.0);
+    }
+    println!(
+        "\nProjected from timed steps on this machine, without early stopping (which only \
+         shortens runs); s/step is the mean over a task's settings."
+    );
     Ok(())
 }
 

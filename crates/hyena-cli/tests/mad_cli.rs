@@ -99,3 +99,29 @@ fn mad_compare_json_and_errors() {
         .iter()
         .all(|k| list.contains(k)));
 }
+
+#[test]
+fn mad_estimate_prints_projected_hours_and_trains_nothing() {
+    let out = tmp("est");
+    let o = hyena(&[
+        "mad",
+        "--arch",
+        "hyena,swiglu",
+        "--tasks",
+        "memorization",
+        "--d-model",
+        "16",
+        "--estimate",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let text = ok(&o);
+    assert!(text.contains("projected hours"), "{text}");
+    // The full protocol: memorization's 6 settings (baseline + 5 vocabularies), 6 runs each.
+    assert!(
+        text.contains("| hyena,swiglu | memorization | 6 | 6 | 200 |"),
+        "{text}"
+    );
+    assert!(text.contains("| hyena,swiglu | **all** |"), "{text}");
+    assert!(!out.exists(), "--estimate must not write results");
+}

@@ -48,3 +48,47 @@ fn cosine_schedule_endpoints() {
     assert!((cosine_lr(1e-3, 1e-6, 10, 10) - 1e-6).abs() < 1e-9);
     assert!((cosine_lr(1e-3, 1e-6, 5, 10) - (1e-3 + 1e-6) / 2.0).abs() < 1e-8);
 }
+
+/// `estimate_mad` multiplies out the protocol it is given: the settings of the sweep table,
+/// every (lr, wd) run, the epochs a token budget allows, and steps of the batch size.
+#[test]
+fn estimate_multiplies_out_the_protocol() {
+    use hyena::tasks::mad::sweep;
+    use hyena::train::mad::{estimate_mad, MadProtocol};
+    let arch = ArchConfig {
+        layers: parse_layers("hyena,swiglu").unwrap(),
+        d_model: 16,
+        ..ArchConfig::default()
+    };
+    let task = MadTask::Memorization;
+    // Quick: the baseline only, one run, epochs = ceil(budget / tokens per epoch).
+    let mut quick = MadProtocol::quick();
+    quick.token_budget = Some(100_000);
+    let mut seen = 0;
+    let q = estimate_mad(&arch, &[task], &quick, &mut |_| seen += 1).unwrap();
+    assert_eq!((q.len(), seen), (1, 1));
+    let e = &q[0];
+    let per_epoch = 256 * 32; // 256 sequences of 32 tokens
+    assert_eq!(e.label, "baseline");
+    assert_eq!(e.runs, 1);
+    assert_eq!(e.epochs, 100_000usize.div_ceil(per_epoch));
+    assert_eq!(e.steps_per_epoch, 256 / quick.train.batch);
+    assert!(e.step_seconds > 0.0, "{e:?}");
+    let lower = (e.runs * e.epochs * e.steps_per_epoch) as f64 * e.step_seconds;
+    // Plus evaluation on the 1,280 test sequences each epoch: forward only, less than a step
+    // per batch.
+    let eval_max =
+        (e.runs * e.epochs * 1280usize.div_ceil(quick.train.batch)) as f64 * e.step_seconds;
+    assert!(e.seconds > lower && e.seconds < lower + eval_max, "{e:?}");
+    // Full: every setting of the sweep table, 3 lr × 2 wd, 200 epochs, batch 128.
+    let mut full = MadProtocol::full();
+    full.train.epochs = 200;
+    let f = estimate_mad(&arch, &[task], &full, &mut |_| {}).unwrap();
+    assert_eq!(f.len(), sweep(task).len());
+    assert!(f
+        .iter()
+        .all(|e| e.runs == 6 && e.epochs == 200 && e.steps_per_epoch == 2));
+    assert!(f
+        .iter()
+        .all(|e| e.step_seconds > 0.0 && e.seconds.is_finite()));
+}

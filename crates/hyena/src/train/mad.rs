@@ -497,6 +497,94 @@ pub fn run_mad(
     })
 }
 
+/// Projected wall time of one task setting under a protocol (see [`estimate_mad`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SettingEstimate {
+    pub task: MadTask,
+    pub label: String,
+    /// Measured seconds per optimizer step (batch `train.batch`).
+    pub step_seconds: f64,
+    /// Steps per epoch, and the epochs and (lr, wd) runs the protocol plans.
+    pub steps_per_epoch: usize,
+    pub epochs: usize,
+    pub runs: usize,
+    /// `runs × epochs × (steps × step time + test-set evaluation)`: an upper bound, since
+    /// early stopping at `stop_at` can only shorten a run.
+    pub seconds: f64,
+}
+
+/// Project the wall time of `proto` for `arch` on `tasks` without running it: for every
+/// setting, time a few optimizer steps on its data (two short runs whose difference cancels
+/// set-up and evaluation), then multiply out. The full protocol takes days on a laptop, so this
+/// is how its cost is known in advance; `on_setting` reports each setting as it is measured.
+pub fn estimate_mad(
+    arch: &ArchConfig,
+    tasks: &[MadTask],
+    proto: &MadProtocol,
+    on_setting: &mut dyn FnMut(&SettingEstimate),
+) -> Result<Vec<SettingEstimate>> {
+    const SHORT: usize = 2;
+    const LONG: usize = 5;
+    let mut out = Vec::new();
+    for &task in tasks {
+        let settings = if proto.baseline_only {
+            vec![baseline(task)]
+        } else {
+            sweep(task)
+        };
+        for setting in settings {
+            let data = generate(&setting)?;
+            let bsz = proto.train.batch.max(1);
+            let per_epoch = (data.train.len() * data.seq_len) as u64;
+            let mut epochs = proto.train.epochs;
+            if let Some(b) = proto.token_budget {
+                epochs = epochs.min((b.div_ceil(per_epoch.max(1)) as usize).max(1));
+            }
+            let timed = |steps: usize| -> Result<f64> {
+                let n = (steps * bsz).min(data.train.len());
+                let sub = TaskData {
+                    train: data
+                        .train
+                        .iter()
+                        .cycle()
+                        .take(steps * bsz)
+                        .cloned()
+                        .collect(),
+                    test: data.test[..n.min(data.test.len()).max(1)].to_vec(),
+                    vocab_size: data.vocab_size,
+                    seq_len: data.seq_len,
+                    encoder_decoder: data.encoder_decoder,
+                };
+                let cfg = MadTrainConfig {
+                    epochs: 1,
+                    stop_at: f64::INFINITY,
+                    ..proto.train.clone()
+                };
+                Ok(train_run(arch, &sub, 1e-4, 0.0, &cfg, &mut |_| {})?.seconds)
+            };
+            let (t_short, t_long) = (timed(SHORT)?, timed(LONG)?);
+            let step = ((t_long - t_short) / (LONG - SHORT) as f64).max(t_long / (LONG + 1) as f64);
+            let steps_per_epoch = data.train.len().div_ceil(bsz);
+            // Evaluation is a forward pass over the test set: about a third of a training step
+            // per batch (forward ≈ 1/3 of forward + backward).
+            let eval = data.test.len().div_ceil(bsz) as f64 * step / 3.0;
+            let runs = proto.lrs.len() * proto.weight_decays.len();
+            let e = SettingEstimate {
+                task,
+                label: setting.label(),
+                step_seconds: step,
+                steps_per_epoch,
+                epochs,
+                runs,
+                seconds: runs as f64 * epochs as f64 * (steps_per_epoch as f64 * step + eval),
+            };
+            on_setting(&e);
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
 /// A markdown table of reports side by side: one row per architecture, one column per task
 /// and the overall score.
 pub fn markdown_table(reports: &[MadReport]) -> String {
