@@ -2,7 +2,7 @@
 //! by finite differences, ignored targets, causality and architecture-string errors.
 
 use hyena::models::zoo::{parse_layers, ArchConfig, NormKind, ZooCache, ZooModel};
-use hyena::ops::gradcheck::{check, rand_vec};
+use hyena::ops::gradcheck::{check, check_with_floor, rand_vec};
 
 fn arch(layers: &str, norm: NormKind) -> ArchConfig {
     ArchConfig {
@@ -82,7 +82,19 @@ fn whole_model_gradients() {
         let mut off = 0;
         for spec in m.specs().to_vec() {
             let n = spec.numel();
-            check(
+            // Embeddings are ~0.05 in size and LayerNorm divides by their spread: a smaller
+            // step keeps their difference quotient accurate. Elsewhere the larger step keeps
+            // f32 rounding of the loss below most gradients; the ones below the central
+            // difference's resolution, about ε·|loss|/h (some SSM decay rates get ~5e-6),
+            // cannot be judged and are accepted within it.
+            let h = if spec.name == "embedding.weight" {
+                2e-3
+            } else {
+                1e-2
+            };
+            let l0 = loss_of(&m, &toks, &tg, b, l);
+            let atol = 4.0 * f32::EPSILON as f64 * l0.abs() / (2.0 * h as f64);
+            check_with_floor(
                 &format!("{layers} {}", spec.name),
                 &p0[off..off + n],
                 &g[off..off + n],
@@ -92,15 +104,9 @@ fn whole_model_gradients() {
                     loss_of(&mm, &toks, &tg, b, l)
                 },
                 12,
-                // Embeddings are ~0.05 in size and LayerNorm divides by their spread: a
-                // smaller step keeps their difference quotient accurate. Elsewhere the larger
-                // step keeps f32 rounding of the loss below the (sometimes 1e-5) gradients.
-                if spec.name == "embedding.weight" {
-                    2e-3
-                } else {
-                    1e-2
-                },
+                h,
                 3e-2,
+                atol,
             )
             .unwrap();
             off += n;
