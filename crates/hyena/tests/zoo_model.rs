@@ -2,7 +2,7 @@
 //! by finite differences, ignored targets, causality and architecture-string errors.
 
 use hyena::models::zoo::{parse_layers, ArchConfig, NormKind, ZooCache, ZooModel};
-use hyena::ops::gradcheck::{check, check_with_floor, rand_vec};
+use hyena::ops::gradcheck::{check_with_floor, rand_vec};
 
 fn arch(layers: &str, norm: NormKind) -> ArchConfig {
     ArchConfig {
