@@ -342,6 +342,29 @@ impl MadProtocol {
     }
 }
 
+impl MadProtocol {
+    /// The settings of `task` this protocol runs: the baseline, or every row of the sweep.
+    pub fn settings(&self, task: MadTask) -> Vec<TaskSetting> {
+        if self.baseline_only {
+            vec![baseline(task)]
+        } else {
+            sweep(task)
+        }
+    }
+
+    /// Epochs of a run on `data`: `train.epochs`, capped by the token budget in whole epochs.
+    pub fn epochs_for(&self, data: &TaskData) -> usize {
+        let per_epoch = (data.train.len() * data.seq_len) as u64;
+        match self.token_budget {
+            Some(b) => self
+                .train
+                .epochs
+                .min((b.div_ceil(per_epoch.max(1)) as usize).max(1)),
+            None => self.train.epochs,
+        }
+    }
+}
+
 /// Training tokens per task in quick mode (about 3 epochs of the baseline recall tasks).
 pub const QUICK_TOKEN_BUDGET: u64 = 5_000_000;
 
@@ -420,21 +443,14 @@ pub fn run_mad(
     let mut params = 0;
     for &task in tasks {
         let tt = Instant::now();
-        let settings = if proto.baseline_only {
-            vec![baseline(task)]
-        } else {
-            sweep(task)
-        };
         let mut results = Vec::new();
-        for setting in settings {
+        for setting in proto.settings(task) {
             let label = setting.label();
             let data = generate(&setting)?;
-            let per_epoch = (data.train.len() * data.seq_len) as u64;
-            let mut train = proto.train.clone();
-            if let Some(b) = proto.token_budget {
-                let e = b.div_ceil(per_epoch.max(1)) as usize;
-                train.epochs = train.epochs.min(e.max(1));
-            }
+            let train = MadTrainConfig {
+                epochs: proto.epochs_for(&data),
+                ..proto.train.clone()
+            };
             let mut runs = Vec::new();
             for &lr in &proto.lrs {
                 for &wd in &proto.weight_decays {
@@ -527,19 +543,10 @@ pub fn estimate_mad(
     const LONG: usize = 5;
     let mut out = Vec::new();
     for &task in tasks {
-        let settings = if proto.baseline_only {
-            vec![baseline(task)]
-        } else {
-            sweep(task)
-        };
-        for setting in settings {
+        for setting in proto.settings(task) {
             let data = generate(&setting)?;
             let bsz = proto.train.batch.max(1);
-            let per_epoch = (data.train.len() * data.seq_len) as u64;
-            let mut epochs = proto.train.epochs;
-            if let Some(b) = proto.token_budget {
-                epochs = epochs.min((b.div_ceil(per_epoch.max(1)) as usize).max(1));
-            }
+            let epochs = proto.epochs_for(&data);
             let timed = |steps: usize| -> Result<f64> {
                 let n = (steps * bsz).min(data.train.len());
                 let sub = TaskData {
