@@ -548,7 +548,6 @@ pub fn estimate_mad(
             let bsz = proto.train.batch.max(1);
             let epochs = proto.epochs_for(&data);
             let timed = |steps: usize| -> Result<f64> {
-                let n = (steps * bsz).min(data.train.len());
                 let sub = TaskData {
                     train: data
                         .train
@@ -557,7 +556,9 @@ pub fn estimate_mad(
                         .take(steps * bsz)
                         .cloned()
                         .collect(),
-                    test: data.test[..n.min(data.test.len()).max(1)].to_vec(),
+                    // The same one-batch test set in both runs, so that its evaluation
+                    // cancels in their difference.
+                    test: data.test[..bsz.min(data.test.len()).max(1)].to_vec(),
                     vocab_size: data.vocab_size,
                     seq_len: data.seq_len,
                     encoder_decoder: data.encoder_decoder,
