@@ -71,7 +71,7 @@ pub struct MadCommon {
     #[arg(long, value_delimiter = ',')]
     pub tasks: Vec<String>,
     /// Quick mode: baseline settings only, lr 1e-3 and weight decay 0 (one point of the
-    /// sweep), batch 32, about 5M training tokens per task (whole epochs, rounded up), early
+    /// sweep), batch 16, about 5M training tokens per task (whole epochs, rounded up), early
     /// stop at 0.999. Default: the full protocol (every setting, lr {1e-4, 5e-4, 1e-3} × wd
     /// {0, 0.1}, batch 128, 200 epochs).
     #[arg(long)]
@@ -103,7 +103,7 @@ pub struct MadCommon {
     /// Weight decays to sweep (overrides the protocol's).
     #[arg(long, value_delimiter = ',')]
     pub wds: Vec<f32>,
-    /// Sequences per training step (default: 128, the full protocol's; 32 in quick mode).
+    /// Sequences per training step (default: 128, the full protocol's; 16 in quick mode).
     #[arg(long)]
     pub batch: Option<usize>,
     /// Seed of model init and batch order.

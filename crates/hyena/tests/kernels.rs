@@ -408,6 +408,56 @@ fn linear_matches_reference_and_gradients() {
     assert!(err.to_string().contains("weight [N, K]"), "{err}");
 }
 
+/// The channel-first output projection (`yg [D, M]` in, `y [M, D]` out) equals `nn.Linear` on
+/// the transposed signal, with a residual, and its backward passes the gradient check; the
+/// weight and bias gradients accumulate onto what is already there.
+#[test]
+fn out_proj_channel_first_matches_reference_and_gradients() {
+    for &(m, d) in &[(1usize, 1usize), (7, 5), (127, 16), (130, 33)] {
+        let yg = rand_vec(d * m, m as u64, 1.0);
+        let w = rand_vec(d * d, 2, 1.0);
+        let b = rand_vec(d, 3, 1.0);
+        let res = rand_vec(m * d, 5, 1.0);
+        // ygᵀ [M, D], row-major, for the reference.
+        let t = |yg: &[f32]| -> Vec<f32> { (0..m * d).map(|i| yg[(i % d) * m + i / d]).collect() };
+        let mut y = vec![f32::NAN; m * d];
+        linear::out_proj_cf_forward(&yg, &w, &b, Some(&res), (m, d), &mut y).unwrap();
+        let mut want = linear::reference::linear_forward(&t(&yg), &w, Some(&b), m, d, d);
+        want.iter_mut().zip(&res).for_each(|(a, r)| *a += r);
+        assert_close(&format!("out_proj cf M={m} D={d}"), &y, &want, 1e-5);
+
+        let dy = rand_vec(m * d, 4, 1.0);
+        let (mut dyg, mut dw, mut db) = (vec![f32::NAN; d * m], vec![0.5; d * d], vec![0.5; d]);
+        let mut scratch = Vec::new();
+        linear::out_proj_cf_backward(
+            &dy,
+            &yg,
+            &w,
+            (m, d),
+            &mut dyg,
+            &mut dw,
+            &mut db,
+            &mut scratch,
+        )
+        .unwrap();
+        dw.iter_mut().for_each(|g| *g -= 0.5);
+        db.iter_mut().for_each(|g| *g -= 0.5);
+        let f = |yg: &[f32], w: &[f32], b: &[f32]| {
+            dot(
+                &dy,
+                &linear::reference::linear_forward(&t(yg), w, Some(b), m, d, d),
+            )
+        };
+        check("out_proj dyg", &yg, &dyg, |v| f(v, &w, &b), 40, 1e-2, 1e-2).unwrap();
+        check("out_proj dw", &w, &dw, |v| f(&yg, v, &b), 40, 1e-2, 1e-2).unwrap();
+        check("out_proj db", &b, &db, |v| f(&yg, &w, v), 40, 1e-2, 1e-2).unwrap();
+    }
+    let mut y = vec![0.0; 4];
+    let err = linear::out_proj_cf_forward(&[0.0; 4], &[0.0; 3], &[0.0; 2], None, (2, 2), &mut y)
+        .unwrap_err();
+    assert!(err.to_string().contains("weight [D, D]"), "{err}");
+}
+
 #[test]
 fn layernorm_matches_reference_and_gradients() {
     for &l in &LENGTHS {

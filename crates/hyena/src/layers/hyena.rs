@@ -22,7 +22,7 @@ use crate::layers::filter::{FilterCache, FilterParams, HyenaFilter};
 use crate::layers::{init, Params, Visitor, VisitorMut};
 use crate::ops::fftconv::{FftConv, GatedConv, GatedConvGrads, RowLayout, Spectra};
 use crate::ops::linear::{
-    col_sums_acc, linear_forward, matmul, prefill_rows, row_sums_acc, MatMut, MatRef,
+    linear_forward, matmul, out_proj_cf_backward, out_proj_cf_forward, row_sums_acc, MatMut, MatRef,
 };
 use crate::ops::short_conv;
 
@@ -175,7 +175,7 @@ pub struct HyenaGradWorkspace {
     duc: Vec<f32>,
     dk: Vec<f32>,
     dbias: Vec<f32>,
-    /// `dWoᵀ [D, D]` before it is added into the gradient (see the out_proj backward).
+    /// `dWoᵀ [D, D]` before it is added into the gradient (scratch of [`out_proj_cf_backward`]).
     dwo_t: Vec<f32>,
     /// Per-table-row sums of the in_proj output gradient `[C, V]` ([`OpInput::Table`]).
     dztab_t: Vec<f32>,
@@ -464,13 +464,7 @@ impl HyenaOperator {
             }
         }
         // out_proj: y [B·L, D] = (residual +) ygᵀ [B·L, D] · Woᵀ + bias.
-        prefill_rows(y, d, Some(&p.out_b), residual);
-        matmul(
-            MatMut::rm(y, bl, d),
-            MatRef::tr(&cache.yg, bl, d),
-            MatRef::tr(&p.out_w, d, d),
-            true,
-        )
+        out_proj_cf_forward(&cache.yg, &p.out_w, &p.out_b, residual, (bl, d), y)
     }
 
     /// Backward of the last [`HyenaOperator::forward`] on `u` (which filled `cache`).
@@ -543,28 +537,16 @@ impl HyenaOperator {
         grow(&mut ws.dk, (n - 1) * d * l);
         grow(&mut ws.dbias, (n - 1) * d);
 
-        // out_proj: dWo [D, D] += dyᵀ [D, B·L] · ygᵀ [B·L, D]; dbo += Σ dy; dyg [D, B·L] = Woᵀ · dyᵀ.
-        // dWo is formed transposed, dWoᵀ = yg [D, B·L] · dy [B·L, D], because both factors are
-        // then row-major: gemm ran the direct form (two column-major factors) at half speed
-        // (2.6 vs 1.2 ms at D=128, B·L=4096).
-        grow(&mut ws.dwo_t, d * d);
-        matmul(
-            MatMut::rm(&mut ws.dwo_t, d, d),
-            MatRef::rm(&cache.yg, d, bl),
-            MatRef::rm(dy, bl, d),
-            false,
-        )?;
-        for (i, row) in grads.out_w.chunks_exact_mut(d).enumerate() {
-            for (j, g) in row.iter_mut().enumerate() {
-                *g += ws.dwo_t[j * d + i];
-            }
-        }
-        col_sums_acc(dy, bl, d, &mut grads.out_b);
-        matmul(
-            MatMut::rm(&mut ws.dyg, d, bl),
-            MatRef::tr(&p.out_w, d, d),
-            MatRef::tr(dy, d, bl),
-            false,
+        // out_proj: dWo += dyᵀ · ygᵀ; dbo += Σ dy; dyg [D, B·L] = Woᵀ · dyᵀ.
+        out_proj_cf_backward(
+            dy,
+            &cache.yg,
+            &p.out_w,
+            (bl, d),
+            &mut ws.dyg,
+            &mut grads.out_w,
+            &mut grads.out_b,
+            &mut ws.dwo_t,
         )?;
 
         // Long convolutions, last stage first. The gradient w.r.t. a stage's input becomes the

@@ -2,6 +2,8 @@
 //! same forward and backward as [`HyenaOperator`], with its parameters read from the model's
 //! flat buffer (in [`HyenaParams`]' visiting order, names as the reference's state dict).
 
+use std::cell::RefCell;
+
 use rand::rngs::StdRng;
 use rand::Rng;
 
@@ -9,6 +11,11 @@ use crate::config::HyenaConfig;
 use crate::error::{check_len, Result};
 use crate::layers::zoo::{LayerCache, SeqLayer, TensorSpec};
 use crate::layers::{HyenaCache, HyenaGradWorkspace, HyenaOperator, HyenaParams, Params};
+
+thread_local! {
+    /// Backward scratch of the Hyena layers run on this thread (grown to the largest shape seen).
+    static GRAD_WS: RefCell<HyenaGradWorkspace> = RefCell::new(HyenaGradWorkspace::default());
+}
 
 /// A Hyena operator of order `cfg.order` (kind "hyena").
 #[derive(Clone, Debug)]
@@ -91,15 +98,12 @@ impl SeqLayer for HyenaLayer {
         let hp = self.unflatten(p);
         let c = cache.get::<HyenaCache>("hyena layer")?;
         let mut grads = self.op.zero_grads();
-        self.op.backward_with(
-            &hp,
-            dy,
-            x,
-            c,
-            dx,
-            &mut grads,
-            &mut HyenaGradWorkspace::default(),
-        )?;
+        // The backward's scratch (several [D, B, L] buffers) is kept per thread: allocated fresh
+        // on every call, its first-touch page faults cost about as much as the out_proj GEMMs.
+        GRAD_WS.with(|ws| {
+            self.op
+                .backward_with(&hp, dy, x, c, dx, &mut grads, &mut ws.borrow_mut())
+        })?;
         let mut off = 0;
         grads.visit("", &mut |_, _, d| {
             for (a, b) in g[off..off + d.len()].iter_mut().zip(d) {

@@ -53,7 +53,9 @@ use crate::layers::filter::{FilterCache, FilterParams, HyenaFilter};
 use crate::layers::zoo::{numel, split, split_mut, LayerCache, SeqLayer, TensorSpec};
 use crate::layers::{init, Params};
 use crate::ops::fftconv::{FftConv, GatedConv, GatedConvGrads, RowLayout};
-use crate::ops::linear::{col_sums_acc, matmul, row_sums_acc, MatMut, MatRef};
+use crate::ops::linear::{
+    matmul, out_proj_cf_backward, out_proj_cf_forward, row_sums_acc, MatMut, MatRef,
+};
 use crate::ops::short_conv;
 
 /// Configuration of a [`MultiHyena`] layer.
@@ -512,15 +514,7 @@ impl SeqLayer for MultiHyena {
             });
         }
         // out_proj: y [B·L, D] = bias + ygᵀ [B·L, D] · Woᵀ.
-        for r in y.chunks_exact_mut(d) {
-            r.copy_from_slice(pv.out_b);
-        }
-        matmul(
-            MatMut::rm(y, bl, d),
-            MatRef::tr(&c.yg, bl, d),
-            MatRef::tr(pv.out_w, d, d),
-            true,
-        )
+        out_proj_cf_forward(&c.yg, pv.out_w, pv.out_b, None, (bl, d), y)
     }
 
     fn backward(
@@ -565,28 +559,21 @@ impl SeqLayer for MultiHyena {
         let nf = self.n_filter;
         let mut gs = split_mut(g, &self.specs);
 
-        // out_proj: dWo [D, D] += dyᵀ [D, B·L] · ygᵀ [B·L, D] (formed as its transpose
-        // yg [D, B·L] · dy [B·L, D], both row-major); dbo += Σ dy; dyg [D, B·L] = Woᵀ · dyᵀ.
-        let mut dwo_t = vec![0.0f32; d * d];
-        matmul(
-            MatMut::rm(&mut dwo_t, d, d),
-            MatRef::rm(&c.yg, d, bl),
-            MatRef::rm(dy, bl, d),
-            false,
-        )?;
-        for (i, r) in gs[4 + nf].chunks_exact_mut(d).enumerate() {
-            for (j, gv) in r.iter_mut().enumerate() {
-                *gv += dwo_t[j * d + i];
-            }
-        }
-        col_sums_acc(dy, bl, d, gs[5 + nf]);
+        // out_proj: dWo += dyᵀ · ygᵀ; dbo += Σ dy; dyg [D, B·L] = Woᵀ · dyᵀ.
         let mut dyg = vec![0.0f32; d * bl];
-        matmul(
-            MatMut::rm(&mut dyg, d, bl),
-            MatRef::tr(pv.out_w, d, d),
-            MatRef::tr(dy, d, bl),
-            false,
-        )?;
+        {
+            let (gw, gb) = gs[4 + nf..].split_at_mut(1);
+            out_proj_cf_backward(
+                dy,
+                &c.yg,
+                pv.out_w,
+                (bl, d),
+                &mut dyg,
+                gw[0],
+                gb[0],
+                &mut Vec::new(),
+            )?;
+        }
 
         let chunk = d * bl;
         let (x1, rest) = c.uc.split_at(chunk);

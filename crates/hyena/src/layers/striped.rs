@@ -65,7 +65,9 @@ use crate::error::{check_len, Error, Result};
 use crate::layers::init;
 use crate::layers::zoo::{numel, split, split_mut, LayerCache, SeqLayer, TensorSpec};
 use crate::ops::fftconv::{FftConv, GatedConv, GatedConvGrads, RowLayout, Spectra};
-use crate::ops::linear::{col_sums_acc, matmul, row_sums_acc, MatMut, MatRef};
+use crate::ops::linear::{
+    matmul, out_proj_cf_backward, out_proj_cf_forward, row_sums_acc, MatMut, MatRef,
+};
 use crate::ops::short_conv;
 
 /// Which StripedHyena 2 operator.
@@ -725,14 +727,13 @@ impl SeqLayer for StripedOp {
             }
         }
         // y [M, D] = ygᵀ · Woᵀ + bo (yg is channel-first [D, M]).
-        for r in y.chunks_exact_mut(d) {
-            r.copy_from_slice(ps[self.idx.out_b]);
-        }
-        matmul(
-            MatMut::rm(y, m, d),
-            MatRef::tr(&c.yg, m, d),
-            MatRef::tr(ps[self.idx.out_w], d, d),
-            true,
+        out_proj_cf_forward(
+            &c.yg,
+            ps[self.idx.out_w],
+            ps[self.idx.out_b],
+            None,
+            (m, d),
+            y,
         )
     }
 
@@ -781,19 +782,21 @@ impl SeqLayer for StripedOp {
 
         // out_filter_dense: dyg [D, M] = Wo^T · dy^T; dWo += dy^T · yg^T; dbo += Σ_rows dy.
         let mut dyg = vec![0.0f32; dm];
-        matmul(
-            MatMut::rm(&mut dyg, d, m),
-            MatRef::tr(ps[self.idx.out_w], d, d),
-            MatRef::tr(dy, d, m),
-            false,
-        )?;
-        matmul(
-            MatMut::rm(gs[self.idx.out_w], d, d),
-            MatRef::tr(dy, d, m),
-            MatRef::tr(&c.yg, m, d),
-            true,
-        )?;
-        col_sums_acc(dy, m, d, gs[self.idx.out_b]);
+        {
+            let (ow, ob) = (self.idx.out_w, self.idx.out_b);
+            let gw = std::mem::take(&mut gs[ow]);
+            out_proj_cf_backward(
+                dy,
+                &c.yg,
+                ps[ow],
+                (m, d),
+                &mut dyg,
+                gw,
+                gs[ob],
+                &mut Vec::new(),
+            )?;
+            gs[ow] = gw;
+        }
 
         // Inner filter and gates: duc [3D, M] = dpost | dpre | dv.
         let mut duc = vec![0.0f32; c3 * m];

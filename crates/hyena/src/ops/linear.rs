@@ -319,6 +319,80 @@ pub fn linear_backward(
     Ok(())
 }
 
+/// Output projection of a channel-first signal, as the long-convolution operators end
+/// (Hyena, MultiHyena, the striped operators): `y [M, D] = (residual +) ygᵀ · Woᵀ + bo`,
+/// with `yg: [D, M]` (channel-first, `M = B·L`), `Wo: [D, D]`, `bo: [D]`.
+pub fn out_proj_cf_forward(
+    yg: &[f32],
+    w: &[f32],
+    b: &[f32],
+    residual: Option<&[f32]>,
+    (m, d): (usize, usize),
+    y: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "out_proj forward";
+    check_len(OP, "yg [D, M]", yg.len(), d * m)?;
+    check_len(OP, "weight [D, D]", w.len(), d * d)?;
+    check_len(OP, "bias [D]", b.len(), d)?;
+    check_len(OP, "y [M, D]", y.len(), m * d)?;
+    if let Some(r) = residual {
+        check_len(OP, "residual [M, D]", r.len(), m * d)?;
+    }
+    prefill_rows(y, d, Some(b), residual);
+    matmul(
+        MatMut::rm(y, m, d),
+        MatRef::tr(yg, m, d),
+        MatRef::tr(w, d, d),
+        true,
+    )
+}
+
+/// Backward of [`out_proj_cf_forward`]: writes `dyg [D, M] = Woᵀ · dyᵀ`, *accumulates*
+/// `dWo += dyᵀ · ygᵀ` and `dbo += Σ_rows dy`.
+///
+/// `dWo` is formed transposed, `dWoᵀ = yg [D, M] · dy [M, D]` in `scratch`, because both
+/// factors are then row-major: gemm ran the direct form (two column-major factors) at half
+/// speed (2.6 vs 1.2 ms at D = 128, M = 4096).
+#[allow(clippy::too_many_arguments)]
+pub fn out_proj_cf_backward(
+    dy: &[f32],
+    yg: &[f32],
+    w: &[f32],
+    (m, d): (usize, usize),
+    dyg: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    scratch: &mut Vec<f32>,
+) -> Result<()> {
+    const OP: &str = "out_proj backward";
+    check_len(OP, "dy [M, D]", dy.len(), m * d)?;
+    check_len(OP, "yg [D, M]", yg.len(), d * m)?;
+    check_len(OP, "weight [D, D]", w.len(), d * d)?;
+    check_len(OP, "dyg [D, M]", dyg.len(), d * m)?;
+    check_len(OP, "dW [D, D]", dw.len(), d * d)?;
+    check_len(OP, "db [D]", db.len(), d)?;
+    scratch.clear();
+    scratch.resize(d * d, 0.0);
+    matmul(
+        MatMut::rm(scratch, d, d),
+        MatRef::rm(yg, d, m),
+        MatRef::rm(dy, m, d),
+        false,
+    )?;
+    for (i, row) in dw.chunks_exact_mut(d).enumerate() {
+        for (j, g) in row.iter_mut().enumerate() {
+            *g += scratch[j * d + i];
+        }
+    }
+    col_sums_acc(dy, m, d, db);
+    matmul(
+        MatMut::rm(dyg, d, m),
+        MatRef::tr(w, d, d),
+        MatRef::tr(dy, d, m),
+        false,
+    )
+}
+
 /// `out[j] += Σ_i a[i, j]` for row-major `a: [m, n]`.
 pub fn col_sums_acc(a: &[f32], m: usize, n: usize, out: &mut [f32]) {
     debug_assert_eq!(a.len(), m * n);

@@ -116,6 +116,49 @@ pub fn clip_grad_norm(grads: &mut dyn Params, max_norm: f32) -> f32 {
     norm
 }
 
+/// One AdamW update's constants: learning rate, decoupled decay, betas, epsilon and the bias
+/// corrections of step `t` (Loshchilov & Hutter, Alg. 2; PyTorch's `AdamW`). Shared by the
+/// named-tensor [`AdamW`] and the MAD trainer's flat-buffer loop, so both take the same step.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWStep {
+    pub lr: f32,
+    pub weight_decay: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// `1 − β1^t`, `1 − β2^t`.
+    pub bc1: f32,
+    pub bc2: f32,
+}
+
+impl AdamWStep {
+    /// The constants of step `t` (1-based) with `cfg`'s betas and epsilon.
+    pub fn new(cfg: &AdamWConfig, lr: f32, weight_decay: f32, t: u64) -> Self {
+        let t = t.min(i32::MAX as u64) as i32;
+        AdamWStep {
+            lr,
+            weight_decay,
+            beta1: cfg.beta1,
+            beta2: cfg.beta2,
+            eps: cfg.eps,
+            bc1: 1.0 - cfg.beta1.powi(t),
+            bc2: 1.0 - cfg.beta2.powi(t),
+        }
+    }
+
+    /// `m ← β1 m + (1-β1) g`, `v ← β2 v + (1-β2) g²`, `p ← p − lr·(wd·p + m̂ / (√v̂ + ε))`,
+    /// elementwise over equal-length slices.
+    pub fn apply(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        let s = *self;
+        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            *m = s.beta1 * *m + (1.0 - s.beta1) * g;
+            *v = s.beta2 * *v + (1.0 - s.beta2) * g * g;
+            let upd = (*m / s.bc1) / ((*v / s.bc2).sqrt() + s.eps);
+            *p -= s.lr * (s.weight_decay * *p + upd);
+        }
+    }
+}
+
 /// AdamW state: first and second moments per parameter, and the step count.
 #[derive(Clone, Debug, Default)]
 pub struct AdamW {
@@ -141,9 +184,7 @@ impl AdamW {
     pub fn step(&mut self, params: &mut dyn Params, grads: &dyn Params, lr: f32) {
         self.step += 1;
         let c = self.cfg.clone();
-        let t = self.step as i32;
-        let bc1 = 1.0 - c.beta1.powi(t);
-        let bc2 = 1.0 - c.beta2.powi(t);
+        let t = self.step;
         let (ms, vs) = (&mut self.m, &mut self.v);
         zip_params(params, grads, &mut |name, p, g| {
             let m = ms
@@ -153,13 +194,7 @@ impl AdamW {
                 .entry(name.to_string())
                 .or_insert_with(|| vec![0.0; p.len()]);
             let wd = if decays(name) { c.weight_decay } else { 0.0 };
-            for i in 0..p.len() {
-                m[i] = c.beta1 * m[i] + (1.0 - c.beta1) * g[i];
-                v[i] = c.beta2 * v[i] + (1.0 - c.beta2) * g[i] * g[i];
-                let mh = m[i] / bc1;
-                let vh = v[i] / bc2;
-                p[i] -= lr * (wd * p[i] + mh / (vh.sqrt() + c.eps));
-            }
+            AdamWStep::new(&c, lr, wd, t).apply(p, g, m, v);
         });
     }
 
