@@ -87,9 +87,9 @@ struct BenchArgs {
     /// Comma-separated sequence lengths (any positive integers).
     #[arg(long, value_delimiter = ',', default_value = "1024,4096,16384,65536")]
     lengths: Vec<usize>,
-    /// Batch size B.
-    #[arg(long, default_value_t = 4)]
-    batch: usize,
+    /// Batch size B [default: 4; mad: 16, the quick MAD protocol's batch].
+    #[arg(long)]
+    batch: Option<usize>,
     /// Channels / model width D [default: 256; generate: 128, the `hyena train` model].
     #[arg(long)]
     dim: Option<usize>,
@@ -132,9 +132,13 @@ struct BenchArgs {
     /// `mad` only: the task whose baseline shape is trained.
     #[arg(long, default_value = "in-context-recall")]
     task: String,
-    /// `mad` only: training steps of 128 sequences timed.
+    /// `mad` only: training steps of `--batch` sequences timed.
     #[arg(long, default_value_t = 10)]
     steps: usize,
+    /// `mad` only: instead of a few steps, time the whole quick protocol (`hyena mad --quick`:
+    /// the six baseline tasks, early stop included) per architecture, task by task.
+    #[arg(long)]
+    suite: bool,
     /// `generate` only: where to draw latency against context.
     #[arg(long, default_value = "bench-generate.png")]
     png: std::path::PathBuf,
@@ -187,10 +191,11 @@ fn bench(a: BenchArgs) -> Result<()> {
     if a.lengths.is_empty() || a.lengths.contains(&0) {
         bail!("--lengths must list positive integers, e.g. --lengths 1024,4096");
     }
-    if a.batch == 0 || a.dim == Some(0) {
+    if a.batch == Some(0) || a.dim == Some(0) {
         bail!(
-            "--batch and --dim must be >= 1 (got --batch {} --dim 0)",
-            a.batch
+            "--batch and --dim must be >= 1 (got --batch {:?} --dim {:?})",
+            a.batch,
+            a.dim
         );
     }
     let op = match a.what {
@@ -206,9 +211,10 @@ fn bench(a: BenchArgs) -> Result<()> {
         // Fail before printing anything if the operator config is invalid (e.g. --order 1).
         hyena::bench::bench_operator_config(dim, 1, a.order).validate()?;
     }
+    let batch = a.batch.unwrap_or(4);
     let spec = BenchSpec {
         op,
-        batch: a.batch,
+        batch,
         dim,
         lengths: a.lengths.clone(),
         order: a.order,
@@ -220,7 +226,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             out,
             "hyena bench {}: B={} D={}{} threads={}\n",
             op.name(),
-            a.batch,
+            batch,
             dim,
             if op == BenchOp::Operator {
                 format!(" order={}", a.order)
@@ -322,12 +328,23 @@ fn bench_mad(a: &BenchArgs) -> Result<()> {
     } else {
         a.arch.clone()
     };
+    let batch = a.batch.unwrap_or(hyena::train::mad::QUICK_BATCH);
+    let arch_of = |spec: &str| -> Result<ArchConfig> {
+        Ok(ArchConfig {
+            layers: parse_layers(spec)?,
+            d_model: a.dim.unwrap_or(128),
+            ..ArchConfig::default()
+        })
+    };
+    if a.suite {
+        return bench_mad_suite(a, &specs, batch, &arch_of);
+    }
     let task = hyena::tasks::mad::MadTask::from_name(&a.task)?;
     let mut out = std::io::stdout().lock();
     if !a.json {
         writeln!(
             out,
-            "hyena bench mad: {} baseline shape, batch 128, {} steps, threads={}\n",
+            "hyena bench mad: {} baseline shape, batch {batch}, {} steps, threads={}\n",
             task.name(),
             a.steps,
             rayon::current_num_threads()
@@ -339,13 +356,9 @@ fn bench_mad(a: &BenchArgs) -> Result<()> {
         writeln!(out, "|---|---:|---:|---:|---:|---:|---:|")?;
     }
     for spec in &specs {
-        let arch = ArchConfig {
-            layers: parse_layers(spec)?,
-            d_model: a.dim.unwrap_or(128),
-            ..ArchConfig::default()
-        };
+        let arch = arch_of(spec)?;
         eprint!("measuring {spec} ...\r");
-        let r = hyena::bench::run_mad_bench(spec, &arch, task, a.steps.max(1), 128)
+        let r = hyena::bench::run_mad_bench(spec, &arch, task, a.steps.max(1), batch)
             .with_context(|| format!("MAD benchmark of {spec}"))?;
         eprint!("{:60}\r", "");
         if a.json {
@@ -363,6 +376,78 @@ fn bench_mad(a: &BenchArgs) -> Result<()> {
                 100.0 * r.matmul_gflops / r.sgemm_gflops
             )?;
         }
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// `hyena bench mad --suite`: the quick protocol end to end, timed task by task (the issue's
+/// goal: the six baseline tasks of one 4-layer width-128 architecture in under 15 minutes).
+fn bench_mad_suite(
+    a: &BenchArgs,
+    specs: &[String],
+    batch: usize,
+    arch_of: &dyn Fn(&str) -> Result<hyena::models::zoo::ArchConfig>,
+) -> Result<()> {
+    use hyena::tasks::mad::MadTask;
+    use hyena::train::mad::{run_mad, MadEvent, MadProtocol};
+    let mut proto = MadProtocol::quick();
+    proto.train.batch = batch;
+    let mut out = std::io::stdout().lock();
+    if !a.json {
+        writeln!(
+            out,
+            "hyena bench mad --suite: the quick protocol (baseline settings, lr 1e-3, wd 0, batch {batch}, ~{}M tokens per task, early stop at {}), threads={}\n",
+            proto.token_budget.unwrap_or(0) / 1_000_000,
+            proto.train.stop_at,
+            rayon::current_num_threads()
+        )?;
+        writeln!(
+            out,
+            "| architecture | task | epochs | train tokens | seconds | tokens/s | accuracy |"
+        )?;
+        writeln!(out, "|---|---|---:|---:|---:|---:|---:|")?;
+        out.flush()?;
+    }
+    for spec in specs {
+        let arch = arch_of(spec)?;
+        let report = run_mad(spec, &arch, &MadTask::all(), &proto, &mut |e| {
+            if let MadEvent::RunStart { task, epochs, .. } = e {
+                eprint!(
+                    "{spec}: {} ({epochs} epochs at most) ...{:20}\r",
+                    task.name(),
+                    ""
+                );
+            }
+        })
+        .with_context(|| format!("quick MAD suite of {spec}"))?;
+        eprint!("{:80}\r", "");
+        if a.json {
+            writeln!(out, "{}", serde_json::to_string(&report)?)?;
+            continue;
+        }
+        for t in &report.tasks {
+            let (epochs, tokens) = t
+                .settings
+                .iter()
+                .flat_map(|s| &s.runs)
+                .fold((0, 0), |(e, n), r| (e + r.epochs_run, n + r.train_tokens));
+            writeln!(
+                out,
+                "| {spec} | {} | {epochs} | {tokens} | {:.0} | {:.0} | {:.4} |",
+                t.task.name(),
+                t.seconds,
+                tokens as f64 / t.seconds.max(1e-9),
+                t.score
+            )?;
+        }
+        writeln!(
+            out,
+            "| {spec} | **all six** | | | **{:.0}** ({:.1} min) | | **{:.4}** |",
+            report.seconds,
+            report.seconds / 60.0,
+            report.overall
+        )?;
         out.flush()?;
     }
     Ok(())

@@ -73,6 +73,36 @@ fn bench_table_has_a_row_per_length() {
     }
 }
 
+/// `bench mad` trains the given architecture for `--steps` steps of `--batch` sequences (the
+/// batch flag used to be ignored there: it always ran 128).
+#[test]
+fn bench_mad_honours_batch_and_steps() {
+    let out = hyena(&[
+        "bench",
+        "mad",
+        "--arch",
+        "hyena,swiglu",
+        "--dim",
+        "8",
+        "--steps",
+        "2",
+        "--batch",
+        "3",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let r: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(r["batch"], 3, "{text}");
+    assert_eq!(r["steps"], 2, "{text}");
+    assert_eq!(r["seq_len"], 128, "{text}");
+    assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0, "{text}");
+}
+
 #[test]
 fn bad_flags_fail_with_a_message() {
     let out = hyena(&["bench", "conv", "--lengths", "0"]);

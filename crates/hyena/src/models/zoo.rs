@@ -270,9 +270,21 @@ pub struct ZooCache {
     rstd: Vec<Vec<f32>>,
     caches: Vec<LayerCache>,
     dec: DecoderCache,
-    /// `[B·L, V]`.
+    /// `[B·L, V]`, or `[S, V]` for the `S` rows of [`ZooCache::rows`].
     pub logits: Vec<f32>,
     ys: Vec<f32>,
+    /// The rows (flat positions `b·L + t`) the head was evaluated on, when not all: see
+    /// [`ZooModel::forward_scored`].
+    rows: Option<Vec<usize>>,
+    /// The head's input gathered at `rows` `[S, D]`.
+    head_x: Vec<f32>,
+}
+
+impl ZooCache {
+    /// The rows of `logits`, when the head ran on a subset of positions.
+    pub fn rows(&self) -> Option<&[usize]> {
+        self.rows.as_deref()
+    }
 }
 
 impl ZooModel {
@@ -468,6 +480,35 @@ impl ZooModel {
 
     /// Forward of `tokens [B, L]` to `cache.logits [B·L, V]`.
     pub fn forward(&self, tokens: &[u32], b: usize, l: usize, cache: &mut ZooCache) -> Result<()> {
+        self.forward_rows(tokens, b, l, None, cache)
+    }
+
+    /// Forward with the head evaluated only where `targets [B, L]` scores a position
+    /// (`>= 0`): `cache.logits [S, V]` for those `S` rows, in order. MAD scores a fraction of
+    /// the positions (memorization: half, at vocabularies up to 8192, where the head is most of
+    /// a step's work); unscored rows get no gradient, so skipping them changes nothing but the
+    /// cost. [`ZooModel::loss`] and [`ZooModel::backward`] follow the cache's rows.
+    pub fn forward_scored(
+        &self,
+        tokens: &[u32],
+        targets: &[i32],
+        b: usize,
+        l: usize,
+        cache: &mut ZooCache,
+    ) -> Result<()> {
+        check_len("zoo forward", "targets [B, L]", targets.len(), b * l)?;
+        let rows: Vec<usize> = (0..b * l).filter(|&i| targets[i] >= 0).collect();
+        self.forward_rows(tokens, b, l, Some(rows), cache)
+    }
+
+    fn forward_rows(
+        &self,
+        tokens: &[u32],
+        b: usize,
+        l: usize,
+        rows: Option<Vec<usize>>,
+        cache: &mut ZooCache,
+    ) -> Result<()> {
         const OP: &str = "zoo forward";
         let (d, v) = (self.cfg.d_model, self.cfg.vocab_size);
         check_len(OP, "tokens [B, L]", tokens.len(), b * l)?;
@@ -535,7 +576,6 @@ impl ZooModel {
             &mut cache.rstd[nl],
         )?;
         let uo = p.len() - v * d - v;
-        cache.logits.resize(b * l * v, 0.0);
         let head_in = if self.cfg.decoder {
             let off = self.final_norm_off() + self.norm_len();
             decoder_forward(
@@ -550,15 +590,28 @@ impl ZooModel {
         } else {
             &cache.hs[nl]
         };
-        linear_forward(
+        let (head_in, m) = match &rows {
+            Some(r) => {
+                cache.head_x.clear();
+                for &i in r {
+                    cache.head_x.extend_from_slice(&head_in[i * d..(i + 1) * d]);
+                }
+                (&cache.head_x[..], r.len())
+            }
+            None => (&head_in[..], b * l),
+        };
+        cache.logits.resize(m * v, 0.0);
+        let res = linear_forward(
             head_in,
             &p[uo..uo + v * d],
             Some(&p[uo + v * d..]),
-            b * l,
+            m,
             d,
             v,
             &mut cache.logits,
-        )
+        );
+        cache.rows = rows;
+        res
     }
 
     /// Cross-entropy of the last forward's logits against `targets [B, L]` (−100: not
@@ -572,10 +625,19 @@ impl ZooModel {
         dlogits: &mut Vec<f32>,
     ) -> Result<LossSum> {
         let v = self.cfg.vocab_size;
-        let t: Vec<u32> = targets
-            .iter()
-            .map(|&t| if t < 0 { u32::MAX } else { t as u32 })
-            .collect();
+        let to_u32 = |t: i32| if t < 0 { u32::MAX } else { t as u32 };
+        let t: Vec<u32> = match &cache.rows {
+            Some(r) => {
+                check_len(
+                    "zoo loss",
+                    "targets [B, L]",
+                    targets.len(),
+                    cache.b * cache.l,
+                )?;
+                r.iter().map(|&i| to_u32(targets[i])).collect()
+            }
+            None => targets.iter().map(|&t| to_u32(t)).collect(),
+        };
         let count = mean_over.unwrap_or_else(|| targets.iter().filter(|&&t| t >= 0).count());
         dlogits.resize(cache.logits.len(), 0.0);
         cross_entropy_sum(
@@ -588,7 +650,8 @@ impl ZooModel {
         )
     }
 
-    /// Backward from `dlogits [B·L, V]`: accumulates into `grads` (laid out like `params`).
+    /// Backward from `dlogits [B·L, V]` (or `[S, V]` after [`ZooModel::forward_scored`]):
+    /// accumulates into `grads` (laid out like `params`).
     pub fn backward(&self, dlogits: &[f32], cache: &ZooCache, grads: &mut [f32]) -> Result<()> {
         const OP: &str = "zoo backward";
         let (d, v) = (self.cfg.d_model, self.cfg.vocab_size);
@@ -596,26 +659,45 @@ impl ZooModel {
         let n = b * l * d;
         let nl = self.layers.len();
         check_len(OP, "grads", grads.len(), self.params.len())?;
-        check_len(OP, "dlogits [B·L, V]", dlogits.len(), b * l * v)?;
+        let m = cache.rows.as_ref().map_or(b * l, Vec::len);
+        check_len(OP, "dlogits [rows, V]", dlogits.len(), m * v)?;
         let p = &self.params;
         let uo = p.len() - v * d - v;
         let mut dh = vec![0.0; n];
         {
-            let head_in = if self.cfg.decoder {
-                &cache.dec.out
-            } else {
-                &cache.hs[nl]
+            let head_in = match &cache.rows {
+                Some(_) => &cache.head_x,
+                None if self.cfg.decoder => &cache.dec.out,
+                None => &cache.hs[nl],
             };
             let (gw, gb) = grads[uo..].split_at_mut(v * d);
-            linear_backward(
-                dlogits,
-                head_in,
-                &p[uo..uo + v * d],
-                (b * l, d, v),
-                Some(&mut dh),
-                gw,
-                Some(gb),
-            )?;
+            match &cache.rows {
+                // Head gradient on the scored rows, scattered back to their positions.
+                Some(rows) => {
+                    let mut dsel = vec![0.0; m * d];
+                    linear_backward(
+                        dlogits,
+                        head_in,
+                        &p[uo..uo + v * d],
+                        (m, d, v),
+                        Some(&mut dsel),
+                        gw,
+                        Some(gb),
+                    )?;
+                    for (&i, r) in rows.iter().zip(dsel.chunks_exact(d)) {
+                        dh[i * d..(i + 1) * d].copy_from_slice(r);
+                    }
+                }
+                None => linear_backward(
+                    dlogits,
+                    head_in,
+                    &p[uo..uo + v * d],
+                    (b * l, d, v),
+                    Some(&mut dh),
+                    gw,
+                    Some(gb),
+                )?,
+            }
         }
         if self.cfg.decoder {
             let off = self.final_norm_off() + self.norm_len();

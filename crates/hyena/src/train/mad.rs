@@ -151,14 +151,16 @@ pub fn evaluate(
             crate::ops::serial(|| {
                 let mut s = Shard::default();
                 gather(&mut s, examples, c);
-                model.forward(&s.toks, c.len(), l, &mut s.cache)?;
+                // Logits at the scored positions only (the others are not counted).
+                model.forward_scored(&s.toks, &s.tg, c.len(), l, &mut s.cache)?;
                 let preds: Vec<u32> = s
                     .cache
                     .logits
                     .chunks_exact(vocab)
                     .map(|r| argmax(r).0 as u32)
                     .collect();
-                Ok((preds, std::mem::take(&mut s.tg)))
+                let tg: Vec<i32> = s.tg.iter().copied().filter(|&t| t >= 0).collect();
+                Ok((preds, tg))
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -232,7 +234,7 @@ pub fn train_run(
                 .map(|(s, idx)| -> Result<(f64, usize)> {
                     crate::ops::serial(|| {
                         gather(s, &data.train, idx);
-                        model_ref.forward(&s.toks, idx.len(), l, &mut s.cache)?;
+                        model_ref.forward_scored(&s.toks, &s.tg, idx.len(), l, &mut s.cache)?;
                         let ls = model_ref.loss(&s.cache, &s.tg, Some(count), &mut s.dlogits)?;
                         s.grads.clear();
                         s.grads.resize(np, 0.0);
