@@ -99,7 +99,6 @@ fn bench_mad_honours_batch_and_steps() {
     let r: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
     assert_eq!(r["batch"], 3, "{text}");
     assert_eq!(r["steps"], 2, "{text}");
-    assert_eq!(r["seq_len"], 128, "{text}");
     assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0, "{text}");
 }
 
