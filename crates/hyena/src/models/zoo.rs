@@ -671,32 +671,29 @@ impl ZooModel {
                 None => &cache.hs[nl],
             };
             let (gw, gb) = grads[uo..].split_at_mut(v * d);
-            match &cache.rows {
-                // Head gradient on the scored rows, scattered back to their positions.
-                Some(rows) => {
-                    let mut dsel = vec![0.0; m * d];
-                    linear_backward(
-                        dlogits,
-                        head_in,
-                        &p[uo..uo + v * d],
-                        (m, d, v),
-                        Some(&mut dsel),
-                        gw,
-                        Some(gb),
-                    )?;
-                    for (&i, r) in rows.iter().zip(dsel.chunks_exact(d)) {
-                        dh[i * d..(i + 1) * d].copy_from_slice(r);
-                    }
+            // On scored rows only, the head's input gradient goes to `dsel [S, D]` and is
+            // scattered back to its positions; the other rows of `dh` stay zero.
+            let mut dsel = Vec::new();
+            let dst = match &cache.rows {
+                Some(_) => {
+                    dsel.resize(m * d, 0.0);
+                    &mut dsel
                 }
-                None => linear_backward(
-                    dlogits,
-                    head_in,
-                    &p[uo..uo + v * d],
-                    (b * l, d, v),
-                    Some(&mut dh),
-                    gw,
-                    Some(gb),
-                )?,
+                None => &mut dh,
+            };
+            linear_backward(
+                dlogits,
+                head_in,
+                &p[uo..uo + v * d],
+                (m, d, v),
+                Some(dst),
+                gw,
+                Some(gb),
+            )?;
+            if let Some(rows) = &cache.rows {
+                for (&i, r) in rows.iter().zip(dsel.chunks_exact(d)) {
+                    dh[i * d..(i + 1) * d].copy_from_slice(r);
+                }
             }
         }
         if self.cfg.decoder {
