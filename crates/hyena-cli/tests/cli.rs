@@ -10,10 +10,26 @@ fn hyena(args: &[&str]) -> std::process::Output {
         .expect("run hyena")
 }
 
+/// Run `hyena args…`, require success, and parse each stdout line as a JSON record.
+fn json_records(args: &[&str]) -> (Vec<serde_json::Value>, String) {
+    let out = hyena(args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let recs = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (recs, text)
+}
+
 #[test]
 fn bench_json_prints_one_record_per_length() {
     for op in ["conv", "operator"] {
-        let out = hyena(&[
+        let (recs, text) = json_records(&[
             "bench",
             op,
             "--lengths",
@@ -26,16 +42,6 @@ fn bench_json_prints_one_record_per_length() {
             "1",
             "--json",
         ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
-        let recs: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
         assert_eq!(recs.len(), 2, "{text}");
         for (r, l) in recs.iter().zip([7, 64]) {
             assert_eq!(r["op"], op);
@@ -77,7 +83,7 @@ fn bench_table_has_a_row_per_length() {
 /// batch flag used to be ignored there: it always ran 128).
 #[test]
 fn bench_mad_honours_batch_and_steps() {
-    let out = hyena(&[
+    let (recs, text) = json_records(&[
         "bench",
         "mad",
         "--arch",
@@ -90,13 +96,8 @@ fn bench_mad_honours_batch_and_steps() {
         "3",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let r: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(recs.len(), 1, "{text}");
+    let r = &recs[0];
     assert_eq!(r["batch"], 3, "{text}");
     assert_eq!(r["steps"], 2, "{text}");
     assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0, "{text}");
