@@ -10,6 +10,7 @@ use hyena::models::zoo::{parse_layers, ArchConfig, NormKind, LAYER_NAMES};
 use hyena::tasks::mad::{Average, MadTask};
 use hyena::train::mad::{
     chart_png, csv_lines, estimate_mad, markdown_table, run_mad, MadEvent, MadProtocol, MadReport,
+    SettingRecord,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -115,6 +116,12 @@ pub struct MadCommon {
     /// Print the results JSON to stdout instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Go on from an interrupted run in the same --out: every finished setting is appended to
+    /// OUT/progress.jsonl as it ends, and with --resume the settings recorded there for the
+    /// same architecture and protocol are not trained again. Without it, an existing
+    /// progress.jsonl is moved to progress.jsonl.prev and the run starts afresh.
+    #[arg(long)]
+    pub resume: bool,
     /// Do not train: time a few optimizer steps of every setting and print the protocol's
     /// projected wall time on this machine (an upper bound: early stopping only shortens it).
     #[arg(long)]
@@ -212,6 +219,41 @@ pub fn mad_cmd(a: MadArgs) -> Result<()> {
         "config: {}",
         serde_json::json!({ "architectures": archs, "tasks": tasks, "protocol": proto })
     );
+    let progress_path = common.out.join("progress.jsonl");
+    let done = if common.resume {
+        let d = read_progress(&progress_path)?;
+        // Rewritten with the whole records only, so that appends do not follow a cut line.
+        let mut text = String::new();
+        for r in &d {
+            text.push_str(&serde_json::to_string(r)?);
+            text.push('\n');
+        }
+        write_bytes_atomic(&progress_path, text.as_bytes())?;
+        eprintln!(
+            "resuming: {} finished settings in {}",
+            d.len(),
+            progress_path.display()
+        );
+        d
+    } else {
+        if progress_path.exists() {
+            let prev = common.out.join("progress.jsonl.prev");
+            std::fs::rename(&progress_path, &prev).with_context(|| {
+                format!("moving {} to {}", progress_path.display(), prev.display())
+            })?;
+            eprintln!(
+                "starting afresh; the earlier progress is in {} (use --resume to go on from it)",
+                prev.display()
+            );
+        }
+        Vec::new()
+    };
+    let mut progress = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&progress_path)
+        .with_context(|| format!("opening {}", progress_path.display()))?;
+    let mut progress_err: Option<anyhow::Error> = None;
     let mut reports: Vec<MadReport> = Vec::new();
     for (spec, arch) in specs.iter().zip(&archs) {
         let bar = ProgressBar::new(0);
@@ -257,10 +299,36 @@ pub fn mad_cmd(a: MadArgs) -> Result<()> {
                     r.lr, r.weight_decay, r.best_acc, r.best_epoch, r.epochs_run, r.seconds
                 ));
             }
+            MadEvent::SettingEnd { record, resumed } => {
+                if *resumed {
+                    let m = format!(
+                        "  {spec}: {} {}: best acc {:.4} (resumed from {})",
+                        record.task.name(),
+                        record.result.label,
+                        record.result.best_acc,
+                        progress_path.display()
+                    );
+                    if bar.is_hidden() {
+                        eprintln!("{m}");
+                    } else {
+                        bar.println(m);
+                    }
+                } else if progress_err.is_none() {
+                    // One JSON line per setting, flushed to disk: a killed run loses at most
+                    // the setting in progress.
+                    if let Err(e) = append_record(&mut progress, record) {
+                        progress_err =
+                            Some(e.context(format!("appending to {}", progress_path.display())));
+                    }
+                }
+            }
         };
-        let r = run_mad(spec, arch, &tasks, &proto, &mut ev)
+        let r = run_mad(spec, arch, &tasks, &proto, &done, &mut ev)
             .with_context(|| format!("MAD run of {spec}"))?;
         bar.finish_and_clear();
+        if let Some(e) = progress_err.take() {
+            return Err(e);
+        }
         reports.push(r);
         // Keep what is done on disk as it finishes.
         write_outputs(&common.out, &reports, common.quick)?;
@@ -331,6 +399,45 @@ fn estimate_cmd(
          shortens runs); s/step is the mean over a task's settings."
     );
     Ok(())
+}
+
+fn append_record(f: &mut std::fs::File, r: &SettingRecord) -> Result<()> {
+    use std::io::Write;
+    let mut line = serde_json::to_string(r)?;
+    line.push('\n');
+    f.write_all(line.as_bytes())?;
+    f.sync_data()?;
+    Ok(())
+}
+
+/// The records of `path` (none if it does not exist). A last line cut short by a killed
+/// process is skipped with a warning; a bad line elsewhere is an error naming the line.
+fn read_progress(path: &Path) -> Result<Vec<SettingRecord>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut out = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        match serde_json::from_str::<SettingRecord>(l) {
+            Ok(r) => out.push(r),
+            Err(e) if i + 1 == lines.len() => {
+                eprintln!(
+                    "warning: {} line {}: skipping an unfinished record ({e})",
+                    path.display(),
+                    i + 1
+                );
+            }
+            Err(e) => bail!(
+                "{} line {}: not a MAD setting record ({e}); remove the line or run without --resume",
+                path.display(),
+                i + 1
+            ),
+        }
+    }
+    Ok(out)
 }
 
 fn write_outputs(out: &Path, reports: &[MadReport], quick: bool) -> Result<()> {

@@ -411,7 +411,7 @@ fn bench_mad_suite(
     }
     for spec in specs {
         let arch = arch_of(spec)?;
-        let report = run_mad(spec, &arch, &MadTask::all(), &proto, &mut |e| {
+        let report = run_mad(spec, &arch, &MadTask::all(), &proto, &[], &mut |e| {
             if let MadEvent::RunStart { task, epochs, .. } = e {
                 eprint!(
                     "{spec}: {} ({epochs} epochs at most) ...{:20}\r",

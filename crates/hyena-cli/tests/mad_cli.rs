@@ -125,3 +125,74 @@ fn mad_estimate_prints_projected_hours_and_trains_nothing() {
     assert!(text.contains("| hyena,swiglu | **all** |"), "{text}");
     assert!(!out.exists(), "--estimate must not write results");
 }
+
+/// Every finished setting is appended to `progress.jsonl`; `--resume` after an interruption
+/// (here: the file cut back to two settings and half a line) trains only the missing
+/// settings and reports the whole protocol. A run without `--resume` keeps the old file aside.
+#[test]
+fn mad_resume_skips_recorded_settings() {
+    let out = tmp("resume");
+    let dir = out.to_str().unwrap();
+    // The full protocol's memorization sweep (6 settings), one run of one epoch each.
+    let args = [
+        "mad",
+        "--arch",
+        "hyena,swiglu",
+        "--tasks",
+        "memorization",
+        "--epochs",
+        "1",
+        "--lrs",
+        "1e-3",
+        "--wds",
+        "0",
+        "--d-model",
+        "16",
+        "--json",
+        "--out",
+        dir,
+    ];
+    let first: serde_json::Value = serde_json::from_str(&ok(&hyena(&args))).unwrap();
+    let progress = out.join("progress.jsonl");
+    let text = std::fs::read_to_string(&progress).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 6, "{text}");
+    // Interrupted during the third setting's record.
+    let cut = format!(
+        "{}\n{}\n{}",
+        lines[0],
+        lines[1],
+        &lines[2][..lines[2].len() / 2]
+    );
+    std::fs::write(&progress, cut).unwrap();
+    let mut resumed = args.to_vec();
+    resumed.push("--resume");
+    let o = hyena(&resumed);
+    let second: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("resuming: 2 finished settings"), "{err}");
+    assert!(err.contains("unfinished record"), "{err}");
+    assert_eq!(err.matches("(resumed from").count(), 2, "{err}");
+    assert_eq!(err.matches("-> best acc").count(), 4, "{err}");
+    let settings = |v: &serde_json::Value| v[0]["tasks"][0]["settings"].as_array().unwrap().len();
+    assert_eq!((settings(&first), settings(&second)), (6, 6));
+    assert_eq!(
+        first[0]["tasks"][0]["settings"][0],
+        second[0]["tasks"][0]["settings"][0]
+    );
+    // The 2 kept records and 4 new ones, all whole (the cut line is dropped).
+    let text = std::fs::read_to_string(&progress).unwrap();
+    assert_eq!(text.lines().count(), 6, "{text}");
+    for l in text.lines() {
+        let r: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(r["task"], "memorization", "{l}");
+    }
+    // Without --resume: the old progress is moved aside and all 6 settings run again.
+    let o = hyena(&args);
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("progress.jsonl.prev"), "{err}");
+    assert!(out.join("progress.jsonl.prev").exists());
+    assert_eq!(err.matches("-> best acc").count(), 6, "{err}");
+    let _ = std::fs::remove_dir_all(&out);
+}

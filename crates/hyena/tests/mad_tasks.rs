@@ -757,6 +757,16 @@ fn accuracy_macro_and_micro_on_a_hand_checked_case() {
     assert_eq!(c.scored(), 5);
     assert!((c.micro() - 0.6).abs() < 1e-12);
     assert!((c.macro_() - 5.0 / 9.0).abs() < 1e-12);
+    // and so does merging counters of the two batches (how threads' counts are combined),
+    // in all three averages
+    let (mut a, mut b) = (AccuracyCounter::new(4), AccuracyCounter::new(4));
+    a.add(&preds[3..], &targets[3..]);
+    b.add(&preds[..3], &targets[..3]);
+    a.merge(&b);
+    assert_eq!(a.scored(), 5);
+    for avg in [Average::Micro, Average::Macro, Average::MacroTorchmetrics] {
+        assert!((a.get(avg) - accuracy(&preds, &targets, 4, avg)).abs() < 1e-12);
+    }
 
     // macro weights rare classes up: 9 of class 0 right, the 1 of class 1 wrong
     let t2 = [0, 0, 0, 0, 0, 0, 0, 0, 0, 1];

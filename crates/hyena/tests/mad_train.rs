@@ -92,3 +92,56 @@ fn estimate_multiplies_out_the_protocol() {
         .iter()
         .all(|e| e.step_seconds > 0.0 && e.seconds.is_finite()));
 }
+
+/// A protocol interrupted after some settings goes on from their records: those settings are
+/// not trained again, the others are, and the report equals the uninterrupted one. Records of
+/// another protocol are not reused.
+#[test]
+fn run_mad_resumes_from_setting_records() {
+    use hyena::tasks::mad::sweep;
+    use hyena::train::mad::{run_mad, MadEvent, MadProtocol, MadReport, SettingRecord};
+    let arch = ArchConfig {
+        layers: parse_layers("hyena,swiglu").unwrap(),
+        d_model: 16,
+        ..ArchConfig::default()
+    };
+    let task = MadTask::Memorization;
+    let mut proto = MadProtocol::full();
+    proto.train.epochs = 1;
+    proto.lrs = vec![1e-3];
+    proto.weight_decays = vec![0.0];
+    let run = |p: &MadProtocol, done: &[SettingRecord]| {
+        let (mut recs, mut started, mut resumed) = (Vec::new(), 0, 0);
+        let r = run_mad("hyena,swiglu", &arch, &[task], p, done, &mut |e| match e {
+            MadEvent::RunStart { .. } => started += 1,
+            MadEvent::SettingEnd {
+                record,
+                resumed: true,
+            } => {
+                resumed += 1;
+                assert!(done.contains(record));
+            }
+            MadEvent::SettingEnd { record, .. } => recs.push((**record).clone()),
+            _ => {}
+        })
+        .unwrap();
+        (r, recs, started, resumed)
+    };
+    let n = sweep(task).len();
+    let (full, recs, started, resumed) = run(&proto, &[]);
+    assert_eq!((recs.len(), started, resumed), (n, n, 0));
+    assert!(recs.iter().all(|r| r.result.seconds > 0.0));
+    // Interrupted after 2 settings: 2 resumed, the rest trained, the same scores.
+    let (again, recs2, started2, resumed2) = run(&proto, &recs[..2]);
+    assert_eq!((recs2.len(), started2, resumed2), (n - 2, n - 2, 2));
+    let scores =
+        |r: &MadReport| -> Vec<f64> { r.tasks[0].settings.iter().map(|s| s.best_acc).collect() };
+    assert_eq!(scores(&again), scores(&full));
+    assert_eq!(again.tasks[0].settings[..2], full.tasks[0].settings[..2]);
+    assert_eq!(again.overall, full.overall);
+    // Another protocol (another learning rate) reuses nothing.
+    let mut other = proto.clone();
+    other.lrs = vec![5e-4];
+    let (_, recs3, started3, resumed3) = run(&other, &recs);
+    assert_eq!((recs3.len(), started3, resumed3), (n, n, 0));
+}

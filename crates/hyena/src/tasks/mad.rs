@@ -936,6 +936,19 @@ impl AccuracyCounter {
         }
     }
 
+    /// Add the counts of `other` (same vocabulary): the counter of both parts' batches.
+    pub fn merge(&mut self, other: &AccuracyCounter) {
+        for (a, b) in [
+            (&mut self.tp, &other.tp),
+            (&mut self.support, &other.support),
+            (&mut self.predicted, &other.predicted),
+        ] {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
+    }
+
     /// Number of scored positions so far.
     pub fn scored(&self) -> u64 {
         self.support.iter().sum()

@@ -142,31 +142,55 @@ pub fn evaluate(
     batch: usize,
     vocab: usize,
 ) -> Result<AccuracyCounter> {
+    let mut shards = Vec::new();
+    evaluate_with(model, examples, batch, vocab, &mut shards)
+}
+
+/// [`evaluate`] with scratch kept by the caller: one shard per thread, each scoring every
+/// n-th batch. A run evaluates after every epoch, and fresh buffers (the logits alone are
+/// `[batch · scored, V]`, 64 MiB at memorization's V = 8192) cost their first-touch page
+/// faults every time: a quarter of a full-protocol memorization run's time, measured with
+/// `perf`.
+fn evaluate_with(
+    model: &ZooModel,
+    examples: &[Example],
+    batch: usize,
+    vocab: usize,
+    shards: &mut Vec<Shard>,
+) -> Result<AccuracyCounter> {
     let l = examples.first().map_or(0, |e| e.inputs.len());
     let idx: Vec<usize> = (0..examples.len()).collect();
     let chunks: Vec<&[usize]> = idx.chunks(batch.max(1)).collect();
-    let counters = chunks
-        .par_iter()
-        .map(|c| -> Result<(Vec<u32>, Vec<i32>)> {
+    let n = rayon::current_num_threads().clamp(1, chunks.len().max(1));
+    if shards.len() < n {
+        shards.resize_with(n, Shard::default);
+    }
+    let counters = shards[..n]
+        .par_iter_mut()
+        .enumerate()
+        .map(|(k, s)| -> Result<AccuracyCounter> {
             crate::ops::serial(|| {
-                let mut s = Shard::default();
-                gather(&mut s, examples, c);
-                // Logits at the scored positions only (the others are not counted).
-                model.forward_scored(&s.toks, &s.tg, c.len(), l, &mut s.cache)?;
-                let preds: Vec<u32> = s
-                    .cache
-                    .logits
-                    .chunks_exact(vocab)
-                    .map(|r| argmax(r).0 as u32)
-                    .collect();
-                let tg: Vec<i32> = s.tg.iter().copied().filter(|&t| t >= 0).collect();
-                Ok((preds, tg))
+                let mut total = AccuracyCounter::new(vocab);
+                for c in chunks.iter().skip(k).step_by(n) {
+                    gather(s, examples, c);
+                    // Logits at the scored positions only (the others are not counted).
+                    model.forward_scored(&s.toks, &s.tg, c.len(), l, &mut s.cache)?;
+                    let preds: Vec<u32> = s
+                        .cache
+                        .logits
+                        .chunks_exact(vocab)
+                        .map(|r| argmax(r).0 as u32)
+                        .collect();
+                    let tg: Vec<i32> = s.tg.iter().copied().filter(|&t| t >= 0).collect();
+                    total.add(&preds, &tg);
+                }
+                Ok(total)
             })
         })
         .collect::<Result<Vec<_>>>()?;
     let mut total = AccuracyCounter::new(vocab);
-    for (p, t) in &counters {
-        total.add(p, t);
+    for c in &counters {
+        total.merge(c);
     }
     Ok(total)
 }
@@ -194,6 +218,7 @@ pub fn train_run(
     let mut grads = vec![0.0f32; np];
     let n_shards = rayon::current_num_threads().clamp(1, cfg.batch.max(1));
     let mut shards: Vec<Shard> = (0..n_shards).map(|_| Shard::default()).collect();
+    let mut eval_shards: Vec<Shard> = Vec::new();
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5eed);
     let mut order: Vec<usize> = (0..data.train.len()).collect();
     // PyTorch's AdamW defaults (betas 0.9, 0.999; eps 1e-8), as mad-lab's optimizer.
@@ -264,7 +289,7 @@ pub fn train_run(
                 .for_each(|((p, g), (m, vv))| upd.apply(p, g, m, vv));
             res.train_tokens += (batch.len() * l) as u64;
         }
-        let acc = evaluate(&model, &data.test, cfg.batch, v)?;
+        let acc = evaluate_with(&model, &data.test, cfg.batch, v, &mut eval_shards)?;
         let (ma, mi) = (acc.macro_(), acc.micro());
         let chosen = acc.get(cfg.average);
         res.epochs_run = epoch + 1;
@@ -385,6 +410,39 @@ pub struct SettingResult {
     pub best_acc: f64,
     pub best_lr: f32,
     pub best_weight_decay: f32,
+    /// Wall seconds of the setting: data generation and every run (0 in results written
+    /// before this field existed).
+    #[serde(default)]
+    pub seconds: f64,
+}
+
+/// A finished setting as [`run_mad`] reports it ([`MadEvent::SettingEnd`]) and takes it back
+/// to resume an interrupted protocol: the full protocol runs for hours to days, so every
+/// setting is worth keeping. A record is reused only for the same architecture, protocol,
+/// task and setting.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SettingRecord {
+    pub spec: String,
+    pub arch: ArchConfig,
+    pub protocol: MadProtocol,
+    pub task: MadTask,
+    pub result: SettingResult,
+}
+
+impl SettingRecord {
+    /// Whether this record is the result of `setting` of `task` for `arch` under `proto`.
+    pub fn matches(
+        &self,
+        arch: &ArchConfig,
+        proto: &MadProtocol,
+        task: MadTask,
+        setting: &TaskSetting,
+    ) -> bool {
+        self.task == task
+            && &self.result.setting == setting
+            && &self.arch == arch
+            && &self.protocol == proto
+    }
 }
 
 /// One task: its settings and score (mean over settings of the best accuracy).
@@ -393,6 +451,7 @@ pub struct TaskScore {
     pub task: MadTask,
     pub score: f64,
     pub settings: Vec<SettingResult>,
+    /// Sum of the settings' wall seconds (resumed ones with their recorded time).
     pub seconds: f64,
 }
 
@@ -406,6 +465,8 @@ pub struct MadReport {
     pub tasks: Vec<TaskScore>,
     /// Mean of the task scores.
     pub overall: f64,
+    /// Sum of the tasks' seconds: the protocol's wall time, whether it ran in one process
+    /// or was resumed.
     pub seconds: f64,
     /// Parameters of the model at the baseline vocabulary of the first task.
     pub params: usize,
@@ -424,14 +485,22 @@ pub enum MadEvent {
     },
     Epoch(EpochEvent),
     RunEnd(RunResult),
+    /// A setting is done (all its runs), or was taken from `done` (`resumed`).
+    SettingEnd {
+        record: Box<SettingRecord>,
+        resumed: bool,
+    },
 }
 
-/// Run the protocol for `arch` on `tasks`.
+/// Run the protocol for `arch` on `tasks`. Settings with a matching record in `done` (see
+/// [`SettingRecord::matches`]) are not trained again: their recorded result is used, and
+/// reported as `SettingEnd { resumed: true }`.
 pub fn run_mad(
     spec: &str,
     arch: &ArchConfig,
     tasks: &[MadTask],
     proto: &MadProtocol,
+    done: &[SettingRecord],
     on_event: &mut dyn FnMut(&MadEvent),
 ) -> Result<MadReport> {
     if tasks.is_empty() || proto.lrs.is_empty() || proto.weight_decays.is_empty() {
@@ -441,13 +510,23 @@ pub fn run_mad(
             "give at least one task, learning rate and weight decay",
         ));
     }
-    let t0 = Instant::now();
     let mut out = Vec::new();
     let mut params = 0;
     for &task in tasks {
-        let tt = Instant::now();
         let mut results = Vec::new();
         for setting in proto.settings(task) {
+            if params == 0 {
+                params = params_at(arch, &setting)?;
+            }
+            if let Some(rec) = done.iter().find(|r| r.matches(arch, proto, task, &setting)) {
+                on_event(&MadEvent::SettingEnd {
+                    record: Box::new(rec.clone()),
+                    resumed: true,
+                });
+                results.push(rec.result.clone());
+                continue;
+            }
+            let ts = Instant::now();
             let label = setting.label();
             let data = generate(&setting)?;
             let train = MadTrainConfig {
@@ -471,13 +550,6 @@ pub fn run_mad(
                     runs.push(r);
                 }
             }
-            if params == 0 {
-                let mut a = arch.clone();
-                a.vocab_size = data.vocab_size;
-                a.max_len = data.seq_len;
-                a.decoder = data.encoder_decoder;
-                params = ZooModel::new(&a, 0)?.params.len();
-            }
             let best = runs
                 .iter()
                 .fold(None::<&RunResult>, |b, r| match b {
@@ -487,33 +559,59 @@ pub fn run_mad(
                 .cloned();
             let (best_acc, best_lr, best_wd) =
                 best.map_or((0.0, 0.0, 0.0), |b| (b.best_acc, b.lr, b.weight_decay));
-            results.push(SettingResult {
+            let result = SettingResult {
                 label,
                 setting,
                 runs,
                 best_acc,
                 best_lr,
                 best_weight_decay: best_wd,
+                seconds: ts.elapsed().as_secs_f64(),
+            };
+            on_event(&MadEvent::SettingEnd {
+                record: Box::new(SettingRecord {
+                    spec: spec.to_string(),
+                    arch: arch.clone(),
+                    protocol: proto.clone(),
+                    task,
+                    result: result.clone(),
+                }),
+                resumed: false,
             });
+            results.push(result);
         }
         let score = results.iter().map(|r| r.best_acc).sum::<f64>() / results.len().max(1) as f64;
+        // Resumed settings count with their recorded time, so that a protocol finished over
+        // several processes reports its whole cost.
+        let seconds = results.iter().map(|r| r.seconds).sum();
         out.push(TaskScore {
             task,
             score,
             settings: results,
-            seconds: tt.elapsed().as_secs_f64(),
+            seconds,
         });
     }
     let overall = out.iter().map(|t| t.score).sum::<f64>() / out.len().max(1) as f64;
+    let out_seconds = out.iter().map(|t| t.seconds).sum();
     Ok(MadReport {
         spec: spec.to_string(),
         arch: arch.clone(),
         protocol: proto.clone(),
         tasks: out,
         overall,
-        seconds: t0.elapsed().as_secs_f64(),
+        seconds: out_seconds,
         params,
     })
+}
+
+/// Parameters of `arch` sized for `setting` (its vocabulary, length and head).
+fn params_at(arch: &ArchConfig, setting: &TaskSetting) -> Result<usize> {
+    let data = generate(setting)?;
+    let mut a = arch.clone();
+    a.vocab_size = data.vocab_size;
+    a.max_len = data.seq_len;
+    a.decoder = data.encoder_decoder;
+    Ok(ZooModel::new(&a, 0)?.params.len())
 }
 
 /// Projected wall time of one task setting under a protocol (see [`estimate_mad`]).
