@@ -100,9 +100,20 @@ impl SeqLayer for HyenaLayer {
         let mut grads = self.op.zero_grads();
         // The backward's scratch (several [D, B, L] buffers) is kept per thread: allocated fresh
         // on every call, its first-touch page faults cost about as much as the out_proj GEMMs.
-        GRAD_WS.with(|ws| {
-            self.op
-                .backward_with(&hp, dy, x, c, dx, &mut grads, &mut ws.borrow_mut())
+        // A rayon thread waiting inside this backward can steal another training's job that
+        // reaches here too (two trainings in one process): then the scratch is in use and
+        // that call takes a fresh one instead of panicking on the borrow.
+        GRAD_WS.with(|ws| match ws.try_borrow_mut() {
+            Ok(mut w) => self.op.backward_with(&hp, dy, x, c, dx, &mut grads, &mut w),
+            Err(_) => self.op.backward_with(
+                &hp,
+                dy,
+                x,
+                c,
+                dx,
+                &mut grads,
+                &mut HyenaGradWorkspace::default(),
+            ),
         })?;
         let mut off = 0;
         grads.visit("", &mut |_, _, d| {
