@@ -285,34 +285,26 @@ pub fn mad_cmd(a: MadArgs) -> Result<()> {
                 ));
             }
             MadEvent::RunEnd(r) => {
-                // Printed through the bar on a terminal; straight to stderr in logs, where the
-                // bar is hidden and this line is the only progress.
-                let say = |m: String| {
-                    if bar.is_hidden() {
-                        eprintln!("{m}");
-                    } else {
-                        bar.println(m);
-                    }
-                };
-                say(format!(
-                    "  {spec}: lr {:.0e} wd {} -> best acc {:.4} at epoch {} of {} ({:.0} s)",
-                    r.lr, r.weight_decay, r.best_acc, r.best_epoch, r.epochs_run, r.seconds
-                ));
+                say(
+                    &bar,
+                    format!(
+                        "  {spec}: lr {:.0e} wd {} -> best acc {:.4} at epoch {} of {} ({:.0} s)",
+                        r.lr, r.weight_decay, r.best_acc, r.best_epoch, r.epochs_run, r.seconds
+                    ),
+                );
             }
             MadEvent::SettingEnd { record, resumed } => {
                 if *resumed {
-                    let m = format!(
-                        "  {spec}: {} {}: best acc {:.4} (resumed from {})",
-                        record.task.name(),
-                        record.result.label,
-                        record.result.best_acc,
-                        progress_path.display()
+                    say(
+                        &bar,
+                        format!(
+                            "  {spec}: {} {}: best acc {:.4} (resumed from {})",
+                            record.task.name(),
+                            record.result.label,
+                            record.result.best_acc,
+                            progress_path.display()
+                        ),
                     );
-                    if bar.is_hidden() {
-                        eprintln!("{m}");
-                    } else {
-                        bar.println(m);
-                    }
                 } else if progress_err.is_none() {
                     // One JSON line per setting, flushed to disk: a killed run loses at most
                     // the setting in progress.
@@ -399,6 +391,16 @@ fn estimate_cmd(
          shortens runs); s/step is the mean over a task's settings."
     );
     Ok(())
+}
+
+/// A line of progress: through the bar on a terminal; straight to stderr in logs, where the
+/// bar is hidden and these lines are the only progress.
+fn say(bar: &ProgressBar, m: String) {
+    if bar.is_hidden() {
+        eprintln!("{m}");
+    } else {
+        bar.println(m);
+    }
 }
 
 fn append_record(f: &mut std::fs::File, r: &SettingRecord) -> Result<()> {

@@ -698,11 +698,9 @@ pub fn run_mad_bench(
     let f0 = crate::ops::linear::matmul_flops();
     let r = train_run(arch, &data, 1e-3, 0.0, &cfg, &mut |_| {})?;
     let flops = crate::ops::linear::matmul_flops() - f0;
-    let mut a = arch.clone();
-    a.vocab_size = data.vocab_size;
-    a.max_len = data.seq_len;
-    a.decoder = data.encoder_decoder;
-    let params = crate::models::zoo::ZooModel::new(&a, 0)?.params.len();
+    let params = crate::models::zoo::ZooModel::new(&crate::train::mad::sized_for(arch, &data), 0)?
+        .params
+        .len();
     Ok(MadBenchRecord {
         arch: spec.to_string(),
         task: task.name().to_string(),

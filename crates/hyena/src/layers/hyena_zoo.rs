@@ -103,17 +103,11 @@ impl SeqLayer for HyenaLayer {
         // A rayon thread waiting inside this backward can steal another training's job that
         // reaches here too (two trainings in one process): then the scratch is in use and
         // that call takes a fresh one instead of panicking on the borrow.
+        let mut run =
+            |w: &mut HyenaGradWorkspace| self.op.backward_with(&hp, dy, x, c, dx, &mut grads, w);
         GRAD_WS.with(|ws| match ws.try_borrow_mut() {
-            Ok(mut w) => self.op.backward_with(&hp, dy, x, c, dx, &mut grads, &mut w),
-            Err(_) => self.op.backward_with(
-                &hp,
-                dy,
-                x,
-                c,
-                dx,
-                &mut grads,
-                &mut HyenaGradWorkspace::default(),
-            ),
+            Ok(mut w) => run(&mut w),
+            Err(_) => run(&mut HyenaGradWorkspace::default()),
         })?;
         let mut off = 0;
         grads.visit("", &mut |_, _, d| {

@@ -207,11 +207,7 @@ pub fn train_run(
 ) -> Result<RunResult> {
     check_data(data)?;
     let t0 = Instant::now();
-    let mut a = arch.clone();
-    a.vocab_size = data.vocab_size;
-    a.max_len = data.seq_len;
-    a.decoder = data.encoder_decoder;
-    let mut model = ZooModel::new(&a, cfg.seed)?;
+    let mut model = ZooModel::new(&sized_for(arch, data), cfg.seed)?;
     let (l, v, np) = (data.seq_len, data.vocab_size, model.params.len());
     let mut m1 = vec![0.0f32; np];
     let mut m2 = vec![0.0f32; np];
@@ -515,10 +511,10 @@ pub fn run_mad(
     for &task in tasks {
         let mut results = Vec::new();
         for setting in proto.settings(task) {
-            if params == 0 {
-                params = params_at(arch, &setting)?;
-            }
             if let Some(rec) = done.iter().find(|r| r.matches(arch, proto, task, &setting)) {
+                if params == 0 {
+                    params = params_at(arch, &generate(&setting)?)?;
+                }
                 on_event(&MadEvent::SettingEnd {
                     record: Box::new(rec.clone()),
                     resumed: true,
@@ -529,6 +525,9 @@ pub fn run_mad(
             let ts = Instant::now();
             let label = setting.label();
             let data = generate(&setting)?;
+            if params == 0 {
+                params = params_at(arch, &data)?;
+            }
             let train = MadTrainConfig {
                 epochs: proto.epochs_for(&data),
                 ..proto.train.clone()
@@ -604,14 +603,19 @@ pub fn run_mad(
     })
 }
 
-/// Parameters of `arch` sized for `setting` (its vocabulary, length and head).
-fn params_at(arch: &ArchConfig, setting: &TaskSetting) -> Result<usize> {
-    let data = generate(setting)?;
+/// `arch` with the vocabulary, length and head (decoder for compression) of `data`: the
+/// model a MAD run trains on it.
+pub fn sized_for(arch: &ArchConfig, data: &TaskData) -> ArchConfig {
     let mut a = arch.clone();
     a.vocab_size = data.vocab_size;
     a.max_len = data.seq_len;
     a.decoder = data.encoder_decoder;
-    Ok(ZooModel::new(&a, 0)?.params.len())
+    a
+}
+
+/// Parameters of `arch` sized for `data`.
+fn params_at(arch: &ArchConfig, data: &TaskData) -> Result<usize> {
+    Ok(ZooModel::new(&sized_for(arch, data), 0)?.params.len())
 }
 
 /// Projected wall time of one task setting under a protocol (see [`estimate_mad`]).
