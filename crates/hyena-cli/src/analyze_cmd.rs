@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use hyena::data::tokens::{load_tokens, DataConfig};
 use hyena::distill::ess::{filter_ess, operator_ess, LayerEss};
-use hyena::train::run::{load_tokens, DataConfig};
 use hyena::train::trainer::{load_model, read_json};
 
 #[derive(clap::Subcommand, Debug)]
@@ -149,7 +149,7 @@ fn ess_cmd(a: EssArgs) -> Result<()> {
             line(&operator, false),
         ));
     }
-    hyena::train::plot::lines_png(
+    hyena::plot::lines_png(
         &a.png,
         "effective state size per channel (mean over channels)",
         "layer",

@@ -1,18 +1,18 @@
 //! `hyena data species` (build the species-of-origin classification task from real genomes)
 //! and `hyena data baseline` (the k-mer / Markov-chain classifier on a dataset): argument
-//! parsing and printing only; the work is in `hyena::io::seqcls` and `hyena::train::kmer`.
+//! parsing and printing only; the work is in `hyena::data` and `hyena::baselines::kmer`.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use hyena::io::seqcls::{
-    build_species_task, load_csv, load_dataset, SeqClsDataset, SpeciesTaskOptions, StrainReport,
-    DEFAULT_LENGTH, DEFAULT_MIN_RECORD_LEN, DEFAULT_SEED, DEFAULT_TEST_PER_CLASS,
-    DEFAULT_TRAIN_PER_CLASS,
+use hyena::baselines::kmer::{fit_select, Evaluation, MarkovClassifier, MAX_K};
+use hyena::data::seqcls::{load_csv, load_dataset, SeqClsDataset};
+use hyena::data::species::{
+    build_species_task, SpeciesTaskOptions, StrainReport, DEFAULT_LENGTH, DEFAULT_MIN_RECORD_LEN,
+    DEFAULT_SEED, DEFAULT_TEST_PER_CLASS, DEFAULT_TRAIN_PER_CLASS,
 };
-use hyena::train::kmer::{fit_select, Evaluation, MarkovClassifier, MAX_K};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum DataWhat {

@@ -1,12 +1,12 @@
 //! `hyena embed` and `hyena score`: argument parsing and printing only; the work is
-//! `hyena::models::dna` (lean inference over FASTA/FASTQ records).
+//! `hyena::apps::dna` (lean inference over FASTA/FASTQ records).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::alloc::{peak_heap_bytes, peak_rss_bytes, CountingAlloc};
 use anyhow::{Context, Result};
-use hyena::bench::{peak_heap_bytes, peak_rss_bytes, CountingAlloc};
-use hyena::models::dna::{
+use hyena::apps::dna::{
     embed_file, score_file, EmbedOptions, Pool, Progress, ProgressFn, TokenizeOptions,
 };
 use hyena::models::infer::{LeanOptions, ResidualStore};

@@ -5,9 +5,9 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use hyena::baselines::kmer::fit_select;
 use hyena::models::classifier::Pool;
 use hyena::train::finetune::{finetune, FinetuneConfig, FinetuneEvent, FinetuneRun};
-use hyena::train::kmer::fit_select;
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -85,8 +85,8 @@ pub struct FinetuneArgs {
 
 pub fn finetune_cmd(a: FinetuneArgs) -> Result<()> {
     let ds = match &a.test_csv {
-        Some(t) => hyena::io::seqcls::load_csv(&a.data, Some(t)),
-        None => hyena::io::seqcls::load_dataset(&a.data),
+        Some(t) => hyena::data::seqcls::load_csv(&a.data, Some(t)),
+        None => hyena::data::seqcls::load_dataset(&a.data),
     }
     .with_context(|| format!("reading the dataset {}", a.data.display()))?;
     let cfg = FinetuneConfig {

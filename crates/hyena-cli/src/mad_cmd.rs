@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use hyena::data::mad::{Average, MadTask};
 use hyena::io::safetensors::write_bytes_atomic;
 use hyena::models::zoo::{parse_layers, ArchConfig, NormKind, LAYER_NAMES};
-use hyena::tasks::mad::{Average, MadTask};
 use hyena::train::mad::{
     chart_png, csv_lines, estimate_mad, markdown_table, run_mad, MadEvent, MadProtocol, MadReport,
     SettingRecord,

@@ -1,6 +1,7 @@
 //! `hyena`: the command-line tool. Thin by design: parse arguments, build a library config,
 //! call the library, print. All numerics live in the `hyena` crate.
 
+mod alloc;
 mod analyze_cmd;
 mod data_cmd;
 mod distill_cmd;
@@ -11,11 +12,10 @@ mod train_cmd;
 
 use std::io::Write;
 
+use alloc::{Counted, CountingAlloc};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use hyena::bench::{
-    run_one, run_train, BenchOp, BenchRecord, BenchSpec, CountingAlloc, TrainShape,
-};
+use hyena::apps::bench::{run_one, run_train, BenchOp, BenchRecord, BenchSpec, TrainShape};
 
 // Counting allocator: lets `hyena bench` report peak heap memory per measurement.
 #[global_allocator]
@@ -209,7 +209,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     let dim = a.dim.unwrap_or(256);
     if op == BenchOp::Operator {
         // Fail before printing anything if the operator config is invalid (e.g. --order 1).
-        hyena::bench::bench_operator_config(dim, 1, a.order).validate()?;
+        hyena::apps::bench::bench_operator_config(dim, 1, a.order).validate()?;
     }
     let batch = a.batch.unwrap_or(4);
     let spec = BenchSpec {
@@ -244,8 +244,8 @@ fn bench(a: BenchArgs) -> Result<()> {
     }
     for &l in &spec.lengths {
         eprint!("measuring {} L={l} ...\r", op.name());
-        let r: BenchRecord =
-            run_one(&spec, l).with_context(|| format!("benchmark {} at L={l}", op.name()))?;
+        let r: BenchRecord = run_one(&spec, l, &Counted)
+            .with_context(|| format!("benchmark {} at L={l}", op.name()))?;
         eprint!("{:40}\r", "");
         if a.json {
             writeln!(out, "{}", serde_json::to_string(&r)?)?;
@@ -287,12 +287,12 @@ fn bench_embed(a: &BenchArgs) -> Result<()> {
         chunk: 2048,
         residual: a.residual.store(),
     };
-    let recs = hyena::bench::run_embed(&a.lengths, d, layers, lean, &mut |l| {
+    let recs = hyena::apps::bench::run_embed(&a.lengths, d, layers, lean, &Counted, &mut |l| {
         eprint!("measuring embed at L={l} ...\r")
     })
     .context("embedding benchmark")?;
     eprint!("{:50}\r", "");
-    let rss = hyena::bench::peak_rss_bytes().map(|b| b as f64 / 1048576.0);
+    let rss = alloc::peak_rss_bytes().map(|b| b as f64 / 1048576.0);
     for r in &recs {
         if a.json {
             let mut v = serde_json::to_value(r)?;
@@ -339,7 +339,7 @@ fn bench_mad(a: &BenchArgs) -> Result<()> {
     if a.suite {
         return bench_mad_suite(a, &specs, batch, &arch_of);
     }
-    let task = hyena::tasks::mad::MadTask::from_name(&a.task)?;
+    let task = hyena::data::mad::MadTask::from_name(&a.task)?;
     let mut out = std::io::stdout().lock();
     if !a.json {
         writeln!(
@@ -358,7 +358,7 @@ fn bench_mad(a: &BenchArgs) -> Result<()> {
     for spec in &specs {
         let arch = arch_of(spec)?;
         eprint!("measuring {spec} ...\r");
-        let r = hyena::bench::run_mad_bench(spec, &arch, task, a.steps.max(1), batch)
+        let r = hyena::apps::bench::run_mad_bench(spec, &arch, task, a.steps.max(1), batch)
             .with_context(|| format!("MAD benchmark of {spec}"))?;
         eprint!("{:60}\r", "");
         if a.json {
@@ -389,7 +389,7 @@ fn bench_mad_suite(
     batch: usize,
     arch_of: &dyn Fn(&str) -> Result<hyena::models::zoo::ArchConfig>,
 ) -> Result<()> {
-    use hyena::tasks::mad::MadTask;
+    use hyena::data::mad::MadTask;
     use hyena::train::mad::{run_mad, MadEvent, MadProtocol};
     let mut proto = MadProtocol::quick();
     proto.train.batch = batch;
@@ -472,10 +472,11 @@ fn bench_generate(a: &BenchArgs) -> Result<()> {
         writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|")?;
         out.flush()?;
     }
-    let recs = hyena::bench::run_generate(&a.contexts, d, layers, a.modes, &mut |c| {
-        eprint!("measuring generate at context {c} ...\r")
-    })
-    .context("generation benchmark")?;
+    let recs =
+        hyena::apps::bench::run_generate(&a.contexts, d, layers, a.modes, &Counted, &mut |c| {
+            eprint!("measuring generate at context {c} ...\r")
+        })
+        .context("generation benchmark")?;
     eprint!("{:50}\r", "");
     for r in &recs {
         if a.json {
@@ -509,7 +510,7 @@ fn bench_generate(a: &BenchArgs) -> Result<()> {
                 .collect(),
         ),
     ];
-    hyena::train::plot::log_log_png(
+    hyena::plot::log_log_png(
         &a.png,
         &format!("per-token generation latency, D={d}, {} layers", layers),
         "context length (tokens)",
@@ -541,8 +542,8 @@ fn bench_train(a: &BenchArgs) -> Result<()> {
     }
     for sh in shapes {
         eprint!("measuring train {} ...\r", sh.name());
-        let r =
-            run_train(sh, a.reps).with_context(|| format!("training benchmark {}", sh.name()))?;
+        let r = run_train(sh, a.reps, &Counted)
+            .with_context(|| format!("training benchmark {}", sh.name()))?;
         eprint!("{:40}\r", "");
         if a.json {
             writeln!(out, "{}", serde_json::to_string(&r)?)?;

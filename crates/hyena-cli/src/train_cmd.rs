@@ -387,7 +387,7 @@ pub fn eval_cmd(a: EvalArgs) -> Result<()> {
     let data = if a.fasta.is_empty() && a.text.is_empty() {
         None
     } else {
-        Some(hyena::train::run::DataConfig {
+        Some(hyena::data::tokens::DataConfig {
             fasta: a.fasta.clone(),
             text: a.text.clone(),
             ..Default::default()

@@ -6,7 +6,7 @@ mod common;
 use common::{fails_with, hyena, ok, snapshot};
 use std::path::{Path, PathBuf};
 
-use hyena::io::seqcls::SPECIES;
+use hyena::data::species::SPECIES;
 
 /// One random chromosome (and a small plasmid) per strain at its package path under `root`;
 /// each species has its own GC content, so the task is learnable from base statistics.

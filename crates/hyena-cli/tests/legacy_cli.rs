@@ -49,7 +49,12 @@ impl Drop for Tmp {
 #[test]
 fn eval_gives_the_same_numbers() {
     for m in ["run", "distilled"] {
-        let out = ok(&hyena(&["eval", "--model", &s(&legacy().join(m)), "--json"]));
+        let out = ok(&hyena(&[
+            "eval",
+            "--model",
+            &s(&legacy().join(m)),
+            "--json",
+        ]));
         let mut got: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
         let obj = got.as_object_mut().unwrap();
         // The data summary names the genome's path, and `model` the path given: not numbers.

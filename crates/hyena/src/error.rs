@@ -72,6 +72,20 @@ impl Error {
         }
     }
 
+    /// Build a [`Error::Format`]: `file` could not be read as what it should be.
+    pub fn format(file: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Format {
+            file: file.into(),
+            msg: msg.into(),
+        }
+    }
+
+    /// A `map_err` adapter turning an I/O error on `file` into [`Error::Io`].
+    pub fn io(file: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let file = file.into();
+        move |source| Error::Io { file, source }
+    }
+
     /// Build a [`Error::Config`].
     pub fn config(
         field: &'static str,

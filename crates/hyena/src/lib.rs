@@ -55,15 +55,18 @@
 // Kernels index several buffers with one loop counter; iterator chains would obscure them.
 #![allow(clippy::needless_range_loop)]
 
-pub mod bench;
+pub mod apps;
+pub mod baselines;
 pub mod config;
+pub mod data;
 pub mod distill;
 pub mod error;
 pub mod io;
 pub mod layers;
 pub mod models;
 pub mod ops;
-pub mod tasks;
+pub mod params;
+pub mod plot;
 pub mod train;
 
 pub use config::{FilterConfig, FilterLayout, HyenaConfig};

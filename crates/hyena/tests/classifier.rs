@@ -5,7 +5,7 @@
 mod common;
 
 use common::{max_abs_diff, TempDir};
-use hyena::io::seqcls::{Example, SeqClsDataset};
+use hyena::data::seqcls::{Example, SeqClsDataset};
 use hyena::io::tokenizer::PAD_ID;
 use hyena::layers::Params;
 use hyena::models::classifier::{ClsWorkspace, Pool, SeqClassifier};

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use hyena::tasks::mad::{
+use hyena::data::mad::{
     accuracy, baseline, generate, memorization_map, overlap, sweep, AccuracyCounter, Average,
     Example, MadTask, TaskData, TaskSetting, IGNORE, NUM_TEST,
 };

@@ -1,8 +1,8 @@
 //! Training zoo architectures on MAD tasks: a small run must learn, and the protocol pieces
 //! (schedule, early stop, both averages) behave as documented.
 
+use hyena::data::mad::{baseline, generate, MadTask};
 use hyena::models::zoo::{parse_layers, ArchConfig};
-use hyena::tasks::mad::{baseline, generate, MadTask};
 use hyena::train::mad::{cosine_lr, train_run, MadTrainConfig};
 
 /// Throughput and learning-curve probe on the baseline in-context recall task:
@@ -53,7 +53,7 @@ fn cosine_schedule_endpoints() {
 /// every (lr, wd) run, the epochs a token budget allows, and steps of the batch size.
 #[test]
 fn estimate_multiplies_out_the_protocol() {
-    use hyena::tasks::mad::sweep;
+    use hyena::data::mad::sweep;
     use hyena::train::mad::{estimate_mad, MadProtocol};
     let arch = ArchConfig {
         layers: parse_layers("hyena,swiglu").unwrap(),
@@ -98,7 +98,7 @@ fn estimate_multiplies_out_the_protocol() {
 /// another protocol are not reused.
 #[test]
 fn run_mad_resumes_from_setting_records() {
-    use hyena::tasks::mad::sweep;
+    use hyena::data::mad::sweep;
     use hyena::train::mad::{run_mad, MadEvent, MadProtocol, MadReport, SettingRecord};
     let arch = ArchConfig {
         layers: parse_layers("hyena,swiglu").unwrap(),

@@ -3,8 +3,9 @@
 
 use std::path::PathBuf;
 
+use hyena::data::tokens::DataConfig;
 use hyena::io::tokenizer::Tokenizer;
-use hyena::train::run::{evaluate_run, run, DataConfig, EvalOptions, Event, RunConfig};
+use hyena::train::run::{evaluate_run, run, EvalOptions, Event, RunConfig};
 use hyena::train::trainer::TrainConfig;
 use hyena::{FilterConfig, HyenaConfig};
 

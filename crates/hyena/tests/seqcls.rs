@@ -9,13 +9,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use common::TempDir;
-use hyena::io::seqcls::{
-    build_species_task, load_csv, load_dataset, load_dir, reverse_complement, Example,
-    SpeciesTaskOptions, SPECIES,
-};
-use hyena::train::kmer::{
+use hyena::baselines::kmer::{
     fit_select, holdout_split, select_k, MarkovClassifier, MarkovOptions, MAX_K,
 };
+use hyena::data::seqcls::{load_csv, load_dataset, load_dir, reverse_complement, Example};
+use hyena::data::species::{build_species_task, SpeciesTaskOptions, SPECIES};
 
 fn err_msg<T: std::fmt::Debug>(r: hyena::Result<T>) -> String {
     r.expect_err("expected an error").to_string()

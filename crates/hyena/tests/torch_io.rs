@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::TempDir;
-use hyena::io::pickle::Value;
 use hyena::io::safetensors::TensorFile;
+use hyena::io::torch::pickle::Value;
 use hyena::io::torch::{read_state_dict, read_torch_file, read_torch_pickle, TorchFile};
 use hyena::Error;
 

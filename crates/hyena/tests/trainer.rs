@@ -270,7 +270,7 @@ fn generation_is_reproducible_and_respects_its_settings() {
 
 #[test]
 fn loss_curve_png_is_written() {
-    use hyena::train::plot::{loss_curve_png, RefLine};
+    use hyena::plot::{loss_curve_png, RefLine};
     let dir = tmpdir("plot");
     let p = dir.join("loss.png");
     let train: Vec<(u64, f64)> = (0..200)

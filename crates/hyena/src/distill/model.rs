@@ -302,7 +302,7 @@ pub fn report_pngs(
     cfg: &DistillConfig,
     dir: &Path,
 ) -> Result<Vec<std::path::PathBuf>> {
-    use crate::train::plot::{lines_png, log_log_png};
+    use crate::plot::{lines_png, log_log_png};
     let (d, l, layers) = (lm.cfg.d_model(), lm.cfg.operator.l_max, lm.cfg.n_layer);
     let top = fits.iter().map(|f| f.order).max().unwrap_or(1).max(1);
     let mut orders = vec![];

@@ -64,17 +64,10 @@ pub fn kind_of(cfg: &Value) -> Option<CheckpointKind> {
     }
 }
 
-fn fmt_err(file: &Path, msg: impl Into<String>) -> Error {
-    Error::Format {
-        file: file.to_path_buf(),
-        msg: msg.into(),
-    }
-}
-
 /// A required unsigned integer key of a reference config.
 fn req_usize(obj: &Value, key: &str, file: &Path) -> Result<usize> {
     match obj.get(key) {
-        None | Some(Value::Null) => Err(fmt_err(
+        None | Some(Value::Null) => Err(Error::format(
             file,
             format!(
                 "missing config key `{key}`; a HyenaDNA config needs d_model, n_layer, d_inner, \
@@ -82,7 +75,7 @@ fn req_usize(obj: &Value, key: &str, file: &Path) -> Result<usize> {
             ),
         )),
         Some(v) => v.as_u64().map(|x| x as usize).ok_or_else(|| {
-            fmt_err(
+            Error::format(
                 file,
                 format!("config key `{key}` = {v} is not a non-negative integer"),
             )
@@ -100,10 +93,9 @@ fn opt_usize(obj: &Value, key: &str, default: usize, file: &Path) -> Result<usiz
 fn opt_f32(obj: &Value, key: &str, default: f32, file: &Path) -> Result<f32> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(default),
-        Some(v) => v
-            .as_f64()
-            .map(|x| x as f32)
-            .ok_or_else(|| fmt_err(file, format!("config key `{key}` = {v} is not a number"))),
+        Some(v) => v.as_f64().map(|x| x as f32).ok_or_else(|| {
+            Error::format(file, format!("config key `{key}` = {v} is not a number"))
+        }),
     }
 }
 
@@ -114,7 +106,7 @@ fn opt_f32(obj: &Value, key: &str, default: f32, file: &Path) -> Result<f32> {
 /// 2 inner filter layers, Sin frequency 10, LayerNorm eps 1e-5.
 pub fn lm_config_from_reference(cfg: &Value, file: &Path) -> Result<LmConfig> {
     let kind = kind_of(cfg).ok_or_else(|| {
-        fmt_err(
+        Error::format(
             file,
             "not a HyenaDNA config: no `d_model` (HF layout), `layer` (Lightning layout) or \
              `model` (hyena run) key",
@@ -127,7 +119,7 @@ pub fn lm_config_from_reference(cfg: &Value, file: &Path) -> Result<LmConfig> {
     };
     if let Some(name) = op.get("_name_").and_then(|v| v.as_str()) {
         if name != "hyena" {
-            return Err(fmt_err(
+            return Err(Error::format(
                 file,
                 format!("layer `_name_` = {name:?}: only Hyena layers are supported"),
             ));
@@ -160,7 +152,7 @@ pub fn lm_config_from_reference(cfg: &Value, file: &Path) -> Result<LmConfig> {
         },
     };
     lm.validate()
-        .map_err(|e| fmt_err(file, format!("config describes an invalid model: {e}")))?;
+        .map_err(|e| Error::format(file, format!("config describes an invalid model: {e}")))?;
     Ok(lm)
 }
 
@@ -192,7 +184,7 @@ pub fn weights_file(dir: &Path) -> Result<PathBuf> {
             return Ok(p);
         }
     }
-    Err(fmt_err(
+    Err(Error::format(
         dir,
         "no weights file: expected model.safetensors, pytorch_model.bin or weights.ckpt beside \
          config.json",
@@ -224,7 +216,7 @@ pub fn load_reference(dir: &Path, cfg: &Value) -> Result<(HyenaLm, LoadReport)> 
                 let c = freq_alias(&c);
                 if let Some(prev) = tensors.get(&c) {
                     if prev != &t {
-                        return Err(fmt_err(
+                        return Err(Error::format(
                             &weights,
                             format!(
                                 "`{k}` differs from another copy of `{c}`; the Sin frequency \

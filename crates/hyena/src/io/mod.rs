@@ -1,11 +1,11 @@
-//! Reading and writing tensors: safetensors files with atomic writes.
+//! File formats, and nothing above them: safetensors (atomic writes), `.npy`, FASTA/FASTQ,
+//! compressed text, tokenizers, and a safe reader of PyTorch checkpoints. No model type is
+//! known here; the model families turn these into models.
 
 pub mod fasta;
 pub mod hf;
 pub mod npy;
-pub mod pickle;
 pub mod safetensors;
-pub mod seqcls;
 pub mod text;
 pub mod tokenizer;
 pub mod torch;

@@ -44,13 +44,6 @@ impl std::fmt::Debug for NpyWriter {
     }
 }
 
-fn io_err(file: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        file: file.to_path_buf(),
-        source,
-    }
-}
-
 fn header(shape: &[u64]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let shape_s = if dims.len() == 1 {
@@ -77,9 +70,9 @@ impl NpyWriter {
     pub fn create(path: impl AsRef<Path>, cols: usize) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let tmp = crate::io::safetensors::temp_path_beside(&path);
-        let f = File::create(&tmp).map_err(io_err(&path))?;
+        let f = File::create(&tmp).map_err(Error::io(&path))?;
         let mut out = BufWriter::with_capacity(1 << 20, f);
-        out.write_all(&[0u8; HEADER]).map_err(io_err(&path))?;
+        out.write_all(&[0u8; HEADER]).map_err(Error::io(&path))?;
         Ok(NpyWriter {
             path,
             tmp,
@@ -104,7 +97,7 @@ impl NpyWriter {
             buf.clear();
             buf.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
             if let Some(o) = self.out.as_mut() {
-                o.write_all(&buf).map_err(io_err(&self.path))?;
+                o.write_all(&buf).map_err(Error::io(&self.path))?;
             }
         }
         self.rows += (data.len() / self.cols) as u64;
@@ -151,7 +144,7 @@ pub fn read_f32(path: impl AsRef<Path>) -> Result<(Vec<usize>, Vec<f32>)> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(io_err(path))?;
+        .map_err(Error::io(path))?;
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(fmt("not a .npy file (no \\x93NUMPY magic)".into()));
     }

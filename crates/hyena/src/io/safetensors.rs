@@ -26,13 +26,6 @@ pub struct TensorFile {
     pub metadata: BTreeMap<String, String>,
 }
 
-fn fmt_err(path: &Path, msg: impl Into<String>) -> Error {
-    Error::Format {
-        file: path.to_path_buf(),
-        msg: msg.into(),
-    }
-}
-
 impl TensorFile {
     /// Read a safetensors file; every tensor is converted to `f32`.
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
@@ -42,13 +35,13 @@ impl TensorFile {
             source,
         })?;
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
-            fmt_err(
+            Error::format(
                 path,
                 format!("not a valid safetensors file ({e}); was it truncated?"),
             )
         })?;
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
-            fmt_err(
+            Error::format(
                 path,
                 format!("not a valid safetensors file ({e}); was it truncated?"),
             )
@@ -90,7 +83,7 @@ impl TensorFile {
     pub fn get_shaped(&self, name: &str, shape: &[usize]) -> Result<&Tensor> {
         let t = self.get(name)?;
         if t.shape != shape {
-            return Err(fmt_err(
+            return Err(Error::format(
                 &self.path,
                 format!(
                     "tensor `{name}` has shape {:?}, expected {:?} (config mismatch?)",
@@ -137,7 +130,7 @@ fn to_f32(path: &Path, name: &str, v: &TensorView<'_>) -> Result<Vec<f32>> {
             .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
             .collect(),
         other => {
-            return Err(fmt_err(
+            return Err(Error::format(
                 path,
                 format!("tensor `{name}` has dtype {other:?}; only float tensors are supported"),
             ))
@@ -189,12 +182,12 @@ pub fn write_atomic(
     let mut views = Vec::with_capacity(bytes.len());
     for (n, b, s) in &bytes {
         let v = TensorView::new(Dtype::F32, s.clone(), b)
-            .map_err(|e| fmt_err(path, format!("tensor `{n}`: {e}")))?;
+            .map_err(|e| Error::format(path, format!("tensor `{n}`: {e}")))?;
         views.push((n.clone(), v));
     }
     let meta: std::collections::HashMap<String, String> = metadata.clone().into_iter().collect();
-    let data =
-        safetensors::serialize(views, Some(meta)).map_err(|e| fmt_err(path, e.to_string()))?;
+    let data = safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::format(path, e.to_string()))?;
     write_bytes_atomic(path, &data)
 }
 

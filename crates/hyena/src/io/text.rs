@@ -64,13 +64,6 @@ impl std::fmt::Display for Compression {
     }
 }
 
-fn format_err(path: &Path, msg: impl Into<String>) -> Error {
-    Error::Format {
-        file: path.to_path_buf(),
-        msg: msg.into(),
-    }
-}
-
 /// Open `path` for reading and report missing files, directories and empty files clearly.
 fn open_file(path: &Path) -> Result<File> {
     let meta = std::fs::metadata(path).map_err(|source| Error::Io {
@@ -82,10 +75,10 @@ fn open_file(path: &Path) -> Result<File> {
         },
     })?;
     if meta.is_dir() {
-        return Err(format_err(path, "is a directory, expected a file"));
+        return Err(Error::format(path, "is a directory, expected a file"));
     }
     if meta.is_file() && meta.len() == 0 {
-        return Err(format_err(path, "empty file (0 bytes)"));
+        return Err(Error::format(path, "empty file (0 bytes)"));
     }
     File::open(path).map_err(|source| Error::Io {
         file: path.to_path_buf(),
@@ -110,7 +103,7 @@ pub fn read_error(path: &Path, compression: Compression, at: &str, e: io::Error)
         },
         Compression::Gzip | Compression::Xz => {
             if e.kind() == io::ErrorKind::UnexpectedEof {
-                format_err(
+                Error::format(
                     path,
                     format!(
                         "{compression} data ends before its end marker{at}: the file is truncated; \
@@ -118,7 +111,7 @@ pub fn read_error(path: &Path, compression: Compression, at: &str, e: io::Error)
                     ),
                 )
             } else {
-                format_err(
+                Error::format(
                     path,
                     format!(
                         "corrupt {compression} data{at}: {e}; the file is damaged \
@@ -156,7 +149,7 @@ pub fn open_decompressed(path: impl AsRef<Path>) -> Result<(Box<dyn BufRead + Se
         }
     }
     if n == 0 {
-        return Err(format_err(path, "empty file (0 bytes)"));
+        return Err(Error::format(path, "empty file (0 bytes)"));
     }
     let compression = Compression::detect(&magic[..n]);
     let raw = BufReader::with_capacity(BUF_SIZE, Cursor::new(magic[..n].to_vec()).chain(file));
@@ -187,7 +180,7 @@ pub fn read_text(path: impl AsRef<Path>) -> Result<Vec<u8>> {
         .read_to_end(&mut bytes)
         .map_err(|e| read_error(path, compression, "", e))?;
     if bytes.is_empty() {
-        return Err(format_err(
+        return Err(Error::format(
             path,
             format!("empty file: no data after {compression} decompression"),
         ));

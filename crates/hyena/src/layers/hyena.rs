@@ -24,6 +24,7 @@ use crate::ops::fftconv::{FftConv, GatedConv, GatedConvGrads, RowLayout, Spectra
 use crate::ops::linear::{
     linear_forward, matmul, out_proj_cf_backward, out_proj_cf_forward, row_sums_acc, MatMut, MatRef,
 };
+use crate::ops::set_len;
 use crate::ops::short_conv;
 
 /// The operator's input `u [B, L, D]`.
@@ -191,12 +192,6 @@ pub struct HyenaOperator {
     /// Explicit long filters `[N-1, D, l_max]` used instead of the implicit filter's output
     /// (e.g. the impulse responses of a distilled model's modal filters); inference only.
     explicit: Option<Arc<Vec<f32>>>,
-}
-
-fn grow(v: &mut Vec<f32>, n: usize) {
-    if v.len() != n {
-        v.resize(n, 0.0);
-    }
 }
 
 impl HyenaOperator {
@@ -369,10 +364,10 @@ impl HyenaOperator {
         }
         cache.b = b;
         cache.l = l;
-        grow(&mut cache.z, c * bl);
-        grow(&mut cache.uc, c * bl);
-        grow(&mut cache.conv, (n - 1) * d * bl);
-        grow(&mut cache.yg, d * bl);
+        set_len(&mut cache.z, c * bl);
+        set_len(&mut cache.uc, c * bl);
+        set_len(&mut cache.conv, (n - 1) * d * bl);
+        set_len(&mut cache.yg, d * bl);
         cache.spectra.resize_with(n - 1, Spectra::default);
         check_len(OP, "in_proj.weight", p.in_w.len(), c * d)?;
 
@@ -401,7 +396,7 @@ impl HyenaOperator {
                 // in_proj of the V table rows, ztab [V, C] = table · Wᵀ + bias, then z [C, B·L]
                 // gathered from it.
                 let v = table.len() / d;
-                grow(&mut cache.ztab, v * c);
+                set_len(&mut cache.ztab, v * c);
                 linear_forward(table, &p.in_w, Some(&p.in_b), v, d, c, &mut cache.ztab)?;
                 gather_columns(&cache.ztab, c, idx, &mut cache.z);
                 short_conv::forward(
@@ -532,10 +527,10 @@ impl HyenaOperator {
         )?;
         let chunk = d * bl;
         check_len(OP, "in_proj.weight", p.in_w.len(), c * d)?;
-        grow(&mut ws.dyg, chunk);
-        grow(&mut ws.duc, c * bl);
-        grow(&mut ws.dk, (n - 1) * d * l);
-        grow(&mut ws.dbias, (n - 1) * d);
+        set_len(&mut ws.dyg, chunk);
+        set_len(&mut ws.duc, c * bl);
+        set_len(&mut ws.dk, (n - 1) * d * l);
+        set_len(&mut ws.dbias, (n - 1) * d);
 
         // out_proj: dWo += dyᵀ · ygᵀ; dbo += Σ dy; dyg [D, B·L] = Woᵀ · dyᵀ.
         out_proj_cf_backward(
@@ -592,7 +587,7 @@ impl HyenaOperator {
             let dinput: &mut [f32] = if o == 0 {
                 v_part
             } else {
-                grow(spare, chunk);
+                set_len(spare, chunk);
                 spare
             };
             let conv_o = &cache.conv[o * chunk..(o + 1) * chunk];
@@ -638,7 +633,7 @@ impl HyenaOperator {
             OpInput::Rows(u) => (&ws.duc, bl, u),
             OpInput::Table { table, idx } => {
                 let v = table.len() / d;
-                grow(&mut ws.dztab_t, c * v);
+                set_len(&mut ws.dztab_t, c * v);
                 scatter_columns(&ws.duc, bl, idx, v, &mut ws.dztab_t);
                 (&ws.dztab_t, v, table)
             }

@@ -56,6 +56,7 @@ use crate::ops::fftconv::{FftConv, GatedConv, GatedConvGrads, RowLayout};
 use crate::ops::linear::{
     matmul, out_proj_cf_backward, out_proj_cf_forward, row_sums_acc, MatMut, MatRef,
 };
+use crate::ops::set_len;
 use crate::ops::short_conv;
 
 /// Configuration of a [`MultiHyena`] layer.
@@ -206,12 +207,6 @@ pub enum MixAlgo {
     Fft,
     /// The quadratic linear-attention form, `O(B·D·L²)` (half of it: the mixing is causal).
     Direct,
-}
-
-fn grow(v: &mut Vec<f32>, n: usize) {
-    if v.len() != n {
-        v.resize(n, 0.0);
-    }
 }
 
 /// Parameter slices of one flat buffer.
@@ -428,9 +423,9 @@ impl SeqLayer for MultiHyena {
         c.b = b;
         c.l = l;
         let nst = b * h * mm * l;
-        grow(&mut c.z, 3 * d * bl);
-        grow(&mut c.uc, 3 * d * bl);
-        grow(&mut c.yg, d * bl);
+        set_len(&mut c.z, 3 * d * bl);
+        set_len(&mut c.uc, 3 * d * bl);
+        set_len(&mut c.yg, d * bl);
 
         // in_proj: z [3D, B·L] = W [3D, D] · xᵀ [D, B·L]; its bias is added inside the short
         // conv's pass over z (channel-first, so each channel's B rows are contiguous).
@@ -458,12 +453,12 @@ impl SeqLayer for MultiHyena {
             (c.kv, c.yt) = (Vec::new(), Vec::new());
             direct_forward(c, (b, h, m, l))?;
         } else {
-            grow(&mut c.kv, nst);
-            grow(&mut c.yt, nst);
+            set_len(&mut c.kv, nst);
+            set_len(&mut c.yt, nst);
             // Head filters [H, L] and skips [H], replicated per batch row so that the convolution
             // engine's parallel loop runs over the B·H (batch, head) pairs, not just the H heads.
-            grow(&mut c.kb, b * h * l);
-            grow(&mut c.db, b * h);
+            set_len(&mut c.kb, b * h * l);
+            set_len(&mut c.db, b * h);
             for (kr, dr) in c.kb.chunks_exact_mut(h * l).zip(c.db.chunks_exact_mut(h)) {
                 kr.copy_from_slice(&c.filter.k);
                 dr.copy_from_slice(&c.filter.bias);

@@ -68,6 +68,7 @@ use crate::ops::fftconv::{FftConv, GatedConv, GatedConvGrads, RowLayout, Spectra
 use crate::ops::linear::{
     matmul, out_proj_cf_backward, out_proj_cf_forward, row_sums_acc, MatMut, MatRef,
 };
+use crate::ops::set_len;
 use crate::ops::short_conv;
 
 /// Which StripedHyena 2 operator.
@@ -569,12 +570,6 @@ fn proj_channel_first(
     )
 }
 
-fn grow(v: &mut Vec<f32>, n: usize) {
-    if v.len() != n {
-        v.resize(n, 0.0);
-    }
-}
-
 impl SeqLayer for StripedOp {
     fn kind(&self) -> &'static str {
         match self.cfg.kind {
@@ -670,8 +665,8 @@ impl SeqLayer for StripedOp {
         let c = cache.get_mut::<StripedCache>();
         (c.b, c.l) = (b, l);
         let (w_in, b_in, short_w) = self.permuted(&ps);
-        grow(&mut c.zp, c3 * m);
-        grow(&mut c.uc, c3 * m);
+        set_len(&mut c.zp, c3 * m);
+        set_len(&mut c.uc, c3 * m);
         proj_channel_first(
             &w_in,
             self.idx.in_b.map(|_| &b_in[..]),
@@ -692,13 +687,13 @@ impl SeqLayer for StripedOp {
         let (post, rest) = c.uc.split_at(dm);
         let (pre, v) = rest.split_at(dm);
         let lay = RowLayout::cbl(b, d, l);
-        grow(&mut c.conv_out, dm);
-        grow(&mut c.yg, dm);
+        set_len(&mut c.conv_out, dm);
+        set_len(&mut c.yg, dm);
         match self.cfg.kind {
             StripedKind::Se => {
                 let k = self.cfg.filter_len;
                 c.k = self.channel_filters(&ps, l);
-                grow(&mut c.w, dm);
+                set_len(&mut c.w, dm);
                 for ((w, a), bv) in c.w.iter_mut().zip(pre).zip(v) {
                     *w = a * bv;
                 }

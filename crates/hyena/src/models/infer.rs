@@ -52,7 +52,7 @@ use crate::ops::fftconv::{RowConv, RowConvScratch};
 use crate::ops::linear::{linear_accumulate, linear_forward, matmul, MatMut, MatRef};
 use crate::ops::norm::layernorm_forward;
 use crate::ops::short_conv::forward_rows_carry;
-use crate::ops::simd_fn;
+use crate::ops::{grow, simd_fn};
 
 /// Channels handled together (`[G, L]`, 31 MiB at L = 1M): A's filters materialised at once
 /// (each group reads all of `hidden`), and B's convolution inputs made by one pass over `x`
@@ -259,12 +259,6 @@ impl std::fmt::Debug for InferWorkspace {
             .field("chunk", &self.chunk)
             .field("len", &self.l)
             .finish()
-    }
-}
-
-fn grow(v: &mut Vec<f32>, n: usize) {
-    if v.len() < n {
-        v.resize(n, 0.0);
     }
 }
 

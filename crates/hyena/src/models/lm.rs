@@ -26,6 +26,7 @@ use crate::ops::act::{bias_gelu_forward, gelu_backward_bias};
 use crate::ops::fftconv::FftConv;
 use crate::ops::linear::{linear_backward, linear_forward, linear_forward_residual};
 use crate::ops::norm::{layernorm_backward, layernorm_backward_acc, layernorm_forward};
+use crate::ops::set_len;
 
 /// Language-model configuration (HF `config.json` names where they exist).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -320,12 +321,6 @@ impl LmCache {
     }
 }
 
-fn grow(v: &mut Vec<f32>, n: usize) {
-    if v.len() != n {
-        v.resize(n, 0.0);
-    }
-}
-
 /// The language model: config, parameters and the operators of its blocks.
 #[derive(Clone, Debug)]
 pub struct HyenaLm {
@@ -450,7 +445,7 @@ impl HyenaLm {
     pub fn forward(&self, tokens: &[u32], b: usize, l: usize, cache: &mut LmCache) -> Result<()> {
         self.forward_hidden(tokens, b, l, cache)?;
         let (v, d, bl) = (self.cfg.padded_vocab(), self.cfg.d_model(), b * l);
-        grow(&mut cache.logits, bl * v);
+        set_len(&mut cache.logits, bl * v);
         linear_forward(&cache.hf, self.lm_head(), None, bl, d, v, &mut cache.logits)
     }
 
@@ -495,7 +490,7 @@ impl HyenaLm {
             .resize_with(self.cfg.n_layer, BlockCache::default);
         // x_0 = embedding rows [BL, D]
         let mut x = std::mem::take(&mut cache.xn);
-        grow(&mut x, bl * d);
+        set_len(&mut x, bl * d);
         for (row, &t) in x.chunks_exact_mut(d).zip(tokens) {
             row.copy_from_slice(&self.params.wte[t as usize * d..(t as usize + 1) * d]);
         }
@@ -509,17 +504,17 @@ impl HyenaLm {
             std::mem::swap(&mut bc.x, &mut x); // bc.x = block input
             let folded = i == 0 && cache.folded;
             let n1 = if folded { v } else { bl };
-            grow(&mut bc.h1, n1 * d);
-            grow(&mut bc.mu1, n1);
-            grow(&mut bc.rs1, n1);
+            set_len(&mut bc.h1, n1 * d);
+            set_len(&mut bc.mu1, n1);
+            set_len(&mut bc.rs1, n1);
             for buf in [&mut bc.xh, &mut bc.h2] {
-                grow(buf, bl * d);
+                set_len(buf, bl * d);
             }
             for buf in [&mut bc.mu2, &mut bc.rs2] {
-                grow(buf, bl);
+                set_len(buf, bl);
             }
-            grow(&mut bc.a, bl * di);
-            grow(&mut bc.g, bl * di);
+            set_len(&mut bc.a, bl * di);
+            set_len(&mut bc.g, bl * di);
             layernorm_forward(
                 if folded { &self.params.wte } else { &bc.x },
                 &bp.norm1_w,
@@ -562,7 +557,7 @@ impl HyenaLm {
             linear_forward(&bc.h2, &bp.fc1_w, None, bl, d, di, &mut bc.a)?;
             bias_gelu_forward(&mut bc.a, &bp.fc1_b, &mut bc.g)?;
             // next residual stream: x = xh + fc2(g) (x holds the previous block's input buffer)
-            grow(&mut x, bl * d);
+            set_len(&mut x, bl * d);
             linear_forward_residual(
                 &bc.g,
                 &bp.fc2_w,
@@ -575,9 +570,9 @@ impl HyenaLm {
             )?;
         }
         cache.xn = x;
-        grow(&mut cache.hf, bl * d);
-        grow(&mut cache.muf, bl);
-        grow(&mut cache.rsf, bl);
+        set_len(&mut cache.hf, bl * d);
+        set_len(&mut cache.muf, bl);
+        set_len(&mut cache.rsf, bl);
         let p = &self.params;
         layernorm_forward(
             &cache.xn,
@@ -609,7 +604,7 @@ impl HyenaLm {
         check_len(OP, "dlogits [B·L, V_pad]", dlogits.len(), bl * v)?;
         // logits = hf · headᵀ
         let mut dh = std::mem::take(&mut cache.d_h);
-        grow(&mut dh, bl * d);
+        set_len(&mut dh, bl * d);
         let dhead = if self.cfg.tie_embeddings {
             &mut grads.wte
         } else {
@@ -668,7 +663,7 @@ impl HyenaLm {
         let mut dx = std::mem::take(&mut cache.d_x);
         let mut dg = std::mem::take(&mut cache.d_g);
         for (buf, n) in [(&mut dx, bl * d), (&mut dg, bl * di)] {
-            grow(buf, n);
+            set_len(buf, n);
         }
         // dx = d(residual stream), flowing down through the blocks.
         layernorm_backward(
@@ -727,7 +722,7 @@ impl HyenaLm {
                     idx: &cache.tokens,
                 };
                 let dtab = &mut cache.d_tab;
-                grow(dtab, v * d);
+                set_len(dtab, v * d);
                 self.ops[i].backward_input_with(
                     &bp.mixer,
                     &dx,

@@ -2,7 +2,6 @@
 //! a sequence classifier on its backbone.
 
 pub mod classifier;
-pub mod dna;
 pub mod generate;
 pub mod infer;
 pub mod lm;

@@ -105,6 +105,21 @@ pub(crate) fn lanes8_4(
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
+/// Resize `v` to exactly `n` values (a no-op when it has them: buffers kept across steps keep
+/// their memory, and their stale contents are overwritten by the kernels that fill them).
+pub(crate) fn set_len(v: &mut Vec<f32>, n: usize) {
+    if v.len() != n {
+        v.resize(n, 0.0);
+    }
+}
+
+/// Make `v` hold at least `n` values (workspaces that only grow).
+pub(crate) fn grow(v: &mut Vec<f32>, n: usize) {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+}
+
 thread_local! {
     static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }

@@ -28,16 +28,16 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::baselines::kmer::Evaluation;
+use crate::data::seqcls::{reverse_complement, Example, SeqClsDataset};
 use crate::error::{Error, Result};
 use crate::io::safetensors::{collect_params, write_atomic, TensorFile};
-use crate::io::seqcls::{reverse_complement, Example, SeqClsDataset};
 use crate::io::tokenizer::{NucleotideTokenizer, PAD_ID};
 use crate::layers::Params;
 use crate::models::classifier::{
     argmax, ClassifierGrads, ClsWorkspace, HeadParams, Pool, SeqClassifier,
 };
 use crate::models::lm::{HyenaLm, LmConfig};
-use crate::train::kmer::Evaluation;
 use crate::train::trainer::{load_model, model_tensors, read_json, write_json};
 use crate::train::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
 
@@ -458,8 +458,8 @@ pub fn finetune(
 
 /// Training accuracy (smoothed over 50 steps) and test accuracy per step, as `accuracy.png`.
 fn plot_accuracy(out: &Path, train: &[(f64, f64)], test: &[(f64, f64)]) -> Result<()> {
-    let smooth = crate::train::plot::running_mean(train, 50);
-    crate::train::plot::lines_png(
+    let smooth = crate::plot::running_mean(train, 50);
+    crate::plot::lines_png(
         &out.join("accuracy.png"),
         "fine-tuning accuracy",
         "step",

@@ -14,12 +14,12 @@ use rand::SeedableRng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::data::mad::{
+    baseline, generate, sweep, AccuracyCounter, Average, Example, MadTask, TaskData, TaskSetting,
+};
 use crate::error::{Error, Result};
 use crate::models::classifier::argmax;
 use crate::models::zoo::{ArchConfig, ZooCache, ZooModel};
-use crate::tasks::mad::{
-    baseline, generate, sweep, AccuracyCounter, Average, Example, MadTask, TaskData, TaskSetting,
-};
 use crate::train::optim::{AdamWConfig, AdamWStep};
 
 /// Settings of one training run.
@@ -796,7 +796,7 @@ pub fn chart_png(path: &std::path::Path, reports: &[MadReport], title: &str) -> 
             (r.spec.clone(), v)
         })
         .collect();
-    crate::train::plot::grouped_bars_png(
+    crate::plot::grouped_bars_png(
         path,
         title,
         "MAD score (best test accuracy)",

@@ -1,12 +1,9 @@
 //! Training: the AdamW optimizer with parameter groups, the learning-rate schedule and
 //! gradient-norm clipping; language-model training runs and classifier fine-tuning.
 
-pub mod baseline;
 pub mod finetune;
-pub mod kmer;
 pub mod mad;
 pub mod optim;
-pub mod plot;
 pub mod run;
 pub mod trainer;
 

@@ -12,7 +12,7 @@ use plotters::style::{register_font, FontStyle};
 
 use crate::error::{Error, Result};
 
-static FONT: &[u8] = include_bytes!("../../assets/DejaVuSansMono.ttf");
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSansMono.ttf");
 static REGISTER: Once = Once::new();
 
 fn ensure_font() {

@@ -5,7 +5,7 @@
 //! (a pickle of the saved object), `data/<key>` (the raw little-endian bytes of each tensor
 //! storage), and optionally `byteorder`. `torch.load` unpickles `data.pkl`, which may import and
 //! call any Python function; a malicious checkpoint can thus run code. Here `data.pkl` is only
-//! *parsed* ([`crate::io::pickle`]) into an inert tree, and the tree is interpreted with an
+//! *parsed* ([`crate::io::torch::pickle`]) into an inert tree, and the tree is interpreted with an
 //! allowlist:
 //!
 //! - `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)` (a tensor),
@@ -35,13 +35,15 @@
 //! The legacy pre-1.6 format (a bare pickle stream, `_use_new_zipfile_serialization=False`) is
 //! rejected with a message saying how to re-save the file.
 
+pub mod pickle;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use self::pickle::{printable, Value};
 use crate::error::{Error, Result};
-use crate::io::pickle::{self, printable, Value};
 use crate::io::safetensors::Tensor;
 
 /// The state dict of one PyTorch checkpoint: its float tensors as `f32`.
@@ -71,7 +73,7 @@ impl TorchFile {
             return Ok(t);
         }
         if let Some(dtype) = self.skipped.get(name) {
-            return Err(fmt_err(
+            return Err(Error::format(
                 &self.path,
                 format!(
                     "tensor `{name}` has dtype {dtype}; only float tensors are loaded \
@@ -101,7 +103,7 @@ pub fn read_torch_file(path: &Path) -> Result<TorchFile> {
         let key = match k {
             Value::Str(s) => s.clone(),
             other => {
-                return Err(fmt_err(
+                return Err(Error::format(
                     path,
                     format!(
                         "{}has a key that is {}, not a string; a state dict maps names to tensors",
@@ -127,7 +129,7 @@ pub fn read_torch_file(path: &Path) -> Result<TorchFile> {
                 "so re-save the weights with `torch.save(model.state_dict(), path)` or as \
                  safetensors"
             };
-            fmt_err(
+            Error::format(
                 path,
                 format!(
                     "state-dict entry `{}` {}{detail}; a checkpoint must hold only tensors, \
@@ -162,7 +164,7 @@ pub fn read_torch_file(path: &Path) -> Result<TorchFile> {
         let entry = format!("{root}/data/{key}");
         let Some(idx) = zip.find(&entry) else {
             let first = group.first().map(|(n, _)| n.as_str()).unwrap_or("?");
-            return Err(fmt_err(
+            return Err(Error::format(
                 path,
                 format!(
                     "storage `{}` of tensor `{}` is missing from the archive; the \
@@ -175,7 +177,7 @@ pub fn read_torch_file(path: &Path) -> Result<TorchFile> {
         let bytes = zip.read(idx)?;
         for (name, spec) in group {
             let data = gather(&bytes, &spec).map_err(|msg| {
-                fmt_err(
+                Error::format(
                     path,
                     format!(
                         "tensor `{}`: {msg}; the file is corrupt: re-save it",
@@ -208,20 +210,6 @@ pub fn read_torch_pickle(path: &Path) -> Result<Value> {
     parse_data_pkl(&mut zip, &root)
 }
 
-fn fmt_err(path: &Path, msg: impl Into<String>) -> Error {
-    Error::Format {
-        file: path.to_path_buf(),
-        msg: msg.into(),
-    }
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        file: path.to_path_buf(),
-        source,
-    }
-}
-
 fn where_(key: &Option<String>) -> String {
     match key {
         Some(k) => format!("the state dict under `{k}` "),
@@ -244,7 +232,7 @@ fn check_byteorder(zip: &mut Zip, root: &str) -> Result<()> {
     let b = zip.read(idx)?;
     let order = String::from_utf8_lossy(&b);
     if order.trim() != "little" {
-        return Err(fmt_err(
+        return Err(Error::format(
             &zip.path,
             format!(
                 "the tensors are stored {:?}-endian; only little-endian checkpoints are \
@@ -260,7 +248,7 @@ fn parse_data_pkl(zip: &mut Zip, root: &str) -> Result<Value> {
     let name = format!("{root}/data.pkl");
     let idx = zip
         .find(&name)
-        .ok_or_else(|| fmt_err(&zip.path, format!("no `{name}` in the archive")))?;
+        .ok_or_else(|| Error::format(&zip.path, format!("no `{name}` in the archive")))?;
     let pkl = zip.read(idx)?;
     pickle::parse(&pkl, &zip.path).map_err(|e| match e {
         Error::Format { file, msg } => Error::Format {
@@ -351,7 +339,7 @@ fn select_state_dict<'v>(path: &Path, top: &'v Value) -> Result<(Option<String>,
                 top.describe()
             ),
         };
-        return Err(fmt_err(path, msg));
+        return Err(Error::format(path, msg));
     };
     for key in ["state_dict", "model", "module"] {
         let Some(v) = lookup(&items, key) else {
@@ -364,7 +352,7 @@ fn select_state_dict<'v>(path: &Path, top: &'v Value) -> Result<(Option<String>,
             // A tensor that happens to be named like this in a flat state dict.
             continue;
         }
-        return Err(fmt_err(
+        return Err(Error::format(
             path,
             format!(
                 "top-level entry `{key}` is {}, not a dict of tensors; a checkpoint must hold \
@@ -786,13 +774,13 @@ fn le64(b: &[u8], at: usize) -> Option<u64> {
 
 impl Zip {
     fn open(path: &Path) -> Result<Zip> {
-        let mut file = File::open(path).map_err(io_err(path))?;
-        let len = file.metadata().map_err(io_err(path))?.len();
+        let mut file = File::open(path).map_err(Error::io(path))?;
+        let len = file.metadata().map_err(Error::io(path))?.len();
         let mut head = [0u8; 16];
-        let n = read_up_to(&mut file, &mut head).map_err(io_err(path))?;
+        let n = read_up_to(&mut file, &mut head).map_err(Error::io(path))?;
         let head = head.get(..n).unwrap_or(&[]);
         if !head.starts_with(b"PK") {
-            return Err(fmt_err(path, not_zip_msg(head)));
+            return Err(Error::format(path, not_zip_msg(head)));
         }
         let mut zip = Zip {
             path: path.to_path_buf(),
@@ -805,7 +793,7 @@ impl Zip {
     }
 
     fn err(&self, msg: impl std::fmt::Display) -> Error {
-        fmt_err(
+        Error::format(
             &self.path,
             format!(
                 "{msg}; the zip archive is truncated or corrupt: re-download the checkpoint or \
@@ -827,7 +815,7 @@ impl Zip {
         self.file
             .seek(SeekFrom::Start(at))
             .and_then(|_| self.file.read_exact(&mut buf))
-            .map_err(io_err(&path))?;
+            .map_err(Error::io(&path))?;
         Ok(buf)
     }
 
@@ -931,13 +919,13 @@ impl Zip {
             .filter_map(|e| e.name.strip_suffix("/data.pkl"))
             .filter(|r| !r.contains('/'));
         let root = roots.next().ok_or_else(|| {
-            fmt_err(
+            Error::format(
                 &self.path,
                 "a zip archive without `<folder>/data.pkl`: not a torch.save checkpoint",
             )
         })?;
         if roots.next().is_some() {
-            return Err(fmt_err(
+            return Err(Error::format(
                 &self.path,
                 "the archive has several `<folder>/data.pkl`: not a single torch.save checkpoint",
             ));
@@ -953,7 +941,7 @@ impl Zip {
             .cloned()
             .ok_or_else(|| self.err("entry index out of range"))?;
         if e.flags & 1 != 0 {
-            return Err(fmt_err(
+            return Err(Error::format(
                 &self.path,
                 format!("entry `{}` is encrypted; torch never writes that", e.name),
             ));
@@ -979,7 +967,7 @@ impl Zip {
         }
         let path = self.path.clone();
         let too_big = || {
-            fmt_err(
+            Error::format(
                 &path,
                 format!(
                     "entry `{}` of {} bytes is too large for memory",
@@ -998,7 +986,7 @@ impl Zip {
             8 => {
                 self.file
                     .seek(SeekFrom::Start(data_at))
-                    .map_err(io_err(&path))?;
+                    .map_err(Error::io(&path))?;
                 // Deflate expands at most ~1032:1, so a larger declared size is a lie: do not
                 // let it reserve memory.
                 let cap = n.min(usize::try_from(e.comp_size.saturating_mul(1032)).unwrap_or(n));
@@ -1014,7 +1002,7 @@ impl Zip {
                 out
             }
             m => {
-                return Err(fmt_err(
+                return Err(Error::format(
                     &self.path,
                     format!(
                         "entry `{}` uses zip compression method {m}; only stored and deflate are \

@@ -1,15 +1,13 @@
 //! Micro-benchmarks behind `hyena bench`: FFT long convolution and the Hyena operator,
 //! forward and forward+backward, with medians, GFLOP/s and peak heap memory.
 //!
-//! Peak memory is measured by [`CountingAlloc`], which the binary installs as its global
-//! allocator: bytes live on the heap at the high-water mark of one forward+backward, counted from
-//! before the inputs are allocated (so inputs, parameters, activations, gradients and scratch are
-//! included). Without it installed, `peak_mib` is `None`.
+//! Peak memory is measured through a [`MemProbe`] that the binary passes in (the `hyena`
+//! binary counts its allocations): bytes live on the heap at the high-water mark of one
+//! forward+backward, counted from before the inputs are allocated (so inputs, parameters,
+//! activations, gradients and scratch are included). With [`NoProbe`], `peak_mib` is `None`.
 //!
 //! The FLOP model is shared with `bench/torch_bench.py` so both sides report comparable GFLOP/s.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -20,83 +18,30 @@ use crate::layers::{HyenaCache, HyenaGradWorkspace, HyenaOperator, Params};
 use crate::ops::fftconv::{FftConv, Spectra};
 use crate::ops::gradcheck::rand_vec;
 
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-static INSTALLED: AtomicBool = AtomicBool::new(false);
-
-/// A global allocator that counts live heap bytes and their high-water mark.
-pub struct CountingAlloc;
-
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = System.alloc(layout);
-        if !p.is_null() {
-            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout);
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = System.alloc_zeroed(layout);
-        if !p.is_null() {
-            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = System.realloc(ptr, layout, new_size);
-        if !p.is_null() {
-            if new_size >= layout.size() {
-                let now = LIVE.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size
-                    - layout.size();
-                PEAK.fetch_max(now, Ordering::Relaxed);
-            } else {
-                LIVE.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
-            }
-        }
-        p
-    }
+/// Heap measurements, provided by the binary that runs the benchmarks (the library installs no
+/// allocator of its own).
+pub trait MemProbe: Sync {
+    /// Start a peak measurement; returns the live bytes now (the baseline).
+    fn start(&self) -> usize;
+    /// Peak live heap MiB above `baseline` since the last [`MemProbe::start`], if measured.
+    fn peak_mib(&self, baseline: usize) -> Option<f64>;
+    /// Live heap bytes now (0 when not measured).
+    fn live(&self) -> usize;
 }
 
-impl CountingAlloc {
-    /// Tell the benchmarks that the counting allocator is the global allocator.
-    pub fn mark_installed() {
-        INSTALLED.store(true, Ordering::Relaxed);
+/// No measurement: every peak is `None`.
+pub struct NoProbe;
+
+impl MemProbe for NoProbe {
+    fn start(&self) -> usize {
+        0
     }
-}
-
-/// Peak live heap bytes since the process started (or since the last benchmark's baseline),
-/// when [`CountingAlloc`] is the global allocator.
-pub fn peak_heap_bytes() -> Option<usize> {
-    INSTALLED
-        .load(Ordering::Relaxed)
-        .then(|| PEAK.load(Ordering::Relaxed))
-}
-
-/// The process's peak resident set size (`VmHWM`), where the OS reports it (Linux).
-pub fn peak_rss_bytes() -> Option<usize> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-/// Start a peak measurement; returns the live bytes now (the baseline).
-fn mem_start() -> usize {
-    let live = LIVE.load(Ordering::Relaxed);
-    PEAK.store(live, Ordering::Relaxed);
-    live
-}
-
-fn mem_peak_mib(baseline: usize) -> Option<f64> {
-    INSTALLED
-        .load(Ordering::Relaxed)
-        .then(|| PEAK.load(Ordering::Relaxed).saturating_sub(baseline) as f64 / (1024.0 * 1024.0))
+    fn peak_mib(&self, _: usize) -> Option<f64> {
+        None
+    }
+    fn live(&self) -> usize {
+        0
+    }
 }
 
 /// Which computation to time.
@@ -204,13 +149,14 @@ fn time_reps(
 /// `step(true)` and `step(false)` (forward only). Returns `(fwd_ms, fwdbwd_ms, peak_mib, reps)`.
 fn measure(
     reps: Option<usize>,
+    mem: &dyn MemProbe,
     mem_base: usize,
     mut step: impl FnMut(bool) -> Result<()>,
 ) -> Result<(f64, f64, Option<f64>, usize)> {
     let t = Instant::now();
     step(true)?;
     let first = t.elapsed().as_secs_f64() * 1e3;
-    let peak = mem_peak_mib(mem_base);
+    let peak = mem.peak_mib(mem_base);
     let (fbm, reps) = time_reps(reps, first, || step(true))?;
     let (fm, _) = time_reps(Some(reps), first / 3.0, || step(false))?;
     Ok((fm, fbm, peak, reps))
@@ -227,10 +173,10 @@ pub fn bench_operator_config(dim: usize, l: usize, order: usize) -> HyenaConfig 
 }
 
 /// Measure one length. `progress` is told what is being measured.
-pub fn run_one(spec: &BenchSpec, l: usize) -> Result<BenchRecord> {
+pub fn run_one(spec: &BenchSpec, l: usize, mem: &dyn MemProbe) -> Result<BenchRecord> {
     let (b, d) = (spec.batch, spec.dim);
     let threads = rayon::current_num_threads();
-    let base = mem_start();
+    let base = mem.start();
     let (fwd_ms, fwdbwd_ms, peak, reps, flops) = match spec.op {
         BenchOp::Conv => {
             let engine = FftConv::new();
@@ -261,7 +207,7 @@ pub fn run_one(spec: &BenchSpec, l: usize) -> Result<BenchRecord> {
                     &mut ddd,
                 )
             };
-            let (fm, fbm, peak, reps) = measure(spec.reps, base, step)?;
+            let (fm, fbm, peak, reps) = measure(spec.reps, mem, base, step)?;
             (fm, fbm, peak, reps, conv_fwd_flops(b, d, l))
         }
         BenchOp::Operator => {
@@ -282,7 +228,7 @@ pub fn run_one(spec: &BenchSpec, l: usize) -> Result<BenchRecord> {
                 grads.zero();
                 op.backward(&g, &u, &cache, &mut du, &mut grads, &mut ws)
             };
-            let (fm, fbm, peak, reps) = measure(spec.reps, base, step)?;
+            let (fm, fbm, peak, reps) = measure(spec.reps, mem, base, step)?;
             (fm, fbm, peak, reps, operator_fwd_flops(&cfg, b, l))
         }
     };
@@ -364,11 +310,15 @@ pub struct TrainBenchRecord {
 /// Time full training steps (forward, cross-entropy, backward, clipping, AdamW) of a
 /// HyenaDNA-shaped LM (order 2, emb_dim 5, filter_order 64, w 10, shift 0.05, l_max = L) on
 /// random DNA tokens.
-pub fn run_train(shape: TrainShape, steps: Option<usize>) -> Result<TrainBenchRecord> {
+pub fn run_train(
+    shape: TrainShape,
+    steps: Option<usize>,
+    mem: &dyn MemProbe,
+) -> Result<TrainBenchRecord> {
     use crate::models::lm::{HyenaLm, LmConfig, LmWorkspace};
     use crate::train::{clip_grad_norm, AdamW, AdamWConfig};
     let (d, n_layer, l, b) = shape.dims();
-    let base = mem_start();
+    let base = mem.start();
     let mut cfg = LmConfig {
         n_layer,
         d_inner: 4 * d,
@@ -402,7 +352,7 @@ pub fn run_train(shape: TrainShape, steps: Option<usize>) -> Result<TrainBenchRe
     let t = Instant::now();
     step(&mut lm, &mut grads)?;
     let first = t.elapsed().as_secs_f64() * 1e3;
-    let peak = mem_peak_mib(base);
+    let peak = mem.peak_mib(base);
     let n = steps.unwrap_or_else(|| ((3000.0 / first.max(1e-3)).ceil() as usize).clamp(2, 10));
     let mut times = Vec::with_capacity(n);
     for _ in 0..n {
@@ -464,6 +414,7 @@ pub fn run_generate(
     d: usize,
     n_layer: usize,
     modes: usize,
+    mem: &dyn MemProbe,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<GenBenchRecord>> {
     use crate::distill::modal::{ModalBank, ModalFilter, Mode};
@@ -508,12 +459,12 @@ pub fn run_generate(
         progress(c);
         let ctx = &toks[..c];
         // Conv mode: what `generate` does per new token at this context.
-        let base = mem_start();
+        let base = mem.start();
         let mut cache = LmCache::default();
         let t = Instant::now();
         rlm.lm.forward(ctx, 1, c, &mut cache)?;
         let first = t.elapsed().as_secs_f64() * 1e3;
-        let conv_mib = mem_peak_mib(base);
+        let conv_mib = mem.peak_mib(base);
         let reps = ((2000.0 / first.max(1e-3)).ceil() as usize).clamp(2, 20);
         let mut times = Vec::with_capacity(reps);
         for _ in 0..reps {
@@ -587,13 +538,14 @@ pub fn run_embed(
     d: usize,
     n_layer: usize,
     lean: crate::models::infer::LeanOptions,
+    mem: &dyn MemProbe,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<EmbedBenchRecord>> {
     use crate::models::infer::{hidden_states, InferWorkspace};
     let l_max = lengths.iter().copied().max().unwrap_or(1).max(1) + 2;
-    let base = mem_start();
+    let base = mem.start();
     let lm = crate::models::lm::HyenaLm::new(&hyenadna_config(d, n_layer, l_max), 0)?;
-    let model_mib = LIVE.load(Ordering::Relaxed).saturating_sub(base) as f64 / 1048576.0;
+    let model_mib = mem.live().saturating_sub(base) as f64 / 1048576.0;
     let mut out = Vec::with_capacity(lengths.len());
     for &l in lengths {
         progress(l);
@@ -601,7 +553,7 @@ pub fn run_embed(
             .iter()
             .map(|x| 7 + ((x + 1.0) * 1.999) as u32)
             .collect();
-        mem_start();
+        mem.start();
         let mut ws = InferWorkspace::with_options(lean);
         let t = Instant::now();
         let h = hidden_states(&lm, &toks, n_layer, &mut ws)?;
@@ -612,7 +564,7 @@ pub fn run_embed(
                 msg: format!("non-finite hidden states at L={l}"),
             });
         }
-        let peak_heap_mib = mem_peak_mib(0);
+        let peak_heap_mib = mem.peak_mib(0);
         let residual_packed = ws.residual_packed();
         drop(ws);
         out.push(EmbedBenchRecord {
@@ -678,11 +630,11 @@ pub fn sgemm_rate() -> Result<f64> {
 pub fn run_mad_bench(
     spec: &str,
     arch: &crate::models::zoo::ArchConfig,
-    task: crate::tasks::mad::MadTask,
+    task: crate::data::mad::MadTask,
     steps: usize,
     batch: usize,
 ) -> Result<MadBenchRecord> {
-    use crate::tasks::mad::{baseline, generate};
+    use crate::data::mad::{baseline, generate};
     use crate::train::mad::{train_run, MadTrainConfig};
     let mut s = baseline(task);
     s.num_train = steps.max(1) * batch.max(1);

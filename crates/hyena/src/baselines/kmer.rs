@@ -20,8 +20,8 @@
 //!   best k on the whole train set. Ties go to the smaller k.
 //!
 //! ```
-//! use hyena::io::seqcls::Example;
-//! use hyena::train::kmer::MarkovClassifier;
+//! use hyena::data::seqcls::Example;
+//! use hyena::baselines::kmer::MarkovClassifier;
 //!
 //! let ex = |s: &str, label| Example { seq: s.as_bytes().to_vec(), label };
 //! let train = [ex("GCGCGGCCGCGCGGCGCC", 0), ex("ATATTAATATAATTATAT", 1)];
@@ -37,8 +37,8 @@ use rand::SeedableRng;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::data::seqcls::Example;
 use crate::error::{Error, Result};
-use crate::io::seqcls::Example;
 
 /// Largest order accepted: the table has `4^(k+1)` entries per class (16 MiB per class at 10).
 pub const MAX_K: usize = 10;

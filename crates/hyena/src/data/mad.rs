@@ -15,7 +15,7 @@
 //!
 //! # Example
 //! ```
-//! use hyena::tasks::mad::{baseline, generate, MadTask};
+//! use hyena::data::mad::{baseline, generate, MadTask};
 //!
 //! let mut s = baseline(MadTask::SelectiveCopying);
 //! s.num_train = 8; // keep the doc test fast

@@ -1,0 +1,647 @@
+//! One flat parameter buffer per model, handed out by name at construction.
+//!
+//! Two ideas, put together:
+//! - llm.c's `ParameterTensors`: every parameter of a model lives in **one** contiguous `f32`
+//!   buffer, and the gradient buffer has the same layout. AdamW, gradient clipping, summing the
+//!   gradients of data-parallel shards and saving a checkpoint are then one loop over one
+//!   slice, whatever the architecture.
+//! - candle's `VarBuilder`: a layer's constructor asks a builder for each tensor by name and
+//!   shape, under a prefix (`vb.pp("mixer").get(&[c, d], "in_proj.weight")`). The prefixes
+//!   spell the checkpoint keys, so each key is written once, beside its shape, in the
+//!   constructor that uses it; no name table, no second visitor.
+//!
+//! A [`Vb`] either starts every tensor at zero (a fresh model, then filled by the model's
+//! `init`) or copies it from a [`TensorSource`] (a checkpoint), checking the shape as it goes:
+//! the same constructor serves both. [`ParamStore::build`] runs a constructor and returns the
+//! model with its store.
+//!
+//! A tensor is then reached through its handle [`P`] (an offset and a length into the model's
+//! buffer): `self.w.of(p)` in the forward, `self.w.of_mut(g)` in the backward. Handles are
+//! small `Copy` values, so layers hold them instead of borrowing the buffer.
+//!
+//! Tags given at [`Vb::get`] (through [`Vb::no_decay`] and [`Vb::frozen`]) say which tensors
+//! the optimizer decays and which it trains; nothing matches on names.
+//!
+//! The loader is dtype-aware: a [`TensorSource`] is asked for `f32` or `bf16` values, so a
+//! bf16 checkpoint can be kept in bf16 ([`DType::Bf16`]) instead of being widened. Training and
+//! the kernels run on `f32` stores.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+
+/// A handle to one tensor of a model's flat buffer: its offset and length.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct P {
+    off: usize,
+    len: usize,
+}
+
+impl P {
+    /// Elements of the tensor.
+    pub fn len(self) -> usize {
+        self.len
+    }
+    /// Whether the tensor has no elements (an optional tensor that is absent).
+    pub fn is_empty(self) -> bool {
+        self.len == 0
+    }
+    /// Its place in the model's buffer.
+    pub fn range(self) -> Range<usize> {
+        self.off..self.off + self.len
+    }
+    /// The tensor's values in the model's buffer `p` (parameters or gradients).
+    #[inline]
+    pub fn of(self, p: &[f32]) -> &[f32] {
+        &p[self.off..self.off + self.len]
+    }
+    /// The tensor's values in `p`, to write (an initialisation, a gradient).
+    #[inline]
+    pub fn of_mut(self, p: &mut [f32]) -> &mut [f32] {
+        &mut p[self.off..self.off + self.len]
+    }
+}
+
+/// An error unless the model buffer `p` reaches the end of `last`, the handle a layer registered
+/// last (a buffer of another model, or a gradient buffer of the wrong size).
+pub fn check_params(op: &'static str, p: &[f32], last: P) -> Result<()> {
+    if p.len() < last.range().end {
+        return Err(Error::shape(
+            op,
+            "parameter buffer",
+            format!("at least {} elements", last.range().end),
+            p.len(),
+        ));
+    }
+    Ok(())
+}
+
+/// Several tensors of one buffer, mutably at once (e.g. a norm's weight and bias gradients).
+/// Handles of one store never overlap.
+pub fn many_mut<const N: usize>(p: &mut [f32], hs: [P; N]) -> [&mut [f32]; N] {
+    p.get_disjoint_mut(hs.map(P::range))
+        .expect("handles of one parameter store are disjoint and inside its buffer")
+}
+
+/// The element type a store keeps its values in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DType {
+    #[default]
+    F32,
+    /// bfloat16 (the top 16 bits of an f32): half the memory of released 7B-parameter models;
+    /// loaded without widening.
+    Bf16,
+}
+
+/// One tensor of a store: its checkpoint key, shape, place and tags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub handle: P,
+    /// In the weight-decay group (weights; not biases, norms, filter parameters).
+    pub decay: bool,
+    /// Updated by the optimizer (a frozen tensor keeps its value, e.g. the unused LM head of a
+    /// classifier).
+    pub trainable: bool,
+}
+
+/// Where a [`Vb`] takes tensor values from.
+pub trait TensorSource {
+    /// What the source is, for error messages (a file's path).
+    fn origin(&self) -> PathBuf;
+    /// The stored shape of `name`, if present.
+    fn shape_of(&self, name: &str) -> Option<Vec<usize>>;
+    /// Every tensor name of the source.
+    fn names(&self) -> Vec<String>;
+    /// Values of `name` as f32 (`dst` has the tensor's element count).
+    fn read_f32(&self, name: &str, dst: &mut [f32]) -> Result<()>;
+    /// Values of `name` as bf16 bits (`dst` has the tensor's element count). The default rounds
+    /// the f32 values to nearest even; a source that stores bf16 hands its bits over unchanged.
+    fn read_bf16(&self, name: &str, dst: &mut [u16]) -> Result<()> {
+        let mut tmp = vec![0.0f32; dst.len()];
+        self.read_f32(name, &mut tmp)?;
+        for (d, v) in dst.iter_mut().zip(&tmp) {
+            *d = f32_to_bf16(*v);
+        }
+        Ok(())
+    }
+}
+
+/// Round an f32 to bf16 bits (nearest, ties to even; NaN stays NaN).
+pub fn f32_to_bf16(v: f32) -> u16 {
+    let b = v.to_bits();
+    if (b & 0x7fff_ffff) > 0x7f80_0000 {
+        return ((b >> 16) as u16) | 0x40;
+    }
+    (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// The f32 value of bf16 bits (exact).
+pub fn bf16_to_f32(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// Values of a store.
+#[derive(Clone, Debug, PartialEq)]
+enum Storage {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+}
+
+/// A model's parameters: the flat buffer and what each part of it is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamStore {
+    specs: Vec<ParamSpec>,
+    data: Storage,
+}
+
+impl Default for ParamStore {
+    fn default() -> Self {
+        ParamStore {
+            specs: Vec::new(),
+            data: Storage::F32(Vec::new()),
+        }
+    }
+}
+
+/// Where the values of a [`ParamStore::build`] come from.
+#[derive(Clone, Copy)]
+pub enum Init<'a> {
+    /// Zeros; the model's own `init` fills them afterwards.
+    Zeros,
+    /// Copied from a checkpoint, every tensor required with exactly its shape.
+    From(&'a dyn TensorSource),
+}
+
+impl ParamStore {
+    /// Run the constructor `f` with a builder and return what it built with its parameters.
+    /// With [`Init::From`] every tensor is read from the source (shape-checked), in `dtype`;
+    /// with [`Init::Zeros`] they start at zero in f32.
+    pub fn build<T>(
+        init: Init<'_>,
+        dtype: DType,
+        f: impl FnOnce(&Vb<'_, '_>) -> Result<T>,
+    ) -> Result<(T, ParamStore)> {
+        let dtype = match init {
+            Init::Zeros => DType::F32,
+            Init::From(_) => dtype,
+        };
+        let b = RefCell::new(Builder {
+            source: match init {
+                Init::Zeros => None,
+                Init::From(s) => Some(s),
+            },
+            store: ParamStore {
+                specs: Vec::new(),
+                data: match dtype {
+                    DType::F32 => Storage::F32(Vec::new()),
+                    DType::Bf16 => Storage::Bf16(Vec::new()),
+                },
+            },
+            used: BTreeSet::new(),
+        });
+        let t = f(&Vb {
+            b: &b,
+            prefix: String::new(),
+            decay: true,
+            trainable: true,
+        })?;
+        Ok((t, b.into_inner().store))
+    }
+
+    /// The element type of the values.
+    pub fn dtype(&self) -> DType {
+        match self.data {
+            Storage::F32(_) => DType::F32,
+            Storage::Bf16(_) => DType::Bf16,
+        }
+    }
+
+    /// Scalars in the store.
+    pub fn len(&self) -> usize {
+        match &self.data {
+            Storage::F32(v) => v.len(),
+            Storage::Bf16(v) => v.len(),
+        }
+    }
+
+    /// Whether the store holds no scalar.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The tensors, in buffer order.
+    pub fn specs(&self) -> &[ParamSpec] {
+        &self.specs
+    }
+
+    /// The tensor named `name`.
+    pub fn spec(&self, name: &str) -> Option<&ParamSpec> {
+        self.specs.iter().find(|s| s.name == name)
+    }
+
+    /// The f32 values (empty for a bf16 store, whose models cannot run yet: the kernels take
+    /// f32; see [`ParamStore::to_f32`]).
+    pub fn data(&self) -> &[f32] {
+        match &self.data {
+            Storage::F32(v) => v,
+            Storage::Bf16(_) => &[],
+        }
+    }
+
+    /// The f32 values, to write (an initialisation, an optimizer step).
+    pub fn data_mut(&mut self) -> &mut [f32] {
+        match &mut self.data {
+            Storage::F32(v) => v,
+            Storage::Bf16(_) => &mut [],
+        }
+    }
+
+    /// The bf16 values of a bf16 store.
+    pub fn bf16(&self) -> Option<&[u16]> {
+        match &self.data {
+            Storage::Bf16(v) => Some(v),
+            Storage::F32(_) => None,
+        }
+    }
+
+    /// The same tensors in f32 (a copy for a bf16 store).
+    pub fn to_f32(&self) -> ParamStore {
+        let data = match &self.data {
+            Storage::F32(v) => v.clone(),
+            Storage::Bf16(v) => v.iter().map(|&h| bf16_to_f32(h)).collect(),
+        };
+        ParamStore {
+            specs: self.specs.clone(),
+            data: Storage::F32(data),
+        }
+    }
+
+    /// A zero buffer of the store's layout (gradients, optimizer moments).
+    pub fn zeros(&self) -> Vec<f32> {
+        vec![0.0; self.len()]
+    }
+
+    /// Elements that the optimizer trains.
+    pub fn trainable_len(&self) -> usize {
+        self.specs
+            .iter()
+            .filter(|s| s.trainable)
+            .map(|s| s.handle.len())
+            .sum()
+    }
+
+    /// Every tensor as `(name, shape, values)` in f32, in buffer order (for a checkpoint).
+    pub fn tensors(&self) -> Vec<(&str, &[usize], Vec<f32>)> {
+        self.specs
+            .iter()
+            .map(|s| {
+                let v = match &self.data {
+                    Storage::F32(d) => s.handle.of(d).to_vec(),
+                    Storage::Bf16(d) => d[s.handle.range()]
+                        .iter()
+                        .map(|&h| bf16_to_f32(h))
+                        .collect(),
+                };
+                (s.name.as_str(), s.shape.as_slice(), v)
+            })
+            .collect()
+    }
+
+    /// `buf` (laid out like the store: parameters, gradients, moments) split by tensor, as
+    /// `(name, shape, values)`.
+    pub fn split<'a>(&'a self, buf: &'a [f32]) -> Vec<(&'a str, &'a [usize], &'a [f32])> {
+        self.specs
+            .iter()
+            .map(|s| (s.name.as_str(), s.shape.as_slice(), s.handle.of(buf)))
+            .collect()
+    }
+
+    /// Copy every tensor of `src` that the store has (by name, shape-checked) into `buf`, a
+    /// buffer laid out like the store (e.g. optimizer moments saved per tensor). Tensors of
+    /// the store that `src` lacks are an error naming the first.
+    pub fn read_into(&self, src: &dyn TensorSource, prefix: &str, buf: &mut [f32]) -> Result<()> {
+        for s in &self.specs {
+            let name = format!("{prefix}{}", s.name);
+            let numel: usize = s.shape.iter().product();
+            match src.shape_of(&name) {
+                None => {
+                    return Err(Error::MissingTensor {
+                        file: src.origin(),
+                        name,
+                        available: src.names().len(),
+                    })
+                }
+                Some(sh) if sh.iter().product::<usize>() != numel => {
+                    return Err(Error::Format {
+                        file: src.origin(),
+                        msg: format!(
+                            "tensor `{name}` has shape {sh:?}, expected {} elements ({:?})",
+                            numel, s.shape
+                        ),
+                    })
+                }
+                Some(_) => src.read_f32(&name, s.handle.of_mut(buf))?,
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Builder<'a> {
+    source: Option<&'a dyn TensorSource>,
+    store: ParamStore,
+    /// Names taken from the source (to report the ones a model does not use).
+    used: BTreeSet<String>,
+}
+
+/// The builder a model's constructor receives: a prefix and the tags of the tensors it hands
+/// out. Cheap to clone; children made by [`Vb::pp`] share the same store.
+#[derive(Clone)]
+pub struct Vb<'a, 's> {
+    b: &'a RefCell<Builder<'s>>,
+    prefix: String,
+    decay: bool,
+    trainable: bool,
+}
+
+impl<'a, 's> Vb<'a, 's> {
+    /// A builder whose names are prefixed by `name.` (an empty name adds nothing).
+    pub fn pp(&self, name: impl AsRef<str>) -> Vb<'a, 's> {
+        let name = name.as_ref();
+        let mut v = self.clone();
+        if !name.is_empty() {
+            v.prefix = format!("{}{name}.", self.prefix);
+        }
+        v
+    }
+
+    /// The same builder, handing out tensors outside the weight-decay group.
+    pub fn no_decay(&self) -> Vb<'a, 's> {
+        Vb {
+            decay: false,
+            ..self.clone()
+        }
+    }
+
+    /// The same builder, handing out tensors that the optimizer leaves as they are.
+    pub fn frozen(&self) -> Vb<'a, 's> {
+        Vb {
+            trainable: false,
+            ..self.clone()
+        }
+    }
+
+    /// The full name `name` gets under this builder's prefix.
+    pub fn name(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// Whether the values come from a checkpoint (rather than a fresh initialisation).
+    pub fn is_loading(&self) -> bool {
+        self.b.borrow().source.is_some()
+    }
+
+    /// Whether the checkpoint has `name` (under the prefix); always false for a fresh model.
+    pub fn contains(&self, name: &str) -> bool {
+        let b = self.b.borrow();
+        b.source
+            .is_some_and(|s| s.shape_of(&self.name(name)).is_some())
+    }
+
+    /// The tensor `name` of shape `shape`: a handle into the model's buffer. Loading, the
+    /// checkpoint must hold it with exactly this shape.
+    pub fn get(&self, shape: &[usize], name: &str) -> Result<P> {
+        let full = self.name(name);
+        let numel: usize = shape.iter().product();
+        let mut b = self.b.borrow_mut();
+        if b.store.specs.iter().any(|s| s.name == full) {
+            return Err(Error::config(
+                "parameter name",
+                format!("`{full}`"),
+                "registered twice; every tensor of a model needs its own name",
+            ));
+        }
+        let off = b.store.len();
+        let handle = P { off, len: numel };
+        match &mut b.store.data {
+            Storage::F32(v) => v.resize(off + numel, 0.0),
+            Storage::Bf16(v) => v.resize(off + numel, 0),
+        }
+        if let Some(src) = b.source {
+            match src.shape_of(&full) {
+                None => {
+                    return Err(Error::MissingTensor {
+                        file: src.origin(),
+                        name: full,
+                        available: src.names().len(),
+                    })
+                }
+                Some(s) if s != shape => {
+                    return Err(Error::Format {
+                        file: src.origin(),
+                        msg: format!(
+                            "tensor `{full}` has shape {s:?}, expected {shape:?} (does the \
+                             config match the weights?)"
+                        ),
+                    })
+                }
+                Some(_) => {}
+            }
+            match &mut b.store.data {
+                Storage::F32(v) => src.read_f32(&full, &mut v[handle.range()])?,
+                Storage::Bf16(v) => src.read_bf16(&full, &mut v[handle.range()])?,
+            }
+            b.used.insert(full.clone());
+        }
+        b.store.specs.push(ParamSpec {
+            name: full,
+            shape: shape.to_vec(),
+            handle,
+            decay: self.decay,
+            trainable: self.trainable,
+        });
+        Ok(handle)
+    }
+
+    /// The names of the source that no [`Vb::get`] has taken so far (e.g. a classifier's
+    /// `score.weight` when an LM is loaded from it).
+    pub fn unused(&self) -> Vec<String> {
+        let b = self.b.borrow();
+        match b.source {
+            None => Vec::new(),
+            Some(s) => s
+                .names()
+                .into_iter()
+                .filter(|n| !b.used.contains(n))
+                .collect(),
+        }
+    }
+}
+
+/// A [`TensorSource`] over tensors held in memory (tests, renamed checkpoints).
+#[derive(Clone, Debug, Default)]
+pub struct MemSource {
+    pub origin: PathBuf,
+    pub tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+impl TensorSource for MemSource {
+    fn origin(&self) -> PathBuf {
+        self.origin.clone()
+    }
+    fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensors.get(name).map(|t| t.0.clone())
+    }
+    fn names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+    fn read_f32(&self, name: &str, dst: &mut [f32]) -> Result<()> {
+        let (_, v) = self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
+            file: self.origin.clone(),
+            name: name.to_string(),
+            available: self.tensors.len(),
+        })?;
+        crate::error::check_len("MemSource", name, v.len(), dst.len())?;
+        dst.copy_from_slice(v);
+        Ok(())
+    }
+}
+
+impl ParamStore {
+    /// The store as an in-memory source (e.g. to rebuild a model from its own values).
+    pub fn to_source(&self) -> MemSource {
+        MemSource {
+            origin: PathBuf::from("<parameters>"),
+            tensors: self
+                .tensors()
+                .into_iter()
+                .map(|(n, s, v)| (n.to_string(), (s.to_vec(), v)))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Lin {
+        w: P,
+        b: P,
+    }
+
+    fn lin(vb: &Vb<'_, '_>, o: usize, i: usize) -> Result<Lin> {
+        Ok(Lin {
+            w: vb.get(&[o, i], "weight")?,
+            b: vb.no_decay().get(&[o], "bias")?,
+        })
+    }
+
+    #[test]
+    fn names_shapes_tags_and_layout() {
+        let (m, store) = ParamStore::build(Init::Zeros, DType::F32, |vb| {
+            let a = lin(&vb.pp("mixer").pp("in_proj"), 3, 2)?;
+            let h = vb.frozen().get(&[4, 2], "lm_head.weight")?;
+            Ok((a, h))
+        })
+        .unwrap();
+        let names: Vec<_> = store.specs().iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "mixer.in_proj.weight",
+                "mixer.in_proj.bias",
+                "lm_head.weight"
+            ]
+        );
+        assert_eq!(store.len(), 6 + 3 + 8);
+        assert_eq!(
+            (m.0.w.range(), m.0.b.range(), m.1.range()),
+            (0..6, 6..9, 9..17)
+        );
+        let s = store.spec("mixer.in_proj.bias").unwrap();
+        assert!(!s.decay && s.trainable);
+        let s = store.spec("lm_head.weight").unwrap();
+        assert!(s.decay && !s.trainable);
+        assert_eq!(store.trainable_len(), 9);
+    }
+
+    #[test]
+    fn a_name_twice_is_an_error() {
+        let e = ParamStore::build(Init::Zeros, DType::F32, |vb| {
+            vb.get(&[2], "x")?;
+            vb.get(&[3], "x")
+        })
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("`x`") && e.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn loading_copies_checks_shapes_and_reports_unused() {
+        let mut src = MemSource::default();
+        src.tensors
+            .insert("l.weight".into(), (vec![2, 1], vec![1.5, -2.0]));
+        src.tensors
+            .insert("l.bias".into(), (vec![2], vec![0.25, 3.0]));
+        src.tensors.insert("extra".into(), (vec![1], vec![9.0]));
+        let ((m, unused), store) = ParamStore::build(Init::From(&src), DType::F32, |vb| {
+            let m = lin(&vb.pp("l"), 2, 1)?;
+            Ok((m, vb.unused()))
+        })
+        .unwrap();
+        assert_eq!(m.w.of(store.data()), &[1.5, -2.0]);
+        assert_eq!(m.b.of(store.data()), &[0.25, 3.0]);
+        assert_eq!(unused, ["extra"]);
+        // Wrong shape and missing tensor: errors naming the tensor.
+        let e = ParamStore::build(Init::From(&src), DType::F32, |vb| lin(&vb.pp("l"), 1, 2))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("l.weight") && e.contains("[2, 1]"), "{e}");
+        let e = ParamStore::build(Init::From(&src), DType::F32, |vb| lin(&vb.pp("m"), 2, 1))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("m.weight") && e.contains("not found"), "{e}");
+    }
+
+    #[test]
+    fn bf16_stays_bf16() {
+        let mut src = MemSource::default();
+        let vals = vec![1.0f32, -0.5, 3.140625, 1e-3];
+        src.tensors.insert("w".into(), (vec![4], vals.clone()));
+        let (h, store) =
+            ParamStore::build(Init::From(&src), DType::Bf16, |vb| vb.get(&[4], "w")).unwrap();
+        assert_eq!(store.dtype(), DType::Bf16);
+        let bits = store.bf16().unwrap();
+        assert_eq!(bits.len(), 4);
+        // Exactly representable values are kept; 1e-3 rounds to the nearest bf16.
+        let back: Vec<f32> = bits.iter().map(|&b| bf16_to_f32(b)).collect();
+        assert_eq!(&back[..3], &vals[..3]);
+        assert!((back[3] - 1e-3).abs() < 1e-3 / 128.0);
+        assert!(store.data().is_empty());
+        assert_eq!(h.of(store.to_f32().data()), &back[..]);
+        assert_eq!(f32_to_bf16(1.0 + 2f32.powi(-8)), 0x3f80); // a tie rounds to even
+        assert_eq!(f32_to_bf16(1.0 + 3.0 * 2f32.powi(-8)), 0x3f82);
+    }
+
+    #[test]
+    fn many_mut_gives_disjoint_slices() {
+        let (hs, store) = ParamStore::build(Init::Zeros, DType::F32, |vb| {
+            Ok([vb.get(&[2], "a")?, vb.get(&[3], "b")?])
+        })
+        .unwrap();
+        let mut g = store.zeros();
+        let [a, b] = many_mut(&mut g, hs);
+        a.fill(1.0);
+        b.fill(2.0);
+        assert_eq!(g, [1.0, 1.0, 2.0, 2.0, 2.0]);
+    }
+}
