@@ -3,9 +3,11 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use hyena::checkpoint::load_model;
 use hyena::data::tokens::{load_tokens, DataConfig};
 use hyena::distill::ess::{filter_ess, operator_ess, LayerEss};
-use hyena::train::trainer::{load_model, read_json};
+use hyena::models::hyenadna::HyenaLm;
+use hyena::models::Model;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum AnalyzeWhat {
@@ -46,14 +48,12 @@ pub fn analyze_cmd(w: AnalyzeWhat) -> Result<()> {
 }
 
 fn ess_cmd(a: EssArgs) -> Result<()> {
-    let lm = load_model(&a.model)
+    let loaded = load_model(&a.model)
         .with_context(|| format!("loading the model in {}", a.model.display()))?;
-    let filters = filter_ess(&lm, a.tol, a.max_hankel)?;
+    let lm = loaded.downcast::<Model<HyenaLm>>("hyena analyze ess")?;
+    let filters = filter_ess(lm, a.tol, a.max_hankel)?;
     // The run's data settings (a distilled directory keeps them beside its `distill` section).
-    let cfg_v = read_json(&a.model.join("config.json"))?;
-    let run_data: Option<DataConfig> = cfg_v
-        .get("data")
-        .and_then(|d| serde_json::from_value(d.clone()).ok());
+    let run_data: Option<DataConfig> = loaded.section("data").ok().flatten();
     let data = match (&a.fasta, &run_data) {
         (Some(f), _) => Some(DataConfig {
             fasta: vec![f.clone()],
@@ -75,9 +75,9 @@ fn ess_cmd(a: EssArgs) -> Result<()> {
             let n = a
                 .len
                 .unwrap_or(1024)
-                .min(lm.cfg.operator.l_max)
+                .min(lm.net.cfg.operator.l_max)
                 .min(src.len());
-            let ess = operator_ess(&lm, &src[..n], a.tol)
+            let ess = operator_ess(lm, &src[..n], a.tol)
                 .with_context(|| format!("operator ESS on {n} tokens"))?;
             (ess, format!("{n} tokens of {}", td.summary))
         }

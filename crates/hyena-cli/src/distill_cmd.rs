@@ -3,8 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use hyena::checkpoint::{load_model, write_json};
 use hyena::distill::model::{distill_lm, report_pngs, save_distilled, ChannelFit, DistillConfig};
-use hyena::train::trainer::{load_model, read_json, write_json};
+use hyena::models::hyenadna::HyenaLm;
+use hyena::models::Model;
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(clap::Args, Debug)]
@@ -44,9 +46,10 @@ pub fn distill_cmd(a: DistillArgs) -> Result<()> {
             a.out.display()
         );
     }
-    let lm = load_model(&a.model)
+    let loaded = load_model(&a.model)
         .with_context(|| format!("loading the model in {}", a.model.display()))?;
-    let run_cfg = read_json(&a.model.join("config.json"))?;
+    let lm = loaded.downcast::<Model<HyenaLm>>("hyena distill")?;
+    let run_cfg = loaded.run.config.clone();
     let cfg = DistillConfig {
         order: a.order,
         tol: if a.order.is_some() {
@@ -70,7 +73,7 @@ pub fn distill_cmd(a: DistillArgs) -> Result<()> {
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let (rlm, fits) = distill_lm(&lm, &cfg, &|done, total| {
+    let (rlm, fits) = distill_lm(lm, &cfg, &|done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })
@@ -84,7 +87,7 @@ pub fn distill_cmd(a: DistillArgs) -> Result<()> {
     )?;
     print_summary(&fits);
     eprint!("drawing the report ...\r");
-    let pngs = report_pngs(&lm, &rlm, &fits, &cfg, &a.out)?;
+    let pngs = report_pngs(lm, &rlm, &fits, &cfg, &a.out)?;
     eprint!("{:30}\r", "");
     println!(
         "wrote {} (model.safetensors, config.json, distill_report.json, {})",

@@ -7,10 +7,11 @@ use std::time::Instant;
 use crate::alloc::{peak_heap_bytes, peak_rss_bytes, CountingAlloc};
 use anyhow::{Context, Result};
 use hyena::apps::dna::{
-    embed_file, score_file, EmbedOptions, Pool, Progress, ProgressFn, TokenizeOptions,
+    embed_file, score_file, EmbedOptions, Progress, ProgressFn, TokenizeOptions,
 };
-use hyena::models::infer::{LeanOptions, ResidualStore};
-use hyena::train::trainer::load_model;
+use hyena::checkpoint::load_model;
+use hyena::layers::lean::{LeanOptions, ResidualStore};
+use hyena::models::Pool;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// How input bases become token ids (shared by embed and score).
@@ -163,8 +164,9 @@ fn print_memory(t0: Instant) {
 pub fn embed_cmd(a: EmbedArgs) -> Result<()> {
     CountingAlloc::mark_installed();
     let t0 = Instant::now();
-    let lm = load_model(&a.model)
+    let loaded = load_model(&a.model)
         .with_context(|| format!("loading the model in {}", a.model.display()))?;
+    let lm = loaded.model.as_ref();
     let opts = EmbedOptions {
         layer: a.layer,
         pool: match a.pool {
@@ -177,14 +179,14 @@ pub fn embed_cmd(a: EmbedArgs) -> Result<()> {
     };
     eprintln!(
         "model: d_model {}, {} blocks, max length {}; embedding layer {} ({:?} pooling)",
-        lm.cfg.d_model(),
-        lm.cfg.n_layer,
-        lm.cfg.operator.l_max,
-        opts.layer.unwrap_or(lm.cfg.n_layer),
+        lm.d_model(),
+        lm.n_layer(),
+        lm.max_len(),
+        opts.layer.unwrap_or(lm.n_layer()),
         opts.pool
     );
     let (bar, f) = progress_bar();
-    let rep = embed_file(&lm, &a.fasta, &a.out, &opts, Some(f));
+    let rep = embed_file(lm, &a.fasta, &a.out, &opts, Some(f));
     bar.finish_and_clear();
     let rep = rep?;
     println!(
@@ -203,11 +205,11 @@ pub fn embed_cmd(a: EmbedArgs) -> Result<()> {
 pub fn score_cmd(a: ScoreArgs) -> Result<()> {
     CountingAlloc::mark_installed();
     let t0 = Instant::now();
-    let lm = load_model(&a.model)
+    let loaded = load_model(&a.model)
         .with_context(|| format!("loading the model in {}", a.model.display()))?;
     let (bar, f) = progress_bar();
     let scores = score_file(
-        &lm,
+        loaded.model.as_ref(),
         &a.fasta,
         a.tokens.options(),
         a.tokens.lean(),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use hyena::baselines::kmer::fit_select;
-use hyena::models::classifier::Pool;
+use hyena::models::Pool;
 use hyena::train::finetune::{finetune, FinetuneConfig, FinetuneEvent, FinetuneRun};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -111,7 +111,7 @@ pub fn finetune_cmd(a: FinetuneArgs) -> Result<()> {
     };
     let model = match (&a.model, &a.preset) {
         // Replaced by the checkpoint's own config when it is loaded.
-        (Some(_), _) => hyena::models::lm::LmConfig::default(),
+        (Some(_), _) => hyena::models::hyenadna::LmConfig::default(),
         (None, Some(p)) => {
             let mut m = hyena::train::run::preset(p)?.model;
             let longest = ds.train.iter().map(|e| e.seq.len()).max().unwrap_or(1);

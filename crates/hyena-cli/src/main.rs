@@ -283,7 +283,7 @@ fn bench_embed(a: &BenchArgs) -> Result<()> {
         writeln!(out, "|---:|---:|---:|---|---:|---:|---:|")?;
         out.flush()?;
     }
-    let lean = hyena::models::infer::LeanOptions {
+    let lean = hyena::layers::lean::LeanOptions {
         chunk: 2048,
         residual: a.residual.store(),
     };

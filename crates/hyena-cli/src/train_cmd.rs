@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use hyena::distill::model::{is_distilled, load_distilled};
+use hyena::checkpoint::load_model;
 use hyena::io::tokenizer::Tokenizer;
-use hyena::models::generate::{generate, generate_recurrent, SampleConfig};
+use hyena::models::generate::{generate, DecodeMode, SampleConfig};
 use hyena::train::run::{evaluate_run, run, EvalOptions, Event, RunConfig};
-use hyena::train::trainer::{load_model, TrainConfig};
+use hyena::train::trainer::TrainConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(clap::Args, Debug)]
@@ -496,13 +496,14 @@ pub enum GenMode {
 }
 
 pub fn generate_cmd(a: GenerateArgs) -> Result<()> {
-    let lm = load_model(&a.model)
+    let loaded = load_model(&a.model)
         .with_context(|| format!("loading the model in {}", a.model.display()))?;
-    let p = a.model.join("config.json");
-    let s = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-    let cfg: serde_json::Value = serde_json::from_str(&s)?;
-    let tok: Tokenizer =
-        serde_json::from_value(cfg["data"]["tokenizer"].clone()).unwrap_or_default();
+    let tok: Tokenizer = loaded
+        .section::<hyena::data::tokens::DataConfig>("data")
+        .ok()
+        .flatten()
+        .map(|d| d.tokenizer)
+        .unwrap_or_default();
     let (prompt, unk) = tok.encode_checked(a.prompt.as_bytes());
     if unk > 0 {
         eprintln!(
@@ -515,21 +516,15 @@ pub fn generate_cmd(a: GenerateArgs) -> Result<()> {
         seed: a.seed,
         allowed: tok.sampleable_ids(),
     };
-    let out = match a.mode {
-        GenMode::Conv => generate(&lm, &prompt, a.tokens, &sc)?,
-        GenMode::Recurrent => {
-            if !is_distilled(&a.model)? {
-                bail!(
-                    "{} is not a distilled model: --mode recurrent needs one (make it with \
-                     `hyena distill --model {} --out DIR`), or use --mode conv",
-                    a.model.display(),
-                    a.model.display()
-                );
-            }
-            let rlm = load_distilled(&a.model)?;
-            generate_recurrent(&rlm, &prompt, a.tokens, &sc)?
-        }
+    let mode = match a.mode {
+        GenMode::Conv => DecodeMode::Conv,
+        GenMode::Recurrent => DecodeMode::Recurrent,
     };
+    let mut dec = loaded
+        .model
+        .decoder(mode)
+        .with_context(|| format!("{}", a.model.display()))?;
+    let out = generate(dec.as_mut(), &prompt, a.tokens, &sc)?;
     println!("{}{}", a.prompt, tok.decode(&out));
     Ok(())
 }

@@ -183,9 +183,14 @@ fn distill_then_generate_recurrently() {
     let nan = dir.join("nan");
     std::fs::create_dir_all(&nan).unwrap();
     std::fs::copy(run.join("config.json"), nan.join("config.json")).unwrap();
-    let mut lm = hyena::train::trainer::load_model(&run).unwrap();
-    lm.params.blocks[1].mixer.filter.w_out[3] = f32::NAN;
-    hyena::train::trainer::save_model(&lm, &nan).unwrap();
+    let loaded = hyena::checkpoint::load_model(&run).unwrap();
+    let mut m = loaded
+        .downcast::<hyena::models::Model<hyena::models::hyenadna::HyenaLm>>("test")
+        .unwrap()
+        .clone();
+    let w_out = m.net.blocks[1].mixer.filter.linears().last().unwrap().0;
+    w_out.of_mut(m.params.data_mut())[3] = f32::NAN;
+    hyena::checkpoint::save_model(&nan, &m).unwrap();
     let before = snapshot(&dir);
     let x = dir.join("x");
     fails_with(

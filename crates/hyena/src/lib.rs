@@ -57,6 +57,7 @@
 
 pub mod apps;
 pub mod baselines;
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod distill;

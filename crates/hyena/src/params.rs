@@ -213,6 +213,33 @@ impl ParamStore {
         Ok((t, b.into_inner().store))
     }
 
+    /// Register more tensors after the ones the store has (starting at zero), e.g. a
+    /// classification head on a pretrained backbone. f32 stores only.
+    pub fn extend<T>(&mut self, f: impl FnOnce(&Vb<'_, '_>) -> Result<T>) -> Result<T> {
+        let b = RefCell::new(Builder {
+            source: None,
+            store: std::mem::take(self),
+            used: BTreeSet::new(),
+        });
+        let t = f(&Vb {
+            b: &b,
+            prefix: String::new(),
+            decay: true,
+            trainable: true,
+        });
+        *self = b.into_inner().store;
+        t
+    }
+
+    /// Leave the tensor `h` out of training from now on (the optimizer skips it).
+    pub fn freeze(&mut self, h: P) {
+        for s in &mut self.specs {
+            if s.handle == h {
+                s.trainable = false;
+            }
+        }
+    }
+
     /// The element type of the values.
     pub fn dtype(&self) -> DType {
         match self.data {

@@ -14,9 +14,10 @@ use serde::Serialize;
 
 use crate::config::HyenaConfig;
 use crate::error::Result;
-use crate::layers::{HyenaCache, HyenaGradWorkspace, HyenaOperator, Params};
+use crate::layers::{HyenaCache, HyenaGradWorkspace, HyenaOperator};
 use crate::ops::fftconv::{FftConv, Spectra};
 use crate::ops::gradcheck::rand_vec;
+use crate::params::{DType, Init, ParamStore};
 
 /// Heap measurements, provided by the binary that runs the benchmarks (the library installs no
 /// allocator of its own).
@@ -212,21 +213,27 @@ pub fn run_one(spec: &BenchSpec, l: usize, mem: &dyn MemProbe) -> Result<BenchRe
         }
         BenchOp::Operator => {
             let cfg = bench_operator_config(d, l, spec.order);
-            let op = HyenaOperator::new(&cfg, 0)?;
+            let (op, mut store) =
+                ParamStore::build(Init::Zeros, DType::F32, |vb| HyenaOperator::new(&cfg, vb))?;
+            op.init(
+                store.data_mut(),
+                &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0),
+            );
+            let p = store.data();
             let u = rand_vec(b * l * d, 1, 1.0);
             let g = rand_vec(b * l * d, 4, 1.0);
             let mut y = vec![0.0f32; b * l * d];
             let mut du = vec![0.0f32; b * l * d];
-            let mut grads = op.zero_grads();
+            let mut grads = store.zeros();
             let mut cache = HyenaCache::default();
             let mut ws = HyenaGradWorkspace::default();
             let step = |train: bool| -> Result<()> {
-                op.forward(&u, b, l, &mut y, &mut cache)?;
+                op.forward(p, &u, b, l, &mut y, &mut cache)?;
                 if !train {
                     return Ok(());
                 }
-                grads.zero();
-                op.backward(&g, &u, &cache, &mut du, &mut grads, &mut ws)
+                grads.fill(0.0);
+                op.backward(p, &g, &u, &cache, &mut du, &mut grads, &mut ws)
             };
             let (fm, fbm, peak, reps) = measure(spec.reps, mem, base, step)?;
             (fm, fbm, peak, reps, operator_fwd_flops(&cfg, b, l))
@@ -315,7 +322,7 @@ pub fn run_train(
     steps: Option<usize>,
     mem: &dyn MemProbe,
 ) -> Result<TrainBenchRecord> {
-    use crate::models::lm::{HyenaLm, LmConfig, LmWorkspace};
+    use crate::models::hyenadna::{HyenaLm, LmConfig, LmWorkspace};
     use crate::train::{clip_grad_norm, AdamW, AdamWConfig};
     let (d, n_layer, l, b) = shape.dims();
     let base = mem.start();
@@ -328,7 +335,7 @@ pub fn run_train(
     cfg.operator.filter.emb_dim = 5;
     cfg.operator.filter.w = 10.0;
     cfg.operator.filter.shift = 0.05;
-    let mut lm = HyenaLm::new(&cfg, 0)?;
+    let (lm, mut params) = HyenaLm::fresh(&cfg, 0)?;
     let mut opt = AdamW::new(AdamWConfig::default());
     let toks: Vec<u32> = rand_vec(b * (l + 1), 7, 1.0)
         .iter()
@@ -341,27 +348,27 @@ pub fn run_train(
         .flat_map(|r| toks[r * (l + 1) + 1..(r + 1) * (l + 1)].to_vec())
         .collect();
     let mut ws = LmWorkspace::default();
-    let mut grads = lm.zero_grads();
-    let mut step = |lm: &mut HyenaLm, grads: &mut crate::models::lm::LmParams| -> Result<()> {
-        grads.zero();
-        lm.loss_and_grad(&x, &y, b, l, 1.0, &mut ws, grads)?;
-        clip_grad_norm(grads, 1.0);
-        opt.step(&mut lm.params, grads, 6e-4);
+    let mut grads = params.zeros();
+    let mut step = |params: &mut ParamStore, grads: &mut Vec<f32>| -> Result<()> {
+        grads.fill(0.0);
+        lm.loss_and_grad(params.data(), &x, &y, b, l, 1.0, &mut ws, grads)?;
+        clip_grad_norm(params, grads, 1.0);
+        opt.step(params, grads, 6e-4);
         Ok(())
     };
     let t = Instant::now();
-    step(&mut lm, &mut grads)?;
+    step(&mut params, &mut grads)?;
     let first = t.elapsed().as_secs_f64() * 1e3;
     let peak = mem.peak_mib(base);
     let n = steps.unwrap_or_else(|| ((3000.0 / first.max(1e-3)).ceil() as usize).clamp(2, 10));
     let mut times = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        step(&mut lm, &mut grads)?;
+        step(&mut params, &mut grads)?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let step_ms = median(times);
-    let state_mib = 4.0 * lm.params.num_params() as f64 * 4.0 / (1024.0 * 1024.0);
+    let state_mib = 4.0 * params.len() as f64 * 4.0 / (1024.0 * 1024.0);
     Ok(TrainBenchRecord {
         implementation: "hyena",
         shape: shape.name(),
@@ -417,9 +424,8 @@ pub fn run_generate(
     mem: &dyn MemProbe,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<GenBenchRecord>> {
-    use crate::distill::modal::{ModalBank, ModalFilter, Mode};
-    use crate::models::lm::{HyenaLm, LmCache, LmConfig};
-    use crate::models::recurrent::RecurrentLm;
+    use crate::layers::hyena::modal::{ModalBank, ModalFilter, Mode};
+    use crate::models::hyenadna::{HyenaLm, LmCache, LmConfig};
     use faer::c64;
     let l_max = contexts.iter().copied().max().unwrap_or(1).max(1);
     let cfg = LmConfig {
@@ -428,7 +434,8 @@ pub fn run_generate(
         operator: bench_operator_config(d, l_max, 2),
         ..LmConfig::default()
     };
-    let lm = HyenaLm::new(&cfg, 0)?;
+    let (mut lm, params) = HyenaLm::fresh(&cfg, 0)?;
+    let p = params.data();
     let banks = (0..n_layer)
         .map(|i| {
             let r = rand_vec(d * modes * 3, 11 + i as u64, 1.0);
@@ -449,7 +456,7 @@ pub fn run_generate(
             ModalBank::from_filters(1, d, &filters)
         })
         .collect::<Result<Vec<_>>>()?;
-    let rlm = RecurrentLm::new(lm, banks)?;
+    lm.set_modal_banks(banks)?;
     let toks: Vec<u32> = rand_vec(l_max, 5, 1.0)
         .iter()
         .map(|x| 7 + ((x + 1.0) * 1.999) as u32)
@@ -462,27 +469,27 @@ pub fn run_generate(
         let base = mem.start();
         let mut cache = LmCache::default();
         let t = Instant::now();
-        rlm.lm.forward(ctx, 1, c, &mut cache)?;
+        lm.forward(p, ctx, 1, c, &mut cache)?;
         let first = t.elapsed().as_secs_f64() * 1e3;
         let conv_mib = mem.peak_mib(base);
         let reps = ((2000.0 / first.max(1e-3)).ceil() as usize).clamp(2, 20);
         let mut times = Vec::with_capacity(reps);
         for _ in 0..reps {
             let t = Instant::now();
-            rlm.lm.forward(ctx, 1, c, &mut cache)?;
+            lm.forward(p, ctx, 1, c, &mut cache)?;
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
         let conv_ms = median(times);
         drop(cache);
         // Recurrent mode: prefill, then steps.
         let t = Instant::now();
-        let mut st = rlm.prefill(ctx, &mut LmCache::default())?;
+        let mut st = lm.prefill(p, ctx, &mut LmCache::default())?;
         let prefill_ms = t.elapsed().as_secs_f64() * 1e3;
         let steps = 300;
         let mut times = Vec::with_capacity(steps);
         for i in 0..steps {
             let t = Instant::now();
-            rlm.step(toks[i % c], &mut st)?;
+            lm.step(p, toks[i % c], &mut st)?;
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
         let rec_ms = median(times);
@@ -515,7 +522,7 @@ pub struct EmbedBenchRecord {
     /// Wall time of one lean forward to the final hidden states.
     pub seconds: f64,
     pub bases_per_s: f64,
-    /// Whether the residual stream was packed to 24 bits ([`crate::models::infer::ResidualStore`]).
+    /// Whether the residual stream was packed to 24 bits ([`crate::layers::lean::ResidualStore`]).
     pub residual_packed: bool,
     /// Heap bytes of the model (parameters and filter buffers), MiB.
     pub model_mib: f64,
@@ -525,11 +532,15 @@ pub struct EmbedBenchRecord {
 
 /// A HyenaDNA-shaped LM config (spec Sec. 3.4: emb_dim 5, filter_order 64, Sin frequency 10,
 /// shift 0.05, d_inner 4·D) of width `d`, `n_layer` blocks and `l_max`.
-pub fn hyenadna_config(d: usize, n_layer: usize, l_max: usize) -> crate::models::lm::LmConfig {
-    crate::models::lm::LmConfig::hyenadna(d, n_layer, l_max)
+pub fn hyenadna_config(
+    d: usize,
+    n_layer: usize,
+    l_max: usize,
+) -> crate::models::hyenadna::LmConfig {
+    crate::models::hyenadna::LmConfig::hyenadna(d, n_layer, l_max)
 }
 
-/// Time the lean inference forward ([`crate::models::infer::hidden_states`], what `hyena
+/// Time the lean inference forward ([`crate::models::hyenadna::HyenaLm::hidden_states`], what `hyena
 /// embed` runs) of a randomly initialised HyenaDNA-shaped model on random bases, one sequence
 /// per length (`l_max` = the longest + 2, as the released configs). `progress(length)` is
 /// called before each.
@@ -537,14 +548,15 @@ pub fn run_embed(
     lengths: &[usize],
     d: usize,
     n_layer: usize,
-    lean: crate::models::infer::LeanOptions,
+    lean: crate::layers::lean::LeanOptions,
     mem: &dyn MemProbe,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<EmbedBenchRecord>> {
-    use crate::models::infer::{hidden_states, InferWorkspace};
+    use crate::layers::lean::InferWorkspace;
     let l_max = lengths.iter().copied().max().unwrap_or(1).max(1) + 2;
     let base = mem.start();
-    let lm = crate::models::lm::HyenaLm::new(&hyenadna_config(d, n_layer, l_max), 0)?;
+    let (lm, params) =
+        crate::models::hyenadna::HyenaLm::fresh(&hyenadna_config(d, n_layer, l_max), 0)?;
     let model_mib = mem.live().saturating_sub(base) as f64 / 1048576.0;
     let mut out = Vec::with_capacity(lengths.len());
     for &l in lengths {
@@ -556,7 +568,7 @@ pub fn run_embed(
         mem.start();
         let mut ws = InferWorkspace::with_options(lean);
         let t = Instant::now();
-        let h = hidden_states(&lm, &toks, n_layer, &mut ws)?;
+        let h = lm.hidden_states(params.data(), &toks, n_layer, &mut ws)?;
         let seconds = t.elapsed().as_secs_f64();
         if !h.iter().all(|v| v.is_finite()) {
             return Err(crate::Error::Format {

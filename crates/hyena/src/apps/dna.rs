@@ -17,8 +17,8 @@ use crate::io::fasta::{open_records, SeqRecord};
 use crate::io::npy::NpyWriter;
 use crate::io::safetensors::{temp_path_beside, write_bytes_atomic};
 use crate::io::tokenizer::{NucleotideTokenizer, SEP_ID, UNK_ID};
-use crate::models::infer::{hidden_states, log_likelihood, InferWorkspace, LeanOptions};
-use crate::models::lm::HyenaLm;
+use crate::layers::lean::{InferWorkspace, LeanOptions};
+use crate::models::{LanguageModel, Pool};
 
 /// How records become token ids.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -61,18 +61,6 @@ pub fn tokenize_record(rec: &SeqRecord, opts: TokenizeOptions, file: &Path) -> R
         ids.push(SEP_ID);
     }
     Ok(ids)
-}
-
-/// How the per-position hidden states of a record are reduced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Pool {
-    /// Mean over positions (HyenaDNA's `pool` decoder).
-    Mean,
-    /// The last position (what a causal model has seen the whole record at).
-    Last,
-    /// Every position: `[bases, D]` per record.
-    None,
 }
 
 /// Settings of [`embed_file`].
@@ -171,14 +159,14 @@ fn for_each_record(
 /// record: `[bases, D]`). A tab-separated table of records and their rows is written to
 /// `<out>.records.tsv`.
 pub fn embed_file(
-    lm: &HyenaLm,
+    lm: &dyn LanguageModel,
     fasta: &Path,
     out: &Path,
     opts: &EmbedOptions,
     progress: Option<ProgressFn>,
 ) -> Result<EmbedReport> {
-    let layer = opts.layer.unwrap_or(lm.cfg.n_layer);
-    let d = lm.cfg.d_model();
+    let layer = opts.layer.unwrap_or(lm.n_layer());
+    let d = lm.d_model();
     let mut npy = NpyWriter::create(out, d)?;
     let mut records = Vec::new();
     let mut pooled = vec![0.0f32; d];
@@ -189,7 +177,7 @@ pub fn embed_file(
         layer,
         progress,
         |rec, ids, ws| {
-            let h = hidden_states(lm, ids, layer, ws)?;
+            let h = lm.hidden_states(ids, layer, ws)?;
             let row = npy.rows();
             match opts.pool {
                 Pool::None => npy.write_rows(h)?,
@@ -270,7 +258,7 @@ pub struct RecordScore {
 /// Score every record of `fasta`; with `per_base`, also write one line per scored position
 /// (`record`, 1-based `position`, `base`, `log_prob`) to that TSV file.
 pub fn score_file(
-    lm: &HyenaLm,
+    lm: &dyn LanguageModel,
     fasta: &Path,
     tokenize: TokenizeOptions,
     lean: LeanOptions,
@@ -288,10 +276,10 @@ pub fn score_file(
         fasta,
         tokenize,
         lean,
-        lm.cfg.n_layer,
+        lm.n_layer(),
         progress,
         |rec, ids, ws| {
-            let total = log_likelihood(lm, ids, ws, &mut lp)?;
+            let total = lm.log_likelihood(ids, ws, &mut lp)?;
             if let Some(t) = tsv.as_mut() {
                 for (j, &v) in lp.iter().enumerate() {
                     let base = tok.token(ids[j + 1]);

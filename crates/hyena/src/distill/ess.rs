@@ -23,7 +23,8 @@ use serde::Serialize;
 use super::hankel::{entropy_rank, hankel_singular_values, tolerance_rank};
 use super::model::block_filters;
 use crate::error::{Error, Result};
-use crate::models::lm::{HyenaLm, LmCache};
+use crate::models::hyenadna::{HyenaLm, LmCache};
+use crate::models::Model;
 
 /// ESS of one layer.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -58,13 +59,14 @@ fn layer(layer: usize, kind: &'static str, channels: Vec<(f64, f64)>) -> LayerEs
 }
 
 /// Input-invariant ESS of every long filter (Hankel spectra at length `l_max`).
-pub fn filter_ess(lm: &HyenaLm, tol: f64, max_hankel: usize) -> Result<Vec<LayerEss>> {
+pub fn filter_ess(model: &Model<HyenaLm>, tol: f64, max_hankel: usize) -> Result<Vec<LayerEss>> {
     check_tol(tol)?;
+    let (lm, p) = (&model.net, model.p());
     let l = lm.cfg.operator.l_max;
     let rows = (lm.cfg.operator.order - 1) * lm.cfg.d_model();
     (0..lm.cfg.n_layer)
         .map(|i| {
-            let k = block_filters(lm, i, l)?;
+            let k = block_filters(lm, p, i, l)?;
             let ch: Vec<(f64, f64)> = (0..rows)
                 .into_par_iter()
                 .map(|f| {
@@ -87,8 +89,9 @@ fn check_tol(tol: f64) -> Result<()> {
 
 /// Input-varying ESS of each order-2 Hyena layer on `tokens` (one sequence, length ≤ l_max,
 /// at least 8).
-pub fn operator_ess(lm: &HyenaLm, tokens: &[u32], tol: f64) -> Result<Vec<LayerEss>> {
+pub fn operator_ess(model: &Model<HyenaLm>, tokens: &[u32], tol: f64) -> Result<Vec<LayerEss>> {
     check_tol(tol)?;
+    let (lm, p) = (&model.net, model.p());
     if lm.cfg.operator.order != 2 {
         return Err(Error::config(
             "order",
@@ -107,11 +110,11 @@ pub fn operator_ess(lm: &HyenaLm, tokens: &[u32], tol: f64) -> Result<Vec<LayerE
     }
     let d = lm.cfg.d_model();
     let mut cache = LmCache::default();
-    lm.forward(tokens, 1, l, &mut cache)?;
+    lm.forward(p, tokens, 1, l, &mut cache)?;
     let splits = [l / 4, l / 2, 3 * l / 4];
     (0..lm.cfg.n_layer)
         .map(|i| {
-            let k = block_filters(lm, i, l)?;
+            let k = block_filters(lm, p, i, l)?;
             let uc = cache.mixer(i).uc(); // [x_0, x_1, v] × [D, L]
             let ch: Vec<(f64, f64)> = (0..d)
                 .into_par_iter()

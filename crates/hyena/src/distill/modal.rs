@@ -22,66 +22,12 @@ use faer::{c64, Mat};
 
 use super::hankel::{check_finite, hankel_singular_values, tolerance_rank};
 use crate::error::{Error, Result};
+use crate::layers::hyena::modal::{ModalFilter, Mode};
 
 /// Largest pole modulus a fit may use. Trained HyenaDNA filters do not decay to zero (their
 /// window is `exp(−t|δ|) + shift`), so poles on the unit circle are needed; outside it the
 /// recurrence would grow without bound past the fitted length.
 pub const MAX_RADIUS: f64 = 1.0;
-
-/// One mode of a [`ModalFilter`]: a real pole (`pole.im == 0`, real residue) or a complex pole
-/// standing for a conjugate pair.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Mode {
-    pub pole: c64,
-    pub residue: c64,
-}
-
-impl Mode {
-    /// Whether this is a real pole (one state dimension) rather than a conjugate pair (two).
-    pub fn is_real(&self) -> bool {
-        self.pole.im == 0.0
-    }
-    /// Real state dimension: 1 or 2.
-    pub fn dim(&self) -> usize {
-        if self.is_real() {
-            1
-        } else {
-            2
-        }
-    }
-}
-
-/// A filter as direct term plus modes (see the module docs).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ModalFilter {
-    /// The lag-0 tap `h_0`, kept exactly.
-    pub h0: f64,
-    pub modes: Vec<Mode>,
-}
-
-impl ModalFilter {
-    /// Real state dimension (Σ of the modes' dims).
-    pub fn order(&self) -> usize {
-        self.modes.iter().map(Mode::dim).sum()
-    }
-
-    /// The impulse response `ĥ [l]`.
-    pub fn impulse(&self, l: usize) -> Vec<f64> {
-        let mut out = vec![0.0; l];
-        if l == 0 {
-            return out;
-        }
-        out[0] = self.h0;
-        for m in &self.modes {
-            let mut z = m.residue; // R λ^{t−1} at t = 1
-            for o in out.iter_mut().skip(1) {
-                *o += z.re;
-                z *= m.pole;
-            }
-        }
-        out
-    }
-}
 
 /// How the order of a fit is chosen.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -405,73 +351,4 @@ pub fn refine(h: &[f64], modes: Vec<Mode>, steps: usize, lr: f64) -> (Vec<Mode>,
         cur = next;
     }
     (best, best_err)
-}
-
-/// The modal filters of one Hyena operator: `S = N−1` stages × `D` channels, each padded to
-/// the same number `M` of modes (padding modes have pole and residue 0, so they add nothing).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ModalBank {
-    pub stages: usize,
-    pub d: usize,
-    /// Modes per filter.
-    pub m: usize,
-    /// Lag-0 taps `[S, D]`.
-    pub h0: Vec<f64>,
-    /// `[S, D, M]`.
-    pub poles: Vec<c64>,
-    /// `[S, D, M]`.
-    pub residues: Vec<c64>,
-}
-
-impl ModalBank {
-    /// Pack `filters [S·D]` (stage-major).
-    pub fn from_filters(stages: usize, d: usize, filters: &[ModalFilter]) -> Result<Self> {
-        if filters.len() != stages * d {
-            return Err(Error::shape(
-                "ModalBank",
-                "filters [S, D]",
-                format!("{stages}·{d} = {}", stages * d),
-                filters.len(),
-            ));
-        }
-        let m = filters.iter().map(|f| f.modes.len()).max().unwrap_or(0);
-        let zero = c64::new(0.0, 0.0);
-        let mut bank = ModalBank {
-            stages,
-            d,
-            m,
-            h0: filters.iter().map(|f| f.h0).collect(),
-            poles: vec![zero; stages * d * m],
-            residues: vec![zero; stages * d * m],
-        };
-        for (i, f) in filters.iter().enumerate() {
-            for (j, md) in f.modes.iter().enumerate() {
-                bank.poles[i * m + j] = md.pole;
-                bank.residues[i * m + j] = md.residue;
-            }
-        }
-        Ok(bank)
-    }
-
-    /// Filter `i` of `[S·D]` (padding modes dropped).
-    pub fn filter(&self, i: usize) -> ModalFilter {
-        let modes = (0..self.m)
-            .map(|j| Mode {
-                pole: self.poles[i * self.m + j],
-                residue: self.residues[i * self.m + j],
-            })
-            .filter(|md| md.residue != c64::new(0.0, 0.0) || md.pole != c64::new(0.0, 0.0))
-            .collect();
-        ModalFilter {
-            h0: self.h0[i],
-            modes,
-        }
-    }
-
-    /// Impulse responses `[S, D, l]` in f32.
-    pub fn impulse(&self, l: usize) -> Vec<f32> {
-        (0..self.stages * self.d)
-            .flat_map(|i| self.filter(i).impulse(l).into_iter().map(|v| v as f32))
-            .collect()
-    }
 }

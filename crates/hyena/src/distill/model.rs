@@ -1,24 +1,23 @@
-//! Distilling every long filter of a trained language model (Laughing Hyena, spec Sec. 9), and
-//! the checkpoint of the result.
+//! Distilling every long filter of a trained language model (Massaroli et al., "Laughing Hyena
+//! Distillery", arXiv 2310.18780, Sec. 3), and writing the result.
 //!
 //! A distilled run directory is a normal one (`model.safetensors`, `config.json`) whose
-//! `config.json` has a `distill` section and whose `model.safetensors` also holds, per block,
-//! `hyena.backbone.layers.{i}.mixer.filter_fn.{poles,residues}` `[(N−1)·D, M, 1, 2]` (re, im:
-//! StripedHyena's modal layout, spec Sec. 7.3) and `filter_fn.h0` `[(N−1)·D]`.
+//! `config.json` has a `distill` section and whose `model.safetensors` also holds the modal
+//! filters of every block (the layout is the HyenaDNA family's:
+//! [`crate::models::hyenadna::family`]).
 
 use std::path::Path;
 
-use faer::c64;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::modal::{fit_filter, FitOptions, ModalBank, ModalFilter, Mode, OrderChoice};
+use super::modal::{fit_filter, FitOptions, OrderChoice};
+use crate::checkpoint::{save_weights, write_json};
 use crate::error::{Error, Result};
-use crate::io::safetensors::{write_atomic, Tensor, TensorFile};
+use crate::layers::hyena::modal::{ModalBank, ModalFilter};
 use crate::layers::FilterCache;
-use crate::models::lm::HyenaLm;
-use crate::models::recurrent::RecurrentLm;
-use crate::train::trainer::{load_model_with, model_tensors, read_json, write_json};
+use crate::models::hyenadna::HyenaLm;
+use crate::models::Model;
 
 /// How to distil: a fixed order or a tolerance on the Hankel singular values, and the fit's
 /// knobs.
@@ -83,7 +82,7 @@ pub struct ChannelFit {
 }
 
 /// The original filters `[N−1, D, L]` of block `i` at length `l` (implicit or explicit).
-pub fn block_filters(lm: &HyenaLm, i: usize, l: usize) -> Result<Vec<f32>> {
+pub fn block_filters(lm: &HyenaLm, p: &[f32], i: usize, l: usize) -> Result<Vec<f32>> {
     let op = lm.operator(i);
     if let Some(k) = op.explicit_filters() {
         let lm_max = op.cfg.l_max;
@@ -100,19 +99,19 @@ pub fn block_filters(lm: &HyenaLm, i: usize, l: usize) -> Result<Vec<f32>> {
             .collect());
     }
     let mut c = FilterCache::default();
-    lm.operator(i)
-        .filter
-        .forward(&lm.params.blocks[i].mixer.filter, l, &mut c)?;
+    lm.operator(i).filter.forward(p, l, &mut c)?;
     Ok(c.k)
 }
 
-/// Fit every long filter of `lm` (at length `l_max`); `progress(done, total)` is called after
-/// each filter (from worker threads). Filters are fitted in parallel.
+/// Fit every long filter of `model` (at length `l_max`); `progress(done, total)` is called
+/// after each filter (from worker threads). Filters are fitted in parallel. Returns the model
+/// with modal filters (it steps as a recurrence) and every fit.
 pub fn distill_lm(
-    lm: &HyenaLm,
+    model: &Model<HyenaLm>,
     cfg: &DistillConfig,
     progress: &(dyn Fn(usize, usize) + Sync),
-) -> Result<(RecurrentLm, Vec<ChannelFit>)> {
+) -> Result<(Model<HyenaLm>, Vec<ChannelFit>)> {
+    let (lm, p) = (&model.net, model.p());
     let choice = cfg.choice()?;
     let (n, d, l) = (
         lm.cfg.operator.order,
@@ -137,7 +136,7 @@ pub fn distill_lm(
     let mut banks = Vec::with_capacity(lm.cfg.n_layer);
     let mut fits = Vec::with_capacity(total);
     for i in 0..lm.cfg.n_layer {
-        let k = block_filters(lm, i, l)?;
+        let k = block_filters(lm, p, i, l)?;
         let res: Vec<(ModalFilter, ChannelFit)> = (0..s * d)
             .into_par_iter()
             .map(|f| {
@@ -173,122 +172,28 @@ pub fn distill_lm(
         banks.push(ModalBank::from_filters(s, d, &filters)?);
         fits.extend(f);
     }
-    Ok((RecurrentLm::new(lm.clone(), banks)?, fits))
-}
-
-fn modal_prefix(i: usize) -> String {
-    format!("hyena.backbone.layers.{i}.mixer.filter_fn.")
+    let mut out = model.clone();
+    out.net.set_modal_banks(banks)?;
+    Ok((out, fits))
 }
 
 /// Write a distilled model to `dir` (created if needed): `model.safetensors` with the modal
-/// tensors and `config.json` = `run_config` (a JSON object) plus `distill`.
+/// tensors and `config.json` = `run_config` (a JSON object) plus `model` and `distill`.
 pub fn save_distilled(
-    rlm: &RecurrentLm,
+    model: &Model<HyenaLm>,
     cfg: &DistillConfig,
     run_config: &serde_json::Value,
     dir: &Path,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-        file: dir.to_path_buf(),
-        source,
-    })?;
-    let mut tensors = model_tensors(&rlm.lm);
-    for (i, b) in rlm.banks.iter().enumerate() {
-        let p = modal_prefix(i);
-        let flat = |v: &[c64]| v.iter().flat_map(|z| [z.re as f32, z.im as f32]).collect();
-        let shape = vec![b.stages * b.d, b.m, 1, 2];
-        tensors.insert(
-            format!("{p}poles"),
-            Tensor {
-                shape: shape.clone(),
-                data: flat(&b.poles),
-            },
-        );
-        tensors.insert(
-            format!("{p}residues"),
-            Tensor {
-                shape,
-                data: flat(&b.residues),
-            },
-        );
-        tensors.insert(
-            format!("{p}h0"),
-            Tensor {
-                shape: vec![b.stages * b.d],
-                data: b.h0.iter().map(|&v| v as f32).collect(),
-            },
-        );
-    }
-    let mut meta = std::collections::BTreeMap::new();
-    meta.insert("format".to_string(), "hyena-lm-distilled".to_string());
-    meta.insert("version".to_string(), "1".to_string());
     let mut config = run_config.clone();
     if !config.is_object() {
         config = serde_json::json!({});
     }
-    config["model"] = serde_json::to_value(&rlm.lm.cfg).map_err(|e| Error::Format {
-        file: dir.join("config.json"),
-        msg: e.to_string(),
-    })?;
-    config["distill"] = serde_json::to_value(cfg).map_err(|e| Error::Format {
-        file: dir.join("config.json"),
-        msg: e.to_string(),
-    })?;
-    write_atomic(dir.join("model.safetensors"), &tensors, &meta)?;
+    let json_err = |e: serde_json::Error| Error::format(dir.join("config.json"), e.to_string());
+    config["model"] = serde_json::to_value(&model.net.cfg).map_err(json_err)?;
+    config["distill"] = serde_json::to_value(cfg).map_err(json_err)?;
+    save_weights(dir, &model.tensors(), "hyena-lm-distilled")?;
     write_json(&dir.join("config.json"), &config)
-}
-
-/// Whether `dir` holds a distilled model (its `config.json` has a `distill` section).
-pub fn is_distilled(dir: &Path) -> Result<bool> {
-    let v = read_json(&dir.join("config.json"))?;
-    Ok(v.get("distill").is_some_and(|x| !x.is_null()))
-}
-
-/// Load a model written by [`save_distilled`].
-pub fn load_distilled(dir: &Path) -> Result<RecurrentLm> {
-    let cfg_v = read_json(&dir.join("config.json"))?;
-    if cfg_v.get("distill").is_none_or(|x| x.is_null()) {
-        return Err(Error::Format {
-            file: dir.join("config.json"),
-            msg: "no `distill` section: not a distilled model (make one with `hyena distill`)"
-                .into(),
-        });
-    }
-    let lm = load_model_with(dir, &cfg_v)?;
-    let f = TensorFile::read(dir.join("model.safetensors"))?;
-    let banks = read_banks(&f, &lm)?;
-    RecurrentLm::new(lm, banks)
-}
-
-/// The modal banks stored in a distilled checkpoint, one per block of `lm`.
-pub fn read_banks(f: &TensorFile, lm: &HyenaLm) -> Result<Vec<ModalBank>> {
-    let (s, d) = (lm.cfg.operator.order - 1, lm.cfg.d_model());
-    let mut banks = Vec::with_capacity(lm.cfg.n_layer);
-    for i in 0..lm.cfg.n_layer {
-        let p = modal_prefix(i);
-        let poles = f.get(&format!("{p}poles"))?;
-        let m = poles.shape.get(1).copied().unwrap_or(0);
-        let shape = [s * d, m, 1, 2];
-        let poles = f.get_shaped(&format!("{p}poles"), &shape)?;
-        let res = f.get_shaped(&format!("{p}residues"), &shape)?;
-        let h0 = f.get_shaped(&format!("{p}h0"), &[s * d])?;
-        let filters: Vec<ModalFilter> = (0..s * d)
-            .map(|k| ModalFilter {
-                h0: h0.data[k] as f64,
-                modes: (0..m)
-                    .map(|j| {
-                        let o = (k * m + j) * 2;
-                        Mode {
-                            pole: c64::new(poles.data[o] as f64, poles.data[o + 1] as f64),
-                            residue: c64::new(res.data[o] as f64, res.data[o + 1] as f64),
-                        }
-                    })
-                    .collect(),
-            })
-            .collect();
-        banks.push(ModalBank::from_filters(s, d, &filters)?);
-    }
-    Ok(banks)
 }
 
 /// Draw the distillation report into `dir`: `distill_error_vs_order.png` (relative ℓ2 error
@@ -296,13 +201,14 @@ pub fn read_banks(f: &TensorFile, lm: &HyenaLm) -> Result<Vec<ModalBank>> {
 /// orders 1, 2, 4, … up to `max(chosen orders)`), and `distill_filters.png` (four of those
 /// filters, layer 0 and the last layer, against their fits in `rlm`). Returns the files.
 pub fn report_pngs(
-    lm: &HyenaLm,
-    rlm: &RecurrentLm,
+    model: &Model<HyenaLm>,
+    distilled: &Model<HyenaLm>,
     fits: &[ChannelFit],
     cfg: &DistillConfig,
     dir: &Path,
 ) -> Result<Vec<std::path::PathBuf>> {
     use crate::plot::{lines_png, log_log_png};
+    let lm = &model.net;
     let (d, l, layers) = (lm.cfg.d_model(), lm.cfg.operator.l_max, lm.cfg.n_layer);
     let top = fits.iter().map(|f| f.order).max().unwrap_or(1).max(1);
     let mut orders = vec![];
@@ -321,7 +227,7 @@ pub fn report_pngs(
     let mut err_series = Vec::new();
     let mut filt_series = Vec::new();
     for i in 0..layers {
-        let k = block_filters(lm, i, l)?;
+        let k = block_filters(lm, model.p(), i, l)?;
         let curves: Vec<(String, Vec<(f64, f64)>)> = picks
             .par_iter()
             .map(|&ch| {
@@ -339,7 +245,13 @@ pub fn report_pngs(
             .collect();
         err_series.extend(curves);
         if i == 0 || i + 1 == layers {
-            let fitted = rlm.banks[i].impulse(l);
+            let fitted = distilled
+                .net
+                .bank(i)
+                .ok_or_else(|| {
+                    Error::config("report", "a model without modal filters", "distil it first")
+                })?
+                .impulse(l);
             for &ch in picks.iter().take(if layers > 1 { 2 } else { 4 }) {
                 let f = ch; // stage 0
                 let orig = &k[f * l..(f + 1) * l];

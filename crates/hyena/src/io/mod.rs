@@ -3,7 +3,6 @@
 //! known here; the model families turn these into models.
 
 pub mod fasta;
-pub mod hf;
 pub mod npy;
 pub mod safetensors;
 pub mod text;

@@ -1,7 +1,8 @@
 //! safetensors reading (f32, f64, f16/bf16 upcast) and atomic writing (temp file + rename).
 //!
 //! A [`TensorFile`] is the parsed content of one file: named tensors as `f32` with shapes, plus
-//! the string metadata. Used for checkpoints and for the PyTorch parity fixtures.
+//! the string metadata. Used for checkpoints and for the PyTorch parity fixtures; it is a
+//! [`TensorSource`] that a model's constructor loads from.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, TensorView};
 
 use crate::error::{Error, Result};
-use crate::layers::Params;
+use crate::params::TensorSource;
 
 /// One named tensor as `f32`.
 #[derive(Clone, Debug, PartialEq)]
@@ -93,20 +94,32 @@ impl TensorFile {
         }
         Ok(t)
     }
+}
 
-    /// Copy every parameter of `p` (names prefixed with `prefix`) from this file, checking shapes.
-    pub fn load_params(&self, prefix: &str, p: &mut dyn Params) -> Result<()> {
-        let mut res = Ok(());
-        p.visit_mut(prefix, &mut |name, shape, data| {
-            if res.is_err() {
-                return;
-            }
-            match self.get_shaped(name, shape) {
-                Ok(t) => data.copy_from_slice(&t.data),
-                Err(e) => res = Err(e),
-            }
-        });
-        res
+impl TensorSource for TensorFile {
+    fn origin(&self) -> PathBuf {
+        self.path.clone()
+    }
+    fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensors.get(name).map(|t| t.shape.clone())
+    }
+    fn names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+    fn read_f32(&self, name: &str, dst: &mut [f32]) -> Result<()> {
+        let t = self.get(name)?;
+        if t.data.len() != dst.len() {
+            return Err(Error::format(
+                &self.path,
+                format!(
+                    "tensor `{name}` has {} elements, expected {}",
+                    t.data.len(),
+                    dst.len()
+                ),
+            ));
+        }
+        dst.copy_from_slice(&t.data);
+        Ok(())
     }
 }
 
@@ -219,19 +232,4 @@ pub fn write_bytes_atomic(path: &Path, data: &[u8]) -> Result<()> {
         f.sync_all().map_err(io)?;
     }
     std::fs::rename(&tmp, path).map_err(io)
-}
-
-/// Gather the parameters of `p` (names prefixed with `prefix`) into a tensor map.
-pub fn collect_params(prefix: &str, p: &dyn Params) -> BTreeMap<String, Tensor> {
-    let mut out = BTreeMap::new();
-    p.visit(prefix, &mut |name, shape, data| {
-        out.insert(
-            name.to_string(),
-            Tensor {
-                shape: shape.to_vec(),
-                data: data.to_vec(),
-            },
-        );
-    });
-    out
 }

@@ -14,9 +14,14 @@ use crate::layers::init;
 use crate::layers::zoo::{split, split_mut, LayerCache, SeqLayer, TensorSpec};
 use std::sync::Mutex;
 
-use crate::ops::act::{exp_fast, gelu_backward_inplace, gelu_forward};
-use crate::ops::linear::{linear_backward, linear_forward};
+use crate::ops::act::{
+    bias_gelu_forward, exp_fast, gelu_backward_bias, gelu_backward_inplace, gelu_forward,
+};
+use crate::ops::linear::{
+    linear_accumulate, linear_backward, linear_forward, linear_forward_residual,
+};
 use crate::ops::simd_fn;
+use crate::params::{many_mut, Vb, P};
 
 /// Inner width of MAD's SwiGLU for width `d`: `16·ceil(⌊8d/3⌋/16)`.
 pub fn swiglu_inner(d: usize) -> usize {
@@ -269,5 +274,97 @@ impl SeqLayer for GeluMlp {
         linear_backward(dy, &c.h, w[2], (m, di, d), Some(&mut dh), g2w, Some(g2b))?;
         gelu_backward_inplace(&mut dh, &c.a)?;
         linear_backward(&dh, x, w[0], (m, d, di), Some(dx), g1w, Some(g1b))
+    }
+}
+
+/// Two linear layers around a tanh-GELU, with biases: `y = W2 gelu_tanh(W1 x + b1) + b2`,
+/// `W1 [I, D]`, `W2 [D, I]` (HyenaDNA's block MLP, `fc1`/`fc2`). Handles into the model buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct Mlp {
+    pub w1: P,
+    pub b1: P,
+    pub w2: P,
+    pub b2: P,
+    pub d: usize,
+    pub di: usize,
+}
+
+impl Mlp {
+    /// `{n1}.weight [I, D]`, `{n1}.bias [I]`, `{n2}.weight [D, I]`, `{n2}.bias [D]` under `vb`
+    /// (biases outside the weight-decay group).
+    pub fn new(d: usize, di: usize, vb: &Vb<'_, '_>, (n1, n2): (&str, &str)) -> Result<Self> {
+        check_dims("mlp", d, di)?;
+        let (l1, l2) = (vb.pp(n1), vb.pp(n2));
+        Ok(Mlp {
+            w1: l1.get(&[di, d], "weight")?,
+            b1: l1.no_decay().get(&[di], "bias")?,
+            w2: l2.get(&[d, di], "weight")?,
+            b2: l2.no_decay().get(&[d], "bias")?,
+            d,
+            di,
+        })
+    }
+
+    /// `y = (residual +) W2 gelu(W1 x + b1) + b2` for rows `x [M, D]`. `a [M, I]` keeps the
+    /// biased pre-activation and `g [M, I]` its GELU for the backward. The first GEMM writes
+    /// without a bias pre-fill (the GELU pass adds it); the residual is folded into the second
+    /// GEMM's bias pass.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        p: &[f32],
+        x: &[f32],
+        residual: Option<&[f32]>,
+        m: usize,
+        a: &mut [f32],
+        g: &mut [f32],
+        y: &mut [f32],
+    ) -> Result<()> {
+        let (d, di) = (self.d, self.di);
+        linear_forward(x, self.w1.of(p), None, m, d, di, a)?;
+        bias_gelu_forward(a, self.b1.of(p), g)?;
+        linear_forward_residual(g, self.w2.of(p), Some(self.b2.of(p)), residual, m, di, d, y)
+    }
+
+    /// `y += W2 gelu(W1 x + b1) + b2` in place, for rows `x [M, D]` (`a`, `g`: `[M, I]`
+    /// scratch): the lean inference path, which updates the residual stream where it lies.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_accumulate(
+        &self,
+        p: &[f32],
+        x: &[f32],
+        m: usize,
+        a: &mut [f32],
+        g: &mut [f32],
+        y: &mut [f32],
+    ) -> Result<()> {
+        let (d, di) = (self.d, self.di);
+        linear_forward(x, self.w1.of(p), None, m, d, di, a)?;
+        bias_gelu_forward(a, self.b1.of(p), g)?;
+        linear_accumulate(g, self.w2.of(p), self.b2.of(p), m, di, d, y)
+    }
+
+    /// Backward of [`Mlp::forward`] on rows `x [M, D]` with its saved `a`, `act` (the GELU
+    /// output): writes `dx [M, D]` (the gradient of `x` through the MLP only; a residual's is
+    /// the caller's), accumulates into `grads`. `dg [M, I]` is scratch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        p: &[f32],
+        dy: &[f32],
+        x: &[f32],
+        a: &[f32],
+        act: &[f32],
+        m: usize,
+        dg: &mut [f32],
+        dx: &mut [f32],
+        grads: &mut [f32],
+    ) -> Result<()> {
+        let (d, di) = (self.d, self.di);
+        let [g1w, g1b, g2w, g2b] = many_mut(grads, [self.w1, self.b1, self.w2, self.b2]);
+        linear_backward(dy, act, self.w2.of(p), (m, di, d), Some(dg), g2w, Some(g2b))?;
+        // dg now holds d(W1 x + b1); b1's gradient is summed in the same pass.
+        gelu_backward_bias(dg, a, g1b)?;
+        linear_backward(dg, x, self.w1.of(p), (m, d, di), Some(dx), g1w, None)
     }
 }

@@ -49,15 +49,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{FilterConfig, HyenaConfig};
 use crate::error::{Error, Result};
-use crate::layers::filter::{FilterCache, FilterParams, HyenaFilter};
+use crate::layers::hyena::filter::{FilterCache, HyenaFilter};
+use crate::layers::hyena::Projections;
 use crate::layers::zoo::{numel, split, split_mut, LayerCache, SeqLayer, TensorSpec};
-use crate::layers::{init, Params};
 use crate::ops::fftconv::{FftConv, GatedConv, GatedConvGrads, RowLayout};
 use crate::ops::linear::{
     matmul, out_proj_cf_backward, out_proj_cf_forward, row_sums_acc, MatMut, MatRef,
 };
 use crate::ops::set_len;
 use crate::ops::short_conv;
+use crate::params::{DType, Init, ParamStore};
 
 /// Configuration of a [`MultiHyena`] layer.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -188,7 +189,7 @@ pub struct MultiHyenaCache {
 #[derive(Clone, Debug)]
 pub struct MultiHyena {
     cfg: MultiHyenaConfig,
-    fcfg: HyenaConfig,
+    proj: Projections,
     filter: HyenaFilter,
     specs: Vec<TensorSpec>,
     /// Number of `filter_fn.*` tensors (between the short filter and out_proj).
@@ -215,7 +216,6 @@ struct View<'a> {
     in_b: &'a [f32],
     short_w: &'a [f32],
     short_b: &'a [f32],
-    filter: FilterParams,
     out_w: &'a [f32],
     out_b: &'a [f32],
 }
@@ -227,23 +227,21 @@ impl MultiHyena {
         let fcfg = cfg.filter_config();
         let (d, k) = (cfg.d_model, cfg.short_filter_order);
         let c = 3 * d;
-        let mut specs = vec![
-            TensorSpec::new("in_proj.weight", &[c, d]),
-            TensorSpec::new("in_proj.bias", &[c]),
-            TensorSpec::new("short_filter.weight", &[c, 1, k]),
-            TensorSpec::new("short_filter.bias", &[c]),
-        ];
-        let mut n_filter = 0;
-        FilterParams::zeros(&fcfg).visit("filter_fn.", &mut |n, s, _| {
-            specs.push(TensorSpec::new(n, s));
-            n_filter += 1;
-        });
-        specs.push(TensorSpec::new("out_proj.weight", &[d, d]));
-        specs.push(TensorSpec::new("out_proj.bias", &[d]));
+        let ((proj, filter), store) = ParamStore::build(Init::Zeros, DType::F32, |vb| {
+            Projections::new(vb, (c, d, k), || {
+                HyenaFilter::new(&fcfg, &vb.pp("filter_fn").no_decay())
+            })
+        })?;
+        let specs: Vec<TensorSpec> = store
+            .specs()
+            .iter()
+            .map(|s| TensorSpec::new(&s.name, &s.shape))
+            .collect();
+        let n_filter = specs.len() - 6;
         Ok(MultiHyena {
             cfg: cfg.clone(),
-            filter: HyenaFilter::new(&fcfg),
-            fcfg,
+            proj,
+            filter,
             specs,
             n_filter,
             conv: Arc::new(FftConv::new()),
@@ -288,18 +286,11 @@ impl MultiHyena {
         }
         let s = split(p, &self.specs);
         let nf = self.n_filter;
-        let mut filter = FilterParams::zeros(&self.fcfg);
-        let mut i = 4;
-        filter.visit_mut("", &mut |_, _, d| {
-            d.copy_from_slice(s[i]);
-            i += 1;
-        });
         Ok(View {
             in_w: s[0],
             in_b: s[1],
             short_w: s[2],
             short_b: s[3],
-            filter,
             out_w: s[4 + nf],
             out_b: s[5 + nf],
         })
@@ -308,9 +299,9 @@ impl MultiHyena {
     /// The head filters for length `l` from parameters `p`: `(k [H, L], bias [H])`, the
     /// implicit filter's output (decay window included).
     pub fn filters(&self, p: &[f32], l: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-        let v = self.view(p)?;
+        self.view(p)?;
         let mut fc = FilterCache::default();
-        self.filter.forward(&v.filter, l, &mut fc)?;
+        self.filter.forward(p, l, &mut fc)?;
         Ok((fc.k, fc.bias))
     }
 
@@ -376,24 +367,12 @@ impl SeqLayer for MultiHyena {
     }
 
     /// PyTorch module defaults, drawn in the Hyena operator's order: Linear `U(±1/sqrt(fan_in))`,
-    /// depthwise Conv1d `U(±1/sqrt(K))`, the implicit filter's own init ([`FilterParams::init`]).
+    /// depthwise Conv1d `U(±1/sqrt(K))`, the implicit filter's own init ([`HyenaFilter::init`]).
     fn init(&self, p: &mut [f32], rng: &mut StdRng) {
         let mut r = StdRng::seed_from_u64(rng.random());
         let (d, k) = (self.cfg.d_model, self.cfg.short_filter_order);
-        let c = 3 * d;
-        let (in_w, in_b) = init::linear(&mut r, c, d, true);
-        let bound = 1.0 / (k as f32).sqrt();
-        let short_w = init::uniform(&mut r, c * k, bound);
-        let short_b = init::uniform(&mut r, c, bound);
-        let (out_w, out_b) = init::linear(&mut r, d, d, true);
-        let filter = FilterParams::init(&self.fcfg, &mut r);
-        let mut parts: Vec<Vec<f32>> = vec![in_w, in_b, short_w, short_b];
-        filter.visit("", &mut |_, _, v| parts.push(v.to_vec()));
-        parts.push(out_w);
-        parts.push(out_b);
-        for (dst, src) in split_mut(p, &self.specs).into_iter().zip(&parts) {
-            dst.copy_from_slice(src);
-        }
+        self.proj.init(p, &mut r, (3 * d, d, k));
+        self.filter.init(p, &mut r);
     }
 
     fn forward(
@@ -446,7 +425,7 @@ impl SeqLayer for MultiHyena {
             &mut c.uc,
         )?;
 
-        self.filter.forward(&pv.filter, l, &mut c.filter)?;
+        self.filter.forward(p, l, &mut c.filter)?;
         c.direct = self.algo_for(l) == MixAlgo::Direct;
         if c.direct {
             // The kv/ỹ buffers of the FFT path are not needed: free them.
@@ -683,16 +662,9 @@ impl SeqLayer for MultiHyena {
                 *a += s;
             }
         }
-        let mut fg = FilterParams::zeros(&self.fcfg);
-        self.filter
-            .backward(&pv.filter, &mut dk, &dbias, &c.filter, &mut fg)?;
-        let mut i = 4;
-        fg.visit("", &mut |_, _, src| {
-            for (a, &s) in gs[i].iter_mut().zip(src) {
-                *a += s;
-            }
-            i += 1;
-        });
+        drop(gs);
+        self.filter.backward(p, &mut dk, &dbias, &c.filter, g)?;
+        let mut gs = split_mut(g, &self.specs);
 
         // short_filter backward in place: duc becomes dz [3D, B·L].
         let lay_c = RowLayout::cbl(b, 3 * d, l);

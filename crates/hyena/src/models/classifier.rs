@@ -9,137 +9,73 @@
 //! has seen the whole sequence (what the HF `HyenaDNAForSequenceClassification` intends).
 //!
 //! The backward is the head's, then [`HyenaLm::backward_hidden`]. Batches are split into one
-//! shard per worker thread, as in [`HyenaLm::loss_and_grad`]. The LM head (`lm_head.weight`)
-//! is not used and not trained; it stays in the checkpoint so that the fine-tuned backbone
-//! still loads as a language model.
+//! shard per worker thread ([`crate::models::parallel`]). The LM head (`lm_head.weight`) is
+//! not used and not trained (a frozen tensor of the store); it stays in the checkpoint so that
+//! the fine-tuned backbone still loads as a language model. The classifier's parameters are
+//! the backbone's, in their order, followed by the head's: one buffer.
 
-use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rand::{Rng, SeedableRng};
 
 use crate::error::{check_len, Error, Result};
-use crate::layers::{Params, Visitor, VisitorMut};
-use crate::models::lm::{cross_entropy_sum, shard_ranges, HyenaLm, LmCache, LmParams, LossSum};
+use crate::io::safetensors::{Tensor, TensorFile};
+use crate::layers::layer::Slot;
+use crate::layers::lean::InferWorkspace;
+use crate::models::generate::{DecodeMode, Decoder};
+use crate::models::hyenadna::{Head, HyenaLm, LmCache, LmConfig};
+use crate::models::parallel::{run_shards, ShardGrads};
+use crate::models::{config_section, Family, LanguageModel, Model, Pool};
 use crate::ops::linear::{linear_backward, linear_forward};
+use crate::ops::loss::{cross_entropy_sum, LossSum};
+use crate::params::{many_mut, DType, Init, ParamStore, Vb, P};
 
-/// How the hidden states of a sequence become one vector.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Pool {
-    /// Mean over every position, padding included (the reference's `pool` decoder).
-    #[default]
-    Mean,
-    /// The last position.
-    Last,
-}
+/// Name prefix of the head's tensors (the standalone reference's `head.output_transform`).
+pub const HEAD: &str = "head.output_transform";
 
-impl std::fmt::Display for Pool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Pool::Mean => "mean",
-            Pool::Last => "last",
-        })
-    }
-}
-
-/// The classification head: `logits = W · pooled + b`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HeadParams {
-    /// `head.output_transform.weight` [C, D]
-    pub w: Vec<f32>,
-    /// `head.output_transform.bias` [C]
-    pub b: Vec<f32>,
+/// The classification head: `logits = W · pooled + b`, `weight [C, D]`, `bias [C]`.
+#[derive(Clone, Copy, Debug)]
+pub struct ClsHead {
+    pub w: P,
+    pub b: P,
     c: usize,
     d: usize,
 }
 
-/// Name prefix of the head's parameters (the standalone reference's `head.output_transform`).
-pub const HEAD: &str = "head.output_transform.";
-
-impl HeadParams {
-    /// Zero parameters for `c` classes on width `d`.
-    pub fn zeros(c: usize, d: usize) -> Self {
-        HeadParams {
-            w: vec![0.0; c * d],
-            b: vec![0.0; c],
+impl ClsHead {
+    /// `head.output_transform.{weight, bias}` for `c` classes on width `d`.
+    pub fn new(c: usize, d: usize, vb: &Vb<'_, '_>) -> Result<Self> {
+        if c < 2 {
+            return Err(Error::config(
+                "n_classes",
+                c,
+                "a classifier needs at least 2 classes",
+            ));
+        }
+        let vb = vb.pp(HEAD);
+        Ok(ClsHead {
+            w: vb.get(&[c, d], "weight")?,
+            b: vb.no_decay().get(&[c], "bias")?,
             c,
             d,
-        }
+        })
     }
 
     /// Classes.
     pub fn n_classes(&self) -> usize {
         self.c
     }
-}
 
-impl Params for HeadParams {
-    fn visit(&self, prefix: &str, f: &mut Visitor<'_>) {
-        f(&format!("{prefix}{HEAD}weight"), &[self.c, self.d], &self.w);
-        f(&format!("{prefix}{HEAD}bias"), &[self.c], &self.b);
-    }
-    fn visit_mut(&mut self, prefix: &str, f: &mut VisitorMut<'_>) {
-        let (c, d) = (self.c, self.d);
-        f(&format!("{prefix}{HEAD}weight"), &[c, d], &mut self.w);
-        f(&format!("{prefix}{HEAD}bias"), &[c], &mut self.b);
-    }
-}
-
-/// Whether an LM parameter is trained by fine-tuning (everything but the unused LM head).
-fn trained(name: &str) -> bool {
-    !name.ends_with("lm_head.weight")
-}
-
-/// The trainable parameters of a classifier, or their gradients: the backbone (all of the LM
-/// but its head) and the classification head, visited in that order.
-pub struct Trainable<'a> {
-    pub lm: &'a mut LmParams,
-    pub head: &'a mut HeadParams,
-}
-
-impl Params for Trainable<'_> {
-    fn visit(&self, prefix: &str, f: &mut Visitor<'_>) {
-        self.lm.visit(prefix, &mut |n, s, d| {
-            if trained(n) {
-                f(n, s, d)
-            }
-        });
-        self.head.visit(prefix, f);
-    }
-    fn visit_mut(&mut self, prefix: &str, f: &mut VisitorMut<'_>) {
-        self.lm.visit_mut(prefix, &mut |n, s, d| {
-            if trained(n) {
-                f(n, s, d)
-            }
-        });
-        self.head.visit_mut(prefix, f);
-    }
-}
-
-/// Gradients of a classifier (same shapes as its parameters).
-#[derive(Clone, Debug, PartialEq)]
-pub struct ClassifierGrads {
-    pub lm: LmParams,
-    pub head: HeadParams,
-}
-
-impl ClassifierGrads {
-    /// The trainable view, for the optimizer and gradient clipping.
-    pub fn trainable(&mut self) -> Trainable<'_> {
-        Trainable {
-            lm: &mut self.lm,
-            head: &mut self.head,
+    /// PyTorch's `nn.Linear` default, uniform in ±1/√D (seeded), weight then bias.
+    pub fn init(&self, p: &mut [f32], seed: u64) {
+        let bound = 1.0 / (self.d as f32).sqrt();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5EED_C1A5);
+        let [w, b] = many_mut(p, [self.w, self.b]);
+        for x in w.iter_mut().chain(b.iter_mut()) {
+            *x = rng.random_range(-bound..bound);
         }
-    }
-
-    /// Set every gradient to zero.
-    pub fn zero(&mut self) {
-        self.lm.zero();
-        self.head.zero();
-    }
-
-    fn add_assign_from(&mut self, o: &ClassifierGrads) {
-        self.lm.add_assign_from(&o.lm);
-        self.head.add_assign_from(&o.head);
     }
 }
 
@@ -147,7 +83,7 @@ impl ClassifierGrads {
 #[derive(Clone, Debug)]
 pub struct SeqClassifier {
     pub lm: HyenaLm,
-    pub head: HeadParams,
+    pub head: ClsHead,
     pub pool: Pool,
 }
 
@@ -161,51 +97,60 @@ struct Shard {
     targets: Vec<u32>, // [n]
     dpooled: Vec<f32>, // [n, D]
     dhidden: Vec<f32>, // [n·L, D]
-    grads: Option<ClassifierGrads>,
 }
 
 /// Buffers for [`SeqClassifier::loss_and_grad`] and [`SeqClassifier::predict`], reused.
 #[derive(Clone, Debug, Default)]
 pub struct ClsWorkspace {
     shards: Vec<Shard>,
+    grads: ShardGrads,
 }
 
 impl SeqClassifier {
-    /// A classifier on `lm` with a fresh head for `n_classes` classes: weights drawn with
-    /// PyTorch's `nn.Linear` default, uniform in ±1/√D (seeded), bias likewise.
-    pub fn new(lm: HyenaLm, n_classes: usize, pool: Pool, seed: u64) -> Result<Self> {
-        if n_classes < 2 {
+    /// The classifier for a backbone of `cfg` with `n_classes` classes, its tensors registered
+    /// under `vb`: the backbone's (its LM head frozen), then the head's.
+    pub fn new(cfg: &LmConfig, n_classes: usize, pool: Pool, vb: &Vb<'_, '_>) -> Result<Self> {
+        if pool == Pool::None {
             return Err(Error::config(
-                "n_classes",
-                n_classes,
-                "a classifier needs at least 2 classes",
+                "pool",
+                pool,
+                "a classifier pools to one vector: mean or last",
             ));
         }
-        use rand::{Rng, SeedableRng};
-        let d = lm.cfg.d_model();
-        let mut head = HeadParams::zeros(n_classes, d);
-        let bound = 1.0 / (d as f32).sqrt();
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5EED_C1A5);
-        for x in head.w.iter_mut().chain(head.b.iter_mut()) {
-            *x = rng.random_range(-bound..bound);
-        }
+        let lm = HyenaLm::with_head(cfg, vb, Head::Frozen)?;
+        let head = ClsHead::new(n_classes, cfg.d_model(), vb)?;
         Ok(SeqClassifier { lm, head, pool })
     }
 
-    /// Zero gradients shaped like this classifier's parameters.
-    pub fn zero_grads(&self) -> ClassifierGrads {
-        ClassifierGrads {
-            lm: self.lm.zero_grads(),
-            head: HeadParams::zeros(self.head.c, self.head.d),
+    /// A classifier on `backbone` (pretrained or fresh) with a new head for `n_classes` classes
+    /// (seeded): the backbone's parameters and buffers are kept as they are.
+    pub fn from_backbone(
+        backbone: Model<HyenaLm>,
+        n_classes: usize,
+        pool: Pool,
+        seed: u64,
+    ) -> Result<Model<SeqClassifier>> {
+        if pool == Pool::None {
+            return Err(Error::config(
+                "pool",
+                pool,
+                "a classifier pools to one vector: mean or last",
+            ));
         }
-    }
-
-    /// The trainable parameters (for the optimizer).
-    pub fn trainable(&mut self) -> Trainable<'_> {
-        Trainable {
-            lm: &mut self.lm.params,
-            head: &mut self.head,
+        let Model {
+            net: lm,
+            mut params,
+        } = backbone;
+        if let Some(h) = lm.head {
+            params.freeze(h);
         }
+        let d = lm.cfg.d_model();
+        let head = params.extend(|vb| ClsHead::new(n_classes, d, vb))?;
+        head.init(params.data_mut(), seed);
+        Ok(Model {
+            net: SeqClassifier { lm, head, pool },
+            params,
+        })
     }
 
     /// Pool `hidden [n·L, D]` into `pooled [n, D]`.
@@ -214,7 +159,7 @@ impl SeqClassifier {
         for (s, out) in pooled.chunks_exact_mut(d).enumerate().take(n) {
             let rows = &hidden[s * l * d..(s + 1) * l * d];
             match self.pool {
-                Pool::Mean => {
+                Pool::Mean | Pool::None => {
                     out.fill(0.0);
                     for r in rows.chunks_exact(d) {
                         for (o, v) in out.iter_mut().zip(r) {
@@ -230,9 +175,16 @@ impl SeqClassifier {
     }
 
     /// Forward of `tokens [n, L]` into `sh`: backbone, pooling, head logits `[n, C]`.
-    fn forward_shard(&self, sh: &mut Shard, tokens: &[u32], n: usize, l: usize) -> Result<()> {
+    fn forward_shard(
+        &self,
+        p: &[f32],
+        sh: &mut Shard,
+        tokens: &[u32],
+        n: usize,
+        l: usize,
+    ) -> Result<()> {
         let (c, d) = (self.head.c, self.head.d);
-        self.lm.forward_hidden(tokens, n, l, &mut sh.cache)?;
+        self.lm.forward_hidden(p, tokens, n, l, &mut sh.cache)?;
         sh.pooled.resize(n * d, 0.0);
         sh.logits.resize(n * c, 0.0);
         let mut pooled = std::mem::take(&mut sh.pooled);
@@ -240,8 +192,8 @@ impl SeqClassifier {
         sh.pooled = pooled;
         linear_forward(
             &sh.pooled,
-            &self.head.w,
-            Some(&self.head.b),
+            self.head.w.of(p),
+            Some(self.head.b.of(p)),
             n,
             d,
             c,
@@ -253,6 +205,7 @@ impl SeqClassifier {
     /// [`crate::train::finetune::encode_padded`]).
     pub fn predict(
         &self,
+        p: &[f32],
         tokens: &[u32],
         b: usize,
         l: usize,
@@ -261,39 +214,34 @@ impl SeqClassifier {
         check_len("classifier", "tokens [B, L]", tokens.len(), b * l)?;
         let c = self.head.c;
         let mut out = vec![0.0; b * c];
-        let s = HyenaLm::shards_for(b);
-        ws.shards.resize_with(s, Shard::default);
-        let ranges = shard_ranges(b, s);
-        let parts = ws.shards[..s]
-            .par_iter_mut()
-            .zip(ranges.clone())
-            .map(|(sh, (start, n))| {
-                let run = |sh: &mut Shard| {
-                    self.forward_shard(sh, &tokens[start * l..(start + n) * l], n, l)
-                };
-                if s > 1 {
-                    crate::ops::serial(|| run(sh))
-                } else {
-                    run(sh)
-                }
-            })
-            .collect::<Result<Vec<()>>>();
-        parts?;
-        for (sh, (start, n)) in ws.shards[..s].iter().zip(ranges) {
+        run_shards(
+            &mut ws.shards,
+            &mut ws.grads,
+            None,
+            b,
+            |sh, (start, n), _| {
+                self.forward_shard(p, sh, &tokens[start * l..(start + n) * l], n, l)?;
+                Ok((start, n))
+            },
+        )?
+        .into_iter()
+        .zip(&ws.shards)
+        .for_each(|((start, n), sh)| {
             out[start * c..(start + n) * c].copy_from_slice(&sh.logits[..n * c]);
-        }
+        });
         Ok(out)
     }
 
     /// Forward, mean cross-entropy over the batch and backward for `tokens [B, L]` with
-    /// `labels [B]`: accumulates `∇(mean loss)` into `grads`; returns summed statistics.
+    /// `labels [B]`: accumulates `∇(mean loss)` into `g`; returns summed statistics.
     pub fn loss_and_grad(
         &self,
+        p: &[f32],
         tokens: &[u32],
         labels: &[usize],
         l: usize,
         ws: &mut ClsWorkspace,
-        grads: &mut ClassifierGrads,
+        g: &mut [f32],
     ) -> Result<LossSum> {
         let b = labels.len();
         check_len("classifier", "tokens [B, L]", tokens.len(), b * l)?;
@@ -305,87 +253,65 @@ impl SeqClassifier {
                 format!("must be < the classifier's {c} classes"),
             ));
         }
-        let s = HyenaLm::shards_for(b);
-        ws.shards.resize_with(s, Shard::default);
         let scale = 1.0 / b.max(1) as f32;
-        // Shard 0 accumulates into `grads`, the others into their own, added in shard order.
-        let mut own: Vec<ClassifierGrads> = ws.shards[1..]
-            .iter_mut()
-            .map(|sh| {
-                let mut g = sh.grads.take().unwrap_or_else(|| self.zero_grads());
-                g.zero();
-                g
-            })
-            .collect();
-        let targets: Vec<&mut ClassifierGrads> =
-            std::iter::once(&mut *grads).chain(own.iter_mut()).collect();
-        let stats = ws.shards[..s]
-            .par_iter_mut()
-            .zip(targets)
-            .zip(shard_ranges(b, s))
-            .map(|((sh, g), (start, n))| {
-                let mut run = |sh: &mut Shard| {
-                    self.shard_step(
-                        sh,
-                        &tokens[start * l..(start + n) * l],
-                        &labels[start..start + n],
-                        l,
-                        scale,
-                        &mut *g,
-                    )
-                };
-                if s > 1 {
-                    crate::ops::serial(|| run(sh))
-                } else {
-                    run(sh)
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
-        for g in &own {
-            grads.add_assign_from(g);
-        }
-        for (sh, g) in ws.shards[1..].iter_mut().zip(own) {
-            sh.grads = Some(g);
-        }
-        let mut total = LossSum::default();
-        for st in stats {
-            total.add(st);
-        }
-        Ok(total)
+        let stats = run_shards(
+            &mut ws.shards,
+            &mut ws.grads,
+            Some(g),
+            b,
+            |sh, (start, n), g| {
+                let g = g.expect("gradients requested");
+                self.shard_step(
+                    p,
+                    sh,
+                    &tokens[start * l..(start + n) * l],
+                    &labels[start..start + n],
+                    l,
+                    scale,
+                    g,
+                )
+            },
+        )?;
+        Ok(LossSum::total(stats))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn shard_step(
         &self,
+        p: &[f32],
         sh: &mut Shard,
         tokens: &[u32],
         labels: &[usize],
         l: usize,
         scale: f32,
-        grads: &mut ClassifierGrads,
+        g: &mut [f32],
     ) -> Result<LossSum> {
         let n = labels.len();
         let (c, d) = (self.head.c, self.head.d);
-        self.forward_shard(sh, tokens, n, l)?;
+        self.forward_shard(p, sh, tokens, n, l)?;
         sh.dlogits.resize(n * c, 0.0);
         sh.targets.clear();
         sh.targets.extend(labels.iter().map(|&y| y as u32));
         let st = cross_entropy_sum(&sh.logits, &sh.targets, c, None, scale, &mut sh.dlogits)?;
         sh.dpooled.resize(n * d, 0.0);
-        linear_backward(
-            &sh.dlogits,
-            &sh.pooled,
-            &self.head.w,
-            (n, d, c),
-            Some(&mut sh.dpooled),
-            &mut grads.head.w,
-            Some(&mut grads.head.b),
-        )?;
+        {
+            let [gw, gb] = many_mut(g, [self.head.w, self.head.b]);
+            linear_backward(
+                &sh.dlogits,
+                &sh.pooled,
+                self.head.w.of(p),
+                (n, d, c),
+                Some(&mut sh.dpooled),
+                gw,
+                Some(gb),
+            )?;
+        }
         // d(hidden): the pooled gradient spread back over the positions it came from.
         sh.dhidden.resize(n * l * d, 0.0);
         for (s, dp) in sh.dpooled.chunks_exact(d).enumerate() {
             let rows = &mut sh.dhidden[s * l * d..(s + 1) * l * d];
             match self.pool {
-                Pool::Mean => {
+                Pool::Mean | Pool::None => {
                     let inv = 1.0 / l as f32;
                     for r in rows.chunks_exact_mut(d) {
                         for (o, v) in r.iter_mut().zip(dp) {
@@ -399,20 +325,109 @@ impl SeqClassifier {
                 }
             }
         }
-        self.lm
-            .backward_hidden(&sh.dhidden, &mut sh.cache, &mut grads.lm)?;
+        self.lm.backward_hidden(p, &sh.dhidden, &mut sh.cache, g)?;
         Ok(st)
     }
 }
 
-/// Index and value of the largest entry (the first on ties).
-pub fn argmax(row: &[f32]) -> (usize, f32) {
-    let (mut best, mut m) = (0, f32::NEG_INFINITY);
-    for (j, &x) in row.iter().enumerate() {
-        if x > m {
-            m = x;
-            best = j;
-        }
+/// The registry entry of fine-tuned classifiers (`hyena finetune` output: `config.json` with
+/// `finetune`, `classes` and the backbone's `model`).
+pub struct ClassifierFamily;
+
+impl Family for ClassifierFamily {
+    fn name(&self) -> &'static str {
+        "classifier"
     }
-    (best, m)
+    fn detect(&self, config: &serde_json::Value) -> bool {
+        config.get("finetune").is_some() && config.get("classes").is_some()
+    }
+    fn load(
+        &self,
+        config: &serde_json::Value,
+        weights: &TensorFile,
+        dir: &Path,
+    ) -> Result<Box<dyn LanguageModel>> {
+        Ok(Box::new(load_classifier(config, weights, dir)?))
+    }
+}
+
+/// The classifier of a `hyena finetune` directory's `config.json` and weights: the model,
+/// its classes and its input length.
+pub fn load_classifier(
+    config: &serde_json::Value,
+    weights: &TensorFile,
+    dir: &Path,
+) -> Result<Model<SeqClassifier>> {
+    let cfg_path = dir.join("config.json");
+    let bad = |msg: String| Error::format(&cfg_path, msg);
+    let lm_cfg: LmConfig = config_section(config, "model", &cfg_path)?
+        .ok_or_else(|| bad("missing `model` (the backbone's config)".into()))?;
+    let classes: Vec<String> = config_section(config, "classes", &cfg_path)?
+        .ok_or_else(|| bad("missing `classes` (a list of class names)".into()))?;
+    let pool: Pool = config
+        .get("finetune")
+        .and_then(|f| f.get("pool"))
+        .map(|v| serde_json::from_value(v.clone()))
+        .transpose()
+        .map_err(|e| bad(format!("finetune.pool: {e}")))?
+        .unwrap_or_default();
+    let (mut net, params) = ParamStore::build(Init::From(weights), DType::F32, |vb| {
+        SeqClassifier::new(&lm_cfg, classes.len(), pool, vb)
+    })?;
+    net.lm.load_buffers(weights, true)?;
+    Ok(Model { net, params })
+}
+
+impl LanguageModel for Model<SeqClassifier> {
+    fn family(&self) -> &'static str {
+        "classifier"
+    }
+    fn config_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.net.lm.cfg).unwrap_or_default()
+    }
+    fn vocab_size(&self) -> usize {
+        self.net.lm.cfg.vocab_size
+    }
+    fn max_len(&self) -> usize {
+        self.net.lm.cfg.operator.l_max
+    }
+    fn d_model(&self) -> usize {
+        self.net.lm.cfg.d_model()
+    }
+    fn n_layer(&self) -> usize {
+        self.net.lm.cfg.n_layer
+    }
+    fn loss(&self, x: &[u32], y: &[u32], b: usize, l: usize, ws: &mut Slot) -> Result<LossSum> {
+        let ws = ws.get_or_default::<crate::models::hyenadna::LmWorkspace>();
+        self.net.lm.loss(self.p(), x, y, b, l, ws)
+    }
+    fn hidden_states<'w>(
+        &self,
+        tokens: &[u32],
+        layer: usize,
+        ws: &'w mut InferWorkspace,
+    ) -> Result<&'w [f32]> {
+        self.net.lm.hidden_states(self.p(), tokens, layer, ws)
+    }
+    fn log_likelihood(
+        &self,
+        tokens: &[u32],
+        ws: &mut InferWorkspace,
+        out: &mut Vec<f32>,
+    ) -> Result<f64> {
+        self.net.lm.log_likelihood(self.p(), tokens, ws, out)
+    }
+    fn decoder(&self, _mode: DecodeMode) -> Result<Box<dyn Decoder + '_>> {
+        Err(Error::config(
+            "model",
+            "a fine-tuned classifier",
+            "generation needs a language model: use the backbone's own run directory",
+        ))
+    }
+    fn checkpoint_tensors(&self) -> BTreeMap<String, Tensor> {
+        crate::models::tensor_map(&self.params, self.net.lm.buffer_tensors())
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
 }

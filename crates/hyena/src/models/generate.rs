@@ -1,21 +1,14 @@
-//! Sampling text or DNA from a language model, one token at a time.
+//! Sampling text or DNA from a language model, one token at a time: one loop
+//! ([`generate`]) over any [`Decoder`], which a model family provides per [`DecodeMode`] (the
+//! full forward per token, or a recurrent step for distilled models).
 //!
-//! Two modes:
-//! - conv ([`generate`]): each new token runs the full convolutional forward over the context
-//!   (the last `l_max` tokens), O(L) memory and more than O(L) work per token;
-//! - recurrent ([`generate_recurrent`]), for distilled models: the prompt is prefilled by the
-//!   parallel forward, then each token is one O(1) step of [`RecurrentLm`].
-//!
-//! Sampling is seeded, so the same prompt, settings and seed give the same output; both modes
-//! draw from the same random stream.
+//! Sampling is seeded, so the same prompt, settings and seed give the same output.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::models::lm::{HyenaLm, LmCache};
-use crate::models::recurrent::RecurrentLm;
 
 /// Sampling settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -87,51 +80,48 @@ pub(crate) fn check_prompt(prompt: &[u32]) -> Result<()> {
     Ok(())
 }
 
-/// Append `n` sampled tokens to `prompt` (which must not be empty); returns only the new tokens.
-pub fn generate(lm: &HyenaLm, prompt: &[u32], n: usize, cfg: &SampleConfig) -> Result<Vec<u32>> {
-    check_prompt(prompt)?;
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let (v_real, v_pad) = (lm.cfg.vocab_size, lm.cfg.padded_vocab());
-    let l_max = lm.cfg.operator.l_max;
-    let mut ctx = prompt.to_vec();
-    let mut cache = LmCache::default();
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let start = ctx.len().saturating_sub(l_max);
-        let window = &ctx[start..];
-        let l = window.len();
-        lm.forward(window, 1, l, &mut cache)?;
-        let last = &cache.logits[(l - 1) * v_pad..(l - 1) * v_pad + v_real];
-        let t = sample(last, cfg, &mut rng);
-        ctx.push(t);
-        out.push(t);
-    }
-    Ok(out)
+/// How a decoder computes the next token's logits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecodeMode {
+    /// The full convolutional forward over the context (its last `max_len` tokens) for every
+    /// new token: O(L) memory and more than O(L) work per token; works for every model.
+    #[default]
+    Conv,
+    /// A prefill by the parallel forward, then one O(1) step per token (distilled models).
+    Recurrent,
 }
 
-/// [`generate`] by recurrence: prefill `prompt` (its first `l_max` tokens by the parallel
-/// forward, any rest by steps), then one step per new token. Context beyond `l_max` is not
-/// cut off: the state carries the whole past.
-pub fn generate_recurrent(
-    rlm: &RecurrentLm,
+/// A model being sampled from: it consumes the prompt, then one token at a time, and exposes
+/// the logits of the next token.
+pub trait Decoder {
+    /// Consume the prompt (at least one token).
+    fn prefill(&mut self, prompt: &[u32]) -> Result<()>;
+    /// Consume one more token.
+    fn step(&mut self, token: u32) -> Result<()>;
+    /// Logits of the next token over the real vocabulary.
+    fn logits(&self) -> &[f32];
+}
+
+/// Sample `n` tokens after `prompt` (which must not be empty): prefill, then for each new
+/// token sample from the logits and feed it back. Returns only the new tokens. Every decoder
+/// draws from the same random stream, so conv and recurrent decoding of the same model agree
+/// wherever their logits do.
+pub fn generate(
+    dec: &mut dyn Decoder,
     prompt: &[u32],
     n: usize,
     cfg: &SampleConfig,
 ) -> Result<Vec<u32>> {
-    // An empty prompt is refused by the prefill.
+    check_prompt(prompt)?;
     let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let v_real = rlm.lm.cfg.vocab_size;
-    let head = prompt.len().min(rlm.lm.cfg.operator.l_max);
-    let mut st = rlm.prefill(&prompt[..head], &mut LmCache::default())?;
-    for &t in &prompt[head..] {
-        rlm.step(t, &mut st)?;
-    }
+    dec.prefill(prompt)?;
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let t = sample(&st.logits[..v_real], cfg, &mut rng);
+        let t = sample(dec.logits(), cfg, &mut rng);
         out.push(t);
         if i + 1 < n {
-            rlm.step(t, &mut st)?;
+            dec.step(t)?;
         }
     }
     Ok(out)

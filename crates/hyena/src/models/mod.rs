@@ -1,11 +1,173 @@
-//! Models built from layers: the HyenaDNA-style causal language model, sampling from it, and
-//! a sequence classifier on its backbone.
+//! Models built from layers, one folder or file per family, and the interface every loadable
+//! family offers the commands.
+//!
+//! - [`hyenadna`]: the HyenaDNA language model (training, lean inference, recurrent
+//!   generation, the released checkpoint layouts).
+//! - [`classifier`]: a sequence classifier on a HyenaDNA backbone.
+//! - [`zoo`]: language models over the operator zoo (MAD's architectures).
+//! - [`generate`]: sampling, one loop over any [`generate::Decoder`].
+//! - [`parallel`]: data parallelism over the sequences of a batch.
+//!
+//! A model is its structure (configuration and tensor handles) plus one flat parameter buffer
+//! ([`crate::params::ParamStore`]); [`Model`] holds the two together. A family that the
+//! run-directory module ([`crate::checkpoint`]) can load implements [`Family`] (how to
+//! recognise and build it from a `config.json` and its weights) and [`LanguageModel`] (what
+//! the commands do with it). Adding a family is its folder here plus one line in
+//! [`crate::checkpoint::FAMILIES`].
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::io::safetensors::{Tensor, TensorFile};
+use crate::layers::layer::Slot;
+use crate::layers::lean::InferWorkspace;
+use crate::ops::loss::LossSum;
+use crate::params::ParamStore;
 
 pub mod classifier;
 pub mod generate;
-pub mod infer;
-pub mod lm;
-pub mod recurrent;
-
-pub use lm::{HyenaLm, LmCache, LmConfig, LmParams};
+pub mod hyenadna;
+pub mod parallel;
 pub mod zoo;
+
+/// How the hidden states of a sequence become one vector.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pool {
+    /// Mean over every position, padding included (the reference's `pool` decoder).
+    #[default]
+    Mean,
+    /// The last position (what a causal model has seen the whole sequence at).
+    Last,
+    /// Every position (embeddings only; a classifier needs one vector).
+    None,
+}
+
+impl std::fmt::Display for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Pool::Mean => "mean",
+            Pool::Last => "last",
+            Pool::None => "none",
+        })
+    }
+}
+
+/// A model's structure with its parameters.
+#[derive(Clone, Debug)]
+pub struct Model<N> {
+    pub net: N,
+    pub params: ParamStore,
+}
+
+impl<N> Model<N> {
+    /// The parameter values (f32).
+    pub fn p(&self) -> &[f32] {
+        self.params.data()
+    }
+}
+
+/// What the commands do with a loaded model: score windows, embed and score long sequences,
+/// generate. Workspaces are passed in so that repeated calls reuse their buffers.
+pub trait LanguageModel: Send + Sync {
+    /// The family's registry name (e.g. `hyenadna`).
+    fn family(&self) -> &'static str;
+    /// The model's section of `config.json`.
+    fn config_json(&self) -> serde_json::Value;
+    /// Real vocabulary size (token ids below it).
+    fn vocab_size(&self) -> usize;
+    /// Longest sequence the model takes.
+    fn max_len(&self) -> usize;
+    /// Width of the hidden states.
+    fn d_model(&self) -> usize;
+    /// Blocks (the layers `hidden_states` can stop after).
+    fn n_layer(&self) -> usize;
+    /// Summed next-token statistics of windows `x, y [B, L]` (`ws` keeps the buffers).
+    fn loss(&self, x: &[u32], y: &[u32], b: usize, l: usize, ws: &mut Slot) -> Result<LossSum>;
+    /// Hidden states `[L, D]` of one sequence after `layer` blocks (`n_layer`: the final,
+    /// normalised ones), by a memory-lean forward.
+    fn hidden_states<'w>(
+        &self,
+        tokens: &[u32],
+        layer: usize,
+        ws: &'w mut InferWorkspace,
+    ) -> Result<&'w [f32]>;
+    /// Natural-log likelihood of each token given its prefix (`L − 1` values into `out`);
+    /// returns their sum.
+    fn log_likelihood(
+        &self,
+        tokens: &[u32],
+        ws: &mut InferWorkspace,
+        out: &mut Vec<f32>,
+    ) -> Result<f64>;
+    /// A decoder for sampling ([`generate::generate`]).
+    fn decoder(&self, mode: generate::DecodeMode) -> Result<Box<dyn generate::Decoder + '_>>;
+    /// The tensors of a checkpoint of this model: parameters and buffers, by name.
+    fn checkpoint_tensors(&self) -> BTreeMap<String, Tensor>;
+    /// The concrete type, for commands that need one family (e.g. distillation).
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// A model family the run-directory module can load: how to recognise its `config.json` and
+/// build the model from it and its weights.
+pub trait Family: Sync {
+    /// The registry name.
+    fn name(&self) -> &'static str;
+    /// Whether `config` (a parsed `config.json`) describes a model of this family.
+    fn detect(&self, config: &serde_json::Value) -> bool;
+    /// The model of `config` with the tensors of `weights` (read from `dir`).
+    fn load(
+        &self,
+        config: &serde_json::Value,
+        weights: &TensorFile,
+        dir: &Path,
+    ) -> Result<Box<dyn LanguageModel>>;
+}
+
+/// Section `key` of a parsed `config.json` (read from `file`), if present and not null.
+pub fn config_section<T: serde::de::DeserializeOwned>(
+    config: &serde_json::Value,
+    key: &str,
+    file: &Path,
+) -> Result<Option<T>> {
+    config
+        .get(key)
+        .filter(|x| !x.is_null())
+        .map(T::deserialize)
+        .transpose()
+        .map_err(|e| Error::format(file, format!("{key} config: {e}")))
+}
+
+/// The tensors of `params` plus `buffers` (name, shape, values) as a checkpoint map.
+pub fn tensor_map<'a>(
+    params: &ParamStore,
+    buffers: impl IntoIterator<Item = (String, Vec<usize>, &'a [f32])>,
+) -> BTreeMap<String, Tensor> {
+    let mut out: BTreeMap<String, Tensor> = params
+        .tensors()
+        .into_iter()
+        .map(|(n, s, v)| {
+            (
+                n.to_string(),
+                Tensor {
+                    shape: s.to_vec(),
+                    data: v,
+                },
+            )
+        })
+        .collect();
+    for (n, s, v) in buffers {
+        out.insert(
+            n,
+            Tensor {
+                shape: s,
+                data: v.to_vec(),
+            },
+        );
+    }
+    out
+}

@@ -22,9 +22,9 @@ use crate::layers::rtf_layer::{RtfConfig, RtfLayer};
 use crate::layers::ssm::{ModalConfig, ModalSsm};
 use crate::layers::striped::{StripedConfig, StripedOp};
 use crate::layers::zoo::{numel, LayerCache, SeqLayer, TensorSpec};
-use crate::models::lm::{cross_entropy_sum, LossSum};
 use crate::ops::linear::linear_backward;
 use crate::ops::linear::linear_forward;
+use crate::ops::loss::{cross_entropy_sum, LossSum};
 use crate::ops::norm::{
     layernorm_backward_acc, layernorm_forward, rmsnorm_backward, rmsnorm_forward,
 };

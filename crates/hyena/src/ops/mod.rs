@@ -8,6 +8,7 @@
 pub mod act;
 pub mod fftconv;
 pub mod linear;
+pub mod loss;
 pub mod norm;
 pub mod short_conv;
 
@@ -125,7 +126,7 @@ thread_local! {
 }
 
 /// Run `f` with this thread's matrix products single-threaded. Data-parallel callers (one
-/// batch shard per worker thread, e.g. [`crate::models::lm::HyenaLm::loss_and_grad`]) use it:
+/// batch shard per worker thread, e.g. [`crate::models::parallel`]) use it:
 /// their workers are all busy already, and gemm's own fork/join at every product then only
 /// costs synchronisation. Results do not change (gemm splits rows and columns, never the sum).
 pub fn serial<R>(f: impl FnOnce() -> R) -> R {

@@ -29,16 +29,14 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::baselines::kmer::Evaluation;
+use crate::checkpoint::{load_model, save_weights, write_json};
 use crate::data::seqcls::{reverse_complement, Example, SeqClsDataset};
 use crate::error::{Error, Result};
-use crate::io::safetensors::{collect_params, write_atomic, TensorFile};
 use crate::io::tokenizer::{NucleotideTokenizer, PAD_ID};
-use crate::layers::Params;
-use crate::models::classifier::{
-    argmax, ClassifierGrads, ClsWorkspace, HeadParams, Pool, SeqClassifier,
-};
-use crate::models::lm::{HyenaLm, LmConfig};
-use crate::train::trainer::{load_model, model_tensors, read_json, write_json};
+use crate::models::classifier::{ClsWorkspace, SeqClassifier};
+use crate::models::hyenadna::{HyenaLm, LmConfig};
+use crate::models::{LanguageModel, Model, Pool};
+use crate::ops::loss::argmax;
 use crate::train::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
 
 /// Optimisation settings of a fine-tuning run.
@@ -171,7 +169,7 @@ fn encode_all(examples: &[&Example], max_len: usize) -> (Vec<u32>, Vec<usize>, u
 /// Test accuracy, per class, and the confusion matrix of `clf` on `examples`
 /// (`batch` sequences per forward); `progress(done, total)` after each batch.
 pub fn evaluate(
-    clf: &SeqClassifier,
+    clf: &Model<SeqClassifier>,
     n_classes: usize,
     examples: &[&Example],
     max_len: usize,
@@ -185,7 +183,7 @@ pub fn evaluate(
     let mut pairs = Vec::with_capacity(examples.len());
     for (i, part) in examples.chunks(batch.max(1)).enumerate() {
         let (toks, labels, _) = encode_all(part, max_len);
-        let logits = clf.predict(&toks, part.len(), max_len, ws)?;
+        let logits = clf.net.predict(clf.p(), &toks, part.len(), max_len, ws)?;
         for (row, y) in logits.chunks_exact(n_classes).zip(labels) {
             pairs.push((y, argmax(row).0));
         }
@@ -212,14 +210,18 @@ pub fn training_subset<'a>(train: &'a [Example], cfg: &FinetuneConfig) -> Vec<&'
 
 /// Load the backbone of a run: the pretrained directory's model (its config replaces
 /// `run.model`), or a fresh `run.model`.
-pub fn backbone(run: &mut FinetuneRun) -> Result<HyenaLm> {
+pub fn backbone(run: &mut FinetuneRun) -> Result<Model<HyenaLm>> {
     match &run.init {
         Some(dir) => {
-            let lm = load_model(dir)?;
-            run.model = lm.cfg.clone();
-            Ok(lm)
+            let loaded = load_model(dir)?;
+            let m = loaded.downcast::<Model<HyenaLm>>("fine-tuning")?.clone();
+            run.model = m.net.cfg.clone();
+            Ok(m)
         }
-        None => HyenaLm::new(&run.model, run.finetune.seed),
+        None => {
+            let (net, params) = HyenaLm::fresh(&run.model, run.finetune.seed)?;
+            Ok(Model { net, params })
+        }
     }
 }
 
@@ -265,19 +267,19 @@ pub fn finetune(
     )));
     let longest = dataset.train.iter().map(|e| e.seq.len()).max().unwrap_or(0);
     let max_len = f.max_len.unwrap_or(longest);
-    if max_len == 0 || max_len > lm.cfg.operator.l_max {
+    if max_len == 0 || max_len > lm.net.cfg.operator.l_max {
         return Err(Error::config(
             "max_len",
             max_len,
             format!(
                 "must lie in 1..={} (the backbone's l_max); pass a smaller --max-len (sequences \
                  keep their first max_len bases) or pretrain with a longer --seq-len",
-                lm.cfg.operator.l_max
+                lm.net.cfg.operator.l_max
             ),
         ));
     }
     let n_classes = dataset.classes.len();
-    let mut clf = SeqClassifier::new(lm, n_classes, f.pool, f.seed)?;
+    let mut clf = SeqClassifier::from_backbone(lm, n_classes, f.pool, f.seed)?;
     let train = training_subset(&dataset.train, &f);
     let eval_sub = subset(&dataset.test, f.eval_limit, f.seed ^ 0xE7A1);
     let all_test: Vec<&Example> = dataset.test.iter().collect();
@@ -316,7 +318,7 @@ pub fn finetune(
         run.model.d_model(),
         run.model.n_layer,
         run.model.operator.l_max,
-        clf.trainable().num_params(),
+        clf.params.trainable_len(),
         total,
         f.batch_size,
         total as f64 / steps_per_epoch as f64
@@ -351,7 +353,7 @@ pub fn finetune(
         min_ratio: f.min_lr_ratio,
     };
     let mut opt = AdamW::new(f.optim.clone());
-    let mut grads: ClassifierGrads = clf.zero_grads();
+    let mut grads = clf.params.zeros();
     let mut ws = ClsWorkspace::default();
     let mut order: Vec<usize> = Vec::new();
     let mut curve: Vec<(f64, f64)> = Vec::new();
@@ -395,11 +397,13 @@ pub fn finetune(
         } else {
             encode_all(&batch, max_len)
         };
-        grads.zero();
-        let st = clf.loss_and_grad(&toks, &labels, max_len, &mut ws, &mut grads)?;
-        let grad_norm = clip_grad_norm(&mut grads.trainable(), f.clip);
+        grads.fill(0.0);
+        let st = clf
+            .net
+            .loss_and_grad(clf.p(), &toks, &labels, max_len, &mut ws, &mut grads)?;
+        let grad_norm = clip_grad_norm(&clf.params, &mut grads, f.clip);
         let lr = sched.lr(f.optim.lr, step);
-        opt.step(&mut clf.trainable(), &grads.trainable(), lr);
+        opt.step(&mut clf.params, &grads, lr);
         let loss = st.loss_sum / st.count.max(1) as f64;
         let acc = st.correct as f64 / st.count.max(1) as f64;
         log(
@@ -431,7 +435,7 @@ pub fn finetune(
                 "accuracy": e.accuracy}),
             )?;
             test_curve.push(((step + 1) as f64, e.accuracy));
-            save_classifier(&clf, out)?;
+            save_weights(out, &clf.checkpoint_tensors(), "hyena-classifier")?;
             on_event(&FinetuneEvent::Eval {
                 step: step + 1,
                 eval: e.clone(),
@@ -469,63 +473,4 @@ fn plot_accuracy(out: &Path, train: &[(f64, f64)], test: &[(f64, f64)]) -> Resul
             ("test".to_string(), test.to_vec()),
         ],
     )
-}
-
-/// Write `model.safetensors` of a classifier: the backbone's tensors (as [`model_tensors`]
-/// names them) and the head.
-pub fn save_classifier(clf: &SeqClassifier, dir: &Path) -> Result<()> {
-    let mut tensors = model_tensors(&clf.lm);
-    tensors.extend(collect_params("", &clf.head));
-    let mut meta = std::collections::BTreeMap::new();
-    meta.insert("format".to_string(), "hyena-classifier".to_string());
-    meta.insert("version".to_string(), "1".to_string());
-    write_atomic(dir.join("model.safetensors"), &tensors, &meta)
-}
-
-/// A classifier saved by [`finetune`]: the model, its classes and its input length.
-pub struct LoadedClassifier {
-    pub clf: SeqClassifier,
-    pub classes: Vec<String>,
-    pub max_len: usize,
-}
-
-/// Load a classifier written by [`finetune`] from `dir`.
-pub fn load_classifier(dir: &Path) -> Result<LoadedClassifier> {
-    let cfg_path = dir.join("config.json");
-    let v = read_json(&cfg_path)?;
-    let bad = |msg: &str| Error::Format {
-        file: cfg_path.clone(),
-        msg: msg.to_string(),
-    };
-    let run: FinetuneRun = serde_json::from_value({
-        let mut r = v.clone();
-        if let Some(o) = r.as_object_mut() {
-            o.remove("classes");
-        }
-        r
-    })
-    .map_err(|e| bad(&format!("not a fine-tuned classifier's config: {e}")))?;
-    let classes: Vec<String> = v
-        .get("classes")
-        .and_then(|c| serde_json::from_value(c.clone()).ok())
-        .ok_or_else(|| bad("missing `classes` (a list of class names)"))?;
-    let max_len = run
-        .finetune
-        .max_len
-        .ok_or_else(|| bad("missing `finetune.max_len`"))?;
-    let mut lm = HyenaLm::new(&run.model, 0)?;
-    let f = TensorFile::read(dir.join("model.safetensors"))?;
-    f.load_params("", &mut lm.params)?;
-    lm.load_filter_buffers(&f, true)?;
-    let mut head = HeadParams::zeros(classes.len(), run.model.d_model());
-    f.load_params("", &mut head)?;
-    Ok(LoadedClassifier {
-        clf: SeqClassifier {
-            lm,
-            head,
-            pool: run.finetune.pool,
-        },
-        classes,
-        max_len,
-    })
 }

@@ -18,8 +18,8 @@ use crate::data::mad::{
     baseline, generate, sweep, AccuracyCounter, Average, Example, MadTask, TaskData, TaskSetting,
 };
 use crate::error::{Error, Result};
-use crate::models::classifier::argmax;
 use crate::models::zoo::{ArchConfig, ZooCache, ZooModel};
+use crate::ops::loss::argmax;
 use crate::train::optim::{AdamWConfig, AdamWStep};
 
 /// Settings of one training run.

@@ -2,17 +2,19 @@
 //! Regularization", Alg. 2), parameter groups by name, a linear-warm-up + cosine schedule, and
 //! global gradient-norm clipping.
 //!
-//! Groups follow the reference LMs (spec Sec. 2.5): no weight decay on biases, normalisation
-//! weights, and the implicit-filter parameters (`filter_fn.*`, which the reference trains with
-//! `wd = 0`); every other weight matrix (projections, MLP, embeddings, head) is decayed.
+//! Groups are tags of the parameter store ([`crate::params`]), given where each tensor is
+//! registered: as in the reference LMs, no weight decay on biases, normalisation weights and
+//! the implicit-filter parameters (`filter_fn.*`, which the reference trains with `wd = 0`);
+//! every other weight matrix (projections, MLP, embeddings, head) is decayed. Frozen tensors are
+//! neither clipped nor updated.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::io::safetensors::Tensor;
-use crate::layers::Params;
+use crate::io::safetensors::{Tensor, TensorFile};
+use crate::params::ParamStore;
 
 /// Optimizer hyper-parameters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,14 +39,6 @@ impl Default for AdamWConfig {
             weight_decay: 0.1,
         }
     }
-}
-
-/// Whether a parameter (by its reference name) is in the weight-decay group.
-pub fn decays(name: &str) -> bool {
-    !(name.ends_with(".bias")
-        || name.contains("norm")
-        || name.contains("ln_f")
-        || name.contains("filter_fn."))
 }
 
 /// Linear warm-up from 0 to the peak over `warmup` steps, then cosine decay to `min_lr` at `total`.
@@ -80,38 +74,25 @@ impl LrSchedule {
     }
 }
 
-/// Callback of [`zip_params`]: `(name, param, grad)`.
-pub type ZipVisitor<'a> = dyn FnMut(&str, &mut [f32], &[f32]) + 'a;
-
-/// Call `f(name, param, grad)` for every parameter of `params` with its gradient in `grads`
-/// (same type, hence same names, shapes and visiting order).
-pub fn zip_params(params: &mut dyn Params, grads: &dyn Params, f: &mut ZipVisitor<'_>) {
-    let mut gs: Vec<Vec<f32>> = Vec::new();
-    let mut names: Vec<String> = Vec::new();
-    // Gradients are copied out once per call so that the two visits do not alias; the copy is
-    // a few MB at most and far cheaper than a step.
-    grads.visit("", &mut |n, _, g| {
-        names.push(n.to_string());
-        gs.push(g.to_vec());
-    });
-    let mut i = 0;
-    params.visit_mut("", &mut |n, _, p| {
-        debug_assert_eq!(names.get(i).map(String::as_str), Some(n));
-        f(n, p, &gs[i]);
-        i += 1;
-    });
-}
-
-/// Scale `grads` so that their global L2 norm is at most `max_norm`; returns the norm before.
-pub fn clip_grad_norm(grads: &mut dyn Params, max_norm: f32) -> f32 {
+/// Scale the trainable gradients of `store`'s layout in `grads` so that their global L2 norm
+/// is at most `max_norm` (0: no clipping); returns the norm before. The squares are summed per
+/// tensor in f64, tensor sums added in buffer order.
+pub fn clip_grad_norm(store: &ParamStore, grads: &mut [f32], max_norm: f32) -> f32 {
     let mut sq = 0.0f64;
-    grads.visit("", &mut |_, _, g| {
-        sq += g.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>()
-    });
+    for s in store.specs().iter().filter(|s| s.trainable) {
+        sq += s
+            .handle
+            .of(grads)
+            .iter()
+            .map(|v| (*v as f64) * (*v as f64))
+            .sum::<f64>();
+    }
     let norm = sq.sqrt() as f32;
     if max_norm > 0.0 && norm > max_norm {
-        let s = max_norm / (norm + 1e-6);
-        grads.visit_mut("", &mut |_, _, g| g.iter_mut().for_each(|v| *v *= s));
+        let k = max_norm / (norm + 1e-6);
+        for s in store.specs().iter().filter(|s| s.trainable) {
+            s.handle.of_mut(grads).iter_mut().for_each(|v| *v *= k);
+        }
     }
     norm
 }
@@ -159,15 +140,21 @@ impl AdamWStep {
     }
 }
 
-/// AdamW state: first and second moments per parameter, and the step count.
+/// AdamW state: first and second moments laid out like the parameters, and the step count.
 #[derive(Clone, Debug, Default)]
 pub struct AdamW {
     pub cfg: AdamWConfig,
-    m: BTreeMap<String, Vec<f32>>,
-    v: BTreeMap<String, Vec<f32>>,
+    m: Vec<f32>,
+    v: Vec<f32>,
     /// Steps taken so far.
     pub step: u64,
+    /// Decay every tensor, whatever its tag (PyTorch's `AdamW(model.parameters())`, as MAD
+    /// trains); otherwise only the tensors tagged for weight decay.
+    pub decay_all: bool,
 }
+
+/// Tensors this many elements long or more are updated in parallel chunks.
+const PAR_CHUNK: usize = 1 << 14;
 
 impl AdamW {
     /// A fresh optimizer.
@@ -178,36 +165,79 @@ impl AdamW {
         }
     }
 
-    /// One update with learning rate `lr`:
+    /// One update of the trainable tensors of `store` with learning rate `lr`:
     /// `m ← β1 m + (1-β1) g`, `v ← β2 v + (1-β2) g²`, `p ← p - lr·(wd·p + m̂ / (√v̂ + ε))`
-    /// with bias-corrected `m̂`, `v̂`, and `wd = 0` outside the decayed group.
-    pub fn step(&mut self, params: &mut dyn Params, grads: &dyn Params, lr: f32) {
+    /// with bias-corrected `m̂`, `v̂`, and `wd = 0` outside the weight-decay group.
+    pub fn step(&mut self, store: &mut ParamStore, grads: &[f32], lr: f32) {
+        use rayon::prelude::*;
         self.step += 1;
-        let c = self.cfg.clone();
-        let t = self.step;
-        let (ms, vs) = (&mut self.m, &mut self.v);
-        zip_params(params, grads, &mut |name, p, g| {
-            let m = ms
-                .entry(name.to_string())
-                .or_insert_with(|| vec![0.0; p.len()]);
-            let v = vs
-                .entry(name.to_string())
-                .or_insert_with(|| vec![0.0; p.len()]);
-            let wd = if decays(name) { c.weight_decay } else { 0.0 };
-            AdamWStep::new(&c, lr, wd, t).apply(p, g, m, v);
+        let n = store.len();
+        self.m.resize(n, 0.0);
+        self.v.resize(n, 0.0);
+        let (c, t) = (&self.cfg, self.step);
+        let specs: Vec<(std::ops::Range<usize>, AdamWStep)> = store
+            .specs()
+            .iter()
+            .filter(|s| s.trainable)
+            .map(|s| {
+                let wd = if s.decay || self.decay_all {
+                    c.weight_decay
+                } else {
+                    0.0
+                };
+                (s.handle.range(), AdamWStep::new(c, lr, wd, t))
+            })
+            .collect();
+        // Disjoint ranges of the four buffers, one task per tensor (large ones split further).
+        let mut parts = Vec::with_capacity(specs.len());
+        let (mut p, mut m, mut v, mut g) = (
+            store.data_mut(),
+            self.m.as_mut_slice(),
+            self.v.as_mut_slice(),
+            grads,
+        );
+        let mut at = 0;
+        for (r, upd) in specs {
+            let skip = r.start - at;
+            let (_, p1) = std::mem::take(&mut p).split_at_mut(skip);
+            let (_, m1) = std::mem::take(&mut m).split_at_mut(skip);
+            let (_, v1) = std::mem::take(&mut v).split_at_mut(skip);
+            let (_, g1) = g.split_at(skip);
+            let len = r.len();
+            let (pt, p2) = p1.split_at_mut(len);
+            let (mt, m2) = m1.split_at_mut(len);
+            let (vt, v2) = v1.split_at_mut(len);
+            let (gt, g2) = g1.split_at(len);
+            parts.push((pt, gt, mt, vt, upd));
+            (p, m, v, g) = (p2, m2, v2, g2);
+            at = r.end;
+        }
+        parts.into_par_iter().for_each(|(p, g, m, v, upd)| {
+            if p.len() >= PAR_CHUNK {
+                p.par_chunks_mut(PAR_CHUNK)
+                    .zip(g.par_chunks(PAR_CHUNK))
+                    .zip(m.par_chunks_mut(PAR_CHUNK).zip(v.par_chunks_mut(PAR_CHUNK)))
+                    .for_each(|((p, g), (m, v))| upd.apply(p, g, m, v));
+            } else {
+                upd.apply(p, g, m, v);
+            }
         });
     }
 
-    /// The moments as named tensors (`exp_avg.<name>`, `exp_avg_sq.<name>`) for a checkpoint.
-    pub fn state_tensors(&self) -> BTreeMap<String, Tensor> {
+    /// The moments as named tensors (`exp_avg.<name>`, `exp_avg_sq.<name>`, flat) of the
+    /// trainable tensors of `store`, for a checkpoint.
+    pub fn state_tensors(&self, store: &ParamStore) -> BTreeMap<String, Tensor> {
         let mut out = BTreeMap::new();
-        for (prefix, map) in [("exp_avg.", &self.m), ("exp_avg_sq.", &self.v)] {
-            for (k, d) in map {
+        if self.m.len() != store.len() {
+            return out; // no step taken yet
+        }
+        for (prefix, buf) in [("exp_avg.", &self.m), ("exp_avg_sq.", &self.v)] {
+            for s in store.specs().iter().filter(|s| s.trainable) {
                 out.insert(
-                    format!("{prefix}{k}"),
+                    format!("{prefix}{}", s.name),
                     Tensor {
-                        shape: vec![d.len()],
-                        data: d.clone(),
+                        shape: vec![s.handle.len()],
+                        data: s.handle.of(buf).to_vec(),
                     },
                 );
             }
@@ -215,22 +245,41 @@ impl AdamW {
         out
     }
 
-    /// Restore moments saved by [`AdamW::state_tensors`]; `step` is restored separately.
-    pub fn load_state(&mut self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
-        self.m.clear();
-        self.v.clear();
-        for (k, t) in tensors {
-            if let Some(n) = k.strip_prefix("exp_avg.") {
-                self.m.insert(n.to_string(), t.data.clone());
+    /// Restore moments saved by [`AdamW::state_tensors`] for the tensors of `store` (a tensor
+    /// the file lacks starts at zero); `step` is restored separately. A tensor of another size,
+    /// or one the model does not have, is an error naming it.
+    pub fn load_state(&mut self, store: &ParamStore, file: &TensorFile) -> Result<()> {
+        self.m = store.zeros();
+        self.v = store.zeros();
+        for (k, t) in &file.tensors {
+            let (buf, name) = if let Some(n) = k.strip_prefix("exp_avg.") {
+                (&mut self.m, n)
             } else if let Some(n) = k.strip_prefix("exp_avg_sq.") {
-                self.v.insert(n.to_string(), t.data.clone());
+                (&mut self.v, n)
             } else {
                 return Err(Error::config(
                     "optimizer state",
                     k,
                     "unexpected tensor name; expected exp_avg.* or exp_avg_sq.*",
                 ));
+            };
+            let spec = store.spec(name).ok_or_else(|| {
+                Error::format(
+                    &file.path,
+                    format!("`{k}`: the model has no tensor `{name}` (another run's optimizer?)"),
+                )
+            })?;
+            if t.data.len() != spec.handle.len() {
+                return Err(Error::format(
+                    &file.path,
+                    format!(
+                        "`{k}` has {} values, the tensor {} (another run's optimizer?)",
+                        t.data.len(),
+                        spec.handle.len()
+                    ),
+                ));
             }
+            spec.handle.of_mut(buf).copy_from_slice(&t.data);
         }
         Ok(())
     }

@@ -16,7 +16,8 @@ use crate::baselines::markov::{markov_scores, BaselineScore};
 use crate::data::tokens::{load_stream, load_tokens, DataConfig};
 use crate::error::{Error, Result};
 use crate::io::tokenizer::Tokenizer;
-use crate::models::lm::{HyenaLm, LmConfig};
+use crate::models::hyenadna::{HyenaLm, LmConfig};
+use crate::models::Model;
 use crate::plot::{loss_curve_png, RefLine};
 use crate::train::trainer::{EvalStats, StepStats, TrainConfig, Trainer};
 
@@ -173,8 +174,13 @@ pub fn run(
             file: out.to_path_buf(),
             source,
         })?;
-        let lm = HyenaLm::new(&cfg.model, cfg.train.seed)?;
-        let t = Trainer::new(lm, cfg.train.clone(), data.train, data.val)?;
+        let (net, params) = HyenaLm::fresh(&cfg.model, cfg.train.seed)?;
+        let t = Trainer::new(
+            Model { net, params },
+            cfg.train.clone(),
+            data.train,
+            data.val,
+        )?;
         let _ = std::fs::remove_file(&metrics_path);
         t
     };
@@ -260,16 +266,14 @@ pub fn evaluate_run(
     opts: &EvalOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<EvalReport> {
-    use crate::train::trainer::{config_section, load_model_with, read_json};
+    let loaded = crate::checkpoint::load_model(dir)?;
     let cfg_path = dir.join("config.json");
-    let cfg_v = read_json(&cfg_path)?;
-    let lm = load_model_with(dir, &cfg_v)?;
-    let run_data: Option<DataConfig> = config_section(&cfg_v, "data", &cfg_path)?;
-    let run_train: Option<TrainConfig> = config_section(&cfg_v, "train", &cfg_path)?;
+    let run_data: Option<DataConfig> = loaded.section("data")?;
+    let run_train: Option<TrainConfig> = loaded.section("train")?;
     let seq_len = opts
         .seq_len
         .or(run_train.as_ref().map(|t| t.seq_len))
-        .unwrap_or(lm.cfg.operator.l_max);
+        .unwrap_or(loaded.model.max_len());
     let batch = opts
         .batch
         .or(run_train.as_ref().map(|t| t.batch_size))
@@ -308,9 +312,9 @@ pub fn evaluate_run(
             })
         }
     };
-    let mut ws = crate::models::lm::LmWorkspace::default();
+    let mut ws = crate::layers::layer::Slot::default();
     let stats = crate::train::trainer::evaluate_tokens(
-        &lm,
+        loaded.model.as_ref(),
         &tokens,
         batch,
         seq_len,

@@ -11,10 +11,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{load_model, read_json, save_weights, write_json};
 use crate::error::{Error, Result};
-use crate::io::safetensors::{collect_params, write_atomic, write_bytes_atomic, TensorFile};
-use crate::layers::Params;
-use crate::models::lm::{HyenaLm, LmConfig, LmParams, LmWorkspace};
+use crate::io::safetensors::{write_atomic, TensorFile};
+use crate::layers::layer::Slot;
+use crate::models::hyenadna::{HyenaLm, LmConfig, LmWorkspace};
+use crate::models::{LanguageModel, Model};
 use crate::train::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
 
 /// Optimisation settings of a run.
@@ -94,20 +96,26 @@ pub struct EvalStats {
 
 /// A model, its optimizer, and the data it trains on.
 pub struct Trainer {
-    pub lm: HyenaLm,
+    pub model: Model<HyenaLm>,
     pub opt: AdamW,
     pub cfg: TrainConfig,
     train: Vec<u32>,
     val: Vec<u32>,
-    /// Activations, logits gradients and per-shard gradients, reused across steps.
-    ws: LmWorkspace,
+    /// Activations, logits gradients and per-shard gradients ([`LmWorkspace`]), reused across
+    /// steps and by the evaluations.
+    ws: Slot,
     /// The step's gradient, zeroed and refilled each step (a fresh buffer would page-fault).
-    grads: LmParams,
+    grads: Vec<f32>,
 }
 
 impl Trainer {
     /// A new run. `train`/`val` are token streams; both must hold more than `seq_len` tokens.
-    pub fn new(lm: HyenaLm, cfg: TrainConfig, train: Vec<u32>, val: Vec<u32>) -> Result<Self> {
+    pub fn new(
+        model: Model<HyenaLm>,
+        cfg: TrainConfig,
+        train: Vec<u32>,
+        val: Vec<u32>,
+    ) -> Result<Self> {
         for (what, toks) in [("training", &train), ("validation", &val)] {
             if toks.len() <= cfg.seq_len {
                 return Err(Error::config(
@@ -121,11 +129,11 @@ impl Trainer {
                 ));
             }
         }
-        if cfg.seq_len > lm.cfg.operator.l_max {
+        if cfg.seq_len > model.net.cfg.operator.l_max {
             return Err(Error::config(
                 "seq_len",
                 cfg.seq_len,
-                format!("exceeds the model's l_max {}", lm.cfg.operator.l_max),
+                format!("exceeds the model's l_max {}", model.net.cfg.operator.l_max),
             ));
         }
         if cfg.batch_size == 0 || cfg.grad_accum == 0 {
@@ -136,14 +144,14 @@ impl Trainer {
             ));
         }
         let opt = AdamW::new(cfg.optim.clone());
-        let grads = lm.zero_grads();
+        let grads = model.params.zeros();
         Ok(Trainer {
-            lm,
+            model,
             opt,
             cfg,
             train,
             val,
-            ws: LmWorkspace::default(),
+            ws: Slot::default(),
             grads,
         })
     }
@@ -173,20 +181,27 @@ impl Trainer {
     pub fn train_step(&mut self) -> Result<StepStats> {
         let step = self.opt.step;
         let (b, l) = (self.cfg.batch_size, self.cfg.seq_len);
-        self.grads.zero();
+        self.grads.fill(0.0);
         let mut loss_sum = 0.0f32;
         // Each micro-batch contributes ∇(its mean loss) / grad_accum.
         let scale = 1.0 / self.cfg.grad_accum as f32;
         for micro in 0..self.cfg.grad_accum {
             let (x, y) = self.batch(step, micro);
-            let st = self
-                .lm
-                .loss_and_grad(&x, &y, b, l, scale, &mut self.ws, &mut self.grads)?;
+            let st = self.model.net.loss_and_grad(
+                self.model.params.data(),
+                &x,
+                &y,
+                b,
+                l,
+                scale,
+                self.ws.get_or_default::<LmWorkspace>(),
+                &mut self.grads,
+            )?;
             loss_sum += (st.loss_sum / st.count.max(1) as f64) as f32;
         }
-        let grad_norm = clip_grad_norm(&mut self.grads, self.cfg.clip);
+        let grad_norm = clip_grad_norm(&self.model.params, &mut self.grads, self.cfg.clip);
         let lr = self.cfg.schedule().lr(self.cfg.optim.lr, step);
-        self.opt.step(&mut self.lm.params, &self.grads, lr);
+        self.opt.step(&mut self.model.params, &self.grads, lr);
         Ok(StepStats {
             step: self.opt.step,
             loss: loss_sum / self.cfg.grad_accum as f32,
@@ -200,7 +215,7 @@ impl Trainer {
     /// validation windows (at most `eval_windows` of them).
     pub fn evaluate(&mut self) -> Result<EvalStats> {
         let mut e = evaluate_tokens(
-            &self.lm,
+            &self.model,
             &self.val,
             self.cfg.batch_size,
             self.cfg.seq_len,
@@ -216,18 +231,15 @@ impl Trainer {
     /// `optimizer.safetensors`, `config.json` (`{"model": …, "train": …}` plus `extra`), and
     /// `state.json` (step). Every file is written atomically.
     pub fn save(&self, dir: &Path, extra: &serde_json::Value) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-            file: dir.to_path_buf(),
-            source,
-        })?;
-        save_model(&self.lm, dir)?;
+        std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+        save_weights(dir, &self.model.tensors(), "hyena-lm")?;
         let meta = std::collections::BTreeMap::new();
         write_atomic(
             dir.join("optimizer.safetensors"),
-            &self.opt.state_tensors(),
+            &self.opt.state_tensors(&self.model.params),
             &meta,
         )?;
-        let mut cfg = serde_json::json!({ "model": self.lm.cfg, "train": self.cfg });
+        let mut cfg = serde_json::json!({ "model": self.model.net.cfg, "train": self.cfg });
         if let (Some(obj), Some(ex)) = (cfg.as_object_mut(), extra.as_object()) {
             for (k, v) in ex {
                 obj.insert(k.clone(), v.clone());
@@ -249,8 +261,9 @@ impl Trainer {
         train: Vec<u32>,
         val: Vec<u32>,
     ) -> Result<Self> {
-        let lm = load_model(dir)?;
-        if &lm.cfg != lm_cfg {
+        let loaded = load_model(dir)?;
+        let m = loaded.downcast::<Model<HyenaLm>>("--resume")?.clone();
+        if &m.net.cfg != lm_cfg {
             return Err(Error::Format {
                 file: dir.join("config.json"),
                 msg: "the checkpoint's model config differs from the requested one; \
@@ -258,9 +271,9 @@ impl Trainer {
                     .into(),
             });
         }
-        let mut t = Trainer::new(lm, cfg, train, val)?;
+        let mut t = Trainer::new(m, cfg, train, val)?;
         let opt = TensorFile::read(dir.join("optimizer.safetensors"))?;
-        t.opt.load_state(&opt.tensors)?;
+        t.opt.load_state(&t.model.params, &opt)?;
         let st = read_json(&dir.join("state.json"))?;
         t.opt.step = st["step"].as_u64().ok_or_else(|| Error::Format {
             file: dir.join("state.json"),
@@ -275,12 +288,12 @@ impl Trainer {
 /// accuracy. `ws` is reused between calls; `progress(done, total)` is called
 /// after each batch of windows. The returned `step` is 0.
 pub fn evaluate_tokens(
-    lm: &HyenaLm,
+    model: &dyn LanguageModel,
     tokens: &[u32],
     batch: usize,
     seq_len: usize,
     max_windows: usize,
-    ws: &mut LmWorkspace,
+    ws: &mut Slot,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<EvalStats> {
     let (b, l) = (batch.max(1), seq_len);
@@ -295,11 +308,11 @@ pub fn evaluate_tokens(
             ),
         ));
     }
-    if l > lm.cfg.operator.l_max {
+    if l > model.max_len() {
         return Err(Error::config(
             "seq_len",
             l,
-            format!("exceeds the model's l_max {}", lm.cfg.operator.l_max),
+            format!("exceeds the model's l_max {}", model.max_len()),
         ));
     }
     let n_win = ((tokens.len() - 1) / l).min(max_windows).max(1);
@@ -313,7 +326,7 @@ pub fn evaluate_tokens(
             x.extend_from_slice(&tokens[s..s + l]);
             y.extend_from_slice(&tokens[s + 1..s + l + 1]);
         }
-        let st = lm.loss(&x, &y, nb, l, ws)?;
+        let st = model.loss(&x, &y, nb, l, ws)?;
         loss_sum += st.loss_sum;
         count += st.count;
         correct += st.correct;
@@ -329,125 +342,4 @@ pub fn evaluate_tokens(
         accuracy: correct as f64 / count.max(1) as f64,
         tokens: count,
     })
-}
-
-/// Write pretty JSON to `path` atomically.
-pub fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
-    let s = serde_json::to_string_pretty(v).map_err(|e| Error::Format {
-        file: path.to_path_buf(),
-        msg: e.to_string(),
-    })?;
-    write_bytes_atomic(path, s.as_bytes())
-}
-
-pub fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let s = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        file: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&s).map_err(|e| Error::Format {
-        file: path.to_path_buf(),
-        msg: format!("invalid JSON: {e}"),
-    })
-}
-
-/// Write `model.safetensors` (parameters with HF names, plus each block's filter buffers) and,
-/// if absent, a `config.json` holding `{"model": …}`.
-pub fn save_model(lm: &HyenaLm, dir: &Path) -> Result<()> {
-    let mut meta = std::collections::BTreeMap::new();
-    meta.insert("format".to_string(), "hyena-lm".to_string());
-    meta.insert("version".to_string(), "1".to_string());
-    write_atomic(dir.join("model.safetensors"), &model_tensors(lm), &meta)?;
-    let cfg_path = dir.join("config.json");
-    if !cfg_path.exists() {
-        write_json(&cfg_path, &serde_json::json!({ "model": lm.cfg }))?;
-    }
-    Ok(())
-}
-
-/// The tensors [`save_model`] writes: parameters with HF names and each block's filter buffers.
-pub fn model_tensors(
-    lm: &HyenaLm,
-) -> std::collections::BTreeMap<String, crate::io::safetensors::Tensor> {
-    let mut tensors = collect_params("", &lm.params);
-    let (lm_max, e) = (lm.cfg.operator.l_max, lm.cfg.operator.filter.emb_dim);
-    for i in 0..lm.cfg.n_layer {
-        let prefix = format!("hyena.backbone.layers.{i}.mixer.filter_fn.");
-        let bufs = &lm.operator(i).filter.buffers;
-        bufs.visit(&prefix, lm_max, e, &mut |n, s, d| {
-            tensors.insert(
-                n.to_string(),
-                crate::io::safetensors::Tensor {
-                    shape: s.to_vec(),
-                    data: d.to_vec(),
-                },
-            );
-        });
-    }
-    tensors
-}
-
-/// Section `key` of a run's parsed `config.json` (read from `file`), if present and not null.
-pub(crate) fn config_section<T: serde::de::DeserializeOwned>(
-    cfg_v: &serde_json::Value,
-    key: &str,
-    file: &Path,
-) -> Result<Option<T>> {
-    cfg_v
-        .get(key)
-        .filter(|x| !x.is_null())
-        .map(T::deserialize)
-        .transpose()
-        .map_err(|e| Error::Format {
-            file: file.to_path_buf(),
-            msg: format!("{key} config: {e}"),
-        })
-}
-
-/// Load a model saved by [`save_model`] / [`Trainer::save`] from `dir`.
-pub fn load_model(dir: &Path) -> Result<HyenaLm> {
-    let cfg_path = dir.join("config.json");
-    if !cfg_path.is_file() {
-        return Err(Error::Format {
-            file: cfg_path,
-            msg: "not found: a model directory holds config.json and its weights (a `hyena \
-                  train` run, or a HyenaDNA checkpoint in the HF or Lightning layout)"
-                .into(),
-        });
-    }
-    load_model_with(dir, &read_json(&cfg_path)?)
-}
-
-/// [`load_model`] with the run's `config.json` already parsed into `cfg_v`.
-///
-/// A directory holding a released HyenaDNA checkpoint (HF or Lightning layout, see
-/// [`crate::io::hf`]) loads too.
-pub fn load_model_with(dir: &Path, cfg_v: &serde_json::Value) -> Result<HyenaLm> {
-    use crate::io::hf::{kind_of, load_reference, CheckpointKind};
-    if matches!(
-        kind_of(cfg_v),
-        Some(CheckpointKind::Hf | CheckpointKind::Lightning)
-    ) {
-        return Ok(load_reference(dir, cfg_v)?.0);
-    }
-    let cfg_path = dir.join("config.json");
-    let cfg: LmConfig =
-        config_section(cfg_v, "model", &cfg_path)?.ok_or_else(|| Error::Format {
-            file: cfg_path.clone(),
-            msg: "no `model` section (hyena run) and no `d_model` key (HyenaDNA checkpoint): is this a model directory?".into(),
-        })?;
-    let mut lm = HyenaLm::new(&cfg, 0)?;
-    let f = TensorFile::read(dir.join("model.safetensors"))?;
-    f.load_params("", &mut lm.params)?;
-    lm.load_filter_buffers(&f, true)?;
-    // A distilled model: its long filters are the stored modal filters.
-    if cfg_v.get("distill").is_some_and(|x| !x.is_null()) {
-        let banks = crate::distill::model::read_banks(&f, &lm)?;
-        let l_max = cfg.operator.l_max;
-        for (i, b) in banks.iter().enumerate() {
-            lm.operator_mut(i)
-                .set_explicit_filters(Some(b.impulse(l_max)))?;
-        }
-    }
-    Ok(lm)
 }

@@ -15,169 +15,33 @@ use rand::rngs::StdRng;
 
 use crate::config::{FilterLayout, HyenaConfig};
 use crate::error::{check_len, Error, Result};
-use crate::io::safetensors::TensorFile;
-use crate::layers::{init, Params, Visitor, VisitorMut};
+use crate::layers::init;
 use crate::ops::act::{sin_backward, sin_forward};
 use crate::ops::linear::{linear_backward, linear_forward, matmul, MatMut, MatRef};
+use crate::params::{many_mut, TensorSource, Vb, P};
 
-/// Trainable parameters of the filter. Names: `filter_fn.{bias, implicit_filter.*}`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct FilterParams {
+/// Handles of the filter's trainable tensors (names under the filter's prefix, the
+/// reference's `filter_fn.*`).
+#[derive(Clone, Debug)]
+pub(crate) struct FilterHandles {
     /// `bias` [C_f]: the per-channel skip `D` of the long convolutions.
-    pub bias: Vec<f32>,
+    pub(crate) bias: P,
     /// `implicit_filter.0.weight` [F, E], `.0.bias` [F].
-    pub w0: Vec<f32>,
-    pub b0: Vec<f32>,
+    pub(crate) w0: P,
+    pub(crate) b0: P,
     /// `implicit_filter.1.freq` [1, F], shared by all Sin activations.
-    pub freq: Vec<f32>,
+    pub(crate) freq: P,
     /// `implicit_filter.{2+2i}.weight` [F, F] and `.bias` [F], for i < num_inner_mlps.
-    pub inner_w: Vec<Vec<f32>>,
-    pub inner_b: Vec<Vec<f32>>,
+    pub(crate) inner_w: Vec<P>,
+    pub(crate) inner_b: Vec<P>,
     /// `implicit_filter.{2+2n}.weight` [C_f, F] (no bias).
-    pub w_out: Vec<f32>,
-    /// `pos_emb.z` [1, l_max, E] when it is trained (`learn_pos_emb`); empty otherwise, and the
-    /// filter reads [`FilterBuffers::z`].
-    pub z: Vec<f32>,
-    e: usize,
-    f: usize,
-    cf: usize,
+    pub(crate) w_out: P,
+    /// `pos_emb.z` [1, l_max, E] when it is trained (`learn_pos_emb`); otherwise the filter
+    /// reads [`FilterBuffers::z`].
+    pub(crate) z: Option<P>,
 }
 
-impl FilterParams {
-    /// All-zero parameters with the shapes of `cfg` (gradient buffers start like this).
-    pub fn zeros(cfg: &HyenaConfig) -> Self {
-        let (e, f, cf) = (
-            cfg.filter.emb_dim,
-            cfg.filter.filter_order,
-            cfg.filter_channels(),
-        );
-        let n = cfg.filter.num_inner_mlps;
-        FilterParams {
-            bias: vec![0.0; cf],
-            w0: vec![0.0; f * e],
-            b0: vec![0.0; f],
-            freq: vec![0.0; f],
-            inner_w: vec![vec![0.0; f * f]; n],
-            inner_b: vec![vec![0.0; f]; n],
-            w_out: vec![0.0; cf * f],
-            z: if cfg.filter.learn_pos_emb {
-                vec![0.0; cfg.l_max * e]
-            } else {
-                Vec::new()
-            },
-            e,
-            f,
-            cf,
-        }
-    }
-
-    /// PyTorch module defaults: Linear `U(±1/sqrt(fan_in))`, `bias ~ N(0, 1)`, `freq = w`.
-    pub fn init(cfg: &HyenaConfig, rng: &mut StdRng) -> Self {
-        let mut p = Self::zeros(cfg);
-        let (e, f, cf) = (p.e, p.f, p.cf);
-        (p.w0, p.b0) = init::linear(rng, f, e, true);
-        p.freq = vec![cfg.filter.w; f];
-        for i in 0..cfg.filter.num_inner_mlps {
-            (p.inner_w[i], p.inner_b[i]) = init::linear(rng, f, f, true);
-        }
-        p.w_out = init::linear(rng, cf, f, false).0;
-        p.bias = init::randn(rng, cf, 1.0);
-        if cfg.filter.learn_pos_emb {
-            p.z = Arc::unwrap_or_clone(FilterBuffers::new(cfg).z);
-        }
-        p
-    }
-}
-
-impl Params for FilterParams {
-    fn visit(&self, prefix: &str, f: &mut Visitor<'_>) {
-        let (e, fo, cf) = (self.e, self.f, self.cf);
-        f(&format!("{prefix}bias"), &[cf], &self.bias);
-        f(
-            &format!("{prefix}implicit_filter.0.weight"),
-            &[fo, e],
-            &self.w0,
-        );
-        f(&format!("{prefix}implicit_filter.0.bias"), &[fo], &self.b0);
-        f(
-            &format!("{prefix}implicit_filter.1.freq"),
-            &[1, fo],
-            &self.freq,
-        );
-        for i in 0..self.inner_w.len() {
-            f(
-                &format!("{prefix}implicit_filter.{}.weight", 2 + 2 * i),
-                &[fo, fo],
-                &self.inner_w[i],
-            );
-            f(
-                &format!("{prefix}implicit_filter.{}.bias", 2 + 2 * i),
-                &[fo],
-                &self.inner_b[i],
-            );
-        }
-        let last = 2 + 2 * self.inner_w.len();
-        f(
-            &format!("{prefix}implicit_filter.{last}.weight"),
-            &[cf, fo],
-            &self.w_out,
-        );
-        if !self.z.is_empty() {
-            f(
-                &format!("{prefix}pos_emb.z"),
-                &[1, self.z.len() / e, e],
-                &self.z,
-            );
-        }
-    }
-    fn visit_mut(&mut self, prefix: &str, f: &mut VisitorMut<'_>) {
-        let (e, fo, cf) = (self.e, self.f, self.cf);
-        f(&format!("{prefix}bias"), &[cf], &mut self.bias);
-        f(
-            &format!("{prefix}implicit_filter.0.weight"),
-            &[fo, e],
-            &mut self.w0,
-        );
-        f(
-            &format!("{prefix}implicit_filter.0.bias"),
-            &[fo],
-            &mut self.b0,
-        );
-        f(
-            &format!("{prefix}implicit_filter.1.freq"),
-            &[1, fo],
-            &mut self.freq,
-        );
-        for i in 0..self.inner_w.len() {
-            f(
-                &format!("{prefix}implicit_filter.{}.weight", 2 + 2 * i),
-                &[fo, fo],
-                &mut self.inner_w[i],
-            );
-            f(
-                &format!("{prefix}implicit_filter.{}.bias", 2 + 2 * i),
-                &[fo],
-                &mut self.inner_b[i],
-            );
-        }
-        let last = 2 + 2 * self.inner_w.len();
-        f(
-            &format!("{prefix}implicit_filter.{last}.weight"),
-            &[cf, fo],
-            &mut self.w_out,
-        );
-        if !self.z.is_empty() {
-            f(
-                &format!("{prefix}pos_emb.z"),
-                &[1, self.z.len() / e, e],
-                &mut self.z,
-            );
-        }
-    }
-}
-
-/// Non-trainable state of the filter: `pos_emb.z` [1, l_max, E] (unless it is trained, see
-/// [`FilterParams::z`]), `pos_emb.t` [1, l_max, 1], `modulation.deltas` [1, 1, C_f]. Stored in
+/// Non-trainable state of the filter: `pos_emb.z` [1, l_max, E] (unless it is trained), `pos_emb.t` [1, l_max, 1], `modulation.deltas` [1, 1, C_f]. Stored in
 /// checkpoints like the reference's buffers.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FilterBuffers {
@@ -239,36 +103,23 @@ impl FilterBuffers {
         }
     }
 
-    /// `(name, shape)` of the buffers under `prefix`: `pos_emb.z` (when it is a buffer),
-    /// `pos_emb.t`, `modulation.deltas`.
-    fn names(&self, prefix: &str, lm: usize, e: usize) -> Vec<(String, Vec<usize>)> {
-        let mut v = Vec::with_capacity(3);
+    /// `(name, shape, values)` of the buffers under `prefix` (the filter's checkpoint prefix):
+    /// `pos_emb.z` (when it is a buffer), `pos_emb.t`, `modulation.deltas`.
+    pub fn tensors(&self, prefix: &str, lm: usize, e: usize) -> Vec<(String, Vec<usize>, &[f32])> {
+        let mut v: Vec<(String, Vec<usize>, &[f32])> = Vec::with_capacity(3);
         if !self.z.is_empty() {
-            v.push((format!("{prefix}pos_emb.z"), vec![1, lm, e]));
+            v.push((format!("{prefix}pos_emb.z"), vec![1, lm, e], &self.z));
         }
-        v.push((format!("{prefix}pos_emb.t"), vec![1, lm, 1]));
+        v.push((format!("{prefix}pos_emb.t"), vec![1, lm, 1], &self.t));
         v.push((
             format!("{prefix}modulation.deltas"),
             vec![1, 1, self.deltas.len()],
+            &self.deltas,
         ));
         v
     }
 
-    /// Visit `(name, shape, data)` of the buffers (for saving).
-    pub fn visit(&self, prefix: &str, lm: usize, e: usize, f: &mut Visitor<'_>) {
-        for (name, shape) in self.names(prefix, lm, e) {
-            let data: &[f32] = if name.ends_with("pos_emb.z") {
-                &self.z
-            } else if name.ends_with("pos_emb.t") {
-                &self.t
-            } else {
-                &self.deltas
-            };
-            f(&name, &shape, data);
-        }
-    }
-
-    /// Read the buffers under `prefix` from `file`. `z` and `t` equal to `prev`'s (the block
+    /// Read the buffers under `prefix` from `src`. `z` and `t` equal to `prev`'s (the block
     /// before, already loaded) share its copy instead of holding their own.
     ///
     /// `required`: every buffer must be present with exactly its shape (hyena checkpoints).
@@ -278,40 +129,49 @@ impl FilterBuffers {
         &mut self,
         prefix: &str,
         (lm, e): (usize, usize),
-        file: &TensorFile,
+        src: &dyn TensorSource,
         required: bool,
         prev: Option<&FilterBuffers>,
     ) -> Result<()> {
-        for (name, shape) in self.names(prefix, lm, e) {
-            let t = if required {
-                file.get_shaped(&name, &shape)?
-            } else {
-                match file.tensors.get(&name) {
-                    None => continue,
-                    Some(t) if t.data.len() == shape.iter().product::<usize>() => t,
-                    Some(t) => {
-                        return Err(Error::Format {
-                            file: file.path.clone(),
-                            msg: format!(
-                                "tensor `{name}` has shape {:?}, expected {shape:?}: the \
-                                 config's max_seq_len/l_max or emb_dim disagrees with the \
-                                 weights",
-                                t.shape
-                            ),
-                        })
-                    }
+        let wanted: Vec<(String, Vec<usize>)> = self
+            .tensors(prefix, lm, e)
+            .into_iter()
+            .map(|(n, s, _)| (n, s))
+            .collect();
+        for (name, shape) in wanted {
+            let numel: usize = shape.iter().product();
+            match src.shape_of(&name) {
+                None if required => {
+                    return Err(Error::MissingTensor {
+                        file: src.origin(),
+                        name,
+                        available: src.names().len(),
+                    })
                 }
-            };
+                None => continue,
+                Some(s) if s == shape || (!required && s.iter().product::<usize>() == numel) => {}
+                Some(s) => {
+                    return Err(Error::format(
+                        src.origin(),
+                        format!(
+                            "tensor `{name}` has shape {s:?}, expected {shape:?}: the config's \
+                             max_seq_len/l_max or emb_dim disagrees with the weights"
+                        ),
+                    ))
+                }
+            }
+            let mut data = vec![0.0f32; numel];
+            src.read_f32(&name, &mut data)?;
             let shared = |own: &mut Arc<Vec<f32>>, theirs: Option<&Arc<Vec<f32>>>| match theirs {
-                Some(p) if p.as_slice() == t.data.as_slice() => *own = p.clone(),
-                _ => *own = Arc::new(t.data.clone()),
+                Some(p) if p.as_slice() == data.as_slice() => *own = p.clone(),
+                _ => *own = Arc::new(data.clone()),
             };
             if name.ends_with("pos_emb.z") {
                 shared(&mut self.z, prev.map(|p| &p.z));
             } else if name.ends_with("pos_emb.t") {
                 shared(&mut self.t, prev.map(|p| &p.t));
             } else {
-                self.deltas.copy_from_slice(&t.data);
+                self.deltas.copy_from_slice(&data);
             }
         }
         Ok(())
@@ -333,34 +193,143 @@ pub struct FilterCache {
     pub bias: Vec<f32>,
 }
 
-/// The implicit filter: its config and buffers. The trainable [`FilterParams`] are passed to
-/// `forward`/`backward`, so that they live in one place (the operator's parameters).
+/// The implicit filter: its config, the handles of its trainable tensors and its buffers.
 #[derive(Clone, Debug)]
 pub struct HyenaFilter {
     pub buffers: FilterBuffers,
     cfg: HyenaConfig,
+    h: FilterHandles,
+    /// The checkpoint prefix of this filter (`….filter_fn.`), where its buffers are saved.
+    prefix: String,
 }
 
 impl HyenaFilter {
-    /// Filter for `cfg`, with buffers computed from the config (`z` lives in the parameters
-    /// instead when it is trained).
-    pub fn new(cfg: &HyenaConfig) -> Self {
+    /// The filter for `cfg`, its tensors registered under `vb` (the reference names, in the
+    /// order of its state dict), with buffers computed from the config (`z` is a parameter
+    /// instead when it is trained). The caller decides the tags: the reference trains the
+    /// filter without weight decay.
+    pub fn new(cfg: &HyenaConfig, vb: &Vb<'_, '_>) -> Result<Self> {
+        let (e, f, cf) = (
+            cfg.filter.emb_dim,
+            cfg.filter.filter_order,
+            cfg.filter_channels(),
+        );
+        let n = cfg.filter.num_inner_mlps;
+        let mlp = vb.pp("implicit_filter");
+        let bias = vb.get(&[cf], "bias")?;
+        let w0 = mlp.get(&[f, e], "0.weight")?;
+        let b0 = mlp.get(&[f], "0.bias")?;
+        let freq = mlp.get(&[1, f], "1.freq")?;
+        let (mut inner_w, mut inner_b) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for i in 0..n {
+            inner_w.push(mlp.get(&[f, f], &format!("{}.weight", 2 + 2 * i))?);
+            inner_b.push(mlp.get(&[f], &format!("{}.bias", 2 + 2 * i))?);
+        }
+        let w_out = mlp.get(&[cf, f], &format!("{}.weight", 2 + 2 * n))?;
+        let z = if cfg.filter.learn_pos_emb {
+            Some(vb.get(&[1, cfg.l_max, e], "pos_emb.z")?)
+        } else {
+            None
+        };
         let mut buffers = FilterBuffers::new(cfg);
         if cfg.filter.learn_pos_emb {
             buffers.z = Arc::new(Vec::new());
         }
-        HyenaFilter {
+        Ok(HyenaFilter {
             buffers,
             cfg: cfg.clone(),
+            h: FilterHandles {
+                bias,
+                w0,
+                b0,
+                freq,
+                inner_w,
+                inner_b,
+                w_out,
+                z,
+            },
+            prefix: vb.name(""),
+        })
+    }
+
+    /// PyTorch module defaults: Linear `U(±1/sqrt(fan_in))`, `bias ~ N(0, 1)`, `freq = w`, and
+    /// a trained `z` starts at the computed positional embedding.
+    pub fn init(&self, p: &mut [f32], rng: &mut StdRng) {
+        let (e, f, cf) = (
+            self.cfg.filter.emb_dim,
+            self.cfg.filter.filter_order,
+            self.cfg.filter_channels(),
+        );
+        let h = &self.h;
+        let (w0, b0) = init::linear(rng, f, e, true);
+        h.w0.of_mut(p).copy_from_slice(&w0);
+        h.b0.of_mut(p).copy_from_slice(&b0);
+        h.freq.of_mut(p).fill(self.cfg.filter.w);
+        for (w, b) in h.inner_w.iter().zip(&h.inner_b) {
+            let (iw, ib) = init::linear(rng, f, f, true);
+            w.of_mut(p).copy_from_slice(&iw);
+            b.of_mut(p).copy_from_slice(&ib);
+        }
+        h.w_out
+            .of_mut(p)
+            .copy_from_slice(&init::linear(rng, cf, f, false).0);
+        h.bias.of_mut(p).copy_from_slice(&init::randn(rng, cf, 1.0));
+        if let Some(z) = h.z {
+            z.of_mut(p)
+                .copy_from_slice(&FilterBuffers::new(&self.cfg).z);
         }
     }
 
+    /// The linear layers of the filter MLP that get the LM initialisation `N(0, σ)` (every
+    /// `nn.Linear` of the model is re-drawn there): `(weight, bias)` pairs in order, the
+    /// output layer without a bias last.
+    pub fn linears(&self) -> Vec<(P, Option<P>)> {
+        let h = &self.h;
+        let mut v = vec![(h.w0, Some(h.b0))];
+        v.extend(
+            h.inner_w
+                .iter()
+                .zip(&h.inner_b)
+                .map(|(w, b)| (*w, Some(*b))),
+        );
+        v.push((h.w_out, None));
+        v
+    }
+
+    /// The skip weights `bias [C_f]` (the reference's `filter_fn.bias`).
+    pub fn bias(&self) -> P {
+        self.h.bias
+    }
+
+    /// The buffers with their checkpoint names, for saving.
+    pub fn buffer_tensors(&self) -> Vec<(String, Vec<usize>, &[f32])> {
+        self.buffers
+            .tensors(&self.prefix, self.cfg.l_max, self.cfg.filter.emb_dim)
+    }
+
+    /// Read the buffers from `src` under this filter's checkpoint prefix (see
+    /// [`FilterBuffers::load`]).
+    pub fn load_buffers(
+        &mut self,
+        src: &dyn TensorSource,
+        required: bool,
+        prev: Option<&FilterBuffers>,
+    ) -> Result<()> {
+        let dims = (self.cfg.l_max, self.cfg.filter.emb_dim);
+        let prefix = self.prefix.clone();
+        self.buffers.load(&prefix, dims, src, required, prev)
+    }
+
+    /// The handles of the filter's tensors (the lean forward reads them directly).
+    pub(crate) fn handles(&self) -> &FilterHandles {
+        &self.h
+    }
+
     /// The positional embedding `[l_max, E]`: trained (in `p`) or a buffer.
-    fn z<'a>(&'a self, p: &'a FilterParams) -> &'a [f32] {
-        if self.cfg.filter.learn_pos_emb {
-            &p.z
-        } else {
-            &self.buffers.z
+    pub(crate) fn pos_emb<'a>(&'a self, p: &'a [f32]) -> &'a [f32] {
+        match self.h.z {
+            Some(z) => z.of(p),
+            None => &self.buffers.z,
         }
     }
 
@@ -385,11 +354,11 @@ impl HyenaFilter {
     }
 
     /// The `w_out` rows `[D, F]` that produce stage `o`, as a strided view.
-    fn stage_weight<'a>(&self, p: &'a FilterParams, o: usize) -> MatRef<'a> {
+    fn stage_weight<'a>(&self, p: &'a [f32], o: usize) -> MatRef<'a> {
         let (start, step) = self.stage_rows(o);
         let (d, f) = (self.cfg.d_model, self.cfg.filter.filter_order);
         MatRef {
-            data: &p.w_out[start..],
+            data: &self.h.w_out.of(p)[start..],
             rows: d,
             cols: f,
             rs: step,
@@ -414,7 +383,7 @@ impl HyenaFilter {
     }
 
     /// Evaluate the filters for length `l ≤ l_max` into `cache` (`cache.k: [N-1, D, L]`).
-    pub fn forward(&self, p: &FilterParams, l: usize, cache: &mut FilterCache) -> Result<()> {
+    pub fn forward(&self, p: &[f32], l: usize, cache: &mut FilterCache) -> Result<()> {
         const OP: &str = "HyenaFilter forward";
         let cfg = &self.cfg;
         if l > cfg.l_max {
@@ -433,9 +402,10 @@ impl HyenaFilter {
             cfg.d_model,
             cfg.order - 1,
         );
-        let z = self.z(p);
+        let z = self.pos_emb(p);
         check_len(OP, "pos_emb.z", z.len(), cfg.l_max * e)?;
-        let n_layers = 1 + p.inner_w.len();
+        let h = &self.h;
+        let n_layers = 1 + h.inner_w.len();
         cache.l = l;
         cache.pre.resize(n_layers, Vec::new());
         cache.post.resize(n_layers, Vec::new());
@@ -444,20 +414,29 @@ impl HyenaFilter {
             cache.post[i].resize(l * f, 0.0);
         }
         // [L, E] → [L, F] → Sin → ... (all row-major [L, F]).
-        linear_forward(&z[..l * e], &p.w0, Some(&p.b0), l, e, f, &mut cache.pre[0])?;
-        sin_forward(&cache.pre[0], &p.freq, &mut cache.post[0])?;
+        let freq = h.freq.of(p);
+        linear_forward(
+            &z[..l * e],
+            h.w0.of(p),
+            Some(h.b0.of(p)),
+            l,
+            e,
+            f,
+            &mut cache.pre[0],
+        )?;
+        sin_forward(&cache.pre[0], freq, &mut cache.post[0])?;
         for i in 1..n_layers {
             let (before, after) = cache.post.split_at_mut(i);
             linear_forward(
                 &before[i - 1],
-                &p.inner_w[i - 1],
-                Some(&p.inner_b[i - 1]),
+                h.inner_w[i - 1].of(p),
+                Some(h.inner_b[i - 1].of(p)),
                 l,
                 f,
                 f,
                 &mut cache.pre[i],
             )?;
-            sin_forward(&cache.pre[i], &p.freq, &mut after[0])?;
+            sin_forward(&cache.pre[i], freq, &mut after[0])?;
         }
         let last = &cache.post[n_layers - 1];
         // k_o [D, L] = W_out[rows of o] [D, F] · lastᵀ [F, L], then the decay window.
@@ -467,9 +446,10 @@ impl HyenaFilter {
             let w = self.stage_weight(p, o);
             let ko = &mut cache.k[o * d * l..(o + 1) * d * l];
             matmul(MatMut::rm(ko, d, l), w, MatRef::tr(last, f, l), false)?;
+            let bias = h.bias.of(p);
             for dd in 0..d {
                 let ch = self.channel(o, dd);
-                cache.bias[o * d + dd] = p.bias[ch];
+                cache.bias[o * d + dd] = bias[ch];
             }
             self.apply_window(o, ko, l);
         }
@@ -477,14 +457,15 @@ impl HyenaFilter {
     }
 
     /// Backward. `dk: [N-1, D, L]` (consumed: used as scratch), `dbias: [N-1, D]`; accumulates
-    /// into `grads` (including `z` when it is trained; never into the buffers `t`, `deltas`).
+    /// into the gradient buffer `g` (including `z` when it is trained; never into the buffers
+    /// `t`, `deltas`).
     pub fn backward(
         &self,
-        p: &FilterParams,
+        p: &[f32],
         dk: &mut [f32],
         dbias: &[f32],
         cache: &FilterCache,
-        grads: &mut FilterParams,
+        g: &mut [f32],
     ) -> Result<()> {
         const OP: &str = "HyenaFilter backward";
         let cfg = &self.cfg;
@@ -497,20 +478,22 @@ impl HyenaFilter {
         );
         check_len(OP, "dk [N-1, D, L]", dk.len(), s * d * l)?;
         check_len(OP, "dbias [N-1, D]", dbias.len(), s * d)?;
-        let n_layers = 1 + p.inner_w.len();
+        let h = &self.h;
+        let n_layers = 1 + h.inner_w.len();
         let last = &cache.post[n_layers - 1];
         let mut dpost = vec![0.0f32; l * f]; // [L, F]
         for o in 0..s {
             let dko = &mut dk[o * d * l..(o + 1) * d * l];
+            let gbias = h.bias.of_mut(g);
             for dd in 0..d {
                 let ch = self.channel(o, dd);
-                grads.bias[ch] += dbias[o * d + dd];
+                gbias[ch] += dbias[o * d + dd];
             }
             self.apply_window(o, dko, l);
             let (start, step) = self.stage_rows(o);
             // dW_out[rows of o] += dh_o [D, L] · last [L, F]
             let dw = MatMut {
-                data: &mut grads.w_out[start..],
+                data: &mut h.w_out.of_mut(g)[start..],
                 rows: d,
                 cols: f,
                 rs: step,
@@ -528,32 +511,37 @@ impl HyenaFilter {
         }
         let mut dpre = vec![0.0f32; l * f];
         for i in (0..n_layers).rev() {
-            sin_backward(&dpost, &cache.pre[i], &p.freq, &mut dpre, &mut grads.freq)?;
+            sin_backward(
+                &dpost,
+                &cache.pre[i],
+                h.freq.of(p),
+                &mut dpre,
+                h.freq.of_mut(g),
+            )?;
             if i > 0 {
+                let [gw, gb] = many_mut(g, [h.inner_w[i - 1], h.inner_b[i - 1]]);
                 linear_backward(
                     &dpre,
                     &cache.post[i - 1],
-                    &p.inner_w[i - 1],
+                    h.inner_w[i - 1].of(p),
                     (l, f, f),
                     Some(&mut dpost),
-                    &mut grads.inner_w[i - 1],
-                    Some(&mut grads.inner_b[i - 1]),
+                    gw,
+                    Some(gb),
                 )?;
             } else {
-                let z = &self.z(p)[..l * e];
-                linear_backward(
-                    &dpre,
-                    z,
-                    &p.w0,
-                    (l, e, f),
-                    None,
-                    &mut grads.w0,
-                    Some(&mut grads.b0),
-                )?;
-                if cfg.filter.learn_pos_emb {
+                let z = &self.pos_emb(p)[..l * e];
+                let [gw, gb] = many_mut(g, [h.w0, h.b0]);
+                linear_backward(&dpre, z, h.w0.of(p), (l, e, f), None, gw, Some(gb))?;
+                if let Some(hz) = h.z {
                     // dz[:L] [L, E] += dpre [L, F] · W0 [F, E]
-                    let dz = MatMut::rm(&mut grads.z[..l * e], l, e);
-                    matmul(dz, MatRef::rm(&dpre, l, f), MatRef::rm(&p.w0, f, e), true)?;
+                    let dz = MatMut::rm(&mut hz.of_mut(g)[..l * e], l, e);
+                    matmul(
+                        dz,
+                        MatRef::rm(&dpre, l, f),
+                        MatRef::rm(h.w0.of(p), f, e),
+                        true,
+                    )?;
                 }
             }
         }

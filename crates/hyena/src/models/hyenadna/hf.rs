@@ -1,4 +1,5 @@
-//! Loading released HyenaDNA checkpoints (spec Sec. 3.4) into a [`HyenaLm`].
+//! Loading released HyenaDNA checkpoints (the `LongSafari/hyenadna-*` models) into a
+//! [`HyenaLm`]: the second registry entry of the HyenaDNA family.
 //!
 //! Three directory layouts are understood, besides hyena's own run directories:
 //! - **HF** (`LongSafari/hyenadna-*-hf`): `config.json` with flat keys (`d_model`, `n_layer`,
@@ -16,17 +17,20 @@
 //! (`pos_emb.z`, `pos_emb.t`, `modulation.deltas`) are read from the file when present and
 //! recomputed from the config otherwise. A checkpoint without `lm_head.weight` gets the
 //! embedding as its head (the training repo ties them). Pickle files are read by
-//! [`crate::io::torch`], which extracts tensors only.
+//! [`crate::io::torch`], which extracts tensors only; the run-directory module reads the
+//! weights file once ([`crate::checkpoint`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use super::config::LmConfig;
+use super::model::HyenaLm;
 use crate::config::{FilterConfig, FilterLayout, HyenaConfig};
 use crate::error::{Error, Result};
 use crate::io::safetensors::{Tensor, TensorFile};
-use crate::models::lm::{HyenaLm, LmConfig};
+use crate::models::{Family, LanguageModel, Model};
 
 /// Which layout a model directory has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,47 +179,49 @@ pub fn canonical_key(key: &str) -> Option<String> {
     Some(format!("hyena.backbone.{rest}"))
 }
 
-/// The weights file of a reference directory: `model.safetensors`, `pytorch_model.bin` or
-/// `weights.ckpt`, in that order of preference.
-pub fn weights_file(dir: &Path) -> Result<PathBuf> {
-    for name in ["model.safetensors", "pytorch_model.bin", "weights.ckpt"] {
-        let p = dir.join(name);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    Err(Error::format(
-        dir,
-        "no weights file: expected model.safetensors, pytorch_model.bin or weights.ckpt beside \
-         config.json",
-    ))
-}
+/// The registry entry of the released HyenaDNA layouts (HF and Lightning).
+pub struct HyenaDnaReleased;
 
-/// Read the tensors of a weights file (safetensors, or a PyTorch zip pickle read safely).
-pub fn read_weights(path: &Path) -> Result<BTreeMap<String, Tensor>> {
-    if path.extension().is_some_and(|e| e == "safetensors") {
-        Ok(TensorFile::read(path)?.tensors)
-    } else {
-        crate::io::torch::read_state_dict(path)
+impl Family for HyenaDnaReleased {
+    fn name(&self) -> &'static str {
+        "hyenadna-released"
+    }
+    fn detect(&self, config: &Value) -> bool {
+        matches!(
+            kind_of(config),
+            Some(CheckpointKind::Hf | CheckpointKind::Lightning)
+        )
+    }
+    fn load(
+        &self,
+        config: &Value,
+        weights: &TensorFile,
+        dir: &Path,
+    ) -> Result<Box<dyn LanguageModel>> {
+        Ok(Box::new(load_reference(config, weights, dir)?.0))
     }
 }
 
-/// Load a reference HyenaDNA directory (HF or Lightning layout; see the module docs).
-pub fn load_reference(dir: &Path, cfg: &Value) -> Result<(HyenaLm, LoadReport)> {
+/// Load a released HyenaDNA checkpoint (HF or Lightning layout; see the module docs) from its
+/// parsed `config.json` and its weights (read from `dir`).
+pub fn load_reference(
+    cfg: &Value,
+    raw: &TensorFile,
+    dir: &Path,
+) -> Result<(Model<HyenaLm>, LoadReport)> {
     let cfg_path = dir.join("config.json");
     let kind = kind_of(cfg).unwrap_or(CheckpointKind::Hf);
     let mut lm_cfg = lm_config_from_reference(cfg, &cfg_path)?;
-    let weights = weights_file(dir)?;
-    let raw = read_weights(&weights)?;
+    let weights = raw.path.clone();
     // Rename to hyena's keys; the shared Sin frequency may be stored once or three times.
     let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
     let mut unused = Vec::new();
-    for (k, t) in raw {
-        match canonical_key(&k) {
+    for (k, t) in &raw.tensors {
+        match canonical_key(k) {
             Some(c) => {
                 let c = freq_alias(&c);
                 if let Some(prev) = tensors.get(&c) {
-                    if prev != &t {
+                    if prev != t {
                         return Err(Error::format(
                             &weights,
                             format!(
@@ -226,25 +232,23 @@ pub fn load_reference(dir: &Path, cfg: &Value) -> Result<(HyenaLm, LoadReport)> 
                     }
                     continue;
                 }
-                tensors.insert(c, t);
+                tensors.insert(c, t.clone());
             }
-            None => unused.push(k),
+            None => unused.push(k.clone()),
         }
     }
     let tied_head = !tensors.contains_key("lm_head.weight");
     lm_cfg.tie_embeddings = tied_head;
-    let mut lm = HyenaLm::new(&lm_cfg, 0)?;
     let file = TensorFile {
         path: weights.clone(),
         tensors,
         metadata: BTreeMap::new(),
     };
-    file.load_params("", &mut lm.params)?;
     // Buffers may be missing (then computed from the config) or stored without their
     // leading singleton axes.
-    lm.load_filter_buffers(&file, false)?;
+    let (net, params) = HyenaLm::load(&lm_cfg, &file, false)?;
     Ok((
-        lm,
+        Model { net, params },
         LoadReport {
             kind,
             weights,

@@ -11,21 +11,25 @@
 //!
 //! Parameter names are the reference's (`in_proj`, `short_filter`, `filter_fn.*`, `out_proj`).
 
+pub mod filter;
+pub mod lean;
+pub mod modal;
+
 use std::sync::Arc;
 
 use rand::rngs::StdRng;
-use rand::SeedableRng;
 
+use self::filter::{FilterCache, HyenaFilter};
 use crate::config::HyenaConfig;
 use crate::error::{check_len, Error, Result};
-use crate::layers::filter::{FilterCache, FilterParams, HyenaFilter};
-use crate::layers::{init, Params, Visitor, VisitorMut};
+use crate::layers::init;
 use crate::ops::fftconv::{FftConv, GatedConv, GatedConvGrads, RowLayout, Spectra};
 use crate::ops::linear::{
     linear_forward, matmul, out_proj_cf_backward, out_proj_cf_forward, row_sums_acc, MatMut, MatRef,
 };
 use crate::ops::set_len;
 use crate::ops::short_conv;
+use crate::params::{check_params, many_mut, Vb, P};
 
 /// The operator's input `u [B, L, D]`.
 #[derive(Clone, Copy, Debug)]
@@ -50,80 +54,64 @@ impl OpInput<'_> {
     }
 }
 
-/// Trainable parameters of one operator (gradients use the same type).
-#[derive(Clone, Debug, PartialEq)]
-pub struct HyenaParams {
-    /// `in_proj.weight` [(N+1)D, D], `in_proj.bias` [(N+1)D].
-    pub in_w: Vec<f32>,
-    pub in_b: Vec<f32>,
-    /// `short_filter.weight` [(N+1)D, 1, K], `short_filter.bias` [(N+1)D].
-    pub short_w: Vec<f32>,
-    pub short_b: Vec<f32>,
-    /// `out_proj.weight` [D, D], `out_proj.bias` [D].
-    pub out_w: Vec<f32>,
-    pub out_b: Vec<f32>,
-    /// `filter_fn.*`.
-    pub filter: FilterParams,
-    d: usize,
-    c: usize,
-    k: usize,
+/// The tensors around a Hyena-style mixer, named as the reference: `in_proj.{weight, bias}`
+/// `[C, D]`, `[C]`, the depthwise `short_filter.{weight, bias}` `[C, 1, K]`, `[C]`, and
+/// `out_proj.{weight, bias}` `[D, D]`, `[D]`. Shared by the Hyena operator (`C = (N+1)·D`) and
+/// MultiHyena (`C = 3·D`).
+#[derive(Clone, Copy, Debug)]
+pub struct Projections {
+    pub in_w: P,
+    pub in_b: P,
+    pub short_w: P,
+    pub short_b: P,
+    pub out_w: P,
+    pub out_b: P,
 }
 
-impl HyenaParams {
-    /// Zero parameters shaped for `cfg`.
-    pub fn zeros(cfg: &HyenaConfig) -> Self {
-        let (d, c, k) = (cfg.d_model, cfg.inner_channels(), cfg.short_filter_order);
-        HyenaParams {
-            in_w: vec![0.0; c * d],
-            in_b: vec![0.0; c],
-            short_w: vec![0.0; c * k],
-            short_b: vec![0.0; c],
-            out_w: vec![0.0; d * d],
-            out_b: vec![0.0; d],
-            filter: FilterParams::zeros(cfg),
-            d,
-            c,
-            k,
-        }
+impl Projections {
+    /// Register the projections under `vb`, with `between` (the mixer's filter) registered
+    /// after the short filter and before `out_proj`: the order of the reference state dict.
+    pub fn new<T>(
+        vb: &Vb<'_, '_>,
+        (c, d, k): (usize, usize, usize),
+        between: impl FnOnce() -> Result<T>,
+    ) -> Result<(Self, T)> {
+        let in_w = vb.get(&[c, d], "in_proj.weight")?;
+        let in_b = vb.no_decay().get(&[c], "in_proj.bias")?;
+        let short_w = vb.get(&[c, 1, k], "short_filter.weight")?;
+        let short_b = vb.no_decay().get(&[c], "short_filter.bias")?;
+        let t = between()?;
+        let out_w = vb.get(&[d, d], "out_proj.weight")?;
+        let out_b = vb.no_decay().get(&[d], "out_proj.bias")?;
+        Ok((
+            Projections {
+                in_w,
+                in_b,
+                short_w,
+                short_b,
+                out_w,
+                out_b,
+            },
+            t,
+        ))
     }
-}
 
-impl Params for HyenaParams {
-    fn visit(&self, prefix: &str, f: &mut Visitor<'_>) {
-        let (d, c, k) = (self.d, self.c, self.k);
-        f(&format!("{prefix}in_proj.weight"), &[c, d], &self.in_w);
-        f(&format!("{prefix}in_proj.bias"), &[c], &self.in_b);
-        f(
-            &format!("{prefix}short_filter.weight"),
-            &[c, 1, k],
-            &self.short_w,
-        );
-        f(&format!("{prefix}short_filter.bias"), &[c], &self.short_b);
-        self.filter.visit(&format!("{prefix}filter_fn."), f);
-        f(&format!("{prefix}out_proj.weight"), &[d, d], &self.out_w);
-        f(&format!("{prefix}out_proj.bias"), &[d], &self.out_b);
-    }
-    fn visit_mut(&mut self, prefix: &str, f: &mut VisitorMut<'_>) {
-        let (d, c, k) = (self.d, self.c, self.k);
-        f(&format!("{prefix}in_proj.weight"), &[c, d], &mut self.in_w);
-        f(&format!("{prefix}in_proj.bias"), &[c], &mut self.in_b);
-        f(
-            &format!("{prefix}short_filter.weight"),
-            &[c, 1, k],
-            &mut self.short_w,
-        );
-        f(
-            &format!("{prefix}short_filter.bias"),
-            &[c],
-            &mut self.short_b,
-        );
-        self.filter.visit_mut(&format!("{prefix}filter_fn."), f);
-        f(
-            &format!("{prefix}out_proj.weight"),
-            &[d, d],
-            &mut self.out_w,
-        );
-        f(&format!("{prefix}out_proj.bias"), &[d], &mut self.out_b);
+    /// PyTorch module defaults, drawn in the operator's order: `in_proj`, the depthwise Conv1d
+    /// (`fan_in = K`), `out_proj`; each `U(±1/sqrt(fan_in))`, weights then biases.
+    pub fn init(&self, p: &mut [f32], rng: &mut StdRng, (c, d, k): (usize, usize, usize)) {
+        let (w, b) = init::linear(rng, c, d, true);
+        self.in_w.of_mut(p).copy_from_slice(&w);
+        self.in_b.of_mut(p).copy_from_slice(&b);
+        let bound = 1.0 / (k as f32).sqrt();
+        self.short_w
+            .of_mut(p)
+            .copy_from_slice(&init::uniform(rng, c * k, bound));
+        self.short_b
+            .of_mut(p)
+            .copy_from_slice(&init::uniform(rng, c, bound));
+        let (w, b) = init::linear(rng, d, d, true);
+        self.out_w.of_mut(p).copy_from_slice(&w);
+        self.out_b.of_mut(p).copy_from_slice(&b);
     }
 }
 
@@ -186,46 +174,52 @@ pub struct HyenaGradWorkspace {
 #[derive(Clone, Debug)]
 pub struct HyenaOperator {
     pub cfg: HyenaConfig,
-    pub params: HyenaParams,
+    /// `in_proj`, `short_filter`, `out_proj`.
+    pub proj: Projections,
+    /// The implicit filter `filter_fn.*` (its tensors outside the weight-decay group, as the
+    /// reference trains them).
     pub filter: HyenaFilter,
     conv: Arc<FftConv>,
     /// Explicit long filters `[N-1, D, l_max]` used instead of the implicit filter's output
     /// (e.g. the impulse responses of a distilled model's modal filters); inference only.
     explicit: Option<Arc<Vec<f32>>>,
+    /// The modal filters of a distilled operator, which [`HyenaOperator::step`] runs as
+    /// recurrences (their impulse responses are `explicit`).
+    modal: Option<Arc<modal::ModalBank>>,
 }
 
 impl HyenaOperator {
-    /// A new operator with reference-default initialisation (PyTorch module defaults).
-    pub fn new(cfg: &HyenaConfig, seed: u64) -> Result<Self> {
-        Self::with_engine(cfg, seed, Arc::new(FftConv::new()))
+    /// An operator for `cfg` with its tensors registered under `vb` (reference names).
+    pub fn new(cfg: &HyenaConfig, vb: &Vb<'_, '_>) -> Result<Self> {
+        Self::with_engine(cfg, vb, Arc::new(FftConv::new()))
     }
 
     /// Like [`HyenaOperator::new`], sharing an FFT engine (plan cache) with other layers.
-    pub fn with_engine(cfg: &HyenaConfig, seed: u64, conv: Arc<FftConv>) -> Result<Self> {
+    pub fn with_engine(cfg: &HyenaConfig, vb: &Vb<'_, '_>, conv: Arc<FftConv>) -> Result<Self> {
         cfg.validate()?;
-        let mut rng = StdRng::seed_from_u64(seed);
-        let (d, c, k) = (cfg.d_model, cfg.inner_channels(), cfg.short_filter_order);
-        let mut params = HyenaParams::zeros(cfg);
-        (params.in_w, params.in_b) = init::linear(&mut rng, c, d, true);
-        // Depthwise Conv1d: fan_in = K.
-        let bound = 1.0 / (k as f32).sqrt();
-        params.short_w = init::uniform(&mut rng, c * k, bound);
-        params.short_b = init::uniform(&mut rng, c, bound);
-        (params.out_w, params.out_b) = init::linear(&mut rng, d, d, true);
-        params.filter = FilterParams::init(cfg, &mut rng);
-        let filter = HyenaFilter::new(cfg);
+        let (proj, filter) = Projections::new(vb, Self::dims(cfg), || {
+            HyenaFilter::new(cfg, &vb.pp("filter_fn").no_decay())
+        })?;
         Ok(HyenaOperator {
             cfg: cfg.clone(),
-            params,
+            proj,
             filter,
             conv,
             explicit: None,
+            modal: None,
         })
     }
 
-    /// Gradient buffers shaped like the parameters, all zero.
-    pub fn zero_grads(&self) -> HyenaParams {
-        HyenaParams::zeros(&self.cfg)
+    /// `(C, D, K)`: in_proj outputs, width, short-filter taps.
+    fn dims(cfg: &HyenaConfig) -> (usize, usize, usize) {
+        (cfg.inner_channels(), cfg.d_model, cfg.short_filter_order)
+    }
+
+    /// Reference-default initialisation (PyTorch module defaults): the projections, then the
+    /// implicit filter, from one random stream.
+    pub fn init(&self, p: &mut [f32], rng: &mut StdRng) {
+        self.proj.init(p, rng, Self::dims(&self.cfg));
+        self.filter.init(p, rng);
     }
 
     /// Use the explicit filters `k [N-1, D, l_max]` instead of the implicit filter (`None`:
@@ -299,53 +293,27 @@ impl HyenaOperator {
         }
     }
 
-    /// Forward. `u: [B, L, D]` → `y: [B, L, D]`; fills `cache` for [`HyenaOperator::backward`].
+    /// Forward. `u: [B, L, D]` → `y: [B, L, D]` with the parameters of the model buffer `p`;
+    /// fills `cache` for [`HyenaOperator::backward`].
     pub fn forward(
         &self,
+        p: &[f32],
         u: &[f32],
         b: usize,
         l: usize,
         y: &mut [f32],
         cache: &mut HyenaCache,
     ) -> Result<()> {
-        self.forward_with(&self.params, u, b, l, y, cache)
+        self.forward_input(p, OpInput::Rows(u), None, b, l, y, cache)
     }
 
-    /// [`HyenaOperator::forward`] with parameters held elsewhere (e.g. by a model that owns
-    /// all its parameters in one tree); `p` must be shaped for this operator's config.
-    pub fn forward_with(
-        &self,
-        p: &HyenaParams,
-        u: &[f32],
-        b: usize,
-        l: usize,
-        y: &mut [f32],
-        cache: &mut HyenaCache,
-    ) -> Result<()> {
-        self.forward_residual_with(p, u, None, b, l, y, cache)
-    }
-
+    /// [`HyenaOperator::forward`] on an [`OpInput`] (rows or a token table), with
     /// `y = residual + operator(u)` when `residual: [B, L, D]` is given (the block's skip
-    /// connection, folded into out_proj's bias pass); otherwise [`HyenaOperator::forward_with`].
+    /// connection, folded into out_proj's bias pass).
     #[allow(clippy::too_many_arguments)]
-    pub fn forward_residual_with(
+    pub fn forward_input(
         &self,
-        p: &HyenaParams,
-        u: &[f32],
-        residual: Option<&[f32]>,
-        b: usize,
-        l: usize,
-        y: &mut [f32],
-        cache: &mut HyenaCache,
-    ) -> Result<()> {
-        self.forward_input_with(p, OpInput::Rows(u), residual, b, l, y, cache)
-    }
-
-    /// [`HyenaOperator::forward_residual_with`] on an [`OpInput`] (rows or a token table).
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_input_with(
-        &self,
-        p: &HyenaParams,
+        p: &[f32],
         input: OpInput<'_>,
         residual: Option<&[f32]>,
         b: usize,
@@ -355,7 +323,7 @@ impl HyenaOperator {
     ) -> Result<()> {
         const OP: &str = "HyenaOperator forward";
         self.check_input(OP, input, b, l)?;
-        let cfg = &self.cfg;
+        let (cfg, pr) = (&self.cfg, &self.proj);
         let (d, c, n) = (cfg.d_model, cfg.inner_channels(), cfg.order);
         let bl = b * l;
         check_len(OP, "output y [B, L, D]", y.len(), bl * d)?;
@@ -369,7 +337,7 @@ impl HyenaOperator {
         set_len(&mut cache.conv, (n - 1) * d * bl);
         set_len(&mut cache.yg, d * bl);
         cache.spectra.resize_with(n - 1, Spectra::default);
-        check_len(OP, "in_proj.weight", p.in_w.len(), c * d)?;
+        check_params(OP, p, self.proj.out_b)?;
 
         let lay_c = RowLayout::cbl(b, c, l);
         match input {
@@ -378,15 +346,15 @@ impl HyenaOperator {
                 // conv's pass over z.
                 matmul(
                     MatMut::rm(&mut cache.z, c, bl),
-                    MatRef::rm(&p.in_w, c, d),
+                    MatRef::rm(pr.in_w.of(p), c, d),
                     MatRef::tr(u, d, bl),
                     false,
                 )?;
                 short_conv::forward_biased_input(
                     &mut cache.z,
-                    &p.in_b,
-                    &p.short_w,
-                    &p.short_b,
+                    pr.in_b.of(p),
+                    pr.short_w.of(p),
+                    pr.short_b.of(p),
                     cfg.short_filter_order,
                     lay_c,
                     &mut cache.uc,
@@ -397,12 +365,20 @@ impl HyenaOperator {
                 // gathered from it.
                 let v = table.len() / d;
                 set_len(&mut cache.ztab, v * c);
-                linear_forward(table, &p.in_w, Some(&p.in_b), v, d, c, &mut cache.ztab)?;
+                linear_forward(
+                    table,
+                    pr.in_w.of(p),
+                    Some(pr.in_b.of(p)),
+                    v,
+                    d,
+                    c,
+                    &mut cache.ztab,
+                )?;
                 gather_columns(&cache.ztab, c, idx, &mut cache.z);
                 short_conv::forward(
                     &cache.z,
-                    &p.short_w,
-                    &p.short_b,
+                    pr.short_w.of(p),
+                    pr.short_b.of(p),
                     cfg.short_filter_order,
                     lay_c,
                     &mut cache.uc,
@@ -410,7 +386,7 @@ impl HyenaOperator {
             }
         }
         match &self.explicit {
-            None => self.filter.forward(&p.filter, l, &mut cache.filter)?,
+            None => self.filter.forward(p, l, &mut cache.filter)?,
             Some(k) => {
                 // Rows [N-1, D] of length l_max, truncated to l (a causal filter over l steps
                 // only uses its first l taps).
@@ -422,9 +398,10 @@ impl HyenaOperator {
                     dst.copy_from_slice(&src[..l]);
                 }
                 fc.bias.resize(s_d, 0.0);
+                let bias = self.filter.bias().of(p);
                 for o in 0..n - 1 {
                     for dd in 0..d {
-                        fc.bias[o * d + dd] = p.filter.bias[self.filter.channel(o, dd)];
+                        fc.bias[o * d + dd] = bias[self.filter.channel(o, dd)];
                     }
                 }
             }
@@ -459,50 +436,44 @@ impl HyenaOperator {
             }
         }
         // out_proj: y [B·L, D] = (residual +) ygᵀ [B·L, D] · Woᵀ + bias.
-        out_proj_cf_forward(&cache.yg, &p.out_w, &p.out_b, residual, (bl, d), y)
+        out_proj_cf_forward(
+            &cache.yg,
+            pr.out_w.of(p),
+            pr.out_b.of(p),
+            residual,
+            (bl, d),
+            y,
+        )
     }
 
     /// Backward of the last [`HyenaOperator::forward`] on `u` (which filled `cache`).
-    /// Writes `du: [B, L, D]`, *accumulates* parameter gradients into `grads`.
+    /// Writes `du: [B, L, D]`, *accumulates* parameter gradients into `g` (laid out like `p`).
+    #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
+        p: &[f32],
         dy: &[f32],
         u: &[f32],
         cache: &HyenaCache,
         du: &mut [f32],
-        grads: &mut HyenaParams,
+        g: &mut [f32],
         ws: &mut HyenaGradWorkspace,
     ) -> Result<()> {
-        self.backward_with(&self.params, dy, u, cache, du, grads, ws)
+        self.backward_input(p, dy, OpInput::Rows(u), cache, du, g, ws)
     }
 
-    /// [`HyenaOperator::backward`] with parameters held elsewhere (see `forward_with`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn backward_with(
-        &self,
-        p: &HyenaParams,
-        dy: &[f32],
-        u: &[f32],
-        cache: &HyenaCache,
-        du: &mut [f32],
-        grads: &mut HyenaParams,
-        ws: &mut HyenaGradWorkspace,
-    ) -> Result<()> {
-        self.backward_input_with(p, dy, OpInput::Rows(u), cache, du, grads, ws)
-    }
-
-    /// Backward of [`HyenaOperator::forward_input_with`] on the same `input`. `du` is
+    /// Backward of [`HyenaOperator::forward_input`] on the same `input`. `du` is
     /// `[B·L, D]` for rows and `[V, D]` for a table (each table row's gradient summed over the
     /// positions that use it; see [`OpInput::grad_rows`]).
     #[allow(clippy::too_many_arguments)]
-    pub fn backward_input_with(
+    pub fn backward_input(
         &self,
-        p: &HyenaParams,
+        p: &[f32],
         dy: &[f32],
         input: OpInput<'_>,
         cache: &HyenaCache,
         du: &mut [f32],
-        grads: &mut HyenaParams,
+        g: &mut [f32],
         ws: &mut HyenaGradWorkspace,
     ) -> Result<()> {
         const OP: &str = "HyenaOperator backward";
@@ -515,7 +486,7 @@ impl HyenaOperator {
         }
         let (b, l) = (cache.b, cache.l);
         self.check_input(OP, input, b, l)?;
-        let cfg = &self.cfg;
+        let (cfg, pr) = (&self.cfg, &self.proj);
         let (d, c, n) = (cfg.d_model, cfg.inner_channels(), cfg.order);
         let bl = b * l;
         check_len(OP, "dy [B, L, D]", dy.len(), bl * d)?;
@@ -526,21 +497,22 @@ impl HyenaOperator {
             input.grad_rows(bl, d) * d,
         )?;
         let chunk = d * bl;
-        check_len(OP, "in_proj.weight", p.in_w.len(), c * d)?;
+        check_params(OP, p, self.proj.out_b)?;
         set_len(&mut ws.dyg, chunk);
         set_len(&mut ws.duc, c * bl);
         set_len(&mut ws.dk, (n - 1) * d * l);
         set_len(&mut ws.dbias, (n - 1) * d);
 
         // out_proj: dWo += dyᵀ · ygᵀ; dbo += Σ dy; dyg [D, B·L] = Woᵀ · dyᵀ.
+        let [gw, gb] = many_mut(g, [pr.out_w, pr.out_b]);
         out_proj_cf_backward(
             dy,
             &cache.yg,
-            &p.out_w,
+            pr.out_w.of(p),
             (bl, d),
             &mut ws.dyg,
-            &mut grads.out_w,
-            &mut grads.out_b,
+            gw,
+            gb,
             &mut ws.dwo_t,
         )?;
 
@@ -606,24 +578,20 @@ impl HyenaOperator {
             )?;
             up = next;
         }
-        self.filter.backward(
-            &p.filter,
-            &mut ws.dk,
-            &ws.dbias,
-            &cache.filter,
-            &mut grads.filter,
-        )?;
+        self.filter
+            .backward(p, &mut ws.dk, &ws.dbias, &cache.filter, g)?;
 
         // short_filter backward, in place: duc becomes dz [C, B·L], the in_proj output gradient.
         let lay_c = RowLayout::cbl(b, c, l);
+        let [gw, gb] = many_mut(g, [pr.short_w, pr.short_b]);
         short_conv::backward_inplace(
             &mut ws.duc,
             &cache.z,
-            &p.short_w,
+            pr.short_w.of(p),
             cfg.short_filter_order,
             lay_c,
-            &mut grads.short_w,
-            &mut grads.short_b,
+            gw,
+            gb,
         )?;
         // in_proj: with A [C, n] the output gradient per input row and X [n, D] those rows,
         // dWi += A · X, dbi += row sums of A, du [n, D] = Aᵀ · Wi. For a table input,
@@ -639,16 +607,16 @@ impl HyenaOperator {
             }
         };
         matmul(
-            MatMut::rm(&mut grads.in_w, c, d),
+            MatMut::rm(pr.in_w.of_mut(g), c, d),
             MatRef::rm(a, c, n),
             MatRef::rm(x, n, d),
             true,
         )?;
-        row_sums_acc(a, n, &mut grads.in_b);
+        row_sums_acc(a, n, pr.in_b.of_mut(g));
         matmul(
             MatMut::rm(du, n, d),
             MatRef::tr(a, n, c),
-            MatRef::rm(&p.in_w, c, d),
+            MatRef::rm(pr.in_w.of(p), c, d),
             false,
         )
     }

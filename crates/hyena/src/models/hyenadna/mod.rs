@@ -1,0 +1,15 @@
+//! The HyenaDNA model family (Nguyen et al., arXiv 2306.15794): the causal language model
+//! ([`model`]), its configuration and presets ([`config`]), the memory-lean inference path
+//! ([`lean`]), recurrent generation for distilled models ([`recurrent`]), and the released
+//! checkpoint layouts ([`hf`]).
+
+pub mod config;
+pub mod family;
+pub mod hf;
+pub mod lean;
+pub mod model;
+pub mod recurrent;
+
+pub use config::LmConfig;
+pub use model::{Block, Head, HyenaLm, LmCache, LmWorkspace};
+pub use recurrent::RecurrentState;
