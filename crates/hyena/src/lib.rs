@@ -18,29 +18,35 @@
 //! `[C, B, L]` so that the rows that share one long filter are contiguous.
 //!
 //! # Example
-//! A Hyena operator of order 2 on a batch of two sequences of length 100 (any L ≤ `l_max`),
-//! forward and backward:
+//! A Hyena operator of order 2 in a parameter store of its own, on a batch of two sequences of
+//! length 100 (any L ≤ `l_max`), forward and backward:
 //! ```
 //! use hyena::layers::{HyenaCache, HyenaGradWorkspace, HyenaOperator};
+//! use hyena::params::{DType, Init, ParamStore};
 //! use hyena::HyenaConfig;
+//! use rand::SeedableRng;
 //!
 //! let cfg = HyenaConfig { d_model: 8, l_max: 128, ..HyenaConfig::default() };
-//! let op = HyenaOperator::new(&cfg, 0)?;
+//! let (op, mut store) =
+//!     ParamStore::build(Init::Zeros, DType::F32, |vb| HyenaOperator::new(&cfg, vb))?;
+//! op.init(store.data_mut(), &mut rand::rngs::StdRng::seed_from_u64(0));
+//! let p = store.data();
 //! let (b, l) = (2, 100);
 //! let u = vec![0.1f32; b * l * cfg.d_model]; // [B, L, D]
 //! let mut y = vec![0.0f32; u.len()]; // [B, L, D]
 //! let mut cache = HyenaCache::default();
-//! op.forward(&u, b, l, &mut y, &mut cache)?;
+//! op.forward(p, &u, b, l, &mut y, &mut cache)?;
 //!
 //! let dy = vec![1.0f32; y.len()];
-//! let (mut du, mut grads) = (vec![0.0f32; u.len()], op.zero_grads());
-//! op.backward(&dy, &u, &cache, &mut du, &mut grads, &mut HyenaGradWorkspace::default())?;
-//! assert!(y.iter().chain(&du).all(|v| v.is_finite()));
+//! let (mut du, mut grads) = (vec![0.0f32; u.len()], store.zeros());
+//! let mut ws = HyenaGradWorkspace::default();
+//! op.backward(p, &dy, &u, &cache, &mut du, &mut grads, &mut ws)?;
+//! assert!(y.iter().chain(&du).chain(&grads).all(|v| v.is_finite()));
 //!
 //! // Longer than l_max: a clear error, not a panic.
 //! let long = vec![0.0f32; 200 * cfg.d_model];
 //! let mut out = vec![0.0f32; long.len()];
-//! assert!(op.forward(&long, 1, 200, &mut out, &mut cache).is_err());
+//! assert!(op.forward(p, &long, 1, 200, &mut out, &mut cache).is_err());
 //! # Ok::<(), hyena::Error>(())
 //! ```
 //!

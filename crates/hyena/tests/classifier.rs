@@ -5,15 +5,15 @@
 mod common;
 
 use common::{max_abs_diff, TempDir};
+use hyena::checkpoint::{load_model, read_json, RunDir};
 use hyena::data::seqcls::{Example, SeqClsDataset};
 use hyena::io::tokenizer::PAD_ID;
-use hyena::layers::Params;
-use hyena::models::classifier::{ClsWorkspace, Pool, SeqClassifier};
-use hyena::models::lm::{HyenaLm, LmConfig};
+use hyena::models::classifier::{ClsWorkspace, SeqClassifier};
+use hyena::models::hyenadna::family::load_run;
+use hyena::models::hyenadna::{HyenaLm, LmConfig};
+use hyena::models::{Model, Pool};
 use hyena::ops::gradcheck::{check, rand_vec};
-use hyena::train::finetune::{
-    encode_padded, finetune, load_classifier, FinetuneConfig, FinetuneRun,
-};
+use hyena::train::finetune::{encode_padded, finetune, FinetuneConfig, FinetuneRun};
 use hyena::{FilterConfig, HyenaConfig};
 
 fn tiny(l_max: usize) -> LmConfig {
@@ -41,10 +41,11 @@ fn tiny(l_max: usize) -> LmConfig {
 
 /// Mean cross-entropy of the classifier on `toks [B, L]`, computed from `predict`'s logits with
 /// an f64 log-softmax (a path independent of the training loss).
-fn mean_ce(clf: &SeqClassifier, toks: &[u32], labels: &[usize], l: usize) -> f64 {
-    let c = clf.head.n_classes();
+fn mean_ce(clf: &Model<SeqClassifier>, toks: &[u32], labels: &[usize], l: usize) -> f64 {
+    let c = clf.net.head.n_classes();
     let logits = clf
-        .predict(toks, labels.len(), l, &mut ClsWorkspace::default())
+        .net
+        .predict(clf.p(), toks, labels.len(), l, &mut ClsWorkspace::default())
         .unwrap();
     let mut s = 0.0;
     for (row, &y) in logits.chunks_exact(c).zip(labels) {
@@ -59,20 +60,26 @@ fn mean_ce(clf: &SeqClassifier, toks: &[u32], labels: &[usize], l: usize) -> f64
 fn classifier_gradients_match_finite_differences() {
     for pool in [Pool::Mean, Pool::Last] {
         let cfg = tiny(16);
-        let mut lm = HyenaLm::new(&cfg, 3).unwrap();
+        let (lm, mut params) = HyenaLm::fresh(&cfg, 3).unwrap();
         // Scale up the small init so every parameter visibly moves the loss.
         let mut k = 0u64;
-        lm.params.visit_mut("", &mut |name, _, d| {
+        for s in params.specs().to_vec() {
+            let d = s.handle.of_mut(params.data_mut());
             k += 1;
-            if !name.contains("norm") && !name.contains("ln_f") {
+            if !s.name.contains("norm") && !s.name.contains("ln_f") {
                 let r = rand_vec(d.len(), 50 + k, 0.4);
                 for (x, n) in d.iter_mut().zip(r) {
                     *x += n;
                 }
             }
-        });
-        let mut clf = SeqClassifier::new(lm, 3, pool, 1).unwrap();
-        for (x, n) in clf.head.w.iter_mut().zip(rand_vec(24, 9, 1.0)) {
+        }
+        let mut clf = SeqClassifier::from_backbone(Model { net: lm, params }, 3, pool, 1).unwrap();
+        let head_w = clf.net.head.w;
+        for (x, n) in head_w
+            .of_mut(clf.params.data_mut())
+            .iter_mut()
+            .zip(rand_vec(24, 9, 1.0))
+        {
             *x += n;
         }
         let (b, l) = (3, 11);
@@ -81,18 +88,30 @@ fn classifier_gradients_match_finite_differences() {
             .map(|v| 4 + ((v + 1.0) * 3.99) as u32)
             .collect();
         let labels = vec![2, 0, 1];
-        let mut grads = clf.zero_grads();
+        let mut grads = clf.params.zeros();
         let st = clf
-            .loss_and_grad(&toks, &labels, l, &mut ClsWorkspace::default(), &mut grads)
+            .net
+            .loss_and_grad(
+                clf.p(),
+                &toks,
+                &labels,
+                l,
+                &mut ClsWorkspace::default(),
+                &mut grads,
+            )
             .unwrap();
         assert_eq!(st.count, 3);
         let loss0 = mean_ce(&clf, &toks, &labels, l);
         assert!((st.loss_sum / 3.0 - loss0).abs() < 1e-5 * loss0.abs().max(1.0));
 
-        let mut named = Vec::new();
-        grads
-            .trainable()
-            .visit("", &mut |n, _, g| named.push((n.to_string(), g.to_vec())));
+        // The trainable tensors' gradients, by name, in the store's order.
+        let named: Vec<(String, Vec<f32>)> = clf
+            .params
+            .specs()
+            .iter()
+            .filter(|s| s.trainable)
+            .map(|s| (s.name.clone(), s.handle.of(&grads).to_vec()))
+            .collect();
         assert!(named
             .iter()
             .any(|(n, _)| n == "head.output_transform.weight"));
@@ -102,19 +121,11 @@ fn classifier_gradients_match_finite_differences() {
             "the unused LM head is not trained"
         );
         for (name, g) in &named {
-            let mut x0 = Vec::new();
-            clf.trainable().visit("", &mut |n, _, d| {
-                if n == name {
-                    x0 = d.to_vec()
-                }
-            });
+            let h = clf.params.spec(name).unwrap().handle;
+            let x0 = h.of(clf.p()).to_vec();
             let f = |x: &[f32]| {
                 let mut m = clf.clone();
-                m.trainable().visit_mut("", &mut |n, _, d| {
-                    if n == name {
-                        d.copy_from_slice(x)
-                    }
-                });
+                h.of_mut(m.params.data_mut()).copy_from_slice(x);
                 mean_ce(&m, &toks, &labels, l)
             };
             check(name, &x0, g, f, 10, 1e-2, 5e-2).unwrap_or_else(|e| panic!("{pool}: {e}"));
@@ -212,16 +223,32 @@ fn finetuning_learns_a_separable_task_and_the_checkpoint_reloads() {
         assert!(out.join(f).exists(), "{f} written");
     }
     // The saved classifier predicts what the trained one did.
-    let loaded = load_classifier(&out).unwrap();
-    assert_eq!(loaded.classes, data.classes);
-    assert_eq!(loaded.max_len, 32);
+    let loaded = load_model(&out).unwrap();
+    let classes = loaded.section::<Vec<String>>("classes").unwrap().unwrap();
+    let max_len = loaded
+        .section::<FinetuneConfig>("finetune")
+        .unwrap()
+        .unwrap()
+        .max_len
+        .unwrap();
+    let clf = loaded
+        .downcast::<Model<SeqClassifier>>("this test")
+        .unwrap();
+    assert_eq!(classes, data.classes);
+    assert_eq!(max_len, 32);
     let mut toks = Vec::new();
     for e in &data.test {
         encode_padded(&e.seq, 32, &mut toks);
     }
-    let logits = loaded
-        .clf
-        .predict(&toks, data.test.len(), 32, &mut ClsWorkspace::default())
+    let logits = clf
+        .net
+        .predict(
+            clf.p(),
+            &toks,
+            data.test.len(),
+            32,
+            &mut ClsWorkspace::default(),
+        )
         .unwrap();
     let correct = logits
         .chunks_exact(2)
@@ -230,8 +257,12 @@ fn finetuning_learns_a_separable_task_and_the_checkpoint_reloads() {
         .count();
     assert_eq!(correct, s.test.correct);
     // The backbone still loads as a language model.
-    let lm = hyena::train::trainer::load_model(&out).unwrap();
-    assert_eq!(max_abs_diff(&lm.params.wte, &loaded.clf.lm.params.wte), 0.0);
+    let run_dir = RunDir::open(&out).unwrap();
+    let lm = load_run(&run_dir.config, &run_dir.weights, &run_dir.dir).unwrap();
+    assert_eq!(
+        max_abs_diff(lm.net.wte.of(lm.p()), clf.net.lm.wte.of(clf.p())),
+        0.0
+    );
     // Fine-tuning again from the saved backbone (the pretrained-model path; with strand
     // augmentation, which keeps A/T- and G/C-richness): its config is the saved one, whatever
     // `model` says.
@@ -248,7 +279,7 @@ fn finetuning_learns_a_separable_task_and_the_checkpoint_reloads() {
     let s2 = finetune(&again, &data, &dir.0.join("again"), &mut |_| {}).unwrap();
     assert_eq!(s2.steps, 4);
     assert!(s2.test.accuracy >= 0.9, "{}", s2.test.accuracy);
-    let saved = hyena::train::trainer::read_json(&dir.0.join("again/config.json")).unwrap();
+    let saved = read_json(&dir.0.join("again/config.json")).unwrap();
     assert_eq!(saved["model"]["operator"]["l_max"], 64);
     // A second run into the same directory is refused.
     let e = finetune(&run, &data, &out, &mut |_| {}).unwrap_err();
@@ -284,9 +315,6 @@ fn finetuning_errors_are_clear() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("at least 2 classes"), "{e}");
-    let e = hyena::train::finetune::load_classifier(&dir.0)
-        .err()
-        .unwrap()
-        .to_string();
+    let e = load_model(&dir.0).err().unwrap().to_string();
     assert!(e.contains("config.json"), "{e}");
 }

@@ -5,9 +5,9 @@
 use faer::c64;
 use hyena::distill::hankel::{entropy_rank, hankel_singular_values, tolerance_rank};
 use hyena::distill::modal::{
-    fit_filter, fit_residues, max_order, pole_gradient, refine, FitOptions, ModalFilter, Mode,
-    OrderChoice,
+    fit_filter, fit_residues, max_order, pole_gradient, refine, FitOptions, OrderChoice,
 };
+use hyena::layers::hyena::modal::{ModalFilter, Mode};
 
 /// A real pole (1 state) and two conjugate pairs (2 each): real order 5.
 fn known_modes() -> Vec<Mode> {
@@ -277,13 +277,14 @@ fn bad_filters_and_orders_are_clear_errors() {
 }
 
 mod model {
-    use hyena::distill::model::{
-        distill_lm, is_distilled, load_distilled, save_distilled, DistillConfig,
-    };
-    use hyena::models::lm::{HyenaLm, LmCache, LmConfig};
+    use hyena::checkpoint::{load_model, save_model};
+    use hyena::distill::model::{distill_lm, save_distilled, DistillConfig};
+    use hyena::models::generate::DecodeMode;
+    use hyena::models::hyenadna::{HyenaLm, LmCache, LmConfig};
+    use hyena::models::{LanguageModel, Model};
     use hyena::{FilterConfig, HyenaConfig};
 
-    fn lm() -> HyenaLm {
+    fn lm() -> Model<HyenaLm> {
         let cfg = LmConfig {
             vocab_size: 12,
             pad_vocab_size_multiple: 8,
@@ -302,13 +303,23 @@ mod model {
                 ..HyenaConfig::default()
             },
         };
-        HyenaLm::new(&cfg, 4).unwrap()
+        let (net, params) = HyenaLm::fresh(&cfg, 4).unwrap();
+        Model { net, params }
     }
 
-    fn logits(m: &HyenaLm, toks: &[u32]) -> Vec<f32> {
+    fn logits(m: &Model<HyenaLm>, toks: &[u32]) -> Vec<f32> {
         let mut c = LmCache::default();
-        m.forward(toks, 1, toks.len(), &mut c).unwrap();
+        m.net.forward(m.p(), toks, 1, toks.len(), &mut c).unwrap();
         c.logits
+    }
+
+    /// The model `dir` holds, as a HyenaDNA LM.
+    fn load_lm(dir: &std::path::Path) -> Model<HyenaLm> {
+        load_model(dir)
+            .unwrap()
+            .downcast::<Model<HyenaLm>>("this test")
+            .unwrap()
+            .clone()
     }
 
     #[test]
@@ -330,7 +341,7 @@ mod model {
         assert_eq!(count.into_inner(), 16, "progress once per filter");
         assert!(fits.iter().all(|f| f.order <= 16 && f.rel_err.is_finite()));
         // Close to the original at order 16.
-        let (a, b) = (logits(&lm, &toks), logits(&rlm.lm, &toks));
+        let (a, b) = (logits(&lm, &toks), logits(&rlm, &toks));
         let worst = a
             .iter()
             .zip(&b)
@@ -343,16 +354,16 @@ mod model {
 
         let dir = std::env::temp_dir().join(format!("hyena-distill-{}", std::process::id()));
         save_distilled(&rlm, &cfg, &serde_json::json!({"note": "kept"}), &dir).unwrap();
-        assert!(is_distilled(&dir).unwrap());
-        let back = load_distilled(&dir).unwrap();
+        let back = load_lm(&dir);
+        assert!(back.net.is_recurrent());
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
                 .unwrap();
         assert_eq!(v["note"], "kept");
         assert_eq!(v["distill"]["order"], 16);
         // The checkpoint stores f32 modes: the reloaded model equals the saved one up to that.
-        let c = logits(&back.lm, &toks);
-        let plain_load = hyena::train::trainer::load_model(&dir).unwrap();
+        let c = logits(&back, &toks);
+        let plain_load = load_lm(&dir);
         assert_eq!(
             logits(&plain_load, &toks),
             c,
@@ -364,22 +375,31 @@ mod model {
             .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
         assert!(worst < 1e-4, "reload moved logits by {worst}");
         // ...and its recurrence equals its own forward.
-        let mut st = back.empty_state();
-        let vp = back.lm.cfg.padded_vocab();
+        let mut st = back.net.empty_state().unwrap();
+        let vp = back.net.cfg.padded_vocab();
         for (t, &tok) in toks.iter().enumerate() {
-            back.step(tok, &mut st).unwrap();
+            back.net.step(back.p(), tok, &mut st).unwrap();
             for (x, y) in st.logits.iter().zip(&c[t * vp..(t + 1) * vp]) {
                 assert!((x - y).abs() <= 1e-4, "t={t}: {x} vs {y}");
             }
         }
         // Saving again over it, then loading the plain original as distilled, is refused.
         let plain = dir.join("plain");
-        hyena::train::trainer::save_model(&lm, &{
-            std::fs::create_dir_all(&plain).unwrap();
-            plain.clone()
-        })
+        save_model(
+            &{
+                std::fs::create_dir_all(&plain).unwrap();
+                plain.clone()
+            },
+            &lm,
+        )
         .unwrap();
-        let e = load_distilled(&plain).unwrap_err().to_string();
+        let plain_back = load_lm(&plain);
+        assert!(!plain_back.net.is_recurrent());
+        let e = plain_back
+            .decoder(DecodeMode::Recurrent)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("not a distilled model"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -409,12 +429,13 @@ mod model {
 
 mod ess {
     use hyena::distill::ess::{filter_ess, operator_ess};
-    use hyena::models::lm::{HyenaLm, LmConfig};
+    use hyena::models::hyenadna::{HyenaLm, LmConfig};
+    use hyena::models::Model;
     use hyena::{FilterConfig, HyenaConfig};
 
     /// Filters of known Hankel rank: channel c is a sum of `1 + c % 3` damped cosines (rank
     /// 2 each) → rank 2, 4 or 6.
-    fn known_rank_lm(l: usize) -> (HyenaLm, Vec<usize>) {
+    fn known_rank_lm(l: usize) -> (Model<HyenaLm>, Vec<usize>) {
         let d = 6;
         let cfg = LmConfig {
             vocab_size: 12,
@@ -434,7 +455,7 @@ mod ess {
                 ..HyenaConfig::default()
             },
         };
-        let mut lm = HyenaLm::new(&cfg, 2).unwrap();
+        let (mut lm, params) = HyenaLm::fresh(&cfg, 2).unwrap();
         let ranks: Vec<usize> = (0..d).map(|c| 2 * (1 + c % 3)).collect();
         let mut k = vec![0.0f32; d * l];
         for c in 0..d {
@@ -452,7 +473,7 @@ mod ess {
                 .set_explicit_filters(Some(k.clone()))
                 .unwrap();
         }
-        (lm, ranks)
+        (Model { net: lm, params }, ranks)
     }
 
     #[test]

@@ -8,12 +8,13 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{max_abs_diff, TempDir};
-use hyena::io::hf::{load_reference, CheckpointKind};
+use hyena::checkpoint::{load_model, read_json, RunDir};
 use hyena::io::safetensors::TensorFile;
 use hyena::io::tokenizer::{NucleotideTokenizer, SEP_ID};
-use hyena::models::infer::{hidden_states, InferWorkspace};
-use hyena::models::lm::LmCache;
-use hyena::train::trainer::{load_model, read_json};
+use hyena::layers::lean::InferWorkspace;
+use hyena::models::hyenadna::hf::{load_reference, CheckpointKind};
+use hyena::models::hyenadna::{HyenaLm, LmCache};
+use hyena::models::Model;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hyenadna")
@@ -22,8 +23,9 @@ fn fixtures() -> PathBuf {
 /// Load `name`, check every output of `expected-{name}.safetensors` to 1e-4.
 fn check_parity(name: &str, kind: CheckpointKind, tied: bool) {
     let dir = fixtures().join(name);
-    let cfg = read_json(&dir.join("config.json")).unwrap();
-    let (lm, report) = load_reference(&dir, &cfg).unwrap();
+    let run = RunDir::open(&dir).unwrap();
+    let (m, report) = load_reference(&run.config, &run.weights, &dir).unwrap();
+    let (lm, p) = (&m.net, m.p());
     assert_eq!(report.kind, kind);
     assert_eq!(report.tied_head, tied);
     let exp = TensorFile::read(fixtures().join(format!("expected-{name}.safetensors"))).unwrap();
@@ -43,7 +45,8 @@ fn check_parity(name: &str, kind: CheckpointKind, tied: bool) {
     let (l, d) = (ids.len(), lm.cfg.d_model());
 
     let mut ws = InferWorkspace::new(64);
-    let h = hidden_states(&lm, &ids, lm.cfg.n_layer, &mut ws)
+    let h = lm
+        .hidden_states(p, &ids, lm.cfg.n_layer, &mut ws)
         .unwrap()
         .to_vec();
     let err = max_abs_diff(&h, &exp.tensors["hidden.final"].data);
@@ -51,7 +54,7 @@ fn check_parity(name: &str, kind: CheckpointKind, tied: bool) {
         err <= 1e-4,
         "{name}: final hidden states, max abs err {err}"
     );
-    let h1 = hidden_states(&lm, &ids, 1, &mut ws).unwrap().to_vec();
+    let h1 = lm.hidden_states(p, &ids, 1, &mut ws).unwrap().to_vec();
     // The residual stream before ln_f is large (~100 here): compare relative to its size.
     let want1 = &exp.tensors["hidden.layer1"].data;
     let scale = want1.iter().fold(1.0f32, |m, v| m.max(v.abs()));
@@ -64,7 +67,7 @@ fn check_parity(name: &str, kind: CheckpointKind, tied: bool) {
 
     // Logits by the training forward.
     let mut cache = LmCache::default();
-    lm.forward(&ids, 1, l, &mut cache).unwrap();
+    lm.forward(p, &ids, 1, l, &mut cache).unwrap();
     let err_l = max_abs_diff(&cache.logits, &exp.tensors["logits"].data);
     assert!(err_l <= 1e-4, "{name}: logits, max abs err {err_l}");
     eprintln!(
@@ -77,7 +80,8 @@ fn check_parity(name: &str, kind: CheckpointKind, tied: bool) {
 fn hf_safetensors_checkpoint_matches_pytorch() {
     check_parity("tiny-hf", CheckpointKind::Hf, false);
     // `load_model` (what every subcommand uses) recognises the layout too.
-    let lm = load_model(&fixtures().join("tiny-hf")).unwrap();
+    let loaded = load_model(&fixtures().join("tiny-hf")).unwrap();
+    let lm = &loaded.downcast::<Model<HyenaLm>>("this test").unwrap().net;
     assert_eq!(lm.cfg.operator.filter.shift, 0.05);
     // The blocks' equal positional grids are held once.
     let (b0, b1) = (
@@ -93,7 +97,8 @@ fn hf_pytorch_bin_checkpoint_matches_pytorch() {
     // that the LM does not use (reported, not an error).
     check_parity("tiny-bin", CheckpointKind::Hf, false);
     let dir = fixtures().join("tiny-bin");
-    let (_, rep) = load_reference(&dir, &read_json(&dir.join("config.json")).unwrap()).unwrap();
+    let run = RunDir::open(&dir).unwrap();
+    let (_, rep) = load_reference(&run.config, &run.weights, &dir).unwrap();
     assert_eq!(rep.unused, vec!["score.weight".to_string()]);
 }
 
@@ -122,14 +127,14 @@ fn missing_config_key_and_shape_mismatch_are_clear_errors() {
     let mut cfg = read_json(&cfg_path).unwrap();
     cfg.as_object_mut().unwrap().remove("n_layer");
     std::fs::write(&cfg_path, serde_json::to_string(&cfg).unwrap()).unwrap();
-    let e = load_model(&dir).unwrap_err().to_string();
+    let e = load_model(&dir).err().unwrap().to_string();
     assert!(e.contains("config.json") && e.contains("`n_layer`"), "{e}");
 
     // d_inner disagrees with the weights: the error names the tensor and both shapes.
     cfg["n_layer"] = 2.into();
     cfg["d_inner"] = 300.into();
     std::fs::write(&cfg_path, serde_json::to_string(&cfg).unwrap()).unwrap();
-    let e = load_model(&dir).unwrap_err().to_string();
+    let e = load_model(&dir).err().unwrap().to_string();
     assert!(
         e.contains("model.safetensors") && e.contains("fc1.weight") && e.contains("[256, 64]"),
         "{e}"
@@ -138,13 +143,13 @@ fn missing_config_key_and_shape_mismatch_are_clear_errors() {
     cfg["d_inner"] = 256.into();
     cfg["max_seq_len"] = 2000.into();
     std::fs::write(&cfg_path, serde_json::to_string(&cfg).unwrap()).unwrap();
-    let e = load_model(&dir).unwrap_err().to_string();
+    let e = load_model(&dir).err().unwrap().to_string();
     assert!(e.contains("pos_emb") && e.contains("max_seq_len"), "{e}");
     // No weights at all.
     cfg["max_seq_len"] = 1026.into();
     std::fs::write(&cfg_path, serde_json::to_string(&cfg).unwrap()).unwrap();
     std::fs::remove_file(dir.join("model.safetensors")).unwrap();
-    let e = load_model(&dir).unwrap_err().to_string();
+    let e = load_model(&dir).err().unwrap().to_string();
     assert!(e.contains("pytorch_model.bin"), "{e}");
 }
 
@@ -152,7 +157,6 @@ fn missing_config_key_and_shape_mismatch_are_clear_errors() {
 /// (backbone with a tied head, buffers excluded) and l_max = window + 2.
 #[test]
 fn presets_have_the_released_shapes() {
-    use hyena::layers::Params;
     for (name, params, l_max) in [
         ("hyenadna-tiny", 436_096, 1026),
         ("hyenadna-tiny-d256", 1_641_088, 1026),
@@ -163,8 +167,8 @@ fn presets_have_the_released_shapes() {
         assert_eq!(cfg.train.seq_len + 2, l_max, "{name}");
         let mut m = cfg.model.clone();
         m.tie_embeddings = true;
-        let lm = hyena::models::lm::HyenaLm::new(&m, 0).unwrap();
-        assert_eq!(lm.params.num_params(), params, "{name}");
+        let (_, store) = HyenaLm::fresh(&m, 0).unwrap();
+        assert_eq!(store.len(), params, "{name}");
     }
     let e = hyena::train::run::preset("hyenadna-huge")
         .unwrap_err()

@@ -1,13 +1,13 @@
-//! The memory-lean inference path (`models::infer`) and its two kernels: the single-row FFT
+//! The memory-lean inference path (`models::hyenadna::lean`, on `layers::lean`) and its two kernels: the single-row FFT
 //! convolution and the chunked short filter, each against a slow reference, and the whole lean
 //! forward against the training forward at several lengths and chunk sizes.
 
 mod common;
 
 use common::max_abs_diff;
-use hyena::layers::Params;
-use hyena::models::infer::{hidden_states, log_likelihood, InferWorkspace, ResidualStore};
-use hyena::models::lm::{HyenaLm, LmCache, LmConfig};
+use hyena::layers::lean::{InferWorkspace, ResidualStore};
+use hyena::models::hyenadna::{HyenaLm, LmCache, LmConfig};
+use hyena::models::Model;
 use hyena::ops::fftconv::{reference, GatedConv, RowConv, RowLayout};
 use hyena::ops::gradcheck::rand_vec;
 use hyena::ops::short_conv::{self, forward_rows_carry};
@@ -94,7 +94,7 @@ fn chunked_short_filter_equals_whole_sequence() {
 
 /// `filter_order` 16 < d_model exercises the lean forward's channel split (the filter MLP's
 /// output kept inside `Y`); 32 > d_model, the separate `hidden` buffer.
-fn model_with(l_max: usize, tie: bool, seed: u64, filter_order: usize) -> HyenaLm {
+fn model_with(l_max: usize, tie: bool, seed: u64, filter_order: usize) -> Model<HyenaLm> {
     let cfg = LmConfig {
         n_layer: 2,
         d_inner: 48,
@@ -114,20 +114,22 @@ fn model_with(l_max: usize, tie: bool, seed: u64, filter_order: usize) -> HyenaL
         },
         ..LmConfig::default()
     };
-    let mut lm = HyenaLm::new(&cfg, seed).unwrap();
+    let (net, mut params) = HyenaLm::fresh(&cfg, seed).unwrap();
     // Move every parameter well away from its init so that each one matters.
     let mut i = 0u64;
-    lm.params.visit_mut("", &mut |_, _, d| {
+    let specs = params.specs().to_vec();
+    for s in &specs {
+        let d = s.handle.of_mut(params.data_mut());
         i += 1;
         let r = rand_vec(d.len(), 50 + i, 0.3);
         for (x, n) in d.iter_mut().zip(r) {
             *x += n;
         }
-    });
-    lm
+    }
+    Model { net, params }
 }
 
-fn model(l_max: usize, tie: bool, seed: u64) -> HyenaLm {
+fn model(l_max: usize, tie: bool, seed: u64) -> Model<HyenaLm> {
     model_with(l_max, tie, seed, 16)
 }
 
@@ -142,12 +144,13 @@ fn tokens(n: usize, seed: u64) -> Vec<u32> {
 fn lean_forward_equals_training_forward() {
     let l_max = 300;
     for (tie, seed, order) in [(false, 1u64, 16), (true, 2, 16), (false, 3, 32)] {
-        let lm = model_with(l_max, tie, seed, order);
+        let m = model_with(l_max, tie, seed, order);
+        let (lm, p) = (&m.net, m.p());
         let (d, vp) = (lm.cfg.d_model(), lm.cfg.padded_vocab());
         for l in [1usize, 7, 100, 257, 300] {
             let toks = tokens(l, 10 + l as u64);
             let mut cache = LmCache::default();
-            lm.forward(&toks, 1, l, &mut cache).unwrap();
+            lm.forward(p, &toks, 1, l, &mut cache).unwrap();
             let logits = &cache.logits;
             // Log-likelihoods from the training forward's logits.
             let want: Vec<f32> = (0..l.saturating_sub(1))
@@ -161,15 +164,15 @@ fn lean_forward_equals_training_forward() {
             for chunk in [3usize, 64, 2048] {
                 let mut ws = InferWorkspace::new(chunk);
                 let mut lp = Vec::new();
-                let total = log_likelihood(&lm, &toks, &mut ws, &mut lp).unwrap();
+                let total = lm.log_likelihood(p, &toks, &mut ws, &mut lp).unwrap();
                 assert_eq!(lp.len(), l - 1);
                 let err = max_abs_diff(&lp, &want);
                 assert!(err < 1e-4, "L={l} chunk={chunk} tie={tie}: {err}");
                 let sum: f64 = want.iter().map(|&v| v as f64).sum();
                 assert!((total - sum).abs() < 1e-4 * (l as f64), "{total} vs {sum}");
                 // Final hidden states · headᵀ are the logits.
-                let h = hidden_states(&lm, &toks, 2, &mut ws).unwrap().to_vec();
-                let head = lm.lm_head();
+                let h = lm.hidden_states(p, &toks, 2, &mut ws).unwrap().to_vec();
+                let head = lm.lm_head().of(p);
                 let mut lg = vec![0.0f32; l * vp];
                 for t in 0..l {
                     for v in 0..vp {
@@ -185,41 +188,46 @@ fn lean_forward_equals_training_forward() {
 
 #[test]
 fn lean_forward_is_causal_and_reuses_its_workspace() {
-    let lm = model(200, false, 3);
+    let m = model(200, false, 3);
+    let (lm, p) = (&m.net, m.p());
     let toks = tokens(150, 4);
     let mut ws = InferWorkspace::new(32);
-    let a = hidden_states(&lm, &toks, 1, &mut ws).unwrap().to_vec();
+    let a = lm.hidden_states(p, &toks, 1, &mut ws).unwrap().to_vec();
     // A longer sequence with the same prefix: the prefix's states do not change.
     let mut longer = toks.clone();
     longer.extend(tokens(50, 5));
-    let b = hidden_states(&lm, &longer, 1, &mut ws).unwrap().to_vec();
+    let b = lm.hidden_states(p, &longer, 1, &mut ws).unwrap().to_vec();
     assert!(max_abs_diff(&a, &b[..a.len()]) < 1e-5);
     // Back to the short one in the grown workspace: the same numbers.
-    let c = hidden_states(&lm, &toks, 1, &mut ws).unwrap().to_vec();
+    let c = lm.hidden_states(p, &toks, 1, &mut ws).unwrap().to_vec();
     assert!(max_abs_diff(&a, &c) < 1e-6);
     // Layer 0 is the embedding rows.
-    let e = hidden_states(&lm, &toks[..3], 0, &mut ws).unwrap().to_vec();
+    let e = lm
+        .hidden_states(p, &toks[..3], 0, &mut ws)
+        .unwrap()
+        .to_vec();
     let d = lm.cfg.d_model();
     let t0 = toks[0] as usize;
-    assert_eq!(&e[..d], &lm.params.wte[t0 * d..(t0 + 1) * d]);
+    assert_eq!(&e[..d], &lm.wte.of(p)[t0 * d..(t0 + 1) * d]);
     // Errors: too long, a bad layer, a bad token, empty.
-    assert!(hidden_states(&lm, &tokens(201, 6), 2, &mut ws).is_err());
-    assert!(hidden_states(&lm, &toks, 3, &mut ws).is_err());
-    assert!(hidden_states(&lm, &[99], 2, &mut ws).is_err());
-    assert!(hidden_states(&lm, &[], 2, &mut ws).is_err());
+    assert!(lm.hidden_states(p, &tokens(201, 6), 2, &mut ws).is_err());
+    assert!(lm.hidden_states(p, &toks, 3, &mut ws).is_err());
+    assert!(lm.hidden_states(p, &[99], 2, &mut ws).is_err());
+    assert!(lm.hidden_states(p, &[], 2, &mut ws).is_err());
 }
 
 #[test]
 fn packed_residual_stays_within_its_rounding() {
-    let lm = model(300, false, 7);
+    let m = model(300, false, 7);
+    let (lm, p) = (&m.net, m.p());
     for l in [1usize, 100, 257, 300] {
         let toks = tokens(l, 20 + l as u64);
         for chunk in [3usize, 64] {
             let mut exact = InferWorkspace::new(chunk).with_residual(ResidualStore::F32);
-            let want = hidden_states(&lm, &toks, 2, &mut exact).unwrap().to_vec();
+            let want = lm.hidden_states(p, &toks, 2, &mut exact).unwrap().to_vec();
             assert!(!exact.residual_packed());
             let mut ws = InferWorkspace::new(chunk).with_residual(ResidualStore::Packed24);
-            let got = hidden_states(&lm, &toks, 2, &mut ws).unwrap().to_vec();
+            let got = lm.hidden_states(p, &toks, 2, &mut ws).unwrap().to_vec();
             assert!(ws.residual_packed());
             // 2 stores per block of relative error <= 2^-16, through 2 blocks and ln_f (which
             // divides by the row's std, about 1 here).
@@ -232,18 +240,20 @@ fn packed_residual_stays_within_its_rounding() {
             assert!(err > 0.0, "the packed run rounded nothing");
             let mut lp_exact = Vec::new();
             let mut lp = Vec::new();
-            let a = log_likelihood(&lm, &toks, &mut exact, &mut lp_exact).unwrap();
-            let b = log_likelihood(&lm, &toks, &mut ws, &mut lp).unwrap();
+            let a = lm
+                .log_likelihood(p, &toks, &mut exact, &mut lp_exact)
+                .unwrap();
+            let b = lm.log_likelihood(p, &toks, &mut ws, &mut lp).unwrap();
             assert!(max_abs_diff(&lp, &lp_exact) < 1e-3, "L={l}");
             assert!((a - b).abs() < 1e-3 * l as f64);
             // The packed workspace gives the same numbers when reused.
-            let again = hidden_states(&lm, &toks, 2, &mut ws).unwrap().to_vec();
+            let again = lm.hidden_states(p, &toks, 2, &mut ws).unwrap().to_vec();
             assert_eq!(again, got);
         }
     }
     // Auto packs only long sequences.
     let mut ws = InferWorkspace::new(64);
-    hidden_states(&lm, &tokens(50, 1), 1, &mut ws).unwrap();
+    lm.hidden_states(p, &tokens(50, 1), 1, &mut ws).unwrap();
     assert!(!ws.residual_packed());
 }
 
@@ -253,12 +263,13 @@ fn packed_residual_stays_within_its_rounding() {
 #[ignore]
 fn packed_residual_error_on_the_large_shape() {
     let l = 65_536;
-    let lm = HyenaLm::new(&LmConfig::hyenadna(256, 8, l + 2), 0).unwrap();
+    let (lm, params) = HyenaLm::fresh(&LmConfig::hyenadna(256, 8, l + 2), 0).unwrap();
+    let p = params.data();
     let toks = tokens(l, 5);
     let mut exact = InferWorkspace::new(2048).with_residual(ResidualStore::F32);
-    let want = hidden_states(&lm, &toks, 8, &mut exact).unwrap().to_vec();
+    let want = lm.hidden_states(p, &toks, 8, &mut exact).unwrap().to_vec();
     let mut ws = InferWorkspace::new(2048).with_residual(ResidualStore::Packed24);
-    let got = hidden_states(&lm, &toks, 8, &mut ws).unwrap().to_vec();
+    let got = lm.hidden_states(p, &toks, 8, &mut ws).unwrap().to_vec();
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
     let err = max_abs_diff(&got, &want);
     let mean_err = got

@@ -1,9 +1,10 @@
 //! The language model: finite-difference gradients through embedding, blocks, final norm, head
 //! and cross-entropy; cross-entropy against a direct log-softmax; parameter names.
 
-use hyena::layers::Params;
-use hyena::models::lm::{cross_entropy, HyenaLm, LmCache, LmConfig};
+use hyena::models::hyenadna::{HyenaLm, LmCache, LmConfig};
 use hyena::ops::gradcheck::{check, rand_vec};
+use hyena::ops::loss::cross_entropy;
+use hyena::params::ParamStore;
 use hyena::{FilterConfig, HyenaConfig};
 
 fn tiny(tie: bool) -> LmConfig {
@@ -37,21 +38,24 @@ fn tokens(n: usize, seed: u64) -> Vec<u32> {
 }
 
 /// Scale up the 0.02-std init so that every parameter visibly moves the loss.
-fn loud(lm: &mut HyenaLm) {
+fn loud(params: &mut ParamStore) {
     let mut k = 0u64;
-    lm.params.visit_mut("", &mut |name, _, d| {
+    let specs = params.specs().to_vec();
+    for s in &specs {
         k += 1;
+        let name = &s.name;
         if name.ends_with("norm1.weight")
             || name.ends_with("norm2.weight")
             || name.ends_with("ln_f.weight")
         {
-            return;
+            continue;
         }
+        let d = s.handle.of_mut(params.data_mut());
         let r = rand_vec(d.len(), 100 + k, 0.4);
         for (x, n) in d.iter_mut().zip(r) {
             *x += n;
         }
-    });
+    }
 }
 
 #[test]
@@ -60,47 +64,43 @@ fn lm_gradients_match_finite_differences() {
     for (tie, table) in [(false, false), (true, false), (false, true), (true, true)] {
         let new_cache = || LmCache::with_token_table(table);
         let cfg = tiny(tie);
-        let mut lm = HyenaLm::new(&cfg, 5).unwrap();
-        loud(&mut lm);
+        let (lm, mut params) = HyenaLm::fresh(&cfg, 5).unwrap();
+        loud(&mut params);
+        let p = params.data();
         let (b, l) = (2, 10);
         let toks = tokens(b * l, 1);
         let targets = tokens(b * l, 2);
         let v = cfg.padded_vocab();
         let mut cache = new_cache();
-        lm.forward(&toks, b, l, &mut cache).unwrap();
+        lm.forward(p, &toks, b, l, &mut cache).unwrap();
         let mut dlogits = vec![0.0; b * l * v];
         cross_entropy(&cache.logits, &targets, v, None, &mut dlogits).unwrap();
-        let mut grads = lm.zero_grads();
-        lm.backward(&dlogits, &mut cache, &mut grads).unwrap();
+        let mut grads = params.zeros();
+        lm.backward(p, &dlogits, &mut cache, &mut grads).unwrap();
 
-        let loss = |m: &HyenaLm| {
+        let loss = |p: &[f32]| {
             let mut c = new_cache();
-            m.forward(&toks, b, l, &mut c).unwrap();
+            lm.forward(p, &toks, b, l, &mut c).unwrap();
             let mut d = vec![0.0; b * l * v];
             cross_entropy(&c.logits, &targets, v, None, &mut d)
                 .unwrap()
                 .0 as f64
         };
-        let mut names = Vec::new();
-        grads.visit("", &mut |n, _, g| names.push((n.to_string(), g.to_vec())));
+        let names: Vec<(String, Vec<f32>)> = params
+            .split(&grads)
+            .into_iter()
+            .map(|(n, _, g)| (n.to_string(), g.to_vec()))
+            .collect();
         assert!(
             names.iter().any(|(n, _)| n == "lm_head.weight") != tie,
             "tied head has no own weight"
         );
         for (name, g) in &names {
-            let mut x0 = Vec::new();
-            lm.params.visit("", &mut |n, _, d| {
-                if n == name {
-                    x0 = d.to_vec()
-                }
-            });
+            let h = params.spec(name).unwrap().handle;
+            let x0 = h.of(p).to_vec();
             let f = |x: &[f32]| {
-                let mut m = lm.clone();
-                m.params.visit_mut("", &mut |n, _, d| {
-                    if n == name {
-                        d.copy_from_slice(x)
-                    }
-                });
+                let mut m = p.to_vec();
+                h.of_mut(&mut m).copy_from_slice(x);
                 loss(&m)
             };
             check(name, &x0, g, f, 12, 1e-2, 5e-2)
@@ -115,18 +115,19 @@ fn lm_gradients_match_finite_differences() {
 fn first_block_on_the_token_table_equals_per_position() {
     for tie in [false, true] {
         let cfg = tiny(tie);
-        let mut lm = HyenaLm::new(&cfg, 11).unwrap();
-        loud(&mut lm);
+        let (lm, mut params) = HyenaLm::fresh(&cfg, 11).unwrap();
+        loud(&mut params);
+        let p = params.data();
         let (b, l) = (4, 16); // B·L = 64 = 4·V_pad: the default folds
         let (x, y) = (tokens(b * l, 6), tokens(b * l, 7));
         let v = cfg.padded_vocab();
         let run = |mut cache: LmCache| {
-            lm.forward(&x, b, l, &mut cache).unwrap();
+            lm.forward(p, &x, b, l, &mut cache).unwrap();
             let mut d = vec![0.0; b * l * v];
             cross_entropy(&cache.logits, &y, v, None, &mut d).unwrap();
-            let mut g = lm.zero_grads();
-            lm.backward(&d, &mut cache, &mut g).unwrap();
-            (cache.logits.clone(), flat(&g))
+            let mut g = params.zeros();
+            lm.backward(p, &d, &mut cache, &mut g).unwrap();
+            (cache.logits.clone(), g)
         };
         let (z_rows, g_rows) = run(LmCache::with_token_table(false));
         let (z_tab, g_tab) = run(LmCache::with_token_table(true));
@@ -196,10 +197,12 @@ fn cross_entropy_matches_log_softmax_and_ignores_padding() {
 
 #[test]
 fn parameter_names_follow_the_hf_checkpoint() {
-    let lm = HyenaLm::new(&tiny(false), 0).unwrap();
-    let mut names = Vec::new();
-    lm.params
-        .visit("", &mut |n, s, _| names.push((n.to_string(), s.to_vec())));
+    let (lm, params) = HyenaLm::fresh(&tiny(false), 0).unwrap();
+    let names: Vec<(String, Vec<usize>)> = params
+        .specs()
+        .iter()
+        .map(|s| (s.name.clone(), s.shape.clone()))
+        .collect();
     let has = |k: &str, s: &[usize]| names.iter().any(|(n, sh)| n == k && sh == s);
     assert!(has(
         "hyena.backbone.embeddings.word_embeddings.weight",
@@ -217,15 +220,9 @@ fn parameter_names_follow_the_hf_checkpoint() {
     assert!(has("hyena.backbone.ln_f.bias", &[8]));
     assert!(has("lm_head.weight", &[16, 8]));
     let bad = lm
-        .forward(&[3, 12], 1, 2, &mut LmCache::default())
+        .forward(params.data(), &[3, 12], 1, 2, &mut LmCache::default())
         .unwrap_err();
     assert!(bad.to_string().contains("token id"), "{bad}");
-}
-
-fn flat(p: &hyena::models::lm::LmParams) -> Vec<f32> {
-    let mut out = Vec::new();
-    p.visit("", &mut |_, _, d| out.extend_from_slice(d));
-    out
 }
 
 fn pool(threads: usize) -> rayon::ThreadPool {
@@ -240,49 +237,47 @@ fn pool(threads: usize) -> rayon::ThreadPool {
 /// and bit for bit between two runs on the same thread count.
 #[test]
 fn sharded_loss_and_grad_equals_whole_batch() {
-    use hyena::models::lm::LmWorkspace;
+    use hyena::models::hyenadna::LmWorkspace;
+    use hyena::models::parallel::shards_for;
     let cfg = tiny(false);
-    let mut lm = HyenaLm::new(&cfg, 7).unwrap();
-    loud(&mut lm);
+    let (lm, mut params) = HyenaLm::fresh(&cfg, 7).unwrap();
+    loud(&mut params);
+    let p = params.data();
     let (b, l) = (5, 12);
     let (x, y) = (tokens(b * l, 3), tokens(b * l, 4));
     let v = cfg.padded_vocab();
 
     // The plain path.
     let mut cache = LmCache::default();
-    lm.forward(&x, b, l, &mut cache).unwrap();
+    lm.forward(p, &x, b, l, &mut cache).unwrap();
     let mut dlogits = vec![0.0; b * l * v];
     let (loss, count, correct) = cross_entropy(&cache.logits, &y, v, None, &mut dlogits).unwrap();
-    let mut g_plain = lm.zero_grads();
-    lm.backward(&dlogits, &mut cache, &mut g_plain).unwrap();
-    let g_plain = flat(&g_plain);
+    let mut g_plain = params.zeros();
+    lm.backward(p, &dlogits, &mut cache, &mut g_plain).unwrap();
 
-    let run = |threads: usize, grads: &mut hyena::models::lm::LmParams| {
+    let run = |threads: usize, grads: &mut [f32]| {
         pool(threads).install(|| {
-            assert_eq!(HyenaLm::shards_for(b), threads.min(b));
+            assert_eq!(shards_for(b), threads.min(b));
             let mut ws = LmWorkspace::default();
-            let st = lm.loss_and_grad(&x, &y, b, l, 1.0, &mut ws, grads).unwrap();
-            let ev = lm.loss(&x, &y, b, l, &mut ws).unwrap();
+            let st = lm
+                .loss_and_grad(p, &x, &y, b, l, 1.0, &mut ws, grads)
+                .unwrap();
+            let ev = lm.loss(p, &x, &y, b, l, &mut ws).unwrap();
             assert_eq!(ev, st, "loss() must score like loss_and_grad()");
             st
         })
     };
-    let mut g1 = lm.zero_grads();
+    let mut g1 = params.zeros();
     let st1 = run(1, &mut g1);
     assert_eq!((st1.count, st1.correct), (count, correct));
     assert_eq!((st1.loss_sum / count as f64) as f32, loss);
-    assert_eq!(
-        flat(&g1),
-        g_plain,
-        "one shard must be the plain path, bit for bit"
-    );
+    assert_eq!(g1, g_plain, "one shard must be the plain path, bit for bit");
 
     for threads in [2, 3] {
-        let mut g = lm.zero_grads();
+        let mut g = params.zeros();
         let st = run(threads, &mut g);
         assert_eq!((st.count, st.correct), (count, correct));
         assert!((st.loss_sum - st1.loss_sum).abs() < 1e-5 * st1.loss_sum.abs().max(1.0));
-        let g = flat(&g);
         let scale = g_plain.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         for (i, (a, r)) in g.iter().zip(&g_plain).enumerate() {
             assert!(
@@ -290,25 +285,24 @@ fn sharded_loss_and_grad_equals_whole_batch() {
                 "{threads} shards: grad {i}: {a} vs {r}"
             );
         }
-        let mut again = lm.zero_grads();
+        let mut again = params.zeros();
         run(threads, &mut again);
-        assert_eq!(flat(&again), g, "same thread count must give the same bits");
+        assert_eq!(again, g, "same thread count must give the same bits");
     }
 
     // Gradients accumulate (gradient accumulation relies on it), also across shards.
-    let mut twice = lm.zero_grads();
+    let mut twice = params.zeros();
     pool(2).install(|| {
         let mut ws = LmWorkspace::default();
         for _ in 0..2 {
-            lm.loss_and_grad(&x, &y, b, l, 0.5, &mut ws, &mut twice)
+            lm.loss_and_grad(p, &x, &y, b, l, 0.5, &mut ws, &mut twice)
                 .unwrap();
         }
     });
-    let mut once = lm.zero_grads();
+    let mut once = params.zeros();
     run(2, &mut once);
-    let once = flat(&once);
     let scale = once.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    for (a, r) in flat(&twice).iter().zip(&once) {
+    for (a, r) in twice.iter().zip(&once) {
         assert!((a - r).abs() <= 1e-5 * scale, "{a} vs {r}");
     }
 }

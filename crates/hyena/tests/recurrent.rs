@@ -3,11 +3,10 @@
 //! prefill; bad inputs are clear errors.
 
 use faer::c64;
-use hyena::distill::modal::{ModalBank, ModalFilter, Mode};
-use hyena::layers::Params;
-use hyena::models::lm::{HyenaLm, LmCache, LmConfig};
-use hyena::models::recurrent::RecurrentLm;
+use hyena::layers::hyena::modal::{ModalBank, ModalFilter, Mode};
+use hyena::models::hyenadna::{HyenaLm, LmCache, LmConfig};
 use hyena::ops::gradcheck::rand_vec;
+use hyena::params::ParamStore;
 use hyena::{FilterConfig, HyenaConfig};
 
 fn cfg(order: usize, l_max: usize) -> LmConfig {
@@ -68,18 +67,21 @@ fn banks(c: &LmConfig, seed: u64) -> Vec<ModalBank> {
 }
 
 /// Scale up the 0.02-std init so that every part of the model matters.
-fn loud(lm: &mut HyenaLm) {
+fn loud(params: &mut ParamStore) {
     let mut k = 0u64;
-    lm.params.visit_mut("", &mut |name, _, d| {
+    let specs = params.specs().to_vec();
+    for s in &specs {
         k += 1;
+        let name = &s.name;
         if name.contains("norm") || name.contains("ln_f") {
-            return;
+            continue;
         }
+        let d = s.handle.of_mut(params.data_mut());
         let noise = rand_vec(d.len(), 300 + k, 0.3);
         for (x, n) in d.iter_mut().zip(noise) {
             *x += n;
         }
-    });
+    }
 }
 
 fn tokens(n: usize, seed: u64) -> Vec<u32> {
@@ -94,22 +96,23 @@ fn step_by_step_equals_the_parallel_forward() {
     for order in [2, 3] {
         let (l, prompt) = (1000, 600);
         let c = cfg(order, 1024);
-        let mut lm = HyenaLm::new(&c, 3).unwrap();
-        loud(&mut lm);
-        let rlm = RecurrentLm::new(lm, banks(&c, 40)).unwrap();
+        let (mut lm, mut params) = HyenaLm::fresh(&c, 3).unwrap();
+        loud(&mut params);
+        let p = params.data();
+        lm.set_modal_banks(banks(&c, 40)).unwrap();
         let toks = tokens(l, 5);
         let v = c.padded_vocab();
         let mut cache = LmCache::default();
-        rlm.lm.forward(&toks, 1, l, &mut cache).unwrap();
+        lm.forward(p, &toks, 1, l, &mut cache).unwrap();
         let full = cache.logits.clone();
         let scale = full.iter().fold(0.0f32, |m, x| m.max(x.abs()));
         assert!(scale > 0.5, "logits must not be trivially small ({scale})");
 
         // From an empty context, every one of the 1000 positions.
-        let mut st = rlm.empty_state();
+        let mut st = lm.empty_state().unwrap();
         let mut worst = 0.0f32;
         for (t, &tok) in toks.iter().enumerate() {
-            rlm.step(tok, &mut st).unwrap();
+            lm.step(p, tok, &mut st).unwrap();
             for (a, b) in st.logits.iter().zip(&full[t * v..(t + 1) * v]) {
                 worst = worst.max((a - b).abs());
             }
@@ -122,15 +125,15 @@ fn step_by_step_equals_the_parallel_forward() {
         assert_eq!(st.pos, l);
 
         // FFT prefill of the first 600 tokens, then steps.
-        let mut st = rlm
-            .prefill(&toks[..prompt], &mut LmCache::default())
+        let mut st = lm
+            .prefill(p, &toks[..prompt], &mut LmCache::default())
             .unwrap();
         let mut worst = 0.0f32;
         for (a, b) in st.logits.iter().zip(&full[(prompt - 1) * v..prompt * v]) {
             worst = worst.max((a - b).abs());
         }
         for (t, &tok) in toks.iter().enumerate().skip(prompt) {
-            rlm.step(tok, &mut st).unwrap();
+            lm.step(p, tok, &mut st).unwrap();
             for (a, b) in st.logits.iter().zip(&full[t * v..(t + 1) * v]) {
                 worst = worst.max((a - b).abs());
             }
@@ -140,43 +143,46 @@ fn step_by_step_equals_the_parallel_forward() {
             "order {order}: prefill+step vs forward max abs {worst:e}"
         );
         // The state does not grow with the context.
-        assert_eq!(st.bytes(), rlm.empty_state().bytes());
+        assert_eq!(st.bytes(), lm.empty_state().unwrap().bytes());
     }
 }
 
 #[test]
 fn distilled_models_refuse_training_and_bad_banks() {
     let c = cfg(2, 64);
-    let lm = HyenaLm::new(&c, 1).unwrap();
+    let (lm, params) = HyenaLm::fresh(&c, 1).unwrap();
+    let p = params.data();
     let mut b = banks(&c, 2);
     b.pop();
-    let e = RecurrentLm::new(lm.clone(), b).unwrap_err().to_string();
+    let e = lm.clone().set_modal_banks(b).unwrap_err().to_string();
     assert!(e.contains("one per block"), "{e}");
-    let rlm = RecurrentLm::new(lm, banks(&c, 2)).unwrap();
-    let mut st = rlm.empty_state();
-    assert!(rlm
-        .step(12, &mut st)
+    let mut lm = lm;
+    lm.set_modal_banks(banks(&c, 2)).unwrap();
+    let mut st = lm.empty_state().unwrap();
+    assert!(lm
+        .step(p, 12, &mut st)
         .unwrap_err()
         .to_string()
         .contains("vocab_size"));
     let toks = tokens(16, 1);
     let mut cache = LmCache::default();
-    rlm.lm.forward(&toks, 1, 16, &mut cache).unwrap();
+    lm.forward(p, &toks, 1, 16, &mut cache).unwrap();
     let dl = vec![0.0; 16 * c.padded_vocab()];
-    let e = rlm
-        .lm
-        .backward(&dl, &mut cache, &mut rlm.lm.zero_grads())
+    let e = lm
+        .backward(p, &dl, &mut cache, &mut params.zeros())
         .unwrap_err();
     assert!(e.to_string().contains("inference"), "{e}");
 }
 
 #[test]
 fn recurrent_generation_samples_what_conv_generation_samples() {
-    use hyena::models::generate::{generate, generate_recurrent, SampleConfig};
+    use hyena::models::generate::{generate, DecodeMode, SampleConfig};
+    use hyena::models::{LanguageModel, Model};
     let c = cfg(2, 256);
-    let mut lm = HyenaLm::new(&c, 8).unwrap();
-    loud(&mut lm);
-    let rlm = RecurrentLm::new(lm, banks(&c, 9)).unwrap();
+    let (mut lm, mut params) = HyenaLm::fresh(&c, 8).unwrap();
+    loud(&mut params);
+    lm.set_modal_banks(banks(&c, 9)).unwrap();
+    let m = Model { net: lm, params };
     let prompt = tokens(40, 3);
     for seed in [0, 1, 2] {
         let sc = SampleConfig {
@@ -184,13 +190,16 @@ fn recurrent_generation_samples_what_conv_generation_samples() {
             temperature: 1.0,
             ..Default::default()
         };
-        let conv = generate(&rlm.lm, &prompt, 100, &sc).unwrap();
-        let rec = generate_recurrent(&rlm, &prompt, 100, &sc).unwrap();
+        let mut conv_dec = m.decoder(DecodeMode::Conv).unwrap();
+        let conv = generate(conv_dec.as_mut(), &prompt, 100, &sc).unwrap();
+        let mut rec_dec = m.decoder(DecodeMode::Recurrent).unwrap();
+        let rec = generate(rec_dec.as_mut(), &prompt, 100, &sc).unwrap();
         assert_eq!(conv, rec, "seed {seed}");
         assert!(
             conv.iter().collect::<std::collections::BTreeSet<_>>().len() > 2,
             "not degenerate"
         );
     }
-    assert!(generate_recurrent(&rlm, &[], 5, &SampleConfig::default()).is_err());
+    let mut rec_dec = m.decoder(DecodeMode::Recurrent).unwrap();
+    assert!(generate(rec_dec.as_mut(), &[], 5, &SampleConfig::default()).is_err());
 }

@@ -1,27 +1,41 @@
 //! Optimizer, schedule and clipping against their formulas, and a tiny LM that must overfit one
 //! batch to near-zero loss.
 
-use hyena::layers::{Params, Visitor, VisitorMut};
-use hyena::models::lm::{cross_entropy, HyenaLm, LmCache, LmConfig};
-use hyena::train::optim::decays;
+use hyena::io::safetensors::TensorFile;
+use hyena::models::hyenadna::{HyenaLm, LmCache, LmConfig};
+use hyena::ops::loss::cross_entropy;
+use hyena::params::{DType, Init, ParamStore, P};
 use hyena::train::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
 use hyena::{FilterConfig, HyenaConfig};
 
-#[derive(Clone, Debug, PartialEq)]
+/// A linear layer's two tensors: `fc.weight` (decayed, as weights are) and `fc.bias` (not
+/// decayed, as biases are).
+#[derive(Clone, Copy, Debug)]
 struct Toy {
-    w: Vec<f32>,
-    b: Vec<f32>,
+    w: P,
+    b: P,
 }
 
-impl Params for Toy {
-    fn visit(&self, prefix: &str, f: &mut Visitor<'_>) {
-        f(&format!("{prefix}fc.weight"), &[self.w.len()], &self.w);
-        f(&format!("{prefix}fc.bias"), &[self.b.len()], &self.b);
-    }
-    fn visit_mut(&mut self, prefix: &str, f: &mut VisitorMut<'_>) {
-        f(&format!("{prefix}fc.weight"), &[self.w.len()], &mut self.w);
-        f(&format!("{prefix}fc.bias"), &[self.b.len()], &mut self.b);
-    }
+/// The toy layer with its store holding the values `w` and `b`.
+fn toy(w: &[f32], b: &[f32]) -> (Toy, ParamStore) {
+    let (t, mut store) = ParamStore::build(Init::Zeros, DType::F32, |vb| {
+        Ok(Toy {
+            w: vb.get(&[w.len()], "fc.weight")?,
+            b: vb.no_decay().get(&[b.len()], "fc.bias")?,
+        })
+    })
+    .unwrap();
+    t.w.of_mut(store.data_mut()).copy_from_slice(w);
+    t.b.of_mut(store.data_mut()).copy_from_slice(b);
+    (t, store)
+}
+
+/// A buffer laid out like `toy`'s store holding `w` and `b` (gradients).
+fn toy_buf(t: Toy, store: &ParamStore, w: &[f32], b: &[f32]) -> Vec<f32> {
+    let mut g = store.zeros();
+    t.w.of_mut(&mut g).copy_from_slice(w);
+    t.b.of_mut(&mut g).copy_from_slice(b);
+    g
 }
 
 #[test]
@@ -33,45 +47,55 @@ fn adamw_follows_the_decoupled_update() {
         eps: 1e-8,
         weight_decay: 0.5,
     };
-    let mut p = Toy {
-        w: vec![1.0, -2.0],
-        b: vec![0.5],
-    };
-    let g = Toy {
-        w: vec![0.3, -0.1],
-        b: vec![2.0],
-    };
+    let (t, mut p) = toy(&[1.0, -2.0], &[0.5]);
+    let g = toy_buf(t, &p, &[0.3, -0.1], &[2.0]);
     let mut opt = AdamW::new(cfg.clone());
     let lr = 0.05;
     // Two steps with the same gradient, computed by hand.
     let mut want = p.clone();
     let (mut mw, mut vw, mut mb, mut vb) = (vec![0.0f64; 2], vec![0.0f64; 2], 0.0f64, 0.0f64);
-    for t in 1..=2 {
+    for step in 1..=2 {
         opt.step(&mut p, &g, lr);
         let (b1, b2) = (0.9f64, 0.99f64);
-        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+        let (c1, c2) = (1.0 - b1.powi(step), 1.0 - b2.powi(step));
+        let want_w = t.w.of_mut(want.data_mut());
         for i in 0..2 {
-            let gi = g.w[i] as f64;
+            let gi = t.w.of(&g)[i] as f64;
             mw[i] = b1 * mw[i] + (1.0 - b1) * gi;
             vw[i] = b2 * vw[i] + (1.0 - b2) * gi * gi;
-            let upd = 0.5 * want.w[i] as f64 + (mw[i] / c1) / ((vw[i] / c2).sqrt() + 1e-8);
-            want.w[i] = (want.w[i] as f64 - lr as f64 * upd) as f32;
+            let upd = 0.5 * want_w[i] as f64 + (mw[i] / c1) / ((vw[i] / c2).sqrt() + 1e-8);
+            want_w[i] = (want_w[i] as f64 - lr as f64 * upd) as f32;
         }
-        let gb = g.b[0] as f64;
+        let gb = t.b.of(&g)[0] as f64;
         mb = b1 * mb + (1.0 - b1) * gb;
         vb = b2 * vb + (1.0 - b2) * gb * gb;
         // Biases are not decayed.
-        want.b[0] = (want.b[0] as f64 - lr as f64 * (mb / c1) / ((vb / c2).sqrt() + 1e-8)) as f32;
+        let want_b = t.b.of_mut(want.data_mut());
+        want_b[0] = (want_b[0] as f64 - lr as f64 * (mb / c1) / ((vb / c2).sqrt() + 1e-8)) as f32;
     }
-    for (a, b) in p.w.iter().chain(&p.b).zip(want.w.iter().chain(&want.b)) {
+    let (pd, wd) = (p.data(), want.data());
+    for (a, b) in
+        t.w.of(pd)
+            .iter()
+            .chain(t.b.of(pd))
+            .zip(t.w.of(wd).iter().chain(t.b.of(wd)))
+    {
         assert!((a - b).abs() < 1e-6, "{p:?} vs {want:?}");
     }
     assert_eq!(opt.step, 2);
     // State round-trip.
-    let st = opt.state_tensors();
+    let st = opt.state_tensors(&p);
     assert!(st.contains_key("exp_avg.fc.weight") && st.contains_key("exp_avg_sq.fc.bias"));
     let mut o2 = AdamW::new(cfg);
-    o2.load_state(&st).unwrap();
+    o2.load_state(
+        &p,
+        &TensorFile {
+            path: "optimizer.safetensors".into(),
+            tensors: st,
+            metadata: Default::default(),
+        },
+    )
+    .unwrap();
     o2.step = opt.step;
     let (mut p1, mut p2) = (p.clone(), p.clone());
     opt.step(&mut p1, &g, lr);
@@ -81,6 +105,25 @@ fn adamw_follows_the_decoupled_update() {
 
 #[test]
 fn weight_decay_groups_follow_the_reference() {
+    // The tags of a model's store; `pos_emb.z` is a tensor of the store when it is trained.
+    let cfg = LmConfig {
+        operator: HyenaConfig {
+            filter: FilterConfig {
+                learn_pos_emb: true,
+                ..FilterConfig::default()
+            },
+            ..LmConfig::default().operator
+        },
+        ..LmConfig::default()
+    };
+    let (_, store) =
+        ParamStore::build(Init::Zeros, DType::F32, |vb| HyenaLm::new(&cfg, vb)).unwrap();
+    let decays = |n: &str| {
+        store
+            .spec(n)
+            .unwrap_or_else(|| panic!("{n} is a tensor of the model"))
+            .decay
+    };
     for n in [
         "hyena.backbone.layers.0.mixer.in_proj.weight",
         "hyena.backbone.layers.0.mlp.fc1.weight",
@@ -121,18 +164,17 @@ fn schedule_warms_up_then_decays_by_cosine() {
 
 #[test]
 fn clipping_scales_to_the_max_norm() {
-    let mut g = Toy {
-        w: vec![3.0, 0.0],
-        b: vec![4.0],
-    };
-    let n = clip_grad_norm(&mut g, 1.0);
+    let (t, store) = toy(&[0.0, 0.0], &[0.0]);
+    let mut g = toy_buf(t, &store, &[3.0, 0.0], &[4.0]);
+    let n = clip_grad_norm(&store, &mut g, 1.0);
     assert!((n - 5.0).abs() < 1e-6);
-    let after = (g.w[0] * g.w[0] + g.b[0] * g.b[0]).sqrt();
+    let (gw, gb) = (t.w.of(&g), t.b.of(&g));
+    let after = (gw[0] * gw[0] + gb[0] * gb[0]).sqrt();
     assert!((after - 1.0).abs() < 1e-4);
-    let n2 = clip_grad_norm(&mut g, 10.0);
+    let n2 = clip_grad_norm(&store, &mut g, 10.0);
     assert!((n2 - after).abs() < 1e-6);
     assert!(
-        (g.w[0] - 0.6).abs() < 1e-4,
+        (t.w.of(&g)[0] - 0.6).abs() < 1e-4,
         "a norm under the limit is left alone"
     );
 }
@@ -159,7 +201,7 @@ fn tiny_lm_overfits_one_batch() {
             ..HyenaConfig::default()
         },
     };
-    let mut lm = HyenaLm::new(&cfg, 1).unwrap();
+    let (lm, mut params) = HyenaLm::fresh(&cfg, 1).unwrap();
     let (b, l) = (2, 48);
     // A fixed random DNA batch (ids 7..=10): memorisable only by using the context.
     let mut s = 12345u64;
@@ -188,14 +230,15 @@ fn tiny_lm_overfits_one_batch() {
     let mut first = None;
     let mut last = f32::INFINITY;
     for _ in 0..300 {
-        lm.forward(&x, b, l, &mut cache).unwrap();
+        lm.forward(params.data(), &x, b, l, &mut cache).unwrap();
         let (loss, _, _) = cross_entropy(&cache.logits, &y, v, None, &mut dlogits).unwrap();
         first.get_or_insert(loss);
         last = loss;
-        let mut grads = lm.zero_grads();
-        lm.backward(&dlogits, &mut cache, &mut grads).unwrap();
-        clip_grad_norm(&mut grads, 1.0);
-        opt.step(&mut lm.params, &grads, 3e-3);
+        let mut grads = params.zeros();
+        lm.backward(params.data(), &dlogits, &mut cache, &mut grads)
+            .unwrap();
+        clip_grad_norm(&params, &mut grads, 1.0);
+        opt.step(&mut params, &grads, 3e-3);
     }
     let first = first.unwrap();
     assert!(first > 1.3, "starts near ln(4) or above: {first}");

@@ -1,10 +1,13 @@
 //! The training loop: resume equals an uninterrupted run, checkpoints round-trip bit for bit,
 //! bad checkpoints and bad settings give clear errors.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use hyena::models::lm::{HyenaLm, LmCache, LmConfig};
-use hyena::train::trainer::{load_model, save_model, TrainConfig, Trainer};
+use hyena::checkpoint::{load_model, save_model};
+use hyena::models::generate::{generate, DecodeMode, SampleConfig};
+use hyena::models::hyenadna::{HyenaLm, LmCache, LmConfig};
+use hyena::models::{LanguageModel, Model};
+use hyena::train::trainer::{TrainConfig, Trainer};
 use hyena::train::AdamWConfig;
 use hyena::{FilterConfig, HyenaConfig};
 
@@ -13,6 +16,30 @@ fn tmpdir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// A freshly initialised model of `model_cfg()` (seeded).
+fn fresh(seed: u64) -> Model<HyenaLm> {
+    let (net, params) = HyenaLm::fresh(&model_cfg(), seed).unwrap();
+    Model { net, params }
+}
+
+/// The model `dir` holds, as a HyenaDNA LM.
+fn load_lm(dir: &Path) -> hyena::Result<Model<HyenaLm>> {
+    load_model(dir)?
+        .downcast::<Model<HyenaLm>>("this test")
+        .cloned()
+}
+
+/// `n` tokens sampled after `prompt` by the full forward (a fresh decoder each call).
+fn sample(
+    m: &Model<HyenaLm>,
+    prompt: &[u32],
+    n: usize,
+    cfg: &SampleConfig,
+) -> hyena::Result<Vec<u32>> {
+    let mut dec = m.decoder(DecodeMode::Conv)?;
+    generate(dec.as_mut(), prompt, n, cfg)
 }
 
 fn model_cfg() -> LmConfig {
@@ -75,23 +102,11 @@ fn stream(n: usize, seed: u64) -> Vec<u32> {
 #[test]
 fn resume_reproduces_an_uninterrupted_run() {
     let (train, val) = (stream(4000, 1), stream(400, 2));
-    let mut full = Trainer::new(
-        HyenaLm::new(&model_cfg(), 3).unwrap(),
-        train_cfg(6),
-        train.clone(),
-        val.clone(),
-    )
-    .unwrap();
+    let mut full = Trainer::new(fresh(3), train_cfg(6), train.clone(), val.clone()).unwrap();
     let losses: Vec<f32> = (0..6).map(|_| full.train_step().unwrap().loss).collect();
 
     let dir = tmpdir("resume");
-    let mut first = Trainer::new(
-        HyenaLm::new(&model_cfg(), 3).unwrap(),
-        train_cfg(6),
-        train.clone(),
-        val.clone(),
-    )
-    .unwrap();
+    let mut first = Trainer::new(fresh(3), train_cfg(6), train.clone(), val.clone()).unwrap();
     let mut got: Vec<f32> = (0..3).map(|_| first.train_step().unwrap().loss).collect();
     first.save(&dir, &serde_json::json!({})).unwrap();
     drop(first);
@@ -111,39 +126,39 @@ fn resume_reproduces_an_uninterrupted_run() {
 
 #[test]
 fn checkpoint_round_trip_is_bit_exact() {
-    let lm = HyenaLm::new(&model_cfg(), 11).unwrap();
+    let lm = fresh(11);
     let dir = tmpdir("roundtrip");
-    save_model(&lm, &dir).unwrap();
-    let back = load_model(&dir).unwrap();
+    save_model(&dir, &lm).unwrap();
+    let back = load_lm(&dir).unwrap();
     assert_eq!(back.params, lm.params);
     let toks = stream(2 * 30, 5);
     let (mut c1, mut c2) = (LmCache::default(), LmCache::default());
-    lm.forward(&toks, 2, 30, &mut c1).unwrap();
-    back.forward(&toks, 2, 30, &mut c2).unwrap();
+    lm.net.forward(lm.p(), &toks, 2, 30, &mut c1).unwrap();
+    back.net.forward(back.p(), &toks, 2, 30, &mut c2).unwrap();
     assert_eq!(c1.logits, c2.logits);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn bad_checkpoints_and_settings_are_clear_errors() {
-    let lm = HyenaLm::new(&model_cfg(), 11).unwrap();
+    let lm = fresh(11);
     let dir = tmpdir("bad");
-    save_model(&lm, &dir).unwrap();
+    save_model(&dir, &lm).unwrap();
     // Truncated weights.
     let p = dir.join("model.safetensors");
     let bytes = std::fs::read(&p).unwrap();
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
-    let e = load_model(&dir).unwrap_err().to_string();
+    let e = load_model(&dir).err().unwrap().to_string();
     assert!(
         e.contains("model.safetensors") && e.contains("truncated"),
         "{e}"
     );
     // Missing config.
     std::fs::remove_file(dir.join("config.json")).unwrap();
-    let e = load_model(&dir).unwrap_err().to_string();
+    let e = load_model(&dir).err().unwrap().to_string();
     assert!(e.contains("config.json"), "{e}");
     // Shapes that disagree with the config.
-    save_model(&lm, &dir).unwrap();
+    save_model(&dir, &lm).unwrap();
     let mut other = model_cfg();
     other.d_inner = 48;
     std::fs::write(
@@ -151,17 +166,11 @@ fn bad_checkpoints_and_settings_are_clear_errors() {
         serde_json::json!({ "model": other }).to_string(),
     )
     .unwrap();
-    let e = load_model(&dir).unwrap_err().to_string();
+    let e = load_model(&dir).err().unwrap().to_string();
     assert!(e.contains("mlp.fc1.weight") && e.contains("shape"), "{e}");
     // Resuming with a different model config.
     let (train, val) = (stream(4000, 1), stream(400, 2));
-    let t = Trainer::new(
-        HyenaLm::new(&model_cfg(), 3).unwrap(),
-        train_cfg(2),
-        train.clone(),
-        val.clone(),
-    )
-    .unwrap();
+    let t = Trainer::new(fresh(3), train_cfg(2), train.clone(), val.clone()).unwrap();
     t.save(&dir, &serde_json::json!({})).unwrap();
     let e = Trainer::resume(&dir, &other, train_cfg(2), train.clone(), val.clone())
         .err()
@@ -169,23 +178,17 @@ fn bad_checkpoints_and_settings_are_clear_errors() {
         .to_string();
     assert!(e.contains("differs"), "{e}");
     // Data shorter than one window.
-    let e = Trainer::new(
-        HyenaLm::new(&model_cfg(), 3).unwrap(),
-        train_cfg(2),
-        stream(20, 1),
-        val,
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let e = Trainer::new(fresh(3), train_cfg(2), stream(20, 1), val)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("only 20 tokens"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn generation_is_reproducible_and_respects_its_settings() {
-    use hyena::models::generate::{generate, SampleConfig};
-    let lm = HyenaLm::new(&model_cfg(), 2).unwrap();
+    let lm = fresh(2);
     let prompt = stream(10, 3);
     let cfg = SampleConfig {
         temperature: 1.0,
@@ -194,12 +197,12 @@ fn generation_is_reproducible_and_respects_its_settings() {
         ..Default::default()
     };
     // 40 new tokens: the context grows past l_max (34) and is windowed.
-    let a = generate(&lm, &prompt, 40, &cfg).unwrap();
-    let b = generate(&lm, &prompt, 40, &cfg).unwrap();
+    let a = sample(&lm, &prompt, 40, &cfg).unwrap();
+    let b = sample(&lm, &prompt, 40, &cfg).unwrap();
     assert_eq!(a, b, "same seed, same tokens");
     assert_eq!(a.len(), 40);
     assert!(a.iter().all(|&t| t < 12), "only real vocabulary ids: {a:?}");
-    let c = generate(
+    let c = sample(
         &lm,
         &prompt,
         40,
@@ -211,7 +214,7 @@ fn generation_is_reproducible_and_respects_its_settings() {
     .unwrap();
     assert_ne!(a, c, "another seed samples differently");
     // Greedy decoding ignores the seed; top-1 equals greedy.
-    let g1 = generate(
+    let g1 = sample(
         &lm,
         &prompt,
         8,
@@ -223,7 +226,7 @@ fn generation_is_reproducible_and_respects_its_settings() {
         },
     )
     .unwrap();
-    let g2 = generate(
+    let g2 = sample(
         &lm,
         &prompt,
         8,
@@ -235,7 +238,7 @@ fn generation_is_reproducible_and_respects_its_settings() {
         },
     )
     .unwrap();
-    let k1 = generate(
+    let k1 = sample(
         &lm,
         &prompt,
         8,
@@ -250,7 +253,7 @@ fn generation_is_reproducible_and_respects_its_settings() {
     assert_eq!(g1, g2);
     assert_eq!(g1, k1);
     // An allowed set (the bases) is respected, even by an untrained model.
-    let bases = generate(
+    let bases = sample(
         &lm,
         &prompt,
         60,
@@ -265,7 +268,7 @@ fn generation_is_reproducible_and_respects_its_settings() {
         a.iter().any(|t| !(7..12).contains(t)),
         "unrestricted: {a:?}"
     );
-    assert!(generate(&lm, &[], 3, &cfg).is_err());
+    assert!(sample(&lm, &[], 3, &cfg).is_err());
 }
 
 #[test]

@@ -378,6 +378,22 @@ pub fn load_classifier(
     Ok(Model { net, params })
 }
 
+impl Model<SeqClassifier> {
+    /// The backbone as a language model of its own: its tensors (the head dropped, the LM head
+    /// trainable again) and its filter buffers.
+    pub fn backbone(&self) -> Result<Model<HyenaLm>> {
+        let lm = &self.net.lm;
+        let (mut net, params) =
+            ParamStore::build(Init::From(&self.params.to_source()), DType::F32, |vb| {
+                HyenaLm::new(&lm.cfg, vb)
+            })?;
+        for (b, src) in net.blocks.iter_mut().zip(&lm.blocks) {
+            b.mixer.filter.buffers = src.mixer.filter.buffers.clone();
+        }
+        Ok(Model { net, params })
+    }
+}
+
 impl LanguageModel for Model<SeqClassifier> {
     fn family(&self) -> &'static str {
         "classifier"

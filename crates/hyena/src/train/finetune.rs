@@ -214,7 +214,11 @@ pub fn backbone(run: &mut FinetuneRun) -> Result<Model<HyenaLm>> {
     match &run.init {
         Some(dir) => {
             let loaded = load_model(dir)?;
-            let m = loaded.downcast::<Model<HyenaLm>>("fine-tuning")?.clone();
+            // A fine-tuned classifier's backbone can be fine-tuned again.
+            let m = match loaded.model.as_any().downcast_ref::<Model<SeqClassifier>>() {
+                Some(clf) => clf.backbone()?,
+                None => loaded.downcast::<Model<HyenaLm>>("fine-tuning")?.clone(),
+            };
             run.model = m.net.cfg.clone();
             Ok(m)
         }
