@@ -74,6 +74,8 @@ pub mod models;
 pub mod ops;
 pub mod params;
 pub mod plot;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod train;
 
 pub use config::{FilterConfig, FilterLayout, HyenaConfig};

@@ -86,6 +86,28 @@ pub fn many_mut<const N: usize>(p: &mut [f32], hs: [P; N]) -> [&mut [f32]; N] {
         .expect("handles of one parameter store are disjoint and inside its buffer")
 }
 
+/// The tensors `hs` of the buffer `p`, as slices (for layers that address their tensors by
+/// position in their own list).
+pub fn split_handles<'a>(p: &'a [f32], hs: &[P]) -> Vec<&'a [f32]> {
+    hs.iter().map(|h| h.of(p)).collect()
+}
+
+/// The tensors `hs` of the buffer `g`, as mutable slices. `hs` must be in increasing offset
+/// order, as a layer registers its tensors.
+pub fn split_handles_mut<'a>(g: &'a mut [f32], hs: &[P]) -> Vec<&'a mut [f32]> {
+    let mut out = Vec::with_capacity(hs.len());
+    let (mut rest, mut at) = (g, 0);
+    for h in hs {
+        assert!(h.off >= at, "handles of one layer are registered in order");
+        let (_, r) = std::mem::take(&mut rest).split_at_mut(h.off - at);
+        let (a, r) = r.split_at_mut(h.len);
+        out.push(a);
+        rest = r;
+        at = h.off + h.len;
+    }
+    out
+}
+
 /// The element type a store keeps its values in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DType {

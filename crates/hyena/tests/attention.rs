@@ -4,8 +4,9 @@
 
 use hyena::layers::attention::reference::attention_reference;
 use hyena::layers::attention::{rope_apply, Attention, AttentionConfig};
-use hyena::layers::zoo::{check_causal, check_layer_grads, init_params, LayerCache, SeqLayer};
-use hyena::ops::gradcheck::rand_vec;
+use hyena::layers::layer::{Layer, Slot};
+use hyena::params::ParamStore;
+use hyena::testing::{built, check_causal, check_layer_grads, init_params, rand_vec};
 
 /// A test case: `(B, L, D, H, rotary_dim, window, bias)`.
 type Case = (usize, usize, usize, usize, usize, Option<usize>, bool);
@@ -22,8 +23,8 @@ fn cfg(d: usize, h: usize, r: usize, window: Option<usize>, bias: bool) -> Atten
 }
 
 /// Parameters moved off their init (the zero biases would hide bias errors).
-fn params(layer: &Attention, seed: u64) -> Vec<f32> {
-    let mut p = init_params(layer, seed);
+fn params(layer: &Attention, store: &ParamStore, seed: u64) -> Vec<f32> {
+    let mut p = init_params(layer, store, seed);
     let jitter = rand_vec(p.len(), seed + 7, 0.1);
     for (v, j) in p.iter_mut().zip(jitter) {
         *v += j;
@@ -34,7 +35,7 @@ fn params(layer: &Attention, seed: u64) -> Vec<f32> {
 fn forward(layer: &Attention, p: &[f32], x: &[f32], b: usize, l: usize) -> Vec<f32> {
     let mut y = vec![0.0; x.len()];
     layer
-        .forward(p, x, b, l, &mut y, &mut LayerCache::default())
+        .forward(p, x, b, l, &mut y, &mut Slot::default())
         .expect("forward");
     y
 }
@@ -56,11 +57,11 @@ fn forward_matches_reference() {
     ];
     for (i, &(b, l, d, h, r, w, bias)) in cases.iter().enumerate() {
         let c = cfg(d, h, r, w, bias);
-        let layer = Attention::new(c.clone()).expect("valid config");
-        let p = params(&layer, 10 + i as u64);
+        let (layer, store) = built(|vb| Attention::new(c.clone(), vb)).expect("valid config");
+        let p = params(&layer, &store, 10 + i as u64);
         let x = rand_vec(b * l * d, 100 + i as u64, 1.0);
         let y = forward(&layer, &p, &x, b, l);
-        let yr = attention_reference(&c, &p, &x, b, l).expect("reference");
+        let yr = attention_reference(&layer, &p, &x, b, l).expect("reference");
         let err = y
             .iter()
             .zip(&yr)
@@ -86,8 +87,9 @@ fn gradients_match_finite_differences() {
         (1, 70, 4, 1, 4, Some(9), true), // two row blocks with a window
     ];
     for (i, &(b, l, d, h, r, w, bias)) in cases.iter().enumerate() {
-        let layer = Attention::new(cfg(d, h, r, w, bias)).expect("valid config");
-        let worst = check_layer_grads(&layer, b, l, 40 + i as u64, 0.1, 5e-3)
+        let (layer, store) =
+            built(|vb| Attention::new(cfg(d, h, r, w, bias), vb)).expect("valid config");
+        let worst = check_layer_grads(&layer, &store, b, l, 40 + i as u64, 0.1, 5e-3)
             .unwrap_or_else(|e| panic!("case {i}: {e}"));
         eprintln!("grad case {i}: worst relative error {worst:.2e}");
         assert!(worst < 5e-3);
@@ -97,15 +99,17 @@ fn gradients_match_finite_differences() {
 #[test]
 fn causal_and_window_local() {
     for (w, bias) in [(None, true), (Some(1), false), (Some(4), true)] {
-        let layer = Attention::new(cfg(8, 2, 4, w, bias)).expect("valid config");
-        check_causal(&layer, 2, 17, 5, 0.0).unwrap_or_else(|e| panic!("window {w:?}: {e}"));
+        let (layer, store) =
+            built(|vb| Attention::new(cfg(8, 2, 4, w, bias), vb)).expect("valid config");
+        check_causal(&layer, &store, 2, 17, 5, 0.0).unwrap_or_else(|e| panic!("window {w:?}: {e}"));
     }
     // With a window w, an input change at t can only reach outputs t ..= t + w − 1 of a
     // single attention layer: later ones must be bit-for-bit unchanged.
     let (b, l, d) = (2, 40, 8);
     for w in [1, 3, 7] {
-        let layer = Attention::new(cfg(d, 2, 4, Some(w), true)).expect("valid config");
-        let p = params(&layer, 3);
+        let (layer, store) =
+            built(|vb| Attention::new(cfg(d, 2, 4, Some(w), true), vb)).expect("valid config");
+        let p = params(&layer, &store, 3);
         let x = rand_vec(b * l * d, 4, 1.0);
         let y0 = forward(&layer, &p, &x, b, l);
         for t in [0, 5, 20, 39] {
@@ -196,26 +200,19 @@ fn bad_configs_are_errors() {
         ),
     ];
     for (c, field) in bad {
-        let e = Attention::new(c.clone()).expect_err("invalid config accepted");
+        let e = built(|vb| Attention::new(c.clone(), vb)).expect_err("invalid config accepted");
         assert!(e.to_string().contains(field), "{c:?}: {e}");
     }
     let mut v = vec![0.0; 16];
     assert!(rope_apply(&mut v, 2, 1, 8, 3, 10000.0, 0).is_err());
     assert!(rope_apply(&mut v, 3, 1, 8, 4, 10000.0, 0).is_err());
     // Wrong buffer sizes are errors too, not panics.
-    let layer = Attention::new(cfg(8, 2, 4, None, true)).expect("valid");
-    let p = init_params(&layer, 0);
+    let (layer, store) = built(|vb| Attention::new(cfg(8, 2, 4, None, true), vb)).expect("valid");
+    let p = init_params(&layer, &store, 0);
     let mut y = vec![0.0; 16];
-    let r = layer.forward(&p, &[0.0; 15], 1, 2, &mut y, &mut LayerCache::default());
+    let r = layer.forward(&p, &[0.0; 15], 1, 2, &mut y, &mut Slot::default());
     assert!(r.is_err());
-    let r = layer.forward(
-        &p[1..],
-        &[0.0; 16],
-        1,
-        2,
-        &mut y,
-        &mut LayerCache::default(),
-    );
+    let r = layer.forward(&p[1..], &[0.0; 16], 1, 2, &mut y, &mut Slot::default());
     assert!(r.is_err());
     let (mut dx, mut g) = (vec![0.0; 16], vec![0.0; p.len()]);
     let r = layer.backward(
@@ -224,7 +221,7 @@ fn bad_configs_are_errors() {
         &[0.0; 16],
         1,
         2,
-        &LayerCache::default(),
+        &mut Slot::default(),
         &mut dx,
         &mut g,
     );
@@ -234,8 +231,8 @@ fn bad_configs_are_errors() {
 #[test]
 fn params_init_and_serde() {
     let c = AttentionConfig::mad_mh_attention(128);
-    let layer = Attention::new(c.clone()).expect("valid");
-    let names: Vec<_> = layer.param_specs().iter().map(|s| s.name.clone()).collect();
+    let (layer, store) = built(|vb| Attention::new(c.clone(), vb)).expect("valid");
+    let names: Vec<_> = store.specs().iter().map(|s| s.name.clone()).collect();
     assert_eq!(
         names,
         [
@@ -246,7 +243,7 @@ fn params_init_and_serde() {
         ]
     );
     assert_eq!(layer.kind(), "attn");
-    let p = init_params(&layer, 1);
+    let p = init_params(&layer, &store, 1);
     let bound = 1.0 / (128f32).sqrt();
     let (wqkv, rest) = p.split_at(3 * 128 * 128);
     assert!(wqkv.iter().all(|v| v.abs() <= bound));
@@ -255,8 +252,9 @@ fn params_init_and_serde() {
         rest[..3 * 128].iter().all(|&v| v == 0.0),
         "biases start at zero"
     );
-    let no_bias = Attention::new(cfg(8, 2, 4, None, false)).expect("valid");
-    assert_eq!(no_bias.param_specs().len(), 2);
+    let (_no_bias, no_bias_store) =
+        built(|vb| Attention::new(cfg(8, 2, 4, None, false), vb)).expect("valid");
+    assert_eq!(no_bias_store.specs().len(), 2);
 
     let json = serde_json::to_string(&c).expect("serialize");
     let back: AttentionConfig = serde_json::from_str(&json).expect("deserialize");
@@ -276,8 +274,8 @@ fn timing() {
         AttentionConfig::mad_attention(d),
         AttentionConfig::mad_mh_attention(d),
     ] {
-        let layer = Attention::new(c.clone()).expect("valid");
-        let p = init_params(&layer, 0);
+        let (layer, store) = built(|vb| Attention::new(c.clone(), vb)).expect("valid");
+        let p = init_params(&layer, &store, 0);
         let x = rand_vec(b * l * d, 1, 1.0);
         let dy = rand_vec(b * l * d, 2, 1.0);
         let (mut y, mut dx, mut g) = (
@@ -285,7 +283,7 @@ fn timing() {
             vec![0.0; b * l * d],
             vec![0.0; p.len()],
         );
-        let mut cache = LayerCache::default();
+        let mut cache = Slot::default();
         let reps = 20;
         let (mut tf, mut tb) = (0.0, 0.0);
         for i in 0..reps + 2 {
@@ -295,7 +293,7 @@ fn timing() {
                 .expect("forward");
             let t1 = std::time::Instant::now();
             layer
-                .backward(&p, &x, &dy, b, l, &cache, &mut dx, &mut g)
+                .backward(&p, &x, &dy, b, l, &mut cache, &mut dx, &mut g)
                 .expect("backward");
             let t2 = std::time::Instant::now();
             if i >= 2 {

@@ -6,8 +6,8 @@ mod common;
 use common::max_abs_diff;
 use hyena::ops::act;
 use hyena::ops::fftconv::{reference, FftConv, GatedConv, GatedConvGrads, RowLayout, Spectra};
-use hyena::ops::gradcheck::{check, dot, rand_vec};
 use hyena::ops::{linear, norm, short_conv};
+use hyena::testing::{check, dot, rand_vec};
 
 // Non-powers of two; 127 and 4097 also make `2L` a size with a large prime factor (254 = 2·127,
 // 8194 = 2·17·241), which the FFT convolution pads further to a 7-smooth size.

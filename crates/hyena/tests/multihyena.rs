@@ -2,12 +2,11 @@
 //! linear-attention form with a causal Toeplitz mixing, against order-2 Hyena at head size 1,
 //! finite-difference gradients, causality and config errors.
 
-use hyena::layers::hyena_zoo::HyenaLayer;
+use hyena::layers::layer::{Layer, Slot};
 use hyena::layers::multihyena::{MixAlgo, MultiHyena, MultiHyenaConfig};
-use hyena::layers::zoo::{
-    check_causal, check_layer_grads, init_params, split, LayerCache, SeqLayer,
-};
-use hyena::ops::gradcheck::rand_vec;
+use hyena::layers::HyenaOperator;
+use hyena::params::ParamStore;
+use hyena::testing::{built, check_causal, check_layer_grads, init_params, rand_vec, tensors};
 use hyena::{FilterConfig, HyenaConfig};
 
 fn cfg(d: usize, h: usize, l_max: usize) -> MultiHyenaConfig {
@@ -24,8 +23,8 @@ fn cfg(d: usize, h: usize, l_max: usize) -> MultiHyenaConfig {
 }
 
 /// Parameters at their init plus a jitter (the init of `filter_fn.bias` etc. would hide errors).
-fn params(layer: &dyn SeqLayer, seed: u64) -> Vec<f32> {
-    let mut p = init_params(layer, seed);
+fn params(layer: &dyn Layer, store: &ParamStore, seed: u64) -> Vec<f32> {
+    let mut p = init_params(layer, store, seed);
     let jitter = rand_vec(p.len(), seed + 1, 0.1);
     for (v, r) in p.iter_mut().zip(jitter) {
         *v += r;
@@ -33,22 +32,28 @@ fn params(layer: &dyn SeqLayer, seed: u64) -> Vec<f32> {
     p
 }
 
-fn run(layer: &dyn SeqLayer, p: &[f32], x: &[f32], b: usize, l: usize) -> Vec<f32> {
+fn run(layer: &dyn Layer, p: &[f32], x: &[f32], b: usize, l: usize) -> Vec<f32> {
     let mut y = vec![0.0; x.len()];
     layer
-        .forward(p, x, b, l, &mut y, &mut LayerCache::default())
+        .forward(p, x, b, l, &mut y, &mut Slot::default())
         .expect("forward");
     y
 }
 
 /// The definition, in f64: projections, short conv, then per head
 /// `yg_t = Σ_{s≤t} f_h(t−s) (x1_t · v_s) x2_s + bias_h (x1_t · v_t) x2_t`, then out_proj.
-fn reference(layer: &MultiHyena, p: &[f32], x: &[f32], b: usize, l: usize) -> Vec<f64> {
+fn reference(
+    layer: &MultiHyena,
+    store: &ParamStore,
+    p: &[f32],
+    x: &[f32],
+    b: usize,
+    l: usize,
+) -> Vec<f64> {
     let c = layer.config();
     let (d, h, k) = (c.d_model, c.n_heads, c.short_filter_order);
     let m = d / h;
-    let specs = layer.param_specs();
-    let s = split(p, &specs);
+    let s = tensors(store, p);
     let n = s.len();
     let (in_w, in_b, sw, sb, ow, ob) = (s[0], s[1], s[2], s[3], s[n - 2], s[n - 1]);
     let (f, fb) = layer.filters(p, l).expect("filters");
@@ -115,15 +120,14 @@ fn forward_matches_toeplitz_linear_attention() {
     let cases = [(8usize, 2usize), (6, 1), (4, 4), (12, 3)];
     for (ci, &(d, h)) in cases.iter().enumerate() {
         for algo in [MixAlgo::Fft, MixAlgo::Direct, MixAlgo::Auto] {
-            let layer = MultiHyena::new(&cfg(d, h, 128))
-                .expect("config")
-                .with_algo(algo);
-            let p = params(&layer, 10 + ci as u64);
+            let (layer, store) = built(|vb| MultiHyena::new(&cfg(d, h, 128), vb)).expect("config");
+            let layer = layer.with_algo(algo);
+            let p = params(&layer, &store, 10 + ci as u64);
             for &l in &[1usize, 7, 64, 100] {
                 let b = 2;
                 let x = rand_vec(b * l * d, 100 + l as u64, 1.0);
                 let y = run(&layer, &p, &x, b, l);
-                let r = reference(&layer, &p, &x, b, l);
+                let r = reference(&layer, &store, &p, &x, b, l);
                 let scale = r.iter().fold(0.0f64, |a, v| a.max(v.abs()));
                 let err = y
                     .iter()
@@ -145,18 +149,31 @@ fn head_size_one_is_order_two_hyena() {
     // output.
     let (d, l_max) = (6usize, 32usize);
     let c = cfg(d, d, l_max);
-    let hy = HyenaLayer::new(&HyenaConfig {
-        d_model: d,
-        l_max,
-        order: 2,
-        short_filter_order: 3,
-        filter: c.filter.clone(),
+    let (hy, hy_store) = built(|vb| {
+        HyenaOperator::new(
+            &HyenaConfig {
+                d_model: d,
+                l_max,
+                order: 2,
+                short_filter_order: 3,
+                filter: c.filter.clone(),
+            },
+            vb,
+        )
     })
     .expect("hyena config");
+    // Names and shapes, in order.
+    let layout = |s: &ParamStore| -> Vec<(String, Vec<usize>)> {
+        s.specs()
+            .iter()
+            .map(|t| (t.name.clone(), t.shape.clone()))
+            .collect()
+    };
     for algo in [MixAlgo::Fft, MixAlgo::Direct] {
-        let mh = MultiHyena::new(&c).expect("config").with_algo(algo);
-        assert_eq!(mh.param_specs(), hy.param_specs());
-        let p = params(&mh, 7);
+        let (mh, mh_store) = built(|vb| MultiHyena::new(&c, vb)).expect("config");
+        let mh = mh.with_algo(algo);
+        assert_eq!(layout(&mh_store), layout(&hy_store));
+        let p = params(&mh, &mh_store, 7);
         let (b, l) = (3, 29);
         let x = rand_vec(b * l * d, 8, 1.0);
         let (y1, y2) = (run(&mh, &p, &x, b, l), run(&hy, &p, &x, b, l));
@@ -176,10 +193,9 @@ fn gradients_match_finite_differences() {
         .enumerate()
     {
         for algo in [MixAlgo::Fft, MixAlgo::Direct] {
-            let layer = MultiHyena::new(&cfg(d, h, 32))
-                .expect("config")
-                .with_algo(algo);
-            let w = check_layer_grads(&layer, b, l, 30 + i as u64, 0.1, 2e-2)
+            let (layer, store) = built(|vb| MultiHyena::new(&cfg(d, h, 32), vb)).expect("config");
+            let layer = layer.with_algo(algo);
+            let w = check_layer_grads(&layer, &store, b, l, 30 + i as u64, 0.1, 2e-2)
                 .unwrap_or_else(|e| panic!("{algo:?} D={d} H={h}: {e}"));
             eprintln!("mh-hyena {algo:?} D={d} H={h} B={b} L={l}: worst rel err {w:.3e}");
         }
@@ -189,10 +205,9 @@ fn gradients_match_finite_differences() {
 #[test]
 fn causal() {
     for algo in [MixAlgo::Fft, MixAlgo::Direct] {
-        let layer = MultiHyena::new(&cfg(8, 2, 32))
-            .expect("config")
-            .with_algo(algo);
-        check_causal(&layer, 2, 23, 5, 1e-5).unwrap_or_else(|e| panic!("{algo:?}: {e}"));
+        let (layer, store) = built(|vb| MultiHyena::new(&cfg(8, 2, 32), vb)).expect("config");
+        let layer = layer.with_algo(algo);
+        check_causal(&layer, &store, 2, 23, 5, 1e-5).unwrap_or_else(|e| panic!("{algo:?}: {e}"));
     }
 }
 
@@ -212,7 +227,7 @@ fn config_errors_and_mad_preset() {
         ),
     ];
     for (c, field) in bad {
-        let e = MultiHyena::new(&c).expect_err("invalid config accepted");
+        let e = built(|vb| MultiHyena::new(&c, vb)).expect_err("invalid config accepted");
         let msg = e.to_string();
         assert!(
             msg.contains(field),
@@ -222,8 +237,8 @@ fn config_errors_and_mad_preset() {
     // MAD's mh-hyena.yml behaviour: D = 128 → 8 heads of size 16, 8 filters.
     let mad = MultiHyenaConfig::mad(128, 256);
     assert_eq!((mad.n_heads, mad.head_dim()), (8, 16));
-    let layer = MultiHyena::new(&mad).expect("mad config");
-    let specs = layer.param_specs();
+    let (_layer, store) = built(|vb| MultiHyena::new(&mad, vb)).expect("mad config");
+    let specs = store.specs();
     let bias = specs
         .iter()
         .find(|s| s.name == "filter_fn.bias")
@@ -236,15 +251,15 @@ fn config_errors_and_mad_preset() {
     let back: MultiHyenaConfig = serde_json::from_str(&js).expect("deserialize");
     assert_eq!(back, mad);
     // Run-time shape errors.
-    let layer = MultiHyena::new(&cfg(8, 2, 16)).expect("config");
-    let p = init_params(&layer, 1);
+    let (layer, store) = built(|vb| MultiHyena::new(&cfg(8, 2, 16), vb)).expect("config");
+    let p = init_params(&layer, &store, 1);
     let mut y = vec![0.0; 17 * 8];
     let x = vec![0.0; 17 * 8];
     assert!(layer
-        .forward(&p, &x, 1, 17, &mut y, &mut LayerCache::default())
+        .forward(&p, &x, 1, 17, &mut y, &mut Slot::default())
         .is_err());
     assert!(layer
-        .forward(&p, &x[..8], 1, 2, &mut y[..16], &mut LayerCache::default())
+        .forward(&p, &x[..8], 1, 2, &mut y[..16], &mut Slot::default())
         .is_err());
     let mut dx = vec![0.0; 16];
     let mut g = vec![0.0; p.len()];
@@ -255,7 +270,7 @@ fn config_errors_and_mad_preset() {
             &x[..16],
             1,
             2,
-            &LayerCache::default(),
+            &mut Slot::default(),
             &mut dx,
             &mut g
         )
@@ -273,19 +288,24 @@ fn timing() {
         (4, 512, MixAlgo::Fft),
         (4, 512, MixAlgo::Direct),
     ] {
-        let layer = MultiHyena::new(&MultiHyenaConfig {
-            n_heads: h,
-            ..MultiHyenaConfig::mad(d, l)
+        let (layer, store) = built(|vb| {
+            MultiHyena::new(
+                &MultiHyenaConfig {
+                    n_heads: h,
+                    ..MultiHyenaConfig::mad(d, l)
+                },
+                vb,
+            )
         })
-        .expect("config")
-        .with_algo(algo);
-        let p = init_params(&layer, 1);
+        .expect("config");
+        let layer = layer.with_algo(algo);
+        let p = init_params(&layer, &store, 1);
         let x = rand_vec(b * l * d, 2, 1.0);
         let dy = rand_vec(b * l * d, 3, 1.0);
         let mut y = vec![0.0; x.len()];
         let mut dx = vec![0.0; x.len()];
         let mut g = vec![0.0; p.len()];
-        let mut cache = LayerCache::default();
+        let mut cache = Slot::default();
         let reps = 10;
         let (mut tf, mut tb) = (f64::INFINITY, f64::INFINITY);
         for _ in 0..reps {
@@ -295,7 +315,7 @@ fn timing() {
                 .expect("forward");
             let t1 = std::time::Instant::now();
             layer
-                .backward(&p, &x, &dy, b, l, &cache, &mut dx, &mut g)
+                .backward(&p, &x, &dy, b, l, &mut cache, &mut dx, &mut g)
                 .expect("backward");
             let t2 = std::time::Instant::now();
             tf = tf.min((t1 - t0).as_secs_f64() * 1e3);

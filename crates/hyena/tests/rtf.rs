@@ -2,7 +2,7 @@
 //! direct recurrence, and the corrected companion-form step against the parallel forward.
 
 use hyena::layers::rtf::{fft_len, Rtf};
-use hyena::ops::gradcheck::rand_vec;
+use hyena::testing::rand_vec;
 
 /// Random stable RTF: Σ|a| = `mass` < 1 per channel keeps every pole inside the unit circle.
 fn rtf(d: usize, n: usize, mass: f64, seed: u64) -> Rtf {

@@ -5,19 +5,18 @@
 //! impulse response and aliasing it with period `M` (cross-checked against `layers::rtf`), the
 //! modal kernel by direct complex powers `exp(t·ΔA)`, both convolved by an O(L²) direct sum.
 
-use hyena::layers::rtf_layer::{RtfConfig, RtfInit, RtfLayer};
+use hyena::layers::layer::{Layer, Slot};
+use hyena::layers::rtf::{RtfConfig, RtfInit, RtfLayer};
 use hyena::layers::ssm::{ModalConfig, ModalSsm};
-use hyena::layers::zoo::{
-    check_causal, check_layer_grads, init_params, split, split_mut, LayerCache, SeqLayer,
-};
-use hyena::ops::gradcheck::rand_vec;
 use hyena::ops::linear::reference::linear_forward;
+use hyena::params::{split_handles_mut, ParamStore, P};
+use hyena::testing::{built, check_causal, check_layer_grads, init_params, rand_vec, tensors};
 use realfft::num_complex::Complex64;
 
 const LENS: [usize; 5] = [1, 7, 64, 100, 257];
 
-fn jittered(layer: &dyn SeqLayer, seed: u64, jitter: f32) -> Vec<f32> {
-    let mut p = init_params(layer, seed);
+fn jittered(layer: &dyn Layer, store: &ParamStore, seed: u64, jitter: f32) -> Vec<f32> {
+    let mut p = init_params(layer, store, seed);
     let r = rand_vec(p.len(), seed + 100, jitter);
     for (v, r) in p.iter_mut().zip(r) {
         *v += r;
@@ -60,10 +59,10 @@ fn max_err(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
 }
 
-fn forward(layer: &dyn SeqLayer, p: &[f32], x: &[f32], b: usize, l: usize) -> Vec<f32> {
+fn forward(layer: &dyn Layer, p: &[f32], x: &[f32], b: usize, l: usize) -> Vec<f32> {
     let mut y = vec![0.0; x.len()];
     layer
-        .forward(p, x, b, l, &mut y, &mut LayerCache::default())
+        .forward(p, x, b, l, &mut y, &mut Slot::default())
         .expect("forward");
     y
 }
@@ -72,17 +71,27 @@ fn forward(layer: &dyn SeqLayer, p: &[f32], x: &[f32], b: usize, l: usize) -> Ve
 // Modal SSM
 // ------------------------------------------------------------------------------------------
 
-fn modal(d: usize, n: usize) -> ModalSsm {
-    ModalSsm::new(ModalConfig {
-        state_size: n,
-        ..ModalConfig::new(d)
+/// The handles of a layer's tensors, in order (to split a buffer mutably by tensor).
+fn handles(store: &ParamStore) -> Vec<P> {
+    store.specs().iter().map(|s| s.handle).collect()
+}
+
+fn modal(d: usize, n: usize) -> (ModalSsm, ParamStore) {
+    built(|vb| {
+        ModalSsm::new(
+            ModalConfig {
+                state_size: n,
+                ..ModalConfig::new(d)
+            },
+            vb,
+        )
     })
     .expect("valid config")
 }
 
 /// `k[c, t] = 2 Re Σ_n C E exp(t ΔA)` with the power taken directly, not by running products.
-fn modal_kernel_ref(layer: &ModalSsm, p: &[f32], l: usize) -> Vec<f64> {
-    let ps = split(p, &layer.param_specs());
+fn modal_kernel_ref(layer: &ModalSsm, store: &ParamStore, p: &[f32], l: usize) -> Vec<f64> {
+    let ps = tensors(store, p);
     let (d, h) = (layer.d_model(), layer.modes());
     let mut k = vec![0.0f64; d * l];
     for c in 0..d {
@@ -103,11 +112,11 @@ fn modal_kernel_ref(layer: &ModalSsm, p: &[f32], l: usize) -> Vec<f64> {
 #[test]
 fn modal_forward_matches_reference() {
     let (b, d) = (2, 5);
-    let layer = modal(d, 8);
+    let (layer, store) = modal(d, 8);
     for (s, &l) in LENS.iter().enumerate() {
-        let p = jittered(&layer, 10 + s as u64, 0.1);
+        let p = jittered(&layer, &store, 10 + s as u64, 0.1);
         let x = rand_vec(b * l * d, 77 + s as u64, 1.0);
-        let k_ref = modal_kernel_ref(&layer, &p, l);
+        let k_ref = modal_kernel_ref(&layer, &store, &p, l);
         let k = layer.kernel(&p, l).expect("kernel");
         let kf: Vec<f32> = k_ref.iter().map(|&v| v as f32).collect();
         assert!(
@@ -115,7 +124,7 @@ fn modal_forward_matches_reference() {
             "modal kernel at L={l}: {}",
             max_err(&k, &kf)
         );
-        let ps = split(&p, &layer.param_specs());
+        let ps = tensors(&store, &p);
         let skip: Vec<f64> = ps[6].iter().map(|&v| v as f64).collect();
         let y_ref = mixer_reference(&x, (b, l, d), ps[0], ps[1], &k_ref, &skip, ps[7], ps[8]);
         let y = forward(&layer, &p, &x, b, l);
@@ -127,11 +136,11 @@ fn modal_forward_matches_reference() {
 #[test]
 fn modal_recurrence_matches_forward() {
     let (b, d, l) = (2, 6, 53);
-    let layer = modal(d, 8);
-    let p = jittered(&layer, 3, 0.2);
+    let (layer, store) = modal(d, 8);
+    let p = jittered(&layer, &store, 3, 0.2);
     // Larger steps so that the state really carries information over the sequence.
     let mut p = p;
-    split_mut(&mut p, &layer.param_specs())[2].fill((0.3f32).ln());
+    split_handles_mut(&mut p, &handles(&store))[2].fill((0.3f32).ln());
     let x = rand_vec(b * l * d, 4, 1.0);
     let y = forward(&layer, &p, &x, b, l);
     let rec = layer.recurrence(&p).expect("recurrence");
@@ -152,15 +161,20 @@ fn modal_recurrence_matches_forward() {
 fn modal_gradients() {
     // Steps Δ in [0.1, 0.5] rather than the default [1e-3, 0.1]: with tiny steps the gradients
     // of `log_a_real` are ~1e-5, below what f32 central differences resolve.
-    let layer = ModalSsm::new(ModalConfig {
-        state_size: 6,
-        dt_min: 0.1,
-        dt_max: 0.5,
-        ..ModalConfig::new(4)
+    let (layer, store) = built(|vb| {
+        ModalSsm::new(
+            ModalConfig {
+                state_size: 6,
+                dt_min: 0.1,
+                dt_max: 0.5,
+                ..ModalConfig::new(4)
+            },
+            vb,
+        )
     })
     .expect("valid config");
     for (b, l, seed) in [(2, 7, 1), (1, 33, 2), (3, 16, 3)] {
-        let w = check_layer_grads(&layer, b, l, seed, 0.1, 2e-2)
+        let w = check_layer_grads(&layer, &store, b, l, seed, 0.1, 2e-2)
             .unwrap_or_else(|e| panic!("modal grads at (B, L) = ({b}, {l}): {e}"));
         assert!(w.is_finite());
     }
@@ -168,15 +182,16 @@ fn modal_gradients() {
 
 #[test]
 fn modal_is_causal() {
-    check_causal(&modal(4, 8), 2, 29, 5, 1e-6).expect("causal");
+    let (layer, store) = modal(4, 8);
+    check_causal(&layer, &store, 2, 29, 5, 1e-6).expect("causal");
 }
 
 #[test]
 fn modal_init_distributions() {
     let (d, n) = (64, 16);
-    let layer = modal(d, n);
-    let p = init_params(&layer, 9);
-    let ps = split(&p, &layer.param_specs());
+    let (layer, store) = modal(d, n);
+    let p = init_params(&layer, &store, 9);
+    let ps = tensors(&store, &p);
     for &v in ps[2] {
         let dt = v.exp();
         assert!(
@@ -213,11 +228,16 @@ fn modal_init_distributions() {
 // RTF
 // ------------------------------------------------------------------------------------------
 
-fn rtf(d: usize, n: usize, init: RtfInit) -> RtfLayer {
-    RtfLayer::new(RtfConfig {
-        d_model: d,
-        state_size: n,
-        init,
+fn rtf(d: usize, n: usize, init: RtfInit) -> (RtfLayer, ParamStore) {
+    built(|vb| {
+        RtfLayer::new(
+            RtfConfig {
+                d_model: d,
+                state_size: n,
+                init,
+            },
+            vb,
+        )
     })
     .expect("valid config")
 }
@@ -255,9 +275,9 @@ fn rtf_kernel_ref(layer: &RtfLayer, p: &[f32], l: usize) -> Vec<f64> {
 fn rtf_forward_matches_reference() {
     let (b, d) = (2, 5);
     for init in [RtfInit::Xavier, RtfInit::Montel] {
-        let layer = rtf(d, 16, init);
+        let (layer, store) = rtf(d, 16, init);
         for (s, &l) in LENS.iter().enumerate() {
-            let p = jittered(&layer, 20 + s as u64, 0.1);
+            let p = jittered(&layer, &store, 20 + s as u64, 0.1);
             let x = rand_vec(b * l * d, 88 + s as u64, 1.0);
             let k_ref = rtf_kernel_ref(&layer, &p, l);
             let k = layer.kernel(&p, l).expect("kernel");
@@ -276,7 +296,7 @@ fn rtf_forward_matches_reference() {
                 let ki: Vec<f32> = k_inf.iter().map(|&v| v as f32).collect();
                 assert!(max_err(&k, &ki) <= 1e-5, "rtf vs layers::rtf at L={l}");
             }
-            let ps = split(&p, &layer.param_specs());
+            let ps = tensors(&store, &p);
             let y_ref =
                 mixer_reference(&x, (b, l, d), ps[0], ps[1], &k_ref, &[0.0; 5], ps[5], ps[6]);
             let y = forward(&layer, &p, &x, b, l);
@@ -289,9 +309,9 @@ fn rtf_forward_matches_reference() {
 #[test]
 fn rtf_companion_recurrence_reproduces_kernel() {
     // Including L = 7 (M = 8 < N + 1 = 17), where the coefficients are folded.
-    let layer = rtf(3, 16, RtfInit::Xavier);
+    let (layer, store) = rtf(3, 16, RtfInit::Xavier);
     for l in [7, 64] {
-        let p = jittered(&layer, 31, 0.1);
+        let p = jittered(&layer, &store, 31, 0.1);
         let k = layer.kernel(&p, l).expect("kernel");
         let rec = layer
             .to_rtf(&p)
@@ -317,17 +337,16 @@ fn rtf_companion_recurrence_reproduces_kernel() {
 /// `rand_vec(.., seed + 1, jitter)`) keep every `a_raw` and `s` at least `2·eps` away from 0:
 /// `|·|` in l1_montel has a kink there, where a central difference straddling it measures the
 /// mean of the two one-sided slopes rather than the (sub)gradient.
-fn kink_free_seed(layer: &RtfLayer, start: u64, jitter: f32) -> u64 {
-    let specs = layer.param_specs();
+fn kink_free_seed(layer: &RtfLayer, store: &ParamStore, start: u64, jitter: f32) -> u64 {
     let dn = layer.d_model() * layer.config().state_size;
     (start..start + 1_000_000)
         .find(|&seed| {
-            let mut p = init_params(layer, seed);
+            let mut p = init_params(layer, store, seed);
             let r = rand_vec(p.len(), seed + 1, jitter);
             for (v, r) in p.iter_mut().zip(r) {
                 *v += r;
             }
-            let ps = split(&p, &specs);
+            let ps = tensors(store, &p);
             ps[2][..dn].iter().chain(ps[4]).all(|v| v.abs() > 0.02)
         })
         .expect("some seed avoids the kinks")
@@ -343,10 +362,10 @@ fn rtf_gradients() {
         (2, 5, RtfInit::Montel),
         (1, 16, RtfInit::Xavier),
     ] {
-        let layer = rtf(d, n, init);
+        let (layer, store) = rtf(d, n, init);
         for (b, l, start) in [(2, 7, 1), (1, 33, 20), (3, 16, 40), (1, 3, 60)] {
-            let seed = kink_free_seed(&layer, start, 0.1);
-            let w = check_layer_grads(&layer, b, l, seed, 0.1, 2e-2)
+            let seed = kink_free_seed(&layer, &store, start, 0.1);
+            let w = check_layer_grads(&layer, &store, b, l, seed, 0.1, 2e-2)
                 .unwrap_or_else(|e| panic!("rtf grads at (B, L) = ({b}, {l}), {init:?}: {e}"));
             assert!(w.is_finite());
         }
@@ -355,16 +374,17 @@ fn rtf_gradients() {
 
 #[test]
 fn rtf_is_causal() {
-    check_causal(&rtf(4, 8, RtfInit::Xavier), 2, 29, 5, 1e-6).expect("causal");
+    let (layer, store) = rtf(4, 8, RtfInit::Xavier);
+    check_causal(&layer, &store, 2, 29, 5, 1e-6).expect("causal");
 }
 
 #[test]
 fn rtf_zeros_init_is_h0_delta() {
-    let layer = rtf(6, 16, RtfInit::Zeros);
-    let p = init_params(&layer, 2);
+    let (layer, store) = rtf(6, 16, RtfInit::Zeros);
+    let p = init_params(&layer, &store, 2);
     let l = 37;
     let k = layer.kernel(&p, l).expect("kernel");
-    let h0 = split(&p, &layer.param_specs())[3].to_vec();
+    let h0 = tensors(&store, &p)[3].to_vec();
     for c in 0..6 {
         assert!((k[c * l] - h0[c]).abs() <= 1e-6, "k[0] != h0");
         assert!(
@@ -377,11 +397,11 @@ fn rtf_zeros_init_is_h0_delta() {
 #[test]
 fn rtf_l1_montel_keeps_poles_inside() {
     let (d, n, l) = (4, 16, 4096);
-    let layer = rtf(d, n, RtfInit::Xavier);
-    let specs = layer.param_specs();
-    let mut p = init_params(&layer, 5);
+    let (layer, store) = rtf(d, n, RtfInit::Xavier);
+    let specs = handles(&store);
+    let mut p = init_params(&layer, &store, 5);
     {
-        let mut ps = split_mut(&mut p, &specs);
+        let mut ps = split_handles_mut(&mut p, &specs);
         let big = rand_vec(d * n, 6, 100.0);
         ps[2][..d * n].copy_from_slice(&big);
         ps[4].copy_from_slice(&rand_vec(d, 7, 1e-3));
@@ -404,7 +424,7 @@ fn rtf_l1_montel_keeps_poles_inside() {
         );
     }
     // At the init, the kernel decays: the last quarter is far below the first.
-    let p = init_params(&layer, 8);
+    let p = init_params(&layer, &store, 8);
     let k = layer.kernel(&p, l).expect("kernel");
     for c in 0..d {
         let row = &k[c * l..(c + 1) * l];
@@ -423,24 +443,28 @@ fn rtf_l1_montel_keeps_poles_inside() {
 
 #[test]
 fn bad_configs_are_errors() {
-    let e = |r: hyena::Result<ModalSsm>| r.err().map(|e| e.to_string()).unwrap_or_default();
-    let msg = e(ModalSsm::new(ModalConfig {
+    let new_modal = |c: ModalConfig| built(|vb| ModalSsm::new(c, vb));
+    let new_rtf = |c: RtfConfig| built(|vb| RtfLayer::new(c, vb));
+    let e = |r: hyena::Result<(ModalSsm, ParamStore)>| {
+        r.err().map(|e| e.to_string()).unwrap_or_default()
+    };
+    let msg = e(new_modal(ModalConfig {
         state_size: 0,
         ..ModalConfig::new(4)
     }));
     assert!(msg.contains("state_size"), "{msg}");
-    let msg = e(ModalSsm::new(ModalConfig {
+    let msg = e(new_modal(ModalConfig {
         state_size: 5,
         ..ModalConfig::new(4)
     }));
     assert!(msg.contains("even"), "{msg}");
-    assert!(ModalSsm::new(ModalConfig::new(0)).is_err());
-    assert!(ModalSsm::new(ModalConfig {
+    assert!(new_modal(ModalConfig::new(0)).is_err());
+    assert!(new_modal(ModalConfig {
         dt_min: 0.0,
         ..ModalConfig::new(4)
     })
     .is_err());
-    let msg = RtfLayer::new(RtfConfig {
+    let msg = new_rtf(RtfConfig {
         state_size: 0,
         ..RtfConfig::new(4)
     })
@@ -448,32 +472,32 @@ fn bad_configs_are_errors() {
     .map(|e| e.to_string())
     .unwrap_or_default();
     assert!(msg.contains("state_size"), "{msg}");
-    assert!(RtfLayer::new(RtfConfig::new(0)).is_err());
+    assert!(new_rtf(RtfConfig::new(0)).is_err());
     assert!("bogus".parse::<RtfInit>().is_err());
     assert_eq!("montel".parse::<RtfInit>().ok(), Some(RtfInit::Montel));
 
     // Bad shapes and a backward without a forward are errors, not panics.
-    let layer = rtf(4, 4, RtfInit::Xavier);
-    let p = init_params(&layer, 1);
+    let (layer, store) = rtf(4, 4, RtfInit::Xavier);
+    let p = init_params(&layer, &store, 1);
     let mut y = vec![0.0; 4 * 3];
     let x = vec![0.0; 4 * 3];
     assert!(layer
-        .forward(&p, &x[..5], 1, 3, &mut y, &mut LayerCache::default())
+        .forward(&p, &x[..5], 1, 3, &mut y, &mut Slot::default())
         .is_err());
     assert!(layer
-        .forward(&p[1..], &x, 1, 3, &mut y, &mut LayerCache::default())
+        .forward(&p[1..], &x, 1, 3, &mut y, &mut Slot::default())
         .is_err());
     assert!(layer
-        .forward(&p, &[], 1, 0, &mut [], &mut LayerCache::default())
+        .forward(&p, &[], 1, 0, &mut [], &mut Slot::default())
         .is_err());
     let mut g = vec![0.0; p.len()];
     let mut dx = vec![0.0; 12];
     assert!(layer
-        .backward(&p, &x, &y, 1, 3, &LayerCache::default(), &mut dx, &mut g)
+        .backward(&p, &x, &y, 1, 3, &mut Slot::default(), &mut dx, &mut g)
         .is_err());
-    let m = modal(4, 4);
-    let pm = init_params(&m, 1);
-    let mut cache = LayerCache::default();
+    let (m, m_store) = modal(4, 4);
+    let pm = init_params(&m, &m_store, 1);
+    let mut cache = Slot::default();
     m.forward(&pm, &x, 1, 3, &mut y, &mut cache)
         .expect("forward");
     let mut gm = vec![0.0; pm.len()];
@@ -481,7 +505,7 @@ fn bad_configs_are_errors() {
     let x2 = vec![0.0; 4 * 2];
     let mut dx2 = vec![0.0; 8];
     assert!(m
-        .backward(&pm, &x2, &x2, 2, 1, &cache, &mut dx2, &mut gm)
+        .backward(&pm, &x2, &x2, 2, 1, &mut cache, &mut dx2, &mut gm)
         .is_err());
 }
 
@@ -493,16 +517,18 @@ fn bad_configs_are_errors() {
 #[ignore]
 fn ssm_layers_timing() {
     let (b, l, d) = (16, 128, 128);
-    let layers: Vec<Box<dyn SeqLayer>> = vec![
-        Box::new(rtf(d, 16, RtfInit::Xavier)),
-        Box::new(modal(d, 16)),
+    let (rtf_layer, rtf_store) = rtf(d, 16, RtfInit::Xavier);
+    let (modal_layer, modal_store) = modal(d, 16);
+    let layers: Vec<(Box<dyn Layer>, ParamStore)> = vec![
+        (Box::new(rtf_layer), rtf_store),
+        (Box::new(modal_layer), modal_store),
     ];
-    for layer in &layers {
-        let p = init_params(layer.as_ref(), 1);
+    for (layer, store) in &layers {
+        let p = init_params(layer.as_ref(), store, 1);
         let x = rand_vec(b * l * d, 2, 1.0);
         let dy = rand_vec(b * l * d, 3, 1.0);
         let (mut y, mut dx, mut g) = (vec![0.0; x.len()], vec![0.0; x.len()], vec![0.0; p.len()]);
-        let mut cache = LayerCache::default();
+        let mut cache = Slot::default();
         let reps = 20;
         let (mut tf, mut tb) = (0.0f64, 0.0f64);
         for r in 0..reps + 3 {
@@ -512,7 +538,7 @@ fn ssm_layers_timing() {
                 .expect("fwd");
             let t1 = std::time::Instant::now();
             layer
-                .backward(&p, &x, &dy, b, l, &cache, &mut dx, &mut g)
+                .backward(&p, &x, &dy, b, l, &mut cache, &mut dx, &mut g)
                 .expect("bwd");
             let t2 = std::time::Instant::now();
             if r >= 3 {

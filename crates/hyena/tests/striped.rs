@@ -2,20 +2,19 @@
 //! forward against the f64 references, finite-difference gradients, causality, token-by-token
 //! stepping, configuration errors, and (ignored) timings.
 
+use hyena::layers::layer::{Layer, Slot};
 use hyena::layers::striped::{reference, MrDecay, StripedConfig, StripedKind, StripedOp};
-use hyena::layers::zoo::{
-    check_causal, check_layer_grads, init_params, split_mut, LayerCache, SeqLayer,
-};
-use hyena::ops::gradcheck::rand_vec;
+use hyena::params::{split_handles_mut, ParamStore};
+use hyena::testing::{built, check_causal, check_layer_grads, init_params, rand_vec};
 
-fn op(cfg: StripedConfig) -> StripedOp {
-    StripedOp::new(cfg).expect("valid config")
+fn op(cfg: StripedConfig) -> (StripedOp, ParamStore) {
+    built(|vb| StripedOp::new(cfg, vb)).expect("valid config")
 }
 
 /// Initial parameters moved away from the init by `jitter` (MR's `h` starts at ~1e-5, which
 /// would hide its filter path entirely).
-fn params(layer: &StripedOp, seed: u64, jitter: f32) -> Vec<f32> {
-    let mut p = init_params(layer, seed);
+fn params(layer: &StripedOp, store: &ParamStore, seed: u64, jitter: f32) -> Vec<f32> {
+    let mut p = init_params(layer, store, seed);
     let jit = rand_vec(p.len(), seed + 100, jitter);
     for (v, r) in p.iter_mut().zip(jit) {
         *v += r;
@@ -26,7 +25,7 @@ fn params(layer: &StripedOp, seed: u64, jitter: f32) -> Vec<f32> {
 fn run(layer: &StripedOp, p: &[f32], x: &[f32], b: usize, l: usize) -> Vec<f32> {
     let mut y = vec![0.0; x.len()];
     layer
-        .forward(p, x, b, l, &mut y, &mut LayerCache::default())
+        .forward(p, x, b, l, &mut y, &mut Slot::default())
         .expect("forward");
     y
 }
@@ -61,8 +60,8 @@ fn forward_matches_reference() {
     c.filter_len = 40;
     cases.push(("Mr weak K=40".into(), c));
     for (name, cfg) in cases {
-        let layer = op(cfg);
-        let p = params(&layer, 3, 0.1);
+        let (layer, store) = op(cfg);
+        let p = params(&layer, &store, 3, 0.1);
         for l in [1usize, 7, 64, 100, 200] {
             let x = rand_vec(b * l * d, 7 + l as u64, 1.0);
             let y = run(&layer, &p, &x, b, l);
@@ -86,14 +85,15 @@ fn filter_path_is_exercised() {
     // filter parameters must change the output.
     let (b, l, d) = (1, 20, 6);
     for (name, cfg) in configs(d) {
-        let layer = op(cfg);
-        let p = params(&layer, 5, 0.1);
+        let (layer, store) = op(cfg);
+        let p = params(&layer, &store, 5, 0.1);
         let x = rand_vec(b * l * d, 9, 1.0);
         let y0 = run(&layer, &p, &x, b, l);
-        let specs = layer.param_specs();
+        let specs = store.specs();
+        let handles: Vec<_> = specs.iter().map(|s| s.handle).collect();
         let mut q = p.clone();
         {
-            let mut qs = split_mut(&mut q, &specs);
+            let mut qs = split_handles_mut(&mut q, &handles);
             for (s, t) in specs.iter().zip(qs.iter_mut()) {
                 if s.name == "filter.h" || s.name == "filter.R" {
                     t.iter_mut().for_each(|v| *v *= 2.0);
@@ -118,38 +118,42 @@ fn gradients_match_finite_differences() {
             StripedKind::Mr => &[20, 131],
             StripedKind::Li => &[64],
         };
-        let layer = op(cfg);
+        let (layer, store) = op(cfg);
         for &l in ls {
-            let w = check_layer_grads(&layer, 2, l, 11, 0.1, 2e-2)
+            let w = check_layer_grads(&layer, &store, 2, l, 11, 0.1, 2e-2)
                 .unwrap_or_else(|e| panic!("{name} L={l}: {e}"));
             assert!(w < 2e-2, "{name} L={l}: {w}");
             println!("{name} L={l}: worst rel err {w:.2e}");
         }
     }
     // MR with a much larger h jitter than its ~1e-5 init (the filter path dominates).
-    let layer = op(StripedConfig::mr(4).with_groups(2));
-    check_layer_grads(&layer, 2, 33, 12, 0.5, 2e-2).unwrap_or_else(|e| panic!("MR big h: {e}"));
+    let (layer, store) = op(StripedConfig::mr(4).with_groups(2));
+    check_layer_grads(&layer, &store, 2, 33, 12, 0.5, 2e-2)
+        .unwrap_or_else(|e| panic!("MR big h: {e}"));
     // A short MR filter, so that the sampled taps of `h` cover every lag (with K = 128 and a
     // short L the sampler mostly hits taps beyond L, whose gradient is zero), both truncated
     // (L < K) and not.
     let mut c = StripedConfig::mr(4).with_groups(2);
     c.filter_len = 16;
-    let layer = op(c);
+    let (layer, store) = op(c);
     for l in [11, 40] {
-        check_layer_grads(&layer, 2, l, 14, 0.3, 2e-2)
+        check_layer_grads(&layer, &store, 2, l, 14, 0.3, 2e-2)
             .unwrap_or_else(|e| panic!("MR K=16 L={l}: {e}"));
     }
     // Without the projection bias.
     let mut c = StripedConfig::se(6);
     c.in_bias = false;
-    check_layer_grads(&op(c), 2, 9, 13, 0.1, 2e-2).unwrap_or_else(|e| panic!("SE no bias: {e}"));
+    let (layer, store) = op(c);
+    check_layer_grads(&layer, &store, 2, 9, 13, 0.1, 2e-2)
+        .unwrap_or_else(|e| panic!("SE no bias: {e}"));
 }
 
 #[test]
 fn causal() {
     for (name, cfg) in configs(6) {
         let l = if cfg.kind == StripedKind::Mr { 140 } else { 29 };
-        check_causal(&op(cfg), 2, l, 5, 1e-5).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (layer, store) = op(cfg);
+        check_causal(&layer, &store, 2, l, 5, 1e-5).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
 
@@ -161,8 +165,8 @@ fn stepping_equals_forward() {
     c.filter_len = 16; // shorter than L, so the FIR history wraps
     cases.push(("Mr K=16".into(), c));
     for (name, cfg) in cases {
-        let layer = op(cfg);
-        let p = params(&layer, 21, 0.1);
+        let (layer, store) = op(cfg);
+        let p = params(&layer, &store, 21, 0.1);
         let x = rand_vec(b * l * d, 22, 1.0);
         let y = run(&layer, &p, &x, b, l);
         let rec = layer.recurrence(&p).expect("recurrence");
@@ -190,9 +194,9 @@ fn stepping_equals_forward() {
 #[test]
 fn li_state_is_d_by_16() {
     let d = 8;
-    let layer = op(StripedConfig::li(d));
+    let (layer, store) = op(StripedConfig::li(d));
     let rec = layer
-        .recurrence(&init_params(&layer, 1))
+        .recurrence(&init_params(&layer, &store, 1))
         .expect("recurrence");
     // Featurizer carry [2, 3D] plus the modal state [D, 16].
     assert_eq!(rec.empty_state().len(), 2 * 3 * d + d * 16);
@@ -203,9 +207,10 @@ fn parameter_names_and_shapes() {
     let d = 8;
     let names = |c: StripedConfig| -> Vec<(String, Vec<usize>)> {
         op(c)
-            .param_specs()
-            .into_iter()
-            .map(|s| (s.name, s.shape))
+            .1
+            .specs()
+            .iter()
+            .map(|s| (s.name.clone(), s.shape.clone()))
             .collect()
     };
     let common_head = [
@@ -238,10 +243,11 @@ fn parameter_names_and_shapes() {
 #[test]
 fn init_follows_the_spec() {
     let d = 8;
-    let layer = op(StripedConfig::li(d));
-    let mut p = init_params(&layer, 4);
-    let specs = layer.param_specs();
-    let ps = split_mut(&mut p, &specs);
+    let (layer, store) = op(StripedConfig::li(d));
+    let mut p = init_params(&layer, &store, 4);
+    let specs = store.specs();
+    let handles: Vec<_> = specs.iter().map(|s| s.handle).collect();
+    let ps = split_handles_mut(&mut p, &handles);
     for (s, t) in specs.iter().zip(&ps) {
         match s.name.as_str() {
             "filter.p" => assert!(t.iter().all(|&v| v == -1.0)),
@@ -251,12 +257,12 @@ fn init_follows_the_spec() {
             _ => {}
         }
     }
-    let layer = op(StripedConfig::mr(d));
-    let p = init_params(&layer, 4);
-    let specs = layer.param_specs();
+    let (layer, store) = op(StripedConfig::mr(d));
+    let p = init_params(&layer, &store, 4);
+    let specs = store.specs();
     let i = specs.iter().position(|s| s.name == "filter.h").unwrap();
-    let off: usize = specs[..i].iter().map(|s| s.numel()).sum();
-    let h = &p[off..off + specs[i].numel()];
+    let off: usize = specs[..i].iter().map(|s| s.handle.len()).sum();
+    let h = &p[off..off + specs[i].handle.len()];
     let rms = (h.iter().map(|v| v * v).sum::<f32>() / h.len() as f32).sqrt();
     let want = 1e-5 / 128f32.sqrt();
     assert!(
@@ -268,20 +274,20 @@ fn init_follows_the_spec() {
 #[test]
 fn mr_penalty_is_off_by_default_and_has_the_right_gradient() {
     let d = 4;
-    let layer = op(StripedConfig::mr(d).with_groups(2));
-    let p = params(&layer, 8, 0.1);
+    let (layer, store) = op(StripedConfig::mr(d).with_groups(2));
+    let p = params(&layer, &store, 8, 0.1);
     let mut g = vec![0.0; p.len()];
     assert_eq!(layer.regularize(&p, &mut g), 0.0);
     assert!(g.iter().all(|&v| v == 0.0));
     let mut cfg = StripedConfig::mr(d).with_groups(2);
     cfg.mr_penalty = 0.5;
-    let layer = op(cfg);
+    let (layer, store) = op(cfg);
     let mut g = vec![0.0; p.len()];
     let r0 = layer.regularize(&p, &mut g);
     assert!(r0 > 0.0);
-    let specs = layer.param_specs();
+    let specs = store.specs();
     let i = specs.iter().position(|s| s.name == "filter.h").unwrap();
-    let off: usize = specs[..i].iter().map(|s| s.numel()).sum();
+    let off: usize = specs[..i].iter().map(|s| s.handle.len()).sum();
     let eps = 1e-3f32;
     for j in [0usize, 1, 17, 100, 127, 128 + 5, 255] {
         let mut q = p.clone();
@@ -298,7 +304,7 @@ fn mr_penalty_is_off_by_default_and_has_the_right_gradient() {
     }
     // Only h gets a gradient.
     for (k, v) in g.iter().enumerate() {
-        if !(off..off + specs[i].numel()).contains(&k) {
+        if !(off..off + specs[i].handle.len()).contains(&k) {
             assert_eq!(*v, 0.0);
         }
     }
@@ -337,29 +343,29 @@ fn config_errors() {
         },
     ];
     for c in bad {
-        let e = StripedOp::new(c.clone()).expect_err("must reject");
+        let e = built(|vb| StripedOp::new(c.clone(), vb)).expect_err("must reject");
         assert!(
             e.to_string().contains("invalid config"),
             "{c:?}: unexpected error {e}"
         );
     }
     // Wrong buffers are errors, not panics; backward before forward too.
-    let layer = op(StripedConfig::li(4));
-    let p = init_params(&layer, 1);
+    let (layer, store) = op(StripedConfig::li(4));
+    let p = init_params(&layer, &store, 1);
     let x = vec![0.0; 2 * 5 * 4];
     let mut y = vec![0.0; x.len()];
-    let mut c = LayerCache::default();
+    let mut c = Slot::default();
     assert!(layer.forward(&p[1..], &x, 2, 5, &mut y, &mut c).is_err());
     assert!(layer.forward(&p, &x[1..], 2, 5, &mut y, &mut c).is_err());
     assert!(layer.forward(&p, &[], 2, 0, &mut [], &mut c).is_err());
     let mut dx = vec![0.0; x.len()];
     let mut g = vec![0.0; p.len()];
     assert!(layer
-        .backward(&p, &x, &y, 2, 5, &LayerCache::default(), &mut dx, &mut g)
+        .backward(&p, &x, &y, 2, 5, &mut Slot::default(), &mut dx, &mut g)
         .is_err());
     layer.forward(&p, &x, 2, 5, &mut y, &mut c).unwrap();
     assert!(layer
-        .backward(&p, &x, &y[..20], 1, 5, &c, &mut dx[..20], &mut g)
+        .backward(&p, &x, &y[..20], 1, 5, &mut c, &mut dx[..20], &mut g)
         .is_err());
     assert!(layer.recurrence(&p[1..]).is_err());
     // Serde round trip.
@@ -381,19 +387,19 @@ fn timing() {
         StripedConfig::li(d),
     ] {
         let kind = cfg.kind;
-        let layer = op(cfg);
-        let p = init_params(&layer, 1);
+        let (layer, store) = op(cfg);
+        let p = init_params(&layer, &store, 1);
         let x = rand_vec(b * l * d, 2, 1.0);
         let dy = rand_vec(b * l * d, 3, 1.0);
         let mut y = vec![0.0; x.len()];
         let mut dx = vec![0.0; x.len()];
         let mut g = vec![0.0; p.len()];
-        let mut c = LayerCache::default();
+        let mut c = Slot::default();
         let reps = 20;
         for _ in 0..3 {
             layer.forward(&p, &x, b, l, &mut y, &mut c).unwrap();
             layer
-                .backward(&p, &x, &dy, b, l, &c, &mut dx, &mut g)
+                .backward(&p, &x, &dy, b, l, &mut c, &mut dx, &mut g)
                 .unwrap();
         }
         let t0 = std::time::Instant::now();
@@ -404,7 +410,7 @@ fn timing() {
         let t0 = std::time::Instant::now();
         for _ in 0..reps {
             layer
-                .backward(&p, &x, &dy, b, l, &c, &mut dx, &mut g)
+                .backward(&p, &x, &dy, b, l, &mut c, &mut dx, &mut g)
                 .unwrap();
         }
         let bwd = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
@@ -415,16 +421,16 @@ fn timing() {
 #[test]
 fn conv_kernels_are_in_convolution_order() {
     let (d, l) = (4, 10);
-    let tensor = |layer: &StripedOp, p: &[f32], name: &str| -> Vec<f32> {
-        let specs = layer.param_specs();
+    let tensor = |store: &ParamStore, p: &[f32], name: &str| -> Vec<f32> {
+        let specs = store.specs();
         let i = specs.iter().position(|s| s.name == name).expect(name);
-        let off: usize = specs[..i].iter().map(|s| s.numel()).sum();
-        p[off..off + specs[i].numel()].to_vec()
+        let off: usize = specs[..i].iter().map(|s| s.handle.len()).sum();
+        p[off..off + specs[i].handle.len()].to_vec()
     };
     // SE: conv1d taps reversed (tap K−1 of the cross-correlation is lag 0), zero beyond K.
-    let layer = op(StripedConfig::se(d).with_groups(2));
-    let p = params(&layer, 30, 0.1);
-    let h = tensor(&layer, &p, "filter.h");
+    let (layer, store) = op(StripedConfig::se(d).with_groups(2));
+    let p = params(&layer, &store, 30, 0.1);
+    let h = tensor(&store, &p, "filter.h");
     let k = layer.conv_kernels(&p, l).unwrap();
     for c in 0..d {
         let g = c / 2;
@@ -434,9 +440,9 @@ fn conv_kernels_are_in_convolution_order() {
         }
     }
     // MR: truncated to L when L < K, and the decay makes tap 0 the raw h.
-    let layer = op(StripedConfig::mr(d));
-    let p = params(&layer, 31, 0.1);
-    let h = tensor(&layer, &p, "filter.h");
+    let (layer, store) = op(StripedConfig::mr(d));
+    let p = params(&layer, &store, 31, 0.1);
+    let h = tensor(&store, &p, "filter.h");
     let k = layer.conv_kernels(&p, l).unwrap();
     assert_eq!(k.len(), d * l);
     for c in 0..d {
@@ -444,12 +450,12 @@ fn conv_kernels_are_in_convolution_order() {
         assert!(k[c * l + 5].abs() <= h[c * 128 + 5].abs());
     }
     // LI: Σ_n R exp(−e^p e^γ t).
-    let layer = op(StripedConfig::li(d));
-    let p = params(&layer, 32, 0.1);
+    let (layer, store) = op(StripedConfig::li(d));
+    let p = params(&layer, &store, 32, 0.1);
     let (pp, gm, r) = (
-        tensor(&layer, &p, "filter.p"),
-        tensor(&layer, &p, "filter.gamma"),
-        tensor(&layer, &p, "filter.R"),
+        tensor(&store, &p, "filter.p"),
+        tensor(&store, &p, "filter.gamma"),
+        tensor(&store, &p, "filter.R"),
     );
     let k = layer.conv_kernels(&p, l).unwrap();
     for c in 0..d {

@@ -1,15 +1,16 @@
 //! The operator zoo's channel mixers (SwiGLU, GELU MLP) against slow references, with
 //! finite-difference gradients and per-position independence.
 
-use hyena::layers::mlp::{swiglu_inner, GeluMlp, MlpConfig, SwiGlu};
-use hyena::layers::zoo::{check_layer_grads, init_params, split, LayerCache, SeqLayer};
+use hyena::layers::layer::{Layer, Slot};
+use hyena::layers::mlp::{swiglu_inner, Mlp, MlpConfig, SwiGlu};
 use hyena::ops::act::reference::gelu;
-use hyena::ops::gradcheck::rand_vec;
+use hyena::params::ParamStore;
+use hyena::testing::{built, check_layer_grads, init_params, rand_vec, tensors};
 
-fn run(layer: &dyn SeqLayer, p: &[f32], x: &[f32], b: usize, l: usize) -> Vec<f32> {
+fn run(layer: &dyn Layer, p: &[f32], x: &[f32], b: usize, l: usize) -> Vec<f32> {
     let mut y = vec![0.0; x.len()];
     layer
-        .forward(p, x, b, l, &mut y, &mut LayerCache::default())
+        .forward(p, x, b, l, &mut y, &mut Slot::default())
         .unwrap();
     y
 }
@@ -33,22 +34,22 @@ fn channel_mixers_match_references() {
         d_model: d,
         d_inner: Some(di),
     };
-    let sw = SwiGlu::new(&cfg).unwrap();
-    let mut p = init_params(&sw, 2);
+    let (sw, sw_store) = built(|vb| SwiGlu::new(&cfg, vb)).unwrap();
+    let mut p = init_params(&sw, &sw_store, 2);
     let jit = rand_vec(p.len(), 3, 0.1);
     for (v, r) in p.iter_mut().zip(jit) {
         *v += r;
     }
     let y = run(&sw, &p, &x, b, l);
-    let w = split(&p, &sw.param_specs());
-    let mlp = GeluMlp::new(&cfg).unwrap();
-    let mut q = init_params(&mlp, 4);
+    let w = tensors(&sw_store, &p);
+    let (mlp, mlp_store) = built(|vb| Mlp::new(d, di, vb, ("l1", "l2"))).unwrap();
+    let mut q = init_params(&mlp, &mlp_store, 4);
     let jit = rand_vec(q.len(), 5, 0.1);
     for (v, r) in q.iter_mut().zip(jit) {
         *v += r;
     }
     let z = run(&mlp, &q, &x, b, l);
-    let wm = split(&q, &mlp.param_specs());
+    let wm = tensors(&mlp_store, &q);
     for r in 0..b * l {
         let xr: Vec<f64> = x[r * d..(r + 1) * d].iter().map(|&v| v as f64).collect();
         let a = lin(w[0], None, &xr, di);
@@ -80,18 +81,26 @@ fn channel_mixer_gradients_and_independence() {
         d_model: 10,
         d_inner: Some(14),
     };
-    let layers: Vec<Box<dyn SeqLayer>> = vec![
-        Box::new(SwiGlu::new(&cfg).unwrap()),
-        Box::new(GeluMlp::new(&cfg).unwrap()),
+    let layers: Vec<(Box<dyn Layer>, ParamStore)> = vec![
+        built(|vb| Ok(Box::new(SwiGlu::new(&cfg, vb)?) as Box<dyn Layer>)).unwrap(),
+        built(|vb| {
+            Ok(Box::new(Mlp::new(
+                cfg.d_model,
+                cfg.d_inner.unwrap_or(4 * cfg.d_model),
+                vb,
+                ("l1", "l2"),
+            )?) as Box<dyn Layer>)
+        })
+        .unwrap(),
     ];
-    for layer in &layers {
+    for (layer, store) in &layers {
         for (b, l) in [(1usize, 1usize), (2, 5)] {
-            let worst = check_layer_grads(layer.as_ref(), b, l, 7, 0.2, 2e-2).unwrap();
+            let worst = check_layer_grads(layer.as_ref(), store, b, l, 7, 0.2, 2e-2).unwrap();
             assert!(worst < 2e-2, "{}: {worst}", layer.kind());
         }
         // Channel mixers act on each position alone: changing one row changes only that row.
         let (b, l, d) = (1, 6, 10);
-        let p = init_params(layer.as_ref(), 1);
+        let p = init_params(layer.as_ref(), store, 1);
         let x = rand_vec(b * l * d, 9, 1.0);
         let y0 = run(layer.as_ref(), &p, &x, b, l);
         let mut x2 = x.clone();
@@ -104,9 +113,12 @@ fn channel_mixer_gradients_and_independence() {
         assert!(!layer.mixes_positions());
     }
     assert_eq!(swiglu_inner(128), 352);
-    assert!(SwiGlu::new(&MlpConfig {
-        d_model: 0,
-        d_inner: None
-    })
+    assert!(built(|vb| SwiGlu::new(
+        &MlpConfig {
+            d_model: 0,
+            d_inner: None
+        },
+        vb
+    ))
     .is_err());
 }

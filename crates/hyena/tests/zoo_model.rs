@@ -2,7 +2,7 @@
 //! by finite differences, ignored targets, causality and architecture-string errors.
 
 use hyena::models::zoo::{parse_layers, ArchConfig, NormKind, ZooCache, ZooModel};
-use hyena::ops::gradcheck::{check_with_floor, rand_vec};
+use hyena::testing::{check_with_floor, rand_vec};
 
 fn arch(layers: &str, norm: NormKind) -> ArchConfig {
     ArchConfig {
@@ -37,9 +37,9 @@ fn data(b: usize, l: usize, v: usize) -> (Vec<u32>, Vec<i32>) {
     (toks, tg)
 }
 
-fn loss_of(m: &ZooModel, toks: &[u32], tg: &[i32], b: usize, l: usize) -> f64 {
+fn loss_of(m: &ZooModel, p: &[f32], toks: &[u32], tg: &[i32], b: usize, l: usize) -> f64 {
     let mut c = ZooCache::default();
-    m.forward(toks, b, l, &mut c).unwrap();
+    m.forward(p, toks, b, l, &mut c).unwrap();
     let mut dl = Vec::new();
     let s = m.loss(&c, tg, None, &mut dl).unwrap();
     s.loss_sum / s.count as f64
@@ -62,27 +62,27 @@ fn whole_model_gradients() {
             decoder,
             ..arch(layers, norm)
         };
-        let mut m = ZooModel::new(&a, 1).unwrap();
-        let jit = rand_vec(m.params.len(), 2, 0.05);
-        for (p, r) in m.params.iter_mut().zip(jit) {
+        let (m, mut params) = ZooModel::fresh(&a, 1).unwrap();
+        let jit = rand_vec(params.len(), 2, 0.05);
+        for (p, r) in params.data_mut().iter_mut().zip(jit) {
             *p += r;
         }
         let (b, l) = (2, 11);
         let (toks, tg) = data(b, l, 7);
         let mut c = ZooCache::default();
-        m.forward(&toks, b, l, &mut c).unwrap();
+        m.forward(params.data(), &toks, b, l, &mut c).unwrap();
         let mut dl = Vec::new();
         let s = m.loss(&c, &tg, None, &mut dl).unwrap();
         assert_eq!(s.count, tg.iter().filter(|&&t| t >= 0).count());
-        let mut g = vec![0.0; m.params.len()];
-        m.backward(&dl, &c, &mut g).unwrap();
-        let p0 = m.params.clone();
+        let mut g = vec![0.0; params.len()];
+        m.backward(params.data(), &dl, &mut c, &mut g).unwrap();
+        let p0 = params.data().to_vec();
         let l0 = s.loss_sum / s.count as f64; // the loss `loss_of` computes
-        let mut mm = ZooModel::new(&a, 1).unwrap();
+        let (mm, mut mm_params) = ZooModel::fresh(&a, 1).unwrap();
         // Each named tensor on its own.
         let mut off = 0;
-        for spec in m.specs().to_vec() {
-            let n = spec.numel();
+        for spec in params.specs().to_vec() {
+            let n = spec.handle.len();
             // Embeddings are ~0.05 in size and LayerNorm divides by their spread: a smaller
             // step keeps their difference quotient accurate. Elsewhere the larger step keeps
             // f32 rounding of the loss below most gradients; the ones below the central
@@ -99,9 +99,9 @@ fn whole_model_gradients() {
                 &p0[off..off + n],
                 &g[off..off + n],
                 |pt| {
-                    mm.params.copy_from_slice(&p0);
-                    mm.params[off..off + n].copy_from_slice(pt);
-                    loss_of(&mm, &toks, &tg, b, l)
+                    mm_params.data_mut().copy_from_slice(&p0);
+                    mm_params.data_mut()[off..off + n].copy_from_slice(pt);
+                    loss_of(&mm, mm_params.data(), &toks, &tg, b, l)
                 },
                 12,
                 h,
@@ -115,23 +115,25 @@ fn whole_model_gradients() {
         let mut tg2 = tg.clone();
         tg2[0] = 3;
         assert_ne!(
-            loss_of(&m, &toks, &tg2, b, l),
-            loss_of(&m, &toks, &tg, b, l)
+            loss_of(&m, params.data(), &toks, &tg2, b, l),
+            loss_of(&m, params.data(), &toks, &tg, b, l)
         );
     }
 }
 
 #[test]
 fn zoo_model_is_causal() {
-    let m = ZooModel::new(&arch("hyena,swiglu,mh-attn,li,mlp", NormKind::Rms), 4).unwrap();
+    let (m, params) =
+        ZooModel::fresh(&arch("hyena,swiglu,mh-attn,li,mlp", NormKind::Rms), 4).unwrap();
+    let p = params.data();
     let (b, l, v) = (1, 12, 7);
     let (toks, _) = data(b, l, v);
     let mut c0 = ZooCache::default();
-    m.forward(&toks, b, l, &mut c0).unwrap();
+    m.forward(p, &toks, b, l, &mut c0).unwrap();
     let mut t2 = toks.clone();
     t2[6] = (t2[6] + 1) % v as u32;
     let mut c1 = ZooCache::default();
-    m.forward(&t2, b, l, &mut c1).unwrap();
+    m.forward(p, &t2, b, l, &mut c1).unwrap();
     // FFT convolutions round differently when any input changes: compare with a tolerance.
     for t in 0..l {
         let diff = c0.logits[t * v..(t + 1) * v]
@@ -153,12 +155,16 @@ fn architecture_errors_are_clear() {
     );
     let mut a = arch("hyena", NormKind::Rms);
     a.d_model = 0;
-    assert!(ZooModel::new(&a, 0).is_err());
-    let m = ZooModel::new(&arch("mlp", NormKind::Rms), 0).unwrap();
+    assert!(ZooModel::fresh(&a, 0).is_err());
+    let (m, params) = ZooModel::fresh(&arch("mlp", NormKind::Rms), 0).unwrap();
+    let p = params.data();
     let mut c = ZooCache::default();
-    assert!(m.forward(&[9, 1], 1, 2, &mut c).is_err(), "token >= vocab");
     assert!(
-        m.forward(&[1; 17], 1, 17, &mut c).is_err(),
+        m.forward(p, &[9, 1], 1, 2, &mut c).is_err(),
+        "token >= vocab"
+    );
+    assert!(
+        m.forward(p, &[1; 17], 1, 17, &mut c).is_err(),
         "longer than max_len"
     );
 }
@@ -171,25 +177,26 @@ fn decoder_head_sees_only_the_last_position() {
         decoder: true,
         ..arch("mlp", NormKind::Rms)
     };
-    let m = ZooModel::new(&a, 2).unwrap();
+    let (m, params) = ZooModel::fresh(&a, 2).unwrap();
+    let p = params.data();
     let (b, l, v) = (1, 9, 7);
     let (toks, _) = data(b, l, v);
     let mut c0 = ZooCache::default();
-    m.forward(&toks, b, l, &mut c0).unwrap();
+    m.forward(p, &toks, b, l, &mut c0).unwrap();
     let mut t2 = toks.clone();
     t2[3] = (t2[3] + 1) % v as u32;
     let mut c1 = ZooCache::default();
-    m.forward(&t2, b, l, &mut c1).unwrap();
+    m.forward(p, &t2, b, l, &mut c1).unwrap();
     assert_eq!(
         c0.logits, c1.logits,
         "a non-final token changed the decoding"
     );
     t2[l - 1] = (t2[l - 1] + 1) % v as u32;
-    m.forward(&t2, b, l, &mut c1).unwrap();
+    m.forward(p, &t2, b, l, &mut c1).unwrap();
     for t in 0..l {
         assert_ne!(c0.logits[t * v..(t + 1) * v], c1.logits[t * v..(t + 1) * v]);
     }
-    assert!(m.specs().iter().any(|s| s.name == "decoder.l2.weight"));
+    assert!(params.specs().iter().any(|s| s.name == "decoder.l2.weight"));
 }
 
 /// The head on scored rows only (`forward_scored`, what MAD training and evaluation use) gives
@@ -206,7 +213,8 @@ fn scored_rows_head_matches_the_full_head() {
             decoder,
             ..arch(layers, NormKind::Rms)
         };
-        let m = ZooModel::new(&a, 3).unwrap();
+        let (m, params) = ZooModel::fresh(&a, 3).unwrap();
+        let p = params.data();
         let (b, l) = (3, 10);
         let (toks, tg) = data(b, l, 7);
         let scored: Vec<usize> = (0..b * l).filter(|&i| tg[i] >= 0).collect();
@@ -214,14 +222,14 @@ fn scored_rows_head_matches_the_full_head() {
         let mut c = ZooCache::default();
         let run = |c: &mut ZooCache, rows: bool| {
             if rows {
-                m.forward_scored(&toks, &tg, b, l, c).unwrap();
+                m.forward_scored(p, &toks, &tg, b, l, c).unwrap();
             } else {
-                m.forward(&toks, b, l, c).unwrap();
+                m.forward(p, &toks, b, l, c).unwrap();
             }
             let mut dl = Vec::new();
             let s = m.loss(c, &tg, None, &mut dl).unwrap();
-            let mut g = vec![0.0; m.params.len()];
-            m.backward(&dl, c, &mut g).unwrap();
+            let mut g = vec![0.0; params.len()];
+            m.backward(p, &dl, c, &mut g).unwrap();
             (s, g, c.logits.clone())
         };
         let (s_all, g_all, lg_all) = run(&mut c, false);

@@ -16,8 +16,14 @@ use crate::config::HyenaConfig;
 use crate::error::Result;
 use crate::layers::{HyenaCache, HyenaGradWorkspace, HyenaOperator};
 use crate::ops::fftconv::{FftConv, Spectra};
-use crate::ops::gradcheck::rand_vec;
 use crate::params::{DType, Init, ParamStore};
+
+/// Seeded uniform values in `[-scale, scale)`: benchmark inputs (timings do not depend on them).
+fn rand_vec(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
 
 /// Heap measurements, provided by the binary that runs the benchmarks (the library installs no
 /// allocator of its own).
@@ -662,9 +668,7 @@ pub fn run_mad_bench(
     let f0 = crate::ops::linear::matmul_flops();
     let r = train_run(arch, &data, 1e-3, 0.0, &cfg, &mut |_| {})?;
     let flops = crate::ops::linear::matmul_flops() - f0;
-    let params = crate::models::zoo::ZooModel::new(&crate::train::mad::sized_for(arch, &data), 0)?
-        .params
-        .len();
+    let params = crate::train::mad::params_at(arch, &data)?;
     Ok(MadBenchRecord {
         arch: spec.to_string(),
         task: task.name().to_string(),

@@ -34,8 +34,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{check_len, Error, Result};
 use crate::layers::init;
-use crate::layers::zoo::{split, split_mut, LayerCache, SeqLayer, TensorSpec};
+use crate::layers::layer::{Layer, Slot};
 use crate::ops::linear::{linear_backward, linear_forward, matmul, MatMut, MatRef};
+use crate::params::{check_params, many_mut, Vb, P};
 
 /// Query rows per block inside one `(batch, head)` task.
 pub const BLOCK: usize = 64;
@@ -228,10 +229,15 @@ fn first_key(t: usize, window: Option<usize>) -> usize {
     window.map_or(0, |w| (t + 1).saturating_sub(w))
 }
 
-/// Causal multi-head attention with RoPE (see the module docs).
+/// Causal multi-head attention with RoPE (see the module docs). Tensors `Wqkv.weight [3D, D]`,
+/// `Wqkv.bias [3D]` (with `bias`), `out_proj.weight [D, D]`, `out_proj.bias [D]` (with `bias`).
 #[derive(Clone, Debug)]
 pub struct Attention {
     pub cfg: AttentionConfig,
+    wqkv: P,
+    bqkv: Option<P>,
+    wout: P,
+    bout: Option<P>,
 }
 
 /// Saved activations of [`Attention::forward`].
@@ -260,35 +266,39 @@ struct Views<'a> {
 }
 
 impl Attention {
-    /// Build the layer; an [`Error::Config`] if the configuration is invalid.
-    pub fn new(cfg: AttentionConfig) -> Result<Self> {
+    /// Build the layer, its tensors registered under `vb`; an [`Error::Config`] if the
+    /// configuration is invalid.
+    pub fn new(cfg: AttentionConfig, vb: &Vb<'_, '_>) -> Result<Self> {
         cfg.validate()?;
-        Ok(Attention { cfg })
+        let d = cfg.d_model;
+        let wqkv = vb.get(&[3 * d, d], "Wqkv.weight")?;
+        let bqkv = if cfg.bias {
+            Some(vb.no_decay().get(&[3 * d], "Wqkv.bias")?)
+        } else {
+            None
+        };
+        let wout = vb.get(&[d, d], "out_proj.weight")?;
+        let bout = if cfg.bias {
+            Some(vb.no_decay().get(&[d], "out_proj.bias")?)
+        } else {
+            None
+        };
+        Ok(Attention {
+            cfg,
+            wqkv,
+            bqkv,
+            wout,
+            bout,
+        })
     }
 
     fn views<'a>(&self, p: &'a [f32]) -> Result<Views<'a>> {
-        let specs = self.param_specs();
-        check_len(
-            "attention",
-            "parameters",
-            p.len(),
-            crate::layers::zoo::numel(&specs),
-        )?;
-        let s = split(p, &specs);
-        Ok(if self.cfg.bias {
-            Views {
-                wqkv: s[0],
-                bqkv: Some(s[1]),
-                wout: s[2],
-                bout: Some(s[3]),
-            }
-        } else {
-            Views {
-                wqkv: s[0],
-                bqkv: None,
-                wout: s[1],
-                bout: None,
-            }
+        check_params("attention", p, self.bout.unwrap_or(self.wout))?;
+        Ok(Views {
+            wqkv: self.wqkv.of(p),
+            bqkv: self.bqkv.map(|h| h.of(p)),
+            wout: self.wout.of(p),
+            bout: self.bout.map(|h| h.of(p)),
         })
     }
 
@@ -477,7 +487,7 @@ fn head_backward(
     Ok(())
 }
 
-impl SeqLayer for Attention {
+impl Layer for Attention {
     fn kind(&self) -> &'static str {
         "attn"
     }
@@ -490,30 +500,14 @@ impl SeqLayer for Attention {
         true
     }
 
-    fn param_specs(&self) -> Vec<TensorSpec> {
-        let d = self.cfg.d_model;
-        let mut v = vec![TensorSpec::new("Wqkv.weight", &[3 * d, d])];
-        if self.cfg.bias {
-            v.push(TensorSpec::new("Wqkv.bias", &[3 * d]));
-        }
-        v.push(TensorSpec::new("out_proj.weight", &[d, d]));
-        if self.cfg.bias {
-            v.push(TensorSpec::new("out_proj.bias", &[d]));
-        }
-        v
-    }
-
     /// `nn.Linear` default weights `U(±1/√D)`; biases zero (MAD zeroes every Linear bias).
     fn init(&self, p: &mut [f32], rng: &mut StdRng) {
         let d = self.cfg.d_model;
-        let specs = self.param_specs();
-        let parts = split_mut(p, &specs);
-        for (spec, part) in specs.iter().zip(parts) {
-            if spec.shape.len() == 2 {
-                let (w, _) = init::linear(rng, spec.shape[0], d, false);
-                part.copy_from_slice(&w);
-            } else {
-                part.fill(0.0);
+        for (w, b) in [(self.wqkv, self.bqkv), (self.wout, self.bout)] {
+            let (v, _) = init::linear(rng, w.len() / d, d, false);
+            w.of_mut(p).copy_from_slice(&v);
+            if let Some(b) = b {
+                b.of_mut(p).fill(0.0);
             }
         }
     }
@@ -525,7 +519,7 @@ impl SeqLayer for Attention {
         b: usize,
         l: usize,
         y: &mut [f32],
-        cache: &mut LayerCache,
+        cache: &mut Slot,
     ) -> Result<()> {
         const OP: &str = "attention forward";
         let (d, h, hd) = (self.cfg.d_model, self.cfg.n_heads, self.cfg.head_dim());
@@ -533,7 +527,7 @@ impl SeqLayer for Attention {
         check_len(OP, "x [B, L, D]", x.len(), n * d)?;
         check_len(OP, "y [B, L, D]", y.len(), n * d)?;
         let pv = self.views(p)?;
-        let c = cache.get_mut::<AttentionCache>();
+        let c = cache.get_or_default::<AttentionCache>();
         c.shape = (b, l);
         if n == 0 {
             return Ok(());
@@ -602,7 +596,7 @@ impl SeqLayer for Attention {
         dy: &[f32],
         b: usize,
         l: usize,
-        cache: &LayerCache,
+        cache: &mut Slot,
         dx: &mut [f32],
         g: &mut [f32],
     ) -> Result<()> {
@@ -626,13 +620,17 @@ impl SeqLayer for Attention {
         if n == 0 {
             return Ok(());
         }
-        let specs = self.param_specs();
-        let mut gs = split_mut(g, &specs).into_iter();
-        let mut next = || gs.next().unwrap_or_default();
-        let g_wqkv = next();
-        let g_bqkv = if self.cfg.bias { Some(next()) } else { None };
-        let g_wout = next();
-        let g_bout = if self.cfg.bias { Some(next()) } else { None };
+        // The gradient tensors, disjoint slices of `g` (both biases or neither).
+        let (g_wqkv, g_bqkv, g_wout, g_bout) = match (self.bqkv, self.bout) {
+            (Some(bq), Some(bo)) => {
+                let [a, b, c, e] = many_mut(g, [self.wqkv, bq, self.wout, bo]);
+                (a, Some(b), c, Some(e))
+            }
+            _ => {
+                let [a, c] = many_mut(g, [self.wqkv, self.wout]);
+                (a, None, c, None)
+            }
+        };
 
         // out_proj: d_o = dy W_out   [B, L, D]; dW_out += dyᵀ o; db_out += Σ dy.
         let mut d_o = vec![0.0; n * d];
@@ -712,19 +710,19 @@ impl SeqLayer for Attention {
 
 /// Slow, obviously-correct references (plain loops in f64, no gemm), for the tests.
 pub mod reference {
-    use super::{Attention, AttentionConfig};
+    use super::Attention;
     use crate::error::{check_len, Result};
 
-    /// `y [B, L, D]` of [`Attention`] with flat parameters `p` on `x [B, L, D]`, every sum in
-    /// f64 and RoPE computed from f64 angles.
+    /// `y [B, L, D]` of `layer` with the parameters `p` on `x [B, L, D]`, every sum in f64 and
+    /// RoPE computed from f64 angles.
     pub fn attention_reference(
-        cfg: &AttentionConfig,
+        layer: &Attention,
         p: &[f32],
         x: &[f32],
         b: usize,
         l: usize,
     ) -> Result<Vec<f32>> {
-        let layer = Attention::new(cfg.clone())?;
+        let cfg = &layer.cfg;
         let pv = layer.views(p)?;
         let (d, h, hd, r) = (cfg.d_model, cfg.n_heads, cfg.head_dim(), cfg.rotary_dim);
         check_len("attention reference", "x [B, L, D]", x.len(), b * l * d)?;

@@ -416,7 +416,7 @@ simd_fn! {
 #[cfg(test)]
 mod tests {
     use super::{pack, unpack};
-    use crate::ops::gradcheck::rand_vec;
+    use crate::testing::rand_vec;
 
     #[test]
     fn pack24_rounds_to_nearest_even_and_round_trips() {

@@ -1,5 +1,6 @@
-//! Channel mixers of the operator zoo (spec Sec. 6.3): SwiGLU (Shazeer 2020, arXiv 2002.05202)
-//! and the tanh-GELU MLP. Both act on each position alone (`[B·L, D]` rows).
+//! Channel mixers: SwiGLU (Shazeer 2020, arXiv 2002.05202; the zoo's `swiglu`) and the
+//! tanh-GELU MLP ([`Mlp`]: HyenaDNA's block MLP `fc1`/`fc2`, and the zoo's `mlp` with MAD's
+//! names `l1`/`l2`). Both act on each position alone (`[B·L, D]` rows).
 //!
 //! MAD's settings: SwiGLU without biases and inner width `16·ceil(⌊2·4D/3⌋/16)` (352 at
 //! D = 128, so that it has about the parameters of a 4D GELU MLP); the MLP with inner width 4D.
@@ -9,14 +10,11 @@
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{check_len, Error, Result};
+use crate::error::{Error, Result};
 use crate::layers::init;
-use crate::layers::zoo::{split, split_mut, LayerCache, SeqLayer, TensorSpec};
-use std::sync::Mutex;
+use crate::layers::layer::{check_io, Layer, Slot};
 
-use crate::ops::act::{
-    bias_gelu_forward, exp_fast, gelu_backward_bias, gelu_backward_inplace, gelu_forward,
-};
+use crate::ops::act::{bias_gelu_forward, exp_fast, gelu_backward_bias};
 use crate::ops::linear::{
     linear_accumulate, linear_backward, linear_forward, linear_forward_residual,
 };
@@ -47,10 +45,13 @@ fn check_dims(kind: &'static str, d: usize, di: usize) -> Result<()> {
     Ok(())
 }
 
-/// SwiGLU: `y = W3 (silu(W1 x) ⊙ W2 x)`, no biases. Parameters `l1.weight [I, D]`,
+/// SwiGLU: `y = W3 (silu(W1 x) ⊙ W2 x)`, no biases. Tensors `l1.weight [I, D]`,
 /// `l2.weight [I, D]`, `l3.weight [D, I]`.
 #[derive(Clone, Debug)]
 pub struct SwiGlu {
+    w1: P,
+    w2: P,
+    w3: P,
     d: usize,
     di: usize,
 }
@@ -62,7 +63,9 @@ struct SwiGluCache {
     h: Vec<f32>, // [M, I] silu(a) ⊙ b
     /// Backward scratch `[M, I]`, `[M, I]`, `[M, D]`, kept with the cache: fresh buffers of
     /// this size cost a page fault per 4 KiB on every step.
-    scratch: Mutex<(Vec<f32>, Vec<f32>, Vec<f32>)>,
+    dh: Vec<f32>,
+    db: Vec<f32>,
+    dx2: Vec<f32>,
 }
 
 #[inline(always)]
@@ -91,14 +94,23 @@ simd_fn! {
 }
 
 impl SwiGlu {
-    pub fn new(cfg: &MlpConfig) -> Result<Self> {
-        let di = cfg.d_inner.unwrap_or(swiglu_inner(cfg.d_model));
-        check_dims("swiglu", cfg.d_model, di)?;
-        Ok(SwiGlu { d: cfg.d_model, di })
+    pub fn new(cfg: &MlpConfig, vb: &Vb<'_, '_>) -> Result<Self> {
+        let (d, di) = (
+            cfg.d_model,
+            cfg.d_inner.unwrap_or(swiglu_inner(cfg.d_model)),
+        );
+        check_dims("swiglu", d, di)?;
+        Ok(SwiGlu {
+            w1: vb.get(&[di, d], "l1.weight")?,
+            w2: vb.get(&[di, d], "l2.weight")?,
+            w3: vb.get(&[d, di], "l3.weight")?,
+            d,
+            di,
+        })
     }
 }
 
-impl SeqLayer for SwiGlu {
+impl Layer for SwiGlu {
     fn kind(&self) -> &'static str {
         "swiglu"
     }
@@ -108,19 +120,10 @@ impl SeqLayer for SwiGlu {
     fn mixes_positions(&self) -> bool {
         false
     }
-    fn param_specs(&self) -> Vec<TensorSpec> {
-        vec![
-            TensorSpec::new("l1.weight", &[self.di, self.d]),
-            TensorSpec::new("l2.weight", &[self.di, self.d]),
-            TensorSpec::new("l3.weight", &[self.d, self.di]),
-        ]
-    }
     fn init(&self, p: &mut [f32], rng: &mut StdRng) {
-        let specs = self.param_specs();
-        let mut t = split_mut(p, &specs);
-        init::linear_into(rng, t[0], self.d);
-        init::linear_into(rng, t[1], self.d);
-        init::linear_into(rng, t[2], self.di);
+        init::linear_into(rng, self.w1.of_mut(p), self.d);
+        init::linear_into(rng, self.w2.of_mut(p), self.d);
+        init::linear_into(rng, self.w3.of_mut(p), self.di);
     }
     fn forward(
         &self,
@@ -129,21 +132,24 @@ impl SeqLayer for SwiGlu {
         b: usize,
         l: usize,
         y: &mut [f32],
-        cache: &mut LayerCache,
+        cache: &mut Slot,
     ) -> Result<()> {
         let (d, di, m) = (self.d, self.di, b * l);
-        check_len("swiglu", "x [B, L, D]", x.len(), m * d)?;
-        check_len("swiglu", "y [B, L, D]", y.len(), m * d)?;
-        let specs = self.param_specs();
-        let w = split(p, &specs);
-        let c = cache.get_mut::<SwiGluCache>();
+        check_io(
+            "swiglu",
+            d,
+            b,
+            l,
+            &[("x [B, L, D]", x.len()), ("y [B, L, D]", y.len())],
+        )?;
+        let c = cache.get_or_default::<SwiGluCache>();
         for v in [&mut c.a, &mut c.b, &mut c.h] {
             v.resize(m * di, 0.0);
         }
-        linear_forward(x, w[0], None, m, d, di, &mut c.a)?;
-        linear_forward(x, w[1], None, m, d, di, &mut c.b)?;
+        linear_forward(x, self.w1.of(p), None, m, d, di, &mut c.a)?;
+        linear_forward(x, self.w2.of(p), None, m, d, di, &mut c.b)?;
         swiglu_gate(&mut c.h, &c.a, &c.b);
-        linear_forward(&c.h, w[2], None, m, di, d, y)
+        linear_forward(&c.h, self.w3.of(p), None, m, di, d, y)
     }
     fn backward(
         &self,
@@ -152,128 +158,40 @@ impl SeqLayer for SwiGlu {
         dy: &[f32],
         b: usize,
         l: usize,
-        cache: &LayerCache,
+        cache: &mut Slot,
         dx: &mut [f32],
         g: &mut [f32],
     ) -> Result<()> {
         let (d, di, m) = (self.d, self.di, b * l);
-        let c = cache.get::<SwiGluCache>("swiglu")?;
-        let specs = self.param_specs();
-        let w = split(p, &specs);
-        let gw = split_mut(g, &specs);
-        let [g1, g2, g3] = <[&mut [f32]; 3]>::try_from(gw)
-            .map_err(|_| Error::config("swiglu", "params", "three tensors"))?;
-        let mut guard = c
-            .scratch
-            .lock()
-            .map_err(|_| Error::config("swiglu", "scratch", "poisoned by an earlier panic"))?;
-        let (dh, db, dx2) = &mut *guard;
+        check_io(
+            "swiglu backward",
+            d,
+            b,
+            l,
+            &[("x", x.len()), ("dy", dy.len()), ("dx", dx.len())],
+        )?;
+        let c = cache.get_mut::<SwiGluCache>("swiglu")?;
+        let [g1, g2, g3] = many_mut(g, [self.w1, self.w2, self.w3]);
+        let SwiGluCache {
+            a,
+            b: bv,
+            h,
+            dh,
+            db,
+            dx2,
+        } = c;
         dh.resize(m * di, 0.0);
         db.resize(m * di, 0.0);
         dx2.resize(m * d, 0.0);
-        linear_backward(dy, &c.h, w[2], (m, di, d), Some(dh), g3, None)?;
+        linear_backward(dy, h, self.w3.of(p), (m, di, d), Some(dh), g3, None)?;
         // dh → da (into dh), db.
-        swiglu_gate_backward(dh, db, &c.a, &c.b);
-        linear_backward(dh, x, w[0], (m, d, di), Some(dx), g1, None)?;
-        linear_backward(db, x, w[1], (m, d, di), Some(dx2), g2, None)?;
+        swiglu_gate_backward(dh, db, a, bv);
+        linear_backward(dh, x, self.w1.of(p), (m, d, di), Some(dx), g1, None)?;
+        linear_backward(db, x, self.w2.of(p), (m, d, di), Some(dx2), g2, None)?;
         for (a, b) in dx.iter_mut().zip(dx2.iter()) {
             *a += b;
         }
         Ok(())
-    }
-}
-
-/// The MLP: `y = W2 gelu_tanh(W1 x + b1) + b2`. Parameters `l1.weight [I, D]`, `l1.bias [I]`,
-/// `l2.weight [D, I]`, `l2.bias [D]`.
-#[derive(Clone, Debug)]
-pub struct GeluMlp {
-    d: usize,
-    di: usize,
-}
-
-#[derive(Default)]
-struct MlpCache {
-    a: Vec<f32>, // [M, I] pre-activation
-    h: Vec<f32>, // [M, I] gelu(a)
-}
-
-impl GeluMlp {
-    pub fn new(cfg: &MlpConfig) -> Result<Self> {
-        let di = cfg.d_inner.unwrap_or(4 * cfg.d_model);
-        check_dims("mlp", cfg.d_model, di)?;
-        Ok(GeluMlp { d: cfg.d_model, di })
-    }
-}
-
-impl SeqLayer for GeluMlp {
-    fn kind(&self) -> &'static str {
-        "mlp"
-    }
-    fn d_model(&self) -> usize {
-        self.d
-    }
-    fn mixes_positions(&self) -> bool {
-        false
-    }
-    fn param_specs(&self) -> Vec<TensorSpec> {
-        vec![
-            TensorSpec::new("l1.weight", &[self.di, self.d]),
-            TensorSpec::new("l1.bias", &[self.di]),
-            TensorSpec::new("l2.weight", &[self.d, self.di]),
-            TensorSpec::new("l2.bias", &[self.d]),
-        ]
-    }
-    fn init(&self, p: &mut [f32], rng: &mut StdRng) {
-        let specs = self.param_specs();
-        let mut t = split_mut(p, &specs);
-        init::linear_into(rng, t[0], self.d);
-        t[1].fill(0.0);
-        init::linear_into(rng, t[2], self.di);
-        t[3].fill(0.0);
-    }
-    fn forward(
-        &self,
-        p: &[f32],
-        x: &[f32],
-        b: usize,
-        l: usize,
-        y: &mut [f32],
-        cache: &mut LayerCache,
-    ) -> Result<()> {
-        let (d, di, m) = (self.d, self.di, b * l);
-        check_len("mlp", "x [B, L, D]", x.len(), m * d)?;
-        check_len("mlp", "y [B, L, D]", y.len(), m * d)?;
-        let specs = self.param_specs();
-        let w = split(p, &specs);
-        let c = cache.get_mut::<MlpCache>();
-        c.a.resize(m * di, 0.0);
-        c.h.resize(m * di, 0.0);
-        linear_forward(x, w[0], Some(w[1]), m, d, di, &mut c.a)?;
-        gelu_forward(&c.a, &mut c.h)?;
-        linear_forward(&c.h, w[2], Some(w[3]), m, di, d, y)
-    }
-    fn backward(
-        &self,
-        p: &[f32],
-        x: &[f32],
-        dy: &[f32],
-        b: usize,
-        l: usize,
-        cache: &LayerCache,
-        dx: &mut [f32],
-        g: &mut [f32],
-    ) -> Result<()> {
-        let (d, di, m) = (self.d, self.di, b * l);
-        let c = cache.get::<MlpCache>("mlp")?;
-        let specs = self.param_specs();
-        let w = split(p, &specs);
-        let gw = split_mut(g, &specs);
-        let [g1w, g1b, g2w, g2b] = <[&mut [f32]; 4]>::try_from(gw)
-            .map_err(|_| Error::config("mlp", "params", "four tensors"))?;
-        let mut dh = vec![0.0; m * di];
-        linear_backward(dy, &c.h, w[2], (m, di, d), Some(&mut dh), g2w, Some(g2b))?;
-        gelu_backward_inplace(&mut dh, &c.a)?;
-        linear_backward(&dh, x, w[0], (m, d, di), Some(dx), g1w, Some(g1b))
     }
 }
 
@@ -291,7 +209,7 @@ pub struct Mlp {
 
 impl Mlp {
     /// `{n1}.weight [I, D]`, `{n1}.bias [I]`, `{n2}.weight [D, I]`, `{n2}.bias [D]` under `vb`
-    /// (biases outside the weight-decay group).
+    /// (biases outside the weight-decay group). HyenaDNA names them `fc1`/`fc2`, MAD `l1`/`l2`.
     pub fn new(d: usize, di: usize, vb: &Vb<'_, '_>, (n1, n2): (&str, &str)) -> Result<Self> {
         check_dims("mlp", d, di)?;
         let (l1, l2) = (vb.pp(n1), vb.pp(n2));
@@ -366,5 +284,77 @@ impl Mlp {
         // dg now holds d(W1 x + b1); b1's gradient is summed in the same pass.
         gelu_backward_bias(dg, a, g1b)?;
         linear_backward(dg, x, self.w1.of(p), (m, d, di), Some(dx), g1w, None)
+    }
+}
+
+/// Saved activations of [`Mlp`] as a zoo layer, with its backward scratch.
+#[derive(Default)]
+struct MlpCache {
+    a: Vec<f32>,  // [M, I] biased pre-activation
+    g: Vec<f32>,  // [M, I] gelu(a)
+    dg: Vec<f32>, // [M, I] backward scratch
+}
+
+impl Layer for Mlp {
+    fn kind(&self) -> &'static str {
+        "mlp"
+    }
+    fn d_model(&self) -> usize {
+        self.d
+    }
+    fn mixes_positions(&self) -> bool {
+        false
+    }
+    /// MAD's init: weights PyTorch's `nn.Linear` default `U(±1/√fan_in)`, biases zero.
+    fn init(&self, p: &mut [f32], rng: &mut StdRng) {
+        init::linear_into(rng, self.w1.of_mut(p), self.d);
+        self.b1.of_mut(p).fill(0.0);
+        init::linear_into(rng, self.w2.of_mut(p), self.di);
+        self.b2.of_mut(p).fill(0.0);
+    }
+    fn forward(
+        &self,
+        p: &[f32],
+        x: &[f32],
+        b: usize,
+        l: usize,
+        y: &mut [f32],
+        cache: &mut Slot,
+    ) -> Result<()> {
+        let m = b * l;
+        check_io(
+            "mlp",
+            self.d,
+            b,
+            l,
+            &[("x [B, L, D]", x.len()), ("y [B, L, D]", y.len())],
+        )?;
+        let c = cache.get_or_default::<MlpCache>();
+        c.a.resize(m * self.di, 0.0);
+        c.g.resize(m * self.di, 0.0);
+        Mlp::forward(self, p, x, None, m, &mut c.a, &mut c.g, y)
+    }
+    fn backward(
+        &self,
+        p: &[f32],
+        x: &[f32],
+        dy: &[f32],
+        b: usize,
+        l: usize,
+        cache: &mut Slot,
+        dx: &mut [f32],
+        g: &mut [f32],
+    ) -> Result<()> {
+        let m = b * l;
+        check_io(
+            "mlp backward",
+            self.d,
+            b,
+            l,
+            &[("x", x.len()), ("dy", dy.len()), ("dx", dx.len())],
+        )?;
+        let c = cache.get_mut::<MlpCache>("mlp")?;
+        c.dg.resize(m * self.di, 0.0);
+        Mlp::backward(self, p, dy, x, &c.a, &c.g, m, &mut c.dg, dx, g)
     }
 }

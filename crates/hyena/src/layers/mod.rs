@@ -9,7 +9,6 @@
 
 pub mod attention;
 pub mod hyena;
-pub mod hyena_zoo;
 pub mod init;
 pub mod layer;
 pub mod lean;
@@ -17,10 +16,8 @@ pub mod mlp;
 pub mod multihyena;
 pub mod norm;
 pub mod rtf;
-pub mod rtf_layer;
 pub mod ssm;
 pub mod striped;
-pub mod zoo;
 
 pub use hyena::filter::{FilterBuffers, FilterCache, HyenaFilter};
 pub use hyena::{HyenaCache, HyenaGradWorkspace, HyenaOperator, OpInput, Projections};

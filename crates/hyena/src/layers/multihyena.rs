@@ -51,14 +51,14 @@ use crate::config::{FilterConfig, HyenaConfig};
 use crate::error::{Error, Result};
 use crate::layers::hyena::filter::{FilterCache, HyenaFilter};
 use crate::layers::hyena::Projections;
-use crate::layers::zoo::{numel, split, split_mut, LayerCache, SeqLayer, TensorSpec};
+use crate::layers::layer::{Layer, Slot};
 use crate::ops::fftconv::{FftConv, GatedConv, GatedConvGrads, RowLayout};
 use crate::ops::linear::{
     matmul, out_proj_cf_backward, out_proj_cf_forward, row_sums_acc, MatMut, MatRef,
 };
 use crate::ops::set_len;
 use crate::ops::short_conv;
-use crate::params::{DType, Init, ParamStore};
+use crate::params::{check_params, many_mut, Vb};
 
 /// Configuration of a [`MultiHyena`] layer.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -191,9 +191,6 @@ pub struct MultiHyena {
     cfg: MultiHyenaConfig,
     proj: Projections,
     filter: HyenaFilter,
-    specs: Vec<TensorSpec>,
-    /// Number of `filter_fn.*` tensors (between the short filter and out_proj).
-    n_filter: usize,
     conv: Arc<FftConv>,
     algo: MixAlgo,
 }
@@ -221,29 +218,19 @@ struct View<'a> {
 }
 
 impl MultiHyena {
-    /// A layer for `cfg` (validated).
-    pub fn new(cfg: &MultiHyenaConfig) -> Result<Self> {
+    /// A layer for `cfg` (validated), its tensors registered under `vb`.
+    pub fn new(cfg: &MultiHyenaConfig, vb: &Vb<'_, '_>) -> Result<Self> {
         cfg.validate()?;
         let fcfg = cfg.filter_config();
         let (d, k) = (cfg.d_model, cfg.short_filter_order);
         let c = 3 * d;
-        let ((proj, filter), store) = ParamStore::build(Init::Zeros, DType::F32, |vb| {
-            Projections::new(vb, (c, d, k), || {
-                HyenaFilter::new(&fcfg, &vb.pp("filter_fn").no_decay())
-            })
+        let (proj, filter) = Projections::new(vb, (c, d, k), || {
+            HyenaFilter::new(&fcfg, &vb.pp("filter_fn").no_decay())
         })?;
-        let specs: Vec<TensorSpec> = store
-            .specs()
-            .iter()
-            .map(|s| TensorSpec::new(&s.name, &s.shape))
-            .collect();
-        let n_filter = specs.len() - 6;
         Ok(MultiHyena {
             cfg: cfg.clone(),
             proj,
             filter,
-            specs,
-            n_filter,
             conv: Arc::new(FftConv::new()),
             algo: MixAlgo::Auto,
         })
@@ -275,24 +262,15 @@ impl MultiHyena {
     }
 
     fn view<'a>(&self, p: &'a [f32]) -> Result<View<'a>> {
-        let n = numel(&self.specs);
-        if p.len() != n {
-            return Err(Error::shape(
-                "mh-hyena",
-                "parameters",
-                format!("{n} elements"),
-                p.len(),
-            ));
-        }
-        let s = split(p, &self.specs);
-        let nf = self.n_filter;
+        check_params("mh-hyena", p, self.proj.out_b)?;
+        let pr = &self.proj;
         Ok(View {
-            in_w: s[0],
-            in_b: s[1],
-            short_w: s[2],
-            short_b: s[3],
-            out_w: s[4 + nf],
-            out_b: s[5 + nf],
+            in_w: pr.in_w.of(p),
+            in_b: pr.in_b.of(p),
+            short_w: pr.short_w.of(p),
+            short_b: pr.short_b.of(p),
+            out_w: pr.out_w.of(p),
+            out_b: pr.out_b.of(p),
         })
     }
 
@@ -352,7 +330,7 @@ fn row(buf: &[f32], ch: usize, bi: usize, nb: usize, l: usize) -> &[f32] {
     &buf[o..o + l]
 }
 
-impl SeqLayer for MultiHyena {
+impl Layer for MultiHyena {
     fn kind(&self) -> &'static str {
         "mh-hyena"
     }
@@ -361,9 +339,6 @@ impl SeqLayer for MultiHyena {
     }
     fn mixes_positions(&self) -> bool {
         true
-    }
-    fn param_specs(&self) -> Vec<TensorSpec> {
-        self.specs.clone()
     }
 
     /// PyTorch module defaults, drawn in the Hyena operator's order: Linear `U(±1/sqrt(fan_in))`,
@@ -382,7 +357,7 @@ impl SeqLayer for MultiHyena {
         b: usize,
         l: usize,
         y: &mut [f32],
-        cache: &mut LayerCache,
+        cache: &mut Slot,
     ) -> Result<()> {
         const OP: &str = "mh-hyena forward";
         self.check_dims(OP, x.len(), b, l)?;
@@ -398,7 +373,7 @@ impl SeqLayer for MultiHyena {
             ));
         }
         let pv = self.view(p)?;
-        let c = cache.get_mut::<MultiHyenaCache>();
+        let c = cache.get_or_default::<MultiHyenaCache>();
         c.b = b;
         c.l = l;
         let nst = b * h * mm * l;
@@ -498,7 +473,7 @@ impl SeqLayer for MultiHyena {
         dy: &[f32],
         b: usize,
         l: usize,
-        cache: &LayerCache,
+        cache: &mut Slot,
         dx: &mut [f32],
         g: &mut [f32],
     ) -> Result<()> {
@@ -521,30 +496,29 @@ impl SeqLayer for MultiHyena {
                 return Err(Error::shape(OP, what, format!("{} elements", bl * d), len));
             }
         }
-        if g.len() != numel(&self.specs) {
+        if g.len() != p.len() {
             return Err(Error::shape(
                 OP,
                 "gradient buffer",
-                format!("{} elements", numel(&self.specs)),
+                format!("{} elements (as the parameters)", p.len()),
                 g.len(),
             ));
         }
         let pv = self.view(p)?;
-        let nf = self.n_filter;
-        let mut gs = split_mut(g, &self.specs);
+        let pr = &self.proj;
 
         // out_proj: dWo += dyᵀ · ygᵀ; dbo += Σ dy; dyg [D, B·L] = Woᵀ · dyᵀ.
         let mut dyg = vec![0.0f32; d * bl];
         {
-            let (gw, gb) = gs[4 + nf..].split_at_mut(1);
+            let [gw, gb] = many_mut(g, [pr.out_w, pr.out_b]);
             out_proj_cf_backward(
                 dy,
                 &c.yg,
                 pv.out_w,
                 (bl, d),
                 &mut dyg,
-                gw[0],
-                gb[0],
+                gw,
+                gb,
                 &mut Vec::new(),
             )?;
         }
@@ -662,33 +636,31 @@ impl SeqLayer for MultiHyena {
                 *a += s;
             }
         }
-        drop(gs);
         self.filter.backward(p, &mut dk, &dbias, &c.filter, g)?;
-        let mut gs = split_mut(g, &self.specs);
 
         // short_filter backward in place: duc becomes dz [3D, B·L].
         let lay_c = RowLayout::cbl(b, 3 * d, l);
         {
-            let (gw, gb) = gs.split_at_mut(3);
+            let [gw, gb] = many_mut(g, [pr.short_w, pr.short_b]);
             short_conv::backward_inplace(
                 &mut duc,
                 &c.z,
                 pv.short_w,
                 self.cfg.short_filter_order,
                 lay_c,
-                &mut *gw[2],
-                &mut *gb[0],
+                gw,
+                gb,
             )?;
         }
         // in_proj: dWi [3D, D] += dz [3D, B·L] · x [B·L, D]; dbi += row sums of dz;
         // dx [B·L, D] = dzᵀ · Wi.
         matmul(
-            MatMut::rm(gs[0], 3 * d, d),
+            MatMut::rm(pr.in_w.of_mut(g), 3 * d, d),
             MatRef::rm(&duc, 3 * d, bl),
             MatRef::rm(x, bl, d),
             true,
         )?;
-        row_sums_acc(&duc, bl, gs[1]);
+        row_sums_acc(&duc, bl, pr.in_b.of_mut(g));
         matmul(
             MatMut::rm(dx, bl, d),
             MatRef::tr(&duc, bl, 3 * d),

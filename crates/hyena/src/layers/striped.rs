@@ -34,7 +34,7 @@
 //! **MR regularisation.** The paper's "regularized" is the decay parametrisation itself
 //! (`exp(-r_c τ)` multiplies every tap, forcing later taps towards zero with a per-group
 //! strength), and that is what the forward implements. [`StripedConfig::mr_penalty`] adds an
-//! optional extra loss (default 0, off) through [`SeqLayer::regularize`]:
+//! optional extra loss (default 0, off) through [`Layer::regularize`]:
 //! `λ Σ_g Σ_t (t/K) · h_eff[g, t]²`, which pushes later taps further towards zero; it is our
 //! addition, not part of the reference.
 //!
@@ -63,13 +63,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{check_len, Error, Result};
 use crate::layers::init;
-use crate::layers::zoo::{numel, split, split_mut, LayerCache, SeqLayer, TensorSpec};
+use crate::layers::layer::{check_io, Layer, Recurrent, Slot};
 use crate::ops::fftconv::{FftConv, GatedConv, GatedConvGrads, RowLayout, Spectra};
 use crate::ops::linear::{
     matmul, out_proj_cf_backward, out_proj_cf_forward, row_sums_acc, MatMut, MatRef,
 };
 use crate::ops::set_len;
 use crate::ops::short_conv;
+use crate::params::{check_params, split_handles, split_handles_mut, Vb, P};
 
 /// Which StripedHyena 2 operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,7 +169,7 @@ impl StripedConfig {
     }
 }
 
-/// Positions of the tensors in the flat buffer.
+/// Positions of the tensors in the layer's list of handles.
 #[derive(Clone, Debug)]
 struct Idx {
     in_w: usize,
@@ -188,7 +189,9 @@ struct Idx {
 #[derive(Debug)]
 pub struct StripedOp {
     cfg: StripedConfig,
-    specs: Vec<TensorSpec>,
+    /// The layer's tensors in registration order, with their names relative to the layer.
+    hs: Vec<P>,
+    names: Vec<String>,
     idx: Idx,
     conv: FftConv,
 }
@@ -214,8 +217,9 @@ pub struct StripedCache {
 }
 
 impl StripedOp {
-    /// A new operator; errors on sizes that make no sense (no panic).
-    pub fn new(cfg: StripedConfig) -> Result<Self> {
+    /// A new operator, its tensors registered under `vb`; errors on sizes that make no sense
+    /// (no panic).
+    pub fn new(cfg: StripedConfig, vb: &Vb<'_, '_>) -> Result<Self> {
         let d = cfg.d_model;
         if d == 0 {
             return Err(Error::config("striped d_model", 0, "must be at least 1"));
@@ -278,33 +282,33 @@ impl StripedOp {
             cfg.state,
             cfg.short_len,
         );
-        let mut specs = vec![TensorSpec::new("projections.weight", &[c3, d])];
+        let mut specs = vec![("projections.weight".to_string(), vec![c3, d])];
         let in_b = cfg.in_bias.then(|| {
-            specs.push(TensorSpec::new("projections.bias", &[c3]));
+            specs.push(("projections.bias".to_string(), vec![c3]));
             specs.len() - 1
         });
-        specs.push(TensorSpec::new("filter.short_filter_weight", &[c3, 1, s]));
+        specs.push(("filter.short_filter_weight".to_string(), vec![c3, 1, s]));
         let short_w = specs.len() - 1;
         let f0 = specs.len();
         let (mut gamma, mut r) = (0, 0);
         match cfg.kind {
             StripedKind::Se | StripedKind::Mr => {
-                specs.push(TensorSpec::new("filter.h", &[g, 1, k]))
+                specs.push(("filter.h".to_string(), vec![g, 1, k]))
             }
             StripedKind::Li => {
-                specs.push(TensorSpec::new("filter.p", &[g, n]));
-                specs.push(TensorSpec::new("filter.gamma", &[g, n]));
+                specs.push(("filter.p".to_string(), vec![g, n]));
+                specs.push(("filter.gamma".to_string(), vec![g, n]));
                 gamma = f0 + 1;
-                specs.push(TensorSpec::new("filter.R", &[g, n]));
+                specs.push(("filter.R".to_string(), vec![g, n]));
                 r = f0 + 2;
             }
         }
         let skip = (cfg.kind != StripedKind::Se).then(|| {
-            specs.push(TensorSpec::new("filter.D", &[d]));
+            specs.push(("filter.D".to_string(), vec![d]));
             specs.len() - 1
         });
-        specs.push(TensorSpec::new("out_filter_dense.weight", &[d, d]));
-        specs.push(TensorSpec::new("out_filter_dense.bias", &[d]));
+        specs.push(("out_filter_dense.weight".to_string(), vec![d, d]));
+        specs.push(("out_filter_dense.bias".to_string(), vec![d]));
         let out_w = specs.len() - 2;
         let idx = Idx {
             in_w: 0,
@@ -317,9 +321,20 @@ impl StripedOp {
             out_w,
             out_b: out_w + 1,
         };
+        let mut hs = Vec::with_capacity(specs.len());
+        for (name, shape) in &specs {
+            // Biases stay outside the weight-decay group.
+            let v = if name.ends_with(".bias") {
+                vb.no_decay()
+            } else {
+                vb.clone()
+            };
+            hs.push(v.get(shape, name)?);
+        }
         Ok(StripedOp {
             cfg,
-            specs,
+            hs,
+            names: specs.into_iter().map(|s| s.0).collect(),
             idx,
             conv: FftConv::new(),
         })
@@ -331,12 +346,7 @@ impl StripedOp {
     }
 
     fn check_params(&self, p: &[f32]) -> Result<()> {
-        check_len(
-            self.op_name(),
-            "parameters (flat, as param_specs)",
-            p.len(),
-            numel(&self.specs),
-        )
+        check_params(self.op_name(), p, self.hs[self.hs.len() - 1])
     }
 
     fn op_name(&self) -> &'static str {
@@ -466,7 +476,7 @@ impl StripedOp {
     /// truncated filter, LI's sum of exponentials. Skip `D` not included. `p` as `param_specs`.
     pub fn conv_kernels(&self, p: &[f32], l: usize) -> Result<Vec<f32>> {
         self.check_params(p)?;
-        let ps = split(p, &self.specs);
+        let ps = split_handles(p, &self.hs);
         match self.cfg.kind {
             StripedKind::Se => {
                 let (d, k) = (self.cfg.d_model, self.cfg.filter_len);
@@ -486,7 +496,7 @@ impl StripedOp {
     /// The token-by-token form of this operator with parameters `p`.
     pub fn recurrence(&self, p: &[f32]) -> Result<StripedRecurrence> {
         self.check_params(p)?;
-        let ps = split(p, &self.specs);
+        let ps = split_handles(p, &self.hs);
         let (d, gs) = (self.cfg.d_model, self.group_size());
         let (w_in, b_in, short_w) = self.permuted(&ps);
         let to64 = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
@@ -570,7 +580,7 @@ fn proj_channel_first(
     )
 }
 
-impl SeqLayer for StripedOp {
+impl Layer for StripedOp {
     fn kind(&self) -> &'static str {
         match self.cfg.kind {
             StripedKind::Se => "se",
@@ -587,8 +597,8 @@ impl SeqLayer for StripedOp {
         true
     }
 
-    fn param_specs(&self) -> Vec<TensorSpec> {
-        self.specs.clone()
+    fn recurrent(&self) -> Option<&dyn Recurrent> {
+        Some(self)
     }
 
     /// Projections and `out_filter_dense`: `nn.Linear` defaults (`U(±1/sqrt(D))`, bias too).
@@ -605,7 +615,7 @@ impl SeqLayer for StripedOp {
         );
         let ng = self.cfg.filter_groups;
         let bd = 1.0 / (d as f32).sqrt();
-        let mut ps = split_mut(p, &self.specs);
+        let mut ps = split_handles_mut(p, &self.hs);
         ps[self.idx.in_w].copy_from_slice(&init::uniform(rng, 3 * d * d, bd));
         if let Some(i) = self.idx.in_b {
             ps[i].copy_from_slice(&init::uniform(rng, 3 * d, bd));
@@ -647,7 +657,7 @@ impl SeqLayer for StripedOp {
         b: usize,
         l: usize,
         y: &mut [f32],
-        cache: &mut LayerCache,
+        cache: &mut Slot,
     ) -> Result<()> {
         let op = self.op_name();
         let d = self.cfg.d_model;
@@ -659,10 +669,10 @@ impl SeqLayer for StripedOp {
             &[("x [B, L, D]", x.len()), ("y [B, L, D]", y.len())],
         )?;
         self.check_params(p)?;
-        let ps = split(p, &self.specs);
+        let ps = split_handles(p, &self.hs);
         let (m, c3, s) = (b * l, 3 * d, self.cfg.short_len);
         let dm = d * m;
-        let c = cache.get_mut::<StripedCache>();
+        let c = cache.get_or_default::<StripedCache>();
         (c.b, c.l) = (b, l);
         let (w_in, b_in, short_w) = self.permuted(&ps);
         set_len(&mut c.zp, c3 * m);
@@ -739,7 +749,7 @@ impl SeqLayer for StripedOp {
         dy: &[f32],
         b: usize,
         l: usize,
-        cache: &LayerCache,
+        cache: &mut Slot,
         dx: &mut [f32],
         g: &mut [f32],
     ) -> Result<()> {
@@ -769,11 +779,11 @@ impl SeqLayer for StripedOp {
                 ),
             ));
         }
-        let ps = split(p, &self.specs);
+        let ps = split_handles(p, &self.hs);
         let (m, c3, s) = (b * l, 3 * d, self.cfg.short_len);
         let dm = d * m;
         let lay = RowLayout::cbl(b, d, l);
-        let mut gs = split_mut(g, &self.specs);
+        let mut gs = split_handles_mut(g, &self.hs);
 
         // out_filter_dense: dyg [D, M] = Wo^T · dy^T; dWo += dy^T · yg^T; dbo += Σ_rows dy.
         let mut dyg = vec![0.0f32; dm];
@@ -940,13 +950,13 @@ impl SeqLayer for StripedOp {
         if self.cfg.kind != StripedKind::Mr || lam == 0.0 {
             return 0.0;
         }
-        if p.len() != numel(&self.specs) || g.len() != p.len() {
+        if self.check_params(p).is_err() || g.len() != p.len() {
             return 0.0;
         }
-        let ps = split(p, &self.specs);
+        let ps = split_handles(p, &self.hs);
         let (ng, k) = (self.cfg.filter_groups, self.cfg.filter_len);
         let h = ps[self.idx.f0];
-        let mut gs = split_mut(g, &self.specs);
+        let mut gs = split_handles_mut(g, &self.hs);
         let gh = &mut gs[self.idx.f0];
         let mut r = 0.0f64;
         for gi in 0..ng {
@@ -1001,20 +1011,6 @@ impl StripedOp {
             }
         }
     }
-}
-
-/// Validate the buffers of a forward/backward call on `[B, L, D]`.
-fn check_io(op: &'static str, d: usize, b: usize, l: usize, bufs: &[(&str, usize)]) -> Result<()> {
-    if l == 0 {
-        return Err(Error::shape(op, "sequence length", "L >= 1", 0));
-    }
-    if b == 0 {
-        return Err(Error::shape(op, "batch size", "B >= 1", 0));
-    }
-    for (what, n) in bufs {
-        check_len(op, what, *n, b * l * d)?;
-    }
-    Ok(())
 }
 
 /// The inner filter of a [`StripedRecurrence`].
@@ -1141,19 +1137,16 @@ impl StripedRecurrence {
 /// channel order: no permutation, no FFT, kernels by their formulas, direct O(L·K) sums.
 pub mod reference {
     use super::{StripedKind, StripedOp};
-    use crate::layers::zoo::{split, SeqLayer};
 
     /// `y [B, L, D]` of `op` with parameters `p` on `x [B, L, D]`.
     pub fn forward(op: &StripedOp, p: &[f32], x: &[f32], b: usize, l: usize) -> Vec<f64> {
         let cfg = op.config();
         let (d, s, k, n) = (cfg.d_model, cfg.short_len, cfg.filter_len, cfg.state);
-        let specs = op.param_specs();
-        let ps = split(p, &specs);
         let get = |name: &str| -> Vec<f64> {
-            specs
+            op.names
                 .iter()
-                .position(|t| t.name == name)
-                .map(|i| ps[i].iter().map(|&v| v as f64).collect())
+                .position(|t| t == name)
+                .map(|i| op.hs[i].of(p).iter().map(|&v| v as f64).collect())
                 .unwrap_or_default()
         };
         let (w_in, b_in, sw) = (
@@ -1268,5 +1261,23 @@ pub mod reference {
             }
         }
         y
+    }
+}
+
+/// The state of a [`StripedOp`] stepped through one sequence: its recurrence and the state.
+struct StripedStep {
+    rec: StripedRecurrence,
+    state: Vec<f64>,
+}
+
+impl Recurrent for StripedOp {
+    fn start(&self, p: &[f32]) -> Result<Slot> {
+        let rec = self.recurrence(p)?;
+        let state = rec.empty_state();
+        Ok(Slot::new(StripedStep { rec, state }))
+    }
+    fn step(&self, _p: &[f32], state: &mut Slot, x: &[f32], y: &mut [f32]) -> Result<()> {
+        let s = state.get_mut::<StripedStep>("striped step")?;
+        s.rec.step(&mut s.state, x, y)
     }
 }

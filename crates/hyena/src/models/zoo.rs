@@ -3,9 +3,9 @@
 //! model (spec Sec. 6.3): token embedding `N(0, 0.02)`, then per layer
 //! `x ← x + layer(norm(x))`, then `norm` and an unembedding `Linear(D → V)` with a bias.
 //!
-//! All parameters live in one flat buffer (see [`crate::layers::zoo`]), named
-//! `embedding.weight`, `layers.{i}.norm.*`, `layers.{i}.mixer.*`, `norm_f.*`, `unembed.*`.
-//! Forward and backward are explicit; the cache keeps each layer's input.
+//! All parameters live in one flat buffer ([`crate::params`]), named `embedding.weight`,
+//! `layers.{i}.norm.*`, `layers.{i}.mixer.*`, `norm_f.*`, `decoder.*` (compression),
+//! `unembed.*`. Forward and backward are explicit; the cache keeps each layer's input.
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -14,20 +14,19 @@ use serde::{Deserialize, Serialize};
 use crate::config::{FilterConfig, HyenaConfig};
 use crate::error::{check_len, Error, Result};
 use crate::layers::attention::{Attention, AttentionConfig};
-use crate::layers::hyena_zoo::HyenaLayer;
 use crate::layers::init;
-use crate::layers::mlp::{GeluMlp, MlpConfig, SwiGlu};
+use crate::layers::layer::{Layer, Slot};
+use crate::layers::mlp::{Mlp, MlpConfig, SwiGlu};
 use crate::layers::multihyena::{MultiHyena, MultiHyenaConfig};
-use crate::layers::rtf_layer::{RtfConfig, RtfLayer};
+use crate::layers::norm::{LayerNorm, RmsNorm};
+use crate::layers::rtf::{RtfConfig, RtfLayer};
 use crate::layers::ssm::{ModalConfig, ModalSsm};
 use crate::layers::striped::{StripedConfig, StripedOp};
-use crate::layers::zoo::{numel, LayerCache, SeqLayer, TensorSpec};
-use crate::ops::linear::linear_backward;
-use crate::ops::linear::linear_forward;
+use crate::layers::HyenaOperator;
+use crate::ops::linear::{linear_backward, linear_forward};
 use crate::ops::loss::{cross_entropy_sum, LossSum};
-use crate::ops::norm::{
-    layernorm_backward_acc, layernorm_forward, rmsnorm_backward, rmsnorm_forward,
-};
+use crate::ops::norm::{rmsnorm_backward, rmsnorm_forward};
+use crate::params::{check_params, many_mut, DType, Init, ParamStore, Vb, P};
 
 /// The norm before each layer and before the unembedding.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -164,66 +163,88 @@ fn valid_names() -> String {
         .join(", ")
 }
 
-/// Build one layer by name.
-pub fn build_layer(name: &str, a: &ArchConfig) -> Result<Box<dyn SeqLayer>> {
+/// Build one layer by name, its tensors registered under `vb`: the registry of the layers an
+/// architecture string can name (each passes the layer contract test).
+pub fn build_layer(name: &str, a: &ArchConfig, vb: &Vb<'_, '_>) -> Result<Box<dyn Layer>> {
     let d = a.d_model;
     let mlp = MlpConfig {
         d_model: d,
         d_inner: None,
     };
     Ok(match name {
-        "hyena" => Box::new(HyenaLayer::new(&HyenaConfig {
-            d_model: d,
-            l_max: a.max_len,
-            order: 2,
-            short_filter_order: 3,
-            // MAD's hyena.yml filter: emb_dim 3, w 1, modulated, shift 0 (its MLP width 4 is
-            // below ours; we keep the safari default width 64).
-            filter: FilterConfig {
-                emb_dim: 3,
-                w: 1.0,
-                shift: 0.0,
-                ..FilterConfig::default()
+        "hyena" => Box::new(HyenaOperator::new(
+            &HyenaConfig {
+                d_model: d,
+                l_max: a.max_len,
+                order: 2,
+                short_filter_order: 3,
+                // MAD's hyena.yml filter: emb_dim 3, w 1, modulated, shift 0 (its MLP width 4 is
+                // below ours; we keep the safari default width 64).
+                filter: FilterConfig {
+                    emb_dim: 3,
+                    w: 1.0,
+                    shift: 0.0,
+                    ..FilterConfig::default()
+                },
             },
-        })?),
-        "mh-hyena" => Box::new(MultiHyena::new(&MultiHyenaConfig {
-            // Head size 16 as MAD's config behaves; widths 16 does not divide fall back to
-            // --heads heads.
-            n_heads: if d.is_multiple_of(16) {
-                d / 16
-            } else {
-                a.n_heads
+            vb,
+        )?),
+        "mh-hyena" => Box::new(MultiHyena::new(
+            &MultiHyenaConfig {
+                // Head size 16 as MAD's config behaves; widths 16 does not divide fall back to
+                // --heads heads.
+                n_heads: if d.is_multiple_of(16) {
+                    d / 16
+                } else {
+                    a.n_heads
+                },
+                ..MultiHyenaConfig::mad(d, a.max_len)
             },
-            ..MultiHyenaConfig::mad(d, a.max_len)
-        })?),
-        "se" => Box::new(StripedOp::new(StripedConfig::se(d))?),
-        "mr" => Box::new(StripedOp::new(StripedConfig::mr(d))?),
-        "li" => Box::new(StripedOp::new(StripedConfig {
-            state: a.state_size,
-            ..StripedConfig::li(d)
-        })?),
-        "attn" => Box::new(Attention::new(AttentionConfig::mad_attention(d))?),
-        "mh-attn" => Box::new(Attention::new(AttentionConfig {
-            n_heads: a.n_heads,
-            rotary_dim: mh_rotary(d, a.n_heads),
-            ..AttentionConfig::mad_mh_attention(d)
-        })?),
-        "swa" => Box::new(Attention::new(AttentionConfig {
-            n_heads: a.n_heads,
-            rotary_dim: mh_rotary(d, a.n_heads),
-            window: Some(SWA_WINDOW),
-            ..AttentionConfig::mad_mh_attention(d)
-        })?),
-        "rtf" => Box::new(RtfLayer::new(RtfConfig {
-            state_size: a.state_size,
-            ..RtfConfig::new(d)
-        })?),
-        "ssm" => Box::new(ModalSsm::new(ModalConfig {
-            state_size: a.state_size,
-            ..ModalConfig::new(d)
-        })?),
-        "swiglu" => Box::new(SwiGlu::new(&mlp)?),
-        "mlp" => Box::new(GeluMlp::new(&mlp)?),
+            vb,
+        )?),
+        "se" => Box::new(StripedOp::new(StripedConfig::se(d), vb)?),
+        "mr" => Box::new(StripedOp::new(StripedConfig::mr(d), vb)?),
+        "li" => Box::new(StripedOp::new(
+            StripedConfig {
+                state: a.state_size,
+                ..StripedConfig::li(d)
+            },
+            vb,
+        )?),
+        "attn" => Box::new(Attention::new(AttentionConfig::mad_attention(d), vb)?),
+        "mh-attn" => Box::new(Attention::new(
+            AttentionConfig {
+                n_heads: a.n_heads,
+                rotary_dim: mh_rotary(d, a.n_heads),
+                ..AttentionConfig::mad_mh_attention(d)
+            },
+            vb,
+        )?),
+        "swa" => Box::new(Attention::new(
+            AttentionConfig {
+                n_heads: a.n_heads,
+                rotary_dim: mh_rotary(d, a.n_heads),
+                window: Some(SWA_WINDOW),
+                ..AttentionConfig::mad_mh_attention(d)
+            },
+            vb,
+        )?),
+        "rtf" => Box::new(RtfLayer::new(
+            RtfConfig {
+                state_size: a.state_size,
+                ..RtfConfig::new(d)
+            },
+            vb,
+        )?),
+        "ssm" => Box::new(ModalSsm::new(
+            ModalConfig {
+                state_size: a.state_size,
+                ..ModalConfig::new(d)
+            },
+            vb,
+        )?),
+        "swiglu" => Box::new(SwiGlu::new(&mlp, vb)?),
+        "mlp" => Box::new(Mlp::new(d, 4 * d, vb, ("l1", "l2"))?),
         other => return Err(unknown_layer(other)),
     })
 }
@@ -236,22 +257,115 @@ fn mh_rotary(d: usize, heads: usize) -> usize {
 /// Window of the `swa` layer.
 pub const SWA_WINDOW: usize = 64;
 
-/// A language model over a zoo architecture.
+/// The norm before each layer and before the unembedding, with its tensors.
+#[derive(Clone, Copy, Debug)]
+enum Norm {
+    Rms(RmsNorm),
+    Layer(LayerNorm),
+}
+
+impl Norm {
+    fn new(kind: NormKind, d: usize, vb: &Vb<'_, '_>) -> Result<Self> {
+        Ok(match kind {
+            NormKind::Rms => Norm::Rms(RmsNorm::new(d, 1e-5, vb)?),
+            NormKind::Layer => Norm::Layer(LayerNorm::new(d, 1e-5, vb)?),
+        })
+    }
+
+    /// Weight 1 (bias 0).
+    fn init(&self, p: &mut [f32]) {
+        match self {
+            Norm::Rms(n) => n.init(p),
+            Norm::Layer(n) => n.init(p),
+        }
+    }
+
+    fn forward(
+        &self,
+        p: &[f32],
+        x: &[f32],
+        h: &mut Vec<f32>,
+        mean: &mut Vec<f32>,
+        rstd: &mut Vec<f32>,
+    ) -> Result<()> {
+        let d = match self {
+            Norm::Rms(n) => n.d,
+            Norm::Layer(n) => n.d,
+        };
+        let m = x.len() / d;
+        h.resize(x.len(), 0.0);
+        mean.resize(m, 0.0);
+        rstd.resize(m, 0.0);
+        match self {
+            Norm::Rms(n) => n.forward(p, x, h, rstd),
+            Norm::Layer(n) => n.forward(p, x, h, mean, rstd),
+        }
+    }
+
+    /// Backward: adds the input gradient into `dx`, accumulates into `g`.
+    #[allow(clippy::too_many_arguments)]
+    fn backward(
+        &self,
+        p: &[f32],
+        dh: &[f32],
+        x: &[f32],
+        mean: &[f32],
+        rstd: &[f32],
+        dx: &mut [f32],
+        g: &mut [f32],
+    ) -> Result<()> {
+        match self {
+            Norm::Rms(n) => n.backward(p, dh, x, rstd, dx, true, g),
+            Norm::Layer(n) => n.backward(p, dh, x, mean, rstd, dx, true, g),
+        }
+    }
+}
+
+/// MAD's AutoEncoder decoder (the compression task's head): `decoder.norm1.weight`,
+/// `decoder.l1.{weight, bias}`, `decoder.norm2.weight`, `decoder.l2.{weight, bias}`,
+/// `decoder.norm3.weight`.
+#[derive(Clone, Copy, Debug)]
+struct AeDecoder {
+    n1: P,
+    w1: P,
+    b1: P,
+    n2: P,
+    w2: P,
+    b2: P,
+    n3: P,
+}
+
+impl AeDecoder {
+    fn new(d: usize, vb: &Vb<'_, '_>) -> Result<Self> {
+        let nd = vb.no_decay();
+        Ok(AeDecoder {
+            n1: nd.get(&[d], "norm1.weight")?,
+            w1: vb.get(&[d, d], "l1.weight")?,
+            b1: nd.get(&[d], "l1.bias")?,
+            n2: nd.get(&[d], "norm2.weight")?,
+            w2: vb.get(&[d, d], "l2.weight")?,
+            b2: nd.get(&[d], "l2.bias")?,
+            n3: nd.get(&[d], "norm3.weight")?,
+        })
+    }
+}
+
+/// A language model over a zoo architecture: the structure and the handles of its tensors.
 pub struct ZooModel {
     pub cfg: ArchConfig,
-    pub layers: Vec<Box<dyn SeqLayer>>,
-    /// All parameters, laid out as [`ZooModel::specs`].
-    pub params: Vec<f32>,
-    /// Offsets of each layer's parameters in `params`.
-    layer_off: Vec<usize>,
-    specs: Vec<TensorSpec>,
+    embedding: P,
+    /// Per layer: its norm and the layer.
+    layers: Vec<(Norm, Box<dyn Layer>)>,
+    norm_f: Norm,
+    decoder: Option<AeDecoder>,
+    unembed_w: P,
+    unembed_b: P,
 }
 
 impl std::fmt::Debug for ZooModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ZooModel")
             .field("layers", &self.cfg.layers)
-            .field("params", &self.params.len())
             .finish()
     }
 }
@@ -268,7 +382,7 @@ pub struct ZooCache {
     hs: Vec<Vec<f32>>,
     mean: Vec<Vec<f32>>,
     rstd: Vec<Vec<f32>>,
-    caches: Vec<LayerCache>,
+    caches: Vec<Slot>,
     dec: DecoderCache,
     /// `[B·L, V]`, or `[S, V]` for the `S` rows of [`ZooCache::rows`].
     pub logits: Vec<f32>,
@@ -288,8 +402,8 @@ impl ZooCache {
 }
 
 impl ZooModel {
-    /// A fresh model with seeded initialisation.
-    pub fn new(cfg: &ArchConfig, seed: u64) -> Result<Self> {
+    /// The model of `cfg`, its tensors registered under `vb`.
+    pub fn new(cfg: &ArchConfig, vb: &Vb<'_, '_>) -> Result<Self> {
         if cfg.d_model == 0 || cfg.vocab_size == 0 || cfg.max_len == 0 {
             return Err(Error::config(
                 "arch",
@@ -303,184 +417,85 @@ impl ZooModel {
         for n in &cfg.layers {
             parse_layers(n)?;
         }
+        let (d, v) = (cfg.d_model, cfg.vocab_size);
+        let embedding = vb.get(&[v, d], "embedding.weight")?;
         let layers = cfg
             .layers
             .iter()
-            .map(|n| build_layer(n, cfg))
+            .enumerate()
+            .map(|(i, n)| {
+                let vb = vb.pp(format!("layers.{i}"));
+                Ok((
+                    Norm::new(cfg.norm, d, &vb.pp("norm"))?,
+                    build_layer(n, cfg, &vb.pp("mixer"))?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
-        let (d, v) = (cfg.d_model, cfg.vocab_size);
-        let norm_specs = |prefix: &str| {
-            let mut s = vec![TensorSpec::new(&format!("{prefix}.weight"), &[d])];
-            if cfg.norm == NormKind::Layer {
-                s.push(TensorSpec::new(&format!("{prefix}.bias"), &[d]));
-            }
-            s
-        };
-        let mut specs = vec![TensorSpec::new("embedding.weight", &[v, d])];
-        let mut layer_off = Vec::new();
-        for (i, layer) in layers.iter().enumerate() {
-            specs.extend(norm_specs(&format!("layers.{i}.norm")));
-            layer_off.push(numel(&specs));
-            for s in layer.param_specs() {
-                specs.push(TensorSpec::new(
-                    &format!("layers.{i}.mixer.{}", s.name),
-                    &s.shape,
-                ));
-            }
-        }
-        specs.extend(norm_specs("norm_f"));
-        if cfg.decoder {
-            specs.extend([
-                TensorSpec::new("decoder.norm1.weight", &[d]),
-                TensorSpec::new("decoder.l1.weight", &[d, d]),
-                TensorSpec::new("decoder.l1.bias", &[d]),
-                TensorSpec::new("decoder.norm2.weight", &[d]),
-                TensorSpec::new("decoder.l2.weight", &[d, d]),
-                TensorSpec::new("decoder.l2.bias", &[d]),
-                TensorSpec::new("decoder.norm3.weight", &[d]),
-            ]);
-        }
-        specs.push(TensorSpec::new("unembed.weight", &[v, d]));
-        specs.push(TensorSpec::new("unembed.bias", &[v]));
-        let mut m = ZooModel {
-            cfg: cfg.clone(),
-            layers,
-            params: vec![0.0; numel(&specs)],
-            layer_off,
-            specs,
-        };
-        m.init(seed);
-        Ok(m)
-    }
-
-    fn init(&mut self, seed: u64) {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let (d, v) = (self.cfg.d_model, self.cfg.vocab_size);
-        self.params[..v * d].copy_from_slice(&init::randn(&mut rng, v * d, 0.02));
-        let mut off = v * d;
-        let nn = self.norm_len();
-        for (i, layer) in self.layers.iter().enumerate() {
-            self.params[off..off + d].fill(1.0); // norm weight; bias (if any) stays 0
-            let lo = self.layer_off[i];
-            let n = numel(&layer.param_specs());
-            layer.init(&mut self.params[lo..lo + n], &mut rng);
-            off = lo + n;
-        }
-        debug_assert_eq!(off, self.final_norm_off());
-        self.params[off..off + d].fill(1.0);
-        off += nn;
-        if self.cfg.decoder {
-            let dl = self.dec_len();
-            let p = &mut self.params[off..off + dl];
-            p[..d].fill(1.0);
-            init::linear_into(&mut rng, &mut p[d..d + d * d], d);
-            p[2 * d + d * d..3 * d + d * d].fill(1.0);
-            init::linear_into(&mut rng, &mut p[3 * d + d * d..3 * d + 2 * d * d], d);
-            p[4 * d + 2 * d * d..].fill(1.0);
-            off += dl;
-        }
-        init::linear_into(&mut rng, &mut self.params[off..off + v * d], d);
-        // The unembedding bias stays zero (MAD zeroes biases).
-    }
-
-    /// Parameter tensors (names and shapes) in buffer order.
-    pub fn specs(&self) -> &[TensorSpec] {
-        &self.specs
-    }
-
-    fn norm_len(&self) -> usize {
-        match self.cfg.norm {
-            NormKind::Rms => self.cfg.d_model,
-            NormKind::Layer => 2 * self.cfg.d_model,
-        }
-    }
-
-    /// Offset of layer `i`'s norm parameters.
-    fn norm_off(&self, i: usize) -> usize {
-        self.layer_off[i] - self.norm_len()
-    }
-
-    /// Offset of the final norm.
-    fn final_norm_off(&self) -> usize {
-        let (d, v) = (self.cfg.d_model, self.cfg.vocab_size);
-        self.params.len() - v * d - v - self.dec_len() - self.norm_len()
-    }
-
-    /// Parameters of the AutoEncoder decoder (0 without it).
-    fn dec_len(&self) -> usize {
-        let d = self.cfg.d_model;
-        if self.cfg.decoder {
-            2 * d * d + 5 * d
+        let norm_f = Norm::new(cfg.norm, d, &vb.pp("norm_f"))?;
+        let decoder = if cfg.decoder {
+            Some(AeDecoder::new(d, &vb.pp("decoder"))?)
         } else {
-            0
-        }
+            None
+        };
+        Ok(ZooModel {
+            cfg: cfg.clone(),
+            embedding,
+            layers,
+            norm_f,
+            decoder,
+            unembed_w: vb.get(&[v, d], "unembed.weight")?,
+            unembed_b: vb.no_decay().get(&[v], "unembed.bias")?,
+        })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn norm_fwd(
-        &self,
-        p: &[f32],
-        off: usize,
-        x: &[f32],
-        h: &mut Vec<f32>,
-        mean: &mut Vec<f32>,
-        rstd: &mut Vec<f32>,
-    ) -> Result<()> {
-        let d = self.cfg.d_model;
-        let m = x.len() / d;
-        h.resize(x.len(), 0.0);
-        mean.resize(m, 0.0);
-        rstd.resize(m, 0.0);
-        match self.cfg.norm {
-            NormKind::Rms => rmsnorm_forward(x, &p[off..off + d], d, 1e-5, h, rstd),
-            NormKind::Layer => layernorm_forward(
-                x,
-                &p[off..off + d],
-                &p[off + d..off + 2 * d],
-                d,
-                1e-5,
-                h,
-                mean,
-                rstd,
-            ),
-        }
+    /// A freshly initialised model of `cfg` (seeded) and its parameters.
+    pub fn fresh(cfg: &ArchConfig, seed: u64) -> Result<(Self, ParamStore)> {
+        let (m, mut store) =
+            ParamStore::build(Init::Zeros, DType::F32, |vb| ZooModel::new(cfg, vb))?;
+        m.init(store.data_mut(), seed);
+        Ok((m, store))
     }
 
-    /// Norm backward: adds the input gradient into `dx`, accumulates into `g`.
-    #[allow(clippy::too_many_arguments)]
-    fn norm_bwd(
-        &self,
-        p: &[f32],
-        off: usize,
-        dh: &[f32],
-        x: &[f32],
-        mean: &[f32],
-        rstd: &[f32],
-        dx: &mut [f32],
-        g: &mut [f32],
-    ) -> Result<()> {
-        let d = self.cfg.d_model;
-        match self.cfg.norm {
-            NormKind::Rms => rmsnorm_backward(
-                dh,
-                x,
-                &p[off..off + d],
-                rstd,
-                d,
-                dx,
-                true,
-                &mut g[off..off + d],
-            ),
-            NormKind::Layer => {
-                let (gw, gb) = g[off..off + 2 * d].split_at_mut(d);
-                layernorm_backward_acc(dh, x, &p[off..off + d], mean, rstd, d, dx, gw, gb)
-            }
+    /// MAD's initialisation from one random stream: embedding `N(0, 0.02)`, norms 1, each
+    /// layer its own init in order, the decoder's and the unembedding's weights PyTorch's
+    /// `nn.Linear` default, every bias zero.
+    pub fn init(&self, p: &mut [f32], seed: u64) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        self.embedding.of_mut(p).copy_from_slice(&init::randn(
+            &mut rng,
+            self.embedding.len(),
+            0.02,
+        ));
+        for (norm, layer) in &self.layers {
+            norm.init(p);
+            layer.init(p, &mut rng);
         }
+        self.norm_f.init(p);
+        let d = self.cfg.d_model;
+        if let Some(dec) = &self.decoder {
+            dec.n1.of_mut(p).fill(1.0);
+            init::linear_into(&mut rng, dec.w1.of_mut(p), d);
+            dec.b1.of_mut(p).fill(0.0);
+            dec.n2.of_mut(p).fill(1.0);
+            init::linear_into(&mut rng, dec.w2.of_mut(p), d);
+            dec.b2.of_mut(p).fill(0.0);
+            dec.n3.of_mut(p).fill(1.0);
+        }
+        init::linear_into(&mut rng, self.unembed_w.of_mut(p), d);
+        // The unembedding bias stays zero (MAD zeroes biases).
+        self.unembed_b.of_mut(p).fill(0.0);
     }
 
     /// Forward of `tokens [B, L]` to `cache.logits [B·L, V]`.
-    pub fn forward(&self, tokens: &[u32], b: usize, l: usize, cache: &mut ZooCache) -> Result<()> {
-        self.forward_rows(tokens, b, l, None, cache)
+    pub fn forward(
+        &self,
+        p: &[f32],
+        tokens: &[u32],
+        b: usize,
+        l: usize,
+        cache: &mut ZooCache,
+    ) -> Result<()> {
+        self.forward_rows(p, tokens, b, l, None, cache)
     }
 
     /// Forward with the head evaluated only where `targets [B, L]` scores a position
@@ -490,6 +505,7 @@ impl ZooModel {
     /// cost. [`ZooModel::loss`] and [`ZooModel::backward`] follow the cache's rows.
     pub fn forward_scored(
         &self,
+        p: &[f32],
         tokens: &[u32],
         targets: &[i32],
         b: usize,
@@ -498,11 +514,12 @@ impl ZooModel {
     ) -> Result<()> {
         check_len("zoo forward", "targets [B, L]", targets.len(), b * l)?;
         let rows: Vec<usize> = (0..b * l).filter(|&i| targets[i] >= 0).collect();
-        self.forward_rows(tokens, b, l, Some(rows), cache)
+        self.forward_rows(p, tokens, b, l, Some(rows), cache)
     }
 
     fn forward_rows(
         &self,
+        p: &[f32],
         tokens: &[u32],
         b: usize,
         l: usize,
@@ -511,6 +528,7 @@ impl ZooModel {
     ) -> Result<()> {
         const OP: &str = "zoo forward";
         let (d, v) = (self.cfg.d_model, self.cfg.vocab_size);
+        check_params(OP, p, self.unembed_b)?;
         check_len(OP, "tokens [B, L]", tokens.len(), b * l)?;
         if l > self.cfg.max_len {
             return Err(Error::TooLong {
@@ -522,7 +540,6 @@ impl ZooModel {
         if let Some(&t) = tokens.iter().find(|&&t| t as usize >= v) {
             return Err(Error::config("token id", t, format!("must be < vocab {v}")));
         }
-        let p = &self.params;
         let nl = self.layers.len();
         let n = b * l * d;
         cache.b = b;
@@ -533,62 +550,44 @@ impl ZooModel {
         cache.hs.resize_with(nl + 1, Vec::new);
         cache.mean.resize_with(nl + 1, Vec::new);
         cache.rstd.resize_with(nl + 1, Vec::new);
-        cache.caches.resize_with(nl, LayerCache::default);
+        cache.caches.resize_with(nl, Slot::default);
+        let emb = self.embedding.of(p);
         let x0 = &mut cache.xs[0];
         x0.resize(n, 0.0);
         for (row, &t) in x0.chunks_exact_mut(d).zip(tokens) {
-            row.copy_from_slice(&p[t as usize * d..(t as usize + 1) * d]);
+            row.copy_from_slice(&emb[t as usize * d..(t as usize + 1) * d]);
         }
         cache.ys.resize(n, 0.0);
-        for (i, layer) in self.layers.iter().enumerate() {
+        for (i, (norm, layer)) in self.layers.iter().enumerate() {
             let (before, after) = cache.xs.split_at_mut(i + 1);
             let x = &before[i];
-            self.norm_fwd(
+            norm.forward(
                 p,
-                self.norm_off(i),
                 x,
                 &mut cache.hs[i],
                 &mut cache.mean[i],
                 &mut cache.rstd[i],
             )?;
-            let lo = self.layer_off[i];
-            let np = numel(&layer.param_specs());
-            layer.forward(
-                &p[lo..lo + np],
-                &cache.hs[i],
-                b,
-                l,
-                &mut cache.ys,
-                &mut cache.caches[i],
-            )?;
+            layer.forward(p, &cache.hs[i], b, l, &mut cache.ys, &mut cache.caches[i])?;
             let xn = &mut after[0];
             xn.resize(n, 0.0);
             for ((o, a), y) in xn.iter_mut().zip(x).zip(&cache.ys) {
                 *o = a + y;
             }
         }
-        self.norm_fwd(
+        self.norm_f.forward(
             p,
-            self.final_norm_off(),
             &cache.xs[nl],
             &mut cache.hs[nl],
             &mut cache.mean[nl],
             &mut cache.rstd[nl],
         )?;
-        let uo = p.len() - v * d - v;
-        let head_in = if self.cfg.decoder {
-            let off = self.final_norm_off() + self.norm_len();
-            decoder_forward(
-                &p[off..off + self.dec_len()],
-                &cache.hs[nl],
-                b,
-                l,
-                d,
-                &mut cache.dec,
-            )?;
-            &cache.dec.out
-        } else {
-            &cache.hs[nl]
+        let head_in = match &self.decoder {
+            Some(dec) => {
+                decoder_forward(p, dec, &cache.hs[nl], b, l, d, &mut cache.dec)?;
+                &cache.dec.out
+            }
+            None => &cache.hs[nl],
         };
         let (head_in, m) = match &rows {
             Some(r) => {
@@ -603,8 +602,8 @@ impl ZooModel {
         cache.logits.resize(m * v, 0.0);
         let res = linear_forward(
             head_in,
-            &p[uo..uo + v * d],
-            Some(&p[uo + v * d..]),
+            self.unembed_w.of(p),
+            Some(self.unembed_b.of(p)),
             m,
             d,
             v,
@@ -651,26 +650,31 @@ impl ZooModel {
     }
 
     /// Backward from `dlogits [B·L, V]` (or `[S, V]` after [`ZooModel::forward_scored`]):
-    /// accumulates into `grads` (laid out like `params`).
-    pub fn backward(&self, dlogits: &[f32], cache: &ZooCache, grads: &mut [f32]) -> Result<()> {
+    /// accumulates into `grads` (laid out like `p`).
+    pub fn backward(
+        &self,
+        p: &[f32],
+        dlogits: &[f32],
+        cache: &mut ZooCache,
+        grads: &mut [f32],
+    ) -> Result<()> {
         const OP: &str = "zoo backward";
         let (d, v) = (self.cfg.d_model, self.cfg.vocab_size);
         let (b, l) = (cache.b, cache.l);
         let n = b * l * d;
         let nl = self.layers.len();
-        check_len(OP, "grads", grads.len(), self.params.len())?;
+        check_params(OP, p, self.unembed_b)?;
+        check_len(OP, "grads", grads.len(), p.len())?;
         let m = cache.rows.as_ref().map_or(b * l, Vec::len);
         check_len(OP, "dlogits [rows, V]", dlogits.len(), m * v)?;
-        let p = &self.params;
-        let uo = p.len() - v * d - v;
         let mut dh = vec![0.0; n];
         {
             let head_in = match &cache.rows {
                 Some(_) => &cache.head_x,
-                None if self.cfg.decoder => &cache.dec.out,
+                None if self.decoder.is_some() => &cache.dec.out,
                 None => &cache.hs[nl],
             };
-            let (gw, gb) = grads[uo..].split_at_mut(v * d);
+            let [gw, gb] = many_mut(grads, [self.unembed_w, self.unembed_b]);
             // On scored rows only, the head's input gradient goes to `dsel [S, D]` and is
             // scattered back to its positions; the other rows of `dh` stay zero.
             let mut dsel = Vec::new();
@@ -684,7 +688,7 @@ impl ZooModel {
             linear_backward(
                 dlogits,
                 head_in,
-                &p[uo..uo + v * d],
+                self.unembed_w.of(p),
                 (m, d, v),
                 Some(dst),
                 gw,
@@ -696,26 +700,14 @@ impl ZooModel {
                 }
             }
         }
-        if self.cfg.decoder {
-            let off = self.final_norm_off() + self.norm_len();
-            let dl = self.dec_len();
+        if let Some(dec) = &self.decoder {
             let dout = std::mem::take(&mut dh);
             dh = vec![0.0; n];
-            decoder_backward(
-                &p[off..off + dl],
-                &dout,
-                b,
-                l,
-                d,
-                &cache.dec,
-                &mut dh,
-                &mut grads[off..off + dl],
-            )?;
+            decoder_backward(p, dec, &dout, b, l, d, &cache.dec, &mut dh, grads)?;
         }
         let mut dx = vec![0.0; n];
-        self.norm_bwd(
+        self.norm_f.backward(
             p,
-            self.final_norm_off(),
             &dh,
             &cache.xs[nl],
             &cache.mean[nl],
@@ -724,23 +716,20 @@ impl ZooModel {
             grads,
         )?;
         for i in (0..nl).rev() {
-            let layer = &self.layers[i];
-            let lo = self.layer_off[i];
-            let np = numel(&layer.param_specs());
+            let (norm, layer) = &self.layers[i];
             // x_{i+1} = x_i + layer(norm(x_i)): dx flows straight through and into the layer.
             layer.backward(
-                &p[lo..lo + np],
+                p,
                 &cache.hs[i],
                 &dx,
                 b,
                 l,
-                &cache.caches[i],
+                &mut cache.caches[i],
                 &mut dh,
-                &mut grads[lo..lo + np],
+                grads,
             )?;
-            self.norm_bwd(
+            norm.backward(
                 p,
-                self.norm_off(i),
                 &dh,
                 &cache.xs[i],
                 &cache.mean[i],
@@ -750,8 +739,9 @@ impl ZooModel {
             )?;
         }
         // Embedding rows: scatter-add.
+        let ge = self.embedding.of_mut(grads);
         for (row, &t) in dx.chunks_exact(d).zip(&cache.tokens) {
-            let g = &mut grads[t as usize * d..(t as usize + 1) * d];
+            let g = &mut ge[t as usize * d..(t as usize + 1) * d];
             for (a, b) in g.iter_mut().zip(row) {
                 *a += b;
             }
@@ -798,6 +788,7 @@ const DEC_EPS: f32 = 1e-5;
 /// Decoder forward: `hf [B·L, D]` (the encoder's normed states) → `c.out [B·L, D]`.
 fn decoder_forward(
     p: &[f32],
+    dec: &AeDecoder,
     hf: &[f32],
     b: usize,
     l: usize,
@@ -805,12 +796,8 @@ fn decoder_forward(
     c: &mut DecoderCache,
 ) -> Result<()> {
     let m = b * l;
-    let (n1, rest) = p.split_at(d);
-    let (w1, rest) = rest.split_at(d * d);
-    let (b1, rest) = rest.split_at(d);
-    let (n2, rest) = rest.split_at(d);
-    let (w2, rest) = rest.split_at(d * d);
-    let (b2, n3) = rest.split_at(d);
+    let (n1, w1, b1) = (dec.n1.of(p), dec.w1.of(p), dec.b1.of(p));
+    let (n2, w2, b2, n3) = (dec.n2.of(p), dec.w2.of(p), dec.b2.of(p), dec.n3.of(p));
     for v in [
         &mut c.z, &mut c.a1, &mut c.u1, &mut c.g1, &mut c.a2, &mut c.u2, &mut c.g2, &mut c.out,
     ] {
@@ -843,6 +830,7 @@ fn decoder_forward(
 #[allow(clippy::too_many_arguments)]
 fn decoder_backward(
     p: &[f32],
+    dec: &AeDecoder,
     dout: &[f32],
     b: usize,
     l: usize,
@@ -852,18 +840,15 @@ fn decoder_backward(
     g: &mut [f32],
 ) -> Result<()> {
     let m = b * l;
-    let (n1, rest) = p.split_at(d);
-    let (w1, rest) = rest.split_at(d * d);
-    let (_b1, rest) = rest.split_at(d);
-    let (n2, rest) = rest.split_at(d);
-    let (w2, rest) = rest.split_at(d * d);
-    let (_b2, n3) = rest.split_at(d);
-    let (gn1, rest) = g.split_at_mut(d);
-    let (gw1, rest) = rest.split_at_mut(d * d);
-    let (gb1, rest) = rest.split_at_mut(d);
-    let (gn2, rest) = rest.split_at_mut(d);
-    let (gw2, rest) = rest.split_at_mut(d * d);
-    let (gb2, gn3) = rest.split_at_mut(d);
+    let (n1, w1, n2, w2, n3) = (
+        dec.n1.of(p),
+        dec.w1.of(p),
+        dec.n2.of(p),
+        dec.w2.of(p),
+        dec.n3.of(p),
+    );
+    let [gn1, gw1, gb1, gn2, gw2, gb2, gn3] =
+        many_mut(g, [dec.n1, dec.w1, dec.b1, dec.n2, dec.w2, dec.b2, dec.n3]);
     let mut t1 = vec![0.0; m * d];
     let mut t2 = vec![0.0; m * d];
     rmsnorm_backward(dout, &c.g2, n3, &c.r3, d, &mut t1, false, gn3)?;

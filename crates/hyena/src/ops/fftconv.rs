@@ -1386,7 +1386,7 @@ pub mod reference {
 #[cfg(test)]
 mod tests {
     use super::{reference, GatedConv, RowConv, RowLayout};
-    use crate::ops::gradcheck::rand_vec;
+    use crate::testing::rand_vec;
 
     /// [`RowConv`] against the direct sum, at lengths that take each path: even and odd, `M = L`
     /// (the row holds a spectrum) and `M > L` (padded: odd lengths, and `L/2` with a prime

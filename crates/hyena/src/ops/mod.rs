@@ -12,9 +12,6 @@ pub mod loss;
 pub mod norm;
 pub mod short_conv;
 
-#[doc(hidden)]
-pub mod gradcheck;
-
 /// Define `fn name(args)` three times, for AVX-512F and AVX2 (the widest the CPU has is chosen
 /// at run time) and for the baseline target, from one body: the hot elementwise loops (GELU,
 /// short convolution, LayerNorm, spectra products) vectorise 16- or 8-wide instead of 4-wide.

@@ -18,9 +18,11 @@ use crate::data::mad::{
     baseline, generate, sweep, AccuracyCounter, Average, Example, MadTask, TaskData, TaskSetting,
 };
 use crate::error::{Error, Result};
+use crate::models::parallel::{run_shards, ShardGrads};
 use crate::models::zoo::{ArchConfig, ZooCache, ZooModel};
+use crate::models::Model;
 use crate::ops::loss::argmax;
-use crate::train::optim::{AdamWConfig, AdamWStep};
+use crate::train::optim::{AdamW, AdamWConfig};
 
 /// Settings of one training run.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -89,7 +91,6 @@ pub struct EpochEvent {
 struct Shard {
     cache: ZooCache,
     dlogits: Vec<f32>,
-    grads: Vec<f32>,
     toks: Vec<u32>,
     tg: Vec<i32>,
 }
@@ -137,7 +138,7 @@ fn gather(s: &mut Shard, ex: &[Example], idx: &[usize]) {
 
 /// Test accuracy of `model` on `examples` (both averages), in batches of `batch`.
 pub fn evaluate(
-    model: &ZooModel,
+    model: &Model<ZooModel>,
     examples: &[Example],
     batch: usize,
     vocab: usize,
@@ -152,7 +153,7 @@ pub fn evaluate(
 /// faults every time: a quarter of a full-protocol memorization run's time, measured with
 /// `perf`.
 fn evaluate_with(
-    model: &ZooModel,
+    model: &Model<ZooModel>,
     examples: &[Example],
     batch: usize,
     vocab: usize,
@@ -174,7 +175,14 @@ fn evaluate_with(
                 for c in chunks.iter().skip(k).step_by(n) {
                     gather(s, examples, c);
                     // Logits at the scored positions only (the others are not counted).
-                    model.forward_scored(&s.toks, &s.tg, c.len(), l, &mut s.cache)?;
+                    model.net.forward_scored(
+                        model.p(),
+                        &s.toks,
+                        &s.tg,
+                        c.len(),
+                        l,
+                        &mut s.cache,
+                    )?;
                     let preds: Vec<u32> = s
                         .cache
                         .logits
@@ -207,24 +215,25 @@ pub fn train_run(
 ) -> Result<RunResult> {
     check_data(data)?;
     let t0 = Instant::now();
-    let mut model = ZooModel::new(&sized_for(arch, data), cfg.seed)?;
-    let (l, v, np) = (data.seq_len, data.vocab_size, model.params.len());
-    let mut m1 = vec![0.0f32; np];
-    let mut m2 = vec![0.0f32; np];
-    let mut grads = vec![0.0f32; np];
-    let n_shards = rayon::current_num_threads().clamp(1, cfg.batch.max(1));
-    let mut shards: Vec<Shard> = (0..n_shards).map(|_| Shard::default()).collect();
+    let (net, params) = ZooModel::fresh(&sized_for(arch, data), cfg.seed)?;
+    let mut model = Model { net, params };
+    let (l, v) = (data.seq_len, data.vocab_size);
+    let mut grads = model.params.zeros();
+    let mut shards: Vec<Shard> = Vec::new();
+    let mut spare = ShardGrads::default();
     let mut eval_shards: Vec<Shard> = Vec::new();
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5eed);
     let mut order: Vec<usize> = (0..data.train.len()).collect();
-    // PyTorch's AdamW defaults (betas 0.9, 0.999; eps 1e-8), as mad-lab's optimizer.
-    let adam = AdamWConfig {
+    // PyTorch's AdamW defaults (betas 0.9, 0.999; eps 1e-8), as mad-lab's optimizer, with the
+    // decoupled decay on every parameter (`torch.optim.AdamW(model.parameters())`).
+    let mut opt = AdamW::new(AdamWConfig {
         beta1: 0.9,
         beta2: 0.999,
         eps: 1e-8,
+        weight_decay,
         ..AdamWConfig::default()
-    };
-    let mut step = 0u64;
+    });
+    opt.decay_all = true;
     let mut res = RunResult {
         lr,
         weight_decay,
@@ -246,43 +255,29 @@ pub fn train_run(
                 .iter()
                 .map(|&i| data.train[i].targets.iter().filter(|&&t| t >= 0).count())
                 .sum();
-            let per = batch.len().div_ceil(n_shards);
-            let parts: Vec<&[usize]> = batch.chunks(per).collect();
-            let model_ref = &model;
-            let sums = shards[..parts.len()]
-                .par_iter_mut()
-                .zip(parts.par_iter())
-                .map(|(s, idx)| -> Result<(f64, usize)> {
-                    crate::ops::serial(|| {
-                        gather(s, &data.train, idx);
-                        model_ref.forward_scored(&s.toks, &s.tg, idx.len(), l, &mut s.cache)?;
-                        let ls = model_ref.loss(&s.cache, &s.tg, Some(count), &mut s.dlogits)?;
-                        s.grads.clear();
-                        s.grads.resize(np, 0.0);
-                        model_ref.backward(&s.dlogits, &s.cache, &mut s.grads)?;
-                        Ok((ls.loss_sum, ls.count))
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
+            grads.fill(0.0);
+            let m = &model;
+            let sums = run_shards(
+                &mut shards,
+                &mut spare,
+                Some(&mut grads),
+                batch.len(),
+                |s, (start, n), g| {
+                    gather(s, &data.train, &batch[start..start + n]);
+                    m.net
+                        .forward_scored(m.p(), &s.toks, &s.tg, n, l, &mut s.cache)?;
+                    let ls = m.net.loss(&s.cache, &s.tg, Some(count), &mut s.dlogits)?;
+                    if let Some(g) = g {
+                        m.net.backward(m.p(), &s.dlogits, &mut s.cache, g)?;
+                    }
+                    Ok((ls.loss_sum, ls.count))
+                },
+            )?;
             for (ls, n) in sums {
                 loss_sum += ls;
                 loss_n += n;
             }
-            grads.copy_from_slice(&shards[0].grads);
-            for s in &shards[1..parts.len()] {
-                for (g, x) in grads.iter_mut().zip(&s.grads) {
-                    *g += x;
-                }
-            }
-            // AdamW (PyTorch's: decoupled decay on every parameter, bias-corrected moments).
-            step += 1;
-            let upd = AdamWStep::new(&adam, lr_e, weight_decay, step);
-            model
-                .params
-                .par_chunks_mut(4096)
-                .zip(grads.par_chunks(4096))
-                .zip(m1.par_chunks_mut(4096).zip(m2.par_chunks_mut(4096)))
-                .for_each(|((p, g), (m, vv))| upd.apply(p, g, m, vv));
+            opt.step(&mut model.params, &grads, lr_e);
             res.train_tokens += (batch.len() * l) as u64;
         }
         let acc = evaluate_with(&model, &data.test, cfg.batch, v, &mut eval_shards)?;
@@ -614,8 +609,8 @@ pub fn sized_for(arch: &ArchConfig, data: &TaskData) -> ArchConfig {
 }
 
 /// Parameters of `arch` sized for `data`.
-fn params_at(arch: &ArchConfig, data: &TaskData) -> Result<usize> {
-    Ok(ZooModel::new(&sized_for(arch, data), 0)?.params.len())
+pub fn params_at(arch: &ArchConfig, data: &TaskData) -> Result<usize> {
+    Ok(ZooModel::fresh(&sized_for(arch, data), 0)?.1.len())
 }
 
 /// Projected wall time of one task setting under a protocol (see [`estimate_mad`]).

@@ -23,6 +23,7 @@ use self::filter::{FilterCache, HyenaFilter};
 use crate::config::HyenaConfig;
 use crate::error::{check_len, Error, Result};
 use crate::layers::init;
+use crate::layers::layer::{Layer, Slot};
 use crate::ops::fftconv::{FftConv, GatedConv, GatedConvGrads, RowLayout, Spectra};
 use crate::ops::linear::{
     linear_forward, matmul, out_proj_cf_backward, out_proj_cf_forward, row_sums_acc, MatMut, MatRef,
@@ -663,4 +664,63 @@ fn scatter_columns(dz: &[f32], t: usize, idx: &[u32], v: usize, s: &mut [f32]) {
             }
         },
     );
+}
+
+/// The operator's forward activations and backward scratch, kept together when it runs as a
+/// zoo layer (the scratch is reused from step to step: fresh buffers would page-fault).
+#[derive(Default)]
+struct LayerState {
+    cache: HyenaCache,
+    ws: HyenaGradWorkspace,
+}
+
+impl Layer for HyenaOperator {
+    fn kind(&self) -> &'static str {
+        "hyena"
+    }
+    fn d_model(&self) -> usize {
+        self.cfg.d_model
+    }
+    fn mixes_positions(&self) -> bool {
+        true
+    }
+    /// The reference-default init from a stream of its own, seeded from `rng` (so that a zoo
+    /// model draws the same values whatever the operator draws).
+    fn init(&self, p: &mut [f32], rng: &mut StdRng) {
+        use rand::{Rng, SeedableRng};
+        HyenaOperator::init(self, p, &mut StdRng::seed_from_u64(rng.random()));
+    }
+    fn forward(
+        &self,
+        p: &[f32],
+        x: &[f32],
+        b: usize,
+        l: usize,
+        y: &mut [f32],
+        cache: &mut Slot,
+    ) -> Result<()> {
+        HyenaOperator::forward(
+            self,
+            p,
+            x,
+            b,
+            l,
+            y,
+            &mut cache.get_or_default::<LayerState>().cache,
+        )
+    }
+    fn backward(
+        &self,
+        p: &[f32],
+        x: &[f32],
+        dy: &[f32],
+        _b: usize,
+        _l: usize,
+        cache: &mut Slot,
+        dx: &mut [f32],
+        g: &mut [f32],
+    ) -> Result<()> {
+        let st = cache.get_mut::<LayerState>("hyena layer")?;
+        HyenaOperator::backward(self, p, dy, x, &st.cache, dx, g, &mut st.ws)
+    }
 }

@@ -153,8 +153,8 @@ mod tests {
     use crate::layers::hyena::lean::FILTER_GROUP;
     use crate::layers::lean::InferWorkspace;
     use crate::models::hyenadna::{HyenaLm, LmCache, LmConfig};
-    use crate::ops::gradcheck::rand_vec;
     use crate::params::ParamStore;
+    use crate::testing::rand_vec;
     use crate::{FilterConfig, FilterLayout, HyenaConfig};
 
     /// A 2-block model of width `d` and filter MLP width `f`, every parameter moved away from

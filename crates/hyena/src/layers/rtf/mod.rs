@@ -15,6 +15,10 @@
 //! Parameters here are the constrained ones (`a` after `l1_montel`); training and the
 //! initialisation belong with the operator zoo.
 
+pub mod layer;
+
+pub use layer::{RtfConfig, RtfInit, RtfKernel, RtfLayer};
+
 use faer::linalg::solvers::Solve;
 use faer::Mat;
 use realfft::RealFftPlanner;

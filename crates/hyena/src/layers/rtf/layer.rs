@@ -2,7 +2,8 @@
 //! Parnichkun et al., "State-Free Inference of State-Space Models: The Transfer Function
 //! Approach", arXiv 2405.06147; reference spec Sec. 5 (parameters 5.1, kernel 5.2).
 //!
-//! Structure: the plain ungated mixer of [`crate::layers::ssm`],
+//! Structure: the plain ungated mixer of [`crate::layers::ssm`] ([`RtfLayer`] is a
+//! [`crate::layers::ssm::ConvMixer`] with this kernel),
 //! `y = out_proj(k * in_proj(x))`, with per channel `d` the transfer function
 //! `H_d(z) = h0_d + (b_1 z⁻¹ + … + b_N z⁻ᴺ) / (1 + a_1 z⁻¹ + … + a_N z⁻ᴺ)`. The direct term `h0`
 //! sits inside `k[0]` and *is* the skip, so there is no separate `D` (unlike MAD's HyenaConv,
@@ -43,14 +44,11 @@ use rayon::prelude::*;
 use realfft::num_complex::Complex64;
 use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
 
-use crate::error::{check_len, Error, Result};
+use super::{fft_len, Rtf};
+use crate::error::{Error, Result};
 use crate::layers::init;
-use crate::layers::rtf::{fft_len, Rtf};
-use crate::layers::ssm::{
-    check_io, init_proj, mix_backward, mix_forward, MixCache, Proj, ProjGrad,
-};
-use crate::layers::zoo::{numel, split, split_mut, LayerCache, SeqLayer, TensorSpec};
-use crate::ops::fftconv::FftConv;
+use crate::layers::ssm::{ConvMixer, KernelGen};
+use crate::params::{check_params, many_mut, Vb, P};
 
 /// Initialisation of the `ab` coefficients (spec 5.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -101,30 +99,26 @@ impl RtfConfig {
     }
 }
 
-/// The RTF mixer (module docs).
-///
-/// Parameters (in this order): `in_proj.weight [D, D]`, `in_proj.bias [D]`, `ab [2D, N]`
-/// (rows `0..D` the raw denominators `a_raw`, rows `D..2D` the numerators `b`; `num_a = D`),
-/// `h_0 [D]`, `s [D]` (the l1_montel scalars), `out_proj.weight [D, D]`, `out_proj.bias [D]`.
-pub struct RtfLayer {
+/// The RTF mixer (module docs). Tensors, in order: `in_proj.weight [D, D]`, `in_proj.bias [D]`,
+/// `ab [2D, N]` (rows `0..D` the raw denominators `a_raw`, rows `D..2D` the numerators `b`;
+/// `num_a = D`), `h_0 [D]`, `s [D]` (the l1_montel scalars), `out_proj.weight [D, D]`,
+/// `out_proj.bias [D]`.
+pub type RtfLayer = ConvMixer<RtfKernel>;
+
+/// The kernel of an [`RtfLayer`]: its transfer-function tensors.
+pub struct RtfKernel {
     cfg: RtfConfig,
-    conv: FftConv,
+    ab: P,
+    h0: P,
+    s: P,
     planner: Mutex<RealFftPlanner<f64>>,
 }
 
-impl std::fmt::Debug for RtfLayer {
+impl std::fmt::Debug for RtfKernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RtfLayer").field("cfg", &self.cfg).finish()
+        f.debug_struct("RtfKernel").field("cfg", &self.cfg).finish()
     }
 }
-
-const R_IN_W: usize = 0;
-const R_IN_B: usize = 1;
-const R_AB: usize = 2;
-const R_H0: usize = 3;
-const R_S: usize = 4;
-const R_OUT_W: usize = 5;
-const R_OUT_B: usize = 6;
 
 type Plans = (Arc<dyn RealToComplex<f64>>, Arc<dyn ComplexToReal<f64>>);
 
@@ -186,8 +180,9 @@ fn irfft(plans: &Plans, mut spec: Vec<Complex64>, m: usize) -> Result<Vec<f64>> 
 }
 
 impl RtfLayer {
-    /// An RTF layer; errors (no panic) on `d_model = 0` or `state_size = 0`.
-    pub fn new(cfg: RtfConfig) -> Result<Self> {
+    /// An RTF layer, its tensors registered under `vb`; errors (no panic) on `d_model = 0` or
+    /// `state_size = 0`.
+    pub fn new(cfg: RtfConfig, vb: &Vb<'_, '_>) -> Result<Self> {
         if cfg.d_model == 0 {
             return Err(Error::config("rtf d_model", 0, "must be at least 1"));
         }
@@ -198,60 +193,80 @@ impl RtfLayer {
                 "must be at least 1 (the degree of the transfer function)",
             ));
         }
-        Ok(RtfLayer {
-            cfg,
-            conv: FftConv::new(),
-            planner: Mutex::new(RealFftPlanner::new()),
+        let (d, n) = (cfg.d_model, cfg.state_size);
+        ConvMixer::build(d, vb, |vb| {
+            Ok(RtfKernel {
+                ab: vb.get(&[2 * d, n], "ab")?,
+                h0: vb.get(&[d], "h_0")?,
+                s: vb.get(&[d], "s")?,
+                cfg,
+                planner: Mutex::new(RealFftPlanner::new()),
+            })
         })
     }
 
     /// The configuration.
     pub fn config(&self) -> &RtfConfig {
-        &self.cfg
-    }
-
-    fn plans(&self, m: usize) -> Plans {
-        let mut pl = self.planner.lock().unwrap_or_else(|e| e.into_inner());
-        (pl.plan_fft_forward(m), pl.plan_fft_inverse(m))
-    }
-
-    fn check_params(&self, p: &[f32]) -> Result<()> {
-        check_len(
-            "rtf",
-            "parameters (flat, as param_specs)",
-            p.len(),
-            numel(&self.param_specs()),
-        )
+        &self.kern.cfg
     }
 
     /// The constrained transfer functions as an inference [`Rtf`] (`a` after l1_montel), e.g.
     /// for its companion recurrence.
     pub fn to_rtf(&self, p: &[f32]) -> Result<Rtf> {
-        self.check_params(p)?;
-        let specs = self.param_specs();
-        let ps = split(p, &specs);
-        let (d, n) = (self.cfg.d_model, self.cfg.state_size);
+        check_params("rtf", p, self.out_b)?;
+        let k = &self.kern;
+        let (d, n) = (k.cfg.d_model, k.cfg.state_size);
+        let (ab, s) = (k.ab.of(p), k.s.of(p));
         let mut a = Vec::with_capacity(d * n);
         for ch in 0..d {
-            a.extend(constrain(&ps[R_AB][ch * n..(ch + 1) * n], ps[R_S][ch]).0);
+            a.extend(constrain(&ab[ch * n..(ch + 1) * n], s[ch]).0);
         }
         Ok(Rtf {
             d,
             n,
             a,
-            b: ps[R_AB][d * n..].iter().map(|&v| v as f64).collect(),
-            h0: ps[R_H0].iter().map(|&v| v as f64).collect(),
+            b: ab[d * n..].iter().map(|&v| v as f64).collect(),
+            h0: k.h0.of(p).iter().map(|&v| v as f64).collect(),
         })
     }
+}
 
-    /// The kernels `k [D, L]` (module docs), from the flat parameters `p`.
-    pub fn kernel(&self, p: &[f32], l: usize) -> Result<Vec<f32>> {
-        self.check_params(p)?;
+impl RtfKernel {
+    fn plans(&self, m: usize) -> Plans {
+        let mut pl = self.planner.lock().unwrap_or_else(|e| e.into_inner());
+        (pl.plan_fft_forward(m), pl.plan_fft_inverse(m))
+    }
+}
+
+impl KernelGen for RtfKernel {
+    const KIND: &'static str = "rtf";
+
+    fn d_model(&self) -> usize {
+        self.cfg.d_model
+    }
+
+    fn init(&self, p: &mut [f32], rng: &mut StdRng) {
+        let (d, n) = (self.cfg.d_model, self.cfg.state_size);
+        let ab = self.ab.of_mut(p);
+        match self.cfg.init {
+            RtfInit::Zeros => ab.fill(0.0),
+            RtfInit::Xavier => {
+                ab.copy_from_slice(&init::uniform(rng, 2 * d * n, 1.0 / (n as f32).sqrt()))
+            }
+            RtfInit::Montel => ab.copy_from_slice(&init::uniform(rng, 2 * d * n, 1.0 / n as f32)),
+        }
+        self.h0.of_mut(p).copy_from_slice(&init::randn(rng, d, 1.0));
+        for v in self.s.of_mut(p).iter_mut() {
+            *v = rng.random::<f32>();
+        }
+    }
+
+    /// The kernels `k [D, L]` (module docs).
+    fn kernel(&self, p: &[f32], l: usize) -> Result<Vec<f32>> {
         if l == 0 {
             return Err(Error::shape("rtf kernel", "sequence length", "L >= 1", 0));
         }
-        let specs = self.param_specs();
-        let ps = split(p, &specs);
+        let (ab, h0s, ss) = (self.ab.of(p), self.h0.of(p), self.s.of(p));
         let (d, n) = (self.cfg.d_model, self.cfg.state_size);
         let m = fft_len(l);
         let plans = self.plans(m);
@@ -259,10 +274,9 @@ impl RtfLayer {
         k.par_chunks_mut(l)
             .enumerate()
             .try_for_each(|(ch, kr)| -> Result<()> {
-                let (a, _) = constrain(&ps[R_AB][ch * n..(ch + 1) * n], ps[R_S][ch]);
-                let (_, mut kb) =
-                    spectra(&plans, &a, &ps[R_AB][(d + ch) * n..(d + ch + 1) * n], m)?;
-                let h0 = ps[R_H0][ch] as f64;
+                let (a, _) = constrain(&ab[ch * n..(ch + 1) * n], ss[ch]);
+                let (_, mut kb) = spectra(&plans, &a, &ab[(d + ch) * n..(d + ch + 1) * n], m)?;
+                let h0 = h0s[ch] as f64;
                 for v in kb.iter_mut() {
                     *v += h0;
                 }
@@ -275,10 +289,21 @@ impl RtfLayer {
         Ok(k)
     }
 
-    /// Map `dk [D, L]` onto `ab`, `h_0` and `s` (accumulating into `g`).
-    fn kernel_backward(&self, p: &[f32], dk: &[f32], l: usize, g: &mut [f32]) -> Result<()> {
-        let specs = self.param_specs();
-        let ps = split(p, &specs);
+    /// `h0` sits inside `k[0]` and is the skip: no separate one.
+    fn skip(&self, _p: &[f32]) -> Vec<f32> {
+        vec![0.0; self.cfg.d_model]
+    }
+
+    /// Map `dk [D, L]` onto `ab`, `h_0` and `s` (the skip is zero: `dskip` has nowhere to go).
+    fn backward(
+        &self,
+        p: &[f32],
+        dk: &[f32],
+        _dskip: &[f32],
+        l: usize,
+        g: &mut [f32],
+    ) -> Result<()> {
+        let (ab, ss) = (self.ab.of(p), self.s.of(p));
         let (d, n) = (self.cfg.d_model, self.cfg.state_size);
         let m = fft_len(l);
         let plans = self.plans(m);
@@ -287,10 +312,10 @@ impl RtfLayer {
         let per: Vec<ChanGrad> = (0..d)
             .into_par_iter()
             .map(|ch| -> Result<ChanGrad> {
-                let a_raw = &ps[R_AB][ch * n..(ch + 1) * n];
-                let s = ps[R_S][ch];
+                let a_raw = &ab[ch * n..(ch + 1) * n];
+                let s = ss[ch];
                 let (a, den) = constrain(a_raw, s);
-                let (fa, kb) = spectra(&plans, &a, &ps[R_AB][(d + ch) * n..(d + ch + 1) * n], m)?;
+                let (fa, kb) = spectra(&plans, &a, &ab[(d + ch) * n..(d + ch + 1) * n], m)?;
                 let dkr = &dk[ch * l..(ch + 1) * l];
                 let mut t = vec![0.0f64; m];
                 for (o, v) in t.iter_mut().zip(dkr) {
@@ -321,170 +346,15 @@ impl RtfLayer {
                 Ok((da_raw, db, dkr[0] as f64, ds))
             })
             .collect::<Result<_>>()?;
-        let mut gs = split_mut(g, &specs);
+        let [g_ab, g_h0, g_s] = many_mut(g, [self.ab, self.h0, self.s]);
         for (ch, (da_raw, db, dh0, ds)) in per.into_iter().enumerate() {
             for (i, (ga, gb)) in da_raw.iter().zip(&db).enumerate() {
-                gs[R_AB][ch * n + i] += *ga as f32;
-                gs[R_AB][(d + ch) * n + i] += *gb as f32;
+                g_ab[ch * n + i] += *ga as f32;
+                g_ab[(d + ch) * n + i] += *gb as f32;
             }
-            gs[R_H0][ch] += dh0 as f32;
-            gs[R_S][ch] += ds as f32;
+            g_h0[ch] += dh0 as f32;
+            g_s[ch] += ds as f32;
         }
         Ok(())
-    }
-}
-
-impl SeqLayer for RtfLayer {
-    fn kind(&self) -> &'static str {
-        "rtf"
-    }
-
-    fn d_model(&self) -> usize {
-        self.cfg.d_model
-    }
-
-    fn mixes_positions(&self) -> bool {
-        true
-    }
-
-    fn param_specs(&self) -> Vec<TensorSpec> {
-        let (d, n) = (self.cfg.d_model, self.cfg.state_size);
-        vec![
-            TensorSpec::new("in_proj.weight", &[d, d]),
-            TensorSpec::new("in_proj.bias", &[d]),
-            TensorSpec::new("ab", &[2 * d, n]),
-            TensorSpec::new("h_0", &[d]),
-            TensorSpec::new("s", &[d]),
-            TensorSpec::new("out_proj.weight", &[d, d]),
-            TensorSpec::new("out_proj.bias", &[d]),
-        ]
-    }
-
-    fn init(&self, p: &mut [f32], rng: &mut StdRng) {
-        let specs = self.param_specs();
-        let (d, n) = (self.cfg.d_model, self.cfg.state_size);
-        let mut ps = split_mut(p, &specs);
-        {
-            let (a, b) = ps.split_at_mut(R_IN_B);
-            init_proj(a[R_IN_W], b[0], d, rng);
-        }
-        match self.cfg.init {
-            RtfInit::Zeros => ps[R_AB].fill(0.0),
-            RtfInit::Xavier => {
-                ps[R_AB].copy_from_slice(&init::uniform(rng, 2 * d * n, 1.0 / (n as f32).sqrt()))
-            }
-            RtfInit::Montel => {
-                ps[R_AB].copy_from_slice(&init::uniform(rng, 2 * d * n, 1.0 / n as f32))
-            }
-        }
-        ps[R_H0].copy_from_slice(&init::randn(rng, d, 1.0));
-        for v in ps[R_S].iter_mut() {
-            *v = rng.random::<f32>();
-        }
-        let (a, b) = ps.split_at_mut(R_OUT_B);
-        init_proj(a[R_OUT_W], b[0], d, rng);
-    }
-
-    fn forward(
-        &self,
-        p: &[f32],
-        x: &[f32],
-        b: usize,
-        l: usize,
-        y: &mut [f32],
-        cache: &mut LayerCache,
-    ) -> Result<()> {
-        let d = self.cfg.d_model;
-        check_io(
-            "rtf forward",
-            d,
-            b,
-            l,
-            &[("x [B, L, D]", x.len()), ("y [B, L, D]", y.len())],
-        )?;
-        let k = self.kernel(p, l)?;
-        let specs = self.param_specs();
-        let ps = split(p, &specs);
-        let pr = Proj {
-            w_in: ps[R_IN_W],
-            b_in: ps[R_IN_B],
-            w_out: ps[R_OUT_W],
-            b_out: ps[R_OUT_B],
-        };
-        mix_forward(
-            &self.conv,
-            &pr,
-            d,
-            x,
-            (b, l),
-            k,
-            vec![0.0; d],
-            y,
-            cache.get_mut::<MixCache>(),
-        )
-    }
-
-    fn backward(
-        &self,
-        p: &[f32],
-        x: &[f32],
-        dy: &[f32],
-        b: usize,
-        l: usize,
-        cache: &LayerCache,
-        dx: &mut [f32],
-        g: &mut [f32],
-    ) -> Result<()> {
-        let d = self.cfg.d_model;
-        check_io(
-            "rtf backward",
-            d,
-            b,
-            l,
-            &[
-                ("x [B, L, D]", x.len()),
-                ("dy [B, L, D]", dy.len()),
-                ("dx [B, L, D]", dx.len()),
-            ],
-        )?;
-        self.check_params(p)?;
-        check_len(
-            "rtf backward",
-            "gradient (flat, as param_specs)",
-            g.len(),
-            p.len(),
-        )?;
-        let c = cache.get::<MixCache>("rtf")?;
-        let specs = self.param_specs();
-        let ps = split(p, &specs);
-        let pr = Proj {
-            w_in: ps[R_IN_W],
-            b_in: ps[R_IN_B],
-            w_out: ps[R_OUT_W],
-            b_out: ps[R_OUT_B],
-        };
-        let (dk, _) = {
-            let mut gs = split_mut(g, &specs);
-            let (lo, hi) = gs.split_at_mut(R_OUT_W);
-            let (gin_w, gin_b) = lo[..R_AB].split_at_mut(R_IN_B);
-            let (gout_w, gout_b) = hi.split_at_mut(1);
-            mix_backward(
-                &self.conv,
-                &pr,
-                d,
-                x,
-                dy,
-                (b, l),
-                c,
-                dx,
-                ProjGrad {
-                    w_in: gin_w[0],
-                    b_in: gin_b[0],
-                    w_out: gout_w[0],
-                    b_out: gout_b[0],
-                },
-            )?
-        };
-        self.kernel_backward(p, &dk, l, g)
     }
 }
