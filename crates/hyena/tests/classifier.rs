@@ -12,7 +12,7 @@ use hyena::models::classifier::{ClsWorkspace, SeqClassifier};
 use hyena::models::hyenadna::family::load_run;
 use hyena::models::hyenadna::{HyenaLm, LmConfig};
 use hyena::models::{Model, Pool};
-use hyena::ops::gradcheck::{check, rand_vec};
+use hyena::testing::{check, rand_vec};
 use hyena::train::finetune::{encode_padded, finetune, FinetuneConfig, FinetuneRun};
 use hyena::{FilterConfig, HyenaConfig};
 

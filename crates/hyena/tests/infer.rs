@@ -9,8 +9,8 @@ use hyena::layers::lean::{InferWorkspace, ResidualStore};
 use hyena::models::hyenadna::{HyenaLm, LmCache, LmConfig};
 use hyena::models::Model;
 use hyena::ops::fftconv::{reference, GatedConv, RowConv, RowLayout};
-use hyena::ops::gradcheck::rand_vec;
 use hyena::ops::short_conv::{self, forward_rows_carry};
+use hyena::testing::rand_vec;
 use hyena::{FilterConfig, FilterLayout, HyenaConfig};
 
 #[test]

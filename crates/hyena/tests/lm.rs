@@ -2,9 +2,9 @@
 //! and cross-entropy; cross-entropy against a direct log-softmax; parameter names.
 
 use hyena::models::hyenadna::{HyenaLm, LmCache, LmConfig};
-use hyena::ops::gradcheck::{check, rand_vec};
 use hyena::ops::loss::cross_entropy;
 use hyena::params::ParamStore;
+use hyena::testing::{check, rand_vec};
 use hyena::{FilterConfig, HyenaConfig};
 
 fn tiny(tie: bool) -> LmConfig {

@@ -5,8 +5,8 @@
 use faer::c64;
 use hyena::layers::hyena::modal::{ModalBank, ModalFilter, Mode};
 use hyena::models::hyenadna::{HyenaLm, LmCache, LmConfig};
-use hyena::ops::gradcheck::rand_vec;
 use hyena::params::ParamStore;
+use hyena::testing::rand_vec;
 use hyena::{FilterConfig, HyenaConfig};
 
 fn cfg(order: usize, l_max: usize) -> LmConfig {

@@ -13,7 +13,7 @@
 //! The layers differ only in how the per-channel kernels `k [D, L]` and the skip `[D]` come
 //! from their SSM parameters: [`ModalSsm`] (S4D-style diagonal complex SSM, Gu et al.,
 //! "On the Parameterization and Initialization of Diagonal State Space Models", arXiv
-//! 2206.11893), and [`crate::layers::rtf_layer::RtfLayer`] (the rational transfer function,
+//! 2206.11893), and [`crate::layers::rtf::RtfLayer`] (the rational transfer function,
 //! Parnichkun et al., arXiv 2405.06147; reference spec Sec. 5). No gate, no activation, no
 //! short convolution: the mixer is linear in `x`, which is the point of the baseline. The long
 //! convolution is [`FftConv`] (spec Sec. 1), whose backward gives `dk` and `du`; each layer
