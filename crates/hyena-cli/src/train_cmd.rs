@@ -7,8 +7,8 @@ use anyhow::{bail, Context, Result};
 use hyena::checkpoint::load_model;
 use hyena::io::tokenizer::Tokenizer;
 use hyena::models::generate::{generate, DecodeMode, SampleConfig};
+use hyena::train::lm::TrainConfig;
 use hyena::train::run::{evaluate_run, run, EvalOptions, Event, RunConfig};
-use hyena::train::trainer::TrainConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(clap::Args, Debug)]

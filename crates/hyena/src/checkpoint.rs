@@ -2,8 +2,8 @@
 //! model families exist. Every command loads its model through [`load_model`].
 //!
 //! A model directory has a `config.json` and one weights file:
-//! - a hyena run (`hyena train`, `hyena distill`, `hyena finetune`): `config.json` with a
-//!   `model` section (the whole run config beside it) and `model.safetensors`; a training run
+//! - a hyena run (`hyena train`, `hyena distill`, `hyena finetune`, or a zoo language model
+//!   saved with [`save_model`]): `config.json` with a `model` section (the whole run config beside it) and `model.safetensors`; a training run
 //!   adds `optimizer.safetensors` (the AdamW moments per tensor, `exp_avg.<name>`,
 //!   `exp_avg_sq.<name>`), `state.json` (the step) and `metrics.jsonl`;
 //! - a released HyenaDNA checkpoint: the HF layout (`config.json` with flat keys, and
@@ -21,11 +21,17 @@ use crate::io::safetensors::{write_atomic, write_bytes_atomic, Tensor, TensorFil
 use crate::models::classifier::ClassifierFamily;
 use crate::models::hyenadna::family::HyenaDnaRuns;
 use crate::models::hyenadna::hf::HyenaDnaReleased;
+use crate::models::zoo::family::ZooRuns;
 use crate::models::{Family, LanguageModel};
 
 /// The model families, in the order they are tried (a fine-tuned classifier's config also has a
 /// HyenaDNA `model` section, so it comes first). A new family is one line here.
-pub static FAMILIES: &[&dyn Family] = &[&ClassifierFamily, &HyenaDnaRuns, &HyenaDnaReleased];
+pub static FAMILIES: &[&dyn Family] = &[
+    &ClassifierFamily,
+    &HyenaDnaRuns,
+    &ZooRuns,
+    &HyenaDnaReleased,
+];
 
 /// The weights files a model directory may have, in order of preference.
 pub const WEIGHTS_FILES: [&str; 3] = ["model.safetensors", "pytorch_model.bin", "weights.ckpt"];

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use hyena::data::tokens::DataConfig;
 use hyena::io::tokenizer::Tokenizer;
+use hyena::train::lm::TrainConfig;
 use hyena::train::run::{evaluate_run, run, EvalOptions, Event, RunConfig};
-use hyena::train::trainer::TrainConfig;
 use hyena::{FilterConfig, HyenaConfig};
 
 fn tmpdir(name: &str) -> PathBuf {

@@ -7,7 +7,7 @@ use hyena::checkpoint::{load_model, save_model};
 use hyena::models::generate::{generate, DecodeMode, SampleConfig};
 use hyena::models::hyenadna::{HyenaLm, LmCache, LmConfig};
 use hyena::models::{LanguageModel, Model};
-use hyena::train::trainer::{TrainConfig, Trainer};
+use hyena::train::lm::{TrainConfig, Trainer};
 use hyena::train::AdamWConfig;
 use hyena::{FilterConfig, HyenaConfig};
 

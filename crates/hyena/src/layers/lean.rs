@@ -209,6 +209,9 @@ pub struct InferWorkspace {
     pub(crate) d: usize,
     /// Called with (blocks done, blocks to run) after each block: progress on long sequences.
     pub(crate) on_block: Option<Box<dyn FnMut(usize, usize) + Send>>,
+    /// The buffers of a model family without a lean path of its own (e.g. a zoo model's
+    /// training-forward cache), reused across calls like the rest.
+    pub other: crate::layers::layer::Slot,
 }
 
 impl std::fmt::Debug for InferWorkspace {

@@ -113,3 +113,16 @@ pub fn argmax(row: &[f32]) -> (usize, f32) {
     }
     (best, m)
 }
+
+/// `log softmax(row)[target]`, the log-sum-exp taken in f64 about the row's maximum: the
+/// per-token log-likelihood that `hyena score` reports.
+pub fn log_prob(row: &[f32], target: usize) -> f64 {
+    let mx = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let lse = mx as f64
+        + row
+            .iter()
+            .map(|&v| ((v - mx) as f64).exp())
+            .sum::<f64>()
+            .ln();
+    row[target] as f64 - lse
+}

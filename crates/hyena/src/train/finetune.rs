@@ -37,7 +37,8 @@ use crate::models::classifier::{ClsWorkspace, SeqClassifier};
 use crate::models::hyenadna::{HyenaLm, LmConfig};
 use crate::models::{LanguageModel, Model, Pool};
 use crate::ops::loss::argmax;
-use crate::train::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
+use crate::train::fit::{Fit, Flow, Objective, Schedule, StepLoss};
+use crate::train::{AdamW, AdamWConfig, LrSchedule};
 
 /// Optimisation settings of a fine-tuning run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -351,39 +352,131 @@ pub fn finetune(
         })
     };
 
-    let sched = LrSchedule {
+    let schedule = LrSchedule {
         warmup: ((total as f64 * f.warmup_frac).round() as u64).max(1),
         total,
         min_ratio: f.min_lr_ratio,
     };
-    let mut opt = AdamW::new(f.optim.clone());
-    let mut grads = clf.params.zeros();
-    let mut ws = ClsWorkspace::default();
-    let mut order: Vec<usize> = Vec::new();
+    let mut fit = Fit::new(
+        AdamW::new(f.optim.clone()),
+        Schedule::WarmupCosine {
+            peak: f.optim.lr,
+            schedule,
+        },
+        f.clip,
+    );
+    let mut objective = ClsObjective {
+        train,
+        order: Vec::new(),
+        steps_per_epoch,
+        batch_size: f.batch_size,
+        max_len,
+        rc_aug: f.rc_aug,
+        seed: f.seed,
+        ws: ClsWorkspace::default(),
+    };
     let mut curve: Vec<(f64, f64)> = Vec::new();
     let mut test_curve: Vec<(f64, f64)> = Vec::new();
-    let mut batch: Vec<&Example> = Vec::with_capacity(f.batch_size);
-    for step in 0..total {
-        // Each epoch visits the examples in a fresh seeded order.
-        let pos = (step % steps_per_epoch) as usize * f.batch_size;
+    let mut summary = None;
+    fit.run(&mut clf, &mut objective, total, &mut |a| {
+        let step = a.step.step;
+        let st = a.step.loss.sum;
+        let loss = a.step.loss.loss;
+        let acc = st.correct as f64 / st.count.max(1) as f64;
+        log(
+            serde_json::json!({"kind": "train", "step": step, "loss": loss,
+            "accuracy": acc, "lr": a.step.lr, "grad_norm": a.step.grad_norm}),
+        )?;
+        curve.push((step as f64, acc));
+        on_event(&FinetuneEvent::Step {
+            step,
+            total,
+            loss,
+            accuracy: acc,
+            lr: a.step.lr,
+        });
+        let last = step == total;
+        if (f.eval_every > 0 && step % f.eval_every == 0) || last {
+            let set = if last { &all_test } else { &eval_sub };
+            let e = evaluate(
+                a.model,
+                n_classes,
+                set,
+                max_len,
+                f.batch_size,
+                &mut a.objective.ws,
+                &mut |_, _| {},
+            )?;
+            log(serde_json::json!({"kind": "eval", "step": step, "n": e.n,
+                "accuracy": e.accuracy}))?;
+            test_curve.push((step as f64, e.accuracy));
+            save_weights(out, &a.model.checkpoint_tensors(), "hyena-classifier")?;
+            on_event(&FinetuneEvent::Eval {
+                step,
+                eval: e.clone(),
+            });
+            if last {
+                write_json(
+                    &out.join("eval.json"),
+                    &serde_json::json!({"classes": dataset.classes, "test": e, "steps": total}),
+                )?;
+                summary = Some(e);
+            }
+        }
+        Ok(Flow::Continue)
+    })?;
+    plot_accuracy(out, &curve, &test_curve)?;
+    let test = summary.ok_or_else(|| Error::config("steps", total, "the run took no step"))?;
+    Ok(FinetuneSummary {
+        test,
+        classes: dataset.classes.clone(),
+        steps: total,
+        seconds: t0.elapsed().as_secs_f64(),
+        truncated,
+        max_len,
+    })
+}
+
+/// The fine-tuning objective: each epoch visits the (subset of) training examples in a fresh
+/// seeded order, `batch_size` per step (the last step of an epoch may be short); with
+/// `rc_aug`, each example of a step is read from a seeded coin's strand; mean cross-entropy
+/// of the batch.
+struct ClsObjective<'a> {
+    train: Vec<&'a Example>,
+    order: Vec<usize>,
+    steps_per_epoch: u64,
+    batch_size: usize,
+    max_len: usize,
+    rc_aug: bool,
+    seed: u64,
+    ws: ClsWorkspace,
+}
+
+impl Objective<SeqClassifier> for ClsObjective<'_> {
+    fn loss_and_grad(
+        &mut self,
+        clf: &Model<SeqClassifier>,
+        step: u64,
+        grads: &mut [f32],
+    ) -> Result<StepLoss> {
+        let n_train = self.train.len();
+        let pos = (step % self.steps_per_epoch) as usize * self.batch_size;
         if pos == 0 {
-            order = (0..n_train).collect();
-            let epoch = step / steps_per_epoch;
-            order.shuffle(&mut StdRng::seed_from_u64(
-                f.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            self.order = (0..n_train).collect();
+            let epoch = step / self.steps_per_epoch;
+            self.order.shuffle(&mut StdRng::seed_from_u64(
+                self.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15),
             ));
         }
-        batch.clear();
-        batch.extend(
-            order[pos..(pos + f.batch_size).min(n_train)]
-                .iter()
-                .map(|&i| train[i]),
-        );
+        let batch: Vec<&Example> = self.order[pos..(pos + self.batch_size).min(n_train)]
+            .iter()
+            .map(|&i| self.train[i])
+            .collect();
         let flipped: Vec<Example>;
-        let (toks, labels, _) = if f.rc_aug {
+        let (toks, labels, _) = if self.rc_aug {
             // Each example of the step on a seeded coin's strand (the reference's `rc_aug`).
             let mut rng =
-                StdRng::seed_from_u64(f.seed ^ 0x5C ^ step.wrapping_mul(0xD1B5_4A32_D192_ED03));
+                StdRng::seed_from_u64(self.seed ^ 0x5C ^ step.wrapping_mul(0xD1B5_4A32_D192_ED03));
             flipped = batch
                 .iter()
                 .map(|e| {
@@ -397,71 +490,19 @@ pub fn finetune(
                     }
                 })
                 .collect();
-            encode_all(&flipped.iter().collect::<Vec<_>>(), max_len)
+            encode_all(&flipped.iter().collect::<Vec<_>>(), self.max_len)
         } else {
-            encode_all(&batch, max_len)
+            encode_all(&batch, self.max_len)
         };
-        grads.fill(0.0);
-        let st = clf
-            .net
-            .loss_and_grad(clf.p(), &toks, &labels, max_len, &mut ws, &mut grads)?;
-        let grad_norm = clip_grad_norm(&clf.params, &mut grads, f.clip);
-        let lr = sched.lr(f.optim.lr, step);
-        opt.step(&mut clf.params, &grads, lr);
-        let loss = st.loss_sum / st.count.max(1) as f64;
-        let acc = st.correct as f64 / st.count.max(1) as f64;
-        log(
-            serde_json::json!({"kind": "train", "step": step + 1, "loss": loss,
-            "accuracy": acc, "lr": lr, "grad_norm": grad_norm}),
-        )?;
-        curve.push(((step + 1) as f64, acc));
-        on_event(&FinetuneEvent::Step {
-            step: step + 1,
-            total,
-            loss,
-            accuracy: acc,
-            lr,
-        });
-        let last = step + 1 == total;
-        if (f.eval_every > 0 && (step + 1) % f.eval_every == 0) || last {
-            let set = if last { &all_test } else { &eval_sub };
-            let e = evaluate(
-                &clf,
-                n_classes,
-                set,
-                max_len,
-                f.batch_size,
-                &mut ws,
-                &mut |_, _| {},
-            )?;
-            log(
-                serde_json::json!({"kind": "eval", "step": step + 1, "n": e.n,
-                "accuracy": e.accuracy}),
-            )?;
-            test_curve.push(((step + 1) as f64, e.accuracy));
-            save_weights(out, &clf.checkpoint_tensors(), "hyena-classifier")?;
-            on_event(&FinetuneEvent::Eval {
-                step: step + 1,
-                eval: e.clone(),
-            });
-            if last {
-                write_json(
-                    &out.join("eval.json"),
-                    &serde_json::json!({"classes": dataset.classes, "test": e, "steps": total}),
-                )?;
-                plot_accuracy(out, &curve, &test_curve)?;
-                return Ok(FinetuneSummary {
-                    test: e,
-                    classes: dataset.classes.clone(),
-                    steps: total,
-                    seconds: t0.elapsed().as_secs_f64(),
-                    truncated,
-                    max_len,
-                });
-            }
-        }
+        let sum =
+            clf.net
+                .loss_and_grad(clf.p(), &toks, &labels, self.max_len, &mut self.ws, grads)?;
+        Ok(StepLoss {
+            loss: sum.loss_sum / sum.count.max(1) as f64,
+            sum,
+            tokens: batch.len() * self.max_len,
+        })
     }
-    unreachable!("the loop returns at its last step")
 }
 
 /// Training accuracy (smoothed over 50 steps) and test accuracy per step, as `accuracy.png`.

@@ -1,5 +1,5 @@
-//! Training a zoo architecture on one MAD task setting (spec Sec. 6.3): AdamW, batch 128,
-//! cosine schedule stepped per epoch (`T_max` = epochs, `eta_min` 1e-6), cross-entropy over
+//! Training a zoo architecture on one MAD task setting (spec Sec. 6.3) with the one training
+//! loop ([`crate::train::fit`]): AdamW, batch 128, cosine schedule stepped per epoch (`T_max` = epochs, `eta_min` 1e-6), cross-entropy over
 //! the scored positions, test accuracy after every epoch, early stop at 0.999.
 //!
 //! The reported accuracy of a run is its best test accuracy over epochs (MAD logs the test
@@ -21,7 +21,9 @@ use crate::error::{Error, Result};
 use crate::models::parallel::{run_shards, ShardGrads};
 use crate::models::zoo::{ArchConfig, ZooCache, ZooModel};
 use crate::models::Model;
-use crate::ops::loss::argmax;
+use crate::ops::loss::{argmax, LossSum};
+pub use crate::train::fit::cosine_lr;
+use crate::train::fit::{Fit, Flow, Objective, Schedule, StepLoss};
 use crate::train::optim::{AdamW, AdamWConfig};
 
 /// Settings of one training run.
@@ -93,12 +95,6 @@ struct Shard {
     dlogits: Vec<f32>,
     toks: Vec<u32>,
     tg: Vec<i32>,
-}
-
-/// Cosine annealing stepped per epoch (PyTorch `CosineAnnealingLR`, `T_max` = `epochs`).
-pub fn cosine_lr(lr: f32, eta_min: f32, epoch: usize, epochs: usize) -> f32 {
-    let t = epoch as f64 / epochs.max(1) as f64;
-    (eta_min as f64 + (lr - eta_min) as f64 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())) as f32
 }
 
 fn check_data(data: &TaskData) -> Result<()> {
@@ -203,8 +199,72 @@ fn evaluate_with(
     Ok(total)
 }
 
+/// The MAD objective: each epoch visits the training examples in a fresh order (one seeded
+/// RNG shuffles the previous order at every epoch's first step, as a `DataLoader` with
+/// `shuffle=True` does), `batch` at a time; cross-entropy over the scored positions, summed
+/// over the data-parallel shards and divided by the batch's scored count.
+struct MadObjective<'d> {
+    data: &'d TaskData,
+    batch: usize,
+    steps_per_epoch: u64,
+    order: Vec<usize>,
+    rng: StdRng,
+    shards: Vec<Shard>,
+    spare: ShardGrads,
+}
+
+impl Objective<ZooModel> for MadObjective<'_> {
+    fn loss_and_grad(
+        &mut self,
+        model: &Model<ZooModel>,
+        step: u64,
+        grads: &mut [f32],
+    ) -> Result<StepLoss> {
+        if step % self.steps_per_epoch == 0 {
+            self.order.shuffle(&mut self.rng);
+        }
+        let k = (step % self.steps_per_epoch) as usize * self.batch;
+        let batch = &self.order[k..(k + self.batch).min(self.order.len())];
+        let (data, l) = (self.data, self.data.seq_len);
+        let count: usize = batch
+            .iter()
+            .map(|&i| data.train[i].targets.iter().filter(|&&t| t >= 0).count())
+            .sum();
+        let sums = run_shards(
+            &mut self.shards,
+            &mut self.spare,
+            Some(grads),
+            batch.len(),
+            |s, (start, n), g| {
+                gather(s, &data.train, &batch[start..start + n]);
+                model
+                    .net
+                    .forward_scored(model.p(), &s.toks, &s.tg, n, l, &mut s.cache)?;
+                let ls = model
+                    .net
+                    .loss(&s.cache, &s.tg, Some(count), &mut s.dlogits)?;
+                if let Some(g) = g {
+                    model.net.backward(model.p(), &s.dlogits, &mut s.cache, g)?;
+                }
+                Ok((ls.loss_sum, ls.count))
+            },
+        )?;
+        let mut sum = LossSum::default();
+        for (ls, n) in sums {
+            sum.loss_sum += ls;
+            sum.count += n;
+        }
+        Ok(StepLoss {
+            loss: sum.loss_sum / sum.count.max(1) as f64,
+            sum,
+            tokens: batch.len() * l,
+        })
+    }
+}
+
 /// Train `arch` (its `vocab_size` and `max_len` are set from `data`) with AdamW at `lr`,
-/// `weight_decay` (decoupled, on every parameter, as `torch.optim.AdamW(model.parameters())`).
+/// `weight_decay` (decoupled, on every parameter, as `torch.optim.AdamW(model.parameters())`),
+/// no gradient clipping, the test accuracy measured after every epoch.
 pub fn train_run(
     arch: &ArchConfig,
     data: &TaskData,
@@ -217,13 +277,18 @@ pub fn train_run(
     let t0 = Instant::now();
     let (net, params) = ZooModel::fresh(&sized_for(arch, data), cfg.seed)?;
     let mut model = Model { net, params };
-    let (l, v) = (data.seq_len, data.vocab_size);
-    let mut grads = model.params.zeros();
-    let mut shards: Vec<Shard> = Vec::new();
-    let mut spare = ShardGrads::default();
-    let mut eval_shards: Vec<Shard> = Vec::new();
-    let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5eed);
-    let mut order: Vec<usize> = (0..data.train.len()).collect();
+    let v = data.vocab_size;
+    let bsz = cfg.batch.max(1);
+    let steps_per_epoch = data.train.len().div_ceil(bsz) as u64;
+    let mut objective = MadObjective {
+        data,
+        batch: bsz,
+        steps_per_epoch,
+        order: (0..data.train.len()).collect(),
+        rng: StdRng::seed_from_u64(cfg.seed ^ 0x5eed),
+        shards: Vec::new(),
+        spare: ShardGrads::default(),
+    };
     // PyTorch's AdamW defaults (betas 0.9, 0.999; eps 1e-8), as mad-lab's optimizer, with the
     // decoupled decay on every parameter (`torch.optim.AdamW(model.parameters())`).
     let mut opt = AdamW::new(AdamWConfig {
@@ -234,6 +299,14 @@ pub fn train_run(
         ..AdamWConfig::default()
     });
     opt.decay_all = true;
+    let schedule = Schedule::EpochCosine {
+        lr,
+        eta_min: cfg.eta_min,
+        steps_per_epoch,
+        epochs: cfg.epochs,
+    };
+    let mut fit = Fit::new(opt, schedule, 0.0);
+    let mut eval_shards: Vec<Shard> = Vec::new();
     let mut res = RunResult {
         lr,
         weight_decay,
@@ -246,67 +319,43 @@ pub fn train_run(
         seconds: 0.0,
         train_tokens: 0,
     };
-    for epoch in 0..cfg.epochs {
-        let lr_e = cosine_lr(lr, cfg.eta_min, epoch, cfg.epochs);
-        order.shuffle(&mut rng);
-        let (mut loss_sum, mut loss_n) = (0.0f64, 0usize);
-        for batch in order.chunks(cfg.batch.max(1)) {
-            let count: usize = batch
-                .iter()
-                .map(|&i| data.train[i].targets.iter().filter(|&&t| t >= 0).count())
-                .sum();
-            grads.fill(0.0);
-            let m = &model;
-            let sums = run_shards(
-                &mut shards,
-                &mut spare,
-                Some(&mut grads),
-                batch.len(),
-                |s, (start, n), g| {
-                    gather(s, &data.train, &batch[start..start + n]);
-                    m.net
-                        .forward_scored(m.p(), &s.toks, &s.tg, n, l, &mut s.cache)?;
-                    let ls = m.net.loss(&s.cache, &s.tg, Some(count), &mut s.dlogits)?;
-                    if let Some(g) = g {
-                        m.net.backward(m.p(), &s.dlogits, &mut s.cache, g)?;
-                    }
-                    Ok((ls.loss_sum, ls.count))
-                },
-            )?;
-            for (ls, n) in sums {
-                loss_sum += ls;
-                loss_n += n;
-            }
-            opt.step(&mut model.params, &grads, lr_e);
-            res.train_tokens += (batch.len() * l) as u64;
+    let (mut loss_sum, mut loss_n) = (0.0f64, 0usize);
+    let total = steps_per_epoch * cfg.epochs as u64;
+    fit.run(&mut model, &mut objective, total, &mut |a| {
+        loss_sum += a.step.loss.sum.loss_sum;
+        loss_n += a.step.loss.sum.count;
+        res.train_tokens += a.step.loss.tokens as u64;
+        if a.step.step % steps_per_epoch != 0 {
+            return Ok(Flow::Continue);
         }
-        let acc = evaluate_with(&model, &data.test, cfg.batch, v, &mut eval_shards)?;
+        // The end of an epoch: test accuracy, best so far, early stop.
+        let epoch = (a.step.step / steps_per_epoch) as usize;
+        let acc = evaluate_with(a.model, &data.test, bsz, v, &mut eval_shards)?;
         let (ma, mi) = (acc.macro_(), acc.micro());
         let chosen = acc.get(cfg.average);
-        res.epochs_run = epoch + 1;
+        res.epochs_run = epoch;
         res.final_train_loss = loss_sum / loss_n.max(1) as f64;
+        (loss_sum, loss_n) = (0.0, 0);
         res.best_macro = res.best_macro.max(ma);
         res.best_micro = res.best_micro.max(mi);
         if chosen > res.best_acc || res.best_epoch == 0 {
             res.best_acc = chosen;
-            res.best_epoch = epoch + 1;
+            res.best_epoch = epoch;
         }
         on_epoch(&EpochEvent {
-            epoch: epoch + 1,
+            epoch,
             epochs: cfg.epochs,
             train_loss: res.final_train_loss,
             test_macro: ma,
             test_micro: mi,
-            lr: lr_e,
+            lr: a.step.lr,
             seconds: t0.elapsed().as_secs_f64(),
         });
-        if !res.final_train_loss.is_finite() {
-            break;
+        if !res.final_train_loss.is_finite() || chosen >= cfg.stop_at {
+            return Ok(Flow::Stop);
         }
-        if chosen >= cfg.stop_at {
-            break;
-        }
-    }
+        Ok(Flow::Continue)
+    })?;
     res.seconds = t0.elapsed().as_secs_f64();
     Ok(res)
 }

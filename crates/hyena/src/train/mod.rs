@@ -2,9 +2,10 @@
 //! gradient-norm clipping; language-model training runs and classifier fine-tuning.
 
 pub mod finetune;
+pub mod fit;
+pub mod lm;
 pub mod mad;
 pub mod optim;
 pub mod run;
-pub mod trainer;
 
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};

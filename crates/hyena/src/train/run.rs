@@ -19,7 +19,8 @@ use crate::io::tokenizer::Tokenizer;
 use crate::models::hyenadna::{HyenaLm, LmConfig};
 use crate::models::Model;
 use crate::plot::{loss_curve_png, RefLine};
-use crate::train::trainer::{EvalStats, StepStats, TrainConfig, Trainer};
+pub use crate::train::lm::Event;
+use crate::train::lm::{EvalStats, TrainConfig, Trainer};
 
 /// Everything a run is: model, optimisation and data. Saved as `config.json`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -92,15 +93,6 @@ pub fn preset(name: &str) -> Result<RunConfig> {
         ..TrainConfig::default()
     };
     Ok(cfg)
-}
-
-/// What a run reports as it goes.
-#[derive(Clone, Debug)]
-pub enum Event {
-    /// Something to print once (data summary, baselines, config).
-    Info(String),
-    Step(StepStats),
-    Eval(EvalStats),
 }
 
 /// The outcome of a run.
@@ -199,16 +191,12 @@ pub fn run(
             source,
         })
     };
-    let mut last_eval = None;
-    while trainer.step() < cfg.train.steps {
-        let s = trainer.train_step()?;
-        log(
-            serde_json::json!({ "kind": "train", "step": s.step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm }),
-        )?;
-        on_event(&Event::Step(s.clone()));
-        if s.step % cfg.train.eval_every.max(1) == 0 || s.step == cfg.train.steps {
-            let e = trainer.evaluate()?;
-            log(serde_json::to_value(&e)
+    let last_eval = trainer.run(out, &extra, &mut |ev| {
+        match ev {
+            Event::Step(s) => log(
+                serde_json::json!({ "kind": "train", "step": s.step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm }),
+            )?,
+            Event::Eval(e) => log(serde_json::to_value(e)
                 .map(|mut v| {
                     v["kind"] = "eval".into();
                     v
@@ -216,12 +204,12 @@ pub fn run(
                 .map_err(|e| Error::Format {
                     file: metrics_path.clone(),
                     msg: e.to_string(),
-                })?)?;
-            on_event(&Event::Eval(e.clone()));
-            trainer.save(out, &extra)?;
-            last_eval = Some(e);
+                })?)?,
+            Event::Info(_) => {}
         }
-    }
+        on_event(ev);
+        Ok(())
+    })?;
     plot_run(out, &baselines)?;
     Ok(RunSummary {
         last_eval,
@@ -313,7 +301,7 @@ pub fn evaluate_run(
         }
     };
     let mut ws = crate::layers::layer::Slot::default();
-    let stats = crate::train::trainer::evaluate_tokens(
+    let stats = crate::train::lm::evaluate_tokens(
         loaded.model.as_ref(),
         &tokens,
         batch,

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::layers::lean::InferWorkspace;
 use crate::ops::grow;
 use crate::ops::linear::{matmul, MatMut, MatRef};
+use crate::ops::loss::log_prob;
 
 impl HyenaLm {
     /// Whether [`HyenaLm::hidden_states`] and [`HyenaLm::log_likelihood`] can run this model
@@ -132,14 +133,7 @@ impl HyenaLm {
                 if t + 1 >= l {
                     break;
                 }
-                let mx = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                let lse = mx as f64
-                    + row
-                        .iter()
-                        .map(|&v| ((v - mx) as f64).exp())
-                        .sum::<f64>()
-                        .ln();
-                let lp = row[tokens[t + 1] as usize] as f64 - lse;
+                let lp = log_prob(row, tokens[t + 1] as usize);
                 out.push(lp as f32);
                 total += lp;
             }

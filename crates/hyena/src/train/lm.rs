@@ -1,5 +1,7 @@
-//! The training loop: random windows from a token stream, gradient accumulation, clipping,
-//! AdamW under a warm-up + cosine schedule, periodic evaluation, and exact resume.
+//! Language-model training: the objective (random windows of a token stream, next-token
+//! cross-entropy, gradient accumulation over micro-batches) that the one training loop
+//! ([`crate::train::fit`]) steps under a warm-up + cosine schedule with clipping; evaluation on
+//! consecutive validation windows; checkpoints and exact resume.
 //!
 //! Determinism: the batch of step `s` is drawn from an RNG seeded by `(seed, s, micro-batch)`,
 //! so a run resumed from a checkpoint at step `s` sees exactly the batches an uninterrupted run
@@ -17,7 +19,9 @@ use crate::io::safetensors::{write_atomic, TensorFile};
 use crate::layers::layer::Slot;
 use crate::models::hyenadna::{HyenaLm, LmConfig, LmWorkspace};
 use crate::models::{LanguageModel, Model};
-use crate::train::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
+use crate::ops::loss::LossSum;
+use crate::train::fit::{Fit, Flow, Objective, Schedule, Step, StepLoss};
+use crate::train::{AdamW, AdamWConfig, LrSchedule};
 
 /// Optimisation settings of a run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -83,6 +87,15 @@ pub struct StepStats {
     pub tokens: usize,
 }
 
+/// What a run reports as it goes.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// Something to print once (data summary, baselines, config).
+    Info(String),
+    Step(StepStats),
+    Eval(EvalStats),
+}
+
 /// Validation metrics.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct EvalStats {
@@ -94,18 +107,80 @@ pub struct EvalStats {
     pub tokens: usize,
 }
 
-/// A model, its optimizer, and the data it trains on.
-pub struct Trainer {
-    pub model: Model<HyenaLm>,
-    pub opt: AdamW,
-    pub cfg: TrainConfig,
+/// The language-model objective: the windows of a step are drawn from the training stream by
+/// an RNG seeded with `(seed, step, micro-batch)`; each micro-batch adds
+/// ∇(its mean loss) / `grad_accum` to the gradient.
+pub struct LmObjective {
     train: Vec<u32>,
-    val: Vec<u32>,
+    batch_size: usize,
+    seq_len: usize,
+    grad_accum: usize,
+    seed: u64,
     /// Activations, logits gradients and per-shard gradients ([`LmWorkspace`]), reused across
     /// steps and by the evaluations.
     ws: Slot,
-    /// The step's gradient, zeroed and refilled each step (a fresh buffer would page-fault).
-    grads: Vec<f32>,
+}
+
+impl LmObjective {
+    /// The windows `(inputs, targets)` of micro-batch `micro` of step `step`: `[B, L]` each.
+    pub fn batch(&self, step: u64, micro: usize) -> (Vec<u32>, Vec<u32>) {
+        let (b, l) = (self.batch_size, self.seq_len);
+        let mix = self.seed
+            ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ (micro as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+        let mut rng = StdRng::seed_from_u64(mix);
+        let (mut x, mut y) = (Vec::with_capacity(b * l), Vec::with_capacity(b * l));
+        for _ in 0..b {
+            let s = rng.random_range(0..self.train.len() - l);
+            x.extend_from_slice(&self.train[s..s + l]);
+            y.extend_from_slice(&self.train[s + 1..s + l + 1]);
+        }
+        (x, y)
+    }
+}
+
+impl Objective<HyenaLm> for LmObjective {
+    fn loss_and_grad(
+        &mut self,
+        model: &Model<HyenaLm>,
+        step: u64,
+        grads: &mut [f32],
+    ) -> Result<StepLoss> {
+        let (b, l) = (self.batch_size, self.seq_len);
+        let mut mean_sum = 0.0f32;
+        let mut sum = LossSum::default();
+        // Each micro-batch contributes ∇(its mean loss) / grad_accum.
+        let scale = 1.0 / self.grad_accum as f32;
+        for micro in 0..self.grad_accum {
+            let (x, y) = self.batch(step, micro);
+            let st = model.net.loss_and_grad(
+                model.p(),
+                &x,
+                &y,
+                b,
+                l,
+                scale,
+                self.ws.get_or_default::<LmWorkspace>(),
+                grads,
+            )?;
+            mean_sum += (st.loss_sum / st.count.max(1) as f64) as f32;
+            sum.add(st);
+        }
+        Ok(StepLoss {
+            loss: (mean_sum / self.grad_accum as f32) as f64,
+            sum,
+            tokens: b * l * self.grad_accum,
+        })
+    }
+}
+
+/// A language model, the training loop's state, and the data it trains on.
+pub struct Trainer {
+    pub model: Model<HyenaLm>,
+    pub fit: Fit,
+    pub cfg: TrainConfig,
+    objective: LmObjective,
+    val: Vec<u32>,
 }
 
 impl Trainer {
@@ -143,113 +218,96 @@ impl Trainer {
                 "must be >= 1",
             ));
         }
-        let opt = AdamW::new(cfg.optim.clone());
-        let grads = model.params.zeros();
+        let fit = Fit::new(
+            AdamW::new(cfg.optim.clone()),
+            Schedule::WarmupCosine {
+                peak: cfg.optim.lr,
+                schedule: cfg.schedule(),
+            },
+            cfg.clip,
+        );
+        let objective = LmObjective {
+            train,
+            batch_size: cfg.batch_size,
+            seq_len: cfg.seq_len,
+            grad_accum: cfg.grad_accum,
+            seed: cfg.seed,
+            ws: Slot::default(),
+        };
         Ok(Trainer {
             model,
-            opt,
+            fit,
             cfg,
-            train,
+            objective,
             val,
-            ws: Slot::default(),
-            grads,
         })
     }
 
     /// Steps completed so far.
     pub fn step(&self) -> u64 {
-        self.opt.step
+        self.fit.steps_done()
     }
 
     /// The windows `(inputs, targets)` of micro-batch `micro` of step `step`: `[B, L]` each.
     pub fn batch(&self, step: u64, micro: usize) -> (Vec<u32>, Vec<u32>) {
-        let (b, l) = (self.cfg.batch_size, self.cfg.seq_len);
-        let mix = self.cfg.seed
-            ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            ^ (micro as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
-        let mut rng = StdRng::seed_from_u64(mix);
-        let (mut x, mut y) = (Vec::with_capacity(b * l), Vec::with_capacity(b * l));
-        for _ in 0..b {
-            let s = rng.random_range(0..self.train.len() - l);
-            x.extend_from_slice(&self.train[s..s + l]);
-            y.extend_from_slice(&self.train[s + 1..s + l + 1]);
-        }
-        (x, y)
+        self.objective.batch(step, micro)
     }
 
     /// One optimizer update (with gradient accumulation over `grad_accum` micro-batches).
     pub fn train_step(&mut self) -> Result<StepStats> {
-        let step = self.opt.step;
-        let (b, l) = (self.cfg.batch_size, self.cfg.seq_len);
-        self.grads.fill(0.0);
-        let mut loss_sum = 0.0f32;
-        // Each micro-batch contributes ∇(its mean loss) / grad_accum.
-        let scale = 1.0 / self.cfg.grad_accum as f32;
-        for micro in 0..self.cfg.grad_accum {
-            let (x, y) = self.batch(step, micro);
-            let st = self.model.net.loss_and_grad(
-                self.model.params.data(),
-                &x,
-                &y,
-                b,
-                l,
-                scale,
-                self.ws.get_or_default::<LmWorkspace>(),
-                &mut self.grads,
-            )?;
-            loss_sum += (st.loss_sum / st.count.max(1) as f64) as f32;
-        }
-        let grad_norm = clip_grad_norm(&self.model.params, &mut self.grads, self.cfg.clip);
-        let lr = self.cfg.schedule().lr(self.cfg.optim.lr, step);
-        self.opt.step(&mut self.model.params, &self.grads, lr);
-        Ok(StepStats {
-            step: self.opt.step,
-            loss: loss_sum / self.cfg.grad_accum as f32,
-            lr,
-            grad_norm,
-            tokens: b * l * self.cfg.grad_accum,
-        })
+        let s = self.fit.step(&mut self.model, &mut self.objective)?;
+        Ok(step_stats(&s))
+    }
+
+    /// Train until `cfg.steps` steps are done: `on_event` sees every step; every `eval_every`
+    /// steps and at the last one the model is evaluated ([`Event::Eval`]) and the run saved
+    /// into `dir` ([`Trainer::save`]). Returns the last evaluation.
+    pub fn run(
+        &mut self,
+        dir: &Path,
+        extra: &serde_json::Value,
+        on_event: &mut dyn FnMut(&Event) -> Result<()>,
+    ) -> Result<Option<EvalStats>> {
+        let Trainer {
+            model,
+            fit,
+            cfg,
+            objective,
+            val,
+        } = self;
+        let mut last = None;
+        fit.run(model, objective, cfg.steps, &mut |a| {
+            let s = step_stats(a.step);
+            on_event(&Event::Step(s.clone()))?;
+            if s.step % cfg.eval_every.max(1) == 0 || s.step == cfg.steps {
+                let e = evaluate_val(a.model, val, cfg, &mut a.objective.ws, s.step)?;
+                on_event(&Event::Eval(e.clone()))?;
+                save_checkpoint(dir, a.model, a.opt, cfg, extra)?;
+                last = Some(e);
+            }
+            Ok(Flow::Continue)
+        })?;
+        Ok(last)
     }
 
     /// Loss, perplexity, bits per token and next-token accuracy on consecutive, non-overlapping
     /// validation windows (at most `eval_windows` of them).
     pub fn evaluate(&mut self) -> Result<EvalStats> {
-        let mut e = evaluate_tokens(
+        let step = self.fit.steps_done();
+        evaluate_val(
             &self.model,
             &self.val,
-            self.cfg.batch_size,
-            self.cfg.seq_len,
-            self.cfg.eval_windows,
-            &mut self.ws,
-            &mut |_, _| {},
-        )?;
-        e.step = self.opt.step;
-        Ok(e)
+            &self.cfg,
+            &mut self.objective.ws,
+            step,
+        )
     }
 
     /// Write a checkpoint into `dir`: `model.safetensors` (parameters and filter buffers),
     /// `optimizer.safetensors`, `config.json` (`{"model": …, "train": …}` plus `extra`), and
     /// `state.json` (step). Every file is written atomically.
     pub fn save(&self, dir: &Path, extra: &serde_json::Value) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
-        save_weights(dir, &self.model.tensors(), "hyena-lm")?;
-        let meta = std::collections::BTreeMap::new();
-        write_atomic(
-            dir.join("optimizer.safetensors"),
-            &self.opt.state_tensors(&self.model.params),
-            &meta,
-        )?;
-        let mut cfg = serde_json::json!({ "model": self.model.net.cfg, "train": self.cfg });
-        if let (Some(obj), Some(ex)) = (cfg.as_object_mut(), extra.as_object()) {
-            for (k, v) in ex {
-                obj.insert(k.clone(), v.clone());
-            }
-        }
-        write_json(&dir.join("config.json"), &cfg)?;
-        write_json(
-            &dir.join("state.json"),
-            &serde_json::json!({ "step": self.opt.step }),
-        )
+        save_checkpoint(dir, &self.model, &self.fit.opt, &self.cfg, extra)
     }
 
     /// Continue a run saved by [`Trainer::save`]. The model config in `dir` must equal `lm_cfg`
@@ -273,14 +331,74 @@ impl Trainer {
         }
         let mut t = Trainer::new(m, cfg, train, val)?;
         let opt = TensorFile::read(dir.join("optimizer.safetensors"))?;
-        t.opt.load_state(&t.model.params, &opt)?;
+        t.fit.opt.load_state(&t.model.params, &opt)?;
         let st = read_json(&dir.join("state.json"))?;
-        t.opt.step = st["step"].as_u64().ok_or_else(|| Error::Format {
+        t.fit.opt.step = st["step"].as_u64().ok_or_else(|| Error::Format {
             file: dir.join("state.json"),
             msg: "missing integer `step`".into(),
         })?;
         Ok(t)
     }
+}
+
+fn step_stats(s: &Step) -> StepStats {
+    StepStats {
+        step: s.step,
+        loss: s.loss.loss as f32,
+        lr: s.lr,
+        grad_norm: s.grad_norm,
+        tokens: s.loss.tokens,
+    }
+}
+
+/// [`evaluate_tokens`] on the validation stream with the run's batch, window and window cap.
+fn evaluate_val(
+    model: &Model<HyenaLm>,
+    val: &[u32],
+    cfg: &TrainConfig,
+    ws: &mut Slot,
+    step: u64,
+) -> Result<EvalStats> {
+    let mut e = evaluate_tokens(
+        model,
+        val,
+        cfg.batch_size,
+        cfg.seq_len,
+        cfg.eval_windows,
+        ws,
+        &mut |_, _| {},
+    )?;
+    e.step = step;
+    Ok(e)
+}
+
+/// See [`Trainer::save`].
+fn save_checkpoint(
+    dir: &Path,
+    model: &Model<HyenaLm>,
+    opt: &AdamW,
+    train: &TrainConfig,
+    extra: &serde_json::Value,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+    save_weights(dir, &model.tensors(), "hyena-lm")?;
+    let meta = std::collections::BTreeMap::new();
+    write_atomic(
+        dir.join("optimizer.safetensors"),
+        &opt.state_tensors(&model.params),
+        &meta,
+    )?;
+    let mut cfg = serde_json::json!({ "model": model.net.cfg, "train": train });
+    if let (Some(obj), Some(ex)) = (cfg.as_object_mut(), extra.as_object()) {
+        for (k, v) in ex {
+            obj.insert(k.clone(), v.clone());
+        }
+    }
+    write_json(&dir.join("config.json"), &cfg)?;
+    write_json(
+        &dir.join("state.json"),
+        &serde_json::json!({ "step": opt.step }),
+    )
 }
 
 /// Score `lm` on consecutive, non-overlapping windows of `tokens` (at most `max_windows`,

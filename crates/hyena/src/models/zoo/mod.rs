@@ -28,6 +28,8 @@ use crate::ops::loss::{cross_entropy_sum, LossSum};
 use crate::ops::norm::{rmsnorm_backward, rmsnorm_forward};
 use crate::params::{check_params, many_mut, DType, Init, ParamStore, Vb, P};
 
+pub mod family;
+
 /// The norm before each layer and before the unembedding.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -600,6 +602,10 @@ impl ZooModel {
             None => (&head_in[..], b * l),
         };
         cache.logits.resize(m * v, 0.0);
+        if m == 0 {
+            cache.rows = rows;
+            return Ok(());
+        }
         let res = linear_forward(
             head_in,
             self.unembed_w.of(p),
