@@ -279,7 +279,7 @@ impl Trainer {
         fit.run(model, objective, cfg.steps, &mut |a| {
             let s = step_stats(a.step);
             on_event(&Event::Step(s.clone()))?;
-            if s.step % cfg.eval_every.max(1) == 0 || s.step == cfg.steps {
+            if s.step.is_multiple_of(cfg.eval_every.max(1)) || s.step == cfg.steps {
                 let e = evaluate_val(a.model, val, cfg, &mut a.objective.ws, s.step)?;
                 on_event(&Event::Eval(e.clone()))?;
                 save_checkpoint(dir, a.model, a.opt, cfg, extra)?;

@@ -220,7 +220,7 @@ impl Objective<ZooModel> for MadObjective<'_> {
         step: u64,
         grads: &mut [f32],
     ) -> Result<StepLoss> {
-        if step % self.steps_per_epoch == 0 {
+        if step.is_multiple_of(self.steps_per_epoch) {
             self.order.shuffle(&mut self.rng);
         }
         let k = (step % self.steps_per_epoch) as usize * self.batch;
