@@ -1,10 +1,13 @@
 //! `hyena`: a CPU-first engine for Hyena-family long-convolution sequence models.
 //!
 //! The engine is specialised, not a general framework (llm.c style): contiguous `f32` buffers,
-//! an explicit forward and backward per layer, and a slow reference beside every fast kernel.
+//! one flat parameter buffer per model, an explicit forward and backward per layer, and a slow
+//! reference beside every fast kernel. `docs/ARCHITECTURE.md` describes the house and how to
+//! add a model family; `docs/numerics.md` the numerics and where they differ from the
+//! reference implementations.
 //!
 //! # Shape legend
-//! Used in every `// [..]` comment and `# Shapes` section of this crate:
+//! Used in the `// [..]` shape comments and the shapes in the docs of this crate:
 //! - `B`: batch size
 //! - `L`: sequence length (any positive integer, not only powers of two); `L ≤ l_max`
 //! - `D`: model width (`d_model`)
@@ -51,12 +54,23 @@
 //! ```
 //!
 //! # Layout
-//! - [`ops`]: kernels (the backend boundary): FFT long conv, short conv, linear, norm, activations.
-//! - [`layers`]: the implicit Hyena filter and the Hyena operator built from ops.
-//! - [`distill`]: Hankel spectra, effective state size, modal fits of long filters.
-//! - [`io`]: safetensors reading and atomic writing.
-//! - [`tasks`]: synthetic benchmark tasks (the six MAD tasks, arXiv 2403.17844).
-//! - [`config`]: the serde configuration tree; [`error`]: the error type.
+//! Lowest first; a module imports only from the ones above it in this list (no cycles):
+//! - [`error`], [`config`], [`params`], [`plot`]: the error type; the serde configuration of
+//!   the Hyena operator; the parameter store (one flat buffer per model, tensors registered by
+//!   name, loaded through the `TensorSource` interface); charts.
+//! - [`io`]: file formats only (safetensors, npy, FASTA/FASTQ, text, tokenizers, the safe
+//!   PyTorch checkpoint reader); it knows no model.
+//! - [`ops`]: kernels, the backend boundary: FFT long convolution, short convolution, linear,
+//!   norms, activations, attention pieces, the loss; each with a slow reference.
+//! - [`layers`]: the layer trait and every layer (the Hyena operator and its filter, MultiHyena,
+//!   StripedHyena operators, attention, SSM/RTF, MLPs, norms) and the lean inference workspace.
+//! - [`models`]: model families (HyenaDNA, the classifier, zoo LMs), generation, data
+//!   parallelism, and the interfaces the run-directory module loads them through.
+//! - [`checkpoint`]: the run-directory module: the registry of families, `load_model`.
+//! - [`data`], [`baselines`]: datasets and task builders; Markov and k-mer baselines.
+//! - [`train`], [`distill`]: the one training loop and its objectives (LM, fine-tuning, MAD);
+//!   Hankel spectra, effective state size and modal distillation.
+//! - [`apps`]: the pipelines behind `hyena embed`/`score` and the benchmarks.
 
 // Kernels index several buffers with one loop counter; iterator chains would obscure them.
 #![allow(clippy::needless_range_loop)]

@@ -489,7 +489,8 @@ fn layernorm_matches_reference_and_gradients() {
         }
         let dy = rand_vec(m * d, 8, 1.0);
         let (mut dx, mut dg, mut db) = (vec![0.0; m * d], vec![0.0; d], vec![0.0; d]);
-        norm::layernorm_backward(&dy, &x, &g, &mu, &rs, d, &mut dx, &mut dg, &mut db).unwrap();
+        norm::layernorm_backward(&dy, &x, &g, &mu, &rs, d, &mut dx, false, &mut dg, &mut db)
+            .unwrap();
         let f = |x: &[f32], g: &[f32], b: &[f32]| {
             dot(&dy, &norm::reference::layernorm_forward(x, g, b, d, 1e-5))
         };
@@ -719,11 +720,16 @@ fn fused_passes_equal_their_unfused_form() {
     norm::layernorm_forward(&x, &gamma, &beta, d, 1e-5, &mut h, &mut mu, &mut rs).unwrap();
     let dy = rand_vec(m * n, 8, 1.0);
     let (mut dx, mut dg, mut db) = (vec![0.0; m * n], vec![0.0; d], vec![0.0; d]);
-    norm::layernorm_backward(&dy, &x, &gamma, &mu, &rs, d, &mut dx, &mut dg, &mut db).unwrap();
+    norm::layernorm_backward(
+        &dy, &x, &gamma, &mu, &rs, d, &mut dx, false, &mut dg, &mut db,
+    )
+    .unwrap();
     let base = rand_vec(m * n, 9, 1.0);
     let (mut acc, mut dg2, mut db2) = (base.clone(), vec![0.0; d], vec![0.0; d]);
-    norm::layernorm_backward_acc(&dy, &x, &gamma, &mu, &rs, d, &mut acc, &mut dg2, &mut db2)
-        .unwrap();
+    norm::layernorm_backward(
+        &dy, &x, &gamma, &mu, &rs, d, &mut acc, true, &mut dg2, &mut db2,
+    )
+    .unwrap();
     let want: Vec<f32> = base.iter().zip(&dx).map(|(a, b)| a + b).collect();
     assert_eq!((acc, dg2, db2), (want, dg, db));
 

@@ -7,10 +7,7 @@
 use crate::error::Result;
 use crate::params::{many_mut, Vb, P};
 
-use crate::ops::norm::{
-    layernorm_backward, layernorm_backward_acc, layernorm_forward, rmsnorm_backward,
-    rmsnorm_forward,
-};
+use crate::ops::norm::{layernorm_backward, layernorm_forward, rmsnorm_backward, rmsnorm_forward};
 
 /// `y = (x − mean) / sqrt(var + eps) · weight + bias` per row.
 #[derive(Clone, Copy, Debug)]
@@ -93,12 +90,7 @@ impl LayerNorm {
         gw: &mut [f32],
         gb: &mut [f32],
     ) -> Result<()> {
-        let run = if acc {
-            layernorm_backward_acc
-        } else {
-            layernorm_backward
-        };
-        run(dy, x, self.w.of(p), mean, rstd, self.d, dx, gw, gb)
+        layernorm_backward(dy, x, self.w.of(p), mean, rstd, self.d, dx, acc, gw, gb)
     }
 }
 

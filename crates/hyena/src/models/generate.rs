@@ -103,6 +103,57 @@ pub trait Decoder {
     fn logits(&self) -> &[f32];
 }
 
+/// A model whose full forward over a window gives the next-token logits at every position:
+/// what [`ConvDecoder`] runs.
+pub trait WindowForward {
+    /// The forward's saved state, reused from token to token.
+    type Cache: Default;
+    /// The longest window the forward takes.
+    fn window(&self) -> usize;
+    /// The forward of one sequence `tokens [L]`.
+    fn forward_window(&self, tokens: &[u32], cache: &mut Self::Cache) -> Result<()>;
+    /// Logits over the real vocabulary after position `t` of the last forward.
+    fn logits_at<'c>(&self, cache: &'c Self::Cache, t: usize) -> &'c [f32];
+}
+
+/// Generation by the full forward over the context (its last `window` tokens) per token:
+/// O(L) memory and more than O(L) work per token, for every model.
+pub struct ConvDecoder<'a, M: WindowForward> {
+    m: &'a M,
+    ctx: Vec<u32>,
+    cache: M::Cache,
+}
+
+impl<'a, M: WindowForward> ConvDecoder<'a, M> {
+    pub fn new(m: &'a M) -> Self {
+        ConvDecoder {
+            m,
+            ctx: Vec::new(),
+            cache: M::Cache::default(),
+        }
+    }
+
+    fn run(&mut self) -> Result<()> {
+        let start = self.ctx.len().saturating_sub(self.m.window());
+        self.m.forward_window(&self.ctx[start..], &mut self.cache)
+    }
+}
+
+impl<M: WindowForward> Decoder for ConvDecoder<'_, M> {
+    fn prefill(&mut self, prompt: &[u32]) -> Result<()> {
+        self.ctx = prompt.to_vec();
+        self.run()
+    }
+    fn step(&mut self, token: u32) -> Result<()> {
+        self.ctx.push(token);
+        self.run()
+    }
+    fn logits(&self) -> &[f32] {
+        let l = self.ctx.len().min(self.m.window());
+        self.m.logits_at(&self.cache, l - 1)
+    }
+}
+
 /// Sample `n` tokens after `prompt` (which must not be empty): prefill, then for each new
 /// token sample from the logits and feed it back. Returns only the new tokens. Every decoder
 /// draws from the same random stream, so conv and recurrent decoding of the same model agree

@@ -73,45 +73,14 @@ simd_fn! {
     }
 }
 
-/// Backward: writes `dx`, *accumulates* `dgamma`, `dbeta`.
+/// Backward: writes `dx` (with `acc`, *adds* into it: a pre-norm block's residual stream
+/// gradient picks up the branch through the norm without a separate add pass), *accumulates*
+/// `dgamma`, `dbeta`.
 ///
 /// With `xhat = (x - mean) rstd` and `g = dy ⊙ gamma`:
 /// `dx = rstd · (g - mean(g) - xhat · mean(g ⊙ xhat))`.
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_backward(
-    dy: &[f32],
-    x: &[f32],
-    gamma: &[f32],
-    mean: &[f32],
-    rstd: &[f32],
-    d: usize,
-    dx: &mut [f32],
-    dgamma: &mut [f32],
-    dbeta: &mut [f32],
-) -> Result<()> {
-    ln_backward(dy, x, gamma, mean, rstd, d, dx, false, dgamma, dbeta)
-}
-
-/// [`layernorm_backward`] that *adds* its input gradient into `dx` (`dx += ∂L/∂x`): a
-/// pre-norm block's residual stream gradient picks up the branch through the norm without a
-/// separate add pass.
-#[allow(clippy::too_many_arguments)]
-pub fn layernorm_backward_acc(
-    dy: &[f32],
-    x: &[f32],
-    gamma: &[f32],
-    mean: &[f32],
-    rstd: &[f32],
-    d: usize,
-    dx: &mut [f32],
-    dgamma: &mut [f32],
-    dbeta: &mut [f32],
-) -> Result<()> {
-    ln_backward(dy, x, gamma, mean, rstd, d, dx, true, dgamma, dbeta)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn ln_backward(
     dy: &[f32],
     x: &[f32],
     gamma: &[f32],

@@ -20,7 +20,7 @@ use crate::io::safetensors::{Tensor, TensorFile};
 use crate::layers::hyena::modal::{ModalBank, ModalFilter, Mode};
 use crate::layers::layer::Slot;
 use crate::layers::lean::InferWorkspace;
-use crate::models::generate::{DecodeMode, Decoder};
+use crate::models::generate::{ConvDecoder, DecodeMode, Decoder, WindowForward};
 use crate::models::{config_section, tensor_map, Family, LanguageModel, Model};
 use crate::ops::loss::LossSum;
 use crate::params::TensorSource;
@@ -213,45 +213,17 @@ impl LanguageModel for Model<HyenaLm> {
     }
 }
 
-/// Generation by the full forward over the context (its last `l_max` tokens) per token.
-pub struct ConvDecoder<'a> {
-    m: &'a Model<HyenaLm>,
-    ctx: Vec<u32>,
-    cache: LmCache,
-}
-
-impl<'a> ConvDecoder<'a> {
-    pub fn new(m: &'a Model<HyenaLm>) -> Self {
-        ConvDecoder {
-            m,
-            ctx: Vec::new(),
-            cache: LmCache::default(),
-        }
+impl WindowForward for Model<HyenaLm> {
+    type Cache = LmCache;
+    fn window(&self) -> usize {
+        self.net.cfg.operator.l_max
     }
-
-    fn run(&mut self) -> Result<()> {
-        let start = self.ctx.len().saturating_sub(self.m.net.cfg.operator.l_max);
-        let window = &self.ctx[start..];
-        self.m
-            .net
-            .forward(self.m.p(), window, 1, window.len(), &mut self.cache)
+    fn forward_window(&self, tokens: &[u32], cache: &mut LmCache) -> Result<()> {
+        self.net.forward(self.p(), tokens, 1, tokens.len(), cache)
     }
-}
-
-impl Decoder for ConvDecoder<'_> {
-    fn prefill(&mut self, prompt: &[u32]) -> Result<()> {
-        self.ctx = prompt.to_vec();
-        self.run()
-    }
-    fn step(&mut self, token: u32) -> Result<()> {
-        self.ctx.push(token);
-        self.run()
-    }
-    fn logits(&self) -> &[f32] {
-        let cfg = &self.m.net.cfg;
-        let (v_real, v_pad) = (cfg.vocab_size, cfg.padded_vocab());
-        let l = self.ctx.len().min(cfg.operator.l_max);
-        &self.cache.logits[(l - 1) * v_pad..(l - 1) * v_pad + v_real]
+    fn logits_at<'c>(&self, cache: &'c LmCache, t: usize) -> &'c [f32] {
+        let (v_real, v_pad) = (self.net.cfg.vocab_size, self.net.cfg.padded_vocab());
+        &cache.logits[t * v_pad..t * v_pad + v_real]
     }
 }
 

@@ -149,29 +149,13 @@ mod tests {
     use crate::models::hyenadna::{HyenaLm, LmCache, LmConfig};
     use crate::params::ParamStore;
     use crate::testing::rand_vec;
-    use crate::{FilterConfig, FilterLayout, HyenaConfig};
 
     /// A 2-block model of width `d` and filter MLP width `f`, every parameter moved away from
     /// its init so that each one matters.
     fn model(d: usize, f: usize, l_max: usize, seed: u64) -> (HyenaLm, ParamStore) {
-        let cfg = LmConfig {
-            n_layer: 2,
-            d_inner: 2 * d,
-            operator: HyenaConfig {
-                d_model: d,
-                l_max,
-                filter: FilterConfig {
-                    emb_dim: 5,
-                    filter_order: f,
-                    w: 10.0,
-                    shift: 0.05,
-                    layout: FilterLayout::Blocked,
-                    ..FilterConfig::default()
-                },
-                ..HyenaConfig::default()
-            },
-            ..LmConfig::default()
-        };
+        let mut cfg = LmConfig::hyenadna(d, 2, l_max);
+        cfg.d_inner = 2 * d;
+        cfg.operator.filter.filter_order = f;
         let (lm, mut store) = HyenaLm::fresh(&cfg, seed).unwrap();
         let specs = store.specs().to_vec();
         for (i, s) in specs.iter().enumerate() {

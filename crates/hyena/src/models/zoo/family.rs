@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::io::safetensors::{Tensor, TensorFile};
 use crate::layers::layer::Slot;
 use crate::layers::lean::InferWorkspace;
-use crate::models::generate::{DecodeMode, Decoder};
+use crate::models::generate::{ConvDecoder, DecodeMode, Decoder, WindowForward};
 use crate::models::{config_section, tensor_map, Family, LanguageModel, Model};
 use crate::ops::linear::linear_forward;
 use crate::ops::loss::{log_prob, LossSum};
@@ -138,11 +138,7 @@ impl LanguageModel for Model<ZooModel> {
     }
     fn decoder(&self, mode: DecodeMode) -> Result<Box<dyn Decoder + '_>> {
         Ok(match mode {
-            DecodeMode::Conv => Box::new(ZooConvDecoder {
-                m: self,
-                ctx: Vec::new(),
-                cache: ZooCache::default(),
-            }),
+            DecodeMode::Conv => Box::new(ConvDecoder::new(self)),
             DecodeMode::Recurrent => Box::new(ZooRecurrentDecoder {
                 state: self.net.start(self.p())?,
                 m: self,
@@ -261,36 +257,17 @@ impl ZooModel {
     }
 }
 
-/// Generation by the full forward over the context (its last `max_len` tokens) per token.
-struct ZooConvDecoder<'a> {
-    m: &'a Model<ZooModel>,
-    ctx: Vec<u32>,
-    cache: ZooCache,
-}
-
-impl ZooConvDecoder<'_> {
-    fn run(&mut self) -> Result<()> {
-        let start = self.ctx.len().saturating_sub(self.m.net.cfg.max_len);
-        let window = &self.ctx[start..];
-        self.m
-            .net
-            .forward(self.m.p(), window, 1, window.len(), &mut self.cache)
+impl WindowForward for Model<ZooModel> {
+    type Cache = ZooCache;
+    fn window(&self) -> usize {
+        self.net.cfg.max_len
     }
-}
-
-impl Decoder for ZooConvDecoder<'_> {
-    fn prefill(&mut self, prompt: &[u32]) -> Result<()> {
-        self.ctx = prompt.to_vec();
-        self.run()
+    fn forward_window(&self, tokens: &[u32], cache: &mut ZooCache) -> Result<()> {
+        self.net.forward(self.p(), tokens, 1, tokens.len(), cache)
     }
-    fn step(&mut self, token: u32) -> Result<()> {
-        self.ctx.push(token);
-        self.run()
-    }
-    fn logits(&self) -> &[f32] {
-        let v = self.m.net.cfg.vocab_size;
-        let l = self.ctx.len().min(self.m.net.cfg.max_len);
-        &self.cache.logits[(l - 1) * v..l * v]
+    fn logits_at<'c>(&self, cache: &'c ZooCache, t: usize) -> &'c [f32] {
+        let v = self.net.cfg.vocab_size;
+        &cache.logits[t * v..(t + 1) * v]
     }
 }
 
