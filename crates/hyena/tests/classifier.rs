@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{max_abs_diff, TempDir};
+use common::{max_abs_diff, small_lm, TempDir};
 use hyena::checkpoint::{load_model, read_json, RunDir};
 use hyena::data::seqcls::{Example, SeqClsDataset};
 use hyena::io::tokenizer::PAD_ID;
@@ -14,29 +14,11 @@ use hyena::models::hyenadna::{HyenaLm, LmConfig};
 use hyena::models::{Model, Pool};
 use hyena::testing::{check, rand_vec};
 use hyena::train::finetune::{encode_padded, finetune, FinetuneConfig, FinetuneRun};
-use hyena::{FilterConfig, HyenaConfig};
 
 fn tiny(l_max: usize) -> LmConfig {
-    LmConfig {
-        vocab_size: 12,
-        pad_vocab_size_multiple: 8,
-        n_layer: 2,
-        d_inner: 16,
-        layer_norm_epsilon: 1e-5,
-        tie_embeddings: false,
-        operator: HyenaConfig {
-            d_model: 8,
-            l_max,
-            filter: FilterConfig {
-                emb_dim: 5,
-                filter_order: 8,
-                w: 1.0,
-                shift: 0.05,
-                ..FilterConfig::default()
-            },
-            ..HyenaConfig::default()
-        },
-    }
+    let mut c = small_lm(2, 8, 16, l_max, 8);
+    c.operator.filter.shift = 0.05;
+    c
 }
 
 /// Mean cross-entropy of the classifier on `toks [B, L]`, computed from `predict`'s logits with

@@ -2,6 +2,8 @@
 //! of low-order systems by the modal fit, the pole gradient against finite differences, the
 //! refinement, and clear errors.
 
+mod common;
+
 use faer::c64;
 use hyena::distill::hankel::{entropy_rank, hankel_singular_values, tolerance_rank};
 use hyena::distill::modal::{
@@ -277,32 +279,15 @@ fn bad_filters_and_orders_are_clear_errors() {
 }
 
 mod model {
+    use super::common::small_lm;
     use hyena::checkpoint::{load_model, save_model};
     use hyena::distill::model::{distill_lm, save_distilled, DistillConfig};
     use hyena::models::generate::DecodeMode;
-    use hyena::models::hyenadna::{HyenaLm, LmCache, LmConfig};
+    use hyena::models::hyenadna::{HyenaLm, LmCache};
     use hyena::models::{LanguageModel, Model};
-    use hyena::{FilterConfig, HyenaConfig};
 
     fn lm() -> Model<HyenaLm> {
-        let cfg = LmConfig {
-            vocab_size: 12,
-            pad_vocab_size_multiple: 8,
-            n_layer: 2,
-            d_inner: 16,
-            layer_norm_epsilon: 1e-5,
-            tie_embeddings: false,
-            operator: HyenaConfig {
-                d_model: 8,
-                l_max: 96,
-                filter: FilterConfig {
-                    emb_dim: 5,
-                    filter_order: 8,
-                    ..FilterConfig::default()
-                },
-                ..HyenaConfig::default()
-            },
-        };
+        let cfg = small_lm(2, 8, 16, 96, 8);
         let (net, params) = HyenaLm::fresh(&cfg, 4).unwrap();
         Model { net, params }
     }
@@ -428,33 +413,16 @@ mod model {
 }
 
 mod ess {
+    use super::common::small_lm;
     use hyena::distill::ess::{filter_ess, operator_ess};
-    use hyena::models::hyenadna::{HyenaLm, LmConfig};
+    use hyena::models::hyenadna::HyenaLm;
     use hyena::models::Model;
-    use hyena::{FilterConfig, HyenaConfig};
 
     /// Filters of known Hankel rank: channel c is a sum of `1 + c % 3` damped cosines (rank
     /// 2 each) → rank 2, 4 or 6.
     fn known_rank_lm(l: usize) -> (Model<HyenaLm>, Vec<usize>) {
         let d = 6;
-        let cfg = LmConfig {
-            vocab_size: 12,
-            pad_vocab_size_multiple: 8,
-            n_layer: 2,
-            d_inner: 12,
-            layer_norm_epsilon: 1e-5,
-            tie_embeddings: false,
-            operator: HyenaConfig {
-                d_model: d,
-                l_max: l,
-                filter: FilterConfig {
-                    emb_dim: 5,
-                    filter_order: 8,
-                    ..FilterConfig::default()
-                },
-                ..HyenaConfig::default()
-            },
-        };
+        let cfg = small_lm(2, d, 12, l, 8);
         let (mut lm, params) = HyenaLm::fresh(&cfg, 2).unwrap();
         let ranks: Vec<usize> = (0..d).map(|c| 2 * (1 + c % 3)).collect();
         let mut k = vec![0.0f32; d * l];

@@ -11,7 +11,6 @@ use hyena::models::Model;
 use hyena::ops::fftconv::{reference, GatedConv, RowConv, RowLayout};
 use hyena::ops::short_conv::{self, forward_rows_carry};
 use hyena::testing::rand_vec;
-use hyena::{FilterConfig, FilterLayout, HyenaConfig};
 
 #[test]
 fn row_conv_matches_direct_convolution() {
@@ -95,25 +94,11 @@ fn chunked_short_filter_equals_whole_sequence() {
 /// `filter_order` 16 < d_model exercises the lean forward's channel split (the filter MLP's
 /// output kept inside `Y`); 32 > d_model, the separate `hidden` buffer.
 fn model_with(l_max: usize, tie: bool, seed: u64, filter_order: usize) -> Model<HyenaLm> {
-    let cfg = LmConfig {
-        n_layer: 2,
-        d_inner: 48,
-        tie_embeddings: tie,
-        operator: HyenaConfig {
-            d_model: 20, // not a multiple of the 16-channel filter group
-            l_max,
-            filter: FilterConfig {
-                emb_dim: 5,
-                filter_order,
-                w: 10.0,
-                shift: 0.05,
-                layout: FilterLayout::Blocked,
-                ..FilterConfig::default()
-            },
-            ..HyenaConfig::default()
-        },
-        ..LmConfig::default()
-    };
+    // Width 20: not a multiple of the 16-channel filter group.
+    let mut cfg = LmConfig::hyenadna(20, 2, l_max);
+    cfg.d_inner = 48;
+    cfg.tie_embeddings = tie;
+    cfg.operator.filter.filter_order = filter_order;
     let (net, mut params) = HyenaLm::fresh(&cfg, seed).unwrap();
     // Move every parameter well away from its init so that each one matters.
     let mut i = 0u64;

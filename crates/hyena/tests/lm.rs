@@ -1,33 +1,19 @@
 //! The language model: finite-difference gradients through embedding, blocks, final norm, head
 //! and cross-entropy; cross-entropy against a direct log-softmax; parameter names.
 
+mod common;
+
+use common::small_lm;
 use hyena::models::hyenadna::{HyenaLm, LmCache, LmConfig};
 use hyena::ops::loss::cross_entropy;
 use hyena::params::ParamStore;
 use hyena::testing::{check, rand_vec};
-use hyena::{FilterConfig, HyenaConfig};
 
 fn tiny(tie: bool) -> LmConfig {
-    LmConfig {
-        vocab_size: 12,
-        pad_vocab_size_multiple: 8,
-        n_layer: 2,
-        d_inner: 16,
-        layer_norm_epsilon: 1e-5,
-        tie_embeddings: tie,
-        operator: HyenaConfig {
-            d_model: 8,
-            l_max: 16,
-            filter: FilterConfig {
-                emb_dim: 5,
-                filter_order: 8,
-                w: 1.0,
-                shift: 0.05,
-                ..FilterConfig::default()
-            },
-            ..HyenaConfig::default()
-        },
-    }
+    let mut c = small_lm(2, 8, 16, 16, 8);
+    c.tie_embeddings = tie;
+    c.operator.filter.shift = 0.05;
+    c
 }
 
 fn tokens(n: usize, seed: u64) -> Vec<u32> {

@@ -2,33 +2,19 @@
 //! equals the parallel forward of the same model, from an empty context and after an FFT
 //! prefill; bad inputs are clear errors.
 
+mod common;
+
+use common::small_lm;
 use faer::c64;
 use hyena::layers::hyena::modal::{ModalBank, ModalFilter, Mode};
 use hyena::models::hyenadna::{HyenaLm, LmCache, LmConfig};
 use hyena::params::ParamStore;
 use hyena::testing::rand_vec;
-use hyena::{FilterConfig, HyenaConfig};
 
 fn cfg(order: usize, l_max: usize) -> LmConfig {
-    LmConfig {
-        vocab_size: 12,
-        pad_vocab_size_multiple: 8,
-        n_layer: 2,
-        d_inner: 32,
-        layer_norm_epsilon: 1e-5,
-        tie_embeddings: false,
-        operator: HyenaConfig {
-            d_model: 8,
-            l_max,
-            order,
-            filter: FilterConfig {
-                emb_dim: 5,
-                filter_order: 8,
-                ..FilterConfig::default()
-            },
-            ..HyenaConfig::default()
-        },
-    }
+    let mut c = small_lm(2, 8, 32, l_max, 8);
+    c.operator.order = order;
+    c
 }
 
 /// Random stable modal filters: 3 modes each, some real, moduli in [0.5, 0.995].

@@ -1,13 +1,16 @@
 //! `hyena train`'s library path end to end on a small FASTA file: the run directory, the
 //! metrics, refusing to overwrite a run, resuming, and data errors.
 
+mod common;
+
+use common::small_lm;
+
 use std::path::PathBuf;
 
 use hyena::data::tokens::DataConfig;
 use hyena::io::tokenizer::Tokenizer;
 use hyena::train::lm::TrainConfig;
 use hyena::train::run::{evaluate_run, run, EvalOptions, Event, RunConfig};
-use hyena::{FilterConfig, HyenaConfig};
 
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("hyena-run-{}-{name}", std::process::id()));
@@ -18,20 +21,9 @@ fn tmpdir(name: &str) -> PathBuf {
 
 fn small_run(fasta: PathBuf, steps: u64) -> RunConfig {
     let mut cfg = RunConfig::default();
-    cfg.model.n_layer = 1;
-    cfg.model.d_inner = 32;
-    cfg.model.operator = HyenaConfig {
-        d_model: 16,
-        l_max: 64,
-        filter: FilterConfig {
-            emb_dim: 5,
-            filter_order: 8,
-            w: 10.0,
-            shift: 0.05,
-            ..FilterConfig::default()
-        },
-        ..HyenaConfig::default()
-    };
+    cfg.model = small_lm(1, 16, 32, 64, 8);
+    cfg.model.operator.filter.w = 10.0;
+    cfg.model.operator.filter.shift = 0.05;
     cfg.train = TrainConfig {
         batch_size: 4,
         seq_len: 64,

@@ -1,6 +1,10 @@
 //! Optimizer, schedule and clipping against their formulas, and a tiny LM that must overfit one
 //! batch to near-zero loss.
 
+mod common;
+
+use common::small_lm;
+
 use hyena::io::safetensors::TensorFile;
 use hyena::models::hyenadna::{HyenaLm, LmCache, LmConfig};
 use hyena::ops::loss::cross_entropy;
@@ -181,26 +185,9 @@ fn clipping_scales_to_the_max_norm() {
 
 #[test]
 fn tiny_lm_overfits_one_batch() {
-    let cfg = LmConfig {
-        vocab_size: 12,
-        pad_vocab_size_multiple: 8,
-        n_layer: 2,
-        d_inner: 64,
-        layer_norm_epsilon: 1e-5,
-        tie_embeddings: false,
-        operator: HyenaConfig {
-            d_model: 32,
-            l_max: 64,
-            filter: FilterConfig {
-                emb_dim: 5,
-                filter_order: 16,
-                w: 10.0,
-                shift: 0.05,
-                ..FilterConfig::default()
-            },
-            ..HyenaConfig::default()
-        },
-    };
+    let mut cfg = small_lm(2, 32, 64, 64, 16);
+    cfg.operator.filter.w = 10.0;
+    cfg.operator.filter.shift = 0.05;
     let (lm, mut params) = HyenaLm::fresh(&cfg, 1).unwrap();
     let (b, l) = (2, 48);
     // A fixed random DNA batch (ids 7..=10): memorisable only by using the context.

@@ -1,6 +1,10 @@
 //! The training loop: resume equals an uninterrupted run, checkpoints round-trip bit for bit,
 //! bad checkpoints and bad settings give clear errors.
 
+mod common;
+
+use common::small_lm;
+
 use std::path::{Path, PathBuf};
 
 use hyena::checkpoint::{load_model, save_model};
@@ -9,7 +13,6 @@ use hyena::models::hyenadna::{HyenaLm, LmCache, LmConfig};
 use hyena::models::{LanguageModel, Model};
 use hyena::train::lm::{TrainConfig, Trainer};
 use hyena::train::AdamWConfig;
-use hyena::{FilterConfig, HyenaConfig};
 
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("hyena-test-{}-{name}", std::process::id()));
@@ -43,23 +46,10 @@ fn sample(
 }
 
 fn model_cfg() -> LmConfig {
-    LmConfig {
-        n_layer: 2,
-        d_inner: 32,
-        operator: HyenaConfig {
-            d_model: 16,
-            l_max: 34,
-            filter: FilterConfig {
-                emb_dim: 5,
-                filter_order: 8,
-                w: 10.0,
-                shift: 0.05,
-                ..FilterConfig::default()
-            },
-            ..HyenaConfig::default()
-        },
-        ..LmConfig::default()
-    }
+    let mut c = small_lm(2, 16, 32, 34, 8);
+    c.operator.filter.w = 10.0;
+    c.operator.filter.shift = 0.05;
+    c
 }
 
 fn train_cfg(steps: u64) -> TrainConfig {

@@ -37,6 +37,29 @@ impl Drop for TempDir {
     }
 }
 
+/// The small HyenaDNA configs of the tests: `n_layer` blocks of width `d`, MLP width `d_inner`,
+/// long filters for `l_max` positions from a filter MLP of width `filter_order` on a
+/// positional embedding of width 5; everything else the defaults (vocabulary 12 padded to 16,
+/// LayerNorm eps 1e-5, untied head, order 2, safari's filter: w 1, shift 0, interleaved).
+pub fn small_lm(
+    n_layer: usize,
+    d: usize,
+    d_inner: usize,
+    l_max: usize,
+    filter_order: usize,
+) -> hyena::models::hyenadna::LmConfig {
+    let mut c = hyena::models::hyenadna::LmConfig {
+        n_layer,
+        d_inner,
+        ..Default::default()
+    };
+    c.operator.d_model = d;
+    c.operator.l_max = l_max;
+    c.operator.filter.emb_dim = 5;
+    c.operator.filter.filter_order = filter_order;
+    c
+}
+
 /// `max_i |a_i − b_i|` (the lengths must agree).
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
