@@ -20,8 +20,10 @@ fn tmpdir(name: &str) -> PathBuf {
 }
 
 fn small_run(fasta: PathBuf, steps: u64) -> RunConfig {
-    let mut cfg = RunConfig::default();
-    cfg.model = small_lm(1, 16, 32, 64, 8);
+    let mut cfg = RunConfig {
+        model: small_lm(1, 16, 32, 64, 8),
+        ..RunConfig::default()
+    };
     cfg.model.operator.filter.w = 10.0;
     cfg.model.operator.filter.shift = 0.05;
     cfg.train = TrainConfig {
