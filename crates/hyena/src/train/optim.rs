@@ -1,6 +1,7 @@
 //! AdamW with decoupled weight decay (Loshchilov & Hutter, "Decoupled Weight Decay
-//! Regularization", Alg. 2), parameter groups by name, a linear-warm-up + cosine schedule, and
-//! global gradient-norm clipping.
+//! Regularization", Alg. 2) over a model's flat parameter buffer, the linear-warm-up + cosine
+//! schedule [`LrSchedule`], and global gradient-norm clipping. The loop that calls them is
+//! [`crate::train::fit`].
 //!
 //! Groups are tags of the parameter store ([`crate::params`]), given where each tensor is
 //! registered: as in the reference LMs, no weight decay on biases, normalisation weights and
