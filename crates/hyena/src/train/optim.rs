@@ -99,8 +99,8 @@ pub fn clip_grad_norm(store: &ParamStore, grads: &mut [f32], max_norm: f32) -> f
 }
 
 /// One AdamW update's constants: learning rate, decoupled decay, betas, epsilon and the bias
-/// corrections of step `t` (Loshchilov & Hutter, Alg. 2; PyTorch's `AdamW`). Shared by the
-/// named-tensor [`AdamW`] and the MAD trainer's flat-buffer loop, so both take the same step.
+/// corrections of step `t` (Loshchilov & Hutter, Alg. 2; PyTorch's `AdamW`). [`AdamW::step`]
+/// applies one per tensor (each tensor's decay depends on its tag).
 #[derive(Clone, Copy, Debug)]
 pub struct AdamWStep {
     pub lr: f32,
