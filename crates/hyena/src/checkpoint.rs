@@ -2,17 +2,20 @@
 //! model families exist. Every command loads its model through [`load_model`].
 //!
 //! A model directory has a `config.json` and one weights file:
-//! - a hyena run (`hyena train`, `hyena distill`, `hyena finetune`, or a zoo language model
-//!   saved with [`save_model`]): `config.json` with a `model` section (the whole run config beside it) and `model.safetensors`; a training run
-//!   adds `optimizer.safetensors` (the AdamW moments per tensor, `exp_avg.<name>`,
-//!   `exp_avg_sq.<name>`), `state.json` (the step) and `metrics.jsonl`;
+//! - a hyena run (`hyena train`, `hyena distill`, `hyena finetune`, or a zoo language model saved
+//!   with [`save_model`]): `config.json` with a `model` section (the rest of the run's config
+//!   beside it) and `model.safetensors`; a training run adds `optimizer.safetensors` (the AdamW
+//!   moments per tensor, `exp_avg.<name>`, `exp_avg_sq.<name>`), `state.json` (the step) and
+//!   `metrics.jsonl`;
 //! - a released HyenaDNA checkpoint: the HF layout (`config.json` with flat keys, and
 //!   `model.safetensors` or `pytorch_model.bin`) or the Lightning layout (`weights.ckpt`).
 //!
 //! [`RunDir::open`] reads `config.json` once and the weights file once (safetensors, or a
 //! PyTorch pickle read by the safe reader of [`crate::io::torch`]); the first family of
-//! [`FAMILIES`] that recognises the config builds the model. Every file is written atomically
-//! (a temp file beside it, then a rename).
+//! [`FAMILIES`] that recognises the config builds the model ([`crate::models::Family`]: `detect`
+//! on the parsed config, then `load`), and the commands use it through
+//! [`crate::models::LanguageModel`]. Every file is written atomically (a temp file beside it,
+//! then a rename).
 
 use std::path::{Path, PathBuf};
 

@@ -1,7 +1,14 @@
-//! The configuration tree (serde). One place for every default; derived sizes are methods.
+//! The configuration of the Hyena operator and its implicit filter (serde), with every default
+//! in one place; derived sizes are methods. The language models' own configurations live with
+//! them (`models::hyenadna::LmConfig`, `models::zoo::ArchConfig`).
 //!
-//! Defaults are the reference code defaults (spec Sec. 2.1), not a particular checkpoint's:
-//! HyenaDNA checkpoints use `emb_dim = 5`, `w = 10`, `shift = 0.05` (Sec. 3.1, 3.4).
+//! Defaults are the constructor defaults of safari's `HyenaOperator`, `HyenaFilter` and
+//! `ExponentialModulation` (`src/models/sequence/hyena.py`), not a particular checkpoint's,
+//! except that the positional embedding `z` is a buffer by default (`learn_pos_emb` off, as
+//! HyenaDNA trains it; safari's default `lr_pos_emb` makes it a parameter). The released
+//! HyenaDNA checkpoints use `emb_dim = 5`, `w = 10` (their HF `config.json`) and
+//! `shift = 0.05` with the `(o d)` layout (`standalone_hyenadna.py`, the HF port
+//! `modeling_hyena.py`).
 
 use serde::{Deserialize, Serialize};
 
@@ -18,7 +25,7 @@ pub enum FilterLayout {
     Blocked,
 }
 
-/// The implicit long filter (`HyenaFilter`, spec Sec. 2.3).
+/// The implicit long filter (safari's `HyenaFilter` with its `ExponentialModulation`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FilterConfig {
@@ -62,7 +69,7 @@ impl Default for FilterConfig {
     }
 }
 
-/// The Hyena operator (`HyenaOperator`, spec Sec. 2.2).
+/// The Hyena operator (safari's `HyenaOperator`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HyenaConfig {

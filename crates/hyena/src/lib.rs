@@ -54,23 +54,27 @@
 //! ```
 //!
 //! # Layout
-//! Lowest first; a module imports only from the ones above it in this list (no cycles):
-//! - [`error`], [`config`], [`params`], [`plot`]: the error type; the serde configuration of
-//!   the Hyena operator; the parameter store (one flat buffer per model, tensors registered by
-//!   name, loaded through the `TensorSource` interface); charts.
-//! - [`io`]: file formats only (safetensors, npy, FASTA/FASTQ, text, tokenizers, the safe
-//!   PyTorch checkpoint reader); it knows no model.
-//! - [`ops`]: kernels, the backend boundary: FFT long convolution, short convolution, linear,
-//!   norms, activations, attention pieces, the loss; each with a slow reference.
-//! - [`layers`]: the layer trait and every layer (the Hyena operator and its filter, MultiHyena,
-//!   StripedHyena operators, attention, SSM/RTF, MLPs, norms) and the lean inference workspace.
-//! - [`models`]: model families (HyenaDNA, the classifier, zoo LMs), generation, data
-//!   parallelism, and the interfaces the run-directory module loads them through.
-//! - [`checkpoint`]: the run-directory module: the registry of families, `load_model`.
-//! - [`data`], [`baselines`]: datasets and task builders; Markov and k-mer baselines.
-//! - [`train`], [`distill`]: the one training loop and its objectives (LM, fine-tuning, MAD);
-//!   Hankel spectra, effective state size and modal distillation.
-//! - [`apps`]: the pipelines behind `hyena embed`/`score` and the benchmarks.
+//! Lowest rank first; a module imports only from modules of its own rank or a lower one, and
+//! the module graph has no cycle (`tests/layering.rs` checks both):
+//! 0. [`error`], [`config`], [`params`], [`plot`]: the error type; the serde configuration of
+//!    the Hyena operator; the parameter store (one flat buffer per model, tensors registered by
+//!    name, loaded through the `TensorSource` interface); charts.
+//! 1. [`io`]: file formats only (safetensors, npy, FASTA/FASTQ, text, tokenizers, the safe
+//!    PyTorch checkpoint reader); it knows no model. [`ops`]: kernels, the backend boundary:
+//!    FFT long convolution, short convolution, linear, norms, activations, the loss; each with
+//!    a slow reference.
+//! 2. [`layers`]: the layer trait and every layer (the Hyena operator and its filter,
+//!    MultiHyena, StripedHyena operators, attention, SSM/RTF, MLPs, norms) and the lean
+//!    inference workspace. [`data`]: datasets and task builders (token streams,
+//!    sequence classification, the species task, the MAD tasks).
+//! 3. [`models`]: model families (HyenaDNA, the classifier, zoo LMs), generation, data
+//!    parallelism, and the interfaces the run-directory module loads them through.
+//!    [`baselines`]: Markov and k-mer baselines.
+//! 4. [`checkpoint`]: the run-directory module: the registry of families, `load_model`.
+//! 5. [`train`], [`distill`]: the one training loop and its objectives (LM, fine-tuning, MAD);
+//!    Hankel spectra, effective state size and modal distillation.
+//! 6. [`apps`]: the pipelines behind `hyena embed`/`score` and the benchmarks (and the
+//!    test-only `testing` helpers).
 
 // Kernels index several buffers with one loop counter; iterator chains would obscure them.
 #![allow(clippy::needless_range_loop)]

@@ -24,7 +24,10 @@
 //!
 //! The loader is dtype-aware: a [`TensorSource`] is asked for `f32` or `bf16` values, so a
 //! bf16 checkpoint can be kept in bf16 ([`DType::Bf16`]) instead of being widened. Training and
-//! the kernels run on `f32` stores.
+//! the kernels run on `f32` stores, and today every model family builds an `f32` store. The
+//! file readers ([`crate::io::safetensors`], [`crate::io::torch`]) widen bf16/f16 to `f32` on
+//! read, and the default [`TensorSource::read_bf16`] rounds back, which is exact for values
+//! that were bf16.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,5 +1,6 @@
-//! Loss curves as PNG: training loss per step, validation loss at each evaluation, and
-//! horizontal lines for baselines, in bits per token.
+//! Charts as PNG: loss curves (training loss per step, validation loss at each evaluation,
+//! horizontal lines for baselines, in bits per token), log-log and line charts (benchmarks,
+//! fine-tuning accuracy, distillation reports) and grouped bars (MAD).
 //!
 //! Text is drawn with an embedded DejaVu Sans Mono (Bitstream Vera licence, `assets/`), so
 //! plotting needs no system fonts.

@@ -153,8 +153,9 @@ fn missing_config_key_and_shape_mismatch_are_clear_errors() {
     assert!(e.contains("pytorch_model.bin"), "{e}");
 }
 
-/// The `--preset` shapes are the released checkpoints': parameter counts of spec Sec. 3.4
-/// (backbone with a tied head, buffers excluded) and l_max = window + 2.
+/// The `--preset` shapes are the released checkpoints': parameter counts derived from the
+/// shapes in the `LongSafari/hyenadna-*-hf` `config.json` files (backbone with a tied head,
+/// buffers excluded) and l_max = window + 2.
 #[test]
 fn presets_have_the_released_shapes() {
     for (name, params, l_max) in [

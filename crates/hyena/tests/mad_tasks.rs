@@ -1,6 +1,7 @@
-//! The six MAD synthetic task generators (arXiv 2403.17844; spec `hyena-family.md` section 6):
-//! names, baselines and sweeps (6.2), each task's generation rules re-checked independently of
-//! the generator (6.1), determinism, train/test overlap, invalid settings, and accuracy (6.3).
+//! The six MAD synthetic task generators (arXiv 2403.17844; reference code athms/mad-lab):
+//! names, baselines and sweeps (`configs/tasks/*.yml`), each task's generation rules
+//! (`mad/data/instances.py`) re-checked independently of the generator, determinism,
+//! train/test overlap, invalid settings, and accuracy (torchmetrics' averages, as `train.py`).
 
 use std::collections::HashMap;
 

@@ -1,5 +1,6 @@
-//! RTF (spec Sec. 5): the state-free FFT kernel against the aliased impulse response of a
-//! direct recurrence, and the corrected companion-form step against the parallel forward.
+//! RTF (arXiv 2405.06147; `ruke1ire/RTF` `rtf.py`): the state-free FFT kernel against the aliased
+//! impulse response of a direct recurrence, and the corrected companion-form step against the
+//! parallel forward.
 
 use hyena::layers::rtf::{fft_len, Rtf};
 use hyena::testing::rand_vec;

@@ -1,4 +1,4 @@
-//! Tests of the zoo's plain SSM mixers: the RTF layer (arXiv 2405.06147, reference spec Sec. 5)
+//! Tests of the zoo's plain SSM mixers: the RTF layer (arXiv 2405.06147, `ruke1ire/RTF` `rtf.py`)
 //! and the diagonal modal SSM (S4D, arXiv 2206.11893).
 //!
 //! Slow references from the definitions: the RTF kernel by running the IIR recurrence for the

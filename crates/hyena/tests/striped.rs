@@ -1,4 +1,4 @@
-//! StripedHyena 2 operators (Hyena-SE, -MR, -LI; arXiv 2503.01868 Sec. 2.1, spec Sec. 8):
+//! StripedHyena 2 operators (Hyena-SE, -MR, -LI; arXiv 2503.01868, Sec. 2.1; vortex, savanna):
 //! forward against the f64 references, finite-difference gradients, causality, token-by-token
 //! stepping, configuration errors, and (ignored) timings.
 

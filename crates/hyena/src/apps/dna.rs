@@ -1,7 +1,10 @@
 //! Embeddings and likelihoods of DNA records from FASTA/FASTQ files (`hyena embed`,
-//! `hyena score`), one record at a time through the lean forward of [`super::infer`].
+//! `hyena score`), one record at a time through a loaded model's [`LanguageModel`]
+//! interface: `hidden_states` and `log_likelihood`, which for HyenaDNA run the memory-lean
+//! forward ([`crate::models::hyenadna::lean`], workspace [`crate::layers::lean`]).
 //!
-//! Tokenisation is HyenaDNA's (spec Sec. 3.3): `A C G T N` → 7–11, case-sensitive. Soft-masked
+//! Tokenisation is HyenaDNA's (`CharacterTokenizer`, `hg38_char_tokenizer.py`):
+//! `A C G T N` → 7–11, case-sensitive. Soft-masked
 //! (lower-case) bases and other letters would silently become `[UNK]` in the reference; here
 //! they are an error naming the record and position unless the user chooses: `uppercase`
 //! folds case first, `unknown_as_unk` keeps the reference's behaviour. No special tokens are

@@ -2,14 +2,14 @@
 //!
 //! MAD = Mechanistic Architecture Design, Poli et al., "Mechanistic Design and Scaling of
 //! Hybrid Architectures", arXiv 2403.17844 (reference code: athms/mad-lab,
-//! `mad/data/instances.py`, `configs/tasks/*.yml`). Spec: `hyena-family.md` section 6
-//! (6.1 task rules, 6.2 baselines and sweeps, 6.3 accuracy).
+//! `mad/data/instances.py` for the generators, `configs/tasks/*.yml` for the baselines and
+//! sweeps, `train.py` for the accuracy metric).
 //!
 //! # Conventions
 //! - Targets use the ignore index [`IGNORE`] = −100 for positions that are not scored.
-//! - One RNG ([`StdRng`] seeded with [`TaskSetting::seed`]) is shared sequentially: the
-//!   train set is generated first, then the test set, from the same stream (spec 6, General).
-//!   Only the generation rules are reproduced, not numpy's bit stream.
+//! - One RNG ([`StdRng`] seeded with [`TaskSetting::seed`]) is shared sequentially: the train set
+//!   is generated first, then the test set, from the same stream (as mad-lab's `train.py`). Only
+//!   the generation rules are reproduced, not numpy's bit stream.
 //! - Every example has `inputs: [T]` and `targets: [T]` with `T = TaskData::seq_len`, the model
 //!   input length (for the recall tasks `T = seq_len − 1` after the autoregressive shift).
 //!
@@ -37,17 +37,17 @@ use crate::error::{Error, Result};
 /// Target value of positions that are not scored (PyTorch's `ignore_index`).
 pub const IGNORE: i32 = -100;
 
-/// Size of the fixed test set of every MAD task setting (spec 6.2).
+/// Size of the fixed test set of every MAD task setting (mad-lab `configs/tasks/*.yml`).
 pub const NUM_TEST: usize = 1280;
 
-/// Seed of the MAD runs (`np.random.default_rng(12345)`; spec 6, General).
+/// Seed of the MAD runs (mad-lab's `np.random.default_rng(12345)`).
 pub const DEFAULT_SEED: u64 = 12345;
 
 // ---------------------------------------------------------------------------------------------
 // Task names
 // ---------------------------------------------------------------------------------------------
 
-/// One of the six MAD tasks (spec 6.1).
+/// One of the six MAD tasks (mad-lab `mad/data/instances.py`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MadTask {
@@ -116,7 +116,8 @@ impl std::fmt::Display for MadTask {
 // Settings and sweeps
 // ---------------------------------------------------------------------------------------------
 
-/// One task setting: the generator arguments of one MAD run (spec 6.1, 6.2).
+/// One task setting: the generator arguments of one MAD run (mad-lab `mad/data/instances.py`,
+/// `configs/tasks/*.yml`).
 ///
 /// Fields that a task does not use keep MAD's defaults (`k_motif_size = v_motif_size = 1`,
 /// `n_copy = 16`, no noise) and are ignored by its generator.
@@ -150,7 +151,7 @@ pub struct TaskSetting {
     pub seed: u64,
 }
 
-/// The baseline setting of a task (first column of the table in spec 6.2).
+/// The baseline setting of a task (mad-lab `configs/tasks/*.yml`).
 pub fn baseline(task: MadTask) -> TaskSetting {
     let base = TaskSetting {
         task,
@@ -197,8 +198,9 @@ pub fn baseline(task: MadTask) -> TaskSetting {
 }
 
 /// The settings MAD scores a task on: the baseline first, then every single change of the
-/// table in spec 6.2, one at a time, in the table's order (vocab, length, train size, then the
-/// task's own knob). The MAD score of a task is the mean best test accuracy over these.
+/// task's sweep in mad-lab's `configs/tasks/*.yml`, one at a time, in the order vocab, length,
+/// train size, then the task's own knob. The MAD score of a task is the mean best test
+/// accuracy over these.
 pub fn sweep(task: MadTask) -> Vec<TaskSetting> {
     let b = baseline(task);
     let mut out = vec![b.clone()];
@@ -505,7 +507,8 @@ pub struct TaskData {
     /// Model input length `T` of every example.
     pub seq_len: usize,
     /// True for compression: MAD trains it with the AutoEncoder backbone (encoder, 'last'
-    /// pooling, position-embedding decoder; spec 6.1), scored at all positions.
+    /// pooling, position-embedding decoder; mad-lab `mad/model/auto_encoder.py`), scored at all
+    /// positions.
     pub encoder_decoder: bool,
 }
 
@@ -581,7 +584,7 @@ fn shifted(inputs: &[u32], targets: &[i32], training: bool) -> Example {
     }
 }
 
-/// In-context recall (also the noisy variant; spec 6.1).
+/// In-context recall (also the noisy variant; mad-lab `mad/data/instances.py`).
 ///
 /// Vocabulary: `ns = V − noise (− 1 without multi-query)`; keys `0..ns/2`, values
 /// `ns/2..ns`, noise `ns..ns+noise`, copy prefix `V − 1` (only without multi-query).
@@ -656,7 +659,8 @@ fn motif(rng: &mut StdRng, lo: usize, n: usize, size: usize, scratch: &mut Vec<u
     scratch[..size].to_vec()
 }
 
-/// Fuzzy in-context recall (spec 6.1): keys of 1..=k and values of 1..=v distinct tokens.
+/// Fuzzy in-context recall (mad-lab `mad/data/instances.py`): keys of 1..=k and values of 1..=v
+/// distinct tokens.
 ///
 /// Vocabulary: pad `V − 1` (multi-query; `V − 2` otherwise, copy prefix `V − 1`),
 /// `ns = V − 1 (− 1) − noise`, keys `0..ns/2`, values `ns/2..ns`, noise `ns..ns+noise`.
@@ -750,7 +754,8 @@ fn fuzzy_recall_instance(s: &TaskSetting, training: bool, rng: &mut StdRng) -> E
     shifted(&padded_in, &padded_t, training)
 }
 
-/// The fixed key→value map of memorization over `ns = V − 1 − noise` tokens (spec 6.1).
+/// The fixed key→value map of memorization over `ns = V − 1 − noise` tokens (mad-lab
+/// `mad/data/instances.py`).
 ///
 /// Keys `0..ns/2` and values `ns/2..ns` are each shuffled by an RNG seeded with `seed` (separate
 /// from the data stream, so identical for train and test) and zipped: `min(ns/2, ns − ns/2)`
@@ -773,8 +778,9 @@ fn shuffle(v: &mut [u32], rng: &mut StdRng) {
     }
 }
 
-/// Memorization (spec 6.1): `L/2` pairs `(key, INSERT = V − 1)` with targets `(−100, value)`
-/// from the fixed map; not shifted. Noise pairs (if `frac_noise > 0`) use `ns..ns+noise`.
+/// Memorization (mad-lab `mad/data/instances.py`): `L/2` pairs `(key, INSERT = V − 1)` with targets
+/// `(−100, value)` from the fixed map; not shifted. Noise pairs (if `frac_noise > 0`) use
+/// `ns..ns+noise`.
 ///
 /// Test instances: as in MAD's `dataset.py`, the test set is generated by the same instance
 /// function (it ignores `is_training`) continuing the RNG stream after the train set, with the
@@ -808,8 +814,9 @@ fn memorization_instance(s: &TaskSetting, map: &[(u32, u32)], rng: &mut StdRng) 
     Example { inputs, targets }
 }
 
-/// Compression (spec 6.1): `L − 1` uniform tokens from `0..ns` (`ns = V − 1 − noise`), then the
-/// compression token `V − 1`; targets = inputs at all `L` positions.
+/// Compression (mad-lab `mad/data/instances.py`): `L − 1` uniform tokens from `0..ns`
+/// (`ns = V − 1 − noise`), then the compression token `V − 1`; targets = inputs at all `L`
+/// positions.
 ///
 /// With `frac_noise > 0` the reference replaces tokens by noise and then returns
 /// `(inputs, inputs)`, discarding its noise-masked targets (a bug, irrelevant at MAD's
@@ -829,7 +836,8 @@ fn compression_instance(s: &TaskSetting, rng: &mut StdRng) -> Example {
     Example { inputs, targets }
 }
 
-/// Selective copying (spec 6.1): copy `V − 1`, blank `V − 2`, content `0..V−2`.
+/// Selective copying (mad-lab `mad/data/instances.py`): copy `V − 1`, blank `V − 2`, content
+/// `0..V−2`.
 ///
 /// `n_copy` content tokens with `num_blank = L − 2·n_copy − 1` blanks inserted before content
 /// positions drawn uniformly in `0..n_copy` (numpy `np.insert` semantics: never after the last

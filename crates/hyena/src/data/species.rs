@@ -2,12 +2,12 @@
 //! genomes (`hyena data species`), written in the GenomicBenchmarks layout that
 //! [`crate::data::seqcls::load_dataset`] reads.
 //!
-//! Five classes, one per species ([`SPECIES`], in class-name order, the order [`load_dir`]
-//! gives): `e_coli`, `h_pylori`, `k_pneumoniae`, `s_aureus`, `v_cholerae`, from the complete
-//! genomes in the Debian packages `ragout-examples` and `kleborate-examples`. For each species
-//! one **fixed strain is held out for test**; train fragments come only from the other
-//! strains, test fragments only from the held-out one, so the task measures generalisation to
-//! an unseen strain rather than memorisation of a genome:
+//! Five classes, one per species ([`SPECIES`], in class-name order, the order
+//! [`crate::data::seqcls::load_dir`] gives): `e_coli`, `h_pylori`, `k_pneumoniae`, `s_aureus`,
+//! `v_cholerae`, from the complete genomes in the Debian packages `ragout-examples` and
+//! `kleborate-examples`. For each species one **fixed strain is held out for test**; train
+//! fragments come only from the other strains, test fragments only from the held-out one, so the
+//! task measures generalisation to an unseen strain rather than memorisation of a genome:
 //!
 //! | class | train strains | test strain |
 //! |---|---|---|
@@ -36,12 +36,12 @@
 //!   shuffled, so any prefix of the files is a fair sample.
 //! - **Determinism**: one random stream per (class, split), seeded from `seed`; the same
 //!   options and inputs give byte-identical outputs with this build.
-//! - **Output**: `OUT/train/<class>/NNNNN.txt` and `OUT/test/<class>/NNNNN.txt` (one sequence
-//!   per file, readable by [`load_dataset`]), `OUT/dataset.json` (the [`BuildReport`]: options,
-//!   strains and records used per split, counts) and `OUT/fragments.tsv` (where every fragment
-//!   comes from: strain, record, 0-based start on the forward strand, strand). Everything is
-//!   written to a temporary directory beside `OUT` and renamed into place at the end, so an
-//!   interrupted build leaves no half-written dataset; a non-empty `OUT` is refused.
+//! - **Output**: `OUT/train/<class>/NNNNN.txt` and `OUT/test/<class>/NNNNN.txt` (one sequence per
+//!   file, readable by [`crate::data::seqcls::load_dataset`]), `OUT/dataset.json` (the
+//!   [`BuildReport`]: options, strains and records used per split, counts) and `OUT/fragments.tsv`
+//!   (where every fragment comes from: strain, record, 0-based start on the forward strand,
+//!   strand). Everything is written to a temporary directory beside `OUT` and renamed into place at
+//!   the end, so an interrupted build leaves no half-written dataset; a non-empty `OUT` is refused.
 //!
 //! The genome files are found by their package-relative names (e.g.
 //! `ragout/examples/E.Coli/references/MG1655-K12.fasta.gz`, [`SPECIES`]) anywhere under the

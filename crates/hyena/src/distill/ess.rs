@@ -1,4 +1,4 @@
-//! Effective state size (ESS, spec Sec. 10) of a language model's long-convolution layers.
+//! Effective state size (ESS, arXiv 2504.19561) of a HyenaDNA model's long-convolution layers.
 //!
 //! For a causal linear operator `y = T u`, the state needed at split time `i` is the rank of
 //! `H_i = T[i:, :i]` (outputs at ≥ i against inputs before i). Two smooth versions of that rank

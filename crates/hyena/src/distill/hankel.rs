@@ -1,4 +1,5 @@
-//! Hankel spectra of long-convolution filters (spec Sec. 9 and 10).
+//! Hankel spectra of long-convolution filters (the order selection of Laughing Hyena Distillery,
+//! arXiv 2310.18780, and the effective state size of arXiv 2504.19561).
 //!
 //! A causal filter `h [L]` acts as `y_t = h_0 u_t + Σ_{j≥1} h_j u_{t-j}`. Past inputs reach
 //! future outputs only through the taps `h_1, h_2, …`, arranged in the Hankel matrix

@@ -1,4 +1,6 @@
-//! Modal (complex-diagonal) state-space fits of long-convolution filters (spec Sec. 9, 7.4).
+//! Modal (complex-diagonal) state-space fits of long-convolution filters (Laughing Hyena
+//! Distillery, arXiv 2310.18780; the target is the modal form StripedHyena stores as
+//! `poles`/`residues`).
 //!
 //! A fit represents a filter `h [L]` as
 //! `ĥ_0 = h_0`, `ĥ_t = Re Σ_n R_n λ_n^{t−1}` for `t ≥ 1`,
@@ -8,7 +10,7 @@
 //! partner is implicit in the real part) and costs two. The *order* of a fit is that real
 //! state dimension, the quantity the Hankel rank bounds ([`super::hankel`]).
 //!
-//! Fitting (Laughing Hyena, spec Sec. 9):
+//! Fitting (after Laughing Hyena Distillery, which has no public code; this is our procedure):
 //! 1. ERA / Ho–Kalman: from the SVD `H_0 = U Σ Vᵀ` of the Hankel matrix and its shift `H_1`,
 //!    `A = Σ_r^{-1/2} U_rᵀ H_1 V_r Σ_r^{-1/2}`; the poles are the eigenvalues of `A`.
 //! 2. Residues by linear least squares over all taps, given the poles.

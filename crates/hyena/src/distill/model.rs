@@ -1,5 +1,5 @@
-//! Distilling every long filter of a trained language model (Massaroli et al., "Laughing Hyena
-//! Distillery", arXiv 2310.18780, Sec. 3), and writing the result.
+//! Distilling every long filter of a trained HyenaDNA language model (Massaroli et al., "Laughing
+//! Hyena Distillery", arXiv 2310.18780, Sec. 3), and writing the result.
 //!
 //! A distilled run directory is a normal one (`model.safetensors`, `config.json`) whose
 //! `config.json` has a `distill` section and whose `model.safetensors` also holds the modal

@@ -1,4 +1,5 @@
-//! safetensors reading (f32, f64, f16/bf16 upcast) and atomic writing (temp file + rename).
+//! safetensors reading (f32; f64 rounded, f16/bf16 widened to f32 on read) and atomic writing
+//! (temp file + rename; tensors are written as f32).
 //!
 //! A [`TensorFile`] is the parsed content of one file: named tensors as `f32` with shapes, plus
 //! the string metadata. Used for checkpoints and for the PyTorch parity fixtures; it is a

@@ -1,8 +1,9 @@
 //! Causal multi-head softmax attention with rotary position embeddings (RoPE) and an optional
-//! sliding window: the `attention` / `mh-attention` layers of the MAD zoo (spec Sec. 6.3:
-//! "attention: 1 head with rotary dim 128; mh-attention: 16 heads with rotary 8") and the
-//! attention block of StripedHyena / Evo 2 (spec Sec. 8.3 item 6: softmax scale
-//! `1/sqrt(head_dim)`, rotary embeddings).
+//! sliding window: the `attention` / `mh-attention` layers of the MAD zoo (mad-lab
+//! `configs/layers/attention.yml`: one head, rotary over its whole width;
+//! `configs/layers/mh-attention.yml`: 16 heads, rotary over 8 dimensions of each) and the
+//! attention block of StripedHyena / Evo 2 (vortex's MHA: softmax scale `1/sqrt(head_dim)`,
+//! rotary embeddings; arXiv 2503.01868).
 //!
 //! RoPE follows RoFormer (Su et al., arXiv 2104.09864): each query and key is rotated by an
 //! angle proportional to its position, so `q_t · k_s` depends on `t − s` only.
@@ -70,7 +71,8 @@ pub struct AttentionConfig {
 }
 
 impl AttentionConfig {
-    /// MAD's `attention` layer: 1 head, rotary over the whole head (spec Sec. 6.3).
+    /// MAD's `attention` layer: 1 head, rotary over the whole head (mad-lab
+    /// `configs/layers/attention.yml`).
     pub fn mad_attention(d_model: usize) -> Self {
         AttentionConfig {
             d_model,
@@ -82,7 +84,8 @@ impl AttentionConfig {
         }
     }
 
-    /// MAD's `mh-attention` layer: 16 heads, rotary dim 8 (spec Sec. 6.3).
+    /// MAD's `mh-attention` layer: 16 heads, rotary dim 8 (mad-lab
+    /// `configs/layers/mh-attention.yml`).
     pub fn mad_mh_attention(d_model: usize) -> Self {
         AttentionConfig {
             d_model,

@@ -1,4 +1,8 @@
-//! Parameter initialisation helpers (PyTorch module defaults, spec Sec. 2.4).
+//! Parameter initialisation helpers: PyTorch's module defaults (`nn.Linear`'s `U(±1/√fan_in)` for
+//! weight and bias) and normal draws (Box–Muller), from a seeded [`StdRng`]. The distributions are
+//! the reference's (safari `src/models/sequence/hyena.py` modules, and the LM re-initialisation
+//! `_init_weights` of `long_conv_lm.py`); the random streams are not PyTorch's, so the values
+//! differ from a `torch.manual_seed` run.
 
 use rand::rngs::StdRng;
 use rand::Rng;

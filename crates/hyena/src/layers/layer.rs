@@ -15,7 +15,8 @@
 //!
 //! Every layer that an architecture string can name passes one contract test: finite-difference
 //! gradients, causality, and step == forward where it has a step
-//! ([`crate::testing`], `tests/layer_contract.rs`).
+//! (`tests/layer_contract.rs`, with the helpers of the crate's `testing` module, which is
+//! compiled only for tests and under the `testing` feature).
 
 use std::any::Any;
 

@@ -1,7 +1,8 @@
 //! MultiHyena: multi-head Hyena with one implicit filter per head, weight-tied across the
 //! channels of the head (Massaroli et al., "Laughing Hyena Distillery", arXiv 2310.18780,
-//! the section introducing multi-head Hyena / MultiHyena and its weight tying; spec
-//! `hyena-family.md` Sec. 4), as a zoo layer (kind "mh-hyena").
+//! which introduces MultiHyena and its weight tying; reference code: mad-lab
+//! `mad/model/layers/hyena.py`, `MultiHeadHyenaOperator`, with `fftconv_heads` in
+//! `mad/model/layers/ops/fftconv.py`), as a zoo layer (kind "mh-hyena").
 //!
 //! ```text
 //! u [B, L, D] ─in_proj→ z [3D, B, L] ─short_filter→ uc = [x1 | x2 | v], each [D, B, L]
@@ -83,7 +84,7 @@ impl Default for MultiHyenaConfig {
 }
 
 impl MultiHyenaConfig {
-    /// The behaviour of MAD-lab's `mh-hyena.yml` (spec Sec. 4, "config quirk"): its
+    /// The behaviour of mad-lab's `configs/layers/mh-hyena.yml` (not its names): its
     /// `num_heads: 16` ends up as the *head size* (the names are swapped inside), so D = 128
     /// gives 8 heads of size 16, i.e. 8 filters. Here: head size 16, `H = D / 16` (at least 1;
     /// a D that 16 does not divide is rejected by [`MultiHyena::new`]). Filter: MAD's

@@ -1,13 +1,15 @@
 //! The StripedHyena 2 operators Hyena-SE, Hyena-MR and Hyena-LI as zoo layers (Ku et al.,
 //! "Systems and Algorithms for Convolutional Multi-Hybrid Language Models at Scale",
-//! arXiv 2503.01868, Sec. 2.1; reference spec `hyena-family.md` Sec. 8.1 and 8.3).
+//! arXiv 2503.01868, Sec. 2.1; reference code: vortex's `HyenaCascade` and
+//! `vortex/model/engine.py`, savanna's filter parametrisations under
+//! `savanna/model/operators/hyena/parametrization/`).
 //!
 //! All three share one structure and differ only in the inner filter `h`:
 //!
 //! ```text
 //! z  = projections(x)                        x [B, L, D] → z [B, L, 3D]   (Linear D→3D)
 //! zc = short_conv(z)                         depthwise, length 3, cross-correlation, no bias
-//! post = zc[.., 0::3], pre = zc[.., 1::3], v = zc[.., 2::3]     (interleaved split, 8.3 step 3)
+//! post = zc[.., 0::3], pre = zc[.., 1::3], v = zc[.., 2::3]     (interleaved split, as vortex)
 //! u  = pre ⊙ v                               [B, L, D]
 //! inner = h * u (+ D ⊙ u for MR and LI)      causal, per channel
 //! y  = out_filter_dense(post ⊙ inner)        Linear D→D with bias
@@ -15,12 +17,12 @@
 //!
 //! - **SE** (kind `"se"`): explicit FIR `filter.h [G, 1, K]` (K = 7), applied like PyTorch's
 //!   `conv1d` with left padding: a *cross-correlation*, `inner[t] = Σ_j h[j] u[t-(K-1)+j]`
-//!   (tap `K-1` multiplies the newest sample). No `D` term (spec 8.3 step 4).
+//!   (tap `K-1` multiplies the newest sample). No `D` term (as in vortex).
 //! - **MR** (kind `"mr"`): explicit filter of length K = 128 (truncated to L when L < K),
 //!   `h_eff[g, t] = h[g, t] · exp(-r_g τ_t)`, `τ = linspace(0, 1, K)`, `r = logspace` over the
 //!   filter groups (preset [`MrDecay`]), applied as a *true convolution*
 //!   (`inner[t] = Σ_s h_eff[s] u[t-s]`, tap 0 on the newest sample) plus `D ⊙ u`.
-//!   `h` is initialised as `randn / sqrt(K) · 1e-5` (the spec's init): the layer starts as
+//!   `h` is initialised as `randn / sqrt(K) · 1e-5` (savanna's init): the layer starts as
 //!   (almost) `out(post ⊙ D ⊙ u)`, the filter grows from there under training.
 //! - **LI** (kind `"li"`): `h[g, t] = Σ_{n<N} R[g, n] · exp(a[g, n] · t)`, `t = 0..L-1`,
 //!   `a = −exp(p) · exp(γ)` (savanna's parametrisation, N = 16), by FFT convolution, plus
@@ -38,17 +40,17 @@
 //! `λ Σ_g Σ_t (t/K) · h_eff[g, t]²`, which pushes later taps further towards zero; it is our
 //! addition, not part of the reference.
 //!
-//! **Parameter names** (vortex/savanna checkpoints, spec 8.3), in flat-buffer order:
+//! **Parameter names** (vortex/savanna checkpoints), in flat-buffer order:
 //!
 //! | name | shape | kinds | note |
 //! |---|---|---|---|
-//! | `projections.weight` | [3D, D] | all | rows in the *original* (interleaved) channel order |
-//! | `projections.bias` | [3D] | all, iff `in_bias` | Evo 2 has none; default on for small models |
-//! | `filter.short_filter_weight` | [3D, 1, S] | all | featurizer, S = 3, no bias |
-//! | `filter.h` | [G, 1, K] | SE, MR | SE: conv1d taps; MR: the raw `h` before the decay |
-//! | `filter.p`, `filter.gamma`, `filter.R` | [G, N] each | LI | vortex stores `log_poles = −e^p e^γ` and `residues = R` |
-//! | `filter.D` | [D] | MR, LI | skip |
-//! | `out_filter_dense.weight`, `.bias` | [D, D], [D] | all | |
+//! | `projections.weight` | `[3D, D]` | all | rows in the *original* (interleaved) channel order |
+//! | `projections.bias` | `[3D]` | all, iff `in_bias` | Evo 2 has none; default on for small models |
+//! | `filter.short_filter_weight` | `[3D, 1, S]` | all | featurizer, S = 3, no bias |
+//! | `filter.h` | `[G, 1, K]` | SE, MR | SE: conv1d taps; MR: the raw `h` before the decay |
+//! | `filter.p`, `filter.gamma`, `filter.R` | `[G, N]` each | LI | vortex stores `log_poles = −e^p e^γ` and `residues = R` |
+//! | `filter.D` | `[D]` | MR, LI | skip |
+//! | `out_filter_dense.weight`, `.bias` | `[D, D]`, `[D]` | all | |
 //!
 //! **Layout.** Internally the in-projection rows are permuted so that the featurizer output is
 //! channel-first `[3D, B, L]` with the three D-blocks `post | pre | v` contiguous: the
@@ -84,7 +86,7 @@ pub enum StripedKind {
     Li,
 }
 
-/// Hyena-MR decay preset: `r = logspace(lo, hi)` over the filter groups (spec 8.1).
+/// Hyena-MR decay preset: `r = logspace(lo, hi)` over the filter groups (savanna's presets).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum MrDecay {
@@ -363,7 +365,7 @@ impl StripedOp {
     }
 
     /// Original channel of permuted row `q`: block `q / D` (0 post, 1 pre, 2 v), channel
-    /// `q % D` of that block, which is projection row `3 (q % D) + q / D` (spec 8.3 step 3).
+    /// `q % D` of that block, which is projection row `3 (q % D) + q / D` (vortex's interleave).
     fn orig(&self, q: usize) -> usize {
         let d = self.cfg.d_model;
         3 * (q % d) + q / d
@@ -603,9 +605,9 @@ impl Layer for StripedOp {
 
     /// Projections and `out_filter_dense`: `nn.Linear` defaults (`U(±1/sqrt(D))`, bias too).
     /// Featurizer and SE taps: `nn.Conv1d` defaults (`U(±1/sqrt(taps))`). MR `h`:
-    /// `randn/sqrt(K)·1e-5` (spec 8.1). LI: `p = −1`, `γ = log U(γ_min, γ_max)`,
-    /// `R = 0.1·randn/sqrt(N)` (spec 8.1). `D ~ N(0, 1)`, like the original Hyena operator's
-    /// skip (`bias = randn(D)`), so that MR starts as a useful gated skip path.
+    /// `randn/sqrt(K)·1e-5` (savanna). LI: `p = −1`, `γ = log U(γ_min, γ_max)`,
+    /// `R = 0.1·randn/sqrt(N)` (savanna's `ImplicitModalFilter`). `D ~ N(0, 1)`, like the original
+    /// Hyena operator's skip (`bias = randn(D)`), so that MR starts as a useful gated skip path.
     fn init(&self, p: &mut [f32], rng: &mut StdRng) {
         let (d, s, k, n) = (
             self.cfg.d_model,
@@ -1030,7 +1032,7 @@ enum StepFilter {
 ///
 /// State per sequence ([`StripedRecurrence::empty_state`]): the featurizer's last `S−1`
 /// projected rows `[S−1, 3D]`, then the filter state: LI `[D, N]` real modes
-/// (`s ← e^a ⊙ s + u_t`, `inner_t = Σ_n R_n s_n + D u_t`, spec 8.3 "inference caches"; with
+/// (`s ← e^a ⊙ s + u_t`, `inner_t = Σ_n R_n s_n + D u_t`, vortex's LI inference state; with
 /// `s_t = Σ_{j≤t} e^{a(t−j)} u_j` this is exactly `Σ_j h[t−j] u_j`), SE/MR the last `K`
 /// gated inputs `u` `[D, K]` (newest first).
 #[derive(Clone, Debug)]
@@ -1133,8 +1135,9 @@ impl StripedRecurrence {
     }
 }
 
-/// Slow references straight from the definitions (spec 8.1/8.3), in f64, in the checkpoint's
-/// channel order: no permutation, no FFT, kernels by their formulas, direct O(L·K) sums.
+/// Slow references straight from the definitions (arXiv 2503.01868, Sec. 2.1), in f64, in the
+/// checkpoint's channel order: no permutation, no FFT, kernels by their formulas, direct O(L·K)
+/// sums.
 pub mod reference {
     use super::{StripedKind, StripedOp};
 

@@ -1,7 +1,8 @@
 //! Sequence classification on a HyenaDNA backbone: the backbone's final hidden states
 //! (`LN_f` output, `[B·L, D]`), pooled over positions, then one linear layer to the classes.
 //!
-//! This is the head of the reference fine-tuning recipe (spec Sec. 3.2 and 3.6): the standalone
+//! This is the head of HyenaDNA's fine-tuning recipe (the GenomicBenchmarks configs,
+//! `configs/experiment/hg38/genomic_benchmark.yaml`; `standalone_hyenadna.py`): the standalone
 //! `HyenaDNAModel(use_head=True)` applies a `SequenceDecoder` in `pool` mode, i.e. the **mean
 //! over all positions** (left padding included), then `Linear(D → n_classes)` with a bias. Its
 //! parameters are named as there, `head.output_transform.{weight,bias}`. [`Pool::Last`] takes
@@ -13,6 +14,9 @@
 //! not used and not trained (a frozen tensor of the store); it stays in the checkpoint so that
 //! the fine-tuned backbone still loads as a language model. The classifier's parameters are
 //! the backbone's, in their order, followed by the head's: one buffer.
+//!
+//! [`ClassifierFamily`] is its entry in the run-directory registry: a `hyena finetune` output
+//! directory (`config.json` with `finetune` and `classes`) loads as this classifier.
 
 use std::any::Any;
 use std::collections::BTreeMap;

@@ -1,9 +1,17 @@
 //! Elementwise activations and gating: GELU (tanh form), the implicit filter's `Sin`, products.
 //!
-//! GELU uses the tanh approximation of the reference MLPs (spec Sec. 2.7):
-//! `gelu(x) = 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`.
-//! `Sin` is `sin(freq ⊙ x)` with one learnable `freq [F]` broadcast over rows (Hyena Sec. 3.3;
-//! the reference shares one instance between all activations of the filter MLP).
+//! GELU uses the tanh approximation, as the block MLPs of the reference LMs do (safari
+//! `src/models/sequence/long_conv_lm.py`, `ConvLMHeadModel`; HyenaDNA `standalone_hyenadna.py`
+//! and the HF port `modeling_hyena.py`):
+//! `gelu(x) = 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`, evaluated as `x·σ(2u)`.
+//! `Sin` is `sin(freq ⊙ x)` with one learnable `freq [F]` broadcast over rows (Hyena, arXiv
+//! 2302.10866, Sec. 3.3; safari's `HyenaFilter` reuses one `Sin` module for every activation of
+//! its filter MLP, so there is one `freq`).
+//!
+//! Both use branch-free approximations so that the loops vectorise: an `exp` with relative
+//! error below 2e-8 for GELU's logistic form, and a Cephes-style `sin` with absolute error
+//! below 3e-7 (rows with an argument above 8192 use libm). Results therefore differ from
+//! PyTorch's in the last bits.
 
 use rayon::prelude::*;
 

@@ -1,4 +1,5 @@
-//! Causal long convolution by real FFT (Hyena paper, Sec. 3.3; reference spec Sec. 1).
+//! Causal long convolution by FFT (Hyena, arXiv 2302.10866, Sec. 3.3; numerics of safari's
+//! `fftconv_ref`, `src/models/sequence/hyena.py`).
 //!
 //! `y[t] = sum_{j<=t} k[t-j] * w[j] + D * w[t]`, with `w = pre ⊙ u` and the result optionally
 //! multiplied by a post-gate: `out = post ⊙ y`. Gating is fused into the gather/scatter of the
@@ -17,7 +18,7 @@
 //! (fresh large allocations are expensive here because of first-touch page faults).
 //!
 //! What this is not: a general N-d convolution. The slow, obviously correct O(L²) references
-//! live at the bottom of this file ([`reference`]).
+//! live at the bottom of this file ([`mod@reference`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -195,8 +196,8 @@ impl Plan {
         self.cfwd.process_outofplace_with_scratch(tmp, out, fft);
     }
 
-    /// Full spectrum of one filter row, carrying the `1/n` normalisation (reference Sec. 1,
-    /// step 2): `out = FFT(k zero-padded to n) / n`.
+    /// Full spectrum of one filter row, carrying the `1/n` normalisation on the kernel side as
+    /// safari's `fftconv_ref` does: `out = FFT(k zero-padded to n) / n`.
     #[inline]
     fn filter_spectrum(
         &self,

@@ -3,7 +3,7 @@
 //! [`matmul`] is a strided `dst (+)= lhs · rhs` on row/column strides, so callers can read and
 //! write transposed views (the Hyena operator writes `in_proj` straight into its channel-first
 //! `[C, B·L]` layout) without an explicit transpose pass. [`linear_forward`]/[`linear_backward`]
-//! are PyTorch's `nn.Linear` on `[M, K]` rows with `W: [N, K]`. [`reference`] holds a naive
+//! are PyTorch's `nn.Linear` on `[M, K]` rows with `W: [N, K]`. [`mod@reference`] holds a naive
 //! triple loop.
 
 use crate::error::{check_len, Result};
@@ -92,7 +92,7 @@ impl<'a> MatMut<'a> {
 /// relaxed atomic add per product.
 static MATMUL_FLOPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Total [`matmul`] FLOPs so far (see [`MATMUL_FLOPS`]).
+/// Total [`matmul`] FLOPs so far (counted by every call since the process started).
 pub fn matmul_flops() -> u64 {
     MATMUL_FLOPS.load(std::sync::atomic::Ordering::Relaxed)
 }

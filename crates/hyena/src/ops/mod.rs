@@ -1,9 +1,15 @@
 //! Kernels: the backend boundary of the engine.
 //!
-//! Everything above this module (`layers/`, and later `models/`, `train/`) touches numbers only
-//! through the functions here, on contiguous `f32` slices with explicit shapes. Each kernel has a
-//! forward, a backward and a slow reference beside it; a GPU backend would re-implement this
-//! module's functions and nothing else.
+//! The layers and models above this module do their heavy arithmetic (FFT and short
+//! convolutions, matrix products, norms, activations, the loss) through the functions here, on
+//! contiguous `f32` slices with explicit shapes; what is left to them is glue (residual adds,
+//! pooling, attention's masked softmax, kernels generated from a few SSM parameters). Each
+//! kernel has a forward, a backward and a slow reference beside it ([`fftconv`],
+//! [`short_conv`], [`linear`], [`norm`], [`act`]); the loss ([`loss`]) writes its gradient in
+//! the same pass and is tested against a direct log-softmax.
+//!
+//! Hot loops are compiled for AVX-512F, AVX2 and the baseline target and chosen at run time,
+//! with no FMA contraction and fixed reduction orders, so every path gives the same bits.
 
 pub mod act;
 pub mod fftconv;

@@ -2,7 +2,7 @@
 //!
 //! Rows `[M, D]`; the forward saves per-row `mean` and `rstd = 1/sqrt(var + eps)` for the
 //! backward (llm.c style). Statistics accumulate in f32 over a row, like PyTorch's CPU kernel
-//! up to summation order. [`reference`] recomputes everything in f64.
+//! up to summation order. [`mod@reference`] recomputes everything in f64.
 
 use rayon::prelude::*;
 
@@ -166,9 +166,10 @@ simd_fn! {
     }
 }
 
-/// RMSNorm (Zhang & Sennrich 2019, arXiv 1910.07467; MAD's default norm, spec Sec. 6.3):
-/// `y = x · rstd · w` per row with `rstd = 1/sqrt(mean(x²) + eps)`. Writes `y [M, D]` and
-/// `rstd [M]`.
+/// RMSNorm (Zhang & Sennrich 2019, arXiv 1910.07467; the default norm of mad-lab's
+/// `LanguageModel`, `mad/model/language_model.py`): `y = x · rstd · w` per row with
+/// `rstd = 1/sqrt(mean(x²) + eps)`, eps inside the square root. (StripedHyena's own RMSNorm
+/// adds eps to the RMS instead; that form is not implemented.) Writes `y [M, D]` and `rstd [M]`.
 pub fn rmsnorm_forward(
     x: &[f32],
     w: &[f32],

@@ -1,4 +1,5 @@
-//! Short depthwise causal convolution (the Hyena `short_filter`, reference spec Sec. 2.2 step 2).
+//! Short depthwise causal convolution: the Hyena `short_filter` (safari
+//! `src/models/sequence/hyena.py`, `HyenaOperator.forward`; the same in HyenaDNA).
 //!
 //! PyTorch's `Conv1d(C, C, K, groups=C, padding=K-1)` truncated to the first L outputs, i.e. a
 //! causal *cross-correlation* with left zero padding, bias included:

@@ -1,7 +1,10 @@
 //! Fine-tuning a sequence classifier ([`SeqClassifier`]) on a labelled dataset
-//! ([`SeqClsDataset`]: GenomicBenchmarks directory or CSV), as `hyena finetune` does it.
+//! ([`SeqClsDataset`]: GenomicBenchmarks directory or CSV), as `hyena finetune` does it: an
+//! objective on the one training loop ([`crate::train::fit`]).
 //!
-//! The recipe follows the reference's GenomicBenchmarks fine-tuning (spec Sec. 3.6): no special
+//! The recipe follows HyenaDNA's GenomicBenchmarks fine-tuning
+//! (`configs/experiment/hg38/genomic_benchmark.yaml` with `configs/pipeline/genomic_benchmark.yaml`
+//! and `configs/dataset/genomic_benchmark.yaml`): no special
 //! tokens, **left padding** with `[PAD]` = 4 to a fixed length (longer sequences keep their
 //! first `max_len` bases, as the reference tokenizer's right truncation does), mean pooling
 //! with a linear head, cross-entropy, AdamW (lr 6e-4, weight decay 0.1, no decay on biases,

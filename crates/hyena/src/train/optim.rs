@@ -1,6 +1,7 @@
 //! AdamW with decoupled weight decay (Loshchilov & Hutter, "Decoupled Weight Decay
-//! Regularization", Alg. 2), parameter groups by name, a linear-warm-up + cosine schedule, and
-//! global gradient-norm clipping.
+//! Regularization", Alg. 2) over a model's flat parameter buffer, the linear-warm-up + cosine
+//! schedule [`LrSchedule`], and global gradient-norm clipping. The loop that calls them is
+//! [`crate::train::fit`].
 //!
 //! Groups are tags of the parameter store ([`crate::params`]), given where each tensor is
 //! registered: as in the reference LMs, no weight decay on biases, normalisation weights and
@@ -98,8 +99,8 @@ pub fn clip_grad_norm(store: &ParamStore, grads: &mut [f32], max_norm: f32) -> f
 }
 
 /// One AdamW update's constants: learning rate, decoupled decay, betas, epsilon and the bias
-/// corrections of step `t` (Loshchilov & Hutter, Alg. 2; PyTorch's `AdamW`). Shared by the
-/// named-tensor [`AdamW`] and the MAD trainer's flat-buffer loop, so both take the same step.
+/// corrections of step `t` (Loshchilov & Hutter, Alg. 2; PyTorch's `AdamW`). [`AdamW::step`]
+/// applies one per tensor (each tensor's decay depends on its tag).
 #[derive(Clone, Copy, Debug)]
 pub struct AdamWStep {
     pub lr: f32,

@@ -1,4 +1,5 @@
-//! The implicit long filter of Hyena (`HyenaFilter`; Hyena paper Sec. 3.3, spec Sec. 2.3).
+//! The implicit long filter of Hyena (Hyena, arXiv 2302.10866, Sec. 3.3; safari
+//! `src/models/sequence/hyena.py`: `HyenaFilter`, `PositionalEmbedding`, `ExponentialModulation`).
 //!
 //! `h = FFN(PosEmb(t)) ⊙ window(t)`: a positional embedding `z [l_max, E]` feeds an MLP
 //! `Linear(E,F) → Sin → [Linear(F,F) → Sin]×n → Linear(F, C_f, no bias)` whose Sin activations share
@@ -53,8 +54,10 @@ pub struct FilterBuffers {
 }
 
 impl FilterBuffers {
-    /// Recompute the buffers from the config (spec Sec. 2.3). Values agree with PyTorch's to
-    /// float rounding; load them from the checkpoint for bit-exact parity.
+    /// Recompute the buffers from the config, as safari's `PositionalEmbedding` and
+    /// `ExponentialModulation` constructors define them (the linspaces evaluated in f64, then
+    /// rounded). Values agree with PyTorch's f32 ones to float rounding; load them from the
+    /// checkpoint for bit-exact parity.
     pub fn new(cfg: &HyenaConfig) -> Self {
         let (lm, e) = (cfg.l_max, cfg.filter.emb_dim);
         let bands = (e - 1) / 2;

@@ -76,7 +76,7 @@ impl HyenaOperator {
     }
 
     /// `x += operator(norm(x))` on the residual stream of `ws` (one sequence), in place: the
-    /// steps of the module docs. `ws` holds the stream of [`InferWorkspace::start`].
+    /// steps of the module docs. `ws` holds the stream that the model's lean forward started in it.
     pub fn forward_lean(&self, p: &[f32], norm: &LayerNorm, ws: &mut InferWorkspace) -> Result<()> {
         self.check_lean()?;
         let cfg = &self.cfg;

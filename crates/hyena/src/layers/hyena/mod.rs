@@ -1,4 +1,5 @@
-//! The Hyena operator of order N (Hyena paper Sec. 3, Alg. 1–3; spec Sec. 2.2).
+//! The Hyena operator of order N (Hyena, arXiv 2302.10866, Sec. 3, Alg. 1–3; safari
+//! `src/models/sequence/hyena.py`, `HyenaOperator.forward`).
 //!
 //! ```text
 //! u [B, L, D] ─in_proj→ z [(N+1)D, B·L] ─short_filter→ uc = [x_0, …, x_{N-1}, v]
@@ -10,6 +11,11 @@
 //! The gates are fused into the FFT convolution kernel ([`crate::ops::fftconv`]).
 //!
 //! Parameter names are the reference's (`in_proj`, `short_filter`, `filter_fn.*`, `out_proj`).
+//!
+//! Beside the training forward and backward here: [`filter`] (the implicit filter), [`lean`]
+//! (the memory-lean forward of one long sequence) and [`modal`] (a distilled operator's modal
+//! filters and its token-by-token step). As a zoo layer (kind `hyena`) the operator has no
+//! recurrent form; only a distilled operator steps.
 
 pub mod filter;
 pub mod lean;

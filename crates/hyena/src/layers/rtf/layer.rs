@@ -1,15 +1,17 @@
 //! The trainable RTF mixer of the operator zoo (kind `"rtf"`): rational transfer function SSM,
 //! Parnichkun et al., "State-Free Inference of State-Space Models: The Transfer Function
-//! Approach", arXiv 2405.06147; reference spec Sec. 5 (parameters 5.1, kernel 5.2).
+//! Approach", arXiv 2405.06147; reference code `ruke1ire/RTF` `rtf.py`).
 //!
 //! Structure: the plain ungated mixer of [`crate::layers::ssm`] ([`RtfLayer`] is a
 //! [`crate::layers::ssm::ConvMixer`] with this kernel),
 //! `y = out_proj(k * in_proj(x))`, with per channel `d` the transfer function
 //! `H_d(z) = h0_d + (b_1 z⁻¹ + … + b_N z⁻ᴺ) / (1 + a_1 z⁻¹ + … + a_N z⁻ᴺ)`. The direct term `h0`
-//! sits inside `k[0]` and *is* the skip, so there is no separate `D` (unlike MAD's HyenaConv,
-//! which adds its own bias; spec 5.5).
+//! sits inside `k[0]` and *is* the skip, so there is no separate `D` (unlike mad-lab's
+//! `HyenaConv` with the RTF filter, which adds a bias of its own, and unlike RTF's safari
+//! wrapper `experiments/safari/src/models/sequence/ssm/rtf_wrapper.py`, whose `h_0` is both in
+//! the kernel and passed as the Hyena operator's bias, so it counts twice).
 //!
-//! Kernel (spec 5.2), per channel in f64, with the even FFT length `M = L + (L mod 2)`:
+//! Kernel (`rtf.py`, `get_k`), per channel in f64, with the even FFT length `M = L + (L mod 2)`:
 //!
 //! ```text
 //! a = a_raw / (Σ|a_raw| + |s| + 1e-6)         (l1_montel: Σ|a| < 1, all poles inside |z| = 1)
@@ -29,11 +31,12 @@
 //! `S = Σ|a_raw| + |s| + 1e-6`: `da_raw_i = da_i/S − sgn(a_raw_i)·(da·a_raw)/S²`,
 //! `ds = −sgn(s)·(da·a_raw)/S²`, using the subgradient `sgn(0) = 0` of `|·|`.
 //!
-//! Init (spec 5.1): `ab` "zeros" (kernel = `h0` delta), "xavier" `U(±1/sqrt(N))` or "montel"
-//! `U(±1/N)`; `h0 ~ N(0, 1)`; `s ~ U(0, 1)`. Default **xavier**: it is what the Hyena-RTF
-//! WikiText-103 configuration uses, and with `l1_montel` on its instability does not arise (the
-//! poles stay inside the unit circle); "zeros" starts with `b = 0`, where `a` gets no gradient
-//! at all until `b` has moved.
+//! Init (the `init` options of `rtf.py`): `ab` "zeros" (kernel = `h0` delta), "xavier"
+//! `U(±1/sqrt(N))` or "montel" `U(±1/N)`; `h0 ~ N(0, 1)`; `s ~ U(0, 1)`. Default **xavier**: it is
+//! what the Hyena-RTF WikiText-103 configuration uses
+//! (`experiments/safari/configs/model/layer/hyena_rtf.yaml`), and with `l1_montel` on its
+//! instability does not arise (the poles stay inside the unit circle); "zeros" starts with `b = 0`,
+//! where `a` gets no gradient at all until `b` has moved.
 
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -50,7 +53,7 @@ use crate::layers::init;
 use crate::layers::ssm::{ConvMixer, KernelGen};
 use crate::params::{check_params, many_mut, Vb, P};
 
-/// Initialisation of the `ab` coefficients (spec 5.1).
+/// Initialisation of the `ab` coefficients (the `init` option of `rtf.py`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum RtfInit {
     /// All zero: the kernel is a pure `h0` delta.

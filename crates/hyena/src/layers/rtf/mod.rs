@@ -1,19 +1,23 @@
-//! RTF: the rational transfer function SSM (spec Sec. 5), per channel
+//! RTF: the rational transfer function SSM (Parnichkun et al., arXiv 2405.06147; reference code
+//! `ruke1ire/RTF` `rtf.py`), per channel
 //! `H(z) = h_0 + (b_1 z⁻¹ + … + b_N z⁻ᴺ) / (1 + a_1 z⁻¹ + … + a_N z⁻ᴺ)`.
 //!
-//! Parallel mode (Sec. 5.2–5.3): the state-free kernel `k = irfft(rfft(B)/rfft(A) + h_0)[:L]`
-//! with one FFT of length `M = L + (L mod 2)` of the coefficients, then a causal convolution.
-//! That kernel is the impulse response *aliased* with period M: `k[n] = Σ_{m≥0} h[n + mM]`.
+//! Parallel mode (`rtf.py`: `get_k`, then the convolution of `forward`): the state-free kernel
+//! `k = irfft(rfft(B)/rfft(A) + h_0)[:L]` with one FFT of length `M = L + (L mod 2)` of the
+//! coefficients, then a causal convolution. That kernel is the impulse response *aliased* with
+//! period M: `k[n] = Σ_{m≥0} h[n + mM]`.
 //!
-//! Recurrent mode (Sec. 5.4), companion form: state `x [N]`,
+//! Recurrent mode (`rtf.py`, `step`), companion form: state `x [N]`,
 //! `y_t = c·x_t + d·u_t`, `x_{t+1}[0] = −Σ_n a_n x_t[n] + u_t`, `x_{t+1}[n] = x_t[n−1]`. With
 //! `c = b` and `d = h_0` it runs the true impulse response `h`; to reproduce the aliased
 //! kernel exactly (so that stepping equals the parallel forward) we use
-//! `cᵀ = (I − A^M)^{−T} b` and `d = k[0] = h_0 + c·A^{M−1} e_1` (the transposed solve the spec
-//! derives; the reference repository's non-transposed one leaves an error of order ‖A^M‖).
+//! `cᵀ = (I − A^M)^{−T} b` and `d = k[0] = h_0 + c·A^{M−1} e_1`, a transposed solve (the
+//! repository's `get_C` solves the non-transposed system, which leaves an error of order
+//! ‖A^M‖).
 //!
-//! Parameters here are the constrained ones (`a` after `l1_montel`); training and the
-//! initialisation belong with the operator zoo.
+//! [`Rtf`] holds the constrained coefficients (`a` after `l1_montel`) in f64; the trainable
+//! zoo layer, its parameters and initialisation are in [`layer`]. The zoo layer has no
+//! token-by-token form; [`RtfRecurrence`] is used by the tests.
 
 pub mod layer;
 
@@ -63,7 +67,7 @@ impl Rtf {
         check_len("Rtf", "h0 [D]", self.h0.len(), self.d)
     }
 
-    /// The state-free kernel `k [D, L]` (Sec. 5.2).
+    /// The state-free kernel `k [D, L]` (`rtf.py`, `get_k`).
     pub fn kernel(&self, l: usize) -> Result<Vec<f64>> {
         self.check()?;
         let m = fft_len(l);

@@ -10,14 +10,14 @@
 //! y = out_proj(v)                     y: [B, L, D]      (Linear D→D with bias)
 //! ```
 //!
-//! The layers differ only in how the per-channel kernels `k [D, L]` and the skip `[D]` come
-//! from their SSM parameters: [`ModalSsm`] (S4D-style diagonal complex SSM, Gu et al.,
-//! "On the Parameterization and Initialization of Diagonal State Space Models", arXiv
-//! 2206.11893), and [`crate::layers::rtf::RtfLayer`] (the rational transfer function,
-//! Parnichkun et al., arXiv 2405.06147; reference spec Sec. 5). No gate, no activation, no
-//! short convolution: the mixer is linear in `x`, which is the point of the baseline. The long
-//! convolution is [`FftConv`] (spec Sec. 1), whose backward gives `dk` and `du`; each layer
-//! then maps `dk` back to its own parameters.
+//! The layers differ only in how the per-channel kernels `k [D, L]` and the skip `[D]` come from
+//! their SSM parameters: [`ModalSsm`] (S4D-style diagonal complex SSM, Gu et al., "On the
+//! Parameterization and Initialization of Diagonal State Space Models", arXiv 2206.11893), and
+//! [`crate::layers::rtf::RtfLayer`] (the rational transfer function, Parnichkun et al., arXiv
+//! 2405.06147; reference code `ruke1ire/RTF` `rtf.py`). No gate, no activation, no short
+//! convolution: the mixer is linear in `x`, which is the point of the baseline. The long
+//! convolution is [`FftConv`] (the numerics of safari's `fftconv_ref`), whose backward gives `dk`
+//! and `du`; each layer then maps `dk` back to its own parameters.
 //!
 //!
 //! The mixer's tensors are `in_proj.weight [D, D]`, `in_proj.bias [D]`, the kernel's, then

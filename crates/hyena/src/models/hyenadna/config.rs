@@ -43,9 +43,10 @@ impl Default for LmConfig {
 }
 
 impl LmConfig {
-    /// The shape of the released HyenaDNA checkpoints (spec Sec. 3.4) at width `d`: `n_layer`
-    /// blocks, `d_inner` 4·d, order 2, implicit filter with emb_dim 5, filter_order 64, w 10,
-    /// shift 0.05 and the released `(o d)` channel layout; vocabulary 12 padded to 16.
+    /// The shape of the released HyenaDNA checkpoints (the `config.json` of the
+    /// `LongSafari/hyenadna-*-hf` models) at width `d`: `n_layer` blocks, `d_inner` 4·d, order 2,
+    /// implicit filter with emb_dim 5, filter_order 64, w 10, shift 0.05 and the released `(o d)`
+    /// channel layout; vocabulary 12 padded to 16.
     pub fn hyenadna(d: usize, n_layer: usize, l_max: usize) -> Self {
         use crate::config::{FilterConfig, FilterLayout};
         LmConfig {

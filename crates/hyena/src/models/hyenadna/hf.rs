@@ -12,13 +12,14 @@
 //! - Either may use the `.mixer.layer.` / `.mlp.layer.` key variant that activation
 //!   checkpointing introduces (`checkpoint_mixer`/`checkpoint_mlp`); it is folded away.
 //!
-//! The operator settings that no config stores are those of the released code: filter shift
-//! 0.05 and the `(o d)` channel layout (spec Sec. 3.1), with modulation on. The filters' buffers
-//! (`pos_emb.z`, `pos_emb.t`, `modulation.deltas`) are read from the file when present and
-//! recomputed from the config otherwise. A checkpoint without `lm_head.weight` gets the
+//! The operator settings that no config stores are those of the released code: filter shift 0.05
+//! and the `(o d)` channel layout (HyenaDNA's `standalone_hyenadna.py` and the HF port's
+//! `modeling_hyena.py`; the training repository's copy has shift 0), with modulation on. The
+//! filters' buffers (`pos_emb.z`, `pos_emb.t`, `modulation.deltas`) are read from the file when
+//! present and recomputed from the config otherwise. A checkpoint without `lm_head.weight` gets the
 //! embedding as its head (the training repo ties them). Pickle files are read by
-//! [`crate::io::torch`], which extracts tensors only; the run-directory module reads the
-//! weights file once ([`crate::checkpoint`]).
+//! [`crate::io::torch`], which extracts tensors only; the run-directory module reads the weights
+//! file once ([`crate::checkpoint`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -105,9 +106,9 @@ fn opt_f32(obj: &Value, key: &str, default: f32, file: &Path) -> Result<f32> {
 
 /// The model config of a reference `config.json` (`file` names it in errors).
 ///
-/// Keys that set shapes are required; the others default to the values every released
-/// checkpoint uses (spec Sec. 3.4): vocab 12 padded to a multiple of 8, order 2, short filter 3,
-/// 2 inner filter layers, Sin frequency 10, LayerNorm eps 1e-5.
+/// Keys that set shapes are required; the others default to the values every released checkpoint
+/// uses (the `config.json` of the `LongSafari/hyenadna-*-hf` models): vocab 12 padded to a multiple
+/// of 8, order 2, short filter 3, 2 inner filter layers, Sin frequency 10, LayerNorm eps 1e-5.
 pub fn lm_config_from_reference(cfg: &Value, file: &Path) -> Result<LmConfig> {
     let kind = kind_of(cfg).ok_or_else(|| {
         Error::format(

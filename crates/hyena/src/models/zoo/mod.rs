@@ -1,6 +1,7 @@
 //! Architectures composed from the operator zoo: an ordered list of layer names
 //! (`hyena,swiglu,hyena,swiglu`, `se,mr,li,attn`, …) plus sizes, turned into MAD's language
-//! model (spec Sec. 6.3): token embedding `N(0, 0.02)`, then per layer
+//! model (mad-lab `mad/model/language_model.py`, `LanguageModel`; arXiv 2403.17844): token
+//! embedding `N(0, 0.02)`, then per layer
 //! `x ← x + layer(norm(x))`, then `norm` and an unembedding `Linear(D → V)` with a bias.
 //!
 //! All parameters live in one flat buffer ([`crate::params`]), named `embedding.weight`,
@@ -58,7 +59,8 @@ pub struct ArchConfig {
     pub vocab_size: usize,
     /// Longest sequence (fixes the implicit filters' grid).
     pub max_len: usize,
-    /// MAD's AutoEncoder head for the compression task (spec Sec. 6.1): the encoder's last
+    /// MAD's AutoEncoder head for the compression task (mad-lab `mad/model/auto_encoder.py`):
+    /// the encoder's last
     /// position, plus a fixed sinusoidal position code, decoded at every position by
     /// `RMSNorm → Linear → GELU → RMSNorm → Linear → GELU → RMSNorm`, then unembedded.
     pub decoder: bool,
@@ -773,8 +775,8 @@ struct DecoderCache {
 }
 
 /// MAD's fixed sinusoidal position code `[L, D]`: `sin(t·ω_j)` in the first half and
-/// `cos(t·ω_j)` in the second, `ω_j = 10000^(−j/(half−1))` (the reference divides by
-/// `half − 1`, spec Sec. 6.1).
+/// `cos(t·ω_j)` in the second, `ω_j = 10000^(−j/(half−1))` (mad-lab's AutoEncoder divides by
+/// `half − 1`, not `half`).
 pub fn sinusoidal_positions(l: usize, d: usize) -> Vec<f32> {
     let half = d / 2;
     let div = (half.max(2) - 1) as f64;
