@@ -375,49 +375,6 @@ fn config_errors() {
     assert_eq!(serde_json::from_str::<StripedConfig>(&s).unwrap(), cfg);
 }
 
-/// Forward and backward time at B=16, L=128, D=128 per kind
-/// (`cargo test --release -p hyena --test striped -- --ignored --nocapture`).
-#[test]
-#[ignore]
-fn timing() {
-    let (b, l, d) = (16, 128, 128);
-    for cfg in [
-        StripedConfig::se(d),
-        StripedConfig::mr(d),
-        StripedConfig::li(d),
-    ] {
-        let kind = cfg.kind;
-        let (layer, store) = op(cfg);
-        let p = init_params(&layer, &store, 1);
-        let x = rand_vec(b * l * d, 2, 1.0);
-        let dy = rand_vec(b * l * d, 3, 1.0);
-        let mut y = vec![0.0; x.len()];
-        let mut dx = vec![0.0; x.len()];
-        let mut g = vec![0.0; p.len()];
-        let mut c = Slot::default();
-        let reps = 20;
-        for _ in 0..3 {
-            layer.forward(&p, &x, b, l, &mut y, &mut c).unwrap();
-            layer
-                .backward(&p, &x, &dy, b, l, &mut c, &mut dx, &mut g)
-                .unwrap();
-        }
-        let t0 = std::time::Instant::now();
-        for _ in 0..reps {
-            layer.forward(&p, &x, b, l, &mut y, &mut c).unwrap();
-        }
-        let fwd = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
-        let t0 = std::time::Instant::now();
-        for _ in 0..reps {
-            layer
-                .backward(&p, &x, &dy, b, l, &mut c, &mut dx, &mut g)
-                .unwrap();
-        }
-        let bwd = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
-        println!("{kind:?}: forward {fwd:.2} ms, backward {bwd:.2} ms (B={b}, L={l}, D={d})");
-    }
-}
-
 #[test]
 fn conv_kernels_are_in_convolution_order() {
     let (d, l) = (4, 10);

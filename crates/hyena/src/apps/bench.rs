@@ -332,15 +332,9 @@ pub fn run_train(
     use crate::train::{clip_grad_norm, AdamW, AdamWConfig};
     let (d, n_layer, l, b) = shape.dims();
     let base = mem.start();
-    let mut cfg = LmConfig {
-        n_layer,
-        d_inner: 4 * d,
-        operator: bench_operator_config(d, l, 2),
-        ..LmConfig::default()
-    };
-    cfg.operator.filter.emb_dim = 5;
-    cfg.operator.filter.w = 10.0;
-    cfg.operator.filter.shift = 0.05;
+    // The HyenaDNA preset in the interleaved filter layout (as this benchmark always ran).
+    let mut cfg = LmConfig::hyenadna(d, n_layer, l);
+    cfg.operator.filter.layout = crate::config::FilterLayout::Interleaved;
     let (lm, mut params) = HyenaLm::fresh(&cfg, 0)?;
     let mut opt = AdamW::new(AdamWConfig::default());
     let toks: Vec<u32> = rand_vec(b * (l + 1), 7, 1.0)
@@ -419,7 +413,7 @@ pub struct GenBenchRecord {
 }
 
 /// Per-token latency and memory per sequence of generation in conv mode and recurrent mode
-/// (spec Sec. 9, 7.4), for an LM of width `d` with `n_layer` blocks (order 2, d_inner 4d,
+/// (Laughing Hyena Distillery, arXiv:2310.18780: O(1)-per-token recurrent decoding), for an LM of width `d` with `n_layer` blocks (order 2, d_inner 4d,
 /// l_max = the largest context) whose long filters are random stable modal filters of `modes`
 /// modes: latency does not depend on the values. Calls `progress(context)` before each.
 pub fn run_generate(
@@ -536,16 +530,6 @@ pub struct EmbedBenchRecord {
     pub peak_heap_mib: Option<f64>,
 }
 
-/// A HyenaDNA-shaped LM config (spec Sec. 3.4: emb_dim 5, filter_order 64, Sin frequency 10,
-/// shift 0.05, d_inner 4·D) of width `d`, `n_layer` blocks and `l_max`.
-pub fn hyenadna_config(
-    d: usize,
-    n_layer: usize,
-    l_max: usize,
-) -> crate::models::hyenadna::LmConfig {
-    crate::models::hyenadna::LmConfig::hyenadna(d, n_layer, l_max)
-}
-
 /// Time the lean inference forward ([`crate::models::hyenadna::HyenaLm::hidden_states`], what `hyena
 /// embed` runs) of a randomly initialised HyenaDNA-shaped model on random bases, one sequence
 /// per length (`l_max` = the longest + 2, as the released configs). `progress(length)` is
@@ -561,8 +545,10 @@ pub fn run_embed(
     use crate::layers::lean::InferWorkspace;
     let l_max = lengths.iter().copied().max().unwrap_or(1).max(1) + 2;
     let base = mem.start();
-    let (lm, params) =
-        crate::models::hyenadna::HyenaLm::fresh(&hyenadna_config(d, n_layer, l_max), 0)?;
+    let (lm, params) = crate::models::hyenadna::HyenaLm::fresh(
+        &crate::models::hyenadna::LmConfig::hyenadna(d, n_layer, l_max),
+        0,
+    )?;
     let model_mib = mem.live().saturating_sub(base) as f64 / 1048576.0;
     let mut out = Vec::with_capacity(lengths.len());
     for &l in lengths {
@@ -681,4 +667,79 @@ pub fn run_mad_bench(
         matmul_gflops: flops as f64 / r.seconds / 1e9,
         sgemm_gflops: sgemm,
     })
+}
+
+/// One zoo layer of `hyena bench layers`: forward and backward time at one shape.
+#[allow(non_snake_case)]
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerBenchRecord {
+    /// The zoo name ([`crate::models::zoo::LAYER_NAMES`]).
+    pub layer: String,
+    pub B: usize,
+    pub L: usize,
+    pub D: usize,
+    pub threads: usize,
+    pub params: usize,
+    /// Median forward time, ms.
+    pub fwd_ms: f64,
+    /// Median backward time (after a forward that filled the cache), ms.
+    pub bwd_ms: f64,
+    pub reps: usize,
+}
+
+/// Time the forward and the backward of each zoo layer in `names` (as
+/// [`crate::models::zoo::build_layer`] builds it for width `d` and `max_len = l`, MAD's
+/// defaults otherwise) on a `[b, l, d]` input: two warm-up rounds, then `reps` timed rounds,
+/// medians reported. `progress(name)` is called before each layer.
+pub fn run_layers(
+    names: &[String],
+    (b, l, d): (usize, usize, usize),
+    reps: usize,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<LayerBenchRecord>> {
+    use crate::layers::layer::Slot;
+    use crate::models::zoo::{build_layer, ArchConfig};
+    use rand::SeedableRng;
+    let arch = ArchConfig {
+        d_model: d,
+        max_len: l,
+        ..ArchConfig::default()
+    };
+    let reps = reps.max(1);
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        progress(name);
+        let (layer, store) =
+            ParamStore::build(Init::Zeros, DType::F32, |vb| build_layer(name, &arch, vb))?;
+        let mut p = store.zeros();
+        layer.init(&mut p, &mut rand::rngs::StdRng::seed_from_u64(1));
+        let x = rand_vec(b * l * d, 2, 1.0); // [B, L, D]
+        let dy = rand_vec(b * l * d, 3, 1.0);
+        let (mut y, mut dx, mut g) = (vec![0.0; x.len()], vec![0.0; x.len()], vec![0.0; p.len()]);
+        let mut cache = Slot::default();
+        let (mut tf, mut tb) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
+        for round in 0..reps + 2 {
+            let t0 = Instant::now();
+            layer.forward(&p, &x, b, l, &mut y, &mut cache)?;
+            let t1 = Instant::now();
+            layer.backward(&p, &x, &dy, b, l, &mut cache, &mut dx, &mut g)?;
+            let t2 = Instant::now();
+            if round >= 2 {
+                tf.push((t1 - t0).as_secs_f64() * 1e3);
+                tb.push((t2 - t1).as_secs_f64() * 1e3);
+            }
+        }
+        out.push(LayerBenchRecord {
+            layer: name.clone(),
+            B: b,
+            L: l,
+            D: d,
+            threads: rayon::current_num_threads(),
+            params: p.len(),
+            fwd_ms: median(tf),
+            bwd_ms: median(tb),
+            reps,
+        });
+    }
+    Ok(out)
 }

@@ -85,15 +85,15 @@ impl Default for ArchConfig {
 pub const LAYER_NAMES: &[(&str, &str)] = &[
     (
         "hyena",
-        "Hyena operator, order 2, implicit long filter (Sec. 2)",
+        "Hyena operator, order 2, implicit long filter (arXiv:2302.10866)",
     ),
     (
         "mh-hyena",
-        "MultiHyena: heads of size 16 (MAD's mh-hyena), one long filter per head (Sec. 4)",
+        "MultiHyena: heads of size 16 (MAD's mh-hyena), one long filter per head (arXiv:2310.18780)",
     ),
     (
         "se",
-        "Hyena-SE: short explicit filter, length 7 (StripedHyena 2, Sec. 8)",
+        "Hyena-SE: short explicit filter, length 7 (StripedHyena 2 / Evo 2)",
     ),
     (
         "mr",
@@ -117,7 +117,7 @@ pub const LAYER_NAMES: &[(&str, &str)] = &[
     ),
     (
         "rtf",
-        "RTF: rational transfer function SSM, state-free kernel, ungated (Sec. 5)",
+        "RTF: rational transfer function SSM, state-free kernel, ungated (arXiv:2405.06147)",
     ),
     ("ssm", "diagonal modal SSM (S4D-Lin init), ungated"),
     ("swiglu", "SwiGLU channel mixer (inner 16*ceil(8D/3/16))"),
