@@ -302,25 +302,41 @@ fn check_recall(s: &TaskSetting, d: &TaskData) {
 
 #[test]
 fn in_context_recall_follows_the_rules() {
-    let b = gen(&baseline(MadTask::InContextRecall));
-    check_recall(&baseline(MadTask::InContextRecall), &b);
-    assert_eq!(overlap(&b.train, &b.test), 0);
-    for label in ["vocab=128", "seq_len=1024", "train=800"] {
-        let s = reduced(setting(MadTask::InContextRecall, label), 64, 64);
-        check_recall(&s, &gen(&s));
+    follows_the_rules(
+        MadTask::InContextRecall,
+        ["vocab=128", "seq_len=1024", "train=800"],
+        64,
+        check_recall,
+    );
+}
+
+/// `check` holds on the baseline setting (whose train and test sets do not overlap) and on
+/// three of the task's sweep settings, cut to 64 training and `n_test` test examples.
+fn follows_the_rules(
+    task: MadTask,
+    labels: [&str; 3],
+    n_test: usize,
+    check: impl Fn(&TaskSetting, &TaskData),
+) -> TaskData {
+    let s = baseline(task);
+    let d = gen(&s);
+    check(&s, &d);
+    assert_eq!(overlap(&d.train, &d.test), 0, "{task:?}");
+    for label in labels {
+        let s = reduced(setting(task, label), 64, n_test);
+        check(&s, &gen(&s));
     }
+    d
 }
 
 #[test]
 fn noisy_in_context_recall_follows_the_rules() {
-    let s = baseline(MadTask::NoisyInContextRecall);
-    let d = gen(&s);
-    check_recall(&s, &d);
-    assert_eq!(overlap(&d.train, &d.test), 0);
-    for label in ["frac_noise=0.8", "vocab=144", "seq_len=512"] {
-        let s = reduced(setting(MadTask::NoisyInContextRecall, label), 64, 400);
-        check_recall(&s, &gen(&s));
-    }
+    follows_the_rules(
+        MadTask::NoisyInContextRecall,
+        ["frac_noise=0.8", "vocab=144", "seq_len=512"],
+        400,
+        check_recall,
+    );
 }
 
 // === fuzzy recall ===
@@ -385,10 +401,12 @@ fn check_fuzzy(s: &TaskSetting, d: &TaskData) {
 
 #[test]
 fn fuzzy_in_context_recall_follows_the_rules() {
-    let s = baseline(MadTask::FuzzyInContextRecall);
-    let d = gen(&s);
-    check_fuzzy(&s, &d);
-    assert_eq!(overlap(&d.train, &d.test), 0);
+    let d = follows_the_rules(
+        MadTask::FuzzyInContextRecall,
+        ["vocab=64", "seq_len=512", "train=800"],
+        64,
+        check_fuzzy,
+    );
     // train keys have variable sizes: at least some key-token runs shorter than 3 appear
     let short_key = d.train.iter().any(|e| {
         e.inputs
@@ -396,10 +414,6 @@ fn fuzzy_in_context_recall_follows_the_rules() {
             .any(|w| (w[0] as usize) >= 7 && (w[1] as usize) < 7 && (w[2] as usize) >= 7)
     });
     assert!(short_key, "train keys of size 1 expected");
-    for label in ["vocab=64", "seq_len=512", "train=800"] {
-        let s = reduced(setting(MadTask::FuzzyInContextRecall, label), 64, 64);
-        check_fuzzy(&s, &gen(&s));
-    }
 }
 
 // === selective copying ===
@@ -438,14 +452,12 @@ fn check_selective(s: &TaskSetting, d: &TaskData) {
 
 #[test]
 fn selective_copying_follows_the_rules() {
-    let s = baseline(MadTask::SelectiveCopying);
-    let d = gen(&s);
-    check_selective(&s, &d);
-    assert_eq!(overlap(&d.train, &d.test), 0);
-    for label in ["n_copy=96", "seq_len=1024", "vocab=128"] {
-        let s = reduced(setting(MadTask::SelectiveCopying, label), 64, 64);
-        check_selective(&s, &gen(&s));
-    }
+    follows_the_rules(
+        MadTask::SelectiveCopying,
+        ["n_copy=96", "seq_len=1024", "vocab=128"],
+        64,
+        check_selective,
+    );
 }
 
 // === compression ===
@@ -465,15 +477,14 @@ fn check_compression(s: &TaskSetting, d: &TaskData) {
 
 #[test]
 fn compression_follows_the_rules() {
-    let s = baseline(MadTask::Compression);
-    let d = gen(&s);
-    check_compression(&s, &d);
-    // 15^31 possible sequences: a collision is astronomically unlikely (but allowed by the rules)
-    assert_eq!(overlap(&d.train, &d.test), 0);
-    for label in ["vocab=128", "seq_len=256", "train=800"] {
-        let s = reduced(setting(MadTask::Compression, label), 64, 64);
-        check_compression(&s, &gen(&s));
-    }
+    // 15^31 possible sequences: a train/test collision is astronomically unlikely (but allowed
+    // by the rules)
+    follows_the_rules(
+        MadTask::Compression,
+        ["vocab=128", "seq_len=256", "train=800"],
+        64,
+        check_compression,
+    );
 }
 
 // === memorization ===
