@@ -9,7 +9,8 @@ that both sides of a ratio run minutes apart at most; `--rounds N` repeats that 
 reports the median of each side.
 
 The Rust bench is called once per op as
-  <hyena> bench <op> --json --lengths ... --batch B --dim D <hyena-flags>
+  <hyena> bench <op> --json --lengths ... --batch B --dim D [--order N] <hyena-flags>
+(`--order` for the operator only: each `hyena bench` kind takes only its own flags)
 with RAYON_NUM_THREADS set to the thread count; non-JSON lines in its output are ignored.
 Speedup = torch time / hyena time (> 1 means hyena is faster).
 """
@@ -53,8 +54,9 @@ def main():
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--order", type=int, default=2)
     p.add_argument("--threads", type=int, default=ncpu)
-    p.add_argument("--hyena-flags", default="--threads {threads} --order {order}",
-                   help="extra flags for `hyena bench` ({threads}, {order} are substituted)")
+    p.add_argument("--hyena-flags", default="--threads {threads}",
+                   help="extra flags for `hyena bench` ({threads}, {order} are substituted); "
+                        "`--order` is passed to `hyena bench operator` (only it has the flag)")
     p.add_argument("--save", metavar="FILE.json", help="write all raw records here")
     p.add_argument("--shapes", default="tiny,small", help="--ops train: training shapes")
     p.add_argument("--rounds", type=int, default=1, help="--ops train: repetitions per shape")
@@ -67,7 +69,8 @@ def main():
     extra = a.hyena_flags.format(threads=a.threads, order=a.order).split()
     hy = []
     for op in a.ops.split(","):
-        recs = json_lines(run([a.hyena, "bench", op, "--json", *common, *extra], env))
+        own = ["--order", str(a.order)] if op == "operator" else []
+        recs = json_lines(run([a.hyena, "bench", op, "--json", *common, *own, *extra], env))
         hy += [dict(r, impl=r.get("impl", "hyena"), op=r.get("op", op)) for r in recs]
     th = json_lines(run([sys.executable, os.path.join(HERE, "torch_bench.py"), "--json", "--ops", a.ops,
                          "--order", str(a.order), "--threads", str(a.threads), *common]))

@@ -130,3 +130,87 @@ fn bad_flags_fail_with_a_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("tiny") && err.contains("small"), "{err}");
 }
+
+/// `hyena bench` has one subcommand per kind, each with only its own flags and its defaults
+/// in its help.
+#[test]
+fn bench_kinds_are_subcommands_with_their_own_flags() {
+    for (kind, flags) in [
+        ("conv", &["--lengths", "--batch", "--dim", "--reps"][..]),
+        (
+            "operator",
+            &["--lengths", "--batch", "--dim", "--reps", "--order"],
+        ),
+        ("train", &["--shapes", "--reps"]),
+        (
+            "generate",
+            &["--contexts", "--dim", "--layers", "--modes", "--png"],
+        ),
+        ("embed", &["--lengths", "--dim", "--layers", "--residual"]),
+        (
+            "mad",
+            &["--arch", "--dim", "--batch", "--task", "--steps", "--suite"],
+        ),
+    ] {
+        let out = hyena(&["bench", kind, "--help"]);
+        assert!(out.status.success(), "bench {kind} --help");
+        let help = String::from_utf8(out.stdout).unwrap();
+        for f in flags.iter().chain(&["--threads", "--json"]) {
+            assert!(help.contains(f), "bench {kind} --help lacks {f}:\n{help}");
+        }
+        assert!(
+            help.contains("[default: "),
+            "bench {kind} --help shows no default"
+        );
+    }
+    // Another kind's flag is an error, not silently ignored.
+    for args in [
+        &["bench", "conv", "--order", "3"][..],
+        &["bench", "train", "--lengths", "8"],
+        &["bench", "generate", "--shapes", "tiny"],
+        &["bench", "embed", "--steps", "2"],
+    ] {
+        let out = hyena(args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("unexpected argument"), "{args:?}: {err}");
+    }
+}
+
+/// Every subcommand's help shows the defaults of its flags.
+#[test]
+fn help_shows_defaults() {
+    for cmd in [
+        &["train"][..],
+        &["eval"],
+        &["generate"],
+        &["embed"],
+        &["score"],
+        &["finetune"],
+        &["mad"],
+        &["mad", "compare"],
+        &["distill"],
+        &["analyze", "ess"],
+        &["data", "species"],
+        &["data", "baseline"],
+    ] {
+        let out = hyena(&[cmd, &["--help"]].concat());
+        assert!(out.status.success(), "{cmd:?} --help");
+        let help = String::from_utf8(out.stdout).unwrap();
+        assert!(help.contains("[default: "), "{cmd:?} --help:\n{help}");
+    }
+    let out = hyena(&["--help"]);
+    assert!(out.status.success());
+}
+
+/// One `--pool` for `embed` and `finetune`; a classifier cannot take `none`.
+#[test]
+fn finetune_pool_has_no_none() {
+    let out = hyena(&["finetune", "--data", "x", "--pool", "none"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid value 'none'") && err.contains("mean") && err.contains("last"),
+        "{err}"
+    );
+}

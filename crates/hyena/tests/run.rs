@@ -206,3 +206,46 @@ fn data_problems_are_clear_errors() {
     assert!(!out.join("nothing").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The quick-start run (`hyena train` with no flags) is pinned: its config serialises to the
+/// JSON text that the CLI's own default run wrote before it moved into the library, byte for
+/// byte (the start of `config.json`, and the `config:` line `hyena train` prints).
+#[test]
+fn quickstart_is_the_pinned_default_run() {
+    let want = concat!(
+        r#"{"model":{"vocab_size":12,"pad_vocab_size_multiple":8,"n_layer":2,"d_inner":512,"#,
+        r#""layer_norm_epsilon":0.00001,"tie_embeddings":false,"operator":{"d_model":128,"#,
+        r#""l_max":1024,"order":2,"short_filter_order":3,"filter":{"emb_dim":5,"filter_order":64,"#,
+        r#""num_inner_mlps":2,"w":10.0,"modulate":true,"fast_decay_pct":0.3,"slow_decay_pct":1.5,"#,
+        r#""target":0.01,"shift":0.05,"layout":"interleaved","learn_pos_emb":false}}},"#,
+        r#""train":{"batch_size":8,"grad_accum":1,"seq_len":1024,"steps":1000,"eval_every":200,"#,
+        r#""eval_windows":512,"clip":1.0,"seed":0,"optim":{"lr":0.002,"beta1":0.9,"beta2":0.999,"#,
+        r#""eps":1e-8,"weight_decay":0.1},"warmup":50,"min_lr_ratio":0.1},"#,
+        r#""data":{"fasta":[],"text":[],"tokenizer":{"kind":"nucleotide","uppercase":true},"#,
+        r#""val_fraction":0.05,"markov_order":8}}"#
+    );
+    let q = RunConfig::quickstart();
+    assert_eq!(serde_json::to_string(&q).unwrap(), want);
+    // And back, as a resumed run reads its `config.json`.
+    let back: RunConfig = serde_json::from_str(want).unwrap();
+    assert_eq!(serde_json::to_string(&back).unwrap(), want);
+}
+
+/// The setters that `hyena train`'s flags use keep the quick start's proportions.
+#[test]
+fn run_config_setters_keep_the_proportions() {
+    let mut c = RunConfig::quickstart();
+    c.set_d_model(64);
+    assert_eq!((c.model.operator.d_model, c.model.d_inner), (64, 256));
+    c.set_seq_len(512);
+    assert_eq!((c.train.seq_len, c.model.operator.l_max), (512, 512));
+    c.set_steps(200);
+    assert_eq!((c.train.steps, c.train.warmup), (200, 10));
+    c.set_tokenizer(Tokenizer::Bytes);
+    assert_eq!(c.model.vocab_size, Tokenizer::Bytes.vocab_size());
+
+    let mut p = hyena::train::run::preset("hyenadna-tiny").unwrap();
+    let margin = p.model.operator.l_max - p.train.seq_len;
+    p.set_seq_len(4096);
+    assert_eq!(p.model.operator.l_max, 4096 + margin);
+}

@@ -42,6 +42,14 @@ use crate::error::{Error, Result};
 
 /// Largest order accepted: the table has `4^(k+1)` entries per class (16 MiB per class at 10).
 pub const MAX_K: usize = 10;
+/// How [`fit_select`] is called when the order is not given (`hyena data baseline`'s defaults,
+/// and always `hyena finetune --baseline`): orders 1..=[`SELECT_MAX_K`], scored on a held-out
+/// [`SELECT_HOLDOUT`] of each class's train examples drawn with seed [`SELECT_SEED`].
+pub const SELECT_MAX_K: usize = 8;
+/// See [`SELECT_MAX_K`].
+pub const SELECT_HOLDOUT: f64 = 0.1;
+/// See [`SELECT_MAX_K`].
+pub const SELECT_SEED: u64 = 1;
 /// Default add-α smoothing (Krichevsky–Trofimov, as the LM baselines in `baseline.rs`).
 pub const DEFAULT_ALPHA: f64 = 0.5;
 

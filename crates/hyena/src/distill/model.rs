@@ -177,6 +177,25 @@ pub fn distill_lm(
     Ok((out, fits))
 }
 
+/// The report of a distillation in its output directory: [`write_report`].
+pub const REPORT_FILE: &str = "distill_report.json";
+
+/// Write [`REPORT_FILE`] into `dir`: `{"source": <the directory of the model that was
+/// distilled>, "config": cfg, "filters": fits}` (pretty-printed). Returns its path.
+pub fn write_report(
+    dir: &Path,
+    source: &Path,
+    cfg: &DistillConfig,
+    fits: &[ChannelFit],
+) -> Result<std::path::PathBuf> {
+    let path = dir.join(REPORT_FILE);
+    write_json(
+        &path,
+        &serde_json::json!({ "source": source, "config": cfg, "filters": fits }),
+    )?;
+    Ok(path)
+}
+
 /// Write a distilled model to `dir` (created if needed): `model.safetensors` with the modal
 /// tensors and `config.json` = `run_config` (a JSON object) plus `model` and `distill`.
 pub fn save_distilled(

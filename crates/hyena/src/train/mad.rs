@@ -6,6 +6,7 @@
 //! accuracy every epoch and keeps the best). Both averages are tracked: macro (per-class
 //! accuracy averaged over classes, torchmetrics' default and so MAD's) and micro.
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use rand::rngs::StdRng;
@@ -18,6 +19,7 @@ use crate::data::mad::{
     baseline, generate, sweep, AccuracyCounter, Average, Example, MadTask, TaskData, TaskSetting,
 };
 use crate::error::{Error, Result};
+use crate::io::safetensors::write_bytes_atomic;
 use crate::models::parallel::{run_shards, ShardGrads};
 use crate::models::zoo::{ArchConfig, ZooCache, ZooModel};
 use crate::models::Model;
@@ -485,6 +487,150 @@ impl SettingRecord {
     }
 }
 
+/// The progress file of a MAD run, [`ProgressLog::FILE`] in its output directory: one JSON
+/// [`SettingRecord`] per line, appended as each setting finishes and synced to disk, so that
+/// a killed run loses at most the setting in progress and a resumed one
+/// ([`ProgressLog::resume`]) trains only what is missing.
+pub struct ProgressLog {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+/// The records of a progress file ([`ProgressLog::read`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProgressRecords {
+    pub records: Vec<SettingRecord>,
+    /// A last line that did not parse (a write cut short by a killed process) and was
+    /// skipped: its line number (1-based) and the parse error.
+    pub skipped: Option<(usize, String)>,
+}
+
+impl ProgressLog {
+    /// The progress file's name in a run's output directory.
+    pub const FILE: &'static str = "progress.jsonl";
+    /// Where [`ProgressLog::start`] moves an earlier progress file.
+    pub const PREV: &'static str = "progress.jsonl.prev";
+
+    /// Start a fresh progress file in `dir` (which must exist). An earlier one is moved to
+    /// [`ProgressLog::PREV`] first (replacing any older one there); its new path is returned.
+    pub fn start(dir: &Path) -> Result<(Self, Option<PathBuf>)> {
+        let path = dir.join(Self::FILE);
+        let moved = if path.exists() {
+            let prev = dir.join(Self::PREV);
+            std::fs::rename(&path, &prev).map_err(|e| {
+                Error::format(&path, format!("cannot move it to {} ({e})", prev.display()))
+            })?;
+            Some(prev)
+        } else {
+            None
+        };
+        Ok((Self::open(path)?, moved))
+    }
+
+    /// Go on from the progress file in `dir` (none: no records): read its records (see
+    /// [`ProgressLog::read`]), rewrite it atomically with the whole records only (so that
+    /// appends do not follow a cut line), and open it for appending.
+    pub fn resume(dir: &Path) -> Result<(Self, ProgressRecords)> {
+        let path = dir.join(Self::FILE);
+        let read = Self::read(&path)?;
+        let mut text = String::new();
+        for r in &read.records {
+            text.push_str(&record_line(r, &path)?);
+        }
+        write_bytes_atomic(&path, text.as_bytes())?;
+        Ok((Self::open(path)?, read))
+    }
+
+    /// The records in the progress file `path` (none if it does not exist). A last line that
+    /// does not parse (cut short by a killed process) is skipped and reported in
+    /// [`ProgressRecords::skipped`]; a bad line elsewhere is an error naming the line. Blank
+    /// lines are ignored.
+    pub fn read(path: &Path) -> Result<ProgressRecords> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(ProgressRecords::default())
+            }
+            Err(e) => return Err(Error::io(path)(e)),
+        };
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let mut out = ProgressRecords::default();
+        for (i, l) in lines.iter().enumerate() {
+            match serde_json::from_str::<SettingRecord>(l) {
+                Ok(r) => out.records.push(r),
+                Err(e) if i + 1 == lines.len() => out.skipped = Some((i + 1, e.to_string())),
+                Err(e) => {
+                    return Err(Error::format(
+                        path,
+                        format!(
+                            "line {}: not a MAD setting record ({e}); remove the line or run \
+                             without --resume",
+                            i + 1
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Append `record` as one whole line and sync it to disk.
+    pub fn append(&mut self, record: &SettingRecord) -> Result<()> {
+        use std::io::Write;
+        let line = record_line(record, &self.path)?;
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|()| self.file.sync_data())
+            .map_err(Error::io(&self.path))
+    }
+
+    /// The progress file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn open(path: PathBuf) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(Error::io(&path))?;
+        Ok(ProgressLog { path, file })
+    }
+}
+
+/// `record` as one line of a progress file, newline included.
+fn record_line(record: &SettingRecord, path: &Path) -> Result<String> {
+    let mut line = serde_json::to_string(record)
+        .map_err(|e| Error::format(path, format!("cannot encode a setting record ({e})")))?;
+    line.push('\n');
+    Ok(line)
+}
+
+/// The results files of a MAD run, written (atomically) into `dir`: [`RESULTS_JSON`] (the
+/// reports, pretty-printed), [`RESULTS_CSV`] ([`csv_lines`]) and [`RESULTS_PNG`]
+/// ([`chart_png`], titled after the protocol: baseline settings only, or the full one).
+pub fn write_results(dir: &Path, reports: &[MadReport]) -> Result<()> {
+    let json_path = dir.join(RESULTS_JSON);
+    let json = serde_json::to_string_pretty(reports)
+        .map_err(|e| Error::format(&json_path, e.to_string()))?;
+    write_bytes_atomic(&json_path, json.as_bytes())?;
+    write_bytes_atomic(&dir.join(RESULTS_CSV), csv_lines(reports).as_bytes())?;
+    let title = if reports.first().is_some_and(|r| r.protocol.baseline_only) {
+        "MAD scores (quick: baseline settings)"
+    } else {
+        "MAD scores (full protocol)"
+    };
+    chart_png(&dir.join(RESULTS_PNG), reports, title)
+}
+
+/// The reports of a MAD run as JSON ([`write_results`]).
+pub const RESULTS_JSON: &str = "results.json";
+/// One line per run ([`csv_lines`]).
+pub const RESULTS_CSV: &str = "results.csv";
+/// The scores chart ([`chart_png`]).
+pub const RESULTS_PNG: &str = "mad.png";
+
 /// One task: its settings and score (mean over settings of the best accuracy).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TaskScore {
@@ -858,5 +1004,95 @@ pub fn short_name(t: MadTask) -> &'static str {
         MadTask::SelectiveCopying => "sel-copy",
         MadTask::Compression => "compress",
         MadTask::Memorization => "memorize",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(label: &str, acc: f64) -> SettingRecord {
+        let task = MadTask::Memorization;
+        SettingRecord {
+            spec: "hyena,swiglu".into(),
+            arch: ArchConfig::default(),
+            protocol: MadProtocol::quick(),
+            task,
+            result: SettingResult {
+                label: label.into(),
+                setting: baseline(task),
+                runs: Vec::new(),
+                best_acc: acc,
+                best_lr: 1e-3,
+                best_weight_decay: 0.0,
+                seconds: 1.5,
+            },
+        }
+    }
+
+    fn fresh_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("hyena-mad-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// Appended records read back as they were; a resume keeps them and appends after them;
+    /// a fresh start moves the file aside.
+    #[test]
+    fn progress_log_round_trip() {
+        let dir = fresh_dir("progress");
+        let recs = vec![record("a", 0.5), record("b", 0.75)];
+        let (mut log, moved) = ProgressLog::start(&dir).unwrap();
+        assert_eq!(moved, None);
+        for r in &recs {
+            log.append(r).unwrap();
+        }
+        drop(log);
+        let path = dir.join(ProgressLog::FILE);
+        let read = ProgressLog::read(&path).unwrap();
+        assert_eq!((&read.records, read.skipped), (&recs, None));
+
+        let (mut log, read) = ProgressLog::resume(&dir).unwrap();
+        assert_eq!(read.records, recs);
+        log.append(&record("c", 1.0)).unwrap();
+        assert_eq!(ProgressLog::read(log.path()).unwrap().records.len(), 3);
+        drop(log);
+
+        let (_log, moved) = ProgressLog::start(&dir).unwrap();
+        assert_eq!(moved, Some(dir.join(ProgressLog::PREV)));
+        assert_eq!(
+            ProgressLog::read(&path).unwrap(),
+            ProgressRecords::default()
+        );
+        let prev = ProgressLog::read(&dir.join(ProgressLog::PREV)).unwrap();
+        assert_eq!(prev.records.len(), 3);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A last line cut short is skipped (and reported), and a resume drops it from the file;
+    /// a bad line before the last is an error naming the line.
+    #[test]
+    fn progress_log_skips_a_cut_last_line() {
+        let dir = fresh_dir("progress-cut");
+        let path = dir.join(ProgressLog::FILE);
+        let line = |r: &SettingRecord| serde_json::to_string(r).unwrap();
+        let (a, b) = (record("a", 0.5), record("b", 0.75));
+        let cut = line(&b);
+        std::fs::write(&path, format!("{}\n{}", line(&a), &cut[..cut.len() / 2])).unwrap();
+        let read = ProgressLog::read(&path).unwrap();
+        assert_eq!(read.records, vec![a.clone()]);
+        assert_eq!(read.skipped.map(|s| s.0), Some(2));
+
+        let (mut log, read) = ProgressLog::resume(&dir).unwrap();
+        assert_eq!(read.records, vec![a.clone()]);
+        log.append(&b).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, format!("{}\n{}\n", line(&a), line(&b)));
+
+        std::fs::write(&path, format!("{{\"spec\":\n{}\n", line(&a))).unwrap();
+        let err = ProgressLog::read(&path).unwrap_err().to_string();
+        assert!(err.contains("line 1: not a MAD setting record"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

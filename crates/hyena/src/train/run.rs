@@ -31,6 +31,94 @@ pub struct RunConfig {
     pub data: DataConfig,
 }
 
+impl RunConfig {
+    /// The quick-start run: what `hyena train` does with no flags (the README's first run,
+    /// about 5 minutes on a laptop). A HyenaDNA-shaped language model ([`LmConfig::hyenadna`]:
+    /// d_model 128, 2 blocks, d_inner 512, the released checkpoints' filter settings emb_dim 5,
+    /// w 10, shift 0.05) in the training repository's interleaved filter-channel layout, with
+    /// `l_max` the window; the nucleotide tokenizer (case folded); 1000 AdamW steps of 8
+    /// windows of 1024 tokens at peak lr 2e-3, warm-up over the first 5%, evaluation and a
+    /// checkpoint every 200 steps on up to 512 validation windows (all of the default
+    /// validation split, so the model and the count baselines score the same tokens), seed 0.
+    /// The data files are left empty: the shipped E. coli genome ([`DataConfig`]'s default).
+    pub fn quickstart() -> Self {
+        use crate::config::FilterLayout;
+        let (d, n_layer, window, batch, steps) = (128, 2, 1024, 8, 1000);
+        let mut model = LmConfig::hyenadna(d, n_layer, window);
+        model.operator.filter.layout = FilterLayout::Interleaved;
+        let mut cfg = RunConfig {
+            model,
+            train: TrainConfig {
+                batch_size: batch,
+                seq_len: window,
+                steps,
+                eval_every: 200,
+                eval_windows: 512,
+                seed: 0,
+                warmup: (steps / 20).max(1),
+                optim: crate::train::AdamWConfig {
+                    lr: 2e-3,
+                    ..Default::default()
+                },
+                ..TrainConfig::default()
+            },
+            data: DataConfig::default(),
+        };
+        cfg.set_tokenizer(Tokenizer::Nucleotide { uppercase: true });
+        cfg
+    }
+
+    /// The run config in the JSON file `path`: a run's `config.json`, or a config written by
+    /// hand (`{"model": …, "train": …, "data": …}`, missing sections at their defaults).
+    pub fn read(path: &Path) -> Result<Self> {
+        let s = std::fs::read_to_string(path).map_err(Error::io(path))?;
+        serde_json::from_str(&s).map_err(|e| Error::format(path, format!("not a run config ({e})")))
+    }
+
+    /// The run config saved in the run directory `dir` (its `config.json`).
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.json");
+        if !path.is_file() {
+            return Err(Error::format(
+                path,
+                format!(
+                    "not found: is {} a run directory (one that `hyena train --out` wrote)?",
+                    dir.display()
+                ),
+            ));
+        }
+        Self::read(&path)
+    }
+
+    /// Use tokenizer `t` for the data; the model's vocabulary follows it.
+    pub fn set_tokenizer(&mut self, t: Tokenizer) {
+        self.data.tokenizer = t;
+        self.model.vocab_size = t.vocab_size();
+    }
+
+    /// Set the model width, with HyenaDNA's MLP width `d_inner` = 4·`d`.
+    pub fn set_d_model(&mut self, d: usize) {
+        self.model.operator.d_model = d;
+        self.model.d_inner = 4 * d;
+    }
+
+    /// Set the training window, keeping the margin of the model's `l_max` over it (the
+    /// presets': `l_max` = window + 2, as the released configs).
+    pub fn set_seq_len(&mut self, l: usize) {
+        let extra = self.model.operator.l_max.saturating_sub(self.train.seq_len);
+        self.train.seq_len = l;
+        self.model.operator.l_max = l + extra;
+    }
+
+    /// Set the number of optimizer steps, keeping the warm-up's fraction of them (5% in the
+    /// quick start, 1% in the presets; at least one step).
+    pub fn set_steps(&mut self, steps: u64) {
+        let frac = self.train.warmup as f64 / self.train.steps.max(1) as f64;
+        self.train.steps = steps;
+        self.train.warmup = ((steps as f64 * frac).round() as u64).max(1);
+    }
+}
+
 /// Named starting points for `hyena train --preset` (and `hyena finetune --preset`): the shapes
 /// of the released HyenaDNA checkpoints (spec Sec. 3.4) with the reference pretraining recipe
 /// (Sec. 3.5) scaled to a CPU: `(name, description)`.
@@ -244,6 +332,26 @@ pub struct EvalReport {
     /// Characters outside the tokenizer's alphabet in the scored data.
     pub unknown: usize,
     pub seq_len: usize,
+}
+
+impl EvalReport {
+    /// The report as `hyena eval --json` prints it: one object with `model` (the directory
+    /// scored), `data` (the summary), `seq_len`, `unknown_chars`, the statistics (`loss`,
+    /// `perplexity`, `bits_per_token`, `accuracy`, `tokens`) and `baselines`.
+    pub fn to_json(&self, model: &Path) -> serde_json::Value {
+        serde_json::json!({
+            "model": model,
+            "data": self.summary,
+            "seq_len": self.seq_len,
+            "unknown_chars": self.unknown,
+            "loss": self.stats.loss,
+            "perplexity": self.stats.perplexity,
+            "bits_per_token": self.stats.bits_per_token,
+            "accuracy": self.stats.accuracy,
+            "tokens": self.stats.tokens,
+            "baselines": self.baselines,
+        })
+    }
 }
 
 /// Score the model saved in `dir` (a run directory) on held-out data: loss, perplexity,

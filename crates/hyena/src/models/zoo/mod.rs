@@ -66,6 +66,22 @@ pub struct ArchConfig {
     pub decoder: bool,
 }
 
+impl ArchConfig {
+    /// The architecture in the JSON file `path` (fields missing from it at their defaults);
+    /// its layer names are checked and lower-cased, as [`parse_layers`] does.
+    pub fn read(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+        let mut a: ArchConfig = serde_json::from_str(&text).map_err(|e| {
+            Error::format(
+                path,
+                format!("not an architecture config (layers, d_model, …): {e}"),
+            )
+        })?;
+        a.layers = parse_layers(&a.layers.join(","))?;
+        Ok(a)
+    }
+}
+
 impl Default for ArchConfig {
     fn default() -> Self {
         ArchConfig {

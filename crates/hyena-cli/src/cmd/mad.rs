@@ -1,18 +1,21 @@
 //! `hyena mad`: the MAD synthetic benchmark for one architecture, or several side by side
-//! (`hyena mad compare`). Argument parsing and printing only; the work is
+//! (`hyena mad compare`), with `--estimate` (projected wall time) and `--resume`. Argument
+//! parsing and printing only; the work, the results files and the progress file are
 //! `hyena::train::mad`.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use hyena::data::mad::{Average, MadTask};
-use hyena::io::safetensors::write_bytes_atomic;
 use hyena::models::zoo::{parse_layers, ArchConfig, NormKind, LAYER_NAMES};
 use hyena::train::mad::{
-    chart_png, csv_lines, estimate_mad, markdown_table, run_mad, MadEvent, MadProtocol, MadReport,
-    SettingRecord,
+    estimate_mad, markdown_table, run_mad, write_results, MadEvent, MadProtocol, MadReport,
+    ProgressLog, RESULTS_CSV, RESULTS_JSON, RESULTS_PNG,
 };
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
+
+use crate::args::JsonFlag;
+use crate::ui;
 
 #[derive(clap::Args, Debug)]
 #[command(
@@ -67,7 +70,7 @@ pub enum AverageArg {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct MadCommon {
-    /// Tasks, comma-separated (default: all six): in-context-recall, fuzzy-in-context-recall,
+    /// Tasks, comma-separated [default: all six]: in-context-recall, fuzzy-in-context-recall,
     /// noisy-in-context-recall, selective-copying, compression, memorization.
     #[arg(long, value_delimiter = ',')]
     pub tasks: Vec<String>,
@@ -78,13 +81,13 @@ pub struct MadCommon {
     #[arg(long)]
     pub quick: bool,
     /// Model width.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = ArchConfig::default().d_model)]
     pub d_model: usize,
     /// Heads of multi-head layers.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = ArchConfig::default().n_heads)]
     pub heads: usize,
     /// State size of SSM layers.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = ArchConfig::default().state_size)]
     pub state_size: usize,
     /// Norm before each layer.
     #[arg(long, value_enum, default_value_t = NormArg::Rms)]
@@ -104,7 +107,7 @@ pub struct MadCommon {
     /// Weight decays to sweep (overrides the protocol's).
     #[arg(long, value_delimiter = ',')]
     pub wds: Vec<f32>,
-    /// Sequences per training step (default: 128, the full protocol's; 16 in quick mode).
+    /// Sequences per training step [default: 128, the full protocol's; 16 in quick mode].
     #[arg(long)]
     pub batch: Option<usize>,
     /// Seed of model init and batch order.
@@ -113,9 +116,8 @@ pub struct MadCommon {
     /// Where to write results.json, results.csv and mad.png.
     #[arg(long, default_value = "mad-results")]
     pub out: PathBuf,
-    /// Print the results JSON to stdout instead of the table.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub json: JsonFlag,
     /// Go on from an interrupted run in the same --out: every finished setting is appended to
     /// OUT/progress.jsonl as it ends, and with --resume the settings recorded there for the
     /// same architecture and protocol are not trained again. Without it, an existing
@@ -128,26 +130,22 @@ pub struct MadCommon {
     pub estimate: bool,
 }
 
+/// The architecture `spec`: a JSON file of an `ArchConfig`, or layer names sized by the flags.
 fn arch_of(spec: &str, c: &MadCommon) -> Result<ArchConfig> {
-    let mut a = if spec.ends_with(".json") && Path::new(spec).exists() {
-        let text = std::fs::read_to_string(spec).with_context(|| format!("reading {spec}"))?;
-        serde_json::from_str::<ArchConfig>(&text)
-            .with_context(|| format!("{spec}: not an architecture config (layers, d_model, …)"))?
-    } else {
-        ArchConfig {
-            layers: parse_layers(spec)?,
-            d_model: c.d_model,
-            n_heads: c.heads,
-            state_size: c.state_size,
-            norm: match c.norm {
-                NormArg::Rms => NormKind::Rms,
-                NormArg::Layer => NormKind::Layer,
-            },
-            ..ArchConfig::default()
-        }
-    };
-    a.layers = parse_layers(&a.layers.join(","))?;
-    Ok(a)
+    if spec.ends_with(".json") && Path::new(spec).exists() {
+        return Ok(ArchConfig::read(Path::new(spec))?);
+    }
+    Ok(ArchConfig {
+        layers: parse_layers(spec)?,
+        d_model: c.d_model,
+        n_heads: c.heads,
+        state_size: c.state_size,
+        norm: match c.norm {
+            NormArg::Rms => NormKind::Rms,
+            NormArg::Layer => NormKind::Layer,
+        },
+        ..ArchConfig::default()
+    })
 }
 
 fn protocol(c: &MadCommon) -> MadProtocol {
@@ -190,7 +188,7 @@ fn tasks_of(c: &MadCommon) -> Result<Vec<MadTask>> {
         .collect()
 }
 
-pub fn mad_cmd(a: MadArgs) -> Result<()> {
+pub fn run_cmd(a: MadArgs) -> Result<()> {
     if a.list_layers {
         for (k, what) in LAYER_NAMES {
             println!("{k:10} {what}");
@@ -219,48 +217,37 @@ pub fn mad_cmd(a: MadArgs) -> Result<()> {
         "config: {}",
         serde_json::json!({ "architectures": archs, "tasks": tasks, "protocol": proto })
     );
-    let progress_path = common.out.join("progress.jsonl");
-    let done = if common.resume {
-        let d = read_progress(&progress_path)?;
-        // Rewritten with the whole records only, so that appends do not follow a cut line.
-        let mut text = String::new();
-        for r in &d {
-            text.push_str(&serde_json::to_string(r)?);
-            text.push('\n');
+    // Every finished setting is appended to the progress file as it ends (a killed run loses
+    // at most the setting in progress); --resume takes the recorded ones back.
+    let (mut progress, done) = if common.resume {
+        let (log, read) = ProgressLog::resume(&common.out)?;
+        if let Some((line, e)) = &read.skipped {
+            eprintln!(
+                "warning: {} line {line}: skipping an unfinished record ({e})",
+                log.path().display()
+            );
         }
-        write_bytes_atomic(&progress_path, text.as_bytes())?;
         eprintln!(
             "resuming: {} finished settings in {}",
-            d.len(),
-            progress_path.display()
+            read.records.len(),
+            log.path().display()
         );
-        d
+        (log, read.records)
     } else {
-        if progress_path.exists() {
-            let prev = common.out.join("progress.jsonl.prev");
-            std::fs::rename(&progress_path, &prev).with_context(|| {
-                format!("moving {} to {}", progress_path.display(), prev.display())
-            })?;
+        let (log, moved) = ProgressLog::start(&common.out)?;
+        if let Some(prev) = moved {
             eprintln!(
                 "starting afresh; the earlier progress is in {} (use --resume to go on from it)",
                 prev.display()
             );
         }
-        Vec::new()
+        (log, Vec::new())
     };
-    let mut progress = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&progress_path)
-        .with_context(|| format!("opening {}", progress_path.display()))?;
-    let mut progress_err: Option<anyhow::Error> = None;
+    let progress_path = progress.path().to_path_buf();
+    let mut progress_err: Option<hyena::Error> = None;
     let mut reports: Vec<MadReport> = Vec::new();
     for (spec, arch) in specs.iter().zip(&archs) {
-        let bar = ProgressBar::new(0);
-        bar.set_style(
-            ProgressStyle::with_template("{prefix} [{bar:25}] epoch {pos}/{len} {msg} ({elapsed})")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
+        let bar = ui::bar(0, "{prefix} [{bar:25}] epoch {pos}/{len} {msg} ({elapsed})");
         let mut ev = |e: &MadEvent| match e {
             MadEvent::RunStart {
                 task,
@@ -285,9 +272,9 @@ pub fn mad_cmd(a: MadArgs) -> Result<()> {
                 ));
             }
             MadEvent::RunEnd(r) => {
-                say(
+                ui::say(
                     &bar,
-                    format!(
+                    &format!(
                         "  {spec}: lr {:.0e} wd {} -> best acc {:.4} at epoch {} of {} ({:.0} s)",
                         r.lr, r.weight_decay, r.best_acc, r.best_epoch, r.epochs_run, r.seconds
                     ),
@@ -295,9 +282,9 @@ pub fn mad_cmd(a: MadArgs) -> Result<()> {
             }
             MadEvent::SettingEnd { record, resumed } => {
                 if *resumed {
-                    say(
+                    ui::say(
                         &bar,
-                        format!(
+                        &format!(
                             "  {spec}: {} {}: best acc {:.4} (resumed from {})",
                             record.task.name(),
                             record.result.label,
@@ -306,11 +293,8 @@ pub fn mad_cmd(a: MadArgs) -> Result<()> {
                         ),
                     );
                 } else if progress_err.is_none() {
-                    // One JSON line per setting, flushed to disk: a killed run loses at most
-                    // the setting in progress.
-                    if let Err(e) = append_record(&mut progress, record) {
-                        progress_err =
-                            Some(e.context(format!("appending to {}", progress_path.display())));
+                    if let Err(e) = progress.append(record) {
+                        progress_err = Some(e);
                     }
                 }
             }
@@ -319,13 +303,13 @@ pub fn mad_cmd(a: MadArgs) -> Result<()> {
             .with_context(|| format!("MAD run of {spec}"))?;
         bar.finish_and_clear();
         if let Some(e) = progress_err.take() {
-            return Err(e);
+            return Err(e.into());
         }
         reports.push(r);
         // Keep what is done on disk as it finishes.
-        write_outputs(&common.out, &reports, common.quick)?;
+        write_results(&common.out, &reports)?;
     }
-    if common.json {
+    if common.json.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
         println!("{}", markdown_table(&reports));
@@ -340,7 +324,7 @@ pub fn mad_cmd(a: MadArgs) -> Result<()> {
             }
         }
         println!(
-            "\nwrote {}/results.json, results.csv, mad.png",
+            "\nwrote {}/{RESULTS_JSON}, {RESULTS_CSV}, {RESULTS_PNG}",
             common.out.display()
         );
     }
@@ -390,67 +374,5 @@ fn estimate_cmd(
         "\nProjected from timed steps on this machine, without early stopping (which only \
          shortens runs); s/step is the mean over a task's settings."
     );
-    Ok(())
-}
-
-/// A line of progress: through the bar on a terminal; straight to stderr in logs, where the
-/// bar is hidden and these lines are the only progress.
-fn say(bar: &ProgressBar, m: String) {
-    if bar.is_hidden() {
-        eprintln!("{m}");
-    } else {
-        bar.println(m);
-    }
-}
-
-fn append_record(f: &mut std::fs::File, r: &SettingRecord) -> Result<()> {
-    use std::io::Write;
-    let mut line = serde_json::to_string(r)?;
-    line.push('\n');
-    f.write_all(line.as_bytes())?;
-    f.sync_data()?;
-    Ok(())
-}
-
-/// The records of `path` (none if it does not exist). A last line cut short by a killed
-/// process is skipped with a warning; a bad line elsewhere is an error naming the line.
-fn read_progress(path: &Path) -> Result<Vec<SettingRecord>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let mut out = Vec::new();
-    for (i, l) in lines.iter().enumerate() {
-        match serde_json::from_str::<SettingRecord>(l) {
-            Ok(r) => out.push(r),
-            Err(e) if i + 1 == lines.len() => {
-                eprintln!(
-                    "warning: {} line {}: skipping an unfinished record ({e})",
-                    path.display(),
-                    i + 1
-                );
-            }
-            Err(e) => bail!(
-                "{} line {}: not a MAD setting record ({e}); remove the line or run without --resume",
-                path.display(),
-                i + 1
-            ),
-        }
-    }
-    Ok(out)
-}
-
-fn write_outputs(out: &Path, reports: &[MadReport], quick: bool) -> Result<()> {
-    let json = serde_json::to_string_pretty(reports)?;
-    write_bytes_atomic(&out.join("results.json"), json.as_bytes())?;
-    write_bytes_atomic(&out.join("results.csv"), csv_lines(reports).as_bytes())?;
-    let title = if quick {
-        "MAD scores (quick: baseline settings)"
-    } else {
-        "MAD scores (full protocol)"
-    };
-    chart_png(&out.join("mad.png"), reports, title)?;
     Ok(())
 }

@@ -1,22 +1,17 @@
-//! `hyena finetune`: argument parsing and printing only; the work is
-//! `hyena::train::finetune`.
+//! `hyena finetune`: fine-tune a sequence classifier (a pooled head on a HyenaDNA backbone)
+//! on a labelled dataset, print its test accuracy (and optionally the k-mer baseline's).
+//! Argument parsing and printing only; the work is `hyena::train::finetune`.
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use hyena::baselines::kmer::fit_select;
-use hyena::models::Pool;
+use hyena::baselines::kmer::{fit_select, SELECT_HOLDOUT, SELECT_MAX_K, SELECT_SEED};
 use hyena::train::finetune::{finetune, FinetuneConfig, FinetuneEvent, FinetuneRun};
-use indicatif::{ProgressBar, ProgressStyle};
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum PoolArg {
-    /// Mean over all positions, padding included (the reference's pooled decoder).
-    Mean,
-    /// The last position (the last base: sequences are left-padded).
-    Last,
-}
+use crate::args::PoolArg;
+use crate::cmd::data::print_eval;
+use crate::ui;
 
 #[derive(clap::Args, Debug)]
 pub struct FinetuneArgs {
@@ -28,9 +23,10 @@ pub struct FinetuneArgs {
     /// A test CSV, when --data is the train CSV.
     #[arg(long)]
     pub test_csv: Option<PathBuf>,
+    // Not `args::ModelArg`: here the model is optional (--preset trains a fresh backbone).
     /// Pretrained backbone: a `hyena train` run directory or a released HyenaDNA checkpoint
     /// (HF or Lightning layout).
-    #[arg(long, conflicts_with = "preset")]
+    #[arg(long, value_name = "DIR", conflicts_with = "preset")]
     pub model: Option<PathBuf>,
     /// Train a freshly initialised backbone of this shape instead (no pretraining), e.g.
     /// hyenadna-tiny; its l_max is set to the sequence length.
@@ -57,8 +53,11 @@ pub struct FinetuneArgs {
     /// to [default: the longest training sequence].
     #[arg(long)]
     pub max_len: Option<usize>,
-    /// How the hidden states of a sequence are pooled for the head.
-    #[arg(long, value_enum, default_value_t = PoolArg::Mean)]
+    /// How the hidden states of a sequence are pooled for the head: mean (over all positions,
+    /// padding included: the reference's pooled decoder) or last (the last base: sequences are
+    /// left-padded).
+    #[arg(long, default_value = "mean",
+          value_parser = PoolArg::parser(&[PoolArg::Mean, PoolArg::Last]))]
     pub pool: PoolArg,
     /// Seed of the head's initialisation, a fresh backbone and the example order.
     #[arg(long, default_value_t = 0)]
@@ -83,7 +82,7 @@ pub struct FinetuneArgs {
     pub baseline: bool,
 }
 
-pub fn finetune_cmd(a: FinetuneArgs) -> Result<()> {
+pub fn run_cmd(a: FinetuneArgs) -> Result<()> {
     let ds = match &a.test_csv {
         Some(t) => hyena::data::seqcls::load_csv(&a.data, Some(t)),
         None => hyena::data::seqcls::load_dataset(&a.data),
@@ -93,10 +92,7 @@ pub fn finetune_cmd(a: FinetuneArgs) -> Result<()> {
         epochs: a.epochs,
         batch_size: a.batch,
         max_len: a.max_len,
-        pool: match a.pool {
-            PoolArg::Mean => Pool::Mean,
-            PoolArg::Last => Pool::Last,
-        },
+        pool: a.pool.pool(),
         optim: hyena::train::AdamWConfig {
             lr: a.lr,
             weight_decay: a.weight_decay,
@@ -131,23 +127,13 @@ pub fn finetune_cmd(a: FinetuneArgs) -> Result<()> {
         finetune: cfg,
     };
 
-    let bar = ProgressBar::new(1);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    let bar = ui::bar(
+        1,
+        "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
     );
-    let say = |s: &str| {
-        if bar.is_hidden() {
-            eprintln!("{s}");
-        } else {
-            bar.println(s);
-        }
-    };
     let (mut ema_loss, mut ema_acc) = (f64::NAN, f64::NAN);
     let mut on_event = |e: &FinetuneEvent| match e {
-        FinetuneEvent::Info(s) => say(s),
+        FinetuneEvent::Info(s) => ui::say(&bar, s),
         FinetuneEvent::Step {
             step,
             total,
@@ -172,10 +158,13 @@ pub fn finetune_cmd(a: FinetuneArgs) -> Result<()> {
                 "loss {ema_loss:.4}  train acc {ema_acc:.3}  lr {lr:.2e}"
             ));
         }
-        FinetuneEvent::Eval { step, eval } => say(&format!(
-            "step {step:>6}  test accuracy {:.4} ({} / {})",
-            eval.accuracy, eval.correct, eval.n
-        )),
+        FinetuneEvent::Eval { step, eval } => ui::say(
+            &bar,
+            &format!(
+                "step {step:>6}  test accuracy {:.4} ({} / {})",
+                eval.accuracy, eval.correct, eval.n
+            ),
+        ),
     };
     let s = finetune(&run, &ds, &a.out, &mut on_event)?;
     bar.finish_and_clear();
@@ -185,7 +174,7 @@ pub fn finetune_cmd(a: FinetuneArgs) -> Result<()> {
         "\nfine-tuned {} steps in {:.1} s; test accuracy {:.4} ({} / {})\n",
         s.steps, s.seconds, s.test.accuracy, s.test.correct, s.test.n
     )?;
-    crate::data_cmd::print_eval(&mut out, &s.classes, &s.test)?;
+    print_eval(&mut out, &s.classes, &s.test)?;
     if a.baseline {
         let train: Vec<_> = match a.train_limit {
             // The same seeded subset the model trained on.
@@ -195,8 +184,14 @@ pub fn finetune_cmd(a: FinetuneArgs) -> Result<()> {
                 .collect(),
             None => ds.train.clone(),
         };
-        let (m, sel) = fit_select(&train, ds.classes.len(), 1..=8, 0.1, 1)
-            .context("fitting the Markov baseline")?;
+        let (m, sel) = fit_select(
+            &train,
+            ds.classes.len(),
+            1..=SELECT_MAX_K,
+            SELECT_HOLDOUT,
+            SELECT_SEED,
+        )
+        .context("fitting the Markov baseline")?;
         let ev = m.evaluate(&ds.test).context("scoring the baseline")?;
         writeln!(
             out,

@@ -1,19 +1,24 @@
-//! `hyena distill`: argument parsing and printing only; the work is `hyena::distill::model`.
+//! `hyena distill`: distil the long convolutions of a trained model into small modal
+//! recurrences, write the distilled model and its report, print a per-layer summary.
+//! Argument parsing and printing only; the work is `hyena::distill::model`.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use hyena::checkpoint::{load_model, write_json};
-use hyena::distill::model::{distill_lm, report_pngs, save_distilled, ChannelFit, DistillConfig};
+use hyena::checkpoint::load_model;
+use hyena::distill::model::{
+    distill_lm, report_pngs, save_distilled, write_report, ChannelFit, DistillConfig, REPORT_FILE,
+};
 use hyena::models::hyenadna::HyenaLm;
 use hyena::models::Model;
-use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::args::ModelArg;
+use crate::ui;
 
 #[derive(clap::Args, Debug)]
 pub struct DistillArgs {
-    /// Run directory of a trained model.
-    #[arg(long)]
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArg,
     /// Real state dimension per filter (instead of --tol).
     #[arg(long, conflicts_with = "tol")]
     pub order: Option<usize>,
@@ -35,7 +40,8 @@ pub struct DistillArgs {
     pub out: PathBuf,
 }
 
-pub fn distill_cmd(a: DistillArgs) -> Result<()> {
+pub fn run_cmd(a: DistillArgs) -> Result<()> {
+    let model = &a.model.model;
     if a.out.exists()
         && std::fs::read_dir(&a.out)
             .map(|mut d| d.next().is_some())
@@ -46,8 +52,8 @@ pub fn distill_cmd(a: DistillArgs) -> Result<()> {
             a.out.display()
         );
     }
-    let loaded = load_model(&a.model)
-        .with_context(|| format!("loading the model in {}", a.model.display()))?;
+    let loaded =
+        load_model(model).with_context(|| format!("loading the model in {}", model.display()))?;
     let lm = loaded.downcast::<Model<HyenaLm>>("hyena distill")?;
     let run_cfg = loaded.run.config.clone();
     let cfg = DistillConfig {
@@ -66,31 +72,25 @@ pub fn distill_cmd(a: DistillArgs) -> Result<()> {
         "distill config: {}",
         serde_json::to_string(&cfg).unwrap_or_default()
     );
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} filters  [{elapsed_precise} < {eta_precise}]",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    let bar = ui::bar(
+        0,
+        "{bar:30} {pos}/{len} filters  [{elapsed_precise} < {eta_precise}]",
     );
     let (rlm, fits) = distill_lm(lm, &cfg, &|done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })
-    .with_context(|| format!("distilling the model in {}", a.model.display()))?;
+    .with_context(|| format!("distilling the model in {}", model.display()))?;
     bar.finish_and_clear();
     save_distilled(&rlm, &cfg, &run_cfg, &a.out)
         .with_context(|| format!("writing {}", a.out.display()))?;
-    write_json(
-        &a.out.join("distill_report.json"),
-        &serde_json::json!({ "source": a.model, "config": cfg, "filters": fits }),
-    )?;
+    write_report(&a.out, model, &cfg, &fits)?;
     print_summary(&fits);
     eprint!("drawing the report ...\r");
     let pngs = report_pngs(lm, &rlm, &fits, &cfg, &a.out)?;
     eprint!("{:30}\r", "");
     println!(
-        "wrote {} (model.safetensors, config.json, distill_report.json, {})",
+        "wrote {} (model.safetensors, config.json, {REPORT_FILE}, {})",
         a.out.display(),
         pngs.iter()
             .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))

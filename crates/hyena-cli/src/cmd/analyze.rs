@@ -1,4 +1,6 @@
-//! `hyena analyze ess`: argument parsing and printing only; the work is `hyena::distill::ess`.
+//! `hyena analyze ess`: effective state size per layer of a trained model (of its long filters
+//! and of its operator on an input), as a table or JSON and a chart. Argument parsing and
+//! printing only; the work is `hyena::distill::ess`.
 
 use std::path::PathBuf;
 
@@ -9,6 +11,8 @@ use hyena::distill::ess::{filter_ess, operator_ess, LayerEss};
 use hyena::models::hyenadna::HyenaLm;
 use hyena::models::Model;
 
+use crate::args::{JsonFlag, ModelArg};
+
 #[derive(clap::Subcommand, Debug)]
 pub enum AnalyzeWhat {
     /// Effective state size per layer: of the long filters (Hankel spectra) and of the gated
@@ -18,9 +22,8 @@ pub enum AnalyzeWhat {
 
 #[derive(clap::Args, Debug)]
 pub struct EssArgs {
-    /// Run directory of a trained (or distilled) model.
-    #[arg(long)]
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArg,
     /// Tolerance-ESS counts singular values above TOL × the largest.
     #[arg(long, default_value_t = 1e-3)]
     pub tol: f64,
@@ -33,23 +36,23 @@ pub struct EssArgs {
     /// Largest Hankel matrix side for the filter ESS.
     #[arg(long, default_value_t = 512)]
     pub max_hankel: usize,
-    /// Print the results as one JSON object.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub json: JsonFlag,
     /// Where to draw the per-layer ESS.
     #[arg(long, default_value = "ess.png")]
     pub png: PathBuf,
 }
 
-pub fn analyze_cmd(w: AnalyzeWhat) -> Result<()> {
+pub fn run_cmd(w: AnalyzeWhat) -> Result<()> {
     match w {
         AnalyzeWhat::Ess(a) => ess_cmd(a),
     }
 }
 
 fn ess_cmd(a: EssArgs) -> Result<()> {
-    let loaded = load_model(&a.model)
-        .with_context(|| format!("loading the model in {}", a.model.display()))?;
+    let model = &a.model.model;
+    let loaded =
+        load_model(model).with_context(|| format!("loading the model in {}", model.display()))?;
     let lm = loaded.downcast::<Model<HyenaLm>>("hyena analyze ess")?;
     let filters = filter_ess(lm, a.tol, a.max_hankel)?;
     // The run's data settings (a distilled directory keeps them beside its `distill` section).
@@ -86,10 +89,10 @@ fn ess_cmd(a: EssArgs) -> Result<()> {
             "none (no data section in config.json; pass --fasta)".into(),
         ),
     };
-    if a.json {
+    if a.json.json {
         println!(
             "{}",
-            serde_json::json!({"model": a.model, "tol": a.tol, "input": input,
+            serde_json::json!({"model": model, "tol": a.tol, "input": input,
                                "filters": filters, "operator": operator})
         );
     } else {
@@ -156,7 +159,7 @@ fn ess_cmd(a: EssArgs) -> Result<()> {
         "ESS per channel",
         &series,
     )?;
-    if !a.json {
+    if !a.json.json {
         println!("\nplot: {}", a.png.display());
     }
     Ok(())

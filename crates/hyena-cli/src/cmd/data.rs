@@ -1,13 +1,16 @@
 //! `hyena data species` (build the species-of-origin classification task from real genomes)
 //! and `hyena data baseline` (the k-mer / Markov-chain classifier on a dataset): argument
-//! parsing and printing only; the work is in `hyena::data` and `hyena::baselines::kmer`.
+//! parsing and printing only; the work is in `hyena::data` and `hyena::baselines::kmer`. The
+//! accuracy table printed here is `hyena finetune`'s too.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use hyena::baselines::kmer::{fit_select, Evaluation, MarkovClassifier, MAX_K};
+use hyena::baselines::kmer::{
+    fit_select, Evaluation, MarkovClassifier, MAX_K, SELECT_HOLDOUT, SELECT_MAX_K, SELECT_SEED,
+};
 use hyena::data::seqcls::{load_csv, load_dataset, SeqClsDataset};
 use hyena::data::species::{
     build_species_task, SpeciesTaskOptions, StrainReport, DEFAULT_LENGTH, DEFAULT_MIN_RECORD_LEN,
@@ -74,17 +77,17 @@ pub struct BaselineArgs {
     #[arg(long)]
     pub k: Option<usize>,
     /// Largest order tried when choosing k.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = SELECT_MAX_K)]
     pub max_k: usize,
     /// Fraction of each class's train examples held out to choose k (never the test split).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = SELECT_HOLDOUT)]
     pub holdout: f64,
     /// Seed of the held-out split used to choose k.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = SELECT_SEED)]
     pub seed: u64,
 }
 
-pub fn data_cmd(w: DataWhat) -> Result<()> {
+pub fn run_cmd(w: DataWhat) -> Result<()> {
     match w {
         DataWhat::Species(a) => species_cmd(a),
         DataWhat::Baseline(a) => baseline_cmd(a),

@@ -1,0 +1,74 @@
+//! `hyena generate`: sample a continuation of a prompt from a trained model and print it. The
+//! work is `hyena::models::generate`.
+
+use anyhow::{Context, Result};
+use hyena::checkpoint::load_model;
+use hyena::io::tokenizer::Tokenizer;
+use hyena::models::generate::{generate, DecodeMode, SampleConfig};
+
+use crate::args::ModelArg;
+
+#[derive(clap::Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// Prompt text (DNA letters for nucleotide models).
+    #[arg(long)]
+    pub prompt: String,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 200)]
+    pub tokens: usize,
+    /// Softmax temperature (0 = greedy).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// Sample among the k most likely tokens only (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Seed of the sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// conv: full forward over the context per token; recurrent: O(1) steps (distilled models).
+    #[arg(long, value_enum, default_value_t = GenMode::Conv)]
+    pub mode: GenMode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum GenMode {
+    Conv,
+    Recurrent,
+}
+
+pub fn run_cmd(a: GenerateArgs) -> Result<()> {
+    let dir = &a.model.model;
+    let loaded =
+        load_model(dir).with_context(|| format!("loading the model in {}", dir.display()))?;
+    let tok: Tokenizer = loaded
+        .section::<hyena::data::tokens::DataConfig>("data")
+        .ok()
+        .flatten()
+        .map(|d| d.tokenizer)
+        .unwrap_or_default();
+    let (prompt, unk) = tok.encode_checked(a.prompt.as_bytes());
+    if unk > 0 {
+        eprintln!(
+            "note: {unk} prompt characters are outside the alphabet (mapped to the unknown token)"
+        );
+    }
+    let sc = SampleConfig {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        seed: a.seed,
+        allowed: tok.sampleable_ids(),
+    };
+    let mode = match a.mode {
+        GenMode::Conv => DecodeMode::Conv,
+        GenMode::Recurrent => DecodeMode::Recurrent,
+    };
+    let mut dec = loaded
+        .model
+        .decoder(mode)
+        .with_context(|| format!("{}", dir.display()))?;
+    let out = generate(dec.as_mut(), &prompt, a.tokens, &sc)?;
+    println!("{}{}", a.prompt, tok.decode(&out));
+    Ok(())
+}

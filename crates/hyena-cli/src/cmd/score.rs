@@ -1,0 +1,78 @@
+//! `hyena score`: log-likelihood of the DNA records of a FASTA/FASTQ file under a model, per
+//! record (a table or JSON lines) and optionally per base (a TSV file). The work is
+//! `hyena::apps::dna::score_file` (lean inference, one record at a time).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use hyena::apps::dna::score_file;
+use hyena::checkpoint::load_model;
+
+use crate::alloc::CountingAlloc;
+use crate::args::{JsonFlag, LeanArgs, ModelArg, RecordsFile, TokenArgs};
+use crate::ui;
+
+#[derive(clap::Args, Debug)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    #[command(flatten)]
+    pub records: RecordsFile,
+    /// Also write log p(base | preceding bases) of every scored position to this TSV file.
+    #[arg(long)]
+    pub per_base: Option<PathBuf>,
+    #[command(flatten)]
+    pub json: JsonFlag,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
+    #[command(flatten)]
+    pub lean: LeanArgs,
+}
+
+pub fn run_cmd(a: ScoreArgs) -> Result<()> {
+    CountingAlloc::mark_installed();
+    let t0 = Instant::now();
+    let dir = &a.model.model;
+    let loaded =
+        load_model(dir).with_context(|| format!("loading the model in {}", dir.display()))?;
+    let (bar, f) = ui::record_progress();
+    let scores = score_file(
+        loaded.model.as_ref(),
+        &a.records.fasta,
+        a.tokens.options(),
+        a.lean.options(),
+        a.per_base.as_deref(),
+        Some(f),
+    );
+    bar.finish_and_clear();
+    let scores = scores?;
+    if a.json.json {
+        for s in &scores {
+            println!("{}", serde_json::to_string(s)?);
+        }
+    } else {
+        println!(
+            "| record | tokens | scored | log-likelihood (nats) | bits/base |\n|---|---:|---:|---:|---:|"
+        );
+        for s in &scores {
+            println!(
+                "| {} | {} | {} | {:.4} | {:.4} |",
+                s.name, s.tokens, s.scored, s.log_likelihood, s.bits_per_base
+            );
+        }
+        if scores.len() == 2 {
+            println!(
+                "difference ({} − {}): {:.4} nats",
+                scores[1].name,
+                scores[0].name,
+                scores[1].log_likelihood - scores[0].log_likelihood
+            );
+        }
+    }
+    if let Some(p) = &a.per_base {
+        eprintln!("per-base log-probabilities in {}", p.display());
+    }
+    ui::print_memory(t0);
+    Ok(())
+}

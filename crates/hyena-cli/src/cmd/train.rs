@@ -1,0 +1,320 @@
+//! `hyena train`: resolve the flags into a run config (the quick-start run, a preset or a
+//! `--config` file, then the flags given), run it, print progress and a summary. The work is
+//! `hyena::train::run`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use hyena::io::tokenizer::Tokenizer;
+use hyena::train::run::{run, Event, RunConfig};
+
+use crate::args::DataFiles;
+use crate::ui;
+
+#[derive(clap::Args, Debug)]
+#[command(mut_arg(
+    "fasta",
+    DataFiles::fasta_default("the E. coli K-12 genome in data/ecoli")
+))]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub data: DataFiles,
+    /// Run directory (checkpoints, metrics.jsonl, loss.png).
+    #[arg(long, default_value = "runs/default")]
+    pub out: PathBuf,
+    /// Continue the run in this directory (same settings; the loss curve continues exactly).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// A JSON run config ({"model": …, "train": …, "data": …}); flags below override it.
+    #[arg(long, conflicts_with = "preset")]
+    pub config: Option<PathBuf>,
+    /// Start from a named configuration instead of the quick-start run; flags below override
+    /// it. hyenadna-tiny: the released tiny-1k shape (d_model 128, 2 layers, l_max 1026) with
+    /// the reference recipe (AdamW 6e-4, weight decay 0.1, 1% warm-up, clip 1), 2000 steps of
+    /// 8 x 1024 bases; hyenadna-tiny-d256; hyenadna-small (d_model 256, 4 layers, 32768-base
+    /// windows).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(
+        hyena::train::run::PRESETS.iter().map(|p| p.0)))]
+    pub preset: Option<String>,
+    /// Optimizer steps [default: 1000]. With --resume, a larger value extends the run.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Window length in tokens [default: 1024].
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// Sequences per step [default: 8].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Model width [default: 128].
+    #[arg(long)]
+    pub d_model: Option<usize>,
+    /// Residual blocks [default: 2].
+    #[arg(long)]
+    pub n_layer: Option<usize>,
+    /// Peak learning rate [default: 0.002].
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Evaluate and checkpoint every this many steps [default: 200].
+    #[arg(long)]
+    pub eval_every: Option<u64>,
+    /// Seed of the initialisation and of the batches [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Keep DNA case as is (lowercase then maps to [UNK], as in the reference tokenizer).
+    #[arg(long)]
+    pub case_sensitive: bool,
+}
+
+impl TrainArgs {
+    /// Resolve flags (and an optional config file) into the library's run config.
+    fn to_config(&self) -> Result<RunConfig> {
+        let files = &self.data;
+        if !files.text.is_empty() && !files.fasta.is_empty() {
+            bail!("give either --fasta or --text, not both (they use different tokenizers)");
+        }
+        // Base: the --config file, a preset, or the quick-start run; then the flags given.
+        let mut cfg = match (&self.config, &self.preset) {
+            (Some(p), _) => RunConfig::read(p)?,
+            (None, Some(name)) => hyena::train::run::preset(name)?,
+            (None, None) => RunConfig::quickstart(),
+        };
+        if !files.is_empty() {
+            cfg.data.fasta = files.fasta.clone();
+            cfg.data.text = files.text.clone();
+        }
+        let tokenizer = if !files.text.is_empty() {
+            Tokenizer::Bytes
+        } else if !files.fasta.is_empty() || self.case_sensitive {
+            Tokenizer::Nucleotide {
+                uppercase: !self.case_sensitive,
+            }
+        } else {
+            cfg.data.tokenizer
+        };
+        cfg.set_tokenizer(tokenizer);
+        for s in self.settings() {
+            (s.apply)(&mut cfg);
+        }
+        if let Some(st) = self.steps {
+            cfg.set_steps(st);
+        }
+        Ok(cfg)
+    }
+
+    /// The setting flags that were given (all but `--steps`, which a resume may change, and
+    /// the data flags). One table serves both building a config and checking a resume.
+    fn settings(&self) -> Vec<Setting> {
+        [
+            setting("--d-model", self.d_model, RunConfig::set_d_model, |c| {
+                c.model.operator.d_model
+            }),
+            setting(
+                "--n-layer",
+                self.n_layer,
+                |c, n| c.model.n_layer = n,
+                |c| c.model.n_layer,
+            ),
+            setting("--seq-len", self.seq_len, RunConfig::set_seq_len, |c| {
+                c.train.seq_len
+            }),
+            setting(
+                "--batch",
+                self.batch,
+                |c, b| c.train.batch_size = b,
+                |c| c.train.batch_size,
+            ),
+            setting(
+                "--lr",
+                self.lr,
+                |c, lr| c.train.optim.lr = lr,
+                |c| c.train.optim.lr,
+            ),
+            setting(
+                "--eval-every",
+                self.eval_every,
+                |c, e| c.train.eval_every = e,
+                |c| c.train.eval_every,
+            ),
+            setting(
+                "--seed",
+                self.seed,
+                |c, s| c.train.seed = s,
+                |c| c.train.seed,
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+
+/// A setting flag that was given: its name and value, how it sets the run config, and what
+/// the run config holds for it.
+struct Setting {
+    name: &'static str,
+    given: String,
+    apply: Box<dyn Fn(&mut RunConfig)>,
+    saved: Box<dyn Fn(&RunConfig) -> String>,
+}
+
+fn setting<T: ToString + Copy + 'static>(
+    name: &'static str,
+    given: Option<T>,
+    set: fn(&mut RunConfig, T),
+    get: fn(&RunConfig) -> T,
+) -> Option<Setting> {
+    given.map(|v| Setting {
+        name,
+        given: v.to_string(),
+        apply: Box::new(move |c| set(c, v)),
+        saved: Box::new(move |c| get(c).to_string()),
+    })
+}
+
+/// With `--resume`, every flag given (other than `--steps`) must match the saved run.
+fn check_resume_flags(a: &TrainArgs, c: &RunConfig, out: &Path) -> Result<()> {
+    let mut diffs = Vec::new();
+    for s in a.settings() {
+        let saved = (s.saved)(c);
+        if s.given != saved {
+            diffs.push(format!("{} {} (the run has {saved})", s.name, s.given));
+        }
+    }
+    if !a.data.fasta.is_empty() && a.data.fasta != c.data.fasta {
+        diffs.push("--fasta (the run used other files)".into());
+    }
+    if !a.data.text.is_empty() && a.data.text != c.data.text {
+        diffs.push("--text (the run used other files)".into());
+    }
+    if a.config.is_some() {
+        diffs.push("--config (a resumed run keeps its own config.json)".into());
+    }
+    if a.preset.is_some() {
+        diffs.push("--preset (a resumed run keeps its own config.json)".into());
+    }
+    if !diffs.is_empty() {
+        bail!(
+            "cannot resume {} with different settings: {}; resume with the run's own settings \
+             (only --steps may grow), or start a new run with --out",
+            out.display(),
+            diffs.join(", ")
+        );
+    }
+    Ok(())
+}
+
+pub fn run_cmd(a: TrainArgs) -> Result<()> {
+    let (out, resume) = match &a.resume {
+        Some(d) => (d.clone(), true),
+        None => (a.out.clone(), false),
+    };
+    let cfg = if resume {
+        // The run's own config; only --steps may extend it, and any other setting given must
+        // agree with it (a run cannot change its model or data halfway).
+        let mut c = RunConfig::load(&out)?;
+        check_resume_flags(&a, &c, &out)?;
+        if let Some(st) = a.steps {
+            c.train.steps = c.train.steps.max(st);
+        }
+        c
+    } else {
+        a.to_config()?
+    };
+    eprintln!("config: {}", serde_json::to_string(&cfg)?);
+    let bar = ui::bar(
+        cfg.train.steps,
+        "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+    );
+    let t0 = std::time::Instant::now();
+    let mut tokens = 0usize;
+    let mut on_event = |e: &Event| match e {
+        Event::Info(s) => ui::say(&bar, s),
+        Event::Step(s) => {
+            tokens += s.tokens;
+            let tps = tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+            bar.set_position(s.step);
+            bar.set_message(format!(
+                "loss {:.4}  lr {:.2e}  {:.0} tok/s",
+                s.loss, s.lr, tps
+            ));
+        }
+        Event::Eval(v) => ui::say(
+            &bar,
+            &format!(
+                "step {:>6}  val loss {:.4}  ppl {:.3}  bits/token {:.4}  acc {:.4}  ({:.0} tok/s)",
+                v.step,
+                v.loss,
+                v.perplexity,
+                v.bits_per_token,
+                v.accuracy,
+                tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9)
+            ),
+        ),
+    };
+    let summary = run(&cfg, &out, resume, &mut on_event)?;
+    bar.finish_and_clear();
+    if let Some(e) = &summary.last_eval {
+        let best = summary
+            .baselines
+            .iter()
+            .skip(1)
+            .min_by(|a, b| a.bits_per_token.total_cmp(&b.bits_per_token));
+        println!(
+            "final: validation {:.4} bits/token; unigram {:.4}; best Markov {}",
+            e.bits_per_token,
+            summary
+                .baselines
+                .first()
+                .map_or(f64::NAN, |b| b.bits_per_token),
+            best.map_or("-".into(), |b| format!(
+                "(order {}) {:.4}",
+                b.order, b.bits_per_token
+            )),
+        );
+    }
+    println!(
+        "run directory: {} (model.safetensors, metrics.jsonl, loss.png)",
+        out.display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[derive(clap::Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        a: TrainArgs,
+    }
+
+    /// The `[default: …]` of the setting flags' help is the quick-start run's.
+    #[test]
+    fn help_defaults_are_the_quickstart_run() {
+        let q = RunConfig::quickstart();
+        let expected = [
+            ("steps", q.train.steps.to_string()),
+            ("seq_len", q.train.seq_len.to_string()),
+            ("batch", q.train.batch_size.to_string()),
+            ("d_model", q.model.operator.d_model.to_string()),
+            ("n_layer", q.model.n_layer.to_string()),
+            ("lr", q.train.optim.lr.to_string()),
+            ("eval_every", q.train.eval_every.to_string()),
+            ("seed", q.train.seed.to_string()),
+        ];
+        let cmd = Cmd::command();
+        for (id, value) in expected {
+            let arg = cmd
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .unwrap_or_else(|| panic!("no argument {id}"));
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(
+                help.contains(&format!("[default: {value}]")),
+                "--{id}: help {help:?} should say [default: {value}]"
+            );
+        }
+    }
+}
