@@ -103,6 +103,40 @@ fn bench_mad_honours_batch_and_steps() {
     assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0, "{text}");
 }
 
+/// `bench layers` times each named zoo layer at the given shape, one record per layer, and
+/// names an unknown layer.
+#[test]
+fn bench_layers_times_each_named_layer() {
+    let (recs, text) = json_records(&[
+        "bench",
+        "layers",
+        "--layers",
+        "hyena,swiglu",
+        "--batch",
+        "2",
+        "--len",
+        "16",
+        "--dim",
+        "8",
+        "--reps",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(recs.len(), 2, "{text}");
+    for (r, name) in recs.iter().zip(["hyena", "swiglu"]) {
+        assert_eq!(r["layer"], name, "{text}");
+        assert_eq!(
+            (r["B"].as_u64(), r["L"].as_u64(), r["D"].as_u64()),
+            (Some(2), Some(16), Some(8))
+        );
+        assert!(r["params"].as_u64().unwrap() > 0, "{text}");
+        assert!(r["fwd_ms"].as_f64().unwrap() > 0.0 && r["bwd_ms"].as_f64().unwrap() > 0.0);
+    }
+    let out = hyena(&["bench", "layers", "--layers", "nonsense"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nonsense"));
+}
+
 #[test]
 fn bad_flags_fail_with_a_message() {
     let out = hyena(&["bench", "conv", "--lengths", "0"]);
@@ -150,6 +184,10 @@ fn bench_kinds_are_subcommands_with_their_own_flags() {
         (
             "mad",
             &["--arch", "--dim", "--batch", "--task", "--steps", "--suite"],
+        ),
+        (
+            "layers",
+            &["--layers", "--batch", "--len", "--dim", "--reps"],
         ),
     ] {
         let out = hyena(&["bench", kind, "--help"]);

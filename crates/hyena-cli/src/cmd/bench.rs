@@ -1,5 +1,5 @@
-//! `hyena bench conv|operator|train|generate|embed|mad`: time kernels, training steps,
-//! generation, the lean forward and MAD training, and print a markdown table or JSON lines.
+//! `hyena bench conv|operator|train|generate|embed|mad|layers`: time kernels, training steps,
+//! generation, the lean forward, MAD training and single zoo layers, and print a markdown table or JSON lines.
 //! Each kind has only its own flags; the measurements are `hyena::apps::bench`.
 
 use std::io::Write;
@@ -32,6 +32,9 @@ pub enum BenchWhat {
     /// MAD training throughput of zoo architectures (`--arch`, repeatable): tokens/s and
     /// matmul GFLOP/s beside the machine's sgemm rate.
     Mad(MadArgs),
+    /// Forward and backward of single zoo layers (`hyena mad --list-layers` names them) on a
+    /// [B, L, D] input: median ms over `--reps` rounds after two warm-up rounds.
+    Layers(LayersArgs),
 }
 
 /// Flags of every benchmark.
@@ -180,6 +183,31 @@ pub struct MadArgs {
     pub common: BenchCommon,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct LayersArgs {
+    /// Zoo layer names, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "hyena,mh-hyena,se,mr,li,attn,mh-attn,swa,rtf,ssm,swiglu,mlp"
+    )]
+    pub layers: Vec<String>,
+    /// Batch size B.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Sequence length L (also the layers' max_len).
+    #[arg(long, default_value_t = 128)]
+    pub len: usize,
+    /// Model width D.
+    #[arg(long, default_value_t = 128)]
+    pub dim: usize,
+    /// Timed rounds per layer.
+    #[arg(long, default_value_t = 20)]
+    pub reps: usize,
+    #[command(flatten)]
+    pub common: BenchCommon,
+}
+
 pub fn run_cmd(w: BenchWhat) -> Result<()> {
     match w {
         BenchWhat::Conv(a) => kernel(BenchOp::Conv, &a, 2),
@@ -188,6 +216,7 @@ pub fn run_cmd(w: BenchWhat) -> Result<()> {
         BenchWhat::Generate(a) => generate(&a),
         BenchWhat::Embed(a) => embed(&a),
         BenchWhat::Mad(a) => mad(&a),
+        BenchWhat::Layers(a) => layers(&a),
     }
 }
 
@@ -566,6 +595,53 @@ fn train(a: &TrainArgs) -> Result<()> {
                 f(r.activation_mib),
                 r.steps
             )?;
+        }
+        out.flush()?;
+    }
+    Ok(())
+}
+
+fn layers(a: &LayersArgs) -> Result<()> {
+    a.common.init()?;
+    check_batch_dim(a.batch, a.dim)?;
+    if a.len == 0 || a.reps == 0 {
+        bail!("--len and --reps must be >= 1");
+    }
+    let names = parse_layers(&a.layers.join(","))?;
+    let json = a.common.json.json;
+    let mut out = std::io::stdout().lock();
+    if !json {
+        writeln!(
+            out,
+            "hyena bench layers: B={} L={} D={} threads={}\n",
+            a.batch,
+            a.len,
+            a.dim,
+            rayon::current_num_threads()
+        )?;
+        writeln!(out, "| layer | params | fwd ms | bwd ms | reps |")?;
+        writeln!(out, "|---|---:|---:|---:|---:|")?;
+        out.flush()?;
+    }
+    for name in &names {
+        let r = hyena::apps::bench::run_layers(
+            std::slice::from_ref(name),
+            (a.batch, a.len, a.dim),
+            a.reps,
+            &mut |n| eprint!("measuring {n} ...\r"),
+        )
+        .with_context(|| format!("layer benchmark of {name}"))?;
+        eprint!("{:40}\r", "");
+        for r in &r {
+            if json {
+                writeln!(out, "{}", serde_json::to_string(r)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "| {} | {} | {:.2} | {:.2} | {} |",
+                    r.layer, r.params, r.fwd_ms, r.bwd_ms, r.reps
+                )?;
+            }
         }
         out.flush()?;
     }

@@ -183,26 +183,51 @@ pub fn write_atomic(
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
     let path = path.as_ref();
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
-        .iter()
-        .map(|(n, t)| {
-            (
-                n.clone(),
-                t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                t.shape.clone(),
-            )
-        })
-        .collect();
-    let mut views = Vec::with_capacity(bytes.len());
-    for (n, b, s) in &bytes {
-        let v = TensorView::new(Dtype::F32, s.clone(), b)
-            .map_err(|e| Error::format(path, format!("tensor `{n}`: {e}")))?;
-        views.push((n.clone(), v));
-    }
-    let meta: std::collections::HashMap<String, String> = metadata.clone().into_iter().collect();
-    let data = safetensors::serialize(views, Some(meta))
-        .map_err(|e| Error::format(path, e.to_string()))?;
+    let data = serialize_f32(tensors, metadata).map_err(|e| Error::format(path, e))?;
     write_bytes_atomic(path, &data)
+}
+
+/// The safetensors bytes of f32 `tensors` with `metadata`, laid out as the `safetensors` crate
+/// lays them out (tensors in name order, `__metadata__` first in the header, the header padded
+/// with spaces to 8 bytes) but with the metadata keys in order: the crate's own writer takes
+/// a `HashMap`, whose order changes from process to process, so the same model would be
+/// written as different bytes.
+fn serialize_f32(
+    tensors: &BTreeMap<String, Tensor>,
+    metadata: &BTreeMap<String, String>,
+) -> std::result::Result<Vec<u8>, String> {
+    fn json(v: &impl serde::Serialize) -> std::result::Result<String, String> {
+        serde_json::to_string(v).map_err(|e| e.to_string())
+    }
+    let mut header = format!("{{\"__metadata__\":{}", json(metadata)?);
+    let mut offset = 0usize;
+    for (name, t) in tensors {
+        let n = t.shape.iter().product::<usize>();
+        if n != t.data.len() {
+            return Err(format!(
+                "tensor `{name}`: shape {:?} holds {n} values but {} were given",
+                t.shape,
+                t.data.len()
+            ));
+        }
+        header.push_str(&format!(
+            ",{}:{{\"dtype\":\"F32\",\"shape\":{},\"data_offsets\":[{offset},{}]}}",
+            json(name)?,
+            json(&t.shape)?,
+            offset + 4 * n
+        ));
+        offset += 4 * n;
+    }
+    header.push('}');
+    let mut header = header.into_bytes();
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + header.len() + offset);
+    out.extend((header.len() as u64).to_le_bytes());
+    out.extend(header);
+    for t in tensors.values() {
+        out.extend(t.data.iter().flat_map(|v| v.to_le_bytes()));
+    }
+    Ok(out)
 }
 
 /// Where an atomic write of `path` goes first: a hidden file in the same directory (so that
@@ -233,4 +258,76 @@ pub fn write_bytes_atomic(path: &Path, data: &[u8]) -> Result<()> {
         f.sync_all().map_err(io)?;
     }
     std::fs::rename(&tmp, path).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensors() -> BTreeMap<String, Tensor> {
+        let t = |shape: &[usize], x0: f32| Tensor {
+            shape: shape.to_vec(),
+            data: (0..shape.iter().product::<usize>())
+                .map(|i| x0 + i as f32 * 0.25)
+                .collect(),
+        };
+        [
+            ("b.weight".to_string(), t(&[3, 2], 1.0)),
+            ("a\"quoted\".bias".to_string(), t(&[5], -2.0)),
+            ("scalar".to_string(), t(&[], 7.0)),
+            ("z.empty".to_string(), t(&[0, 4], 0.0)),
+        ]
+        .into()
+    }
+
+    /// With at most one metadata key (where the crate's HashMap has one order), the writer
+    /// gives exactly the `safetensors` crate's bytes.
+    #[test]
+    fn same_bytes_as_the_safetensors_crate() {
+        let ts = tensors();
+        let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = ts
+            .iter()
+            .map(|(n, t)| {
+                let b = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+                (n.clone(), b, t.shape.clone())
+            })
+            .collect();
+        for meta in [BTreeMap::new(), [("format".into(), "pt".into())].into()] {
+            let views = bytes.iter().map(|(n, b, s)| {
+                (
+                    n.clone(),
+                    TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+                )
+            });
+            let theirs = safetensors::serialize(views, Some(meta.clone().into_iter().collect()));
+            assert_eq!(serialize_f32(&ts, &meta).unwrap(), theirs.unwrap());
+        }
+    }
+
+    /// Several metadata keys come out in key order, every time, and read back.
+    #[test]
+    fn metadata_in_key_order() {
+        let meta: BTreeMap<String, String> = [
+            ("version".into(), "1".into()),
+            ("format".into(), "pt".into()),
+            ("arch".into(), "x".into()),
+        ]
+        .into();
+        let a = serialize_f32(&tensors(), &meta).unwrap();
+        let n = u64::from_le_bytes(a[..8].try_into().unwrap()) as usize;
+        let header = String::from_utf8_lossy(&a[8..8 + n]).into_owned();
+        let pos = |k: &str| header.find(&format!("\"{k}\"")).unwrap();
+        assert!(
+            pos("arch") < pos("format") && pos("format") < pos("version"),
+            "{header}"
+        );
+        let st = safetensors::SafeTensors::deserialize(&a).unwrap();
+        assert_eq!(st.names().len(), 4);
+        let (_, m) = safetensors::SafeTensors::read_metadata(&a).unwrap();
+        assert_eq!(m.metadata().as_ref().unwrap().len(), 3);
+        let mut bad = tensors();
+        bad.get_mut("b.weight").unwrap().data.pop();
+        let err = serialize_f32(&bad, &meta).unwrap_err();
+        assert!(err.contains("b.weight") && err.contains("[3, 2]"), "{err}");
+    }
 }
