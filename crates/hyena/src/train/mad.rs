@@ -1,4 +1,5 @@
-//! Training a zoo architecture on one MAD task setting (spec Sec. 6.3) with the one training
+//! Training a zoo architecture on one MAD task setting (arXiv:2403.17844; mad-lab's `MADConfig`,
+//! `pl_model_wrapper.py` and `train.py`) with the one training
 //! loop ([`crate::train::fit`]): AdamW, batch 128, cosine schedule stepped per epoch (`T_max` = epochs, `eta_min` 1e-6), cross-entropy over
 //! the scored positions, test accuracy after every epoch, early stop at 0.999.
 //!
@@ -362,7 +363,8 @@ pub fn train_run(
     Ok(res)
 }
 
-/// The MAD protocol's knobs (spec Sec. 6.3; issue 6 point 4).
+/// The MAD protocol's knobs (arXiv:2403.17844, the sweep of mad-lab's `benchmark.py` and
+/// `MADConfig`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct MadProtocol {
     /// Learning rates swept (MAD: 1e-4, 5e-4, 1e-3).

@@ -120,8 +120,9 @@ impl RunConfig {
 }
 
 /// Named starting points for `hyena train --preset` (and `hyena finetune --preset`): the shapes
-/// of the released HyenaDNA checkpoints (spec Sec. 3.4) with the reference pretraining recipe
-/// (Sec. 3.5) scaled to a CPU: `(name, description)`.
+/// of the released HyenaDNA checkpoints (arXiv:2306.15794; the `LongSafari/hyenadna-*`
+/// configs) with the reference pretraining recipe (hyena-dna
+/// `configs/experiment/hg38/hg38_hyena*.yaml`) scaled to a CPU: `(name, description)`.
 pub const PRESETS: &[(&str, &str)] = &[
     (
         "hyenadna-tiny",
