@@ -235,7 +235,19 @@ impl ParamStore {
             decay: true,
             trainable: true,
         })?;
-        Ok((t, b.into_inner().store))
+        let mut store = b.into_inner().store;
+        store.shrink_to_fit();
+        Ok((t, store))
+    }
+
+    /// Give back the spare capacity that registering tensor by tensor leaves: the buffer grew
+    /// by doubling, so without this a model could hold up to twice its size.
+    fn shrink_to_fit(&mut self) {
+        match &mut self.data {
+            Storage::F32(v) => v.shrink_to_fit(),
+            Storage::Bf16(v) => v.shrink_to_fit(),
+        }
+        self.specs.shrink_to_fit();
     }
 
     /// Register more tensors after the ones the store has (starting at zero), e.g. a
@@ -253,6 +265,7 @@ impl ParamStore {
             trainable: true,
         });
         *self = b.into_inner().store;
+        self.shrink_to_fit();
         t
     }
 
@@ -585,6 +598,28 @@ mod tests {
     struct Lin {
         w: P,
         b: P,
+    }
+
+    /// A store built tensor by tensor (or extended) holds no spare capacity: a model's memory
+    /// is its size, not the doubling buffer's.
+    #[test]
+    fn built_store_holds_no_spare_capacity() {
+        let cap = |s: &ParamStore| match &s.data {
+            Storage::F32(v) => (v.len(), v.capacity()),
+            Storage::Bf16(v) => (v.len(), v.capacity()),
+        };
+        let (_, mut store) = ParamStore::build(Init::Zeros, DType::F32, |vb| {
+            (0..37)
+                .map(|i| lin(&vb.pp(format!("l{i}")), 3 + i, 5))
+                .collect::<Result<Vec<_>>>()
+        })
+        .unwrap();
+        let (len, capacity) = cap(&store);
+        assert_eq!(len, (0..37).map(|i| (3 + i) * 6).sum::<usize>());
+        assert_eq!(capacity, len);
+        store.extend(|vb| lin(&vb.pp("head"), 7, 11)).unwrap();
+        let (len2, capacity2) = cap(&store);
+        assert_eq!((len2, capacity2), (len + 84, len + 84));
     }
 
     fn lin(vb: &Vb<'_, '_>, o: usize, i: usize) -> Result<Lin> {
