@@ -136,6 +136,29 @@ pub trait Recurrent {
     fn step(&self, p: &[f32], state: &mut Slot, x: &[f32], y: &mut [f32]) -> Result<()>;
 }
 
+/// The checks of a layer whose filters are sized for `l_max` positions: `L ≤ l_max` (else
+/// [`Error::TooLong`]) and `B, L ≥ 1` (`what` names the input in the message).
+pub fn check_batch_len(
+    op: &'static str,
+    what: &str,
+    b: usize,
+    l: usize,
+    l_max: usize,
+) -> Result<()> {
+    if l > l_max {
+        return Err(Error::TooLong { op, len: l, l_max });
+    }
+    if l == 0 || b == 0 {
+        return Err(Error::shape(
+            op,
+            what,
+            "B >= 1 and L >= 1",
+            format!("B={b}, L={l}"),
+        ));
+    }
+    Ok(())
+}
+
 /// The checks every forward and backward starts with: `L, B ≥ 1` and each named buffer holding
 /// `B·L·D` values.
 pub fn check_io(

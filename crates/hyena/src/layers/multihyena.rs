@@ -285,21 +285,7 @@ impl MultiHyena {
     }
 
     fn check_dims(&self, op: &'static str, x: usize, b: usize, l: usize) -> Result<()> {
-        if l > self.cfg.l_max {
-            return Err(Error::TooLong {
-                op,
-                len: l,
-                l_max: self.cfg.l_max,
-            });
-        }
-        if b == 0 || l == 0 {
-            return Err(Error::shape(
-                op,
-                "input x [B, L, D]",
-                "B >= 1 and L >= 1",
-                format!("B={b}, L={l}"),
-            ));
-        }
+        super::layer::check_batch_len(op, "input x [B, L, D]", b, l, self.cfg.l_max)?;
         let n = b * l * self.cfg.d_model;
         if x != n {
             return Err(Error::shape(

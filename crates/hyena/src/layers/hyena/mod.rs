@@ -252,21 +252,7 @@ impl HyenaOperator {
     }
 
     fn check_input(&self, op: &'static str, input: OpInput<'_>, b: usize, l: usize) -> Result<()> {
-        if l > self.cfg.l_max {
-            return Err(Error::TooLong {
-                op,
-                len: l,
-                l_max: self.cfg.l_max,
-            });
-        }
-        if l == 0 || b == 0 {
-            return Err(Error::shape(
-                op,
-                "input u [B, L, D]",
-                "B >= 1 and L >= 1",
-                format!("B={b}, L={l}"),
-            ));
-        }
+        super::layer::check_batch_len(op, "input u [B, L, D]", b, l, self.cfg.l_max)?;
         let d = self.cfg.d_model;
         match input {
             OpInput::Rows(u) if u.len() != b * l * d => Err(Error::shape(
