@@ -624,24 +624,18 @@ fn layers(a: &LayersArgs) -> Result<()> {
         out.flush()?;
     }
     for name in &names {
-        let r = hyena::apps::bench::run_layers(
-            std::slice::from_ref(name),
-            (a.batch, a.len, a.dim),
-            a.reps,
-            &mut |n| eprint!("measuring {n} ...\r"),
-        )
-        .with_context(|| format!("layer benchmark of {name}"))?;
+        eprint!("measuring {name} ...\r");
+        let r = hyena::apps::bench::run_layer(name, (a.batch, a.len, a.dim), a.reps)
+            .with_context(|| format!("layer benchmark of {name}"))?;
         eprint!("{:40}\r", "");
-        for r in &r {
-            if json {
-                writeln!(out, "{}", serde_json::to_string(r)?)?;
-            } else {
-                writeln!(
-                    out,
-                    "| {} | {} | {:.2} | {:.2} | {} |",
-                    r.layer, r.params, r.fwd_ms, r.bwd_ms, r.reps
-                )?;
-            }
+        if json {
+            writeln!(out, "{}", serde_json::to_string(&r)?)?;
+        } else {
+            writeln!(
+                out,
+                "| {} | {} | {:.2} | {:.2} | {} |",
+                r.layer, r.params, r.fwd_ms, r.bwd_ms, r.reps
+            )?;
         }
         out.flush()?;
     }

@@ -687,16 +687,15 @@ pub struct LayerBenchRecord {
     pub reps: usize,
 }
 
-/// Time the forward and the backward of each zoo layer in `names` (as
+/// Time the forward and the backward of the zoo layer `name` (as
 /// [`crate::models::zoo::build_layer`] builds it for width `d` and `max_len = l`, MAD's
 /// defaults otherwise) on a `[b, l, d]` input: two warm-up rounds, then `reps` timed rounds,
-/// medians reported. `progress(name)` is called before each layer.
-pub fn run_layers(
-    names: &[String],
+/// medians reported.
+pub fn run_layer(
+    name: &str,
     (b, l, d): (usize, usize, usize),
     reps: usize,
-    progress: &mut dyn FnMut(&str),
-) -> Result<Vec<LayerBenchRecord>> {
+) -> Result<LayerBenchRecord> {
     use crate::layers::layer::Slot;
     use crate::models::zoo::{build_layer, ArchConfig};
     use rand::SeedableRng;
@@ -706,40 +705,35 @@ pub fn run_layers(
         ..ArchConfig::default()
     };
     let reps = reps.max(1);
-    let mut out = Vec::with_capacity(names.len());
-    for name in names {
-        progress(name);
-        let (layer, store) =
-            ParamStore::build(Init::Zeros, DType::F32, |vb| build_layer(name, &arch, vb))?;
-        let mut p = store.zeros();
-        layer.init(&mut p, &mut rand::rngs::StdRng::seed_from_u64(1));
-        let x = rand_vec(b * l * d, 2, 1.0); // [B, L, D]
-        let dy = rand_vec(b * l * d, 3, 1.0);
-        let (mut y, mut dx, mut g) = (vec![0.0; x.len()], vec![0.0; x.len()], vec![0.0; p.len()]);
-        let mut cache = Slot::default();
-        let (mut tf, mut tb) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
-        for round in 0..reps + 2 {
-            let t0 = Instant::now();
-            layer.forward(&p, &x, b, l, &mut y, &mut cache)?;
-            let t1 = Instant::now();
-            layer.backward(&p, &x, &dy, b, l, &mut cache, &mut dx, &mut g)?;
-            let t2 = Instant::now();
-            if round >= 2 {
-                tf.push((t1 - t0).as_secs_f64() * 1e3);
-                tb.push((t2 - t1).as_secs_f64() * 1e3);
-            }
+    let (layer, store) =
+        ParamStore::build(Init::Zeros, DType::F32, |vb| build_layer(name, &arch, vb))?;
+    let mut p = store.zeros();
+    layer.init(&mut p, &mut rand::rngs::StdRng::seed_from_u64(1));
+    let x = rand_vec(b * l * d, 2, 1.0); // [B, L, D]
+    let dy = rand_vec(b * l * d, 3, 1.0);
+    let (mut y, mut dx, mut g) = (vec![0.0; x.len()], vec![0.0; x.len()], vec![0.0; p.len()]);
+    let mut cache = Slot::default();
+    let (mut tf, mut tb) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
+    for round in 0..reps + 2 {
+        let t0 = Instant::now();
+        layer.forward(&p, &x, b, l, &mut y, &mut cache)?;
+        let t1 = Instant::now();
+        layer.backward(&p, &x, &dy, b, l, &mut cache, &mut dx, &mut g)?;
+        let t2 = Instant::now();
+        if round >= 2 {
+            tf.push((t1 - t0).as_secs_f64() * 1e3);
+            tb.push((t2 - t1).as_secs_f64() * 1e3);
         }
-        out.push(LayerBenchRecord {
-            layer: name.clone(),
-            B: b,
-            L: l,
-            D: d,
-            threads: rayon::current_num_threads(),
-            params: p.len(),
-            fwd_ms: median(tf),
-            bwd_ms: median(tb),
-            reps,
-        });
     }
-    Ok(out)
+    Ok(LayerBenchRecord {
+        layer: name.to_string(),
+        B: b,
+        L: l,
+        D: d,
+        threads: rayon::current_num_threads(),
+        params: p.len(),
+        fwd_ms: median(tf),
+        bwd_ms: median(tb),
+        reps,
+    })
 }
