@@ -33,6 +33,22 @@ pub enum Error {
         hint: String,
     },
 
+    /// Training produced a loss or gradient norm that is not finite.
+    #[error(
+        "training diverged at step {step}: loss {loss}, gradient norm {grad_norm} at learning \
+         rate {lr:e}{}; the weights of that step were not applied and the last good checkpoint \
+         is kept. Lower the learning rate (--lr) or raise the warm-up, or pass \
+         --skip-nonfinite N to skip up to N such steps",
+        if *skipped > 0 { format!(" ({skipped} bad steps skipped before)") } else { String::new() }
+    )]
+    Diverged {
+        step: u64,
+        loss: f64,
+        grad_norm: f32,
+        lr: f32,
+        skipped: u64,
+    },
+
     // === Checkpoint / file errors ===
     /// A named tensor is missing from a checkpoint or fixture.
     #[error("{file}: tensor `{name}` not found; the file has {available} tensors (is it the right checkpoint?)")]

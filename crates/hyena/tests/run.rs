@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use hyena::data::tokens::DataConfig;
 use hyena::io::tokenizer::Tokenizer;
 use hyena::train::lm::TrainConfig;
-use hyena::train::run::{evaluate_run, run, EvalOptions, Event, RunConfig};
+use hyena::train::run::{evaluate_run, run, EvalOptions, Event, RunConfig, Start};
 
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("hyena-run-{}-{name}", std::process::id()));
@@ -71,7 +71,10 @@ fn a_run_writes_its_directory_and_resumes() {
     let out = dir.join("run");
     let mut events = Vec::new();
     let cfg = small_run(fasta.clone(), 4);
-    let sum = run(&cfg, &out, false, &mut |e| events.push(format!("{e:?}"))).unwrap();
+    let sum = run(&cfg, &out, Start::New, &mut |e| {
+        events.push(format!("{e:?}"))
+    })
+    .unwrap();
     for f in [
         "config.json",
         "model.safetensors",
@@ -127,7 +130,7 @@ fn a_run_writes_its_directory_and_resumes() {
 
     // A second run into the same directory is refused, and leaves the run intact.
     let before = std::fs::read(out.join("model.safetensors")).unwrap();
-    let err = run(&cfg, &out, false, &mut |_: &Event| {})
+    let err = run(&cfg, &out, Start::New, &mut |_: &Event| {})
         .unwrap_err()
         .to_string();
     assert!(err.contains("--resume"), "{err}");

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use hyena::io::tokenizer::Tokenizer;
-use hyena::train::run::{run, Event, RunConfig};
+use hyena::train::run::{run, Event, RunConfig, Start};
 
 use crate::args::DataFiles;
 use crate::ui;
@@ -19,12 +19,17 @@ use crate::ui;
 pub struct TrainArgs {
     #[command(flatten)]
     pub data: DataFiles,
-    /// Run directory (checkpoints, metrics.jsonl, loss.png).
-    #[arg(long, default_value = "runs/default")]
-    pub out: PathBuf,
-    /// Continue the run in this directory (same settings; the loss curve continues exactly).
-    #[arg(long)]
+    /// Run directory (checkpoint, metrics.jsonl, loss.png) [default: runs/train].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Continue a run from its last checkpoint: `--resume` alone continues --out, `--resume
+    /// DIR` continues DIR (same settings; the loss curve continues exactly).
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "")]
     pub resume: Option<PathBuf>,
+    /// Replace the run already in --out (its checkpoint stays current until the new run
+    /// commits its first one).
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
     /// A JSON run config ({"model": …, "train": …, "data": …}); flags below override it.
     #[arg(long, conflicts_with = "preset")]
     pub config: Option<PathBuf>,
@@ -54,9 +59,16 @@ pub struct TrainArgs {
     /// Peak learning rate [default: 0.002].
     #[arg(long)]
     pub lr: Option<f32>,
-    /// Evaluate and checkpoint every this many steps [default: 200].
+    /// Evaluate every this many steps [default: 200].
     #[arg(long)]
     pub eval_every: Option<u64>,
+    /// Commit a checkpoint every this many steps, and at the end [default: --eval-every].
+    #[arg(long, value_name = "STEPS")]
+    pub save_every: Option<u64>,
+    /// Skip up to this many steps whose loss or gradient is NaN or infinite (no update)
+    /// before stopping the run [default: 0: stop at the first].
+    #[arg(long, value_name = "N")]
+    pub skip_nonfinite: Option<u64>,
     /// Seed of the initialisation and of the batches [default: 0].
     #[arg(long)]
     pub seed: Option<u64>,
@@ -98,7 +110,19 @@ impl TrainArgs {
         if let Some(st) = self.steps {
             cfg.set_steps(st);
         }
+        self.apply_run_flags(&mut cfg);
         Ok(cfg)
+    }
+
+    /// The flags that a resumed run may also change: how often it checkpoints and how many
+    /// non-finite steps it skips (neither changes the weights of a healthy run).
+    fn apply_run_flags(&self, cfg: &mut RunConfig) {
+        if let Some(e) = self.save_every {
+            cfg.train.save_every = e;
+        }
+        if let Some(n) = self.skip_nonfinite {
+            cfg.train.skip_nonfinite = n;
+        }
     }
 
     /// The setting flags that were given (all but `--steps`, which a resume may change, and
@@ -203,22 +227,61 @@ fn check_resume_flags(a: &TrainArgs, c: &RunConfig, out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The run directory when --out is not given.
+const DEFAULT_OUT: &str = "runs/train";
+
+/// The run directory and whether the run continues: `--resume` alone continues `--out`;
+/// `--resume DIR` continues DIR, and a different explicit `--out` beside it is an error.
+fn run_dir(a: &TrainArgs) -> Result<(PathBuf, bool)> {
+    match (&a.resume, &a.out) {
+        (None, out) => Ok((
+            out.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_OUT)),
+            false,
+        )),
+        (Some(r), out) if r.as_os_str().is_empty() => Ok((
+            out.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_OUT)),
+            true,
+        )),
+        (Some(r), Some(out)) if !same_dir(r, out) => bail!(
+            "--resume {} and --out {} name different directories: a resumed run writes into the \
+             directory it continues. Pass only --resume {} (or only --out {} --resume)",
+            r.display(),
+            out.display(),
+            r.display(),
+            out.display()
+        ),
+        (Some(r), _) => Ok((r.clone(), true)),
+    }
+}
+
+/// Whether two paths name the same directory (compared as given when either does not exist).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
 pub fn run_cmd(a: TrainArgs) -> Result<()> {
-    let (out, resume) = match &a.resume {
-        Some(d) => (d.clone(), true),
-        None => (a.out.clone(), false),
-    };
+    let (out, resume) = run_dir(&a)?;
     let cfg = if resume {
         // The run's own config; only --steps may extend it, and any other setting given must
         // agree with it (a run cannot change its model or data halfway).
         let mut c = RunConfig::load(&out)?;
         check_resume_flags(&a, &c, &out)?;
         if let Some(st) = a.steps {
-            c.train.steps = c.train.steps.max(st);
+            // The library refuses a total below the steps already done.
+            c.train.steps = st;
         }
+        a.apply_run_flags(&mut c);
         c
     } else {
         a.to_config()?
+    };
+    let start = match (resume, a.force) {
+        (true, _) => Start::Resume,
+        (false, true) => Start::Replace,
+        (false, false) => Start::New,
     };
     eprintln!("config: {}", serde_json::to_string(&cfg)?);
     let bar = ui::bar(
@@ -251,32 +314,49 @@ pub fn run_cmd(a: TrainArgs) -> Result<()> {
             ),
         ),
     };
-    let summary = run(&cfg, &out, resume, &mut on_event)?;
+    let summary = run(&cfg, &out, start, &mut on_event)?;
     bar.finish_and_clear();
     if let Some(e) = &summary.last_eval {
-        let best = summary
-            .baselines
-            .iter()
-            .skip(1)
-            .min_by(|a, b| a.bits_per_token.total_cmp(&b.bits_per_token));
-        println!(
-            "final: validation {:.4} bits/token; unigram {:.4}; best Markov {}",
-            e.bits_per_token,
-            summary
-                .baselines
-                .first()
-                .map_or(f64::NAN, |b| b.bits_per_token),
-            best.map_or("-".into(), |b| format!(
-                "(order {}) {:.4}",
-                b.order, b.bits_per_token
-            )),
-        );
+        println!("{}", verdict(e.bits_per_token, &summary.baselines));
     }
     println!(
         "run directory: {} (model.safetensors, metrics.jsonl, loss.png)",
         out.display()
     );
     Ok(())
+}
+
+/// The run's last line: the model's validation score beside the best count baseline, and
+/// plainly whether (and by how much) it beats it.
+fn verdict(bits: f64, baselines: &[hyena::baselines::markov::BaselineScore]) -> String {
+    let unigram = baselines.first().map_or(f64::NAN, |b| b.bits_per_token);
+    let Some(best) = baselines
+        .iter()
+        .min_by(|a, b| a.bits_per_token.total_cmp(&b.bits_per_token))
+    else {
+        return format!("final: validation {bits:.4} bits/token");
+    };
+    let name = if best.order == 0 {
+        "the unigram baseline".to_string()
+    } else {
+        format!("the best Markov baseline (order {})", best.order)
+    };
+    let gap = best.bits_per_token - bits;
+    let pct = 100.0 * gap / best.bits_per_token;
+    let judgement = if gap > 0.0 {
+        format!("beats {name} by {gap:.4} bits/token ({pct:.2}%)")
+    } else {
+        format!(
+            "does NOT beat {name}: worse by {:.4} bits/token ({:.2}%); train longer (--steps) \
+             or larger (--d-model, --n-layer)",
+            -gap, -pct
+        )
+    };
+    format!(
+        "final: validation {bits:.4} bits/token vs {name} {:.4} (unigram {unigram:.4}): the \
+         model {judgement}",
+        best.bits_per_token
+    )
 }
 
 #[cfg(test)]

@@ -187,6 +187,16 @@ pub fn write_atomic(
     write_bytes_atomic(path, &data)
 }
 
+/// The bytes [`write_atomic`] would write for `tensors` and `metadata` (`path` only names the
+/// file in an error): for callers that fingerprint a file before writing it.
+pub fn to_bytes(
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    metadata: &BTreeMap<String, String>,
+) -> Result<Vec<u8>> {
+    serialize_f32(tensors, metadata).map_err(|e| Error::format(path, e))
+}
+
 /// The safetensors bytes of f32 `tensors` with `metadata`, laid out as the `safetensors` crate
 /// lays them out (tensors in name order, `__metadata__` first in the header, the header padded
 /// with spaces to 8 bytes) but with the metadata keys in order: the crate's own writer takes
@@ -244,20 +254,44 @@ pub fn temp_path_beside(path: &Path) -> PathBuf {
     dir.join(format!(".{name}.tmp{}", std::process::id()))
 }
 
-/// Write bytes to `path` through a temp file in the same directory and a rename.
+/// Write bytes to `path` through a temp file in the same directory and a rename; the file is
+/// flushed to disk before the rename and the directory after it, so that after a crash or a
+/// power cut `path` holds either its old content or all of the new.
 pub fn write_bytes_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let io = |source| Error::Io {
         file: path.to_path_buf(),
         source,
     };
     let tmp = temp_path_beside(path);
-    {
+    let written = (|| {
         use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(data).map_err(io)?;
-        f.sync_all().map_err(io)?;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
     }
-    std::fs::rename(&tmp, path).map_err(io)
+    std::fs::rename(&tmp, path).map_err(io)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Flush a directory's entries (a rename into it) to disk. A no-op where directories cannot be
+/// opened as files (not Unix).
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    #[cfg(unix)]
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io(dir))?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }
 
 #[cfg(test)]

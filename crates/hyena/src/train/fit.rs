@@ -10,11 +10,17 @@
 //! 4. take the learning rate of step `s` from the [`Schedule`],
 //! 5. one AdamW update.
 //!
+//! A loss or gradient norm that is not finite (NaN or ±inf: the run has diverged) is caught
+//! between steps 2 and 3, before the update can spread it into the weights: the step fails
+//! with [`Error::Diverged`], or, with [`Fit::skip_nonfinite`] set, up to that many such steps
+//! are skipped (no update; the step still counts, so the next step draws the next batch), as
+//! large trainers do with a loss scaler.
+//!
 //! Steps are counted by the optimizer (`opt.step`, saved with it), so a resumed run continues
 //! at the step and learning rate where it stopped, and an objective that draws its batch from
 //! the step number sees the same batches as an uninterrupted run.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::ops::loss::LossSum;
 use crate::train::optim::{clip_grad_norm, AdamW, LrSchedule};
@@ -107,6 +113,8 @@ pub struct AfterStep<'a, N, O> {
     pub objective: &'a mut O,
     pub opt: &'a AdamW,
     pub step: &'a Step,
+    /// Non-finite steps skipped so far, this one included if it was.
+    pub skipped: u64,
 }
 
 /// The optimizer, the schedule, the clip and the gradient buffer of a run.
@@ -115,6 +123,13 @@ pub struct Fit {
     pub schedule: Schedule,
     /// Global gradient-norm clip (0: off).
     pub clip: f32,
+    /// Non-finite steps that may be skipped before the run stops (0: stop at the first).
+    pub skip_nonfinite: u64,
+    /// Non-finite steps skipped so far (saved with a checkpoint).
+    pub skipped: u64,
+    /// Stop on a non-finite loss or gradient norm ([`Fit::new`] turns it on; MAD sweeps,
+    /// where a diverging learning rate is a result to record, turn it off).
+    pub check_finite: bool,
     grads: Vec<f32>,
 }
 
@@ -124,6 +139,9 @@ impl Fit {
             opt,
             schedule,
             clip,
+            skip_nonfinite: 0,
+            skipped: 0,
+            check_finite: true,
             grads: Vec::new(),
         }
     }
@@ -148,6 +166,26 @@ impl Fit {
         let loss = objective.loss_and_grad(model, step, &mut self.grads)?;
         let grad_norm = clip_grad_norm(&model.params, &mut self.grads, self.clip);
         let lr = self.schedule.lr(step);
+        if self.check_finite && !(loss.loss.is_finite() && grad_norm.is_finite()) {
+            if self.skipped < self.skip_nonfinite {
+                // Skip the update: the weights and moments stay as they were.
+                self.skipped += 1;
+                self.opt.step += 1;
+                return Ok(Step {
+                    step: self.opt.step,
+                    loss,
+                    lr,
+                    grad_norm,
+                });
+            }
+            return Err(Error::Diverged {
+                step: step + 1,
+                loss: loss.loss,
+                grad_norm,
+                lr,
+                skipped: self.skipped,
+            });
+        }
         self.opt.step(&mut model.params, &self.grads, lr);
         Ok(Step {
             step: self.opt.step,
@@ -173,6 +211,7 @@ impl Fit {
                 objective,
                 opt: &self.opt,
                 step: &s,
+                skipped: self.skipped,
             })?;
             if flow == Flow::Stop {
                 break;

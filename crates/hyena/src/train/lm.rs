@@ -13,9 +13,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{load_model, read_json, save_weights, write_json};
+use crate::checkpoint::{commit_checkpoint, load_model, verify_checkpoint, CheckpointState};
 use crate::error::{Error, Result};
-use crate::io::safetensors::{write_atomic, TensorFile};
+use crate::io::safetensors::{to_bytes, TensorFile};
 use crate::layers::layer::Slot;
 use crate::models::hyenadna::{HyenaLm, LmConfig, LmWorkspace};
 use crate::models::{LanguageModel, Model};
@@ -37,6 +37,11 @@ pub struct TrainConfig {
     pub steps: u64,
     /// Evaluate every this many steps (and at the end).
     pub eval_every: u64,
+    /// Commit a checkpoint every this many steps (and at the end); 0: at every evaluation.
+    pub save_every: u64,
+    /// Steps with a non-finite loss or gradient norm that are skipped (no update) before the
+    /// run stops with an error; 0: stop at the first.
+    pub skip_nonfinite: u64,
     /// Validation windows evaluated, at most (`batch_size` per forward).
     pub eval_windows: usize,
     /// Global gradient-norm clip (0 = off).
@@ -56,6 +61,8 @@ impl Default for TrainConfig {
             seq_len: 1024,
             steps: 1000,
             eval_every: 100,
+            save_every: 0,
+            skip_nonfinite: 0,
             eval_windows: 64,
             clip: 1.0,
             seed: 0,
@@ -67,6 +74,47 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Check every setting (finite, in range), naming the config key of the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("train.batch_size", self.batch_size as u64),
+            ("train.grad_accum", self.grad_accum as u64),
+            ("train.seq_len", self.seq_len as u64),
+            ("train.steps", self.steps),
+            ("train.eval_every", self.eval_every),
+            ("train.eval_windows", self.eval_windows as u64),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(Error::config(key, v, "must be at least 1"));
+            }
+        }
+        if !(self.clip.is_finite() && self.clip >= 0.0) {
+            return Err(Error::config(
+                "train.clip",
+                self.clip,
+                "must be a finite number >= 0 (0 turns clipping off)",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return Err(Error::config(
+                "train.min_lr_ratio",
+                self.min_lr_ratio,
+                "must be between 0 and 1 (the final learning rate as a fraction of the peak)",
+            ));
+        }
+        self.optim.validate()
+    }
+
+    /// Steps between checkpoints.
+    pub fn checkpoint_every(&self) -> u64 {
+        if self.save_every == 0 {
+            self.eval_every.max(1)
+        } else {
+            self.save_every
+        }
+    }
+
     /// The learning-rate schedule of this run.
     pub fn schedule(&self) -> LrSchedule {
         LrSchedule {
@@ -179,6 +227,8 @@ pub struct Trainer {
     pub model: Model<HyenaLm>,
     pub fit: Fit,
     pub cfg: TrainConfig,
+    /// Drawn when the run starts, kept by its checkpoints (see [`CheckpointState::run_id`]).
+    pub run_id: String,
     objective: LmObjective,
     val: Vec<u32>,
 }
@@ -204,6 +254,7 @@ impl Trainer {
                 ));
             }
         }
+        cfg.validate()?;
         if cfg.seq_len > model.net.cfg.operator.l_max {
             return Err(Error::config(
                 "seq_len",
@@ -211,14 +262,7 @@ impl Trainer {
                 format!("exceeds the model's l_max {}", model.net.cfg.operator.l_max),
             ));
         }
-        if cfg.batch_size == 0 || cfg.grad_accum == 0 {
-            return Err(Error::config(
-                "batch_size/grad_accum",
-                format!("{}/{}", cfg.batch_size, cfg.grad_accum),
-                "must be >= 1",
-            ));
-        }
-        let fit = Fit::new(
+        let mut fit = Fit::new(
             AdamW::new(cfg.optim.clone()),
             Schedule::WarmupCosine {
                 peak: cfg.optim.lr,
@@ -226,6 +270,7 @@ impl Trainer {
             },
             cfg.clip,
         );
+        fit.skip_nonfinite = cfg.skip_nonfinite;
         let objective = LmObjective {
             train,
             batch_size: cfg.batch_size,
@@ -238,6 +283,7 @@ impl Trainer {
             model,
             fit,
             cfg,
+            run_id: format!("{:016x}", rand::random::<u64>()),
             objective,
             val,
         })
@@ -260,8 +306,9 @@ impl Trainer {
     }
 
     /// Train until `cfg.steps` steps are done: `on_event` sees every step; every `eval_every`
-    /// steps and at the last one the model is evaluated ([`Event::Eval`]) and the run saved
-    /// into `dir` ([`Trainer::save`]). Returns the last evaluation.
+    /// steps and at the last one the model is evaluated ([`Event::Eval`]), and every
+    /// `checkpoint_every()` steps and at the last one a checkpoint is committed into `dir`
+    /// ([`Trainer::save`]). Returns the last evaluation.
     pub fn run(
         &mut self,
         dir: &Path,
@@ -272,18 +319,30 @@ impl Trainer {
             model,
             fit,
             cfg,
+            run_id,
             objective,
             val,
         } = self;
         let mut last = None;
+        let (every_eval, every_save) = (cfg.eval_every.max(1), cfg.checkpoint_every());
         fit.run(model, objective, cfg.steps, &mut |a| {
             let s = step_stats(a.step);
             on_event(&Event::Step(s.clone()))?;
-            if s.step.is_multiple_of(cfg.eval_every.max(1)) || s.step == cfg.steps {
+            if !(a.step.loss.loss.is_finite() && a.step.grad_norm.is_finite()) {
+                on_event(&Event::Info(format!(
+                    "step {}: loss {}, gradient norm {}: update skipped ({} of \
+                     --skip-nonfinite {})",
+                    s.step, s.loss, s.grad_norm, a.skipped, cfg.skip_nonfinite
+                )))?;
+            }
+            let last_step = s.step == cfg.steps;
+            if s.step.is_multiple_of(every_eval) || last_step {
                 let e = evaluate_val(a.model, val, cfg, &mut a.objective.ws, s.step)?;
                 on_event(&Event::Eval(e.clone()))?;
-                save_checkpoint(dir, a.model, a.opt, cfg, extra)?;
                 last = Some(e);
+            }
+            if s.step.is_multiple_of(every_save) || last_step {
+                save_checkpoint(dir, a.model, a.opt, cfg, extra, run_id, a.skipped)?;
             }
             Ok(Flow::Continue)
         })?;
@@ -307,11 +366,21 @@ impl Trainer {
     /// `optimizer.safetensors`, `config.json` (`{"model": …, "train": …}` plus `extra`), and
     /// `state.json` (step). Every file is written atomically.
     pub fn save(&self, dir: &Path, extra: &serde_json::Value) -> Result<()> {
-        save_checkpoint(dir, &self.model, &self.fit.opt, &self.cfg, extra)
+        save_checkpoint(
+            dir,
+            &self.model,
+            &self.fit.opt,
+            &self.cfg,
+            extra,
+            &self.run_id,
+            self.fit.skipped,
+        )
     }
 
-    /// Continue a run saved by [`Trainer::save`]. The model config in `dir` must equal `lm_cfg`
-    /// (a different architecture cannot resume), and the data must be the same streams.
+    /// Continue a run saved by [`Trainer::save`]. The checkpoint's files must be the ones its
+    /// `state.json` was written with ([`verify_checkpoint`]); the model config in `dir` must
+    /// equal `lm_cfg` (a different architecture cannot resume), and the data must be the same
+    /// streams.
     pub fn resume(
         dir: &Path,
         lm_cfg: &LmConfig,
@@ -319,6 +388,13 @@ impl Trainer {
         train: Vec<u32>,
         val: Vec<u32>,
     ) -> Result<Self> {
+        let state = verify_checkpoint(dir)?.ok_or_else(|| {
+            Error::format(
+                dir.join("state.json"),
+                "not found: the run has no checkpoint to continue from (it stopped before its \
+                 first one); start it again with the same command, without --resume",
+            )
+        })?;
         let loaded = load_model(dir)?;
         let m = loaded.downcast::<Model<HyenaLm>>("--resume")?.clone();
         if &m.net.cfg != lm_cfg {
@@ -330,13 +406,14 @@ impl Trainer {
             });
         }
         let mut t = Trainer::new(m, cfg, train, val)?;
-        let opt = TensorFile::read(dir.join("optimizer.safetensors"))?;
+        let opt =
+            TensorFile::read(crate::checkpoint::current_dir(dir).join("optimizer.safetensors"))?;
         t.fit.opt.load_state(&t.model.params, &opt)?;
-        let st = read_json(&dir.join("state.json"))?;
-        t.fit.opt.step = st["step"].as_u64().ok_or_else(|| Error::Format {
-            file: dir.join("state.json"),
-            msg: "missing integer `step`".into(),
-        })?;
+        t.fit.opt.step = state.step;
+        t.fit.skipped = state.skipped;
+        if !state.run_id.is_empty() {
+            t.run_id = state.run_id;
+        }
         Ok(t)
     }
 }
@@ -372,21 +449,42 @@ fn evaluate_val(
     Ok(e)
 }
 
-/// See [`Trainer::save`].
+/// See [`Trainer::save`]. The weights are checked to be finite first: a checkpoint of a
+/// diverged model is never committed over a good one.
 fn save_checkpoint(
     dir: &Path,
     model: &Model<HyenaLm>,
     opt: &AdamW,
     train: &TrainConfig,
     extra: &serde_json::Value,
+    run_id: &str,
+    skipped: u64,
 ) -> Result<()> {
+    if let Some(i) = model.params.data().iter().position(|v| !v.is_finite()) {
+        return Err(Error::format(
+            dir,
+            format!(
+                "not saving step {}: the weights hold a non-finite value (at flat index {i}); \
+                 the last good checkpoint is kept. Lower the learning rate (--lr)",
+                opt.step
+            ),
+        ));
+    }
     std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
-    save_weights(dir, &model.tensors(), "hyena-lm")?;
-    let meta = std::collections::BTreeMap::new();
-    write_atomic(
-        dir.join("optimizer.safetensors"),
+    let weights_meta = [
+        ("format".to_string(), "hyena-lm".to_string()),
+        ("version".to_string(), "1".to_string()),
+    ]
+    .into();
+    let model_bytes = to_bytes(
+        &dir.join("model.safetensors"),
+        &model.tensors(),
+        &weights_meta,
+    )?;
+    let opt_bytes = to_bytes(
+        &dir.join("optimizer.safetensors"),
         &opt.state_tensors(&model.params),
-        &meta,
+        &Default::default(),
     )?;
     let mut cfg = serde_json::json!({ "model": model.net.cfg, "train": train });
     if let (Some(obj), Some(ex)) = (cfg.as_object_mut(), extra.as_object()) {
@@ -394,10 +492,21 @@ fn save_checkpoint(
             obj.insert(k.clone(), v.clone());
         }
     }
-    write_json(&dir.join("config.json"), &cfg)?;
-    write_json(
-        &dir.join("state.json"),
-        &serde_json::json!({ "step": opt.step }),
+    let cfg_bytes = serde_json::to_vec_pretty(&cfg)
+        .map_err(|e| Error::format(dir.join("config.json"), e.to_string()))?;
+    commit_checkpoint(
+        dir,
+        CheckpointState {
+            step: opt.step,
+            run_id: run_id.to_string(),
+            skipped,
+            files: Default::default(),
+        },
+        &[
+            ("config.json", cfg_bytes),
+            ("model.safetensors", model_bytes),
+            ("optimizer.safetensors", opt_bytes),
+        ],
     )
 }
 

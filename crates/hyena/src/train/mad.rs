@@ -309,6 +309,8 @@ pub fn train_run(
         epochs: cfg.epochs,
     };
     let mut fit = Fit::new(opt, schedule, 0.0);
+    // A diverging setting is a result of the sweep (its accuracy says so), not a stop.
+    fit.check_finite = false;
     let mut eval_shards: Vec<Shard> = Vec::new();
     let mut res = RunResult {
         lr,

@@ -42,6 +42,51 @@ impl Default for AdamWConfig {
     }
 }
 
+impl AdamWConfig {
+    /// Check the hyper-parameters (finite, in range), naming the config key of the first bad
+    /// one.
+    pub fn validate(&self) -> Result<()> {
+        let checks: [(&'static str, f32, bool, &str); 5] = [
+            (
+                "train.optim.lr",
+                self.lr,
+                self.lr.is_finite() && self.lr > 0.0,
+                "the learning rate (--lr) must be a finite number > 0, e.g. 0.002",
+            ),
+            (
+                "train.optim.beta1",
+                self.beta1,
+                (0.0..1.0).contains(&self.beta1),
+                "must be in [0, 1), e.g. 0.9",
+            ),
+            (
+                "train.optim.beta2",
+                self.beta2,
+                (0.0..1.0).contains(&self.beta2),
+                "must be in [0, 1), e.g. 0.999",
+            ),
+            (
+                "train.optim.eps",
+                self.eps,
+                self.eps.is_finite() && self.eps > 0.0,
+                "must be a finite number > 0, e.g. 1e-8",
+            ),
+            (
+                "train.optim.weight_decay",
+                self.weight_decay,
+                self.weight_decay.is_finite() && self.weight_decay >= 0.0,
+                "must be a finite number >= 0",
+            ),
+        ];
+        for (key, v, ok, hint) in checks {
+            if !ok {
+                return Err(Error::config(key, v, hint));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Linear warm-up from 0 to the peak over `warmup` steps, then cosine decay to `min_lr` at `total`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -2,10 +2,14 @@
 //! contiguous validation tail, score the count baselines on it, train with periodic evaluation,
 //! and keep a run directory up to date.
 //!
-//! Run directory: `config.json` (the whole [`RunConfig`], written first), `model.safetensors`,
-//! `optimizer.safetensors`, `state.json`, `metrics.jsonl` (one JSON object per step and per
-//! evaluation) and, at the end, `loss.png`. Every file is written atomically, and nothing is
-//! written before the configuration and the data have been checked.
+//! Run directory: the committed checkpoint (`config.json` with the whole [`RunConfig`],
+//! `model.safetensors`, `optimizer.safetensors`, `state.json`: one set, switched atomically by
+//! [`crate::checkpoint::commit_checkpoint`]), `metrics.jsonl` (one JSON object per step and per
+//! evaluation, cut back to the checkpoint's step when the run is resumed) and, at the end,
+//! `loss.png`. Nothing is written before the configuration and the data have been checked; a
+//! run killed at any instant can be resumed from its last checkpoint (bit for bit, on the same
+//! machine and thread count), and one killed before its first checkpoint can be started again
+//! with the same command.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -69,15 +73,30 @@ impl RunConfig {
     }
 
     /// The run config in the JSON file `path`: a run's `config.json`, or a config written by
-    /// hand (`{"model": …, "train": …, "data": …}`, missing sections at their defaults).
+    /// hand (`{"model": …, "train": …, "data": …}`): every key it leaves out takes the
+    /// quick-start run's value ([`RunConfig::quickstart`]), so a file that sets only
+    /// `train.steps` trains the quick-start model at the quick-start learning rate.
     pub fn read(path: &Path) -> Result<Self> {
         let s = std::fs::read_to_string(path).map_err(Error::io(path))?;
-        serde_json::from_str(&s).map_err(|e| Error::format(path, format!("not a run config ({e})")))
+        let given: serde_json::Value = serde_json::from_str(&s)
+            .map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
+        if !given.is_object() {
+            return Err(Error::format(
+                path,
+                "not a run config: expected a JSON object {\"model\": …, \"train\": …, \"data\": …}",
+            ));
+        }
+        let mut tree = serde_json::to_value(RunConfig::quickstart())
+            .map_err(|e| Error::format(path, e.to_string()))?;
+        overlay(&mut tree, given);
+        serde_json::from_value(tree)
+            .map_err(|e| Error::format(path, format!("not a run config ({e})")))
     }
 
-    /// The run config saved in the run directory `dir` (its `config.json`).
+    /// The run config saved in the run directory `dir` (its committed checkpoint's
+    /// `config.json`).
     pub fn load(dir: &Path) -> Result<Self> {
-        let path = dir.join("config.json");
+        let path = crate::checkpoint::current_dir(dir).join("config.json");
         if !path.is_file() {
             return Err(Error::format(
                 path,
@@ -116,6 +135,24 @@ impl RunConfig {
         let frac = self.train.warmup as f64 / self.train.steps.max(1) as f64;
         self.train.steps = steps;
         self.train.warmup = ((steps as f64 * frac).round() as u64).max(1);
+    }
+}
+
+/// Set every key of `given` in `base`, recursing into objects (a key `given` holds as an
+/// object replaces `base`'s value only where `base` has no object there).
+fn overlay(base: &mut serde_json::Value, given: serde_json::Value) {
+    match (base, given) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(g)) => {
+            for (k, v) in g {
+                match b.get_mut(&k) {
+                    Some(slot) if slot.is_object() && v.is_object() => overlay(slot, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, g) => *b = g,
     }
 }
 
@@ -192,15 +229,124 @@ pub struct RunSummary {
     pub out_dir: PathBuf,
 }
 
-/// Run (or, with `resume`, continue) a training run into `out`. `on_event` sees every step
-/// and evaluation (the CLI draws its progress bar from them).
+/// How [`run`] treats the run directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// A new run: the directory must not hold a checkpoint (one left by a run killed before
+    /// its first checkpoint is started again).
+    New,
+    /// A new run that replaces the run in the directory (`--force`); the old checkpoint stays
+    /// current until the new run commits its first one.
+    Replace,
+    /// Continue the run in the directory from its checkpoint; `train.steps` may only grow.
+    Resume,
+}
+
+/// Run (or continue) a training run into `out`. `on_event` sees every step and evaluation
+/// (the CLI draws its progress bar from them).
 pub fn run(
     cfg: &RunConfig,
     out: &Path,
-    resume: bool,
+    start: Start,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<RunSummary> {
+    let created = !out.exists();
+    let res = run_inner(cfg, out, start, on_event);
+    if res.is_err() && created {
+        // A failed run leaves no empty directory behind (remove_dir refuses a non-empty one).
+        let _ = std::fs::remove_dir(out);
+    }
+    res
+}
+
+/// The files and folders a training run writes into its directory.
+const RUN_FILES: &[&str] = &[
+    "config.json",
+    "model.safetensors",
+    "optimizer.safetensors",
+    "state.json",
+    "metrics.jsonl",
+    "loss.png",
+    crate::checkpoint::CURRENT,
+    crate::checkpoint::STEP_DIRS,
+];
+
+/// Check that a new run may write into `out` (see [`Start`]) before any work is done.
+fn check_new_run_dir(out: &Path, start: Start) -> Result<()> {
+    if !out.exists() {
+        return Ok(());
+    }
+    if !out.is_dir() {
+        return Err(Error::config(
+            "out",
+            out.display(),
+            "is a file, not a directory; choose another --out",
+        ));
+    }
+    let foreign: Vec<String> = std::fs::read_dir(out)
+        .map_err(Error::io(out))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !RUN_FILES.contains(&n.as_str()) && !(n.starts_with('.') && n.contains(".tmp")))
+        .collect();
+    if start == Start::New && crate::checkpoint::has_checkpoint(out) {
+        let step = crate::checkpoint::verify_checkpoint(out)
+            .ok()
+            .flatten()
+            .map_or(String::new(), |s| format!(" at step {}", s.step));
+        return Err(Error::config(
+            "out",
+            out.display(),
+            format!(
+                "already holds a run{step}; continue it with --resume, choose another --out, or \
+                 pass --force to replace it"
+            ),
+        ));
+    }
+    if start == Start::New && !foreign.is_empty() {
+        return Err(Error::config(
+            "out",
+            out.display(),
+            format!(
+                "is not a run directory (it holds {}); choose another --out, or pass --force",
+                foreign.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Keep the lines of `metrics.jsonl` up to step `step` (those after it were logged after the
+/// checkpoint the run resumes from, and will be logged again).
+fn cut_metrics(path: &Path, step: u64) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(path)(e)),
+    };
+    let mut kept = String::with_capacity(text.len());
+    for line in text.lines() {
+        let keep = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v["step"].as_u64())
+            .is_some_and(|s| s <= step);
+        if keep {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    crate::io::safetensors::write_bytes_atomic(path, kept.as_bytes())
+}
+
+fn run_inner(
+    cfg: &RunConfig,
+    out: &Path,
+    start: Start,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<RunSummary> {
+    let resume = start == Start::Resume;
     cfg.model.validate()?;
+    cfg.train.validate()?;
     if cfg.data.tokenizer.vocab_size() != cfg.model.vocab_size {
         return Err(Error::config(
             "model.vocab_size",
@@ -211,13 +357,36 @@ pub fn run(
             ),
         ));
     }
-    // Refuse to overwrite an existing run before doing any work.
-    if !resume && out.join("model.safetensors").exists() {
-        return Err(Error::config(
-            "out",
-            out.display(),
-            "already holds a run; pass --resume to continue it, or choose another --out",
-        ));
+    // Refuse to overwrite an existing run before doing any work, and tidy what a killed run
+    // left (temp files, uncommitted step folders).
+    if !resume {
+        check_new_run_dir(out, start)?;
+    }
+    crate::checkpoint::recover_run_dir(out)?;
+    if resume {
+        let state = crate::checkpoint::verify_checkpoint(out)?;
+        match state {
+            None => {
+                return Err(Error::config(
+                    "resume",
+                    out.display(),
+                    "holds no checkpoint yet (the run stopped before its first one): start it \
+                     again with the same command, without --resume",
+                ))
+            }
+            Some(s) if cfg.train.steps < s.step => {
+                return Err(Error::config(
+                    "train.steps",
+                    cfg.train.steps,
+                    format!(
+                        "the run is already at step {}; --steps must be at least that (a larger \
+                         value extends the run: the cosine decay is stretched to the new total)",
+                        s.step
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
     }
     let data = load_tokens(&cfg.data)?;
     on_event(&Event::Info(format!("data: {}", data.summary)));
@@ -249,12 +418,17 @@ pub fn run(
             out.display(),
             t.step()
         )));
+        cut_metrics(&metrics_path, t.step())?;
+        if t.step() >= cfg.train.steps {
+            on_event(&Event::Info(format!(
+                "the run is already at step {} of {}: nothing to do (pass a larger --steps to \
+                 extend it)",
+                t.step(),
+                cfg.train.steps
+            )));
+        }
         t
     } else {
-        std::fs::create_dir_all(out).map_err(|source| Error::Io {
-            file: out.to_path_buf(),
-            source,
-        })?;
         let (net, params) = HyenaLm::fresh(&cfg.model, cfg.train.seed)?;
         let t = Trainer::new(
             Model { net, params },
@@ -262,6 +436,10 @@ pub fn run(
             data.train,
             data.val,
         )?;
+        std::fs::create_dir_all(out).map_err(|source| Error::Io {
+            file: out.to_path_buf(),
+            source,
+        })?;
         let _ = std::fs::remove_file(&metrics_path);
         t
     };
