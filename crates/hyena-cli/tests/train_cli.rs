@@ -142,3 +142,123 @@ fn train_eval_generate_and_bad_input() {
     assert_eq!(snapshot(&dir), truncated, "a failed command changed files");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A run that diverges, flags out of range, a resume into another directory or below the
+/// saved step, and a checkpoint with a foreign optimizer file: each fails with exit 1 and a
+/// message naming the flag or file, and every file already on disk stays byte-identical.
+#[test]
+fn divergence_bad_numbers_and_mixed_checkpoints_lose_nothing() {
+    let dir = tmpdir("guard");
+    let mut s = String::from(">chr test\n");
+    let mut x = 5u64;
+    for _ in 0..4000 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        s.push(b"ACGT"[(x >> 62) as usize] as char);
+    }
+    let fa = dir.join("toy.fa");
+    std::fs::write(&fa, &s).unwrap();
+    let fa = fa.to_str().unwrap();
+    let run = dir.join("run");
+    let run_s = run.to_str().unwrap();
+    // SMALL without its `--steps 2` when `extra` sets the steps.
+    let train = |out: &str, extra: &[&str]| {
+        let mut a = vec!["train", "--fasta", fa, "--out", out];
+        let skip = if extra.contains(&"--steps") { 2 } else { 0 };
+        a.extend(&SMALL[skip..]);
+        a.extend(extra);
+        hyena(&a)
+    };
+    common::ok(&train(run_s, &[]));
+    let good = snapshot(&dir);
+
+    // Divergence: --lr 1e3 gives a NaN loss within a few steps. Over the good run (--force,
+    // checkpoints every 50 steps), the run stops at that step and the good checkpoint stays
+    // current.
+    fails_with(
+        &train(
+            run_s,
+            &[
+                "--force",
+                "--lr",
+                "1000",
+                "--steps",
+                "20",
+                "--save-every",
+                "50",
+            ],
+        ),
+        &["diverged at step", "--lr", "--skip-nonfinite"],
+    );
+    let after = snapshot(&dir);
+    for (p, bytes) in &good {
+        if !p.ends_with("metrics.jsonl") {
+            assert_eq!(after.get(p), Some(bytes), "{} changed", p.display());
+        }
+    }
+    // metrics.jsonl was the replaced run's; put the good one back for the checks below.
+    std::fs::write(run.join("metrics.jsonl"), &good[&run.join("metrics.jsonl")]).unwrap();
+    assert_eq!(snapshot(&dir), good);
+
+    // Numbers out of range, named by flag or key; no directory is created.
+    let fresh = dir.join("fresh");
+    let fresh_s = fresh.to_str().unwrap();
+    for (lr, shown) in [
+        ("nan", "NaN"),
+        ("inf", "inf"),
+        ("-0.01", "-0.01"),
+        ("0", "= 0"),
+    ] {
+        fails_with(&train(fresh_s, &["--lr", lr]), &["--lr", shown]);
+        assert!(!fresh.exists(), "--lr {lr} created {fresh_s}");
+    }
+    fails_with(
+        &train(fresh_s, &["--steps", "0"]),
+        &["train.steps", "at least 1"],
+    );
+    assert!(!fresh.exists());
+
+    // --resume into another --out, --steps below the saved step.
+    fails_with(
+        &hyena(&["train", "--resume", run_s, "--out", fresh_s]),
+        &["--resume", "--out", "different directories"],
+    );
+    fails_with(
+        &hyena(&["train", "--resume", run_s, "--steps", "1"]),
+        &["already at step 2", "--steps"],
+    );
+    // A plain directory that is not a run is not written into.
+    let other = dir.join("notes");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("readme.txt"), "mine").unwrap();
+    fails_with(
+        &train(other.to_str().unwrap(), &[]),
+        &["not a run directory", "readme.txt"],
+    );
+    std::fs::remove_dir_all(&other).unwrap();
+    assert_eq!(snapshot(&dir), good, "a failed command changed files");
+
+    // Another run's optimizer file copied over this run's: resume and eval refuse it.
+    let run2 = dir.join("run2");
+    common::ok(&train(run2.to_str().unwrap(), &["--seed", "9"]));
+    std::fs::copy(
+        run2.join("optimizer.safetensors"),
+        run.join("optimizer.safetensors"),
+    )
+    .unwrap();
+    let mixed = snapshot(&dir);
+    fails_with(
+        &hyena(&["train", "--resume", run_s, "--steps", "4"]),
+        &[
+            "optimizer.safetensors",
+            "does not belong to this checkpoint",
+        ],
+    );
+    fails_with(
+        &hyena(&["eval", "--model", run_s]),
+        &["optimizer.safetensors", "does not belong"],
+    );
+    assert_eq!(snapshot(&dir), mixed, "a failed command changed files");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -43,7 +43,10 @@ pub struct RefLine {
     pub value: f64,
 }
 
-/// Draw `train` (step, bits/token) and `val` (step, bits/token) with reference lines to `path`.
+/// Draw `train` (step, bits/token) and `val` (step, bits/token) with reference lines to `path`,
+/// in two panels: the whole run on the left, and on the right the band around the reference
+/// lines where the model and the baselines differ (on DNA a few thousandths of a bit, which
+/// the whole run's scale, dominated by the first steps, flattens into one line).
 pub fn loss_curve_png(
     path: &Path,
     title: &str,
@@ -65,23 +68,77 @@ pub fn loss_curve_png(
         .chain(val)
         .map(|p| p.1)
         .chain(refs.iter().map(|r| r.value));
+    let whole = finite_range(ys);
+    // The zoom: the reference lines and the validation points, with a margin of a quarter of
+    // their spread (at least 0.005 bits) so the gap between them fills the panel.
+    let near = finite_range(val.iter().map(|p| p.1).chain(refs.iter().map(|r| r.value)));
+    let margin = ((near.1 - near.0) * 0.25).max(5e-3);
+    let zoom = (near.0 - margin, near.1 + margin);
+    let root = BitMapBackend::new(path, (1400, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let root = root
+        .titled(title, ("sans-serif", 22))
+        .map_err(|e| err(e.to_string()))?;
+    let (left, right) = root.split_horizontally(700);
+    let pad = ((whole.1 - whole.0) * 0.05).max(1e-3);
+    loss_panel(
+        &left,
+        path,
+        "whole run",
+        max_step,
+        (whole.0 - pad, whole.1 + pad),
+        train,
+        val,
+        refs,
+    )?;
+    loss_panel(
+        &right,
+        path,
+        "near the baselines",
+        max_step,
+        zoom,
+        train,
+        val,
+        refs,
+    )?;
+    root.present().map_err(|e| err(e.to_string()))
+}
+
+/// The smallest and largest finite value of `ys` ((0, 1) when there is none).
+fn finite_range(ys: impl Iterator<Item = f64>) -> (f64, f64) {
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
     for y in ys.filter(|y| y.is_finite()) {
         lo = lo.min(y);
         hi = hi.max(y);
     }
-    if !lo.is_finite() {
-        (lo, hi) = (0.0, 1.0);
+    if lo.is_finite() {
+        (lo, hi)
+    } else {
+        (0.0, 1.0)
     }
-    let pad = ((hi - lo) * 0.05).max(1e-3);
-    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
+}
+
+/// One panel of [`loss_curve_png`]: the curves and reference lines over `y` (lines leaving
+/// the range are clipped at its edge).
+#[allow(clippy::too_many_arguments)]
+fn loss_panel(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    path: &Path,
+    caption: &str,
+    max_step: u64,
+    y: (f64, f64),
+    train: &[(u64, f64)],
+    val: &[(u64, f64)],
+    refs: &[RefLine],
+) -> Result<()> {
+    let err = plot_err(path);
+    let clip = |p: &(u64, f64)| (p.0, p.1.clamp(y.0, y.1));
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 16))
         .margin(16)
         .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0u64..max_step, (lo - pad)..(hi + pad))
+        .y_label_area_size(70)
+        .build_cartesian_2d(0u64..max_step, y.0..y.1)
         .map_err(|e| err(e.to_string()))?;
     chart
         .configure_mesh()
@@ -91,15 +148,22 @@ pub fn loss_curve_png(
         .draw()
         .map_err(|e| err(e.to_string()))?;
     chart
-        .draw_series(LineSeries::new(train.iter().copied(), &BLUE.mix(0.6)))
+        .draw_series(LineSeries::new(train.iter().map(clip), &BLUE.mix(0.6)))
         .map_err(|e| err(e.to_string()))?
         .label("train")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
     chart
-        .draw_series(LineSeries::new(val.iter().copied(), RED.stroke_width(2)))
+        .draw_series(LineSeries::new(val.iter().map(clip), RED.stroke_width(2)))
         .map_err(|e| err(e.to_string()))?
         .label("validation")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+    chart
+        .draw_series(
+            val.iter()
+                .map(clip)
+                .map(|p| Circle::new(p, 3, RED.filled())),
+        )
+        .map_err(|e| err(e.to_string()))?;
     let palette = [BLACK, MAGENTA, GREEN, CYAN];
     for (i, r) in refs.iter().enumerate() {
         let c = palette[i % palette.len()];
@@ -112,7 +176,14 @@ pub fn loss_curve_png(
             .label(r.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
     }
-    legend_and_present(&root, &mut chart, path)
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    Ok(())
 }
 
 /// Lines `(label, points)` on log–log axes (e.g. latency against context length).

@@ -141,7 +141,7 @@ fn a_run_writes_its_directory_and_resumes() {
 
     // Resume to 6 steps: two more train lines, one more eval.
     let cfg6 = small_run(fasta, 6);
-    run(&cfg6, &out, true, &mut |_: &Event| {}).unwrap();
+    run(&cfg6, &out, Start::Resume, &mut |_: &Event| {}).unwrap();
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert_eq!(
         metrics.lines().filter(|l| l.contains("\"train\"")).count(),
@@ -158,7 +158,7 @@ fn data_problems_are_clear_errors() {
     let err = run(
         &small_run(dir.join("nope.fa"), 2),
         &out,
-        false,
+        Start::New,
         &mut |_: &Event| {},
     )
     .unwrap_err()
@@ -169,7 +169,7 @@ fn data_problems_are_clear_errors() {
     let err = run(
         &small_run(dir.join("empty.fa"), 2),
         &out,
-        false,
+        Start::New,
         &mut |_: &Event| {},
     )
     .unwrap_err()
@@ -180,7 +180,7 @@ fn data_problems_are_clear_errors() {
     let err = run(
         &small_run(dir.join("short.fa"), 2),
         &out,
-        false,
+        Start::New,
         &mut |_: &Event| {},
     )
     .unwrap_err()
@@ -197,9 +197,12 @@ fn data_problems_are_clear_errors() {
     }
     std::fs::write(dir.join("x.fa"), s).unwrap();
     let mut msgs = Vec::new();
-    run(&small_run(dir.join("x.fa"), 1), &out, false, &mut |e| {
-        msgs.push(format!("{e:?}"))
-    })
+    run(
+        &small_run(dir.join("x.fa"), 1),
+        &out,
+        Start::New,
+        &mut |e| msgs.push(format!("{e:?}")),
+    )
     .unwrap();
     assert!(
         msgs.iter()
@@ -211,7 +214,8 @@ fn data_problems_are_clear_errors() {
 }
 
 /// The quick-start run (`hyena train` with no flags) is pinned: its config serialises to the
-/// JSON text that the CLI's own default run wrote before it moved into the library, byte for
+/// JSON text that the CLI's own default run wrote before it moved into the library (plus the
+/// checkpoint-interval and non-finite-skip keys added since), byte for
 /// byte (the start of `config.json`, and the `config:` line `hyena train` prints).
 #[test]
 fn quickstart_is_the_pinned_default_run() {
@@ -222,7 +226,7 @@ fn quickstart_is_the_pinned_default_run() {
         r#""num_inner_mlps":2,"w":10.0,"modulate":true,"fast_decay_pct":0.3,"slow_decay_pct":1.5,"#,
         r#""target":0.01,"shift":0.05,"layout":"interleaved","learn_pos_emb":false}}},"#,
         r#""train":{"batch_size":8,"grad_accum":1,"seq_len":1024,"steps":1000,"eval_every":200,"#,
-        r#""eval_windows":512,"clip":1.0,"seed":0,"optim":{"lr":0.002,"beta1":0.9,"beta2":0.999,"#,
+        r#""save_every":0,"skip_nonfinite":0,"eval_windows":512,"clip":1.0,"seed":0,"optim":{"lr":0.002,"beta1":0.9,"beta2":0.999,"#,
         r#""eps":1e-8,"weight_decay":0.1},"warmup":50,"min_lr_ratio":0.1},"#,
         r#""data":{"fasta":[],"text":[],"tokenizer":{"kind":"nucleotide","uppercase":true},"#,
         r#""val_fraction":0.05,"markov_order":8}}"#
@@ -232,6 +236,10 @@ fn quickstart_is_the_pinned_default_run() {
     // And back, as a resumed run reads its `config.json`.
     let back: RunConfig = serde_json::from_str(want).unwrap();
     assert_eq!(serde_json::to_string(&back).unwrap(), want);
+    // A run saved before `save_every` and `skip_nonfinite` existed reads as the same run.
+    let old = want.replace(r#""save_every":0,"skip_nonfinite":0,"#, "");
+    assert_ne!(old, want);
+    assert_eq!(serde_json::from_str::<RunConfig>(&old).unwrap(), q);
 }
 
 /// The setters that `hyena train`'s flags use keep the quick start's proportions.
@@ -251,4 +259,31 @@ fn run_config_setters_keep_the_proportions() {
     let margin = p.model.operator.l_max - p.train.seq_len;
     p.set_seq_len(4096);
     assert_eq!(p.model.operator.l_max, 4096 + margin);
+}
+
+/// A hand-written `--config` file: keys it leaves out take the quick-start run's values (the
+/// learning rate among them), keys it sets win, and a key the config does not know is refused.
+#[test]
+fn config_files_fill_missing_keys_from_the_quick_start() {
+    let dir = tmpdir("cfgfile");
+    let p = dir.join("run.json");
+    std::fs::write(
+        &p,
+        r#"{"train": {"steps": 7, "optim": {"weight_decay": 0.0}}}"#,
+    )
+    .unwrap();
+    let c = RunConfig::read(&p).unwrap();
+    let q = RunConfig::quickstart();
+    assert_eq!(c.train.steps, 7);
+    assert_eq!(c.train.optim.weight_decay, 0.0);
+    assert_eq!(c.train.optim.lr, q.train.optim.lr);
+    assert_eq!(c.train.optim.beta2, q.train.optim.beta2);
+    assert_eq!(c.model, q.model);
+    std::fs::write(&p, r#"{"train": {"stepz": 7}}"#).unwrap();
+    let err = RunConfig::read(&p).unwrap_err().to_string();
+    assert!(err.contains("stepz") && err.contains("run.json"), "{err}");
+    std::fs::write(&p, "[1, 2]").unwrap();
+    let err = RunConfig::read(&p).unwrap_err().to_string();
+    assert!(err.contains("JSON object"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

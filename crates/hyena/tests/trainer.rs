@@ -68,6 +68,7 @@ fn train_cfg(steps: u64) -> TrainConfig {
         },
         warmup: 2,
         min_lr_ratio: 0.1,
+        ..TrainConfig::default()
     }
 }
 

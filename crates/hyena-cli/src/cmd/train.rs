@@ -57,7 +57,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub n_layer: Option<usize>,
     /// Peak learning rate [default: 0.002].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f32>,
     /// Evaluate every this many steps [default: 200].
     #[arg(long)]
@@ -283,6 +283,9 @@ pub fn run_cmd(a: TrainArgs) -> Result<()> {
         (false, true) => Start::Replace,
         (false, false) => Start::New,
     };
+    // Numbers out of range are refused before anything is printed or read.
+    cfg.model.validate()?;
+    cfg.train.validate()?;
     eprintln!("config: {}", serde_json::to_string(&cfg)?);
     let bar = ui::bar(
         cfg.train.steps,
@@ -343,12 +346,14 @@ fn verdict(bits: f64, baselines: &[hyena::baselines::markov::BaselineScore]) -> 
     };
     let gap = best.bits_per_token - bits;
     let pct = 100.0 * gap / best.bits_per_token;
-    let judgement = if gap > 0.0 {
-        format!("beats {name} by {gap:.4} bits/token ({pct:.2}%)")
+    let judgement = if !bits.is_finite() {
+        "is broken: its validation loss is not finite (lower --lr)".to_string()
+    } else if gap > 0.0 {
+        format!("beats it by {gap:.4} bits/token ({pct:.2}%)")
     } else {
         format!(
-            "does NOT beat {name}: worse by {:.4} bits/token ({:.2}%); train longer (--steps) \
-             or larger (--d-model, --n-layer)",
+            "does NOT beat it: worse by {:.4} bits/token ({:.2}%); train longer (--steps) or \
+             larger (--d-model, --n-layer)",
             -gap, -pct
         )
     };
@@ -368,6 +373,31 @@ mod tests {
     struct Cmd {
         #[command(flatten)]
         a: TrainArgs,
+    }
+
+    fn score(order: usize, bits: f64) -> hyena::baselines::markov::BaselineScore {
+        hyena::baselines::markov::BaselineScore {
+            order,
+            bits_per_token: bits,
+        }
+    }
+
+    /// The last line says plainly whether the model beats the best baseline, and by how much.
+    #[test]
+    fn verdict_compares_with_the_best_baseline() {
+        let b = [score(0, 1.99), score(2, 1.95), score(3, 1.94)];
+        let v = verdict(1.9329, &b);
+        assert!(v.contains("order 3") && v.contains("1.9400"), "{v}");
+        assert!(v.contains("beats it by 0.0071"), "{v}");
+        let v = verdict(1.9450, &b);
+        assert!(v.contains("does NOT beat it: worse by 0.0050"), "{v}");
+        let v = verdict(f64::NAN, &b);
+        assert!(v.contains("not finite"), "{v}");
+        let v = verdict(1.98, &b[..1]);
+        assert!(
+            v.contains("the unigram baseline") && v.contains("beats it"),
+            "{v}"
+        );
     }
 
     /// The `[default: …]` of the setting flags' help is the quick-start run's.

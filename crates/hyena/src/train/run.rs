@@ -37,7 +37,7 @@ pub struct RunConfig {
 
 impl RunConfig {
     /// The quick-start run: what `hyena train` does with no flags (the README's first run,
-    /// about 5 minutes on a laptop). A HyenaDNA-shaped language model ([`LmConfig::hyenadna`]:
+    /// about 3 minutes on 2 cores). A HyenaDNA-shaped language model ([`LmConfig::hyenadna`]:
     /// d_model 128, 2 blocks, d_inner 512, the released checkpoints' filter settings emb_dim 5,
     /// w 10, shift 0.05) in the training repository's interleaved filter-channel layout, with
     /// `l_max` the window; the nucleotide tokenizer (case folded); 1000 AdamW steps of 8
