@@ -216,7 +216,7 @@ fn killed_runs_resume_to_the_same_bytes() {
                 restarted += 1;
                 train_args(&fa, &run)
             };
-            let again = rng.next() % 3 == 0 && attempt < 3;
+            let again = rng.next().is_multiple_of(3) && attempt < 3;
             let k = Kill::At(1 + rng.next() % total_points);
             if again && run_killed(&args, k) {
                 killed += 1;

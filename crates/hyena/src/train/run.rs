@@ -271,6 +271,11 @@ const RUN_FILES: &[&str] = &[
     crate::checkpoint::STEP_DIRS,
 ];
 
+/// A temp file of an atomic write (`.name.tmpPID`), removed when the next run starts.
+fn is_temp_name(n: &str) -> bool {
+    n.starts_with('.') && n.contains(".tmp")
+}
+
 /// Check that a new run may write into `out` (see [`Start`]) before any work is done.
 fn check_new_run_dir(out: &Path, start: Start) -> Result<()> {
     if !out.exists() {
@@ -287,7 +292,7 @@ fn check_new_run_dir(out: &Path, start: Start) -> Result<()> {
         .map_err(Error::io(out))?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !RUN_FILES.contains(&n.as_str()) && !(n.starts_with('.') && n.contains(".tmp")))
+        .filter(|n| !(RUN_FILES.contains(&n.as_str()) || is_temp_name(n)))
         .collect();
     if start == Start::New && crate::checkpoint::has_checkpoint(out) {
         let step = crate::checkpoint::verify_checkpoint(out)
