@@ -32,6 +32,19 @@ pub enum Error {
         value: String,
         hint: String,
     },
+    /// The estimated memory of an operation exceeds what the machine has available
+    /// (`memory::check_fits`): refused before allocating, instead of an abort.
+    #[error(
+        "{what} needs about {:.2} GiB of memory, but {:.2} GiB are available; reduce {hint}",
+        *need as f64 / 1073741824.0,
+        *available as f64 / 1073741824.0
+    )]
+    Memory {
+        what: String,
+        need: u64,
+        available: u64,
+        hint: String,
+    },
 
     // === Checkpoint / file errors ===
     /// A named tensor is missing from a checkpoint or fixture.
