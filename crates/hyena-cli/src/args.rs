@@ -250,9 +250,10 @@ pub fn check_output(
         let inp = resolved(input);
         if out == inp || (inp.is_dir() && out.starts_with(&inp)) {
             anyhow::bail!(
-                "{flag} {} would write into {}, which this command reads; choose another {flag} \
+                "{flag} {} would {} {}, which this command reads; choose another {flag} \
                  (--force does not allow this)",
                 path.display(),
+                if out == inp { "replace" } else { "write into" },
                 input.display()
             );
         }
