@@ -35,9 +35,9 @@ pub enum Error {
     /// The estimated memory of an operation exceeds what the machine has available
     /// (`memory::check_fits`): refused before allocating, instead of an abort.
     #[error(
-        "{what} needs about {:.2} GiB of memory, but {:.2} GiB are available; reduce {hint}",
-        *need as f64 / 1073741824.0,
-        *available as f64 / 1073741824.0
+        "{what} needs about {} of memory, but {} are available; reduce {hint}",
+        gib(*need),
+        gib(*available)
     )]
     Memory {
         what: String,
@@ -110,6 +110,17 @@ impl Error {
             value: value.to_string(),
             hint: hint.into(),
         }
+    }
+}
+
+/// `bytes` in GiB with two decimals, or in MiB below a tenth of a GiB (a small limit would
+/// read "0.00 GiB").
+fn gib(bytes: u64) -> String {
+    let g = bytes as f64 / (1u64 << 30) as f64;
+    if g >= 0.1 {
+        format!("{g:.2} GiB")
+    } else {
+        format!("{:.3} MiB", bytes as f64 / (1u64 << 20) as f64)
     }
 }
 

@@ -19,9 +19,6 @@ pub const LIMIT_ENV: &str = "HYENA_MEMORY_LIMIT";
 /// GiB) that would otherwise abort the process.
 pub const FALLBACK_BYTES: u64 = 64 << 30;
 
-/// One GiB.
-const GIB: f64 = (1u64 << 30) as f64;
-
 /// Bytes of memory the process may use: the value of [`LIMIT_ENV`] when it is set, otherwise
 /// the kernel's `MemAvailable` (`/proc/meminfo`), otherwise [`FALLBACK_BYTES`].
 pub fn available_bytes() -> Result<u64> {
@@ -71,11 +68,6 @@ pub fn mul(dims: &[usize]) -> u64 {
 /// Bytes of `n` f32 values, saturating.
 pub fn floats(n: u64) -> u64 {
     n.saturating_mul(4)
-}
-
-/// `bytes` in GiB for messages.
-pub fn gib(bytes: u64) -> f64 {
-    bytes as f64 / GIB
 }
 
 /// Refuse `what` (e.g. "training hyenadna at batch 8 x 1024") when its estimated `bytes`

@@ -500,7 +500,11 @@ impl<'a, 's> Vb<'a, 's> {
         };
         if !reserved {
             let what = "cannot be allocated (too large for the memory); use a smaller config";
-            return Err(Error::config("parameter size", format!("`{full}` {shape:?}"), what));
+            return Err(Error::config(
+                "parameter size",
+                format!("`{full}` {shape:?}"),
+                what,
+            ));
         }
         match &mut b.store.data {
             Storage::F32(v) => v.resize(off + numel, 0.0),

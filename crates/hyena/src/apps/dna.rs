@@ -262,8 +262,11 @@ fn check_record_fits(lm: &dyn LanguageModel, tokens: usize, chunk: usize) -> Res
     }
     let d = lm.d_model();
     let bytes = floats(
-        mul(&[tokens, d.saturating_mul(3).saturating_add(8)])
-            .saturating_add(mul(&[chunk.min(tokens.max(1)), d, 20])),
+        mul(&[tokens, d.saturating_mul(3).saturating_add(8)]).saturating_add(mul(&[
+            chunk.min(tokens.max(1)),
+            d,
+            20,
+        ])),
     );
     crate::memory::check_fits(
         &format!("the lean forward of {tokens} tokens at d_model {d}"),

@@ -201,6 +201,11 @@ pub fn run(
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<RunSummary> {
     cfg.model.validate()?;
+    crate::models::hyenadna::memory::check_train(
+        &cfg.model,
+        cfg.train.batch_size,
+        cfg.train.seq_len,
+    )?;
     if cfg.data.tokenizer.vocab_size() != cfg.model.vocab_size {
         return Err(Error::config(
             "model.vocab_size",

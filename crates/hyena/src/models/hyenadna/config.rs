@@ -91,7 +91,13 @@ impl LmConfig {
             MAX_WIDTH,
             "(8 in HyenaDNA)",
         )?;
-        in_range("n_layer", self.n_layer, 1, MAX_N_LAYER, "(the number of blocks)")?;
+        in_range(
+            "n_layer",
+            self.n_layer,
+            1,
+            MAX_N_LAYER,
+            "(the number of blocks)",
+        )?;
         in_range(
             "d_inner",
             self.d_inner,
@@ -113,8 +119,9 @@ impl LmConfig {
 
 /// The most blocks a config may ask for.
 pub const MAX_N_LAYER: usize = 1 << 16;
-/// The widest `d_inner` (and `pad_vocab_size_multiple`) a config may ask for.
-pub const MAX_WIDTH: usize = 1 << 20;
+/// The widest `d_inner` (and `pad_vocab_size_multiple`) a config may ask for: 4 times the
+/// widest `d_model`, the MLP width HyenaDNA uses.
+pub const MAX_WIDTH: usize = 1 << 22;
 /// The largest vocabulary a config may ask for.
 pub const MAX_VOCAB: usize = 1 << 24;
 

@@ -10,6 +10,7 @@
 //! `l_max = 10^12` gives an estimate of many TiB, not an overflow.
 
 use super::config::LmConfig;
+use crate::error::Result;
 use crate::memory::{floats, mul};
 
 /// Parameters of the model (the one f32 buffer of its parameter store).
@@ -22,15 +23,15 @@ pub fn param_count(cfg: &LmConfig) -> u64 {
     let heads = if cfg.tie_embeddings { 1 } else { 2 };
     let embed = mul(&[heads, v, d]);
     let block = [
-        mul(&[c, d]).saturating_add(c as u64),             // in_proj
-        mul(&[d, d]).saturating_add(d as u64),             // out_proj
+        mul(&[c, d]).saturating_add(c as u64),              // in_proj
+        mul(&[d, d]).saturating_add(d as u64),              // out_proj
         mul(&[c, op.short_filter_order.saturating_add(1)]), // short filter and bias
-        mul(&[e, f]),                                      // filter MLP: first layer
-        mul(&[op.filter.num_inner_mlps, f, f]),            // its inner layers
-        mul(&[f, n.saturating_sub(1), d]),                 // its output layer
-        mul(&[4, d]),                                      // two LayerNorms
-        mul(&[2, d, di]),                                  // fc1, fc2
-        (di as u64).saturating_add(d as u64),              // their biases
+        mul(&[e, f]),                                       // filter MLP: first layer
+        mul(&[op.filter.num_inner_mlps, f, f]),             // its inner layers
+        mul(&[f, n.saturating_sub(1), d]),                  // its output layer
+        mul(&[4, d]),                                       // two LayerNorms
+        mul(&[2, d, di]),                                   // fc1, fc2
+        (di as u64).saturating_add(d as u64),               // their biases
     ]
     .iter()
     .fold(0u64, |a, &x| a.saturating_add(x));
@@ -57,7 +58,9 @@ pub fn model_bytes(cfg: &LmConfig) -> u64 {
 /// convolution and gates (about 3·(N+1)·D).
 fn train_floats_per_position_block(cfg: &LmConfig) -> u64 {
     let d = cfg.d_model() as u64;
-    let c = (cfg.operator.order as u64).saturating_add(1).saturating_mul(d);
+    let c = (cfg.operator.order as u64)
+        .saturating_add(1)
+        .saturating_mul(d);
     d.saturating_mul(4)
         .saturating_add(4)
         .saturating_add((cfg.d_inner as u64).saturating_mul(2))
@@ -86,13 +89,29 @@ pub fn train_bytes(cfg: &LmConfig, batch: usize, len: usize, shards: usize) -> u
             len,
         ]));
     let head = bl.saturating_mul(2u64.saturating_mul(cfg.padded_vocab() as u64));
-    let scratch =
-        bl.saturating_mul(d.saturating_mul(4).saturating_add(cfg.d_inner as u64));
+    let scratch = bl.saturating_mul(d.saturating_mul(4).saturating_add(cfg.d_inner as u64));
     let acts = per_block
         .saturating_mul(cfg.n_layer as u64)
         .saturating_add(head)
         .saturating_add(scratch);
     floats(params.saturating_mul(copies).saturating_add(acts)).saturating_add(buffer_bytes(cfg))
+}
+
+/// Refuse training `cfg` at `batch` windows of `len` tokens when [`train_bytes`] (with one
+/// shard per worker thread, at most one per window) exceeds the available memory; the message
+/// names the flags of `hyena train` that reduce it.
+pub fn check_train(cfg: &LmConfig, batch: usize, len: usize) -> Result<()> {
+    let shards = rayon::current_num_threads().min(batch).max(1);
+    crate::memory::check_fits(
+        &format!(
+            "training a model of {} blocks, d_model {} at batch {batch} x {len} tokens",
+            cfg.n_layer,
+            cfg.d_model()
+        ),
+        train_bytes(cfg, batch, len, shards),
+        "--batch, --seq-len, --d-model or --n-layer (or the config's batch_size, seq_len, \
+         d_model, n_layer)",
+    )
 }
 
 /// Bytes of the lean inference (`embed`, `score`) of one sequence of `len` tokens, in chunks
@@ -105,7 +124,8 @@ pub fn lean_bytes(cfg: &LmConfig, len: usize, chunk: usize) -> u64 {
     let stream = mul(&[len, d.saturating_mul(3).saturating_add(8)]);
     let chunks = mul(&[
         chunk.min(len.max(1)),
-        c.saturating_mul(4).saturating_add(cfg.d_inner.saturating_mul(2)),
+        c.saturating_mul(4)
+            .saturating_add(cfg.d_inner.saturating_mul(2)),
     ]);
     floats(stream.saturating_add(chunks))
 }
