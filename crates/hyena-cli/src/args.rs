@@ -299,7 +299,7 @@ pub fn check_output(
             if non_empty && !force {
                 anyhow::bail!(
                     "{flag} {} already exists and is not empty; pass --force to replace its \
-                     files, or choose another {flag}",
+                     files, or choose another {flag} (nothing was written)",
                     path.display()
                 );
             }
