@@ -236,3 +236,41 @@ pub fn generate(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_settings_are_checked_by_name() {
+        let ok = SampleConfig::default();
+        ok.validate(12).unwrap();
+        SampleConfig {
+            temperature: 0.0,
+            top_k: 12,
+            ..ok.clone()
+        }
+        .validate(12)
+        .unwrap();
+        for t in [f32::NAN, f32::INFINITY, -1.0] {
+            let e = SampleConfig {
+                temperature: t,
+                ..ok.clone()
+            }
+            .validate(12)
+            .unwrap_err();
+            assert!(e.to_string().contains("`temperature`"), "{e}");
+        }
+        let e = SampleConfig { top_k: 13, ..ok }.validate(12).unwrap_err();
+        assert!(e.to_string().contains("`top_k`"), "{e}");
+    }
+
+    #[test]
+    fn generation_memory_saturates_and_grows_with_tokens() {
+        let small = generate_bytes(1000, 64, 2, 16, 1024, 4, 100);
+        assert!(generate_bytes(1000, 64, 2, 16, 1024, 4, 100_000) > small);
+        assert_eq!(generate_bytes(0, 64, 2, 16, 1024, 4, usize::MAX), u64::MAX);
+        // 10^11 tokens need far more than any machine has.
+        assert!(generate_bytes(0, 64, 2, 16, 1024, 4, 100_000_000_000) > 1 << 40);
+    }
+}
