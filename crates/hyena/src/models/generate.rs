@@ -37,8 +37,8 @@ impl Default for SampleConfig {
 
 impl SampleConfig {
     /// Check the settings against a vocabulary of `vocab` tokens: `temperature` finite and
-    /// >= 0 (0 is greedy), `top_k` at most `vocab` (0 = all). The messages name the fields
-    /// as the `hyena generate` flags spell them.
+    /// not negative (0 is greedy), `top_k` at most `vocab` (0 = all). The messages name the
+    /// fields.
     pub fn validate(&self, vocab: usize) -> Result<()> {
         let t = self.temperature;
         if !(t.is_finite() && t >= 0.0) {

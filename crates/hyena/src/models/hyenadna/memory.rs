@@ -153,8 +153,10 @@ mod tests {
 
     #[test]
     fn absurd_configs_saturate_instead_of_overflowing() {
-        let mut cfg = LmConfig::default();
-        cfg.n_layer = 1_000_000_000;
+        let mut cfg = LmConfig {
+            n_layer: 1_000_000_000,
+            ..LmConfig::default()
+        };
         assert!(model_bytes(&cfg) > 1 << 40);
         cfg.operator.l_max = usize::MAX;
         cfg.operator.d_model = usize::MAX;
