@@ -1,7 +1,7 @@
 //! Flags that several subcommands share, each defined once as a `clap::Args` struct and taken
 //! into a subcommand's arguments with `#[command(flatten)]`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
@@ -88,7 +88,7 @@ impl TokenArgs {
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct LeanArgs {
     /// Positions per chunk of the lean forward (memory/speed trade-off; results do not change).
-    #[arg(long, default_value_t = LeanOptions::default().chunk)]
+    #[arg(long, default_value_t = LeanOptions::default().chunk, value_parser = at_least_one)]
     pub chunk: usize,
     #[command(flatten)]
     pub residual: ResidualFlag,
@@ -164,7 +164,7 @@ impl PoolArg {
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct ThreadsArg {
     /// Worker threads [default: all cores].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub threads: Option<usize>,
 }
 
@@ -187,4 +187,205 @@ pub struct JsonFlag {
     /// Print the results as JSON on stdout instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--force`: replace an existing output (see [`check_output`]).
+#[derive(clap::Args, Debug, Clone, Copy, Default)]
+pub struct ForceFlag {
+    /// Replace an existing output file, or write into a non-empty output directory (its files
+    /// of the same names are replaced). Never allowed into the model directory or over a file
+    /// the command reads.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Whether an output is one file or a directory of files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutKind {
+    File,
+    Dir,
+}
+
+/// `path` made absolute with its symbolic links resolved, as far as it exists: the longest
+/// existing ancestor is canonicalized and the rest appended. So an output that does not exist
+/// yet still compares with the directories a command reads.
+fn resolved(path: &Path) -> PathBuf {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
+    };
+    let mut rest = Vec::new();
+    let mut cur = abs.as_path();
+    loop {
+        if let Ok(c) = cur.canonicalize() {
+            return rest.iter().rev().fold(c, |p, n| p.join(n));
+        }
+        match (cur.parent(), cur.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                cur = parent;
+            }
+            _ => return abs,
+        }
+    }
+}
+
+/// Check an output before anything is loaded or written: `flag` (e.g. `--out`) names `path`.
+/// Refused: an existing file (an existing non-empty directory for [`OutKind::Dir`]) unless
+/// `force`; and, even with `force`, a path that is one of `inputs` or lies inside an input
+/// directory (a model directory, the data being read), whose files the command is reading.
+/// A file output's directory must exist.
+pub fn check_output(
+    flag: &str,
+    path: &Path,
+    kind: OutKind,
+    force: bool,
+    inputs: &[&Path],
+) -> Result<()> {
+    let out = resolved(path);
+    for input in inputs {
+        let inp = resolved(input);
+        if out == inp || (inp.is_dir() && out.starts_with(&inp)) {
+            anyhow::bail!(
+                "{flag} {} would {} {}, which this command reads; choose another {flag} \
+                 (--force does not allow this)",
+                path.display(),
+                if out == inp { "replace" } else { "write into" },
+                input.display()
+            );
+        }
+    }
+    match kind {
+        OutKind::File => {
+            if path.is_dir() {
+                anyhow::bail!(
+                    "{flag} {} is a directory; give a file name (e.g. {})",
+                    path.display(),
+                    path.join("out").display()
+                );
+            }
+            if path.exists() && !force {
+                anyhow::bail!(
+                    "{flag} {} already exists; pass --force to replace it, or choose another \
+                     {flag}",
+                    path.display()
+                );
+            }
+            let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+            if let Some(dir) = parent {
+                if !dir.is_dir() {
+                    anyhow::bail!(
+                        "{flag} {}: the directory {} does not exist; create it first or choose \
+                         another {flag}",
+                        path.display(),
+                        dir.display()
+                    );
+                }
+            }
+        }
+        OutKind::Dir => {
+            if path.exists() && !path.is_dir() {
+                anyhow::bail!(
+                    "{flag} {} is a file, not a directory; choose another {flag}",
+                    path.display()
+                );
+            }
+            let non_empty = std::fs::read_dir(path)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(false);
+            if non_empty && !force {
+                anyhow::bail!(
+                    "{flag} {} already exists and is not empty; pass --force to replace its \
+                     files, or choose another {flag} (nothing was written)",
+                    path.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Check that each input file or directory exists, before a model is loaded or data read.
+pub fn check_inputs(inputs: &[(&str, &Path)]) -> Result<()> {
+    for (flag, p) in inputs {
+        if let Err(e) = std::fs::metadata(p) {
+            anyhow::bail!("{flag} {}: {e}", p.display());
+        }
+    }
+    Ok(())
+}
+
+/// An output directory a command may create: when the command fails, the directory is removed
+/// again if this command created it and it is still empty, so a failure leaves nothing behind.
+pub struct OutDir {
+    path: PathBuf,
+    existed: bool,
+    done: bool,
+}
+
+impl OutDir {
+    /// Note whether `path` exists now (before the command creates anything).
+    pub fn new(path: &Path) -> Self {
+        OutDir {
+            path: path.to_path_buf(),
+            existed: path.exists(),
+            done: false,
+        }
+    }
+
+    /// The command succeeded: keep the directory.
+    pub fn keep(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for OutDir {
+    fn drop(&mut self) {
+        if !self.done && !self.existed {
+            // `remove_dir` removes only an empty directory: written results stay.
+            let _ = std::fs::remove_dir(&self.path);
+        }
+    }
+}
+
+/// Parse a finite number > 0 (learning rates, temperatures with no greedy meaning): clap
+/// reports the flag, the value and this message.
+pub fn positive_f32(s: &str) -> std::result::Result<f32, String> {
+    let v: f32 = s.parse().map_err(|e| format!("{e}"))?;
+    if !v.is_finite() || v <= 0.0 {
+        return Err(format!("must be a finite number > 0, got {v}"));
+    }
+    Ok(v)
+}
+
+/// Parse a finite number >= 0.
+pub fn non_negative_f32(s: &str) -> std::result::Result<f32, String> {
+    let v: f32 = s.parse().map_err(|e| format!("{e}"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("must be a finite number >= 0, got {v}"));
+    }
+    Ok(v)
+}
+
+/// Parse a finite number > 0 (f64).
+pub fn positive_f64(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !v.is_finite() || v <= 0.0 {
+        return Err(format!("must be a finite number > 0, got {v}"));
+    }
+    Ok(v)
+}
+
+/// Parse an integer >= 1 (sizes, counts).
+pub fn at_least_one(s: &str) -> std::result::Result<usize, String> {
+    let v: i128 = s
+        .parse()
+        .map_err(|e| format!("{e} (an integer is expected)"))?;
+    if v < 1 {
+        return Err(format!("must be >= 1, got {v}"));
+    }
+    usize::try_from(v).map_err(|_| format!("{v} is too large"))
 }

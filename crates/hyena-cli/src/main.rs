@@ -9,7 +9,7 @@ mod cmd;
 mod ui;
 
 use alloc::CountingAlloc;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 // Counting allocator: lets `hyena bench`, `hyena embed` and `hyena score` report peak heap
 // memory.
@@ -61,7 +61,8 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let matches = negative_numbers(Cli::command()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let res = match cli.cmd {
         Command::Train(a) => cmd::train::run_cmd(a),
         Command::Eval(a) => cmd::eval::run_cmd(a),
@@ -82,6 +83,14 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Let every option of every subcommand take a negative number as its value (`--lr -0.01`,
+/// `--temperature -1`), so that the value reaches its check and is refused with a message
+/// about the value, instead of clap's "unexpected argument '-1' found".
+fn negative_numbers(cmd: clap::Command) -> clap::Command {
+    cmd.mut_args(|a| a.allow_negative_numbers(true))
+        .mut_subcommands(negative_numbers)
 }
 
 /// The context chain on one line, without a backtrace; a cause already spelled out by the

@@ -160,7 +160,9 @@ fn species_task_then_baseline() {
     ] {
         assert!(ft.join(file).is_file(), "{file}");
     }
-    fails_with(&hyena(&finetune), &["already holds"]);
+    let before = snapshot(&ft);
+    fails_with(&hyena(&finetune), &[f, "already exists", "--force"]);
+    assert_eq!(snapshot(&ft), before);
     fails_with(
         &hyena(&["finetune", "--data", t, "--out", f]),
         &["--model", "--preset"],

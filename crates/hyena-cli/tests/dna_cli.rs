@@ -221,10 +221,11 @@ fn malformed_inputs_are_clear_errors() {
         fails_with(&o, &needles);
     }
     // A model directory that is not one.
+    std::fs::create_dir_all(tmp.path("not-a-model")).unwrap();
     let o = hyena(&[
         "embed",
         "--model",
-        &tmp.path(""),
+        &tmp.path("not-a-model"),
         "--fasta",
         &tmp.path("iupac.fa"),
         "--out",

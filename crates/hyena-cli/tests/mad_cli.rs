@@ -187,8 +187,11 @@ fn mad_resume_skips_recorded_settings() {
         let r: serde_json::Value = serde_json::from_str(l).unwrap();
         assert_eq!(r["task"], "memorization", "{l}");
     }
-    // Without --resume: the old progress is moved aside and all 6 settings run again.
-    let o = hyena(&args);
+    // Without --resume (and with --force): the old progress is moved aside and all 6 settings
+    // run again.
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    let o = hyena(&forced);
     ok(&o);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("progress.jsonl.prev"), "{err}");

@@ -69,6 +69,16 @@ impl Default for FilterConfig {
     }
 }
 
+/// The widest model a config may ask for.
+pub const MAX_D_MODEL: usize = 1 << 20;
+/// The longest `l_max` a config may ask for (2^32 - 1 positions, beyond any chromosome).
+pub const MAX_L_MAX: usize = u32::MAX as usize;
+/// The highest Hyena order.
+pub const MAX_ORDER: usize = 64;
+/// The largest filter sizes (`short_filter_order`, `emb_dim`, `filter_order`,
+/// `num_inner_mlps`).
+pub const MAX_FILTER: usize = 1 << 16;
+
 /// The Hyena operator (safari's `HyenaOperator`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -107,16 +117,51 @@ impl HyenaConfig {
     }
 
     /// Check every field's range; the message says which value is wrong and what is allowed.
+    /// Sizes have upper bounds far above any real model ([`MAX_D_MODEL`], [`MAX_L_MAX`],
+    /// [`MAX_FILTER`]), so an absurd config is refused by name before anything is allocated.
     pub fn validate(&self) -> Result<()> {
-        if self.d_model == 0 {
-            return Err(Error::config("d_model", self.d_model, "must be >= 1"));
+        if self.d_model == 0 || self.d_model > MAX_D_MODEL {
+            return Err(Error::config(
+                "d_model",
+                self.d_model,
+                format!("must be in 1..={MAX_D_MODEL}"),
+            ));
         }
-        if self.l_max == 0 {
+        if self.l_max == 0 || self.l_max > MAX_L_MAX {
             return Err(Error::config(
                 "l_max",
                 self.l_max,
-                "must be >= 1 (the longest sequence length)",
+                format!("must be in 1..={MAX_L_MAX} (the longest sequence length)"),
             ));
+        }
+        if self.order > MAX_ORDER {
+            return Err(Error::config(
+                "order",
+                self.order,
+                format!("must be in 2..={MAX_ORDER}"),
+            ));
+        }
+        if self.short_filter_order > MAX_FILTER {
+            return Err(Error::config(
+                "short_filter_order",
+                self.short_filter_order,
+                format!("must be in 1..={MAX_FILTER} (reference: 3)"),
+            ));
+        }
+        let f = &self.filter;
+        for (key, v) in [
+            ("filter.emb_dim", f.emb_dim),
+            ("filter.filter_order", f.filter_order),
+            ("filter.num_inner_mlps", f.num_inner_mlps),
+        ] {
+            if v > MAX_FILTER {
+                return Err(Error::config(key, v, format!("must be <= {MAX_FILTER}")));
+            }
+        }
+        for (key, v) in [("filter.w", f.w), ("filter.shift", f.shift)] {
+            if !v.is_finite() {
+                return Err(Error::config(key, v, "must be a finite number"));
+            }
         }
         if self.order < 2 {
             return Err(Error::config(

@@ -32,6 +32,19 @@ pub enum Error {
         value: String,
         hint: String,
     },
+    /// The estimated memory of an operation exceeds what the machine has available
+    /// (`memory::check_fits`): refused before allocating, instead of an abort.
+    #[error(
+        "{what} needs about {} of memory, but {} are available; reduce {hint}",
+        gib(*need),
+        gib(*available)
+    )]
+    Memory {
+        what: String,
+        need: u64,
+        available: u64,
+        hint: String,
+    },
 
     /// Training produced a loss or gradient norm that is not finite.
     #[error(
@@ -113,6 +126,17 @@ impl Error {
             value: value.to_string(),
             hint: hint.into(),
         }
+    }
+}
+
+/// `bytes` in GiB with two decimals, or in MiB below a tenth of a GiB (a small limit would
+/// read "0.00 GiB").
+fn gib(bytes: u64) -> String {
+    let g = bytes as f64 / (1u64 << 30) as f64;
+    if g >= 0.1 {
+        format!("{g:.2} GiB")
+    } else {
+        format!("{:.3} MiB", bytes as f64 / (1u64 << 20) as f64)
     }
 }
 

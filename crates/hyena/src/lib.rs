@@ -56,9 +56,10 @@
 //! # Layout
 //! Lowest rank first; a module imports only from modules of its own rank or a lower one, and
 //! the module graph has no cycle (`tests/layering.rs` checks both):
-//! 0. [`error`], [`config`], [`params`], [`plot`]: the error type; the serde configuration of
-//!    the Hyena operator; the parameter store (one flat buffer per model, tensors registered by
-//!    name, loaded through the `TensorSource` interface); charts.
+//! 0. [`error`], [`config`], [`params`], [`plot`], [`memory`]: the error type; the serde
+//!    configuration of the Hyena operator; the parameter store (one flat buffer per model,
+//!    tensors registered by name, loaded through the `TensorSource` interface); charts; the
+//!    memory guard (the memory available, and a check that an estimate fits in it).
 //! 1. [`io`]: file formats only (safetensors, npy, FASTA/FASTQ, text, tokenizers, the safe
 //!    PyTorch checkpoint reader); it knows no model. [`ops`]: kernels, the backend boundary:
 //!    FFT long convolution, short convolution, linear, norms, activations, the loss; each with
@@ -88,6 +89,7 @@ pub mod distill;
 pub mod error;
 pub mod io;
 pub mod layers;
+pub mod memory;
 pub mod models;
 pub mod ops;
 pub mod params;

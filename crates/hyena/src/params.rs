@@ -493,6 +493,19 @@ impl<'a, 's> Vb<'a, 's> {
         }
         let off = b.store.len();
         let handle = P { off, len: numel };
+        // Fallible: a tensor too large for the memory is an error naming it, not an abort.
+        let reserved = match &mut b.store.data {
+            Storage::F32(v) => v.try_reserve(numel).is_ok(),
+            Storage::Bf16(v) => v.try_reserve(numel).is_ok(),
+        };
+        if !reserved {
+            let what = "cannot be allocated (too large for the memory); use a smaller config";
+            return Err(Error::config(
+                "parameter size",
+                format!("`{full}` {shape:?}"),
+                what,
+            ));
+        }
         match &mut b.store.data {
             Storage::F32(v) => v.resize(off + numel, 0.0),
             Storage::Bf16(v) => v.resize(off + numel, 0),

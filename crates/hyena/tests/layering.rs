@@ -12,6 +12,7 @@ const RANKS: &[(&str, usize)] = &[
     ("config", 0),
     ("params", 0),
     ("plot", 0),
+    ("memory", 0),
     ("io", 1),
     ("ops", 1),
     ("layers", 2),

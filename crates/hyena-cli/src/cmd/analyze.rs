@@ -11,7 +11,7 @@ use hyena::distill::ess::{filter_ess, operator_ess, LayerEss};
 use hyena::models::hyenadna::HyenaLm;
 use hyena::models::Model;
 
-use crate::args::{JsonFlag, ModelArg};
+use crate::args::{check_inputs, check_output, ForceFlag, JsonFlag, ModelArg, OutKind};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum AnalyzeWhat {
@@ -41,6 +41,8 @@ pub struct EssArgs {
     /// Where to draw the per-layer ESS.
     #[arg(long, default_value = "ess.png")]
     pub png: PathBuf,
+    #[command(flatten)]
+    pub force: ForceFlag,
 }
 
 pub fn run_cmd(w: AnalyzeWhat) -> Result<()> {
@@ -51,6 +53,11 @@ pub fn run_cmd(w: AnalyzeWhat) -> Result<()> {
 
 fn ess_cmd(a: EssArgs) -> Result<()> {
     let model = &a.model.model;
+    let mut inputs = vec![("--model", model.as_path())];
+    inputs.extend(a.fasta.as_deref().map(|p| ("--fasta", p)));
+    check_inputs(&inputs)?;
+    let reads: Vec<_> = inputs.iter().map(|(_, p)| *p).collect();
+    check_output("--png", &a.png, OutKind::File, a.force.force, &reads)?;
     let loaded =
         load_model(model).with_context(|| format!("loading the model in {}", model.display()))?;
     let lm = loaded.downcast::<Model<HyenaLm>>("hyena analyze ess")?;

@@ -12,7 +12,7 @@ use hyena::models::zoo::{parse_layers, ArchConfig};
 use hyena::train::run::RunConfig;
 
 use crate::alloc::{self, Counted, CountingAlloc};
-use crate::args::{JsonFlag, ResidualFlag, ThreadsArg};
+use crate::args::{check_output, ForceFlag, JsonFlag, OutKind, ResidualFlag, ThreadsArg};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchWhat {
@@ -138,6 +138,8 @@ pub struct GenerateArgs {
     /// Where to draw latency against context.
     #[arg(long, default_value = "bench-generate.png")]
     pub png: PathBuf,
+    #[command(flatten)]
+    pub force: ForceFlag,
     #[command(flatten)]
     pub common: BenchCommon,
 }
@@ -480,6 +482,7 @@ fn mad_suite(a: &MadArgs, arch_of: &dyn Fn(&str) -> Result<ArchConfig>) -> Resul
 }
 
 fn generate(a: &GenerateArgs) -> Result<()> {
+    check_output("--png", &a.png, OutKind::File, a.force.force, &[])?;
     a.common.init()?;
     let (d, layers) = (a.dim, a.layers);
     if d == 0 {

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use hyena::checkpoint::load_model;
 use hyena::distill::model::{
     distill_lm, report_pngs, save_distilled, write_report, ChannelFit, DistillConfig, REPORT_FILE,
@@ -12,7 +12,9 @@ use hyena::distill::model::{
 use hyena::models::hyenadna::HyenaLm;
 use hyena::models::Model;
 
-use crate::args::ModelArg;
+use crate::args::{
+    at_least_one, check_inputs, check_output, positive_f64, ForceFlag, ModelArg, OutDir, OutKind,
+};
 use crate::ui;
 
 #[derive(clap::Args, Debug)]
@@ -20,38 +22,35 @@ pub struct DistillArgs {
     #[command(flatten)]
     pub model: ModelArg,
     /// Real state dimension per filter (instead of --tol).
-    #[arg(long, conflicts_with = "tol")]
+    #[arg(long, conflicts_with = "tol", value_parser = at_least_one)]
     pub order: Option<usize>,
     /// Keep the Hankel singular values above TOL × the largest, per filter [default: 1e-3
     /// when --order is not given].
-    #[arg(long)]
+    #[arg(long, value_parser = positive_f64)]
     pub tol: Option<f64>,
     /// With --tol: the largest order any filter may get.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
     pub max_order: usize,
     /// Gradient refinement steps on the poles (0: ERA and least squares only).
     #[arg(long, default_value_t = 200)]
     pub refine_steps: usize,
+    /// Peak learning rate of the refinement steps (Adam on the poles, cosine decay).
+    #[arg(long, default_value_t = DistillConfig::default().lr, value_parser = positive_f64)]
+    pub lr: f64,
     /// Largest Hankel matrix side used for the spectrum and the first realisation.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = at_least_one)]
     pub max_hankel: usize,
-    /// Output directory for the distilled model (must not exist or be empty).
+    /// Output directory for the distilled model (must not exist or be empty, unless --force).
     #[arg(long)]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub force: ForceFlag,
 }
 
 pub fn run_cmd(a: DistillArgs) -> Result<()> {
     let model = &a.model.model;
-    if a.out.exists()
-        && std::fs::read_dir(&a.out)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(true)
-    {
-        bail!(
-            "{} already exists and is not empty; choose a new --out (nothing was written)",
-            a.out.display()
-        );
-    }
+    check_inputs(&[("--model", model)])?;
+    check_output("--out", &a.out, OutKind::Dir, a.force.force, &[model])?;
     let loaded =
         load_model(model).with_context(|| format!("loading the model in {}", model.display()))?;
     let lm = loaded.downcast::<Model<HyenaLm>>("hyena distill")?;
@@ -66,7 +65,7 @@ pub fn run_cmd(a: DistillArgs) -> Result<()> {
         max_order: a.max_order,
         max_hankel: a.max_hankel,
         refine_steps: a.refine_steps,
-        ..DistillConfig::default()
+        lr: a.lr,
     };
     println!(
         "distill config: {}",
@@ -82,6 +81,7 @@ pub fn run_cmd(a: DistillArgs) -> Result<()> {
     })
     .with_context(|| format!("distilling the model in {}", model.display()))?;
     bar.finish_and_clear();
+    let out_dir = OutDir::new(&a.out);
     save_distilled(&rlm, &cfg, &run_cfg, &a.out)
         .with_context(|| format!("writing {}", a.out.display()))?;
     write_report(&a.out, model, &cfg, &fits)?;
@@ -89,6 +89,7 @@ pub fn run_cmd(a: DistillArgs) -> Result<()> {
     eprint!("drawing the report ...\r");
     let pngs = report_pngs(lm, &rlm, &fits, &cfg, &a.out)?;
     eprint!("{:30}\r", "");
+    out_dir.keep();
     println!(
         "wrote {} (model.safetensors, config.json, {REPORT_FILE}, {})",
         a.out.display(),

@@ -10,7 +10,10 @@ use hyena::apps::dna::{embed_file, EmbedOptions};
 use hyena::checkpoint::load_model;
 
 use crate::alloc::CountingAlloc;
-use crate::args::{LeanArgs, ModelArg, PoolArg, RecordsFile, TokenArgs};
+use crate::args::{
+    check_inputs, check_output, ForceFlag, LeanArgs, ModelArg, OutKind, PoolArg, RecordsFile,
+    TokenArgs,
+};
 use crate::ui;
 
 #[derive(clap::Args, Debug)]
@@ -34,12 +37,27 @@ pub struct EmbedArgs {
     pub tokens: TokenArgs,
     #[command(flatten)]
     pub lean: LeanArgs,
+    #[command(flatten)]
+    pub force: ForceFlag,
+}
+
+/// The table of records `hyena embed` writes beside its `.npy` output.
+fn records_tsv(out: &std::path::Path) -> PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".records.tsv");
+    PathBuf::from(name)
 }
 
 pub fn run_cmd(a: EmbedArgs) -> Result<()> {
     CountingAlloc::mark_installed();
     let t0 = Instant::now();
     let dir = &a.model.model;
+    // Everything that can be checked without the model, before loading it.
+    check_inputs(&[("--model", dir), ("--fasta", &a.records.fasta)])?;
+    let reads = [dir.as_path(), a.records.fasta.as_path()];
+    let force = a.force.force;
+    check_output("--out", &a.out, OutKind::File, force, &reads)?;
+    check_output("--out", &records_tsv(&a.out), OutKind::File, force, &reads)?;
     let loaded =
         load_model(dir).with_context(|| format!("loading the model in {}", dir.display()))?;
     let lm = loaded.model.as_ref();

@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use hyena::train::run::{evaluate_run, EvalOptions};
 
-use crate::args::{DataFiles, JsonFlag, ModelArg};
+use crate::args::{at_least_one, check_inputs, DataFiles, JsonFlag, ModelArg};
 use crate::ui;
 
 #[derive(clap::Args, Debug)]
@@ -17,14 +17,14 @@ pub struct EvalArgs {
     pub model: ModelArg,
     #[command(flatten)]
     pub data: DataFiles,
-    /// Window length [default: the run's training window].
-    #[arg(long)]
+    /// Window length, at most the model's l_max [default: the run's training window].
+    #[arg(long, value_parser = at_least_one)]
     pub seq_len: Option<usize>,
     /// Windows per forward pass [default: the run's batch size].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub batch: Option<usize>,
     /// Score at most this many windows [default: all].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub max_windows: Option<usize>,
     #[command(flatten)]
     pub json: JsonFlag,
@@ -32,6 +32,10 @@ pub struct EvalArgs {
 
 pub fn run_cmd(a: EvalArgs) -> Result<()> {
     let model = &a.model.model;
+    let mut inputs = vec![("--model", model.as_path())];
+    inputs.extend(a.data.fasta.iter().map(|p| ("--fasta", p.as_path())));
+    inputs.extend(a.data.text.iter().map(|p| ("--text", p.as_path())));
+    check_inputs(&inputs)?;
     let data = (!a.data.is_empty()).then(|| hyena::data::tokens::DataConfig {
         fasta: a.data.fasta.clone(),
         text: a.data.text.clone(),
@@ -50,6 +54,14 @@ pub fn run_cmd(a: EvalArgs) -> Result<()> {
     let r = evaluate_run(model, &opts, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
+    })
+    .map_err(|e| match e {
+        // The operator's advice is about building one; say what the user can change.
+        hyena::Error::TooLong { len, l_max, .. } => anyhow::anyhow!(
+            "windows of {len} tokens are longer than the model's l_max of {l_max}; pass \
+             --seq-len {l_max} or less"
+        ),
+        e => e.into(),
     })
     .with_context(|| format!("evaluating the model in {}", model.display()))?;
     bar.finish_and_clear();

@@ -9,7 +9,10 @@ use anyhow::{Context, Result};
 use hyena::baselines::kmer::{fit_select, SELECT_HOLDOUT, SELECT_MAX_K, SELECT_SEED};
 use hyena::train::finetune::{finetune, FinetuneConfig, FinetuneEvent, FinetuneRun};
 
-use crate::args::PoolArg;
+use crate::args::{
+    at_least_one, check_inputs, check_output, non_negative_f32, positive_f32, positive_f64,
+    ForceFlag, OutDir, OutKind, PoolArg,
+};
 use crate::cmd::data::print_eval;
 use crate::ui;
 
@@ -37,21 +40,23 @@ pub struct FinetuneArgs {
     /// accuracy.png.
     #[arg(long, default_value = "runs/finetune")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub force: ForceFlag,
     /// Passes over the training examples (fractions allowed).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = positive_f64)]
     pub epochs: f64,
     /// Sequences per step.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = at_least_one)]
     pub batch: usize,
     /// Peak learning rate (AdamW; warm-up over 1% of the steps, then cosine to 0.1x).
-    #[arg(long, default_value_t = 6e-4)]
+    #[arg(long, default_value_t = 6e-4, value_parser = positive_f32)]
     pub lr: f32,
     /// Decoupled weight decay (not on biases, norms and the implicit filter).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = non_negative_f32)]
     pub weight_decay: f32,
     /// Length every sequence is left-padded with [PAD] (or truncated, keeping its first bases)
     /// to [default: the longest training sequence].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub max_len: Option<usize>,
     /// How the hidden states of a sequence are pooled for the head: mean (over all positions,
     /// padding included: the reference's pooled decoder) or last (the last base: sequences are
@@ -67,10 +72,10 @@ pub struct FinetuneArgs {
     #[arg(long, default_value_t = 0)]
     pub eval_every: u64,
     /// Train on at most this many examples (a seeded random subset).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub train_limit: Option<usize>,
     /// Test examples scored at the intermediate evaluations (the final one uses all).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = at_least_one)]
     pub eval_limit: usize,
     /// Reverse-complement each training example with probability 1/2 at every step (the
     /// reference's rc_aug): a fragment read from either strand has the same label.
@@ -83,6 +88,19 @@ pub struct FinetuneArgs {
 }
 
 pub fn run_cmd(a: FinetuneArgs) -> Result<()> {
+    if a.model.is_none() && a.preset.is_none() {
+        anyhow::bail!(
+            "give --model DIR (a pretrained backbone) or --preset NAME (a fresh one, e.g. \
+             hyenadna-tiny)"
+        );
+    }
+    // Inputs and the output first: nothing is read or created before these checks.
+    let mut inputs = vec![("--data", a.data.as_path())];
+    inputs.extend(a.test_csv.as_deref().map(|p| ("--test-csv", p)));
+    inputs.extend(a.model.as_deref().map(|p| ("--model", p)));
+    check_inputs(&inputs)?;
+    let reads: Vec<_> = inputs.iter().map(|(_, p)| *p).collect();
+    check_output("--out", &a.out, OutKind::Dir, a.force.force, &reads)?;
     let ds = match &a.test_csv {
         Some(t) => hyena::data::seqcls::load_csv(&a.data, Some(t)),
         None => hyena::data::seqcls::load_dataset(&a.data),
@@ -106,18 +124,15 @@ pub fn run_cmd(a: FinetuneArgs) -> Result<()> {
         ..FinetuneConfig::default()
     };
     let model = match (&a.model, &a.preset) {
-        // Replaced by the checkpoint's own config when it is loaded.
-        (Some(_), _) => hyena::models::hyenadna::LmConfig::default(),
         (None, Some(p)) => {
             let mut m = hyena::train::run::preset(p)?.model;
             let longest = ds.train.iter().map(|e| e.seq.len()).max().unwrap_or(1);
             m.operator.l_max = a.max_len.unwrap_or(longest);
             m
         }
-        (None, None) => anyhow::bail!(
-            "give --model DIR (a pretrained backbone) or --preset NAME (a fresh one, e.g. \
-             hyenadna-tiny)"
-        ),
+        // Replaced by the checkpoint's own config when it is loaded (--model is given: checked
+        // at the start).
+        _ => hyena::models::hyenadna::LmConfig::default(),
     };
     let run = FinetuneRun {
         data: a.data.clone(),
@@ -166,7 +181,9 @@ pub fn run_cmd(a: FinetuneArgs) -> Result<()> {
             ),
         ),
     };
+    let out_dir = OutDir::new(&a.out);
     let s = finetune(&run, &ds, &a.out, &mut on_event)?;
+    out_dir.keep();
     bar.finish_and_clear();
     let mut out = std::io::stdout().lock();
     writeln!(

@@ -4,9 +4,9 @@
 use anyhow::{Context, Result};
 use hyena::checkpoint::load_model;
 use hyena::io::tokenizer::Tokenizer;
-use hyena::models::generate::{generate, DecodeMode, SampleConfig};
+use hyena::models::generate::{generate, generate_bytes, DecodeMode, SampleConfig};
 
-use crate::args::ModelArg;
+use crate::args::{check_inputs, non_negative_f32, ModelArg};
 
 #[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
@@ -15,13 +15,13 @@ pub struct GenerateArgs {
     /// Prompt text (DNA letters for nucleotide models).
     #[arg(long)]
     pub prompt: String,
-    /// Tokens to generate.
+    /// Tokens to generate (refused, before sampling, when they would not fit in memory).
     #[arg(long, default_value_t = 200)]
     pub tokens: usize,
     /// Softmax temperature (0 = greedy).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative_f32)]
     pub temperature: f32,
-    /// Sample among the k most likely tokens only (0 = all).
+    /// Sample among the k most likely tokens only (0 = all; at most the vocabulary size).
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
     /// Seed of the sampling.
@@ -40,6 +40,7 @@ pub enum GenMode {
 
 pub fn run_cmd(a: GenerateArgs) -> Result<()> {
     let dir = &a.model.model;
+    check_inputs(&[("--model", dir)])?;
     let loaded =
         load_model(dir).with_context(|| format!("loading the model in {}", dir.display()))?;
     let tok: Tokenizer = loaded
@@ -60,6 +61,29 @@ pub fn run_cmd(a: GenerateArgs) -> Result<()> {
         seed: a.seed,
         allowed: tok.sampleable_ids(),
     };
+    let lm = loaded.model.as_ref();
+    let vocab = lm.vocab_size();
+    if a.top_k > vocab {
+        anyhow::bail!(
+            "--top-k {} is larger than the model's vocabulary of {vocab} tokens; give at most \
+             {vocab} (0 = all tokens)",
+            a.top_k
+        );
+    }
+    sc.validate(vocab)?;
+    hyena::memory::check_fits(
+        &format!("generating {} tokens", a.tokens),
+        generate_bytes(
+            0, // the model is loaded: the available memory is what is left beside it
+            lm.d_model(),
+            lm.n_layer(),
+            lm.vocab_size(),
+            lm.max_len(),
+            prompt.len(),
+            a.tokens,
+        ),
+        "--tokens",
+    )?;
     let mode = match a.mode {
         GenMode::Conv => DecodeMode::Conv,
         GenMode::Recurrent => DecodeMode::Recurrent,

@@ -124,6 +124,9 @@ pub struct MadCommon {
     /// progress.jsonl is moved to progress.jsonl.prev and the run starts afresh.
     #[arg(long)]
     pub resume: bool,
+    // --force: without --resume, start afresh in a non-empty --out (its results are replaced).
+    #[command(flatten)]
+    pub force: crate::args::ForceFlag,
     /// Do not train: time a few optimizer steps of every setting and print the protocol's
     /// projected wall time on this machine (an upper bound: early stopping only shortens it).
     #[arg(long)]
@@ -210,6 +213,10 @@ pub fn run_cmd(a: MadArgs) -> Result<()> {
     let proto = protocol(&common);
     if common.estimate {
         return estimate_cmd(&specs, &archs, &tasks, &proto);
+    }
+    if !common.resume {
+        let force = common.force.force;
+        crate::args::check_output("--out", &common.out, crate::args::OutKind::Dir, force, &[])?;
     }
     std::fs::create_dir_all(&common.out)
         .with_context(|| format!("creating {}", common.out.display()))?;

@@ -10,7 +10,10 @@ use hyena::apps::dna::score_file;
 use hyena::checkpoint::load_model;
 
 use crate::alloc::CountingAlloc;
-use crate::args::{JsonFlag, LeanArgs, ModelArg, RecordsFile, TokenArgs};
+use crate::args::{
+    check_inputs, check_output, ForceFlag, JsonFlag, LeanArgs, ModelArg, OutKind, RecordsFile,
+    TokenArgs,
+};
 use crate::ui;
 
 #[derive(clap::Args, Debug)]
@@ -28,12 +31,20 @@ pub struct ScoreArgs {
     pub tokens: TokenArgs,
     #[command(flatten)]
     pub lean: LeanArgs,
+    #[command(flatten)]
+    pub force: ForceFlag,
 }
 
 pub fn run_cmd(a: ScoreArgs) -> Result<()> {
     CountingAlloc::mark_installed();
     let t0 = Instant::now();
     let dir = &a.model.model;
+    // Everything that can be checked without the model, before loading it.
+    check_inputs(&[("--model", dir), ("--fasta", &a.records.fasta)])?;
+    if let Some(p) = &a.per_base {
+        let reads = [dir.as_path(), a.records.fasta.as_path()];
+        check_output("--per-base", p, OutKind::File, a.force.force, &reads)?;
+    }
     let loaded =
         load_model(dir).with_context(|| format!("loading the model in {}", dir.display()))?;
     let (bar, f) = ui::record_progress();

@@ -180,6 +180,7 @@ pub fn embed_file(
         layer,
         progress,
         |rec, ids, ws| {
+            check_record_fits(lm, ids.len(), opts.lean.chunk)?;
             let h = lm.hidden_states(ids, layer, ws)?;
             let row = npy.rows();
             match opts.pool {
@@ -230,18 +231,48 @@ pub fn embed_file(
     })
 }
 
-/// Say which record an error of the forward concerns.
+/// Say which record an error of the forward concerns; a record longer than the model takes
+/// gets what the user can do about it (the operator's own advice is about building one).
 fn in_record(e: Error, file: &Path, rec: &SeqRecord) -> Error {
-    let hint = match &e {
-        Error::TooLong { l_max, .. } => {
-            format!("; the model takes at most {l_max} tokens (its max_seq_len): split the record")
-        }
-        _ => String::new(),
+    let msg = match &e {
+        Error::TooLong { len, l_max, .. } => format!(
+            "record '{}' ({} bases) is {len} tokens long, but the model takes at most {l_max} \
+             (its l_max / max_seq_len): split the record into pieces of at most {l_max} bases, \
+             or use a model trained with a larger l_max (--chunk only sets the memory per \
+             pass, not the longest record)",
+            rec.id,
+            rec.seq.len()
+        ),
+        _ => format!("record '{}' ({} bases): {e}", rec.id, rec.seq.len()),
     };
     Error::Format {
         file: file.to_path_buf(),
-        msg: format!("record '{}' ({} bases): {e}{hint}", rec.id, rec.seq.len()),
+        msg,
     }
+}
+
+/// Refuse a record whose lean forward would not fit in memory, before running it: the
+/// residual stream and convolution rows (about `3·L·D` floats) and the chunk buffers (about
+/// `P·20·D`).
+fn check_record_fits(lm: &dyn LanguageModel, tokens: usize, chunk: usize) -> Result<()> {
+    use crate::memory::{floats, mul};
+    if tokens > lm.max_len() {
+        // Refused by the forward with what to do about a record that long.
+        return Ok(());
+    }
+    let d = lm.d_model();
+    let bytes = floats(
+        mul(&[tokens, d.saturating_mul(3).saturating_add(8)]).saturating_add(mul(&[
+            chunk.min(tokens.max(1)),
+            d,
+            20,
+        ])),
+    );
+    crate::memory::check_fits(
+        &format!("the lean forward of {tokens} tokens at d_model {d}"),
+        bytes,
+        "the record's length (split it) or --chunk",
+    )
 }
 
 /// Likelihood of one record under the model.
@@ -282,6 +313,7 @@ pub fn score_file(
         lm.n_layer(),
         progress,
         |rec, ids, ws| {
+            check_record_fits(lm, ids.len(), lean.chunk)?;
             let total = lm.log_likelihood(ids, ws, &mut lp)?;
             if let Some(t) = tsv.as_mut() {
                 for (j, &v) in lp.iter().enumerate() {

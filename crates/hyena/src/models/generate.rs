@@ -35,6 +35,56 @@ impl Default for SampleConfig {
     }
 }
 
+impl SampleConfig {
+    /// Check the settings against a vocabulary of `vocab` tokens: `temperature` finite and
+    /// not negative (0 is greedy), `top_k` at most `vocab` (0 = all). The messages name the
+    /// fields.
+    pub fn validate(&self, vocab: usize) -> Result<()> {
+        let t = self.temperature;
+        if !(t.is_finite() && t >= 0.0) {
+            return Err(Error::config(
+                "temperature",
+                t,
+                "must be a finite number >= 0 (0 = greedy; 1 samples from the model's \
+                 distribution)",
+            ));
+        }
+        if self.top_k > vocab {
+            return Err(Error::config(
+                "top_k",
+                self.top_k,
+                format!("must be at most the vocabulary size {vocab} (0 = all tokens)"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Bytes to generate `n` tokens after a prompt of `prompt` tokens from a model of `n_layer`
+/// blocks of width `d_model` over `vocab` tokens, whose forward takes at most `window` tokens:
+/// the model's parameters (`params`), the context and output token buffers, and the
+/// activations of one forward over the context (about `24·D` floats per position and block,
+/// plus the logits). For the memory guard ([`crate::memory::check_fits`]).
+pub fn generate_bytes(
+    params: usize,
+    d_model: usize,
+    n_layer: usize,
+    vocab: usize,
+    window: usize,
+    prompt: usize,
+    n: usize,
+) -> u64 {
+    use crate::memory::{floats, mul};
+    let total = (prompt as u64).saturating_add(n as u64);
+    // The output (4 bytes a token) and the context, which grows by doubling (up to 8).
+    let tokens = (n as u64)
+        .saturating_mul(4)
+        .saturating_add(total.saturating_mul(8));
+    let ctx = total.min(window as u64) as usize;
+    let acts = mul(&[ctx, n_layer, d_model, 24]).saturating_add(mul(&[ctx, vocab, 2]));
+    floats((params as u64).saturating_add(acts)).saturating_add(tokens)
+}
+
 /// Choose the next token from `logits` (real vocabulary only, padding rows excluded), among
 /// `cfg.allowed` when it is not empty.
 pub fn sample(logits: &[f32], cfg: &SampleConfig, rng: &mut StdRng) -> u32 {
@@ -166,8 +216,17 @@ pub fn generate(
 ) -> Result<Vec<u32>> {
     check_prompt(prompt)?;
     let mut rng = StdRng::seed_from_u64(cfg.seed);
+    // Reserved up front and fallibly: a count too large for the memory is an error here, not
+    // an abort halfway through.
+    let mut out = Vec::new();
+    out.try_reserve_exact(n).map_err(|_| {
+        Error::config(
+            "tokens",
+            n,
+            "too many tokens to hold in memory; generate fewer",
+        )
+    })?;
     dec.prefill(prompt)?;
-    let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let t = sample(dec.logits(), cfg, &mut rng);
         out.push(t);
@@ -176,4 +235,42 @@ pub fn generate(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_settings_are_checked_by_name() {
+        let ok = SampleConfig::default();
+        ok.validate(12).unwrap();
+        SampleConfig {
+            temperature: 0.0,
+            top_k: 12,
+            ..ok.clone()
+        }
+        .validate(12)
+        .unwrap();
+        for t in [f32::NAN, f32::INFINITY, -1.0] {
+            let e = SampleConfig {
+                temperature: t,
+                ..ok.clone()
+            }
+            .validate(12)
+            .unwrap_err();
+            assert!(e.to_string().contains("`temperature`"), "{e}");
+        }
+        let e = SampleConfig { top_k: 13, ..ok }.validate(12).unwrap_err();
+        assert!(e.to_string().contains("`top_k`"), "{e}");
+    }
+
+    #[test]
+    fn generation_memory_saturates_and_grows_with_tokens() {
+        let small = generate_bytes(1000, 64, 2, 16, 1024, 4, 100);
+        assert!(generate_bytes(1000, 64, 2, 16, 1024, 4, 100_000) > small);
+        assert_eq!(generate_bytes(0, 64, 2, 16, 1024, 4, usize::MAX), u64::MAX);
+        // 10^11 tokens need far more than any machine has.
+        assert!(generate_bytes(0, 64, 2, 16, 1024, 4, 100_000_000_000) > 1 << 40);
+    }
 }

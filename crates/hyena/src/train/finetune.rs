@@ -286,6 +286,12 @@ pub fn finetune(
             ),
         ));
     }
+    let shards = rayon::current_num_threads().min(f.batch_size);
+    crate::memory::check_fits(
+        &format!("fine-tuning at batch {} x {max_len} bases", f.batch_size),
+        crate::models::hyenadna::memory::train_bytes(&lm.net.cfg, f.batch_size, max_len, shards),
+        "--batch or --max-len, or fine-tune a smaller backbone",
+    )?;
     let n_classes = dataset.classes.len();
     let mut clf = SeqClassifier::from_backbone(lm, n_classes, f.pool, f.seed)?;
     let train = training_subset(&dataset.train, &f);

@@ -352,6 +352,11 @@ fn run_inner(
     let resume = start == Start::Resume;
     cfg.model.validate()?;
     cfg.train.validate()?;
+    crate::models::hyenadna::memory::check_train(
+        &cfg.model,
+        cfg.train.batch_size,
+        cfg.train.seq_len,
+    )?;
     if cfg.data.tokenizer.vocab_size() != cfg.model.vocab_size {
         return Err(Error::config(
             "model.vocab_size",

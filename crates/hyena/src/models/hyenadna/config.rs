@@ -78,21 +78,88 @@ impl LmConfig {
         let m = self.pad_vocab_size_multiple.max(1);
         self.vocab_size.div_ceil(m) * m
     }
-    /// Check every field.
+    /// Check every field: sizes at least 1 and below [`MAX_N_LAYER`], [`MAX_WIDTH`] and
+    /// [`MAX_VOCAB`] (far above any real model; a typo like `n_layer: 1000000000` is refused
+    /// here, by name, before anything is allocated), `layer_norm_epsilon` finite and > 0, and
+    /// the operator's fields ([`HyenaConfig::validate`]).
     pub fn validate(&self) -> Result<()> {
-        if self.vocab_size == 0 {
-            return Err(Error::config("vocab_size", 0, "must be >= 1"));
-        }
-        if self.n_layer == 0 {
-            return Err(Error::config("n_layer", 0, "must be >= 1"));
-        }
-        if self.d_inner == 0 {
+        in_range("vocab_size", self.vocab_size, 1, MAX_VOCAB, "(12 for DNA)")?;
+        in_range(
+            "pad_vocab_size_multiple",
+            self.pad_vocab_size_multiple,
+            0,
+            MAX_WIDTH,
+            "(8 in HyenaDNA)",
+        )?;
+        in_range(
+            "n_layer",
+            self.n_layer,
+            1,
+            MAX_N_LAYER,
+            "(the number of blocks)",
+        )?;
+        in_range(
+            "d_inner",
+            self.d_inner,
+            1,
+            MAX_WIDTH,
+            "(HyenaDNA uses 4·d_model)",
+        )?;
+        let eps = self.layer_norm_epsilon;
+        if !(eps.is_finite() && eps > 0.0) {
             return Err(Error::config(
-                "d_inner",
-                0,
-                "must be >= 1 (HyenaDNA uses 4·d_model)",
+                "layer_norm_epsilon",
+                eps,
+                "must be a finite number > 0 (HyenaDNA uses 1e-5)",
             ));
         }
         self.operator.validate()
+    }
+}
+
+/// The most blocks a config may ask for.
+pub const MAX_N_LAYER: usize = 1 << 16;
+/// The widest `d_inner` (and `pad_vocab_size_multiple`) a config may ask for: 4 times the
+/// widest `d_model`, the MLP width HyenaDNA uses.
+pub const MAX_WIDTH: usize = 1 << 22;
+/// The largest vocabulary a config may ask for.
+pub const MAX_VOCAB: usize = 1 << 24;
+
+/// An error naming `key` unless `lo <= v <= hi`.
+fn in_range(key: &'static str, v: usize, lo: usize, hi: usize, note: &str) -> Result<()> {
+    if v < lo || v > hi {
+        return Err(Error::config(
+            key,
+            v,
+            format!("must be in {lo}..={hi} {note}"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(f: impl FnOnce(&mut LmConfig), key: &str) {
+        let mut c = LmConfig::default();
+        f(&mut c);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains(&format!("`{key}`")), "{e}");
+    }
+
+    #[test]
+    fn every_size_and_epsilon_is_checked_by_name() {
+        LmConfig::default().validate().unwrap();
+        refused(|c| c.n_layer = 0, "n_layer");
+        refused(|c| c.n_layer = 1_000_000_000, "n_layer");
+        refused(|c| c.vocab_size = 0, "vocab_size");
+        refused(|c| c.d_inner = usize::MAX, "d_inner");
+        refused(|c| c.layer_norm_epsilon = -1.0, "layer_norm_epsilon");
+        refused(|c| c.layer_norm_epsilon = 0.0, "layer_norm_epsilon");
+        refused(|c| c.layer_norm_epsilon = f32::NAN, "layer_norm_epsilon");
+        refused(|c| c.operator.l_max = 1_000_000_000_000, "l_max");
+        refused(|c| c.operator.d_model = 1_000_000_000, "d_model");
+        refused(|c| c.operator.filter.w = f32::INFINITY, "filter.w");
     }
 }

@@ -76,6 +76,19 @@ impl HyenaLm {
     /// [`HyenaLm::new`] with the LM head registered as `head` says.
     pub fn with_head(cfg: &LmConfig, vb: &Vb<'_, '_>, head: Head) -> Result<Self> {
         cfg.validate()?;
+        // Before the first tensor is registered: a config too large for the machine is refused
+        // with the sizes to reduce, instead of aborting on a failed allocation.
+        crate::memory::check_fits(
+            &format!(
+                "a HyenaDNA model of {} blocks, d_model {}, d_inner {}, l_max {}",
+                cfg.n_layer,
+                cfg.d_model(),
+                cfg.d_inner,
+                cfg.operator.l_max
+            ),
+            super::memory::model_bytes(cfg),
+            "the config's n_layer, d_model, d_inner or l_max",
+        )?;
         let (v, d, di) = (cfg.padded_vocab(), cfg.d_model(), cfg.d_inner);
         let eps = cfg.layer_norm_epsilon;
         let engine = Arc::new(FftConv::new());

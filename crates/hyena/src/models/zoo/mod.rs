@@ -67,6 +67,27 @@ pub struct ArchConfig {
 }
 
 impl ArchConfig {
+    /// Check the sizes by key: `d_model`, `vocab_size` and `max_len` at least 1 and below
+    /// bounds far above any real model (those of [`crate::config`]); `n_heads` and
+    /// `state_size` are checked by the layers that use them, with their upper bounds here. An
+    /// absurd config is refused, named, before anything is allocated.
+    pub fn validate(&self) -> Result<()> {
+        use crate::config::{MAX_D_MODEL, MAX_FILTER, MAX_L_MAX};
+        for (key, v, lo, hi) in [
+            ("d_model", self.d_model, 1, MAX_D_MODEL),
+            ("vocab_size", self.vocab_size, 1, 1 << 24),
+            ("max_len", self.max_len, 1, MAX_L_MAX),
+            ("n_heads", self.n_heads, 0, MAX_FILTER),
+            ("state_size", self.state_size, 0, MAX_FILTER),
+            ("layers", self.layers.len(), 0, 1 << 16),
+        ] {
+            if v < lo || v > hi {
+                return Err(Error::config(key, v, format!("must be in {lo}..={hi}")));
+            }
+        }
+        Ok(())
+    }
+
     /// The architecture in the JSON file `path` (fields missing from it at their defaults);
     /// its layer names are checked and lower-cased, as [`parse_layers`] does.
     pub fn read(path: &std::path::Path) -> Result<Self> {
@@ -424,16 +445,7 @@ impl ZooCache {
 impl ZooModel {
     /// The model of `cfg`, its tensors registered under `vb`.
     pub fn new(cfg: &ArchConfig, vb: &Vb<'_, '_>) -> Result<Self> {
-        if cfg.d_model == 0 || cfg.vocab_size == 0 || cfg.max_len == 0 {
-            return Err(Error::config(
-                "arch",
-                format!(
-                    "d_model {}, vocab {}, max_len {}",
-                    cfg.d_model, cfg.vocab_size, cfg.max_len
-                ),
-                "all must be >= 1",
-            ));
-        }
+        cfg.validate()?;
         for n in &cfg.layers {
             parse_layers(n)?;
         }
@@ -896,4 +908,54 @@ fn decoder_backward(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absurd_architecture_sizes_are_refused_by_key() {
+        ArchConfig::default().validate().unwrap();
+        for (cfg, key) in [
+            (
+                ArchConfig {
+                    d_model: 0,
+                    ..ArchConfig::default()
+                },
+                "`d_model`",
+            ),
+            (
+                ArchConfig {
+                    d_model: 1 << 40,
+                    ..ArchConfig::default()
+                },
+                "`d_model`",
+            ),
+            (
+                ArchConfig {
+                    max_len: 1 << 40,
+                    ..ArchConfig::default()
+                },
+                "`max_len`",
+            ),
+            (
+                ArchConfig {
+                    vocab_size: 0,
+                    ..ArchConfig::default()
+                },
+                "`vocab_size`",
+            ),
+            (
+                ArchConfig {
+                    n_heads: 1 << 30,
+                    ..ArchConfig::default()
+                },
+                "`n_heads`",
+            ),
+        ] {
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
+    }
 }
