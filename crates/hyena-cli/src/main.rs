@@ -29,7 +29,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Train a Hyena language model (default: a small model on the E. coli genome, ~5 min).
+    /// Train a Hyena language model (default: a small model on the E. coli genome, ~3 min on 2
+    /// cores).
     Train(cmd::train::TrainArgs),
     /// Score a trained model on held-out data (the run's validation split, or all of --fasta or
     /// --text): loss, perplexity, bits/token, accuracy, baselines.
