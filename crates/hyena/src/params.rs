@@ -525,12 +525,12 @@ impl<'a, 's> Vb<'a, 's> {
                         Storage::F32(v) => {
                             let dst = &mut v[handle.range()];
                             src.read_f32(&full, dst)?;
-                            check_finite(&*src, &full, dst)?;
+                            check_finite(src, &full, dst)?;
                         }
                         Storage::Bf16(v) => {
                             let dst = &mut v[handle.range()];
                             src.read_bf16(&full, dst)?;
-                            check_finite_bf16(&*src, &full, dst)?;
+                            check_finite_bf16(src, &full, dst)?;
                         }
                     }
                     b.used.insert(full.clone());
