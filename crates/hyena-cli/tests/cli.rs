@@ -170,24 +170,34 @@ fn bad_flags_fail_with_a_message() {
 #[test]
 fn bench_kinds_are_subcommands_with_their_own_flags() {
     for (kind, flags) in [
-        ("conv", &["--lengths", "--batch", "--dim", "--reps"][..]),
+        ("conv", &["--lengths", "--batch", "--d-model", "--reps"][..]),
         (
             "operator",
-            &["--lengths", "--batch", "--dim", "--reps", "--order"],
+            &["--lengths", "--batch", "--d-model", "--reps", "--order"],
         ),
         ("train", &["--shapes", "--reps"]),
         (
             "generate",
-            &["--contexts", "--dim", "--layers", "--modes", "--png"],
+            &["--contexts", "--d-model", "--layers", "--modes", "--png"],
         ),
-        ("embed", &["--lengths", "--dim", "--layers", "--residual"]),
+        (
+            "embed",
+            &["--lengths", "--d-model", "--layers", "--residual"],
+        ),
         (
             "mad",
-            &["--arch", "--dim", "--batch", "--task", "--steps", "--suite"],
+            &[
+                "--arch",
+                "--d-model",
+                "--batch",
+                "--task",
+                "--steps",
+                "--suite",
+            ],
         ),
         (
             "layers",
-            &["--layers", "--batch", "--len", "--dim", "--reps"],
+            &["--layers", "--batch", "--len", "--d-model", "--reps"],
         ),
     ] {
         let out = hyena(&["bench", kind, "--help"]);

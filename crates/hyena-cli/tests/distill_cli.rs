@@ -203,7 +203,7 @@ fn distill_then_generate_recurrently() {
             "--out",
             x.to_str().unwrap(),
         ]),
-        &["layer 1", "finite"],
+        &["layers.1.", "finite"],
     );
     fails_with(
         &hyena(&[

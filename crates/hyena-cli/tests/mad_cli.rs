@@ -17,7 +17,7 @@ fn mad_quick_writes_table_json_csv_and_chart() {
         "mad",
         "--arch",
         "hyena,swiglu",
-        "--tasks",
+        "--task",
         "memorization,compression",
         "--quick",
         "--budget",
@@ -58,7 +58,7 @@ fn mad_compare_json_and_errors() {
         "compare",
         "mlp",
         "attn,mlp",
-        "--tasks",
+        "--task",
         "memorization",
         "--quick",
         "--budget",
@@ -91,7 +91,7 @@ fn mad_compare_json_and_errors() {
     );
     fails_with(&hyena(&["mad", "--quick"]), &["--arch"]);
     fails_with(
-        &hyena(&["mad", "--arch", "mlp", "--tasks", "recal"]),
+        &hyena(&["mad", "--arch", "mlp", "--task", "recal"]),
         &["recal", "in-context-recall"],
     );
     let list = ok(&hyena(&["mad", "--list-layers"]));
@@ -107,7 +107,7 @@ fn mad_estimate_prints_projected_hours_and_trains_nothing() {
         "mad",
         "--arch",
         "hyena,swiglu",
-        "--tasks",
+        "--task",
         "memorization",
         "--d-model",
         "16",
@@ -138,7 +138,7 @@ fn mad_resume_skips_recorded_settings() {
         "mad",
         "--arch",
         "hyena,swiglu",
-        "--tasks",
+        "--task",
         "memorization",
         "--epochs",
         "1",

@@ -228,6 +228,7 @@ impl ParamStore {
                 },
             },
             used: BTreeSet::new(),
+            missing: Vec::new(),
         });
         let t = f(&Vb {
             b: &b,
@@ -235,7 +236,11 @@ impl ParamStore {
             decay: true,
             trainable: true,
         })?;
-        let mut store = b.into_inner().store;
+        let b = b.into_inner();
+        if let (Some(src), false) = (b.source, b.missing.is_empty()) {
+            return Err(missing_error(src, &b.missing, &b.used));
+        }
+        let mut store = b.store;
         store.shrink_to_fit();
         Ok((t, store))
     }
@@ -257,6 +262,7 @@ impl ParamStore {
             source: None,
             store: std::mem::take(self),
             used: BTreeSet::new(),
+            missing: Vec::new(),
         });
         let t = f(&Vb {
             b: &b,
@@ -422,6 +428,9 @@ struct Builder<'a> {
     store: ParamStore,
     /// Names taken from the source (to report the ones a model does not use).
     used: BTreeSet<String>,
+    /// Names the model asked for that the source lacks (reported together once the
+    /// constructor has run, so that one error lists them all).
+    missing: Vec<String>,
 }
 
 /// The builder a model's constructor receives: a prefix and the tags of the tensors it hands
@@ -479,7 +488,9 @@ impl<'a, 's> Vb<'a, 's> {
     }
 
     /// The tensor `name` of shape `shape`: a handle into the model's buffer. Loading, the
-    /// checkpoint must hold it with exactly this shape.
+    /// checkpoint must hold it with exactly this shape and finite values (a NaN or an infinity
+    /// is an error naming the tensor and the index). A tensor the checkpoint lacks is an error
+    /// of [`ParamStore::build`] once the constructor has run, listing every missing one.
     pub fn get(&self, shape: &[usize], name: &str) -> Result<P> {
         let full = self.name(name);
         let numel: usize = shape.iter().product();
@@ -512,13 +523,7 @@ impl<'a, 's> Vb<'a, 's> {
         }
         if let Some(src) = b.source {
             match src.shape_of(&full) {
-                None => {
-                    return Err(Error::MissingTensor {
-                        file: src.origin(),
-                        name: full,
-                        available: src.names().len(),
-                    })
-                }
+                None => b.missing.push(full.clone()),
                 Some(s) if s != shape => {
                     return Err(Error::Format {
                         file: src.origin(),
@@ -528,13 +533,22 @@ impl<'a, 's> Vb<'a, 's> {
                         ),
                     })
                 }
-                Some(_) => {}
+                Some(_) => {
+                    match &mut b.store.data {
+                        Storage::F32(v) => {
+                            let dst = &mut v[handle.range()];
+                            src.read_f32(&full, dst)?;
+                            check_finite(src, &full, dst)?;
+                        }
+                        Storage::Bf16(v) => {
+                            let dst = &mut v[handle.range()];
+                            src.read_bf16(&full, dst)?;
+                            check_finite_bf16(src, &full, dst)?;
+                        }
+                    }
+                    b.used.insert(full.clone());
+                }
             }
-            match &mut b.store.data {
-                Storage::F32(v) => src.read_f32(&full, &mut v[handle.range()])?,
-                Storage::Bf16(v) => src.read_bf16(&full, &mut v[handle.range()])?,
-            }
-            b.used.insert(full.clone());
         }
         b.store.specs.push(ParamSpec {
             name: full,
@@ -601,6 +615,225 @@ impl ParamStore {
                 .map(|(n, s, v)| (n.to_string(), (s.to_vec(), v)))
                 .collect(),
         }
+    }
+}
+
+/// How many names an error lists before it gives the count of the rest.
+const LIST_NAMES: usize = 10;
+
+/// `names` as a list for an error message: the first ten in backticks, then how many more.
+pub fn list_names<S: AsRef<str>>(names: &[S]) -> String {
+    let mut s = names
+        .iter()
+        .take(LIST_NAMES)
+        .map(|n| format!("`{}`", n.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > LIST_NAMES {
+        s.push_str(&format!(" and {} more", names.len() - LIST_NAMES));
+    }
+    s
+}
+
+/// The block index of a checkpoint name (`…layers.{i}.…`), if it has one.
+fn layer_index(name: &str) -> Option<usize> {
+    let at = if name.starts_with("layers.") {
+        0
+    } else {
+        name.find(".layers.")? + 1
+    };
+    let rest = &name[at + "layers.".len()..];
+    rest.split('.').next()?.parse().ok()
+}
+
+/// Blocks named in `names` (one more than the highest `layers.{i}` index), if any.
+pub fn layers_in<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<usize> {
+    names
+        .into_iter()
+        .filter_map(layer_index)
+        .max()
+        .map(|i| i + 1)
+}
+
+/// What to say when the blocks a model asks for (`want`) and those of the weights (`have`)
+/// differ, the usual cause of missing or extra tensors. `key` is the config key that sets the
+/// block count (`n_layer`; `layers` for a list of layers; empty when not known).
+pub fn layer_hint(key: &str, want: Option<usize>, have: Option<usize>) -> String {
+    match (want, have) {
+        (Some(w), Some(h)) if w != h => {
+            let said = if key == "layers" {
+                format!("`layers` lists {w} layer(s)")
+            } else if key.is_empty() {
+                format!("{w} block(s)")
+            } else {
+                format!("{key} {w}")
+            };
+            format!(
+                "the config says {said} but the weights have layers 0..{}: fix config.json \
+                 or use the weights that match it",
+                h - 1
+            )
+        }
+        _ => "fix config.json to describe the model these weights belong to, or use the \
+              weights that match the config"
+            .to_string(),
+    }
+}
+
+/// The error of a load that lacks tensors the model asked for (`missing`; `used`: the ones
+/// found).
+fn missing_error(src: &dyn TensorSource, missing: &[String], used: &BTreeSet<String>) -> Error {
+    let want = layers_in(missing.iter().chain(used).map(String::as_str));
+    let names = src.names();
+    let have = layers_in(names.iter().map(String::as_str));
+    Error::format(
+        src.origin(),
+        format!(
+            "{} tensor(s) that the config's model needs are not in the weights: {}; {}",
+            missing.len(),
+            list_names(missing),
+            layer_hint("", want, have)
+        ),
+    )
+}
+
+/// An error unless every value of `v` (tensor `name` of `src`) is finite: a NaN or an
+/// infinity in a checkpoint makes every output NaN, so it is refused at load.
+pub fn check_finite(src: &dyn TensorSource, name: &str, v: &[f32]) -> Result<()> {
+    match v.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(non_finite(src, name, i, v[i], v.len())),
+    }
+}
+
+/// [`check_finite`] for bf16 bits.
+fn check_finite_bf16(src: &dyn TensorSource, name: &str, v: &[u16]) -> Result<()> {
+    match v.iter().position(|&h| (h & 0x7f80) == 0x7f80) {
+        None => Ok(()),
+        Some(i) => Err(non_finite(src, name, i, bf16_to_f32(v[i]), v.len())),
+    }
+}
+
+fn non_finite(src: &dyn TensorSource, name: &str, i: usize, x: f32, n: usize) -> Error {
+    Error::format(
+        src.origin(),
+        format!(
+            "tensor `{name}` holds {x} at index {i} (of {n} values): the weights are not \
+             finite, so every output would be NaN; use an earlier checkpoint of the run or \
+             retrain"
+        ),
+    )
+}
+
+/// A key of a weights file that a model may leave unread, with the reason (see
+/// [`Tracked::check_all_read`]). `pattern` is the key with `*` standing for any run of
+/// characters.
+#[derive(Clone, Copy, Debug)]
+pub struct IgnoredKey {
+    pub pattern: &'static str,
+    pub reason: &'static str,
+}
+
+impl IgnoredKey {
+    /// Whether `key` matches the pattern.
+    pub fn matches(&self, key: &str) -> bool {
+        glob(self.pattern.as_bytes(), key.as_bytes())
+    }
+}
+
+/// `*`-only glob match.
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    match p.split_first() {
+        None => s.is_empty(),
+        Some((b'*', rest)) => (0..=s.len()).any(|i| glob(rest, &s[i..])),
+        Some((c, rest)) => s.first() == Some(c) && glob(rest, &s[1..]),
+    }
+}
+
+/// A [`TensorSource`] that remembers which tensors were read and refuses non-finite values:
+/// a family loads through it, then [`Tracked::check_all_read`] makes sure the weights file
+/// held nothing the model did not use (a config with fewer layers than the weights would
+/// otherwise evaluate a different model than the one trained).
+pub struct Tracked<'a> {
+    src: &'a dyn TensorSource,
+    read: RefCell<BTreeSet<String>>,
+}
+
+impl<'a> Tracked<'a> {
+    pub fn new(src: &'a dyn TensorSource) -> Self {
+        Tracked {
+            src,
+            read: RefCell::new(BTreeSet::new()),
+        }
+    }
+
+    /// Count `name` as read without reading it (a duplicate checked equal to a read copy).
+    pub fn mark_read(&self, name: &str) {
+        self.read.borrow_mut().insert(name.to_string());
+    }
+
+    /// The names of the source not read so far, in order.
+    pub fn unread(&self) -> Vec<String> {
+        let read = self.read.borrow();
+        self.src
+            .names()
+            .into_iter()
+            .filter(|n| !read.contains(n))
+            .collect()
+    }
+
+    /// An error naming the tensors of the source that were not read and match none of
+    /// `ignored`. `blocks` is the config key that sets the model's block count and its value,
+    /// for the hint ([`layer_hint`]).
+    pub fn check_all_read(
+        &self,
+        ignored: &[IgnoredKey],
+        blocks: Option<(&str, usize)>,
+    ) -> Result<()> {
+        let extra: Vec<String> = self
+            .unread()
+            .into_iter()
+            .filter(|n| !ignored.iter().any(|k| k.matches(n)))
+            .collect();
+        if extra.is_empty() {
+            return Ok(());
+        }
+        let names = self.src.names();
+        let have = layers_in(names.iter().map(String::as_str));
+        Err(Error::format(
+            self.src.origin(),
+            format!(
+                "{} tensor(s) of the weights are not used by the model that config.json \
+                 describes: {}; {}",
+                extra.len(),
+                list_names(&extra),
+                layer_hint(blocks.map_or("n_layer", |b| b.0), blocks.map(|b| b.1), have)
+            ),
+        ))
+    }
+}
+
+impl TensorSource for Tracked<'_> {
+    fn origin(&self) -> PathBuf {
+        self.src.origin()
+    }
+    fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        self.src.shape_of(name)
+    }
+    fn names(&self) -> Vec<String> {
+        self.src.names()
+    }
+    fn read_f32(&self, name: &str, dst: &mut [f32]) -> Result<()> {
+        self.src.read_f32(name, dst)?;
+        check_finite(self.src, name, dst)?;
+        self.mark_read(name);
+        Ok(())
+    }
+    fn read_bf16(&self, name: &str, dst: &mut [u16]) -> Result<()> {
+        self.src.read_bf16(name, dst)?;
+        check_finite_bf16(self.src, name, dst)?;
+        self.mark_read(name);
+        Ok(())
     }
 }
 
@@ -709,7 +942,70 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(e.contains("m.weight") && e.contains("not found"), "{e}");
+        assert!(
+            e.contains("2 tensor(s)") && e.contains("`m.weight`, `m.bias`"),
+            "{e}"
+        );
+        // Non-finite values: an error naming the tensor and the index.
+        src.tensors
+            .insert("l.bias".into(), (vec![2], vec![0.25, f32::NAN]));
+        let e = ParamStore::build(Init::From(&src), DType::F32, |vb| lin(&vb.pp("l"), 2, 1))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("`l.bias`") && e.contains("NaN at index 1"),
+            "{e}"
+        );
+        let e = ParamStore::build(Init::From(&src), DType::Bf16, |vb| lin(&vb.pp("l"), 2, 1))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("`l.bias`") && e.contains("NaN at index 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn tracked_sources_report_unread_tensors_but_ignored_ones() {
+        let mut src = MemSource::default();
+        for n in ["layers.0.w", "layers.1.w", "layers.2.w", "score.weight"] {
+            src.tensors.insert(n.into(), (vec![1], vec![1.0]));
+        }
+        let t = Tracked::new(&src);
+        let (_, _) = ParamStore::build(Init::From(&t), DType::F32, |vb| {
+            vb.get(&[1], "layers.0.w")?;
+            vb.get(&[1], "layers.1.w")
+        })
+        .unwrap();
+        let ignore = [IgnoredKey {
+            pattern: "score.*",
+            reason: "a head",
+        }];
+        let e = t
+            .check_all_read(&ignore, Some(("n_layer", 2)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("1 tensor(s)")
+                && e.contains("`layers.2.w`")
+                && !e.contains("score")
+                && e.contains("n_layer 2 but the weights have layers 0..2"),
+            "{e}"
+        );
+        t.mark_read("layers.2.w");
+        t.check_all_read(&ignore, None).unwrap();
+        assert!(t.check_all_read(&[], None).is_err());
+        assert!(IgnoredKey {
+            pattern: "model.*.freq",
+            reason: ""
+        }
+        .matches("model.a.b.freq"));
+        assert_eq!(
+            list_names(&(0..12).map(|i| i.to_string()).collect::<Vec<_>>()),
+            "`0`, `1`, `2`, `3`, `4`, `5`, `6`, `7`, `8`, `9` and 2 more"
+        );
     }
 
     #[test]

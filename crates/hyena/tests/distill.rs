@@ -448,7 +448,7 @@ mod ess {
     fn ess_of_known_rank_filters_is_their_rank() {
         let l = 128;
         let (lm, ranks) = known_rank_lm(l);
-        let f = filter_ess(&lm, 1e-4, 512).unwrap();
+        let f = filter_ess(&lm, 1e-4, 512, &mut |_, _| {}).unwrap();
         assert_eq!(f.len(), 2);
         for layer in &f {
             let tol: Vec<usize> = layer.channels.iter().map(|c| c.0 as usize).collect();
@@ -461,13 +461,13 @@ mod ess {
         // Gating by non-zero diagonal factors keeps the rank: the operator ESS on an input
         // equals the filter's rank (gates from a random input are almost surely non-zero).
         let toks: Vec<u32> = (0..l).map(|t| (7 + (t * 5 + t / 3) % 4) as u32).collect();
-        let o = operator_ess(&lm, &toks, 1e-6).unwrap();
+        let o = operator_ess(&lm, &toks, 1e-6, &mut |_, _| {}).unwrap();
         for layer in &o {
             let tol: Vec<usize> = layer.channels.iter().map(|c| c.0 as usize).collect();
             assert_eq!(tol, ranks, "operator tolerance-ESS, layer {}", layer.layer);
         }
-        assert!(operator_ess(&lm, &toks[..4], 1e-3).is_err());
-        assert!(filter_ess(&lm, 0.0, 512)
+        assert!(operator_ess(&lm, &toks[..4], 1e-3, &mut |_, _| {}).is_err());
+        assert!(filter_ess(&lm, 0.0, 512, &mut |_, _| {})
             .unwrap_err()
             .to_string()
             .contains("tol"));

@@ -12,6 +12,7 @@ use hyena::models::hyenadna::HyenaLm;
 use hyena::models::Model;
 
 use crate::args::{check_inputs, check_output, ForceFlag, JsonFlag, ModelArg, OutKind};
+use crate::ui;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum AnalyzeWhat {
@@ -38,8 +39,8 @@ pub struct EssArgs {
     pub max_hankel: usize,
     #[command(flatten)]
     pub json: JsonFlag,
-    /// Where to draw the per-layer ESS.
-    #[arg(long, default_value = "ess.png")]
+    /// Where to draw the per-layer ESS (its folder is created).
+    #[arg(long, default_value = "runs/analyze/ess.png")]
     pub png: PathBuf,
     #[command(flatten)]
     pub force: ForceFlag,
@@ -61,7 +62,13 @@ fn ess_cmd(a: EssArgs) -> Result<()> {
     let loaded =
         load_model(model).with_context(|| format!("loading the model in {}", model.display()))?;
     let lm = loaded.downcast::<Model<HyenaLm>>("hyena analyze ess")?;
-    let filters = filter_ess(lm, a.tol, a.max_hankel)?;
+    let bar = ui::bar(0, "{prefix} [{bar:25}] layer {pos}/{len} ({elapsed})");
+    let mut progress = |done: usize, total: usize| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    };
+    bar.set_prefix("filter ESS");
+    let filters = filter_ess(lm, a.tol, a.max_hankel, &mut progress)?;
     // The run's data settings (a distilled directory keeps them beside its `distill` section).
     let run_data: Option<DataConfig> = loaded.section("data").ok().flatten();
     let data = match (&a.fasta, &run_data) {
@@ -87,7 +94,9 @@ fn ess_cmd(a: EssArgs) -> Result<()> {
                 .unwrap_or(1024)
                 .min(lm.net.cfg.operator.l_max)
                 .min(src.len());
-            let ess = operator_ess(lm, &src[..n], a.tol)
+            bar.set_prefix("operator ESS");
+            bar.reset_elapsed();
+            let ess = operator_ess(lm, &src[..n], a.tol, &mut progress)
                 .with_context(|| format!("operator ESS on {n} tokens"))?;
             (ess, format!("{n} tokens of {}", td.summary))
         }
@@ -96,6 +105,7 @@ fn ess_cmd(a: EssArgs) -> Result<()> {
             "none (no data section in config.json; pass --fasta)".into(),
         ),
     };
+    bar.finish_and_clear();
     if a.json.json {
         println!(
             "{}",
@@ -158,6 +168,9 @@ fn ess_cmd(a: EssArgs) -> Result<()> {
             "operator on input: entropy-ESS".to_string(),
             line(&operator, false),
         ));
+    }
+    if let Some(dir) = a.png.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     hyena::plot::lines_png(
         &a.png,

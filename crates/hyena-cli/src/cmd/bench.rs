@@ -87,8 +87,8 @@ pub struct KernelArgs {
     /// Batch size B.
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
-    /// Channels D.
-    #[arg(long, default_value_t = 256)]
+    /// Channels D (model width; `--dim` is an old spelling, still accepted).
+    #[arg(long = "d-model", alias = "dim", default_value_t = 256)]
     pub dim: usize,
     #[command(flatten)]
     pub reps: RepsArg,
@@ -126,8 +126,9 @@ pub struct GenerateArgs {
         default_value = "1024,4096,8192,16384,65536"
     )]
     pub contexts: Vec<usize>,
-    /// Model width D (the default is the `hyena train` model's).
-    #[arg(long, default_value_t = RunConfig::quickstart().model.operator.d_model)]
+    /// Model width D (the default is the `hyena train` model's; `--dim` is an old spelling,
+    /// still accepted).
+    #[arg(long = "d-model", alias = "dim", default_value_t = RunConfig::quickstart().model.operator.d_model)]
     pub dim: usize,
     /// Blocks of the model (the default is the `hyena train` model's).
     #[arg(long, default_value_t = RunConfig::quickstart().model.n_layer)]
@@ -135,8 +136,8 @@ pub struct GenerateArgs {
     /// Modes per modal filter (real order up to twice this).
     #[arg(long, default_value_t = 8)]
     pub modes: usize,
-    /// Where to draw latency against context.
-    #[arg(long, default_value = "bench-generate.png")]
+    /// Where to draw latency against context (its folder is created).
+    #[arg(long, default_value = "runs/bench/generate.png")]
     pub png: PathBuf,
     #[command(flatten)]
     pub force: ForceFlag,
@@ -148,8 +149,8 @@ pub struct GenerateArgs {
 pub struct EmbedArgs {
     #[command(flatten)]
     pub lengths: LengthsArg,
-    /// Model width D.
-    #[arg(long, default_value_t = 256)]
+    /// Model width D (`--dim` is an old spelling, still accepted).
+    #[arg(long = "d-model", alias = "dim", default_value_t = 256)]
     pub dim: usize,
     /// Blocks of the model.
     #[arg(long, default_value_t = 8)]
@@ -165,15 +166,21 @@ pub struct MadArgs {
     /// Architectures (layer strings), repeatable.
     #[arg(long, default_value = "hyena,swiglu,hyena,swiglu")]
     pub arch: Vec<String>,
-    /// Model width D.
-    #[arg(long, default_value_t = ArchConfig::default().d_model)]
+    /// Model width D (`--dim` is an old spelling, still accepted).
+    #[arg(long = "d-model", alias = "dim", default_value_t = ArchConfig::default().d_model)]
     pub dim: usize,
     /// Sequences per training step (the default is the quick MAD protocol's batch).
     #[arg(long, default_value_t = hyena::train::mad::QUICK_BATCH)]
     pub batch: usize,
-    /// The task whose baseline shape is trained.
-    #[arg(long, default_value = "in-context-recall")]
-    pub task: String,
+    /// The task whose baseline shape is trained, or several separated by commas (`--tasks`
+    /// is an old spelling, still accepted).
+    #[arg(
+        long,
+        alias = "tasks",
+        value_delimiter = ',',
+        default_value = "in-context-recall"
+    )]
+    pub task: Vec<String>,
     /// Training steps of `--batch` sequences timed.
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
@@ -200,8 +207,8 @@ pub struct LayersArgs {
     /// Sequence length L (also the layers' max_len).
     #[arg(long, default_value_t = 128)]
     pub len: usize,
-    /// Model width D.
-    #[arg(long, default_value_t = 128)]
+    /// Model width D (`--dim` is an old spelling, still accepted).
+    #[arg(long = "d-model", alias = "dim", default_value_t = 128)]
     pub dim: usize,
     /// Timed rounds per layer.
     #[arg(long, default_value_t = 20)]
@@ -222,10 +229,10 @@ pub fn run_cmd(w: BenchWhat) -> Result<()> {
     }
 }
 
-/// `--batch` and `--dim` must be at least 1.
+/// `--batch` and `--d-model` must be at least 1.
 fn check_batch_dim(batch: usize, dim: usize) -> Result<()> {
     if batch == 0 || dim == 0 {
-        bail!("--batch and --dim must be >= 1 (got --batch {batch} --dim {dim})");
+        bail!("--batch and --d-model must be >= 1 (got --batch {batch} --d-model {dim})");
     }
     Ok(())
 }
@@ -296,7 +303,7 @@ fn embed(a: &EmbedArgs) -> Result<()> {
     a.lengths.check()?;
     let (d, layers) = (a.dim, a.layers);
     if d == 0 {
-        bail!("--dim must be >= 1");
+        bail!("--d-model must be >= 1");
     }
     if layers == 0 {
         bail!("--layers must be >= 1");
@@ -370,9 +377,26 @@ fn mad(a: &MadArgs) -> Result<()> {
     if a.suite {
         return mad_suite(a, &arch_of);
     }
-    let task = hyena::data::mad::MadTask::from_name(&a.task)?;
-    let (batch, json) = (a.batch, a.common.json.json);
+    let tasks = a
+        .task
+        .iter()
+        .map(|t| hyena::data::mad::MadTask::from_name(t.trim()))
+        .collect::<hyena::Result<Vec<_>>>()?;
     let mut out = std::io::stdout().lock();
+    for task in tasks {
+        mad_task(a, task, &arch_of, &mut out)?;
+    }
+    Ok(())
+}
+
+/// `hyena bench mad` on one task: a table row (or a JSON line) per architecture.
+fn mad_task(
+    a: &MadArgs,
+    task: hyena::data::mad::MadTask,
+    arch_of: &dyn Fn(&str) -> Result<ArchConfig>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let (batch, json) = (a.batch, a.common.json.json);
     if !json {
         writeln!(
             out,
@@ -486,7 +510,7 @@ fn generate(a: &GenerateArgs) -> Result<()> {
     a.common.init()?;
     let (d, layers) = (a.dim, a.layers);
     if d == 0 {
-        bail!("--dim must be >= 1");
+        bail!("--d-model must be >= 1");
     }
     if a.contexts.is_empty() || a.contexts.contains(&0) || layers == 0 || a.modes == 0 {
         bail!("--contexts must list positive integers, and --layers and --modes must be >= 1");
@@ -543,6 +567,9 @@ fn generate(a: &GenerateArgs) -> Result<()> {
                 .collect(),
         ),
     ];
+    if let Some(dir) = a.png.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     hyena::plot::log_log_png(
         &a.png,
         &format!("per-token generation latency, D={d}, {} layers", layers),

@@ -70,9 +70,15 @@ pub enum AverageArg {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct MadCommon {
-    /// Tasks, comma-separated [default: all six]: in-context-recall, fuzzy-in-context-recall,
-    /// noisy-in-context-recall, selective-copying, compression, memorization.
-    #[arg(long, value_delimiter = ',')]
+    /// Task, or several separated by commas [default: all six]: in-context-recall,
+    /// fuzzy-in-context-recall, noisy-in-context-recall, selective-copying, compression,
+    /// memorization. (`--tasks` is an old spelling, still accepted.)
+    #[arg(
+        long = "task",
+        alias = "tasks",
+        value_delimiter = ',',
+        value_name = "TASK"
+    )]
     pub tasks: Vec<String>,
     /// Quick mode: baseline settings only, lr 1e-3 and weight decay 0 (one point of the
     /// sweep), batch 16, about 5M training tokens per task (whole epochs, rounded up), early
@@ -113,17 +119,20 @@ pub struct MadCommon {
     /// Seed of model init and batch order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Where to write results.json, results.csv and mad.png.
-    #[arg(long, default_value = "mad-results")]
-    pub out: PathBuf,
+    /// Directory to write results.json, results.csv, mad.png and progress.jsonl in
+    /// [default: runs/mad].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     #[command(flatten)]
     pub json: JsonFlag,
-    /// Go on from an interrupted run in the same --out: every finished setting is appended to
-    /// OUT/progress.jsonl as it ends, and with --resume the settings recorded there for the
-    /// same architecture and protocol are not trained again. Without it, an existing
-    /// progress.jsonl is moved to progress.jsonl.prev and the run starts afresh.
-    #[arg(long)]
-    pub resume: bool,
+    /// Go on from an interrupted run: `--resume` alone continues the run in --out, `--resume
+    /// DIR` the one in DIR (which is then the output directory; a different --out is an
+    /// error). Every finished setting is appended to progress.jsonl as it ends, and the
+    /// settings recorded there for the same architecture and protocol are not trained again.
+    /// Without --resume, an existing progress.jsonl is moved to progress.jsonl.prev and the
+    /// run starts afresh.
+    #[arg(long, num_args = 0..=1, value_name = "DIR")]
+    pub resume: Option<Option<PathBuf>>,
     // --force: without --resume, start afresh in a non-empty --out (its results are replaced).
     #[command(flatten)]
     pub force: crate::args::ForceFlag,
@@ -149,6 +158,37 @@ fn arch_of(spec: &str, c: &MadCommon) -> Result<ArchConfig> {
         },
         ..ArchConfig::default()
     })
+}
+
+/// Where `hyena mad` writes when no --out is given.
+pub const DEFAULT_OUT: &str = "runs/mad";
+
+/// The output directory and whether the run resumes, from --out and --resume (see
+/// [`MadCommon::resume`]).
+pub fn out_dir(c: &MadCommon) -> Result<(PathBuf, bool)> {
+    let out = c.out.clone();
+    match &c.resume {
+        None => Ok((out.unwrap_or_else(|| DEFAULT_OUT.into()), false)),
+        Some(None) => Ok((out.unwrap_or_else(|| DEFAULT_OUT.into()), true)),
+        Some(Some(dir)) => {
+            if !dir.is_dir() {
+                bail!(
+                    "--resume {}: no such directory to continue (to continue the run in --out, \
+                     give --resume without a value, after the architectures)",
+                    dir.display()
+                );
+            }
+            match out {
+                Some(o) if o != *dir => bail!(
+                    "--resume {} continues the run in that directory, but --out is {}: give \
+                     one of them, or the same directory to both",
+                    dir.display(),
+                    o.display()
+                ),
+                _ => Ok((dir.clone(), true)),
+            }
+        }
+    }
 }
 
 fn protocol(c: &MadCommon) -> MadProtocol {
@@ -214,20 +254,20 @@ pub fn run_cmd(a: MadArgs) -> Result<()> {
     if common.estimate {
         return estimate_cmd(&specs, &archs, &tasks, &proto);
     }
-    if !common.resume {
+    let (out, resume) = out_dir(&common)?;
+    if !resume {
         let force = common.force.force;
-        crate::args::check_output("--out", &common.out, crate::args::OutKind::Dir, force, &[])?;
+        crate::args::check_output("--out", &out, crate::args::OutKind::Dir, force, &[])?;
     }
-    std::fs::create_dir_all(&common.out)
-        .with_context(|| format!("creating {}", common.out.display()))?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     eprintln!(
         "config: {}",
         serde_json::json!({ "architectures": archs, "tasks": tasks, "protocol": proto })
     );
     // Every finished setting is appended to the progress file as it ends (a killed run loses
     // at most the setting in progress); --resume takes the recorded ones back.
-    let (mut progress, done) = if common.resume {
-        let (log, read) = ProgressLog::resume(&common.out)?;
+    let (mut progress, done) = if resume {
+        let (log, read) = ProgressLog::resume(&out)?;
         if let Some((line, e)) = &read.skipped {
             eprintln!(
                 "warning: {} line {line}: skipping an unfinished record ({e})",
@@ -241,7 +281,7 @@ pub fn run_cmd(a: MadArgs) -> Result<()> {
         );
         (log, read.records)
     } else {
-        let (log, moved) = ProgressLog::start(&common.out)?;
+        let (log, moved) = ProgressLog::start(&out)?;
         if let Some(prev) = moved {
             eprintln!(
                 "starting afresh; the earlier progress is in {} (use --resume to go on from it)",
@@ -314,7 +354,7 @@ pub fn run_cmd(a: MadArgs) -> Result<()> {
         }
         reports.push(r);
         // Keep what is done on disk as it finishes.
-        write_results(&common.out, &reports)?;
+        write_results(&out, &reports)?;
     }
     if common.json.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
@@ -332,7 +372,7 @@ pub fn run_cmd(a: MadArgs) -> Result<()> {
         }
         println!(
             "\nwrote {}/{RESULTS_JSON}, {RESULTS_CSV}, {RESULTS_PNG}",
-            common.out.display()
+            out.display()
         );
     }
     Ok(())

@@ -59,12 +59,20 @@ fn layer(layer: usize, kind: &'static str, channels: Vec<(f64, f64)>) -> LayerEs
 }
 
 /// Input-invariant ESS of every long filter (Hankel spectra at length `l_max`).
-pub fn filter_ess(model: &Model<HyenaLm>, tol: f64, max_hankel: usize) -> Result<Vec<LayerEss>> {
+/// `progress(done, total)` follows the layers.
+pub fn filter_ess(
+    model: &Model<HyenaLm>,
+    tol: f64,
+    max_hankel: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<LayerEss>> {
     check_tol(tol)?;
     let (lm, p) = (&model.net, model.p());
     let l = lm.cfg.operator.l_max;
     let rows = (lm.cfg.operator.order - 1) * lm.cfg.d_model();
-    (0..lm.cfg.n_layer)
+    let n = lm.cfg.n_layer;
+    progress(0, n);
+    (0..n)
         .map(|i| {
             let k = block_filters(lm, p, i, l)?;
             let ch: Vec<(f64, f64)> = (0..rows)
@@ -74,6 +82,7 @@ pub fn filter_ess(model: &Model<HyenaLm>, tol: f64, max_hankel: usize) -> Result
                     Ok((tolerance_rank(&sv, tol) as f64, entropy_rank(&sv)))
                 })
                 .collect::<Result<_>>()?;
+            progress(i + 1, n);
             Ok(layer(i, "filters", ch))
         })
         .collect()
@@ -88,8 +97,13 @@ fn check_tol(tol: f64) -> Result<()> {
 }
 
 /// Input-varying ESS of each order-2 Hyena layer on `tokens` (one sequence, length ≤ l_max,
-/// at least 8).
-pub fn operator_ess(model: &Model<HyenaLm>, tokens: &[u32], tol: f64) -> Result<Vec<LayerEss>> {
+/// at least 8). `progress(done, total)` follows the layers.
+pub fn operator_ess(
+    model: &Model<HyenaLm>,
+    tokens: &[u32],
+    tol: f64,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<LayerEss>> {
     check_tol(tol)?;
     let (lm, p) = (&model.net, model.p());
     if lm.cfg.operator.order != 2 {
@@ -112,7 +126,9 @@ pub fn operator_ess(model: &Model<HyenaLm>, tokens: &[u32], tol: f64) -> Result<
     let mut cache = LmCache::default();
     lm.forward(p, tokens, 1, l, &mut cache)?;
     let splits = [l / 4, l / 2, 3 * l / 4];
-    (0..lm.cfg.n_layer)
+    let n = lm.cfg.n_layer;
+    progress(0, n);
+    (0..n)
         .map(|i| {
             let k = block_filters(lm, p, i, l)?;
             let uc = cache.mixer(i).uc(); // [x_0, x_1, v] × [D, L]
@@ -141,6 +157,7 @@ pub fn operator_ess(model: &Model<HyenaLm>, tokens: &[u32], tol: f64) -> Result<
                     Ok(best)
                 })
                 .collect::<Result<_>>()?;
+            progress(i + 1, n);
             Ok(layer(i, "operator", ch))
         })
         .collect()

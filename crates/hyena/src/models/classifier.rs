@@ -29,12 +29,13 @@ use crate::io::safetensors::{Tensor, TensorFile};
 use crate::layers::layer::Slot;
 use crate::layers::lean::InferWorkspace;
 use crate::models::generate::{DecodeMode, Decoder};
+use crate::models::hyenadna::family::LM_OPTIONAL_KEYS;
 use crate::models::hyenadna::{Head, HyenaLm, LmCache, LmConfig};
 use crate::models::parallel::{run_shards, ShardGrads};
-use crate::models::{config_section, Family, LanguageModel, Model, Pool};
+use crate::models::{config_section, model_section, Family, LanguageModel, Model, Pool};
 use crate::ops::linear::{linear_backward, linear_forward};
 use crate::ops::loss::{cross_entropy_sum, LossSum};
-use crate::params::{many_mut, DType, Init, ParamStore, Vb, P};
+use crate::params::{many_mut, DType, Init, ParamStore, Tracked, Vb, P};
 
 /// Name prefix of the head's tensors (the standalone reference's `head.output_transform`).
 pub const HEAD: &str = "head.output_transform";
@@ -366,7 +367,7 @@ pub fn load_classifier(
 ) -> Result<Model<SeqClassifier>> {
     let cfg_path = dir.join("config.json");
     let bad = |msg: String| Error::format(&cfg_path, msg);
-    let lm_cfg: LmConfig = config_section(config, "model", &cfg_path)?
+    let lm_cfg: LmConfig = model_section(config, "model", &cfg_path, LM_OPTIONAL_KEYS)?
         .ok_or_else(|| bad("missing `model` (the backbone's config)".into()))?;
     let classes: Vec<String> = config_section(config, "classes", &cfg_path)?
         .ok_or_else(|| bad("missing `classes` (a list of class names)".into()))?;
@@ -377,10 +378,12 @@ pub fn load_classifier(
         .transpose()
         .map_err(|e| bad(format!("finetune.pool: {e}")))?
         .unwrap_or_default();
-    let (mut net, params) = ParamStore::build(Init::From(weights), DType::F32, |vb| {
+    let src = Tracked::new(weights);
+    let (mut net, params) = ParamStore::build(Init::From(&src), DType::F32, |vb| {
         SeqClassifier::new(&lm_cfg, classes.len(), pool, vb)
     })?;
-    net.lm.load_buffers(weights, true)?;
+    net.lm.load_buffers(&src, true)?;
+    src.check_all_read(&[], Some(("n_layer", lm_cfg.n_layer)))?;
     Ok(Model { net, params })
 }
 

@@ -142,6 +142,70 @@ pub fn config_section<T: serde::de::DeserializeOwned>(
         .map_err(|e| Error::format(file, format!("{key} config: {e}")))
 }
 
+/// Section `key` of a model directory's parsed `config.json` (read from `file`), every field
+/// required: a model's config is what hyena wrote beside its weights, so a key missing from it
+/// is an error naming the key and the file, not a silent default that would build another
+/// model. `optional` lists the dotted paths (under the section) that may be absent and then
+/// take their defaults: keys added after model directories were first written, documented
+/// where the family calls this. Fields are those of `T::default()` serialised, nested objects
+/// checked key by key.
+pub fn model_section<T>(
+    config: &serde_json::Value,
+    key: &str,
+    file: &Path,
+    optional: &[&str],
+) -> Result<Option<T>>
+where
+    T: serde::de::DeserializeOwned + Serialize + Default,
+{
+    let Some(section) = config.get(key).filter(|x| !x.is_null()) else {
+        return Ok(None);
+    };
+    let full = serde_json::to_value(T::default())
+        .map_err(|e| Error::format(file, format!("{key} config: {e}")))?;
+    let mut missing = Vec::new();
+    missing_keys(&full, section, key, optional, &mut missing);
+    if !missing.is_empty() {
+        return Err(Error::format(
+            file,
+            format!(
+                "missing config key(s) {}: a model's config must state every field (nothing \
+                 is filled in by default); add the key with the value the weights were \
+                 trained with, or use the config.json that came with the weights",
+                missing
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    config_section(config, key, file)
+}
+
+/// The dotted paths of `full`'s object keys that `given` lacks (recursing where both hold an
+/// object), except those in `optional`.
+fn missing_keys(
+    full: &serde_json::Value,
+    given: &serde_json::Value,
+    path: &str,
+    optional: &[&str],
+    out: &mut Vec<String>,
+) {
+    let (Some(f), Some(g)) = (full.as_object(), given.as_object()) else {
+        return;
+    };
+    for (k, fv) in f {
+        let p = format!("{path}.{k}");
+        let rel = p.split_once('.').map_or("", |x| x.1);
+        match g.get(k) {
+            None if optional.contains(&rel) => {}
+            None => out.push(p),
+            Some(gv) => missing_keys(fv, gv, &p, optional, out),
+        }
+    }
+}
+
 /// The tensors of `params` plus `buffers` (name, shape, values) as a checkpoint map.
 pub fn tensor_map<'a>(
     params: &ParamStore,

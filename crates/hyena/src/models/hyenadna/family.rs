@@ -21,9 +21,23 @@ use crate::layers::hyena::modal::{ModalBank, ModalFilter, Mode};
 use crate::layers::layer::Slot;
 use crate::layers::lean::InferWorkspace;
 use crate::models::generate::{ConvDecoder, DecodeMode, Decoder, WindowForward};
-use crate::models::{config_section, tensor_map, Family, LanguageModel, Model};
+use crate::models::{model_section, tensor_map, Family, LanguageModel, Model};
 use crate::ops::loss::LossSum;
-use crate::params::TensorSource;
+use crate::params::{IgnoredKey, TensorSource, Tracked};
+
+/// Keys of a run directory's `model` section (an [`LmConfig`]) that may be absent, each with
+/// why; every other key is required ([`model_section`]).
+/// - `operator.filter.learn_pos_emb`: added after the first run directories were written;
+///   absent, the positional embedding `z` is a buffer, which is what every earlier run did.
+pub const LM_OPTIONAL_KEYS: &[&str] = &["operator.filter.learn_pos_emb"];
+
+/// The tensors a fine-tuned classifier's directory holds beside its backbone, which
+/// [`load_run`] leaves unread when it loads the backbone as a language model.
+const CLASSIFIER_HEAD: &[IgnoredKey] = &[IgnoredKey {
+    pattern: "head.output_transform.*",
+    reason: "the classification head of a `hyena finetune` directory (a config with `classes`); \
+             the language model is its backbone",
+}];
 
 /// The registry entry of hyena's own HyenaDNA run directories (plain or distilled).
 pub struct HyenaDnaRuns;
@@ -47,24 +61,36 @@ impl Family for HyenaDnaRuns {
     }
 }
 
-/// The HyenaDNA model of a hyena run directory's `config.json` and weights.
+/// The HyenaDNA model of a hyena run directory's `config.json` and weights: every key of the
+/// `model` section required (but [`LM_OPTIONAL_KEYS`]), every tensor of the weights used,
+/// every value finite.
 pub fn load_run(
     config: &serde_json::Value,
     weights: &TensorFile,
     dir: &Path,
 ) -> Result<Model<HyenaLm>> {
     let cfg_path = dir.join("config.json");
-    let cfg: LmConfig = config_section(config, "model", &cfg_path)?.ok_or_else(|| {
-        Error::format(
+    let cfg: LmConfig =
+        model_section(config, "model", &cfg_path, LM_OPTIONAL_KEYS)?.ok_or_else(|| {
+            Error::format(
             &cfg_path,
             "no `model` section (hyena run) and no `d_model` key (HyenaDNA checkpoint): is this \
              a model directory?",
         )
-    })?;
-    let (mut net, params) = HyenaLm::load(&cfg, weights, true)?;
+        })?;
+    // Every tensor of the file must be read: parameters, filter buffers and (distilled) modal
+    // filters; nothing in a hyena run's weights is left out.
+    let src = Tracked::new(weights);
+    let (mut net, params) = HyenaLm::load(&cfg, &src, true)?;
     if config.get("distill").is_some_and(|x| !x.is_null()) {
-        net.set_modal_banks(read_banks(weights, &net)?)?;
+        net.set_modal_banks(read_banks(&src, &net)?)?;
     }
+    let ignored = if config.get("classes").is_some() {
+        CLASSIFIER_HEAD
+    } else {
+        &[]
+    };
+    src.check_all_read(ignored, Some(("n_layer", cfg.n_layer)))?;
     Ok(Model { net, params })
 }
 

@@ -32,6 +32,7 @@ use crate::config::{FilterConfig, FilterLayout, HyenaConfig};
 use crate::error::{Error, Result};
 use crate::io::safetensors::{Tensor, TensorFile};
 use crate::models::{Family, LanguageModel, Model};
+use crate::params::{list_names, IgnoredKey, Tracked};
 
 /// Which layout a model directory has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,7 +51,8 @@ pub struct LoadReport {
     pub kind: CheckpointKind,
     /// The weights file read.
     pub weights: PathBuf,
-    /// Tensors in the file that the model does not use (e.g. a classifier's `score.weight`).
+    /// Tensors in the file that the model does not use, each matching [`IGNORED_KEYS`] (e.g. a
+    /// classifier's `score.weight`).
     pub unused: Vec<String>,
     /// Whether the LM head was tied to the embedding because the file had none.
     pub tied_head: bool,
@@ -76,7 +78,8 @@ fn req_usize(obj: &Value, key: &str, file: &Path) -> Result<usize> {
             file,
             format!(
                 "missing config key `{key}`; a HyenaDNA config needs d_model, n_layer, d_inner, \
-                 max_seq_len (or layer.l_max), emb_dim and filter_order"
+                 vocab_size, max_seq_len (or layer.l_max), emb_dim and filter_order: use the \
+                 config.json released with the weights"
             ),
         )),
         Some(v) => v.as_u64().map(|x| x as usize).ok_or_else(|| {
@@ -106,9 +109,14 @@ fn opt_f32(obj: &Value, key: &str, default: f32, file: &Path) -> Result<f32> {
 
 /// The model config of a reference `config.json` (`file` names it in errors).
 ///
-/// Keys that set shapes are required; the others default to the values every released checkpoint
-/// uses (the `config.json` of the `LongSafari/hyenadna-*-hf` models): vocab 12 padded to a multiple
-/// of 8, order 2, short filter 3, 2 inner filter layers, Sin frequency 10, LayerNorm eps 1e-5.
+/// The keys that set the model's size are required (`d_model`, `n_layer`, `d_inner`,
+/// `vocab_size`, `max_seq_len` or `layer.l_max`, `emb_dim`, `filter_order`): a missing one is an
+/// error naming it and the file. The others may be absent because the released code fixes them
+/// and the Lightning configs leave them out (they are the constructor defaults of
+/// `standalone_hyenadna.py`, the values every released checkpoint uses): padding of the
+/// vocabulary to a multiple of 8, order 2, short filter 3, 2 inner filter layers, Sin
+/// frequency 10, LayerNorm eps 1e-5, modulation on. A wrong one of these that changes a shape
+/// is caught by the weights' shapes.
 pub fn lm_config_from_reference(cfg: &Value, file: &Path) -> Result<LmConfig> {
     let kind = kind_of(cfg).ok_or_else(|| {
         Error::format(
@@ -132,7 +140,7 @@ pub fn lm_config_from_reference(cfg: &Value, file: &Path) -> Result<LmConfig> {
     }
     let d_model = req_usize(cfg, "d_model", file)?;
     let lm = LmConfig {
-        vocab_size: opt_usize(cfg, "vocab_size", 12, file)?,
+        vocab_size: req_usize(cfg, "vocab_size", file)?,
         pad_vocab_size_multiple: opt_usize(cfg, "pad_vocab_size_multiple", 8, file)?,
         n_layer: req_usize(cfg, "n_layer", file)?,
         d_inner: req_usize(cfg, "d_inner", file)?,
@@ -180,6 +188,42 @@ pub fn canonical_key(key: &str) -> Option<String> {
     Some(format!("hyena.backbone.{rest}"))
 }
 
+/// Keys of a released weights file that the language model does not read, with why; any other
+/// key it does not read is an error (a config with fewer layers than the weights, a file of
+/// another model). Buffers the model recomputes when absent (`pos_emb.z`, `pos_emb.t`,
+/// `modulation.deltas`) are read when present, and the copies of the shared Sin frequency
+/// (`implicit_filter.{3,5,…}.freq`) are checked equal to the first, so neither is listed here.
+pub const IGNORED_KEYS: &[IgnoredKey] = &[
+    IgnoredKey {
+        pattern: "score.*",
+        reason:
+            "the head of the HF sequence-classification port (HyenaDNAForSequenceClassification); \
+                 the language model is its backbone",
+    },
+    IgnoredKey {
+        pattern: "hyena.score.*",
+        reason: "the same classification head under the CausalLM prefix",
+    },
+    IgnoredKey {
+        pattern: "decoder.*",
+        reason: "a task decoder of the training repository's Lightning module (SequenceDecoder), \
+                 outside the language model",
+    },
+    IgnoredKey {
+        pattern: "model.decoder.*",
+        reason: "the same task decoder saved under the Lightning `model.` prefix",
+    },
+    IgnoredKey {
+        pattern: "encoder.*",
+        reason: "a task encoder of the training repository's Lightning module, outside the \
+                 language model",
+    },
+    IgnoredKey {
+        pattern: "model.encoder.*",
+        reason: "the same task encoder saved under the Lightning `model.` prefix",
+    },
+];
+
 /// The registry entry of the released HyenaDNA layouts (HF and Lightning).
 pub struct HyenaDnaReleased;
 
@@ -216,7 +260,9 @@ pub fn load_reference(
     let weights = raw.path.clone();
     // Rename to hyena's keys; the shared Sin frequency may be stored once or three times.
     let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
+    let mut original: BTreeMap<String, String> = BTreeMap::new();
     let mut unused = Vec::new();
+    let mut unknown = Vec::new();
     for (k, t) in &raw.tensors {
         match canonical_key(k) {
             Some(c) => {
@@ -233,10 +279,24 @@ pub fn load_reference(
                     }
                     continue;
                 }
+                original.insert(c.clone(), k.clone());
                 tensors.insert(c, t.clone());
             }
-            None => unused.push(k.clone()),
+            None if IGNORED_KEYS.iter().any(|i| i.matches(k)) => unused.push(k.clone()),
+            None => unknown.push(k.clone()),
         }
+    }
+    if !unknown.is_empty() {
+        return Err(Error::format(
+            &weights,
+            format!(
+                "{} tensor(s) are not part of a HyenaDNA language model: {}; is this a \
+                 HyenaDNA checkpoint (keys `hyena.backbone.…`, `backbone.…` or \
+                 `model.backbone.…`)?",
+                unknown.len(),
+                list_names(&unknown)
+            ),
+        ));
     }
     let tied_head = !tensors.contains_key("lm_head.weight");
     lm_cfg.tie_embeddings = tied_head;
@@ -246,8 +306,23 @@ pub fn load_reference(
         metadata: BTreeMap::new(),
     };
     // Buffers may be missing (then computed from the config) or stored without their
-    // leading singleton axes.
-    let (net, params) = HyenaLm::load(&lm_cfg, &file, false)?;
+    // leading singleton axes. Every other tensor of the file must be read.
+    let src = Tracked::new(&file);
+    let (net, params) = HyenaLm::load(&lm_cfg, &src, false)?;
+    if let Err(e) = src.check_all_read(&[], Some(("n_layer", lm_cfg.n_layer))) {
+        // Name the keys as the file spells them.
+        let mut msg = e.to_string();
+        for (c, k) in &original {
+            if c != k {
+                msg = msg.replace(&format!("`{c}`"), &format!("`{k}`"));
+            }
+        }
+        let msg = msg
+            .strip_prefix(&format!("{}: ", weights.display()))
+            .unwrap_or(&msg)
+            .to_string();
+        return Err(Error::format(&weights, msg));
+    }
     Ok((
         Model { net, params },
         LoadReport {

@@ -18,10 +18,16 @@ use crate::io::safetensors::{Tensor, TensorFile};
 use crate::layers::layer::Slot;
 use crate::layers::lean::InferWorkspace;
 use crate::models::generate::{ConvDecoder, DecodeMode, Decoder, WindowForward};
-use crate::models::{config_section, tensor_map, Family, LanguageModel, Model};
+use crate::models::{model_section, tensor_map, Family, LanguageModel, Model};
 use crate::ops::linear::linear_forward;
 use crate::ops::loss::{log_prob, LossSum};
-use crate::params::{DType, Init, ParamStore};
+use crate::params::{DType, Init, ParamStore, Tracked};
+
+/// Keys of a zoo model directory's `model` section (an [`ArchConfig`]) that may be absent, each
+/// with why; every other key is required ([`model_section`]).
+/// - `decoder`: added with MAD's compression head, after zoo models were first saved; absent,
+///   the model has no encoder-decoder head, as every earlier one.
+pub const ZOO_OPTIONAL_KEYS: &[&str] = &["decoder"];
 
 /// The registry entry of zoo language-model directories.
 pub struct ZooRuns;
@@ -43,7 +49,7 @@ impl Family for ZooRuns {
         dir: &Path,
     ) -> Result<Box<dyn LanguageModel>> {
         let cfg_path = dir.join("config.json");
-        let cfg: ArchConfig = config_section(config, "model", &cfg_path)?
+        let cfg: ArchConfig = model_section(config, "model", &cfg_path, ZOO_OPTIONAL_KEYS)?
             .ok_or_else(|| Error::format(&cfg_path, "no `model` section"))?;
         if cfg.decoder {
             return Err(Error::format(
@@ -53,9 +59,10 @@ impl Family for ZooRuns {
                  commands can score or sample",
             ));
         }
-        let (net, params) = ParamStore::build(Init::From(weights), DType::F32, |vb| {
-            ZooModel::new(&cfg, vb)
-        })?;
+        let src = Tracked::new(weights);
+        let (net, params) =
+            ParamStore::build(Init::From(&src), DType::F32, |vb| ZooModel::new(&cfg, vb))?;
+        src.check_all_read(&[], Some(("layers", cfg.layers.len())))?;
         Ok(Box::new(Model { net, params }))
     }
 }
