@@ -72,7 +72,14 @@ impl RunConfig {
     /// hand (`{"model": …, "train": …, "data": …}`, missing sections at their defaults).
     pub fn read(path: &Path) -> Result<Self> {
         let s = std::fs::read_to_string(path).map_err(Error::io(path))?;
-        serde_json::from_str(&s).map_err(|e| Error::format(path, format!("not a run config ({e})")))
+        Self::parse(&s, path)
+    }
+
+    /// [`read`](Self::read) on JSON text already in memory; `path` names it in errors. Used by
+    /// the fuzz targets (`fuzz/` in the repository).
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        serde_json::from_str(text)
+            .map_err(|e| Error::format(path, format!("not a run config ({e})")))
     }
 
     /// The run config saved in the run directory `dir` (its `config.json`).
