@@ -183,12 +183,14 @@ pub fn parse_f32(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
                 .collect()
         })
         .ok_or_else(|| fmt(format!("no shape in header {dict}")))?;
-    let n: usize = shape.iter().product();
     let body = &bytes[start + hlen..];
-    if body.len() != 4 * n {
+    // The declared size in bytes, `None` past `usize` (a corrupt shape).
+    let need = shape.iter().try_fold(4usize, |a, &d| a.checked_mul(d));
+    if need != Some(body.len()) {
+        let need = need.map_or_else(|| "more".to_string(), |n| n.to_string());
         return Err(fmt(format!(
-            "shape {shape:?} needs {} data bytes, the file has {}",
-            4 * n,
+            "shape {shape:?} needs {need} data bytes, the file has {}; the file is truncated \
+             or its header is corrupt",
             body.len()
         )));
     }
