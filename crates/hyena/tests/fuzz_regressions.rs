@@ -10,7 +10,7 @@ use hyena::io::torch::pickle::parse;
 /// A `.npy` file (format 1.0) whose header is `dict`, padded as NumPy pads it, then `body`.
 fn npy(dict: &str, body: &[u8]) -> Vec<u8> {
     let mut h = dict.as_bytes().to_vec();
-    while (10 + h.len() + 1) % 64 != 0 {
+    while !(10 + h.len() + 1).is_multiple_of(64) {
         h.push(b' ');
     }
     h.push(b'\n');
