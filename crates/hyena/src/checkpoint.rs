@@ -201,7 +201,13 @@ pub fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
 /// Parse the JSON file at `path`.
 pub fn read_json(path: &Path) -> Result<serde_json::Value> {
     let s = std::fs::read_to_string(path).map_err(Error::io(path))?;
-    serde_json::from_str(&s).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))
+    parse_json(s.as_bytes(), path)
+}
+
+/// [`read_json`] on bytes already in memory; `path` names them in errors. Used by the fuzz
+/// targets (`fuzz/` in the repository).
+pub fn parse_json(bytes: &[u8], path: &Path) -> Result<serde_json::Value> {
+    serde_json::from_slice(bytes).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))
 }
 
 // === Training checkpoints: a set of files that appears as a whole ===

@@ -25,13 +25,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::io::fasta::open_records;
-use crate::io::text::read_text;
+use crate::io::fasta::open_records_from;
+use crate::io::text::{read_text, read_text_from};
 
 /// One labelled sequence.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -272,17 +273,26 @@ fn class_dirs(dir: &Path, layout: &str) -> Result<Vec<String>> {
 
 /// The sequences of one file: one plain-text sequence, or every record of a FASTA/FASTQ file.
 fn read_sequence_file(path: &Path) -> Result<Vec<Vec<u8>>> {
+    let raw = std::fs::read(path).map_err(Error::io(path))?;
+    read_sequence_bytes(&raw, path)
+}
+
+/// The sequences of one file of the GenomicBenchmarks layout (see the module docs), from the
+/// file's (possibly compressed) bytes already in memory; `path` names it in errors. What
+/// [`load_dir`] reads each file with; the fuzz targets (`fuzz/` in the repository) call it
+/// on bytes in memory.
+pub fn read_sequence_bytes(raw: &[u8], path: &Path) -> Result<Vec<Vec<u8>>> {
     let empty = "empty sequence file: each file must hold one sequence (or FASTA records)";
-    if std::fs::metadata(path).map_err(Error::io(path))?.len() == 0 {
+    if raw.is_empty() {
         return Err(Error::format(
             path,
             format!("{empty} (the file has 0 bytes)"),
         ));
     }
-    let bytes = read_text(path)?;
+    let bytes = read_text_from(Cursor::new(raw.to_vec()), path)?;
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         None => Err(Error::format(path, format!("{empty} (only whitespace)"))),
-        Some(b'>') | Some(b'@') => open_records(path)?
+        Some(b'>') | Some(b'@') => open_records_from(Cursor::new(bytes), path)?
             .map(|r| {
                 let r = r?;
                 check_letters(&r.seq)
@@ -384,8 +394,11 @@ fn csv_fields(line: &str) -> std::result::Result<Vec<String>, &'static str> {
 }
 
 /// Read a CSV with `sequence` and `label` columns (and optionally `split`).
-fn read_csv(path: &Path) -> Result<(Vec<CsvRow>, bool)> {
-    let bytes = read_text(path)?;
+fn read_csv(path: &Path, raw: Option<&[u8]>) -> Result<(Vec<CsvRow>, bool)> {
+    let bytes = match raw {
+        None => read_text(path)?,
+        Some(raw) => read_text_from(Cursor::new(raw.to_vec()), path)?,
+    };
     let text = std::str::from_utf8(&bytes).map_err(|e| {
         Error::format(
             path,
@@ -482,8 +495,34 @@ fn read_csv(path: &Path) -> Result<(Vec<CsvRow>, bool)> {
 /// Load a CSV dataset: `train_csv` and `test_csv`, or one CSV with a `split` column (module
 /// docs).
 pub fn load_csv(train_csv: impl AsRef<Path>, test_csv: Option<&Path>) -> Result<SeqClsDataset> {
-    let train_csv = train_csv.as_ref();
-    let (rows, has_split) = read_csv(train_csv)?;
+    csv_dataset(train_csv.as_ref(), test_csv, |p, _| read_csv(p, None))
+}
+
+/// [`load_csv`] on the (possibly compressed) bytes of the CSV files already in memory, each
+/// with the path that names it in errors. Used by the fuzz targets (`fuzz/` in the
+/// repository).
+pub fn load_csv_bytes(
+    train_csv: (&Path, &[u8]),
+    test_csv: Option<(&Path, &[u8])>,
+) -> Result<SeqClsDataset> {
+    csv_dataset(train_csv.0, test_csv.map(|t| t.0), |p, test| {
+        let bytes = if test {
+            test_csv.map(|t| t.1)
+        } else {
+            Some(train_csv.1)
+        };
+        read_csv(p, bytes)
+    })
+}
+
+/// The dataset of the CSV files `train_csv` and `test_csv`, each read with `read_csv` (its
+/// second argument says whether it is the test file).
+fn csv_dataset(
+    train_csv: &Path,
+    test_csv: Option<&Path>,
+    read_csv: impl Fn(&Path, bool) -> Result<(Vec<CsvRow>, bool)>,
+) -> Result<SeqClsDataset> {
+    let (rows, has_split) = read_csv(train_csv, false)?;
     // (file, rows) of each split.
     let (train_rows, test_rows): (Vec<Sourced>, Vec<Sourced>) = match test_csv {
         Some(test_csv) => {
@@ -494,7 +533,7 @@ pub fn load_csv(train_csv: impl AsRef<Path>, test_csv: Option<&Path>) -> Result<
                      `split` column, or two CSVs without one",
                 ));
             }
-            let (te, te_split) = read_csv(test_csv)?;
+            let (te, te_split) = read_csv(test_csv, true)?;
             if te_split {
                 return Err(Error::format(
                     test_csv,

@@ -31,10 +31,10 @@
 //! # }
 //! ```
 
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
-use super::text::{open_decompressed, read_error, Compression};
+use super::text::{decompressing, open_decompressed, read_error, Compression};
 use crate::error::{Error, Result};
 
 /// One sequence record.
@@ -107,7 +107,21 @@ impl std::fmt::Debug for RecordReader {
 /// neither FASTA nor FASTQ.
 pub fn open_records(path: impl AsRef<Path>) -> Result<RecordReader> {
     let path = path.as_ref();
-    let (reader, compression) = open_decompressed(path)?;
+    records_from(open_decompressed(path)?, path)
+}
+
+/// [`open_records`] on bytes that are not in a file: `raw` gives the (possibly compressed)
+/// bytes, `path` names them in errors. Used by the fuzz targets (`fuzz/` in the repository)
+/// and by readers that already hold a file's bytes.
+pub fn open_records_from(raw: impl Read + Send + 'static, path: &Path) -> Result<RecordReader> {
+    records_from(decompressing(raw, path)?, path)
+}
+
+/// The reader over `reader`'s records, its format detected from the first non-blank line.
+fn records_from(
+    (reader, compression): (Box<dyn BufRead + Send>, Compression),
+    path: &Path,
+) -> Result<RecordReader> {
     let mut r = RecordReader {
         path: path.to_path_buf(),
         reader,

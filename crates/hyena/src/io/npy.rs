@@ -137,14 +137,20 @@ impl NpyWriter {
 /// Read a C-order `<f4` `.npy` file: `(shape, data)`.
 pub fn read_f32(path: impl AsRef<Path>) -> Result<(Vec<usize>, Vec<f32>)> {
     let path = path.as_ref();
-    let fmt = |msg: String| Error::Format {
-        file: path.to_path_buf(),
-        msg,
-    };
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(Error::io(path))?;
+    parse_f32(&bytes, path)
+}
+
+/// [`read_f32`] on the bytes of a `.npy` file already in memory; `path` names it in errors.
+/// Used by the fuzz targets (`fuzz/` in the repository).
+pub fn parse_f32(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
+    let fmt = |msg: String| Error::Format {
+        file: path.to_path_buf(),
+        msg,
+    };
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(fmt("not a .npy file (no \\x93NUMPY magic)".into()));
     }
@@ -177,12 +183,14 @@ pub fn read_f32(path: impl AsRef<Path>) -> Result<(Vec<usize>, Vec<f32>)> {
                 .collect()
         })
         .ok_or_else(|| fmt(format!("no shape in header {dict}")))?;
-    let n: usize = shape.iter().product();
     let body = &bytes[start + hlen..];
-    if body.len() != 4 * n {
+    // The declared size in bytes, `None` past `usize` (a corrupt shape).
+    let need = shape.iter().try_fold(4usize, |a, &d| a.checked_mul(d));
+    if need != Some(body.len()) {
+        let need = need.map_or_else(|| "more".to_string(), |n| n.to_string());
         return Err(fmt(format!(
-            "shape {shape:?} needs {} data bytes, the file has {}",
-            4 * n,
+            "shape {shape:?} needs {need} data bytes, the file has {}; the file is truncated \
+             or its header is corrupt",
             body.len()
         )));
     }

@@ -36,13 +36,21 @@ impl TensorFile {
             file: path.to_path_buf(),
             source,
         })?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// [`read`](Self::read) on the bytes of a safetensors file already in memory; `path` names
+    /// it in errors (and becomes [`TensorFile::path`]). Used by the fuzz targets (`fuzz/` in
+    /// the repository).
+    pub fn from_bytes(bytes: &[u8], path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| {
             Error::format(
                 path,
                 format!("not a valid safetensors file ({e}); was it truncated?"),
             )
         })?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
             Error::format(
                 path,
                 format!("not a valid safetensors file ({e}); was it truncated?"),

@@ -131,12 +131,21 @@ pub fn read_error(path: &Path, compression: Compression, at: &str, e: io::Error)
 /// [`read_text`] and the FASTA reader do) to get the file name and the truncation hint.
 pub fn open_decompressed(path: impl AsRef<Path>) -> Result<(Box<dyn BufRead + Send>, Compression)> {
     let path = path.as_ref();
-    let mut file = open_file(path)?;
+    decompressing(open_file(path)?, path)
+}
+
+/// [`open_decompressed`] on bytes that are not in a file (or not read from one here): `raw`
+/// gives the file's bytes, `path` names it in errors. The path-taking readers call it; the
+/// fuzz targets (`fuzz/` in the repository) call it on bytes in memory.
+pub fn decompressing(
+    mut raw: impl Read + Send + 'static,
+    path: &Path,
+) -> Result<(Box<dyn BufRead + Send>, Compression)> {
     // Read the magic bytes ourselves (a short read is possible on pipes), then chain them back.
     let mut magic = [0u8; 6];
     let mut n = 0;
     while n < magic.len() {
-        match file.read(&mut magic[n..]) {
+        match raw.read(&mut magic[n..]) {
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -152,7 +161,7 @@ pub fn open_decompressed(path: impl AsRef<Path>) -> Result<(Box<dyn BufRead + Se
         return Err(Error::format(path, "empty file (0 bytes)"));
     }
     let compression = Compression::detect(&magic[..n]);
-    let raw = BufReader::with_capacity(BUF_SIZE, Cursor::new(magic[..n].to_vec()).chain(file));
+    let raw = BufReader::with_capacity(BUF_SIZE, Cursor::new(magic[..n].to_vec()).chain(raw));
     let reader: Box<dyn BufRead + Send> = match compression {
         Compression::None => Box::new(raw),
         Compression::Gzip => Box::new(BufReader::with_capacity(
@@ -174,7 +183,13 @@ pub fn open_decompressed(path: impl AsRef<Path>) -> Result<(Box<dyn BufRead + Se
 /// decompression), truncated or corrupt compressed data.
 pub fn read_text(path: impl AsRef<Path>) -> Result<Vec<u8>> {
     let path = path.as_ref();
-    let (mut reader, compression) = open_decompressed(path)?;
+    read_text_from(open_file(path)?, path)
+}
+
+/// [`read_text`] on bytes that are not in a file: `raw` gives the (possibly compressed)
+/// bytes, `path` names them in errors.
+pub fn read_text_from(raw: impl Read + Send + 'static, path: &Path) -> Result<Vec<u8>> {
+    let (mut reader, compression) = decompressing(raw, path)?;
     let mut bytes = Vec::new();
     reader
         .read_to_end(&mut bytes)

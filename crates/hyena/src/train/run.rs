@@ -78,7 +78,13 @@ impl RunConfig {
     /// `train.steps` trains the quick-start model at the quick-start learning rate.
     pub fn read(path: &Path) -> Result<Self> {
         let s = std::fs::read_to_string(path).map_err(Error::io(path))?;
-        let given: serde_json::Value = serde_json::from_str(&s)
+        Self::parse(&s, path)
+    }
+
+    /// [`read`](Self::read) on JSON text already in memory; `path` names it in errors. Used by
+    /// the fuzz targets (`fuzz/` in the repository).
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let given: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
         if !given.is_object() {
             return Err(Error::format(

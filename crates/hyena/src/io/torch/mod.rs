@@ -91,7 +91,19 @@ impl TorchFile {
 
 /// Read the state dict of a `torch.save` zip checkpoint; see [`TorchFile`].
 pub fn read_torch_file(path: &Path) -> Result<TorchFile> {
-    let mut zip = Zip::open(path)?;
+    torch_file_from(Zip::open(path)?)
+}
+
+/// [`read_torch_file`] on the bytes of a checkpoint already in memory; `path` names it in
+/// errors (and becomes [`TorchFile::path`]). Used by the fuzz targets (`fuzz/` in the
+/// repository).
+pub fn read_torch_bytes(bytes: Vec<u8>, path: &Path) -> Result<TorchFile> {
+    torch_file_from(Zip::from_bytes(bytes, path)?)
+}
+
+/// The state dict of the checkpoint `zip`.
+fn torch_file_from(mut zip: Zip) -> Result<TorchFile> {
+    let path = &zip.path.clone();
     let root = zip.root()?;
     check_byteorder(&mut zip, &root)?;
     let top = parse_data_pkl(&mut zip, &root)?;
@@ -750,10 +762,15 @@ struct Entry {
 /// Small on purpose: a checkpoint needs no more, and entries are read on demand with seeks.
 struct Zip {
     path: PathBuf,
-    file: File,
+    /// The archive's bytes: the file, or a buffer in memory.
+    file: Box<dyn ReadSeek>,
     len: u64,
     entries: Vec<Entry>,
 }
+
+/// What a [`Zip`] reads from.
+trait ReadSeek: Read + Seek + Send {}
+impl<T: Read + Seek + Send> ReadSeek for T {}
 
 const EOCD_SIG: u32 = 0x0605_4b50;
 const ZIP64_LOCATOR_SIG: u32 = 0x0706_4b50;
@@ -774,8 +791,18 @@ fn le64(b: &[u8], at: usize) -> Option<u64> {
 
 impl Zip {
     fn open(path: &Path) -> Result<Zip> {
-        let mut file = File::open(path).map_err(Error::io(path))?;
+        let file = File::open(path).map_err(Error::io(path))?;
         let len = file.metadata().map_err(Error::io(path))?.len();
+        Zip::from_source(Box::new(file), len, path)
+    }
+
+    fn from_bytes(bytes: Vec<u8>, path: &Path) -> Result<Zip> {
+        let len = bytes.len() as u64;
+        Zip::from_source(Box::new(std::io::Cursor::new(bytes)), len, path)
+    }
+
+    /// The archive of `len` bytes read from `file`, named `path` in errors.
+    fn from_source(mut file: Box<dyn ReadSeek>, len: u64, path: &Path) -> Result<Zip> {
         let mut head = [0u8; 16];
         let n = read_up_to(&mut file, &mut head).map_err(Error::io(path))?;
         let head = head.get(..n).unwrap_or(&[]);
@@ -1045,7 +1072,7 @@ fn zip64_extra(extra: &[u8]) -> Option<&[u8]> {
 }
 
 /// Fill `buf` as far as the file allows.
-fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_up_to(f: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         let Some(rest) = buf.get_mut(n..) else {

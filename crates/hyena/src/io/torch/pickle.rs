@@ -29,8 +29,14 @@ pub const MAX_DEPTH: usize = 256;
 
 /// Budget floors when building the tree (see [`parse`]): shared memo references are copied
 /// into the tree, so a pickle that references one big object many times could otherwise expand
-/// exponentially in memory.
-const MIN_NODE_BUDGET: usize = 1 << 20;
+/// exponentially in memory, and in time. A checkpoint's tree is less than twice its arena (a
+/// tensor copies a few shared names: its storage class, `_rebuild_tensor_v2`, ...); the floor
+/// is for small pickles. It was 2^20 nodes (and 16 per arena node), which a 439-byte pickle
+/// found by fuzzing (30 `NEWOBJ_EX` over `DUP`ed objects) took about a second to reach in a
+/// sanitizer build.
+const MIN_NODE_BUDGET: usize = 1 << 17;
+/// Times its arena a pickle's tree may hold in nodes (beyond [`MIN_NODE_BUDGET`]).
+const NODE_BUDGET_PER_NODE: usize = 4;
 /// Floor of the budget for string and bytes content copied into the tree.
 const MIN_BYTE_BUDGET: usize = 64 << 20;
 
@@ -172,7 +178,7 @@ pub fn parse(data: &[u8], file: &Path) -> Result<Value> {
     };
     let top = m.run()?;
     let mut budget = Budget {
-        nodes: MIN_NODE_BUDGET.max(m.nodes.len().saturating_mul(16)),
+        nodes: MIN_NODE_BUDGET.max(m.nodes.len().saturating_mul(NODE_BUDGET_PER_NODE)),
         bytes: MIN_BYTE_BUDGET.max(data.len().saturating_mul(4)),
     };
     m.build(top, &mut budget)
