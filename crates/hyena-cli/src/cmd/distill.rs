@@ -41,7 +41,7 @@ pub struct DistillArgs {
     #[arg(long, default_value_t = 512, value_parser = at_least_one)]
     pub max_hankel: usize,
     /// Output directory for the distilled model (must not exist or be empty, unless --force).
-    #[arg(long)]
+    #[arg(long, default_value = "runs/distill")]
     pub out: PathBuf,
     #[command(flatten)]
     pub force: ForceFlag,
