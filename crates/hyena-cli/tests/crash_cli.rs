@@ -9,7 +9,7 @@
 #![cfg(unix)]
 
 mod common;
-use common::{hyena, ok};
+use common::{hyena, ok, tmpdir, toy_fasta};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,13 +19,6 @@ const STEPS: u64 = 12;
 /// Crash points per checkpoint commit (three files, the flushed folder, its rename, the
 /// pointer, the links).
 const POINTS_PER_COMMIT: u64 = 7;
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("hyena-crash-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn train_args(fa: &Path, out: &Path) -> Vec<String> {
     let mut a: Vec<String> = ["train", "--fasta"].map(String::from).to_vec();
@@ -149,17 +142,10 @@ impl Lcg {
 
 #[test]
 fn killed_runs_resume_to_the_same_bytes() {
-    let dir = tmpdir("runs");
-    let mut s = String::from(">chr test\n");
-    let mut rng = Lcg(11);
-    for i in 0..6000 {
-        s.push(b"ACGT"[(rng.next() % 4) as usize] as char);
-        if i % 70 == 69 {
-            s.push('\n');
-        }
-    }
+    let dir = tmpdir("crash");
     let fa = dir.join("toy.fa");
-    std::fs::write(&fa, &s).unwrap();
+    toy_fasta(&fa, "chr test", 6000, 3, Some(70));
+    let mut rng = Lcg(11);
 
     // The uninterrupted run.
     let reference = dir.join("reference");

@@ -7,19 +7,9 @@ use common::{fails_with, hyena, ok, snapshot};
 
 #[test]
 fn distill_then_generate_recurrently() {
-    let dir = std::env::temp_dir().join(format!("hyena-distill-cli-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut s = String::from(">toy\n");
-    let mut x = 11u64;
-    for _ in 0..3000 {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        s.push(b"ACGT"[(x >> 62) as usize] as char);
-    }
+    let dir = common::tmpdir("distill");
     let fa = dir.join("toy.fa");
-    std::fs::write(&fa, s).unwrap();
+    common::toy_fasta(&fa, "toy", 3000, 11, None);
     let run = dir.join("run");
     let (fa, run_s) = (fa.to_str().unwrap(), run.to_str().unwrap());
     ok(&hyena(&[

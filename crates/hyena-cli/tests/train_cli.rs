@@ -4,15 +4,8 @@
 //! and every file already on disk left as it was.
 
 mod common;
-use common::{fails_with, hyena, snapshot};
+use common::{fails_with, hyena, snapshot, tmpdir, toy_fasta};
 use std::path::PathBuf;
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("hyena-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 const SMALL: [&str; 12] = [
     "--steps",
@@ -32,19 +25,8 @@ const SMALL: [&str; 12] = [
 #[test]
 fn train_eval_generate_and_bad_input() {
     let dir = tmpdir("train");
-    let mut s = String::from(">chr test\n");
-    let mut x = 7u64;
-    for i in 0..4000 {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        s.push(b"ACGT"[(x >> 62) as usize] as char);
-        if i % 70 == 69 {
-            s.push('\n');
-        }
-    }
     let fa = dir.join("toy.fa");
-    std::fs::write(&fa, &s).unwrap();
+    toy_fasta(&fa, "chr test", 4000, 7, Some(70));
     let fa = fa.to_str().unwrap();
     let run = dir.join("run");
     let run_s = run.to_str().unwrap();
@@ -149,16 +131,8 @@ fn train_eval_generate_and_bad_input() {
 #[test]
 fn divergence_bad_numbers_and_mixed_checkpoints_lose_nothing() {
     let dir = tmpdir("guard");
-    let mut s = String::from(">chr test\n");
-    let mut x = 5u64;
-    for _ in 0..4000 {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        s.push(b"ACGT"[(x >> 62) as usize] as char);
-    }
     let fa = dir.join("toy.fa");
-    std::fs::write(&fa, &s).unwrap();
+    toy_fasta(&fa, "chr test", 4000, 5, None);
     let fa = fa.to_str().unwrap();
     let run = dir.join("run");
     let run_s = run.to_str().unwrap();

@@ -176,14 +176,7 @@ fn loss_panel(
             .label(r.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()
-        .map_err(|e| err(e.to_string()))?;
-    Ok(())
+    draw_legend(&mut chart, path)
 }
 
 /// Lines `(label, points)` on log–log axes (e.g. latency against context length).
@@ -309,15 +302,23 @@ where
     DB: DrawingBackend + 'a,
     CT: plotters::coord::CoordTranslate,
 {
-    let err = plot_err(path);
+    draw_legend(chart, path)?;
+    root.present().map_err(|e| plot_err(path)(e.to_string()))
+}
+
+/// The legend of `chart`'s labelled series, on a white box.
+fn draw_legend<'a, DB, CT>(chart: &mut ChartContext<'a, DB, CT>, path: &Path) -> Result<()>
+where
+    DB: DrawingBackend + 'a,
+    CT: plotters::coord::CoordTranslate,
+{
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
         .draw()
-        .map_err(|e| err(e.to_string()))?;
-    root.present().map_err(|e| err(e.to_string()))
+        .map_err(|e| plot_err(path)(e.to_string()))
 }
 
 /// The error for a failed plot of `path`.

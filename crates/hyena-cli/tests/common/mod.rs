@@ -47,3 +47,28 @@ pub fn fails_with(out: &Output, needles: &[&str]) {
     }
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// A fresh, empty temp directory for test `tag` of this process.
+pub fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("hyena-cli-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Write a FASTA file of one record `>name` holding `n` pseudo-random bases drawn by a linear
+/// congruential generator seeded with `seed` (lines of `wrap` bases; `None`: one line).
+pub fn toy_fasta(path: &Path, name: &str, n: usize, seed: u64, wrap: Option<usize>) {
+    let mut s = format!(">{name}\n");
+    let mut x = seed;
+    for i in 0..n {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        s.push(b"ACGT"[(x >> 62) as usize] as char);
+        if wrap.is_some_and(|w| i % w == w - 1) {
+            s.push('\n');
+        }
+    }
+    std::fs::write(path, s).unwrap();
+}
