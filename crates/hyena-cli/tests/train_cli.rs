@@ -5,7 +5,6 @@
 
 mod common;
 use common::{fails_with, hyena, snapshot, tmpdir, toy_fasta};
-use std::path::PathBuf;
 
 const SMALL: [&str; 12] = [
     "--steps",
