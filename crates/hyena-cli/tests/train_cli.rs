@@ -65,6 +65,21 @@ fn train_eval_generate_and_bad_input() {
     assert!(bits > 1.0 && bits < 4.0, "{v}");
     assert_eq!(v["tokens"].as_u64().unwrap() % 64, 0);
 
+    // A batch of windows whose activations exceed the memory is refused before the forward,
+    // naming the flag; a small one under the same limit runs.
+    let eval_limited = |batch: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hyena"))
+            .args(["eval", "--model", run_s, "--fasta", fa, "--batch", batch])
+            .env("HYENA_MEMORY_LIMIT", "4M")
+            .output()
+            .unwrap()
+    };
+    fails_with(
+        &eval_limited("1000"),
+        &["62 windows", "--batch", "4.000 MiB"],
+    );
+    common::ok(&eval_limited("2"));
+
     // Generate: reproducible with a seed, only DNA letters after the prompt.
     let gen = |seed: &str| {
         let o = hyena(&[

@@ -603,6 +603,20 @@ pub fn evaluate_run(
             })
         }
     };
+    // A forward of `batch` windows holds all their activations: refuse a batch that cannot fit
+    // before allocating it (HyenaDNA models, with the training estimate, whose optimizer terms
+    // are small beside the activations of a large batch).
+    if let Some(m) = loaded.model.as_any().downcast_ref::<Model<HyenaLm>>() {
+        let windows = (tokens.len().saturating_sub(1) / seq_len.max(1))
+            .min(opts.max_windows.unwrap_or(usize::MAX))
+            .max(1);
+        let b = batch.min(windows);
+        crate::memory::check_fits(
+            &format!("evaluating {b} windows of {seq_len} tokens per forward"),
+            crate::models::hyenadna::memory::train_bytes(&m.net.cfg, b, seq_len, 1),
+            "--batch or --seq-len",
+        )?;
+    }
     let mut ws = crate::layers::layer::Slot::default();
     let stats = crate::train::lm::evaluate_tokens(
         loaded.model.as_ref(),
