@@ -233,6 +233,42 @@ fn resolved(path: &Path) -> PathBuf {
     }
 }
 
+/// The directory a command with `--out` and `--resume [DIR]` works in, and whether it
+/// continues a run there: `--resume` alone continues `--out` (or `default`), `--resume DIR`
+/// continues DIR, which must exist; an explicit `--out` naming another directory beside it is
+/// an error (a resumed run writes into the directory it continues).
+pub fn resume_dir(
+    resume: &Option<Option<PathBuf>>,
+    out: &Option<PathBuf>,
+    default: &str,
+) -> Result<(PathBuf, bool)> {
+    let out_or_default = || out.clone().unwrap_or_else(|| PathBuf::from(default));
+    match resume {
+        None => Ok((out_or_default(), false)),
+        Some(None) => Ok((out_or_default(), true)),
+        Some(Some(dir)) => {
+            if !dir.is_dir() {
+                anyhow::bail!(
+                    "--resume {}: no such directory to continue (to continue the run in --out, \
+                     give --resume without a value, after any positional arguments)",
+                    dir.display()
+                );
+            }
+            match out {
+                Some(o) if resolved(o) != resolved(dir) => anyhow::bail!(
+                    "--resume {} and --out {} name different directories: a resumed run writes \
+                     into the directory it continues. Pass only --resume {} (or the same \
+                     directory to both)",
+                    dir.display(),
+                    o.display(),
+                    dir.display()
+                ),
+                _ => Ok((dir.clone(), true)),
+            }
+        }
+    }
+}
+
 /// Check an output before anything is loaded or written: `flag` (e.g. `--out`) names `path`.
 /// Refused: an existing file (an existing non-empty directory for [`OutKind::Dir`]) unless
 /// `force`; and, even with `force`, a path that is one of `inputs` or lies inside an input

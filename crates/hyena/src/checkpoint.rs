@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::io::safetensors::{write_atomic, write_bytes_atomic, Tensor, TensorFile};
+use crate::io::safetensors::{write_atomic, write_bytes_atomic, write_synced, Tensor, TensorFile};
 use crate::models::classifier::ClassifierFamily;
 use crate::models::hyenadna::family::HyenaDnaRuns;
 use crate::models::hyenadna::hf::HyenaDnaReleased;
@@ -186,10 +186,21 @@ pub fn save_weights(
         ));
     }
     std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
-    let mut meta = std::collections::BTreeMap::new();
-    meta.insert("format".to_string(), format.to_string());
-    meta.insert("version".to_string(), "1".to_string());
-    write_atomic(dir.join("model.safetensors"), tensors, &meta)
+    write_atomic(
+        dir.join("model.safetensors"),
+        tensors,
+        &weights_metadata(format),
+    )
+}
+
+/// The metadata of a `model.safetensors` that hyena writes: `format` (the kind of checkpoint)
+/// and `version`.
+pub fn weights_metadata(format: &str) -> BTreeMap<String, String> {
+    [
+        ("format".to_string(), format.to_string()),
+        ("version".to_string(), "1".to_string()),
+    ]
+    .into()
 }
 
 /// Write pretty JSON to `path` atomically.
@@ -372,8 +383,7 @@ pub fn recover_run_dir(dir: &Path) -> Result<bool> {
     }
     for e in std::fs::read_dir(dir).map_err(Error::io(dir))? {
         let e = e.map_err(Error::io(dir))?;
-        let n = e.file_name().to_string_lossy().into_owned();
-        if n.starts_with('.') && n.contains(".tmp") {
+        if is_temp_name(&e.file_name().to_string_lossy()) {
             remove_any(&e.path())?;
         }
     }
@@ -396,14 +406,10 @@ pub fn recover_run_dir(dir: &Path) -> Result<bool> {
 /// file it lists is the one it was written with (so weights, optimizer and step belong
 /// together). `Ok(None)`: no checkpoint.
 pub fn verify_checkpoint(dir: &Path) -> Result<Option<CheckpointState>> {
-    let base = current_dir(dir);
-    let path = base.join("state.json");
-    if !path.is_file() {
+    let Some(state) = read_state(dir)? else {
         return Ok(None);
-    }
-    let v = read_json(&path)?;
-    let state: CheckpointState = serde_json::from_value(v)
-        .map_err(|e| Error::format(&path, format!("not a checkpoint state ({e})")))?;
+    };
+    let base = current_dir(dir);
     for (name, want) in &state.files {
         let p = base.join(name);
         let got = Fingerprint::of_file(&p)?;
@@ -423,12 +429,23 @@ pub fn verify_checkpoint(dir: &Path) -> Result<Option<CheckpointState>> {
     Ok(Some(state))
 }
 
-/// Write `data` to `path` (a new file in a staging folder) and flush it.
-fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path).map_err(Error::io(path))?;
-    f.write_all(data).map_err(Error::io(path))?;
-    f.sync_all().map_err(Error::io(path))
+/// The current checkpoint's `state.json` in the run directory `dir`, parsed but not checked
+/// against its files (see [`verify_checkpoint`]). `Ok(None)`: no checkpoint.
+pub fn read_state(dir: &Path) -> Result<Option<CheckpointState>> {
+    let path = current_dir(dir).join("state.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let v = read_json(&path)?;
+    serde_json::from_value(v)
+        .map(Some)
+        .map_err(|e| Error::format(&path, format!("not a checkpoint state ({e})")))
+}
+
+/// A temp file or folder of an atomic write (`.name.tmpPID`), left by a killed write and
+/// removed when the next run starts.
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.contains(".tmp")
 }
 
 /// Make `at` a link to `target` with one rename (a temp link beside it first).

@@ -163,32 +163,9 @@ fn arch_of(spec: &str, c: &MadCommon) -> Result<ArchConfig> {
 /// Where `hyena mad` writes when no --out is given.
 pub const DEFAULT_OUT: &str = "runs/mad";
 
-/// The output directory and whether the run resumes, from --out and --resume (see
-/// [`MadCommon::resume`]).
+/// The output directory and whether the run continues ([`crate::args::resume_dir`]).
 pub fn out_dir(c: &MadCommon) -> Result<(PathBuf, bool)> {
-    let out = c.out.clone();
-    match &c.resume {
-        None => Ok((out.unwrap_or_else(|| DEFAULT_OUT.into()), false)),
-        Some(None) => Ok((out.unwrap_or_else(|| DEFAULT_OUT.into()), true)),
-        Some(Some(dir)) => {
-            if !dir.is_dir() {
-                bail!(
-                    "--resume {}: no such directory to continue (to continue the run in --out, \
-                     give --resume without a value, after the architectures)",
-                    dir.display()
-                );
-            }
-            match out {
-                Some(o) if o != *dir => bail!(
-                    "--resume {} continues the run in that directory, but --out is {}: give \
-                     one of them, or the same directory to both",
-                    dir.display(),
-                    o.display()
-                ),
-                _ => Ok((dir.clone(), true)),
-            }
-        }
-    }
+    crate::args::resume_dir(&c.resume, &c.out, DEFAULT_OUT)
 }
 
 fn protocol(c: &MadCommon) -> MadProtocol {

@@ -24,8 +24,8 @@ pub struct TrainArgs {
     pub out: Option<PathBuf>,
     /// Continue a run from its last checkpoint: `--resume` alone continues --out, `--resume
     /// DIR` continues DIR (same settings; the loss curve continues exactly).
-    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "")]
-    pub resume: Option<PathBuf>,
+    #[arg(long, value_name = "DIR", num_args = 0..=1)]
+    pub resume: Option<Option<PathBuf>>,
     /// Replace the run already in --out (its checkpoint stays current until the new run
     /// commits its first one).
     #[arg(long, conflicts_with = "resume")]
@@ -230,40 +230,8 @@ fn check_resume_flags(a: &TrainArgs, c: &RunConfig, out: &Path) -> Result<()> {
 /// The run directory when --out is not given.
 const DEFAULT_OUT: &str = "runs/train";
 
-/// The run directory and whether the run continues: `--resume` alone continues `--out`;
-/// `--resume DIR` continues DIR, and a different explicit `--out` beside it is an error.
-fn run_dir(a: &TrainArgs) -> Result<(PathBuf, bool)> {
-    match (&a.resume, &a.out) {
-        (None, out) => Ok((
-            out.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_OUT)),
-            false,
-        )),
-        (Some(r), out) if r.as_os_str().is_empty() => Ok((
-            out.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_OUT)),
-            true,
-        )),
-        (Some(r), Some(out)) if !same_dir(r, out) => bail!(
-            "--resume {} and --out {} name different directories: a resumed run writes into the \
-             directory it continues. Pass only --resume {} (or only --out {} --resume)",
-            r.display(),
-            out.display(),
-            r.display(),
-            out.display()
-        ),
-        (Some(r), _) => Ok((r.clone(), true)),
-    }
-}
-
-/// Whether two paths name the same directory (compared as given when either does not exist).
-fn same_dir(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => a == b,
-    }
-}
-
 pub fn run_cmd(a: TrainArgs) -> Result<()> {
-    let (out, resume) = run_dir(&a)?;
+    let (out, resume) = crate::args::resume_dir(&a.resume, &a.out, DEFAULT_OUT)?;
     let cfg = if resume {
         // The run's own config; only --steps may extend it, and any other setting given must
         // agree with it (a run cannot change its model or data halfway).

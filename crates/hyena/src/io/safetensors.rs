@@ -271,18 +271,21 @@ pub fn write_bytes_atomic(path: &Path, data: &[u8]) -> Result<()> {
         source,
     };
     let tmp = temp_path_beside(path);
-    let written = (|| {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()
-    })();
-    if let Err(e) = written {
+    if let Err(e) = write_synced(&tmp, data) {
         let _ = std::fs::remove_file(&tmp);
-        return Err(io(e));
+        return Err(e);
     }
     std::fs::rename(&tmp, path).map_err(io)?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Create `path` with `data` and flush it to disk (no rename: for a file that is not yet
+/// visible under its final name, e.g. in a staging folder or beside the target).
+pub fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(Error::io(path))?;
+    f.write_all(data).map_err(Error::io(path))?;
+    f.sync_all().map_err(Error::io(path))
 }
 
 /// Flush a directory's entries (a rename into it) to disk. A no-op where directories cannot be

@@ -13,7 +13,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{commit_checkpoint, load_model, verify_checkpoint, CheckpointState};
+use crate::checkpoint::{
+    commit_checkpoint, load_model, read_state, weights_metadata, CheckpointState,
+};
 use crate::error::{Error, Result};
 use crate::io::safetensors::{to_bytes, TensorFile};
 use crate::layers::layer::Slot;
@@ -378,7 +380,7 @@ impl Trainer {
     }
 
     /// Continue a run saved by [`Trainer::save`]. The checkpoint's files must be the ones its
-    /// `state.json` was written with ([`verify_checkpoint`]); the model config in `dir` must
+    /// `state.json` was written with ([`crate::checkpoint::verify_checkpoint`]); the model config in `dir` must
     /// equal `lm_cfg` (a different architecture cannot resume), and the data must be the same
     /// streams.
     pub fn resume(
@@ -388,7 +390,9 @@ impl Trainer {
         train: Vec<u32>,
         val: Vec<u32>,
     ) -> Result<Self> {
-        let state = verify_checkpoint(dir)?.ok_or_else(|| {
+        // The checkpoint's fingerprints are checked where the model is loaded
+        // (`RunDir::open`), before the optimizer file is read.
+        let state = read_state(dir)?.ok_or_else(|| {
             Error::format(
                 dir.join("state.json"),
                 "not found: the run has no checkpoint to continue from (it stopped before its \
@@ -471,15 +475,10 @@ fn save_checkpoint(
         ));
     }
     std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
-    let weights_meta = [
-        ("format".to_string(), "hyena-lm".to_string()),
-        ("version".to_string(), "1".to_string()),
-    ]
-    .into();
     let model_bytes = to_bytes(
         &dir.join("model.safetensors"),
         &model.tensors(),
-        &weights_meta,
+        &weights_metadata("hyena-lm"),
     )?;
     let opt_bytes = to_bytes(
         &dir.join("optimizer.safetensors"),

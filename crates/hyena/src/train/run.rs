@@ -265,21 +265,20 @@ pub fn run(
     res
 }
 
-/// The files and folders a training run writes into its directory.
+/// The files and folders a training run writes into its directory beside the checkpoint's
+/// own ([`crate::checkpoint::CHECKPOINT_FILES`]).
 const RUN_FILES: &[&str] = &[
-    "config.json",
-    "model.safetensors",
-    "optimizer.safetensors",
-    "state.json",
     "metrics.jsonl",
     "loss.png",
     crate::checkpoint::CURRENT,
     crate::checkpoint::STEP_DIRS,
 ];
 
-/// A temp file of an atomic write (`.name.tmpPID`), removed when the next run starts.
-fn is_temp_name(n: &str) -> bool {
-    n.starts_with('.') && n.contains(".tmp")
+/// Whether `name` in a run directory is something a training run writes.
+fn is_run_file(name: &str) -> bool {
+    RUN_FILES.contains(&name)
+        || crate::checkpoint::CHECKPOINT_FILES.contains(&name)
+        || crate::checkpoint::is_temp_name(name)
 }
 
 /// Check that a new run may write into `out` (see [`Start`]) before any work is done.
@@ -298,10 +297,10 @@ fn check_new_run_dir(out: &Path, start: Start) -> Result<()> {
         .map_err(Error::io(out))?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !(RUN_FILES.contains(&n.as_str()) || is_temp_name(n)))
+        .filter(|n| !is_run_file(n))
         .collect();
     if start == Start::New && crate::checkpoint::has_checkpoint(out) {
-        let step = crate::checkpoint::verify_checkpoint(out)
+        let step = crate::checkpoint::read_state(out)
             .ok()
             .flatten()
             .map_or(String::new(), |s| format!(" at step {}", s.step));
