@@ -29,6 +29,7 @@ use crate::io::safetensors::{write_atomic, write_bytes_atomic, write_synced, Ten
 use crate::models::classifier::ClassifierFamily;
 use crate::models::hyenadna::family::HyenaDnaRuns;
 use crate::models::hyenadna::hf::HyenaDnaReleased;
+use crate::models::striped::StripedFamily;
 use crate::models::zoo::family::ZooRuns;
 use crate::models::{Family, LanguageModel};
 
@@ -39,6 +40,7 @@ pub static FAMILIES: &[&dyn Family] = &[
     &HyenaDnaRuns,
     &ZooRuns,
     &HyenaDnaReleased,
+    &StripedFamily,
 ];
 
 /// The weights files a model directory may have, in order of preference.

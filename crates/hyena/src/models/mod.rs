@@ -7,6 +7,7 @@
 //! - [`zoo`]: language models over the operator zoo (MAD's architectures).
 //! - [`generate`]: sampling, one loop over any [`generate::Decoder`].
 //! - [`parallel`]: data parallelism over the sequences of a batch.
+//! - [`striped`]: StripedHyena 2 / Evo 2 (released checkpoints, scoring, embeddings).
 //!
 //! A model is its structure (configuration and tensor handles) plus one flat parameter buffer
 //! ([`crate::params::ParamStore`]); [`Model`] holds the two together. A family that the
@@ -32,6 +33,7 @@ pub mod classifier;
 pub mod generate;
 pub mod hyenadna;
 pub mod parallel;
+pub mod striped;
 pub mod zoo;
 
 /// How the hidden states of a sequence become one vector.

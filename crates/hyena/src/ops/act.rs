@@ -352,6 +352,16 @@ pub fn gate_backward(
     Ok(())
 }
 
+/// GELU in its exact form, `x · Φ(x) = x/2 · (1 + erf(x/√2))` (PyTorch's `F.gelu` default,
+/// what StripedHyena 2's first MLP uses: vortex `ParallelGatedMLP`), in place on `x`.
+pub fn gelu_erf_inplace(x: &mut [f32]) {
+    x.par_chunks_mut(4096).for_each(|c| {
+        for v in c {
+            *v = 0.5 * *v * (1.0 + libm::erff(*v * std::f32::consts::FRAC_1_SQRT_2));
+        }
+    });
+}
+
 /// f64 references.
 pub mod reference {
     /// GELU, tanh form, in f64.
@@ -359,5 +369,11 @@ pub mod reference {
         let x = x as f64;
         let u = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
         (0.5 * x * (1.0 + u.tanh())) as f32
+    }
+
+    /// Exact (erf) GELU in f64.
+    pub fn gelu_erf(x: f32) -> f32 {
+        let x = x as f64;
+        (0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))) as f32
     }
 }

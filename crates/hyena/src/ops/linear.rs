@@ -6,6 +6,8 @@
 //! are PyTorch's `nn.Linear` on `[M, K]` rows with `W: [N, K]`. [`mod@reference`] holds a naive
 //! triple loop.
 
+use rayon::prelude::*;
+
 use crate::error::{check_len, Result};
 
 /// A read-only strided matrix view: element `(i, j)` is `data[i * rs + j * cs]`.
@@ -182,6 +184,69 @@ pub fn linear_forward(
     y: &mut [f32],
 ) -> Result<()> {
     linear_forward_residual(x, w, b, None, m, k, n, y)
+}
+
+/// A weight matrix as a model stores it: f32, or bf16 bits (released checkpoints of billions of
+/// parameters are kept in bf16 and never widened as a whole).
+#[derive(Clone, Copy, Debug)]
+pub enum Weight<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
+}
+
+impl Weight<'_> {
+    /// Elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Weight::F32(w) => w.len(),
+            Weight::Bf16(w) => w.len(),
+        }
+    }
+
+    /// Whether it has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The values as f32: borrowed when stored so, else widened into `scratch` (exact: a bf16
+    /// value is the top half of an f32).
+    pub fn widen<'s>(&'s self, scratch: &'s mut Vec<f32>) -> &'s [f32] {
+        match *self {
+            Weight::F32(w) => w,
+            Weight::Bf16(w) => {
+                super::grow(scratch, w.len());
+                let dst = &mut scratch[..w.len()];
+                dst.par_chunks_mut(1 << 14)
+                    .zip(w.par_chunks(1 << 14))
+                    .for_each(|(d, s)| {
+                        for (d, &b) in d.iter_mut().zip(s) {
+                            *d = f32::from_bits((b as u32) << 16);
+                        }
+                    });
+                dst
+            }
+        }
+    }
+}
+
+/// [`linear_forward`] with a stored weight: f32 weights directly; bf16 weights widened to f32
+/// into `scratch` first (the f32 precision path: activations and products in f32, the weights'
+/// values exactly those of the checkpoint). `scratch` is reused across calls, so a model pays
+/// the widening pass (`N·K`, small beside the `M·N·K` product) but no fresh allocation.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_weight(
+    x: &[f32],
+    w: Weight<'_>,
+    b: Option<&[f32]>,
+    m: usize,
+    k: usize,
+    n: usize,
+    y: &mut [f32],
+    scratch: &mut Vec<f32>,
+) -> Result<()> {
+    check_len("linear (stored weight)", "W [N, K]", w.len(), n * k)?;
+    let wf = w.widen(scratch);
+    linear_forward(x, wf, b, m, k, n, y)
 }
 
 /// `y = residual + x Wᵀ + b`: [`linear_forward`] with a residual connection folded into the

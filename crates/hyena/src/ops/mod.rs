@@ -12,9 +12,12 @@
 //! with no FMA contraction and fixed reduction orders, so every path gives the same bits.
 
 pub mod act;
+pub mod attention;
 pub mod fftconv;
+pub mod fir;
 pub mod linear;
 pub mod loss;
+pub mod modal;
 pub mod norm;
 pub mod short_conv;
 

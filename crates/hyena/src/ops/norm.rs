@@ -202,6 +202,41 @@ pub fn rmsnorm_forward(
     Ok(())
 }
 
+/// StripedHyena's RMSNorm (vortex and stripedhyena `RMSNorm.forward`, `hyena-family.md`
+/// section 7.1): `y = w ⊙ x / (‖x‖₂ · D^(−1/2) + eps)`, **eps added to the RMS**, not inside the
+/// square root as in [`rmsnorm_forward`] (the `use_flash_rmsnorm` configs use that form). The
+/// norm is accumulated in f64: a row of thousands of f32 squares then rounds once. Rows
+/// `[M, D]`; writes `y`.
+pub fn rmsnorm_rms_eps_forward(
+    x: &[f32],
+    w: &[f32],
+    d: usize,
+    eps: f32,
+    y: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "rmsnorm (eps on the rms) forward";
+    let m = x.len().checked_div(d).unwrap_or(0);
+    check_len(OP, "x [M, D]", x.len(), m * d)?;
+    check_len(OP, "w [D]", w.len(), d)?;
+    check_len(OP, "y [M, D]", y.len(), m * d)?;
+    if d == 0 {
+        return Ok(());
+    }
+    y.par_chunks_mut(ROWS * d)
+        .zip(x.par_chunks(ROWS * d))
+        .for_each(|(yc, xc)| {
+            for (yr, xr) in yc.chunks_exact_mut(d).zip(xc.chunks_exact(d)) {
+                let ss = xr.iter().map(|&v| v as f64 * v as f64).sum::<f64>();
+                let rms = (ss.sqrt() * (d as f64).powf(-0.5)) as f32;
+                let r = 1.0 / (rms + eps);
+                for ((yv, &xv), &g) in yr.iter_mut().zip(xr).zip(w) {
+                    *yv = g * (xv * r);
+                }
+            }
+        });
+    Ok(())
+}
+
 /// Backward of [`rmsnorm_forward`]: with `g = dy ⊙ w`,
 /// `dx = rstd · (g − x · rstd² · mean(g ⊙ x))`. Writes `dx` (adds into it with `acc`),
 /// *accumulates* `dw += Σ_rows dy ⊙ x · rstd`.
@@ -288,6 +323,19 @@ pub mod reference {
             let ms = xr.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / d as f64;
             for j in 0..d {
                 yr[j] = (xr[j] as f64 / (ms + eps as f64).sqrt() * w[j] as f64) as f32;
+            }
+        }
+        y
+    }
+
+    /// [`super::rmsnorm_rms_eps_forward`] in f64.
+    pub fn rmsnorm_rms_eps_forward(x: &[f32], w: &[f32], d: usize, eps: f32) -> Vec<f32> {
+        let mut y = vec![0.0; x.len()];
+        for (yr, xr) in y.chunks_mut(d).zip(x.chunks(d)) {
+            let norm = xr.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+            let den = norm / (d as f64).sqrt() + eps as f64;
+            for j in 0..d {
+                yr[j] = (w[j] as f64 * xr[j] as f64 / den) as f32;
             }
         }
         y

@@ -1,0 +1,15 @@
+//! The StripedHyena family: StripedHyena 2 / Evo 2 (Ku et al., arXiv 2503.01868; Brixi et al.,
+//! "Genome modeling and design across all domains of life with Evo 2", 2025), multi-hybrids of
+//! Hyena-SE, Hyena-MR, Hyena-LI and attention blocks over a byte vocabulary.
+//!
+//! - [`config`]: the architecture (vortex YAML keys) and the released models as presets.
+//! - [`model`]: the network, its loading and its forward with named outputs.
+//! - [`family`]: what the commands do with it, and the model directories it loads from.
+
+pub mod config;
+pub mod family;
+pub mod model;
+
+pub use config::{preset, BlockKind, Evo2Config, PRESETS};
+pub use family::{Evo2Lm, StripedFamily};
+pub use model::{Evo2, Taps, Workspace};
