@@ -1,0 +1,171 @@
+//! The StripedHyena 2 inference kernels against their slow references, at several lengths
+//! including non-powers of two and lengths shorter than the filters: grouped FIRs in both tap
+//! orders, the modal (LI) recurrence, rotary embeddings, blocked causal attention, the
+//! eps-on-the-RMS RMSNorm, the erf GELU and products with bf16 weights.
+
+use hyena::ops::act::{gelu_erf_inplace, reference as act_ref};
+use hyena::ops::attention::{causal_attention, reference as att_ref, rotary_inplace, QBLOCK};
+use hyena::ops::fir::{expand_taps, fir_forward, reference as fir_ref, FirOrder, FirShape};
+use hyena::ops::linear::{linear_weight, reference as lin_ref, Weight};
+use hyena::ops::modal::{modal_forward, reference as modal_ref};
+use hyena::ops::norm::{reference as norm_ref, rmsnorm_rms_eps_forward};
+use hyena::params::{bf16_to_f32, f32_to_bf16};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn randn(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale).collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn grouped_fir_matches_reference_in_both_orders() {
+    let mut rng = StdRng::seed_from_u64(1);
+    for &(l, c, g, k) in &[
+        (1, 8, 2, 7),
+        (5, 8, 2, 7),
+        (37, 12, 3, 7),
+        (100, 16, 4, 128),
+        (200, 16, 16, 3),
+        (129, 8, 1, 128),
+    ] {
+        let u = randn(&mut rng, l * c, 1.0);
+        let h = randn(&mut rng, g * k, 0.5);
+        let shape = FirShape {
+            channels: c,
+            groups: g,
+            taps: k,
+        };
+        for order in [FirOrder::Correlation, FirOrder::Convolution] {
+            let w = expand_taps(&h, shape, order).unwrap();
+            let mut y = vec![f32::NAN; l * c];
+            fir_forward(&u, &w, c, &mut y).unwrap();
+            let r = fir_ref::fir(&u, &h, shape, order);
+            assert!(max_diff(&y, &r) < 1e-5, "L {l} C {c} G {g} K {k} {order:?}");
+        }
+    }
+    // The two orders differ (a non-symmetric filter): the tap order is really applied.
+    let shape = FirShape {
+        channels: 1,
+        groups: 1,
+        taps: 3,
+    };
+    let u = [1.0, 0.0, 0.0, 0.0];
+    let h = [1.0, 2.0, 3.0];
+    let mut y = [0.0; 4];
+    fir_forward(&u, &expand_taps(&h, shape, FirOrder::Convolution).unwrap(), 1, &mut y).unwrap();
+    assert_eq!(y, [1.0, 2.0, 3.0, 0.0]);
+    fir_forward(&u, &expand_taps(&h, shape, FirOrder::Correlation).unwrap(), 1, &mut y).unwrap();
+    assert_eq!(y, [3.0, 2.0, 1.0, 0.0]);
+    // Groups must divide the channels.
+    let bad = FirShape {
+        channels: 10,
+        groups: 3,
+        taps: 2,
+    };
+    assert!(expand_taps(&[0.0; 6], bad, FirOrder::Convolution).is_err());
+}
+
+#[test]
+fn modal_recurrence_equals_the_explicit_convolution() {
+    let mut rng = StdRng::seed_from_u64(2);
+    for &(l, c, n) in &[(1, 3, 16), (17, 5, 16), (100, 20, 4), (300, 33, 16)] {
+        let u = randn(&mut rng, l * c, 1.0);
+        // log-poles in (−2, −0.001): decays from fast to very slow.
+        let lp: Vec<f32> = (0..c * n)
+            .map(|_| -(10f32).powf(rng.random::<f32>() * 3.3 - 3.0))
+            .collect();
+        let res = randn(&mut rng, c * n, 0.3);
+        let d = randn(&mut rng, c, 1.0);
+        let mut state = vec![0.0; c * n];
+        let mut y = vec![f32::NAN; l * c];
+        modal_forward(&u, &lp, &res, Some(&d), c, &mut state, &mut y).unwrap();
+        let r = modal_ref::modal(&u, &lp, &res, Some(&d), c);
+        let scale = r.iter().fold(1.0f32, |a, b| a.max(b.abs()));
+        assert!(max_diff(&y, &r) / scale < 2e-5, "L {l} C {c} N {n}");
+        // Two halves carrying the state equal the whole.
+        if l > 2 {
+            let h = l / 2;
+            let mut st = vec![0.0; c * n];
+            let mut y2 = vec![0.0; l * c];
+            let (ya, yb) = y2.split_at_mut(h * c);
+            modal_forward(&u[..h * c], &lp, &res, Some(&d), c, &mut st, ya).unwrap();
+            modal_forward(&u[h * c..], &lp, &res, Some(&d), c, &mut st, yb).unwrap();
+            assert!(max_diff(&y, &y2) < 1e-6);
+            assert_eq!(st, state);
+        }
+    }
+}
+
+#[test]
+fn rotary_and_blocked_attention_match_references() {
+    let mut rng = StdRng::seed_from_u64(3);
+    for &(l, h, hd) in &[(1, 2, 8), (7, 3, 4), (QBLOCK + 5, 2, 16), (150, 4, 8)] {
+        let inv: Vec<f32> = (0..hd / 2)
+            .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / hd as f32))
+            .collect();
+        for &(scale, pos0) in &[(1.0f32, 0usize), (4.0, 0), (1.0, 1000)] {
+            let x = randn(&mut rng, h * l * hd, 1.0);
+            let mut y = x.clone();
+            rotary_inplace(&mut y, h, hd, &inv, scale, pos0).unwrap();
+            let r = att_ref::rotary(&x, h, hd, &inv, scale, pos0);
+            assert!(max_diff(&y, &r) < 1e-5, "rotary L {l} scale {scale}");
+        }
+        let q = randn(&mut rng, h * l * hd, 1.5);
+        let k = randn(&mut rng, h * l * hd, 1.5);
+        let v = randn(&mut rng, h * l * hd, 1.0);
+        let mut out = vec![f32::NAN; l * h * hd];
+        causal_attention(&q, &k, &v, h, hd, &mut out).unwrap();
+        let r = att_ref::causal_attention(&q, &k, &v, h, hd);
+        assert!(max_diff(&out, &r) < 2e-5, "attention L {l} H {h} hd {hd}");
+    }
+}
+
+#[test]
+fn rmsnorm_with_eps_on_the_rms() {
+    let mut rng = StdRng::seed_from_u64(4);
+    for &(m, d) in &[(1, 5), (33, 64), (70, 1920)] {
+        let x = randn(&mut rng, m * d, 2.0);
+        let w = randn(&mut rng, d, 1.0);
+        let mut y = vec![0.0; m * d];
+        rmsnorm_rms_eps_forward(&x, &w, d, 1e-6, &mut y).unwrap();
+        let r = norm_ref::rmsnorm_rms_eps_forward(&x, &w, d, 1e-6);
+        assert!(max_diff(&y, &r) < 1e-5, "M {m} D {d}");
+    }
+    // eps on the RMS, not under the square root: a tiny row shows the difference.
+    let x = [1e-3f32, -1e-3];
+    let mut y = [0.0; 2];
+    rmsnorm_rms_eps_forward(&x, &[1.0, 1.0], 2, 1e-3, &mut y).unwrap();
+    assert!((y[0] - 0.5).abs() < 1e-6, "{y:?}");
+}
+
+#[test]
+fn erf_gelu_and_bf16_weights() {
+    let mut xs: Vec<f32> = (-60..=60).map(|i| i as f32 / 10.0).collect();
+    let want: Vec<f32> = xs.iter().map(|&x| act_ref::gelu_erf(x)).collect();
+    gelu_erf_inplace(&mut xs);
+    assert!(max_diff(&xs, &want) < 1e-6);
+    // The erf form, not the tanh approximation (they differ by ~1e-3 near x = −3).
+    assert!((act_ref::gelu_erf(-3.0) - act_ref::gelu(-3.0)).abs() > 2e-4);
+
+    let mut rng = StdRng::seed_from_u64(5);
+    let (m, k, n) = (13, 37, 29);
+    let x = randn(&mut rng, m * k, 1.0);
+    let wf = randn(&mut rng, n * k, 1.0);
+    let bits: Vec<u16> = wf.iter().map(|&v| f32_to_bf16(v)).collect();
+    let wr: Vec<f32> = bits.iter().map(|&b| bf16_to_f32(b)).collect();
+    let b = randn(&mut rng, n, 1.0);
+    let mut y = vec![0.0; m * n];
+    let mut scratch = Vec::new();
+    linear_weight(&x, Weight::Bf16(&bits), Some(&b), m, k, n, &mut y, &mut scratch).unwrap();
+    let r = lin_ref::linear_forward(&x, &wr, Some(&b), m, k, n);
+    assert!(max_diff(&y, &r) < 1e-4);
+    let mut y2 = vec![0.0; m * n];
+    linear_weight(&x, Weight::F32(&wr), Some(&b), m, k, n, &mut y2, &mut scratch).unwrap();
+    assert_eq!(y, y2);
+    assert!(linear_weight(&x, Weight::Bf16(&bits[1..]), None, m, k, n, &mut y, &mut scratch).is_err());
+}
