@@ -9,14 +9,16 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::ValueEnum;
 use hyena::apps::dna::TokenizeOptions;
 use hyena::layers::lean::{LeanOptions, ResidualStore};
-use hyena::models::Pool;
+use hyena::models::{Pool, Precision};
 
 /// `--model DIR`: the model a command reads.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArg {
     /// Model directory: a hyena run (from `hyena train`, `hyena distill` or `hyena finetune`),
-    /// or a released HyenaDNA checkpoint (HF `config.json` with `model.safetensors` or
-    /// `pytorch_model.bin`, or Lightning `weights.ckpt`).
+    /// a released HyenaDNA checkpoint (HF `config.json` with `model.safetensors` or
+    /// `pytorch_model.bin`, or Lightning `weights.ckpt`), released Evo 2 files (a vortex YAML
+    /// config beside `NAME.pt` or `NAME.pt.part0…N`; without the YAML, NAME must be a released
+    /// model such as evo2_7b), or what `hyena convert` made of them.
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
 }
@@ -81,6 +83,49 @@ impl TokenArgs {
             unknown_as_unk: self.unknown_as_unk,
             add_sep: self.special_tokens,
         }
+    }
+}
+
+/// `--precision`: the arithmetic of the forward's matrix products.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct PrecisionArg {
+    /// Matrix products in f32 (exact: bf16 weights widened; the reference path), bf16 (bf16
+    /// inputs, f32 sums; Evo 2 / StripedHyena models only; norms, softmax, convolutions stay
+    /// f32), or auto (bf16 where the CPU has AVX512-BF16 and the model a bf16 path, else f32).
+    #[arg(long, value_enum, default_value_t = PrecisionChoice::F32)]
+    pub precision: PrecisionChoice,
+}
+
+/// `--precision` values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrecisionChoice {
+    F32,
+    Bf16,
+    Auto,
+}
+
+impl PrecisionArg {
+    /// Set the model's precision; `auto` falls back to f32 where bf16 is not available.
+    pub fn apply(&self, lm: &mut dyn hyena::models::LanguageModel) -> Result<Precision> {
+        Ok(match self.precision {
+            PrecisionChoice::F32 => {
+                lm.set_precision(Precision::F32)?;
+                Precision::F32
+            }
+            PrecisionChoice::Bf16 => {
+                lm.set_precision(Precision::Bf16)?;
+                Precision::Bf16
+            }
+            PrecisionChoice::Auto => {
+                let p = Precision::auto();
+                if p == Precision::Bf16 && lm.set_precision(p).is_ok() {
+                    p
+                } else {
+                    lm.set_precision(Precision::F32)?;
+                    Precision::F32
+                }
+            }
+        })
     }
 }
 

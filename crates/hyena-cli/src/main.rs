@@ -41,6 +41,9 @@ enum Command {
     Embed(cmd::embed::EmbedArgs),
     /// Log-likelihood of DNA records (FASTA/FASTQ) under a model, per record and per base.
     Score(cmd::score::ScoreArgs),
+    /// Write a released checkpoint (Evo 2: vortex YAML config + NAME.pt or its .partN shards)
+    /// as a hyena model directory whose weights later loads memory-map.
+    Convert(cmd::convert::ConvertArgs),
     /// Fine-tune a sequence classifier (pooled head on a HyenaDNA backbone) on a labelled
     /// dataset: GenomicBenchmarks layout or CSV; reports test accuracy, writes a checkpoint.
     Finetune(cmd::finetune::FinetuneArgs),
@@ -70,6 +73,7 @@ fn main() -> std::process::ExitCode {
         Command::Generate(a) => cmd::generate::run_cmd(a),
         Command::Embed(a) => cmd::embed::run_cmd(a),
         Command::Score(a) => cmd::score::run_cmd(a),
+        Command::Convert(a) => cmd::convert::run_cmd(a),
         Command::Finetune(a) => cmd::finetune::run_cmd(a),
         Command::Mad(a) => cmd::mad::run_cmd(a),
         Command::Distill(a) => cmd::distill::run_cmd(a),

@@ -59,3 +59,20 @@ pub fn record_progress() -> (ProgressBar, hyena::apps::dna::ProgressFn) {
     });
     (bar, f)
 }
+
+/// What loading a model found worth telling (skipped checkpoint entries, warnings), one line
+/// each on stderr; long lists are cut after a few lines.
+pub fn print_notes(notes: &[String]) {
+    const SHOWN: usize = 6;
+    let (warnings, rest): (Vec<&String>, Vec<&String>) =
+        notes.iter().partition(|n| n.starts_with("warning"));
+    for n in warnings {
+        eprintln!("{n}");
+    }
+    for n in rest.iter().take(SHOWN) {
+        eprintln!("note: {n}");
+    }
+    if rest.len() > SHOWN {
+        eprintln!("note: … and {} more entries skipped or unused", rest.len() - SHOWN);
+    }
+}

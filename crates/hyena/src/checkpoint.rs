@@ -8,7 +8,12 @@
 //!   moments per tensor, `exp_avg.<name>`, `exp_avg_sq.<name>`), `state.json` (the step) and
 //!   `metrics.jsonl`;
 //! - a released HyenaDNA checkpoint: the HF layout (`config.json` with flat keys, and
-//!   `model.safetensors` or `pytorch_model.bin`) or the Lightning layout (`weights.ckpt`).
+//!   `model.safetensors` or `pytorch_model.bin`) or the Lightning layout (`weights.ckpt`);
+//! - released Evo 2 files as downloaded (no `config.json`: a vortex YAML config beside
+//!   `NAME.pt` or its byte-split parts), loaded lazily by
+//!   [`crate::models::striped::family::load_vortex_dir`]; and what `hyena convert` makes of
+//!   them (`config.json` with an `evo2` section, `model.safetensors` memory-mapped). Such
+//!   families read their directories themselves ([`crate::models::Family::load_dir`]).
 //!
 //! [`RunDir::open`] reads `config.json` once and the weights file once (safetensors, or a
 //! PyTorch pickle read by the safe reader of [`crate::io::torch`]); the first family of
@@ -124,6 +129,9 @@ pub struct Loaded {
     pub run: RunDir,
     pub family: &'static str,
     pub model: Box<dyn LanguageModel>,
+    /// What loading found worth telling the user (entries of a released checkpoint that were
+    /// skipped, unused leftovers, warnings about the checkpoint's numerics).
+    pub notes: Vec<String>,
 }
 
 impl Loaded {
@@ -149,6 +157,22 @@ impl Loaded {
 
 /// Load the model in `dir` (any registered family; see the module docs).
 pub fn load_model(dir: &Path) -> Result<Loaded> {
+    // Families that read their directories themselves (lazily, or memory-mapped).
+    for f in FAMILIES {
+        if let Some(r) = f.load_dir(dir) {
+            let (model, notes) = r?;
+            return Ok(Loaded {
+                family: f.name(),
+                run: RunDir {
+                    dir: dir.to_path_buf(),
+                    config: model.config_json(),
+                    weights: TensorFile::default(),
+                },
+                model,
+                notes,
+            });
+        }
+    }
     let run = RunDir::open(dir)?;
     let family = run.family()?;
     let model = family.load(&run.config, &run.weights, &run.dir)?;
@@ -156,6 +180,7 @@ pub fn load_model(dir: &Path) -> Result<Loaded> {
         family: family.name(),
         model,
         run,
+        notes: Vec::new(),
     })
 }
 

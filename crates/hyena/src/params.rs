@@ -170,11 +170,34 @@ pub fn bf16_to_f32(h: u16) -> f32 {
     f32::from_bits((h as u32) << 16)
 }
 
+/// A source whose bf16 tensors can be used where they lie (a memory-mapped file): a store
+/// built from it with [`ParamStore::build_mapped`] holds the source instead of a copy.
+pub trait InPlaceSource: TensorSource + Send + Sync + std::fmt::Debug {
+    /// The words every in-place tensor lies in.
+    fn region(&self) -> &[u16];
+    /// The element offset in [`InPlaceSource::region`] of `name`, if it is a bf16 tensor that
+    /// can be used in place.
+    fn bf16_offset(&self, name: &str) -> Option<usize>;
+}
+
 /// Values of a store.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 enum Storage {
     F32(Vec<f32>),
     Bf16(Vec<u16>),
+    /// bf16 values left where they lie (handles are offsets into the source's region).
+    Mapped(std::sync::Arc<dyn InPlaceSource>),
+}
+
+impl PartialEq for Storage {
+    fn eq(&self, o: &Self) -> bool {
+        match (self, o) {
+            (Storage::F32(a), Storage::F32(b)) => a == b,
+            (Storage::Bf16(a), Storage::Bf16(b)) => a == b,
+            (Storage::Mapped(a), Storage::Mapped(b)) => a.region() == b.region(),
+            _ => false,
+        }
+    }
 }
 
 /// A model's parameters: the flat buffer and what each part of it is.
@@ -245,12 +268,42 @@ impl ParamStore {
         Ok((t, store))
     }
 
+    /// Run the constructor `f` with a builder whose tensors are the bf16 tensors of `src`, used
+    /// in place (no copy): every tensor must be bf16 in `src` with exactly its shape. The store
+    /// keeps `src` alive.
+    pub fn build_mapped<T>(
+        src: std::sync::Arc<dyn InPlaceSource>,
+        f: impl FnOnce(&Vb<'_, '_>) -> Result<T>,
+    ) -> Result<(T, ParamStore)> {
+        let b = RefCell::new(Builder {
+            source: None,
+            store: ParamStore {
+                specs: Vec::new(),
+                data: Storage::Mapped(src.clone()),
+            },
+            used: BTreeSet::new(),
+            missing: Vec::new(),
+        });
+        let t = f(&Vb {
+            b: &b,
+            prefix: String::new(),
+            decay: true,
+            trainable: true,
+        })?;
+        let b = b.into_inner();
+        if !b.missing.is_empty() {
+            return Err(missing_error(src.as_ref(), &b.missing, &b.used));
+        }
+        Ok((t, b.store))
+    }
+
     /// Give back the spare capacity that registering tensor by tensor leaves: the buffer grew
     /// by doubling, so without this a model could hold up to twice its size.
     fn shrink_to_fit(&mut self) {
         match &mut self.data {
             Storage::F32(v) => v.shrink_to_fit(),
             Storage::Bf16(v) => v.shrink_to_fit(),
+            Storage::Mapped(_) => {}
         }
         self.specs.shrink_to_fit();
     }
@@ -288,7 +341,7 @@ impl ParamStore {
     pub fn dtype(&self) -> DType {
         match self.data {
             Storage::F32(_) => DType::F32,
-            Storage::Bf16(_) => DType::Bf16,
+            Storage::Bf16(_) | Storage::Mapped(_) => DType::Bf16,
         }
     }
 
@@ -297,6 +350,7 @@ impl ParamStore {
         match &self.data {
             Storage::F32(v) => v.len(),
             Storage::Bf16(v) => v.len(),
+            Storage::Mapped(m) => m.region().len(),
         }
     }
 
@@ -320,7 +374,7 @@ impl ParamStore {
     pub fn data(&self) -> &[f32] {
         match &self.data {
             Storage::F32(v) => v,
-            Storage::Bf16(_) => &[],
+            Storage::Bf16(_) | Storage::Mapped(_) => &[],
         }
     }
 
@@ -328,7 +382,7 @@ impl ParamStore {
     pub fn data_mut(&mut self) -> &mut [f32] {
         match &mut self.data {
             Storage::F32(v) => v,
-            Storage::Bf16(_) => &mut [],
+            Storage::Bf16(_) | Storage::Mapped(_) => &mut [],
         }
     }
 
@@ -336,6 +390,7 @@ impl ParamStore {
     pub fn bf16(&self) -> Option<&[u16]> {
         match &self.data {
             Storage::Bf16(v) => Some(v),
+            Storage::Mapped(m) => Some(m.region()),
             Storage::F32(_) => None,
         }
     }
@@ -345,6 +400,7 @@ impl ParamStore {
         let data = match &self.data {
             Storage::F32(v) => v.clone(),
             Storage::Bf16(v) => v.iter().map(|&h| bf16_to_f32(h)).collect(),
+            Storage::Mapped(m) => m.region().iter().map(|&h| bf16_to_f32(h)).collect(),
         };
         ParamStore {
             specs: self.specs.clone(),
@@ -374,6 +430,10 @@ impl ParamStore {
                 let v = match &self.data {
                     Storage::F32(d) => s.handle.of(d).to_vec(),
                     Storage::Bf16(d) => d[s.handle.range()]
+                        .iter()
+                        .map(|&h| bf16_to_f32(h))
+                        .collect(),
+                    Storage::Mapped(m) => m.region()[s.handle.range()]
                         .iter()
                         .map(|&h| bf16_to_f32(h))
                         .collect(),
@@ -502,12 +562,54 @@ impl<'a, 's> Vb<'a, 's> {
                 "registered twice; every tensor of a model needs its own name",
             ));
         }
+        if let Storage::Mapped(src) = &b.store.data {
+            let src = src.clone();
+            let handle = match src.shape_of(&full) {
+                None => {
+                    b.missing.push(full.clone());
+                    P { off: 0, len: 0 }
+                }
+                Some(s) if s != shape => {
+                    return Err(Error::Format {
+                        file: src.origin(),
+                        msg: format!(
+                            "tensor `{full}` has shape {s:?}, expected {shape:?} (does the \
+                             config match the weights?)"
+                        ),
+                    })
+                }
+                Some(_) => match src.bf16_offset(&full) {
+                    Some(off) if off + numel <= src.region().len() => {
+                        b.used.insert(full.clone());
+                        P { off, len: numel }
+                    }
+                    _ => {
+                        return Err(Error::Format {
+                            file: src.origin(),
+                            msg: format!(
+                                "tensor `{full}` is not stored as bf16, so it cannot be used in \
+                                 place; re-convert the model with `hyena convert`"
+                            ),
+                        })
+                    }
+                },
+            };
+            b.store.specs.push(ParamSpec {
+                name: full,
+                shape: shape.to_vec(),
+                handle,
+                decay: self.decay,
+                trainable: self.trainable,
+            });
+            return Ok(handle);
+        }
         let off = b.store.len();
         let handle = P { off, len: numel };
         // Fallible: a tensor too large for the memory is an error naming it, not an abort.
         let reserved = match &mut b.store.data {
             Storage::F32(v) => v.try_reserve(numel).is_ok(),
             Storage::Bf16(v) => v.try_reserve(numel).is_ok(),
+            Storage::Mapped(_) => false,
         };
         if !reserved {
             let what = "cannot be allocated (too large for the memory); use a smaller config";
@@ -520,6 +622,7 @@ impl<'a, 's> Vb<'a, 's> {
         match &mut b.store.data {
             Storage::F32(v) => v.resize(off + numel, 0.0),
             Storage::Bf16(v) => v.resize(off + numel, 0),
+            Storage::Mapped(_) => {}
         }
         if let Some(src) = b.source {
             match src.shape_of(&full) {
@@ -545,6 +648,8 @@ impl<'a, 's> Vb<'a, 's> {
                             src.read_bf16(&full, dst)?;
                             check_finite_bf16(src, &full, dst)?;
                         }
+                        // Handled before any allocation (build_mapped).
+                        Storage::Mapped(_) => {}
                     }
                     b.used.insert(full.clone());
                 }

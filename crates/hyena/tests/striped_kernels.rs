@@ -169,3 +169,37 @@ fn erf_gelu_and_bf16_weights() {
     assert_eq!(y, y2);
     assert!(linear_weight(&x, Weight::Bf16(&bits[1..]), None, m, k, n, &mut y, &mut scratch).is_err());
 }
+
+#[test]
+fn bf16_products_match_the_rounded_reference() {
+    use hyena::ops::bf16::{linear_bf16, reference as bf_ref, Bf16Scratch};
+    let mut rng = StdRng::seed_from_u64(6);
+    let mut s = Bf16Scratch::default();
+    // Edges in every direction: rows not a multiple of 12 or 96, columns not of 16 or 128, odd K,
+    // K across several 256-pair blocks.
+    for &(m, k, n) in &[
+        (1, 1, 1),
+        (5, 7, 3),
+        (13, 33, 17),
+        (97, 130, 129),
+        (30, 1100, 40),
+        (12, 64, 32),
+    ] {
+        let x = randn(&mut rng, m * k, 1.0);
+        let w = randn(&mut rng, n * k, 1.0);
+        let b = randn(&mut rng, n, 1.0);
+        let bits: Vec<u16> = w.iter().map(|&v| f32_to_bf16(v)).collect();
+        let want = bf_ref::linear_bf16(&x, &w, Some(&b), m, k, n);
+        for wt in [Weight::Bf16(&bits), Weight::F32(&w)] {
+            let mut y = vec![f32::NAN; m * n];
+            linear_bf16(&x, wt, Some(&b), m, k, n, &mut y, &mut s).unwrap();
+            let tol = 1e-5 * (k as f32).sqrt().max(1.0) * 4.0;
+            assert!(max_diff(&y, &want) < tol, "M {m} K {k} N {n}: {}", max_diff(&y, &want));
+        }
+        // Without the bias.
+        let want = bf_ref::linear_bf16(&x, &w, None, m, k, n);
+        let mut y = vec![f32::NAN; m * n];
+        linear_bf16(&x, Weight::Bf16(&bits), None, m, k, n, &mut y, &mut s).unwrap();
+        assert!(max_diff(&y, &want) < 1e-4, "no bias M {m} K {k} N {n}");
+    }
+}

@@ -11,7 +11,7 @@ use hyena::checkpoint::load_model;
 
 use crate::alloc::CountingAlloc;
 use crate::args::{
-    check_inputs, check_output, ForceFlag, LeanArgs, ModelArg, OutKind, PoolArg, RecordsFile,
+    check_inputs, check_output, ForceFlag, PrecisionArg, LeanArgs, ModelArg, OutKind, PoolArg, RecordsFile,
     TokenArgs,
 };
 use crate::ui;
@@ -23,9 +23,11 @@ pub struct EmbedArgs {
     #[command(flatten)]
     pub records: RecordsFile,
     /// Hidden states after this many blocks: 0 = the token embeddings [default: all blocks,
-    /// then the final LayerNorm, as HyenaDNA's backbone returns them].
+    /// then the final norm, as HyenaDNA's backbone returns them]. Evo 2 models also take the
+    /// name of a module output of the reference, e.g. `blocks.28.mlp.l3`, `blocks.3`,
+    /// `blocks.5.filter`, `norm`.
     #[arg(long)]
-    pub layer: Option<usize>,
+    pub layer: Option<String>,
     /// Reduce positions per record: mean or last (one row per record), none (one per base).
     #[arg(long, value_enum, default_value_t = PoolArg::Mean)]
     pub pool: PoolArg,
@@ -37,6 +39,8 @@ pub struct EmbedArgs {
     pub tokens: TokenArgs,
     #[command(flatten)]
     pub lean: LeanArgs,
+    #[command(flatten)]
+    pub precision: PrecisionArg,
     #[command(flatten)]
     pub force: ForceFlag,
 }
@@ -58,11 +62,22 @@ pub fn run_cmd(a: EmbedArgs) -> Result<()> {
     let force = a.force.force;
     check_output("--out", &a.out, OutKind::File, force, &reads)?;
     check_output("--out", &records_tsv(&a.out), OutKind::File, force, &reads)?;
-    let loaded =
+    let mut loaded =
         load_model(dir).with_context(|| format!("loading the model in {}", dir.display()))?;
+    let precision = a.precision.apply(loaded.model.as_mut())?;
+    if precision != hyena::models::Precision::F32 || loaded.family == "evo2" {
+        eprintln!("matrix products in {precision}");
+    }
     let lm = loaded.model.as_ref();
+    ui::print_notes(&loaded.notes);
+    let (layer, name) = match a.layer.as_deref().map(|s| (s, s.parse::<usize>())) {
+        None => (None, None),
+        Some((_, Ok(n))) => (Some(n), None),
+        Some((s, Err(_))) => (None, Some(s.to_string())),
+    };
     let opts = EmbedOptions {
-        layer: a.layer,
+        layer,
+        name: name.clone(),
         pool: a.pool.pool(),
         tokenize: a.tokens.options(),
         lean: a.lean.options(),
@@ -72,7 +87,7 @@ pub fn run_cmd(a: EmbedArgs) -> Result<()> {
         lm.d_model(),
         lm.n_layer(),
         lm.max_len(),
-        opts.layer.unwrap_or(lm.n_layer()),
+        name.unwrap_or_else(|| opts.layer.unwrap_or(lm.n_layer()).to_string()),
         opts.pool
     );
     let (bar, f) = ui::record_progress();

@@ -4,6 +4,7 @@
 
 pub mod analyze;
 pub mod bench;
+pub mod convert;
 pub mod data;
 pub mod distill;
 pub mod embed;

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use hyena::apps::dna::score_file;
+use hyena::apps::dna::{score_file, Reduce, ScoreOptions};
 use hyena::checkpoint::load_model;
 
 use crate::alloc::CountingAlloc;
 use crate::args::{
-    check_inputs, check_output, ForceFlag, JsonFlag, LeanArgs, ModelArg, OutKind, RecordsFile,
+    check_inputs, check_output, ForceFlag, PrecisionArg, JsonFlag, LeanArgs, ModelArg, OutKind, RecordsFile,
     TokenArgs,
 };
 use crate::ui;
@@ -25,6 +25,13 @@ pub struct ScoreArgs {
     /// Also write log p(base | preceding bases) of every scored position to this TSV file.
     #[arg(long)]
     pub per_base: Option<PathBuf>,
+    /// How a record's per-base log-likelihoods become its score: their sum (nats) or their
+    /// mean (the evo2 package's default).
+    #[arg(long, value_enum, default_value_t = ReduceArg::Sum)]
+    pub reduce: ReduceArg,
+    /// Average each record's score with its reverse complement's (strand-symmetric scores).
+    #[arg(long)]
+    pub reverse_complement: bool,
     #[command(flatten)]
     pub json: JsonFlag,
     #[command(flatten)]
@@ -32,7 +39,16 @@ pub struct ScoreArgs {
     #[command(flatten)]
     pub lean: LeanArgs,
     #[command(flatten)]
+    pub precision: PrecisionArg,
+    #[command(flatten)]
     pub force: ForceFlag,
+}
+
+/// `--reduce` values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ReduceArg {
+    Sum,
+    Mean,
 }
 
 pub fn run_cmd(a: ScoreArgs) -> Result<()> {
@@ -45,9 +61,21 @@ pub fn run_cmd(a: ScoreArgs) -> Result<()> {
         let reads = [dir.as_path(), a.records.fasta.as_path()];
         check_output("--per-base", p, OutKind::File, a.force.force, &reads)?;
     }
-    let loaded =
+    let mut loaded =
         load_model(dir).with_context(|| format!("loading the model in {}", dir.display()))?;
+    let precision = a.precision.apply(loaded.model.as_mut())?;
+    if precision != hyena::models::Precision::F32 || loaded.family == "evo2" {
+        eprintln!("matrix products in {precision}");
+    }
+    ui::print_notes(&loaded.notes);
     let (bar, f) = ui::record_progress();
+    let opts = ScoreOptions {
+        reduce: match a.reduce {
+            ReduceArg::Sum => Reduce::Sum,
+            ReduceArg::Mean => Reduce::Mean,
+        },
+        reverse_complement: a.reverse_complement,
+    };
     let scores = score_file(
         loaded.model.as_ref(),
         &a.records.fasta,
@@ -55,6 +83,7 @@ pub fn run_cmd(a: ScoreArgs) -> Result<()> {
         a.lean.options(),
         a.per_base.as_deref(),
         Some(f),
+        opts,
     );
     bar.finish_and_clear();
     let scores = scores?;
@@ -64,7 +93,11 @@ pub fn run_cmd(a: ScoreArgs) -> Result<()> {
         }
     } else {
         println!(
-            "| record | tokens | scored | log-likelihood (nats) | bits/base |\n|---|---:|---:|---:|---:|"
+            "| record | tokens | scored | log-likelihood (nats, {}) | bits/base |\n|---|---:|---:|---:|---:|",
+            match opts.reduce {
+                Reduce::Sum => "sum",
+                Reduce::Mean => "mean",
+            }
         );
         for s in &scores {
             println!(

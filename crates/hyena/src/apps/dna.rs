@@ -21,7 +21,7 @@ use crate::io::npy::NpyWriter;
 use crate::io::safetensors::{temp_path_beside, write_bytes_atomic};
 use crate::io::tokenizer::{NucleotideTokenizer, SEP_ID, UNK_ID};
 use crate::layers::lean::{InferWorkspace, LeanOptions};
-use crate::models::{LanguageModel, Pool};
+use crate::models::{LanguageModel, Pool, TokenizerKind};
 
 /// How records become token ids.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -37,6 +37,38 @@ pub struct TokenizeOptions {
 
 /// Token ids of one record; `file` names it in errors.
 pub fn tokenize_record(rec: &SeqRecord, opts: TokenizeOptions, file: &Path) -> Result<Vec<u32>> {
+    tokenize_as(rec, opts, file, TokenizerKind::Nucleotide)
+}
+
+/// Token ids of one record for a model whose tokenizer is `kind`; `file` names it in errors.
+/// The byte tokenizer (Evo 2) takes every byte as its id, as the reference's
+/// `CharLevelTokenizer` does; it has no `[SEP]`.
+pub fn tokenize_as(
+    rec: &SeqRecord,
+    opts: TokenizeOptions,
+    file: &Path,
+    kind: TokenizerKind,
+) -> Result<Vec<u32>> {
+    if kind == TokenizerKind::Bytes {
+        if opts.add_sep {
+            return Err(Error::config(
+                "--special-tokens",
+                "on",
+                "the byte tokenizer of StripedHyena / Evo 2 models has no [SEP]: drop the flag",
+            ));
+        }
+        return Ok(rec
+            .seq
+            .iter()
+            .map(|&b| {
+                if opts.uppercase {
+                    b.to_ascii_uppercase() as u32
+                } else {
+                    b as u32
+                }
+            })
+            .collect());
+    }
     let tok = NucleotideTokenizer::new(opts.uppercase);
     let (mut ids, unknown) = tok.encode_checked(&rec.seq);
     if unknown > 0 && !opts.unknown_as_unk {
@@ -71,6 +103,9 @@ pub fn tokenize_record(rec: &SeqRecord, opts: TokenizeOptions, file: &Path) -> R
 pub struct EmbedOptions {
     /// Blocks to run: 0 = embeddings, `n_layer` (default) = final states after `ln_f`.
     pub layer: Option<usize>,
+    /// A named intermediate output instead of a block count (families that record them, e.g.
+    /// `blocks.28.mlp.l3` of an Evo 2 model).
+    pub name: Option<String>,
     pub pool: Pool,
     pub tokenize: TokenizeOptions,
     /// Chunk size and residual storage of the lean forward.
@@ -117,6 +152,7 @@ pub type ProgressFn = Box<dyn FnMut(&Progress) + Send>;
 /// `tokenize`, telling `progress` (if any) when a record starts and after each of its
 /// `blocks` blocks. Errors of `each` are said to concern that record.
 fn for_each_record(
+    kind: TokenizerKind,
     fasta: &Path,
     tokenize: TokenizeOptions,
     lean: LeanOptions,
@@ -129,7 +165,7 @@ fn for_each_record(
     let mut ws = InferWorkspace::with_options(lean);
     for (i, rec) in open_records(fasta)?.enumerate() {
         let rec = rec?;
-        let ids = tokenize_record(&rec, tokenize, fasta)?;
+        let ids = tokenize_as(&rec, tokenize, fasta, kind)?;
         if let Some(p) = &progress {
             let (p, mut cur) = (
                 p.clone(),
@@ -169,11 +205,20 @@ pub fn embed_file(
     progress: Option<ProgressFn>,
 ) -> Result<EmbedReport> {
     let layer = opts.layer.unwrap_or(lm.n_layer());
-    let d = lm.d_model();
+    let d = match &opts.name {
+        None => lm.d_model(),
+        Some(n) => match lm.named_width(n) {
+            Some(w) => w,
+            // The family's own error, naming what exists.
+            None => return Err(lm.named_output(&[], n, &mut InferWorkspace::new(1)).err().unwrap_or_else(|| Error::config("layer", n, "unknown output"))),
+        },
+    };
     let mut npy = NpyWriter::create(out, d)?;
+    let mut named = Vec::new();
     let mut records = Vec::new();
     let mut pooled = vec![0.0f32; d];
     for_each_record(
+        lm.tokenizer(),
         fasta,
         opts.tokenize,
         opts.lean,
@@ -181,7 +226,13 @@ pub fn embed_file(
         progress,
         |rec, ids, ws| {
             check_record_fits(lm, ids.len(), opts.lean.chunk)?;
-            let h = lm.hidden_states(ids, layer, ws)?;
+            let h = match &opts.name {
+                None => lm.hidden_states(ids, layer, ws)?,
+                Some(n) => {
+                    named = lm.named_output(ids, n, ws)?;
+                    &named
+                }
+            };
             let row = npy.rows();
             match opts.pool {
                 Pool::None => npy.write_rows(h)?,
@@ -283,10 +334,55 @@ pub struct RecordScore {
     pub tokens: usize,
     /// Positions scored: every token after the first (the first has no context).
     pub scored: usize,
-    /// Σ log p(token | prefix), natural log.
+    /// Σ log p(token | prefix), natural log (the mean over scored positions with
+    /// [`Reduce::Mean`]; averaged with the reverse complement's when asked).
     pub log_likelihood: f64,
+    /// How `log_likelihood` was reduced.
+    pub reduce: Reduce,
     /// `-log_likelihood / scored / ln 2`.
     pub bits_per_base: f64,
+}
+
+/// How a record's per-token log-likelihoods become its score.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reduce {
+    /// Σ log p (nats), the default.
+    #[default]
+    Sum,
+    /// The mean over scored positions (the evo2 package's `score_sequences` default).
+    Mean,
+}
+
+/// Settings of [`score_file`] beyond tokenization.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ScoreOptions {
+    pub reduce: Reduce,
+    /// Average the score with the reverse complement's (strand-symmetric scores).
+    pub reverse_complement: bool,
+}
+
+/// The reverse complement of DNA text (A↔T, C↔G, case kept, N stays N); an error naming the
+/// first other character.
+pub fn reverse_complement(seq: &[u8]) -> std::result::Result<Vec<u8>, (usize, u8)> {
+    seq.iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &b)| {
+            Ok(match b {
+                b'A' => b'T',
+                b'T' => b'A',
+                b'C' => b'G',
+                b'G' => b'C',
+                b'a' => b't',
+                b't' => b'a',
+                b'c' => b'g',
+                b'g' => b'c',
+                b'N' | b'n' => b,
+                other => return Err((seq.len() - 1 - i, other)),
+            })
+        })
+        .collect()
 }
 
 /// Score every record of `fasta`; with `per_base`, also write one line per scored position
@@ -298,6 +394,7 @@ pub fn score_file(
     lean: LeanOptions,
     per_base: Option<&Path>,
     progress: Option<ProgressFn>,
+    score: ScoreOptions,
 ) -> Result<Vec<RecordScore>> {
     let mut tsv = match per_base {
         Some(p) => Some(TsvOut::create(p)?),
@@ -307,6 +404,7 @@ pub fn score_file(
     let mut out = Vec::new();
     let mut lp = Vec::new();
     for_each_record(
+        lm.tokenizer(),
         fasta,
         tokenize,
         lean,
@@ -314,21 +412,48 @@ pub fn score_file(
         progress,
         |rec, ids, ws| {
             check_record_fits(lm, ids.len(), lean.chunk)?;
-            let total = lm.log_likelihood(ids, ws, &mut lp)?;
+            let mut total = lm.log_likelihood(ids, ws, &mut lp)?;
+            let scored = lp.len();
+            if score.reverse_complement {
+                let rc = reverse_complement(&rec.seq).map_err(|(pos, c)| {
+                    Error::config(
+                        "--reverse-complement",
+                        format!("{:?} at base {}", c as char, pos + 1),
+                        "only A, C, G, T and N have complements",
+                    )
+                })?;
+                let rc_rec = SeqRecord {
+                    id: rec.id.clone(),
+                    seq: rc,
+                };
+                let rc_ids = tokenize_as(&rc_rec, tokenize, fasta, lm.tokenizer())?;
+                let mut rc_lp = Vec::new();
+                let rc_total = lm.log_likelihood(&rc_ids, ws, &mut rc_lp)?;
+                total = 0.5 * (total + rc_total);
+            }
+            let total = match score.reduce {
+                Reduce::Sum => total,
+                Reduce::Mean if scored > 0 => total / scored as f64,
+                Reduce::Mean => f64::NAN,
+            };
             if let Some(t) = tsv.as_mut() {
                 for (j, &v) in lp.iter().enumerate() {
-                    let base = tok.token(ids[j + 1]);
+                    let base = match lm.tokenizer() {
+                        TokenizerKind::Bytes => (ids[j + 1] as u8 as char).to_string(),
+                        TokenizerKind::Nucleotide => tok.token(ids[j + 1]).to_string(),
+                    };
                     t.line(format_args!("{}\t{}\t{base}\t{v:.6}\n", rec.id, j + 2))?;
                 }
             }
-            let scored = lp.len();
             out.push(RecordScore {
                 name: rec.id.clone(),
                 tokens: ids.len(),
                 scored,
                 log_likelihood: total,
+                reduce: score.reduce,
                 bits_per_base: if scored > 0 {
-                    -total / scored as f64 / std::f64::consts::LN_2
+                    let sum = if score.reduce == Reduce::Mean { total * scored as f64 } else { total };
+                    -sum / scored as f64 / std::f64::consts::LN_2
                 } else {
                     f64::NAN
                 },

@@ -1,8 +1,10 @@
-//! File formats, and nothing above them: safetensors (atomic writes), `.npy`, FASTA/FASTQ,
+//! File formats, and nothing above them: safetensors (atomic writes; memory-mapped for large
+//! bf16 models), `.npy`, FASTA/FASTQ,
 //! compressed text, tokenizers, and a safe reader of PyTorch checkpoints. No model type is
 //! known here; the model families turn these into models.
 
 pub mod fasta;
+pub mod mapped;
 pub mod npy;
 pub mod safetensors;
 pub mod text;

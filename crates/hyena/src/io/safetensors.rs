@@ -161,7 +161,7 @@ fn to_f32(path: &Path, name: &str, v: &TensorView<'_>) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-fn f16_to_f32(h: u16) -> f32 {
+pub(crate) fn f16_to_f32(h: u16) -> f32 {
     let sign = ((h >> 15) as u32) << 31;
     let exp = ((h >> 10) & 0x1f) as u32;
     let frac = (h & 0x3ff) as u32;

@@ -59,6 +59,49 @@ impl std::fmt::Display for Pool {
     }
 }
 
+/// How a family's models turn sequence text into token ids.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenizerKind {
+    /// HyenaDNA's character tokenizer (A C G T N and specials; case-sensitive).
+    #[default]
+    Nucleotide,
+    /// One token per byte (`CharLevelTokenizer(512)` of StripedHyena / Evo 2: id = UTF-8 byte).
+    Bytes,
+}
+
+/// The arithmetic of a forward's matrix products.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Activations and products in f32 (bf16 weights widened exactly): the reference path.
+    #[default]
+    F32,
+    /// Products with bf16 inputs and f32 accumulation ([`crate::ops::bf16`]); everything else
+    /// f32.
+    Bf16,
+}
+
+impl Precision {
+    /// `bf16` where the CPU multiplies bf16 natively (AVX512-BF16), else `f32`.
+    pub fn auto() -> Self {
+        if crate::ops::bf16::native() {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
 /// A model's structure with its parameters.
 #[derive(Clone, Debug)]
 pub struct Model<N> {
@@ -112,6 +155,41 @@ pub trait LanguageModel: Send + Sync {
     fn checkpoint_tensors(&self) -> BTreeMap<String, Tensor>;
     /// The concrete type, for commands that need one family (e.g. distillation).
     fn as_any(&self) -> &dyn Any;
+    /// Set the arithmetic of the forward's matrix products; families without a bf16 path
+    /// refuse [`Precision::Bf16`].
+    fn set_precision(&mut self, p: Precision) -> Result<()> {
+        match p {
+            Precision::F32 => Ok(()),
+            Precision::Bf16 => Err(Error::config(
+                "--precision",
+                "bf16",
+                format!(
+                    "{} models compute in f32 only; the bf16 path is for Evo 2 / StripedHyena",
+                    self.family()
+                ),
+            )),
+        }
+    }
+    /// How sequences become token ids.
+    fn tokenizer(&self) -> TokenizerKind {
+        TokenizerKind::Nucleotide
+    }
+    /// Width of the named intermediate output `name` (a reference module name such as
+    /// `blocks.28.mlp.l3`), if the family records it.
+    fn named_width(&self, _name: &str) -> Option<usize> {
+        None
+    }
+    /// The named intermediate output `name` of `tokens`, `[L, width]` rows.
+    fn named_output(&self, _tokens: &[u32], name: &str, _ws: &mut InferWorkspace) -> Result<Vec<f32>> {
+        Err(Error::config(
+            "layer",
+            name,
+            format!(
+                "{} models have no named outputs: give a block count (0 = embeddings, n_layer =                  the final states)",
+                self.family()
+            ),
+        ))
+    }
 }
 
 /// A model family the run-directory module can load: how to recognise its `config.json` and
@@ -128,6 +206,13 @@ pub trait Family: Sync {
         weights: &TensorFile,
         dir: &Path,
     ) -> Result<Box<dyn LanguageModel>>;
+    /// Load `dir` by the family's own means, if it is one of the family's directories that
+    /// must not be read eagerly as f32 (released multi-gigabyte checkpoints, memory-mapped
+    /// weights): the model and notes for the user. `None`: the directory goes through
+    /// [`Family::detect`] and [`Family::load`].
+    fn load_dir(&self, _dir: &Path) -> Option<Result<(Box<dyn LanguageModel>, Vec<String>)>> {
+        None
+    }
 }
 
 /// Section `key` of a parsed `config.json` (read from `file`), if present and not null.

@@ -13,6 +13,7 @@
 
 pub mod act;
 pub mod attention;
+pub mod bf16;
 pub mod fftconv;
 pub mod fir;
 pub mod linear;

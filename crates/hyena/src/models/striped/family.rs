@@ -16,6 +16,7 @@ use std::path::Path;
 use super::config::Evo2Config;
 use super::model::{Evo2, Taps, Workspace};
 use crate::error::{Error, Result};
+use crate::io::mapped::MappedSafetensors;
 use crate::io::safetensors::{Tensor, TensorFile};
 use crate::layers::layer::Slot;
 use crate::layers::lean::InferWorkspace;
@@ -186,6 +187,20 @@ impl LanguageModel for Evo2Lm {
     fn as_any(&self) -> &dyn Any {
         self
     }
+    fn set_precision(&mut self, p: crate::models::Precision) -> Result<()> {
+        self.net.precision = p;
+        Ok(())
+    }
+    fn tokenizer(&self) -> crate::models::TokenizerKind {
+        crate::models::TokenizerKind::Bytes
+    }
+    fn named_width(&self, name: &str) -> Option<usize> {
+        self.net.tap_info(name).map(|x| x.1)
+    }
+    fn named_output(&self, tokens: &[u32], name: &str, ws: &mut InferWorkspace) -> Result<Vec<f32>> {
+        let buf = ws.other.get_or_default::<Buffers>();
+        Ok(Evo2Lm::named_output(self, tokens, name, &mut buf.ws)?.0)
+    }
 }
 
 /// Model directories with `config.json` holding an `evo2` section.
@@ -210,4 +225,188 @@ impl Family for StripedFamily {
         let net = Evo2::load(cfg, weights, DType::F32)?;
         Ok(Box::new(Evo2Lm { net }))
     }
+    fn load_dir(&self, dir: &Path) -> Option<Result<(Box<dyn LanguageModel>, Vec<String>)>> {
+        let boxed = |r: Result<(Evo2Lm, LoadNotes)>| {
+            r.map(|(lm, n)| (Box::new(lm) as Box<dyn LanguageModel>, n.notes))
+        };
+        if is_vortex_dir(dir) {
+            return Some(boxed(load_vortex_dir(dir)));
+        }
+        let cfg = dir.join("config.json");
+        let weights = dir.join("model.safetensors");
+        if !cfg.is_file() || !weights.is_file() {
+            return None;
+        }
+        // Only a config with an `evo2` section is ours; any other goes the usual way.
+        let config = crate::checkpoint::read_json(&cfg).ok()?;
+        if !self.detect(&config) {
+            return None;
+        }
+        Some(boxed(load_converted(dir, &config)))
+    }
+}
+
+/// Load a converted directory (`config.json` with an `evo2` section, `model.safetensors`):
+/// bf16 weights memory-mapped and used in place, f32 ones copied.
+pub fn load_converted(dir: &Path, config: &serde_json::Value) -> Result<(Evo2Lm, LoadNotes)> {
+    let file = dir.join("config.json");
+    let cfg: Evo2Config = model_section(config, FAMILY, &file, &[])?
+        .ok_or_else(|| Error::format(&file, "no `evo2` section"))?;
+    let map = std::sync::Arc::new(MappedSafetensors::open(dir.join("model.safetensors"))?);
+    let net = match map.dtype_name("embedding_layer.weight") {
+        Some("BF16") => Evo2::load_mapped(cfg, map)?,
+        _ => Evo2::load(cfg, map.as_ref(), DType::F32)?,
+    };
+    let mut notes = LoadNotes::default();
+    fp8_warning(&net, &mut notes);
+    Ok((Evo2Lm { net }, notes))
+}
+
+/// Write `lm` as a hyena model directory `out` (which must exist): `model.safetensors` with the
+/// weights in their stored precision (bf16 as BF16, the f32 tensors as F32; written tensor by
+/// tensor, atomically) and `config.json` with the `evo2` section. Loading it later maps the
+/// file instead of reading it.
+pub fn convert(lm: &Evo2Lm, out: &Path) -> Result<()> {
+    use crate::io::mapped::{write_streaming, MapDtype, OutData, OutTensor};
+    let net = &lm.net;
+    let mut tensors = Vec::new();
+    for (store, exact) in [(&net.params, false), (&net.exact, true)] {
+        for s in store.specs() {
+            let (dtype, data) = match store.bf16() {
+                Some(b) if !exact => (MapDtype::Bf16, OutData::Bf16(&b[s.handle.range()])),
+                _ => (MapDtype::F32, OutData::F32(s.handle.of(store.data()))),
+            };
+            tensors.push(OutTensor {
+                name: s.name.clone(),
+                dtype,
+                shape: s.shape.clone(),
+                data,
+            });
+        }
+    }
+    let metadata = crate::checkpoint::weights_metadata(FAMILY);
+    write_streaming(&out.join("model.safetensors"), &tensors, &metadata)?;
+    crate::checkpoint::write_json(&out.join("config.json"), &lm.config_json())
+}
+
+fn fp8_warning(net: &Evo2, notes: &mut LoadNotes) {
+    if net.cfg.needs_fp8() {
+        notes.notes.push(format!(
+            "warning: {} was trained with FP8 input projections, and its released checkpoint is \
+             known to give wrong likelihoods without FP8 numerics (bionemo-evo2: 1B base NLL \
+             1.243 in bf16 vs 1.076 in FP8; 40B 1.700 vs 0.922); this engine computes in \
+             f32/bf16, so use a 7B model (evo2_7b, evo2_7b_base, evo2_7b_262k) for scores you rely \
+             on",
+            if net.cfg.model_name.is_empty() { "this model" } else { &net.cfg.model_name }
+        ));
+    }
+}
+
+/// What loading a released-layout directory found besides the model: entries skipped in the
+/// checkpoint, unused leftovers, warnings.
+#[derive(Debug, Default)]
+pub struct LoadNotes {
+    pub notes: Vec<String>,
+}
+
+/// Whether `dir` holds released Evo 2 files (a vortex YAML config and/or a `.pt` checkpoint,
+/// whole or in parts) and no `config.json`.
+pub fn is_vortex_dir(dir: &Path) -> bool {
+    if dir.join("config.json").exists() {
+        return false;
+    }
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    rd.filter_map(|e| e.ok())
+        .any(|e| {
+            let n = e.file_name().to_string_lossy().to_string();
+            n.ends_with(".yml") || n.ends_with(".yaml") || n.ends_with(".pt") || n.contains(".pt.part")
+        })
+}
+
+/// The vortex YAML config of `dir`: `None` when there is none, an error when there are several.
+fn yaml_config(dir: &Path) -> Result<Option<std::path::PathBuf>> {
+    let mut ymls: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map_err(|source| Error::Io {
+            file: dir.to_path_buf(),
+            source,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yml" || e == "yaml"))
+        .collect();
+    ymls.sort();
+    match ymls.len() {
+        0 => Ok(None),
+        1 => Ok(ymls.pop()),
+        _ => Err(Error::format(
+            dir,
+            format!(
+                "{} YAML configs ({}): keep the one vortex config that belongs to the checkpoint",
+                ymls.len(),
+                ymls.iter()
+                    .map(|p| p.file_name().unwrap_or_default().to_string_lossy().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+/// Load a directory of released Evo 2 files (see the module docs). The big weights stay in the
+/// checkpoint's precision (bf16 for released files).
+pub fn load_vortex_dir(dir: &Path) -> Result<(Evo2Lm, LoadNotes)> {
+    use crate::io::torch::{find_checkpoint, TorchCheckpoint};
+    let parts = find_checkpoint(dir)?.ok_or_else(|| {
+        Error::format(
+            dir,
+            "no checkpoint: expected NAME.pt or NAME.pt.part0, NAME.pt.part1, … beside the \
+             vortex YAML config",
+        )
+    })?;
+    let mut notes = LoadNotes::default();
+    let cfg = match yaml_config(dir)? {
+        Some(y) => {
+            let text = std::fs::read_to_string(&y).map_err(|source| Error::Io {
+                file: y.clone(),
+                source,
+            })?;
+            let v = crate::io::yaml::parse(&text, &y)?;
+            Evo2Config::from_vortex(&v, &y)?
+        }
+        None => {
+            let first = &parts[0];
+            let name = first.file_name().unwrap_or_default().to_string_lossy().to_string();
+            let stem = name.split(".pt").next().unwrap_or(&name).to_string();
+            super::config::preset(&stem).map_err(|_| {
+                Error::format(
+                    first,
+                    format!(
+                        "no vortex YAML config beside the checkpoint, and `{stem}` is not a \
+                         released model's name ({}); put the model's YAML config (from the evo2 \
+                         package's configs/) in the directory, or name the file after its model",
+                        super::config::PRESETS.join(", ")
+                    ),
+                )
+            })?
+        }
+    };
+    let ckpt = if parts.len() == 1 && !parts[0].to_string_lossy().contains(".pt.part") {
+        TorchCheckpoint::open(&parts[0])?
+    } else {
+        TorchCheckpoint::open_parts(&parts)?
+    };
+    for (name, what) in ckpt.skipped() {
+        notes.notes.push(format!("skipped {name}: {what}"));
+    }
+    let dtype = match ckpt.dtype_name("embedding_layer.weight") {
+        Some("bfloat16") => DType::Bf16,
+        _ => DType::F32,
+    };
+    let net = Evo2::load(cfg, &ckpt, dtype)?;
+    for n in &net.ignored {
+        notes.notes.push(format!("unused {n}"));
+    }
+    fp8_warning(&net, &mut notes);
+    Ok((Evo2Lm { net }, notes))
 }

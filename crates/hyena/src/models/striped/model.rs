@@ -40,11 +40,18 @@ use crate::models::striped::config::{BlockKind, Evo2Config};
 use crate::ops::act::gelu_erf_inplace;
 use crate::ops::attention::{causal_attention, rotary_inplace};
 use crate::ops::fir::{expand_taps, fir_forward, FirOrder, FirShape};
+use crate::models::Precision;
+use crate::ops::bf16::{linear_bf16, Bf16Scratch};
 use crate::ops::linear::{linear_weight, Weight};
 use crate::ops::loss::log_prob;
 use crate::ops::modal::modal_forward;
 use crate::ops::norm::{rmsnorm_forward, rmsnorm_rms_eps_forward};
-use crate::params::{DType, IgnoredKey, Init, ParamStore, TensorSource, Tracked, Vb, P};
+use std::sync::Arc;
+
+use crate::io::mapped::MappedSafetensors;
+use crate::params::{
+    DType, IgnoredKey, InPlaceSource, Init, ParamStore, TensorSource, Tracked, Vb, P,
+};
 
 /// Tensors of released checkpoints that the model does not use (`hyena-family.md` 8.5).
 pub const LEFTOVER_KEYS: &[IgnoredKey] = &[
@@ -117,6 +124,9 @@ pub struct Evo2 {
     /// Tensors of the weights file left unused, with the reason (leftovers of the released
     /// files), for the load report.
     pub ignored: Vec<String>,
+    /// The arithmetic of the matrix products (attention scores, norms, convolutions and the
+    /// LI recurrences are f32 either way).
+    pub precision: Precision,
 }
 
 /// Whether a tensor belongs in the f32 store.
@@ -131,10 +141,37 @@ impl Evo2 {
     /// optional rotary buffers), big weights in `dtype`, and nothing of `src` left unused but
     /// the known leftovers ([`LEFTOVER_KEYS`]).
     pub fn load(cfg: Evo2Config, src: &dyn TensorSource, dtype: DType) -> Result<Self> {
+        Self::load_from(cfg, src, None, dtype)
+    }
+
+    /// [`Evo2::load`] from a memory-mapped file whose bf16 tensors are used in place (what
+    /// `hyena convert` writes): no copy of the big weights, loading takes milliseconds.
+    pub fn load_mapped(cfg: Evo2Config, src: Arc<MappedSafetensors>) -> Result<Self> {
+        let in_place: Arc<dyn InPlaceSource> = src.clone();
+        Self::load_from(cfg, src.as_ref(), Some(in_place), DType::Bf16)
+    }
+
+    fn load_from(
+        cfg: Evo2Config,
+        src: &dyn TensorSource,
+        in_place: Option<Arc<dyn InPlaceSource>>,
+        dtype: DType,
+    ) -> Result<Self> {
         cfg.validate().map_err(|e| Error::format(src.origin(), e))?;
         let tracked = Tracked::new(src);
-        let (net, params) =
-            ParamStore::build(Init::From(&tracked), dtype, |vb| Self::structure(&cfg, vb))?;
+        let (net, params) = match in_place {
+            Some(m) => {
+                let r = ParamStore::build_mapped(m, |vb| Self::structure(&cfg, vb))?;
+                // Count the in-place tensors as read (for the unused-tensor check).
+                for s in r.1.specs() {
+                    tracked.mark_read(&s.name);
+                }
+                r
+            }
+            None => {
+                ParamStore::build(Init::From(&tracked), dtype, |vb| Self::structure(&cfg, vb))?
+            }
+        };
         let (exact_handles, exact) = ParamStore::build(Init::From(&tracked), DType::F32, |vb| {
             Self::exact_structure(&cfg, vb, &tracked)
         })?;
@@ -180,6 +217,7 @@ impl Evo2 {
             params,
             exact,
             ignored,
+            precision: Precision::F32,
         })
     }
 
@@ -460,17 +498,9 @@ impl Evo2 {
             if logits {
                 let v = cfg.vocab_size;
                 crate::ops::grow(&mut ws.logits, l * v);
-                let e = self.w(self.unembed.unwrap_or(self.embed));
-                linear_weight(
-                    &ws.xn[..l * d],
-                    e,
-                    None,
-                    l,
-                    d,
-                    v,
-                    &mut ws.logits[..l * v],
-                    &mut ws.wide,
-                )?;
+                let e = self.unembed.unwrap_or(self.embed);
+                let (xn, logits) = (&ws.xn[..l * d], &mut ws.logits[..l * v]);
+                self.lin(xn, l, e, None, d, v, logits, &mut ws.wide)?;
             }
         }
         Ok(())
@@ -495,10 +525,13 @@ impl Evo2 {
         k: usize,
         n: usize,
         y: &mut [f32],
-        wide: &mut Vec<f32>,
+        wide: &mut Scratch,
     ) -> Result<()> {
         let bias = b.map(|b| self.small(b));
-        linear_weight(x, self.w(w), bias.as_deref(), m, k, n, y, wide)
+        match self.precision {
+            Precision::F32 => linear_weight(x, self.w(w), bias.as_deref(), m, k, n, y, &mut wide.f32),
+            Precision::Bf16 => linear_bf16(x, self.w(w), bias.as_deref(), m, k, n, y, &mut wide.bf16),
+        }
     }
 
     fn block(
@@ -876,6 +909,13 @@ impl Taps {
     }
 }
 
+/// Scratch of the matrix products of either precision.
+#[derive(Default)]
+struct Scratch {
+    f32: Vec<f32>,
+    bf16: Bf16Scratch,
+}
+
 /// Buffers of [`Evo2::forward`], grown to the longest sequence seen and reused.
 #[derive(Default)]
 pub struct Workspace {
@@ -893,8 +933,8 @@ pub struct Workspace {
     k: Vec<f32>,
     v: Vec<f32>,
     state: Vec<f32>,
-    /// A weight matrix widened from bf16.
-    wide: Vec<f32>,
+    /// A weight matrix widened from bf16, or packed operands of bf16 products.
+    wide: Scratch,
     pub logits: Vec<f32>,
 }
 

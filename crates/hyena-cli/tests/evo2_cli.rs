@@ -1,0 +1,116 @@
+//! `hyena score`, `embed` and `convert` on an Evo 2 model directory as released (vortex YAML +
+//! `.pt` with BytesIO entries; the tiny random model of `tests/fixtures/evo2`): the family is
+//! detected from the directory, scores equal the reference's log-likelihoods, `--reduce mean`
+//! and `--reverse-complement` do what they say, named layers embed, and a converted directory
+//! (memory-mapped) gives the same numbers.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{fails_with, hyena, ok, tmpdir};
+use hyena::io::npy::read_f32 as read_npy;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/evo2")
+        .join(name)
+}
+
+/// The fixture's input as a FASTA record, and the reference's log-likelihood sum.
+fn fixture_fasta(dir: &Path) -> (PathBuf, f64, usize) {
+    let bytes = std::fs::read(fixture("expected-tiny.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let ids = st.tensor("input_ids").unwrap();
+    assert_eq!(ids.dtype(), safetensors::Dtype::I64);
+    let seq: String = ids
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u8 as char)
+        .collect();
+    let ll: f64 = st
+        .tensor("loglik")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+        .sum();
+    let fa = dir.join("seq.fa");
+    std::fs::write(&fa, format!(">fixture\n{seq}\n")).unwrap();
+    (fa, ll, seq.len())
+}
+
+fn json_lines(s: &str) -> Vec<serde_json::Value> {
+    s.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn score_embed_convert_on_released_layout() {
+    let tmp = tmpdir("evo2");
+    let (fa, want, n) = fixture_fasta(&tmp);
+    let model = fixture("tiny");
+    let m = model.to_str().unwrap();
+    let f = fa.to_str().unwrap();
+
+    // score: the family is detected from the directory; the sum equals the reference's.
+    let out = hyena(&["score", "--model", m, "--fasta", f, "--json"]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let rows = json_lines(&ok(&out));
+    assert_eq!(rows.len(), 1);
+    let got = rows[0]["log_likelihood"].as_f64().unwrap();
+    assert!(((got - want) / want).abs() < 1e-4, "{got} vs {want}");
+    assert_eq!(rows[0]["scored"].as_u64().unwrap() as usize, n - 1);
+    // The skipped BytesIO entries are reported.
+    assert!(err.contains("_extra_state"), "{err}");
+
+    // --reduce mean divides by the scored positions.
+    let out = hyena(&["score", "--model", m, "--fasta", f, "--json", "--reduce", "mean"]);
+    let mean = json_lines(&ok(&out))[0]["log_likelihood"].as_f64().unwrap();
+    assert!((mean - got / (n - 1) as f64).abs() < 1e-9);
+
+    // --reverse-complement averages with the reverse complement's score (not the same).
+    let out = hyena(&["score", "--model", m, "--fasta", f, "--json", "--reverse-complement"]);
+    let rc = json_lines(&ok(&out))[0]["log_likelihood"].as_f64().unwrap();
+    assert!((rc - got).abs() > 1e-3, "{rc} vs {got}");
+
+    // embed a named module output: [1, 32] mean-pooled, [L, 48] for an MLP's inner layer.
+    let npy = tmp.join("l3.npy");
+    ok(&hyena(&[
+        "embed", "--model", m, "--fasta", f, "--layer", "blocks.3.mlp.l3", "--out",
+        npy.to_str().unwrap(),
+    ]));
+    let (shape, _) = read_npy(&npy).unwrap();
+    assert_eq!(shape, vec![1, 32]);
+    let npy2 = tmp.join("l1.npy");
+    ok(&hyena(&[
+        "embed", "--model", m, "--fasta", f, "--layer", "blocks.0.mlp.l1", "--pool", "none",
+        "--out", npy2.to_str().unwrap(),
+    ]));
+    let (shape, _) = read_npy(&npy2).unwrap();
+    assert_eq!(shape, vec![n, 48]);
+    // A name the model does not have: the error lists what exists, nothing is written.
+    let bad = tmp.join("bad.npy");
+    fails_with(
+        &hyena(&[
+            "embed", "--model", m, "--fasta", f, "--layer", "blocks.3.filter", "--out",
+            bad.to_str().unwrap(),
+        ]),
+        &["blocks.3.filter", "inner_mha_cls"],
+    );
+    assert!(!bad.exists());
+
+    // convert, then the converted (memory-mapped) directory scores the same.
+    let conv = tmp.join("converted");
+    ok(&hyena(&["convert", "--model", m, "--out", conv.to_str().unwrap()]));
+    assert!(conv.join("config.json").is_file() && conv.join("model.safetensors").is_file());
+    let out = hyena(&["score", "--model", conv.to_str().unwrap(), "--fasta", f, "--json"]);
+    let again = json_lines(&ok(&out))[0]["log_likelihood"].as_f64().unwrap();
+    assert_eq!(again, got);
+    // bf16 weights stay bf16 on disk: about half the f32 size.
+    let size = std::fs::metadata(conv.join("model.safetensors")).unwrap().len();
+    assert!(size < 200_000, "{size} bytes");
+    let _ = std::fs::remove_dir_all(&tmp);
+}

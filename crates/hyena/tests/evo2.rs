@@ -1,0 +1,238 @@
+//! Parity of the StripedHyena 2 (Evo 2) family with the reference implementation (vortex), on
+//! the fixtures of `tests/fixtures/evo2/make_evo2_fixtures.py`: tiny random models saved as the
+//! released checkpoints are (bf16 `.pt` with `_extra_state` BytesIO entries and leftover keys,
+//! f32 log-poles and residues; one split into byte shards), run by vortex in f32 through its
+//! own loader. With the f32 path: logits, per-token log-likelihoods and named intermediate
+//! outputs within 1e-4. Plus the load-time errors (shape mismatch, wrong preset, unusable
+//! directories).
+
+use std::path::{Path, PathBuf};
+
+use hyena::checkpoint::load_model;
+use hyena::io::safetensors::TensorFile;
+use hyena::models::striped::{preset, Evo2Lm, Taps, Workspace};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/evo2")
+}
+
+/// An integer tensor (I64 or I32) of a fixture file.
+pub fn ints(path: &Path, name: &str) -> Vec<i64> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    match t.dtype() {
+        safetensors::Dtype::I64 => t
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        safetensors::Dtype::I32 => t
+            .data()
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
+            .collect(),
+        d => panic!("{name}: {d:?}"),
+    }
+}
+
+/// The float tensors of a fixture file (the integer ones left out).
+pub fn float_part(path: &Path) -> TensorFile {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors = std::collections::BTreeMap::new();
+    for (name, t) in st.tensors() {
+        if t.dtype() == safetensors::Dtype::F32 {
+            let data = t
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            tensors.insert(
+                name,
+                hyena::io::safetensors::Tensor {
+                    shape: t.shape().to_vec(),
+                    data,
+                },
+            );
+        }
+    }
+    TensorFile {
+        path: path.to_path_buf(),
+        tensors,
+        metadata: Default::default(),
+    }
+}
+
+fn max_abs(a: &[f32]) -> f32 {
+    a.iter().fold(0.0f32, |m, x| m.max(x.abs()))
+}
+
+/// Load `dir`, run the fixture's input and compare everything the fixture recorded.
+fn check_parity(dir: &str) {
+    let loaded = load_model(&fixtures().join(dir)).unwrap();
+    let lm = loaded.model.as_any().downcast_ref::<Evo2Lm>().unwrap();
+    // The BytesIO entries were reported, not constructed; the leftovers listed.
+    assert!(
+        loaded.notes.iter().any(|n| n.contains("_extra_state")),
+        "{:?}",
+        loaded.notes
+    );
+    assert!(
+        loaded.notes.iter().any(|n| n.contains("mixer.mixer.filter.t")),
+        "{:?}",
+        loaded.notes
+    );
+    // bf16 weights stayed bf16.
+    assert!(lm.net.params.bf16().is_some());
+
+    let path = fixtures().join(format!("expected-{dir}.safetensors"));
+    let ids: Vec<u32> = ints(&path, "input_ids").iter().map(|&v| v as u32).collect();
+    let pos: Vec<usize> = ints(&path, "positions").iter().map(|&v| v as usize).collect();
+    let exp = float_part(&path);
+    let (l, v) = (ids.len(), lm.net.cfg.vocab_size);
+    assert!(l > lm.net.cfg.hcm_filter_length, "the input is longer than the MR filter");
+
+    let mut ws = Workspace::default();
+    let mut names: Vec<String> = exp
+        .tensors
+        .keys()
+        .filter(|k| {
+            !matches!(
+                k.as_str(),
+                "input_ids" | "positions" | "logits" | "logits_bf16" | "loglik" | "loglik_bf16"
+            )
+        })
+        .cloned()
+        .collect();
+    names.sort();
+    assert!(names.len() > 20, "named outputs in the fixture: {names:?}");
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut taps = Taps::of(&refs);
+    lm.net
+        .forward(&ids, lm.net.n_layer(), true, &mut taps, &mut ws, None)
+        .unwrap();
+
+    // Logits at the recorded positions.
+    let want = &exp.get("logits").unwrap().data;
+    let mut worst = 0.0f32;
+    for (r, &p) in pos.iter().enumerate() {
+        for j in 0..v {
+            worst = worst.max((ws.logits[p * v + j] - want[r * v + j]).abs());
+        }
+    }
+    let scale = max_abs(want);
+    eprintln!("{dir}: max |logits - reference| = {worst:.3e} (max |logit| {scale:.2})");
+    assert!(worst < 1e-4 * scale.max(1.0), "{dir}: logits differ by {worst} (max |logit| {scale})");
+
+    // Named outputs.
+    for name in &names {
+        let (got, width) = taps.got.get(name).unwrap_or_else(|| panic!("{dir}: no output {name}"));
+        let want = &exp.get(name).unwrap().data;
+        assert_eq!(want.len(), pos.len() * width, "{name}");
+        let scale = max_abs(want).max(1.0);
+        let mut worst = 0.0f32;
+        for (r, &p) in pos.iter().enumerate() {
+            for j in 0..*width {
+                worst = worst.max((got[p * width + j] - want[r * width + j]).abs());
+            }
+        }
+        assert!(worst < 1e-4 * scale, "{dir}: {name} differs by {worst} (scale {scale})");
+    }
+
+    // Per-token log-likelihoods and their sum.
+    let mut lp = Vec::new();
+    let total = lm.net.log_likelihood(&ids, &mut ws, &mut lp).unwrap();
+    let want = &exp.get("loglik").unwrap().data;
+    assert_eq!(lp.len(), want.len());
+    let d = lp.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(d < 1e-4 * 20.0, "{dir}: per-token log-likelihood differs by {d}");
+    let want_sum: f64 = want.iter().map(|&x| x as f64).sum();
+    eprintln!(
+        "{dir}: log-likelihood sum {total:.6} vs reference {want_sum:.6} (relative {:.2e}); max \
+         per-token difference {d:.2e}",
+        ((total - want_sum) / want_sum).abs()
+    );
+    assert!(
+        ((total - want_sum) / want_sum).abs() < 1e-4,
+        "{dir}: sum {total} vs {want_sum}"
+    );
+    // The reference's own bf16 run is much further from f32 than we are (what --precision f32
+    // buys): recorded for the README's table.
+    let bf = &exp.get("logits_bf16").unwrap().data;
+    let ref_bf16 = bf
+        .iter()
+        .zip(&exp.get("logits").unwrap().data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(ref_bf16 > 100.0 * worst.max(1e-6), "{dir}: reference bf16 error {ref_bf16}");
+}
+
+#[test]
+fn evo2_matches_the_reference_in_f32() {
+    check_parity("tiny");
+}
+
+#[test]
+fn evo2_262k_layout_from_byte_shards_with_position_interpolation() {
+    // tiny-262k: two attention blocks, rotary base 1e6 with linear interpolation (factor 4),
+    // the checkpoint only as model.pt.part0..2 cut inside tensors.
+    let dir = fixtures().join("tiny-262k");
+    assert!(!dir.join("model.pt").exists() && dir.join("model.pt.part2").exists());
+    check_parity("tiny-262k");
+}
+
+#[test]
+fn named_outputs_and_hidden_states_agree() {
+    let loaded = load_model(&fixtures().join("tiny")).unwrap();
+    let lm = loaded.model.as_any().downcast_ref::<Evo2Lm>().unwrap();
+    let ids: Vec<u32> = b"ACGTTGCAACGTAGGCTTACG".iter().map(|&b| b as u32).collect();
+    let mut ws = Workspace::default();
+    let (l3, w) = lm.named_output(&ids, "blocks.3.mlp.l3", &mut ws).unwrap();
+    assert_eq!((l3.len(), w), (ids.len() * 32, 32));
+    let (l1, w1) = lm.named_output(&ids, "blocks.0.mlp.l1", &mut ws).unwrap();
+    assert_eq!(w1, lm.net.cfg.inner_mlp_size);
+    assert_eq!(l1.len(), ids.len() * w1);
+    // A block's output is the input of the next block's pre-norm's input: hidden_states(k)
+    // equals the named output blocks.{k-1}.
+    let mut iw = hyena::layers::lean::InferWorkspace::new(64);
+    let h = loaded.model.hidden_states(&ids, 4, &mut iw).unwrap().to_vec();
+    let (b3, _) = lm.named_output(&ids, "blocks.3", &mut ws).unwrap();
+    assert_eq!(h, b3);
+    // An unknown name says which names exist.
+    let e = lm.named_output(&ids, "blocks.3.filter", &mut ws).unwrap_err().to_string();
+    assert!(e.contains("inner_mha_cls"), "{e}");
+    let e = lm.named_output(&ids, "blocks.99", &mut ws).unwrap_err().to_string();
+    assert!(e.contains("blocks.6"), "{e}");
+}
+
+#[test]
+fn load_errors_name_the_problem() {
+    let tmp = std::env::temp_dir().join(format!("hyena-evo2-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let yaml = std::fs::read_to_string(fixtures().join("tiny/config.yml")).unwrap();
+    // A config whose width disagrees with the checkpoint: the tensor, both shapes.
+    let d = tmp.join("shape");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("config.yml"), yaml.replace("hidden_size: 32", "hidden_size: 64").replace("num_filters: 32", "num_filters: 64")).unwrap();
+    std::fs::copy(fixtures().join("tiny/model.pt"), d.join("model.pt")).unwrap();
+    let e = load_model(&d).err().unwrap().to_string();
+    assert!(e.contains("embedding_layer.weight") && e.contains("[512, 32]") && e.contains("[512, 64]"), "{e}");
+    // Fewer blocks in the config than in the file: the unused tensors are named.
+    std::fs::write(d.join("config.yml"), yaml.replace("num_layers: 7", "num_layers: 6").replace("- 2\n- 6\nhcm", "- 2\nhcm")).unwrap();
+    let e = load_model(&d).err().unwrap().to_string();
+    assert!(e.contains("blocks.6"), "{e}");
+    // No YAML and a file name that is no released model: the presets are listed.
+    let d = tmp.join("noyaml");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::copy(fixtures().join("tiny/model.pt"), d.join("evo2_7.pt")).unwrap();
+    let e = load_model(&d).err().unwrap().to_string();
+    assert!(e.contains("evo2_7b_262k") && e.contains("evo2_7"), "{e}");
+    // A preset name with the wrong weights: the first mismatching tensor.
+    std::fs::rename(d.join("evo2_7.pt"), d.join("evo2_1b_base.pt")).unwrap();
+    let e = load_model(&d).err().unwrap().to_string();
+    assert!(e.contains("[512, 1920]"), "{e}");
+    let _ = std::fs::remove_dir_all(&tmp);
+    assert!(preset("evo2_40b").is_ok());
+}
