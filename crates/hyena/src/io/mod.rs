@@ -1,6 +1,7 @@
 //! File formats, and nothing above them: safetensors (atomic writes), `.npy`, FASTA/FASTQ,
-//! compressed text, tokenizers, and a safe reader of PyTorch checkpoints. No model type is
-//! known here; the model families turn these into models.
+//! compressed text, tokenizers, a safe reader of PyTorch checkpoints, and a minimal YAML reader
+//! for flat model configs. No model type is known here; the model families turn these into
+//! models.
 
 pub mod fasta;
 pub mod npy;
@@ -8,3 +9,4 @@ pub mod safetensors;
 pub mod text;
 pub mod tokenizer;
 pub mod torch;
+pub mod yaml;
