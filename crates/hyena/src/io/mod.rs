@@ -1,7 +1,7 @@
 //! File formats, and nothing above them: safetensors (atomic writes; memory-mapped for large
-//! bf16 models), `.npy`, FASTA/FASTQ,
-//! compressed text, tokenizers, and a safe reader of PyTorch checkpoints. No model type is
-//! known here; the model families turn these into models.
+//! bf16 models), `.npy`, FASTA/FASTQ, compressed text, tokenizers, a safe reader of PyTorch
+//! checkpoints, and a minimal YAML reader for flat model configs. No model type is known here;
+//! the model families turn these into models.
 
 pub mod fasta;
 pub mod mapped;
@@ -10,3 +10,4 @@ pub mod safetensors;
 pub mod text;
 pub mod tokenizer;
 pub mod torch;
+pub mod yaml;

@@ -35,7 +35,14 @@
 //! The legacy pre-1.6 format (a bare pickle stream, `_use_new_zipfile_serialization=False`) is
 //! rejected with a message saying how to re-save the file.
 
+pub mod lazy;
+pub mod objects;
+pub mod parts;
 pub mod pickle;
+
+pub use self::lazy::TorchCheckpoint;
+pub use self::objects::Skipped;
+pub use self::parts::find_checkpoint;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -55,7 +62,9 @@ pub struct TorchFile {
     pub state_dict_key: Option<String>,
     /// Float tensors by name (float32/float16/bfloat16/float64 read as `f32`).
     pub tensors: BTreeMap<String, Tensor>,
-    /// Non-float tensors by name, with their dtype (`"int64"`, `"bool"`, ...); not loaded.
+    /// Entries not loaded, by name: non-float tensors with their dtype (`"int64"`,
+    /// `"bool"`, ...), and the Transformer Engine objects of released Evo 2 files described as
+    /// by [`Skipped`]'s `Display` (`"io.BytesIO (312 bytes)"`).
     pub skipped: BTreeMap<String, String>,
 }
 
@@ -101,112 +110,9 @@ pub fn read_torch_bytes(bytes: Vec<u8>, path: &Path) -> Result<TorchFile> {
     torch_file_from(Zip::from_bytes(bytes, path)?)
 }
 
-/// The state dict of the checkpoint `zip`.
-fn torch_file_from(mut zip: Zip) -> Result<TorchFile> {
-    let path = &zip.path.clone();
-    let root = zip.root()?;
-    check_byteorder(&mut zip, &root)?;
-    let top = parse_data_pkl(&mut zip, &root)?;
-    let (state_dict_key, items) = select_state_dict(path, &top)?;
-
-    // Interpret every entry before reading any tensor data: a bad entry rejects the file early.
-    let mut specs: BTreeMap<String, Spec> = BTreeMap::new();
-    for (k, v) in items {
-        let key = match k {
-            Value::Str(s) => s.clone(),
-            other => {
-                return Err(Error::format(
-                    path,
-                    format!(
-                        "{}has a key that is {}, not a string; a state dict maps names to tensors",
-                        where_(&state_dict_key),
-                        other.describe()
-                    ),
-                ))
-            }
-        };
-        let spec = tensor_spec(v).map_err(|detail| {
-            // A Python name where a tensor should be is what a malicious file looks like; plain
-            // data (an int, a string) more likely means the wrong dict was picked.
-            let advice = if matches!(v, Value::Call(_) | Value::Global { .. }) {
-                "so the file was rejected (nothing in it was executed). If you did not make this \
-                 file, it may be malicious: do not open it with `torch.load` either; otherwise \
-                 re-save the weights with `torch.save(model.state_dict(), path)` or as \
-                 safetensors"
-            } else if state_dict_key.is_none() {
-                "and a state dict was looked for at the top level and under `state_dict`, \
-                 `model` and `module`: re-save the weights with \
-                 `torch.save(model.state_dict(), path)` or as safetensors"
-            } else {
-                "so re-save the weights with `torch.save(model.state_dict(), path)` or as \
-                 safetensors"
-            };
-            Error::format(
-                path,
-                format!(
-                    "state-dict entry `{}` {}{detail}; a checkpoint must hold only tensors, \
-                     {advice}",
-                    printable(&key),
-                    in_(&state_dict_key)
-                ),
-            )
-        })?;
-        // A repeated key: the last one wins, as in Python.
-        specs.insert(key, spec);
-    }
-
-    let mut out = TorchFile {
-        path: path.to_path_buf(),
-        state_dict_key,
-        ..TorchFile::default()
-    };
-    // Group float tensors by storage so that each storage is read once.
-    let mut by_storage: BTreeMap<String, Vec<(String, Spec)>> = BTreeMap::new();
-    for (name, spec) in specs {
-        if spec.dtype.is_float() {
-            by_storage
-                .entry(spec.storage_key.clone())
-                .or_default()
-                .push((name, spec));
-        } else {
-            out.skipped.insert(name, spec.dtype.name().to_string());
-        }
-    }
-    for (key, group) in by_storage {
-        let entry = format!("{root}/data/{key}");
-        let Some(idx) = zip.find(&entry) else {
-            let first = group.first().map(|(n, _)| n.as_str()).unwrap_or("?");
-            return Err(Error::format(
-                path,
-                format!(
-                    "storage `{}` of tensor `{}` is missing from the archive; the \
-                     file is truncated or corrupt: re-download or re-save it",
-                    printable(&entry),
-                    printable(first)
-                ),
-            ));
-        };
-        let bytes = zip.read(idx)?;
-        for (name, spec) in group {
-            let data = gather(&bytes, &spec).map_err(|msg| {
-                Error::format(
-                    path,
-                    format!(
-                        "tensor `{}`: {msg}; the file is corrupt: re-save it",
-                        printable(&name)
-                    ),
-                )
-            })?;
-            out.tensors.insert(
-                name,
-                Tensor {
-                    shape: spec.shape,
-                    data,
-                },
-            );
-        }
-    }
-    Ok(out)
+/// The state dict of the checkpoint `zip`, every float tensor read.
+fn torch_file_from(zip: Zip) -> Result<TorchFile> {
+    TorchCheckpoint::from_zip(zip)?.into_torch_file()
 }
 
 /// Read only the state dict's float tensors; see [`TorchFile`] (non-float tensors are left out).
@@ -604,46 +510,23 @@ fn int_tuple(v: &Value, what: &str) -> std::result::Result<Vec<u64>, String> {
 
 // === Tensor data ===
 
-/// The `f32` values of the strided view `spec` of the raw storage `bytes`.
-fn gather(bytes: &[u8], spec: &Spec) -> std::result::Result<Vec<f32>, String> {
+/// Fill `dst` with the strided view `spec` of storage elements read as `bytes`, which start
+/// at storage element `base`; `conv` turns one element's little-endian bytes into a value.
+/// The view was checked against the storage when the checkpoint was opened; a view reaching
+/// outside `bytes` is still an error here, never a panic.
+fn gather_into<T>(
+    bytes: &[u8],
+    base: u64,
+    spec: &Spec,
+    dst: &mut [T],
+    conv: impl Fn(&[u8]) -> T,
+) -> std::result::Result<(), String> {
     let es = spec.dtype.size();
-    let declared = usize::try_from(spec.storage_numel)
-        .map_err(|_| format!("storage size {} too large", spec.storage_numel))?;
-    let have = bytes.len() / es;
-    if have < declared {
-        return Err(format!(
-            "storage `{}` holds {have} {} elements, the pickle says {declared} (truncated)",
-            spec.storage_key,
-            spec.dtype.name()
-        ));
-    }
-    let overflow = || format!("shape {:?} overflows", spec.shape);
-    let numel = spec
-        .shape
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(overflow)?;
+    let out_of_range = || "view out of range".to_string();
+    let numel = dst.len();
     if numel == 0 {
-        return Ok(Vec::new());
+        return Ok(());
     }
-    // Largest storage index touched: offset + Σ (size_i - 1) · stride_i.
-    let mut last = spec.offset;
-    for (&d, &s) in spec.shape.iter().zip(&spec.stride) {
-        last = (d as u64 - 1)
-            .checked_mul(s)
-            .and_then(|x| x.checked_add(last))
-            .ok_or_else(overflow)?;
-    }
-    if last >= declared as u64 {
-        return Err(format!(
-            "view (offset {}, shape {:?}, stride {:?}) reaches element {last} of a storage of \
-             {declared} elements",
-            spec.offset, spec.shape, spec.stride
-        ));
-    }
-    let offset = spec.offset as usize; // <= last < declared: fits.
-    let conv = converter(spec.dtype);
-
     // Contiguous (row-major, ignoring size-1 dims): one slice conversion.
     let mut expect = 1u64;
     let mut contiguous = true;
@@ -654,32 +537,37 @@ fn gather(bytes: &[u8], spec: &Spec) -> std::result::Result<Vec<f32>, String> {
         }
         expect = expect.saturating_mul(d as u64);
     }
+    let index = |i: u64| -> std::result::Result<usize, String> {
+        i.checked_sub(base)
+            .and_then(|k| usize::try_from(k).ok())
+            .and_then(|k| k.checked_mul(es))
+            .ok_or_else(out_of_range)
+    };
     if contiguous {
-        let raw = bytes
-            .get(offset * es..(offset + numel) * es)
-            .ok_or_else(|| "view out of range".to_string())?;
-        return Ok(raw.chunks_exact(es).map(conv).collect());
+        let start = index(spec.offset)?;
+        let raw = numel
+            .checked_mul(es)
+            .and_then(|n| bytes.get(start..start.checked_add(n)?))
+            .ok_or_else(out_of_range)?;
+        for (d, c) in dst.iter_mut().zip(raw.chunks_exact(es)) {
+            *d = conv(c);
+        }
+        return Ok(());
     }
 
     // General strided gather: an odometer over the indices, innermost dimension fastest.
     let ndim = spec.shape.len();
     let mut idx = vec![0usize; ndim];
-    let mut out = Vec::with_capacity(numel);
-    let read = |i: u64| -> std::result::Result<f32, String> {
-        let start = usize::try_from(i).map_err(|_| "view out of range".to_string())? * es;
-        bytes
-            .get(start..start + es)
-            .map(conv)
-            .ok_or_else(|| "view out of range".to_string())
-    };
-    for _ in 0..numel {
+    for d in dst.iter_mut() {
         let pos: u64 = spec.offset
             + idx
                 .iter()
                 .zip(&spec.stride)
                 .map(|(&i, &s)| i as u64 * s)
                 .sum::<u64>();
-        out.push(read(pos)?);
+        let at = index(pos)?;
+        let c = bytes.get(at..at + es).ok_or_else(out_of_range)?;
+        *d = conv(c);
         for (i, &d) in idx.iter_mut().zip(&spec.shape).rev() {
             *i += 1;
             if *i < d {
@@ -688,7 +576,7 @@ fn gather(bytes: &[u8], spec: &Spec) -> std::result::Result<Vec<f32>, String> {
             *i = 0;
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Little-endian element bytes → `f32`.
@@ -769,7 +657,7 @@ struct Zip {
 }
 
 /// What a [`Zip`] reads from.
-trait ReadSeek: Read + Seek + Send {}
+pub(crate) trait ReadSeek: Read + Seek + Send {}
 impl<T: Read + Seek + Send> ReadSeek for T {}
 
 const EOCD_SIG: u32 = 0x0605_4b50;
@@ -960,8 +848,8 @@ impl Zip {
         Ok(root.to_string())
     }
 
-    /// The uncompressed bytes of entry `idx`, CRC-checked.
-    fn read(&mut self, idx: usize) -> Result<Vec<u8>> {
+    /// Entry `idx` and where its data starts, checked to lie inside the file.
+    fn locate(&mut self, idx: usize) -> Result<(Entry, u64)> {
         let e = self
             .entries
             .get(idx)
@@ -992,6 +880,61 @@ impl Zip {
                 e.name, e.comp_size, self.len
             )));
         }
+        Ok((e, data_at))
+    }
+
+    /// The uncompressed size entry `idx` declares, if the archive can hold it: a stored entry
+    /// within the file, a deflated one within deflate's largest ratio (about 1032:1) of its
+    /// compressed size. Checked before the size is trusted to size a read.
+    fn checked_size(&self, idx: usize) -> Result<u64> {
+        let e = self
+            .entries
+            .get(idx)
+            .ok_or_else(|| self.err("entry index out of range"))?;
+        let fits = match e.method {
+            0 => e.size == e.comp_size && e.size <= self.len,
+            _ => e.comp_size <= self.len && e.size <= e.comp_size.saturating_mul(1032),
+        };
+        if !fits {
+            return Err(self.err(format!(
+                "entry `{}` declares {} bytes ({} stored) in a file of {} bytes",
+                e.name, e.size, e.comp_size, self.len
+            )));
+        }
+        Ok(e.size)
+    }
+
+    /// Bytes `start..start + n` of the uncompressed entry `idx`. A stored entry is read only in
+    /// that range (CRC-checked when the range is the whole entry); a deflated one is inflated
+    /// whole (and CRC-checked) first.
+    fn read_range(&mut self, idx: usize, start: u64, n: usize) -> Result<Vec<u8>> {
+        let (e, data_at) = self.locate(idx)?;
+        let end = start.checked_add(n as u64);
+        if end.is_none_or(|end| end > e.size) {
+            return Err(self.err(format!(
+                "entry `{}` ({} bytes) has no bytes {start}..{start}+{n}",
+                e.name, e.size
+            )));
+        }
+        if e.method == 0 && start == 0 && n as u64 == e.size {
+            return self.read(idx);
+        }
+        if e.method == 0 {
+            if e.size != e.comp_size {
+                return Err(self.err(format!("stored entry `{}` has two sizes", e.name)));
+            }
+            return self.read_at(data_at + start, n);
+        }
+        let all = self.read(idx)?;
+        let from = usize::try_from(start).unwrap_or(usize::MAX);
+        all.get(from..from.saturating_add(n))
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| self.err(format!("entry `{}` is shorter than declared", e.name)))
+    }
+
+    /// The uncompressed bytes of entry `idx`, CRC-checked.
+    fn read(&mut self, idx: usize) -> Result<Vec<u8>> {
+        let (e, data_at) = self.locate(idx)?;
         let path = self.path.clone();
         let too_big = || {
             Error::format(
