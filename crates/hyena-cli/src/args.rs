@@ -132,17 +132,22 @@ impl PrecisionArg {
 /// Settings of the lean (inference-only) forward (`hyena embed`, `hyena score`).
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct LeanArgs {
-    /// Positions per chunk of the lean forward (memory/speed trade-off; results do not change).
-    #[arg(long, default_value_t = LeanOptions::default().chunk, value_parser = at_least_one)]
-    pub chunk: usize,
+    /// Positions per chunk of the lean forward (memory/speed trade-off; results do not change)
+    /// [default: 2048; 1024 for Evo 2 models].
+    #[arg(long, value_parser = at_least_one)]
+    pub chunk: Option<usize>,
     #[command(flatten)]
     pub residual: ResidualFlag,
 }
 
 impl LeanArgs {
-    pub fn options(&self) -> LeanOptions {
+    /// The options for model `lm` (its own default chunk unless --chunk is given).
+    pub fn options(&self, lm: &dyn hyena::models::LanguageModel) -> LeanOptions {
         LeanOptions {
-            chunk: self.chunk,
+            chunk: self
+                .chunk
+                .or(lm.default_chunk())
+                .unwrap_or(LeanOptions::default().chunk),
             residual: self.residual.residual.store(),
         }
     }

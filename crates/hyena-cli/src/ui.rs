@@ -73,6 +73,9 @@ pub fn print_notes(notes: &[String]) {
         eprintln!("note: {n}");
     }
     if rest.len() > SHOWN {
-        eprintln!("note: … and {} more entries skipped or unused", rest.len() - SHOWN);
+        eprintln!(
+            "note: … and {} more entries skipped or unused",
+            rest.len() - SHOWN
+        );
     }
 }

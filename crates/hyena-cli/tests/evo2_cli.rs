@@ -67,27 +67,53 @@ fn score_embed_convert_on_released_layout() {
     assert!(err.contains("_extra_state"), "{err}");
 
     // --reduce mean divides by the scored positions.
-    let out = hyena(&["score", "--model", m, "--fasta", f, "--json", "--reduce", "mean"]);
+    let out = hyena(&[
+        "score", "--model", m, "--fasta", f, "--json", "--reduce", "mean",
+    ]);
     let mean = json_lines(&ok(&out))[0]["log_likelihood"].as_f64().unwrap();
     assert!((mean - got / (n - 1) as f64).abs() < 1e-9);
 
     // --reverse-complement averages with the reverse complement's score (not the same).
-    let out = hyena(&["score", "--model", m, "--fasta", f, "--json", "--reverse-complement"]);
+    let out = hyena(&[
+        "score",
+        "--model",
+        m,
+        "--fasta",
+        f,
+        "--json",
+        "--reverse-complement",
+    ]);
     let rc = json_lines(&ok(&out))[0]["log_likelihood"].as_f64().unwrap();
     assert!((rc - got).abs() > 1e-3, "{rc} vs {got}");
 
     // embed a named module output: [1, 32] mean-pooled, [L, 48] for an MLP's inner layer.
     let npy = tmp.join("l3.npy");
     ok(&hyena(&[
-        "embed", "--model", m, "--fasta", f, "--layer", "blocks.3.mlp.l3", "--out",
+        "embed",
+        "--model",
+        m,
+        "--fasta",
+        f,
+        "--layer",
+        "blocks.3.mlp.l3",
+        "--out",
         npy.to_str().unwrap(),
     ]));
     let (shape, _) = read_npy(&npy).unwrap();
     assert_eq!(shape, vec![1, 32]);
     let npy2 = tmp.join("l1.npy");
     ok(&hyena(&[
-        "embed", "--model", m, "--fasta", f, "--layer", "blocks.0.mlp.l1", "--pool", "none",
-        "--out", npy2.to_str().unwrap(),
+        "embed",
+        "--model",
+        m,
+        "--fasta",
+        f,
+        "--layer",
+        "blocks.0.mlp.l1",
+        "--pool",
+        "none",
+        "--out",
+        npy2.to_str().unwrap(),
     ]));
     let (shape, _) = read_npy(&npy2).unwrap();
     assert_eq!(shape, vec![n, 48]);
@@ -95,7 +121,14 @@ fn score_embed_convert_on_released_layout() {
     let bad = tmp.join("bad.npy");
     fails_with(
         &hyena(&[
-            "embed", "--model", m, "--fasta", f, "--layer", "blocks.3.filter", "--out",
+            "embed",
+            "--model",
+            m,
+            "--fasta",
+            f,
+            "--layer",
+            "blocks.3.filter",
+            "--out",
             bad.to_str().unwrap(),
         ]),
         &["blocks.3.filter", "inner_mha_cls"],
@@ -104,13 +137,28 @@ fn score_embed_convert_on_released_layout() {
 
     // convert, then the converted (memory-mapped) directory scores the same.
     let conv = tmp.join("converted");
-    ok(&hyena(&["convert", "--model", m, "--out", conv.to_str().unwrap()]));
+    ok(&hyena(&[
+        "convert",
+        "--model",
+        m,
+        "--out",
+        conv.to_str().unwrap(),
+    ]));
     assert!(conv.join("config.json").is_file() && conv.join("model.safetensors").is_file());
-    let out = hyena(&["score", "--model", conv.to_str().unwrap(), "--fasta", f, "--json"]);
+    let out = hyena(&[
+        "score",
+        "--model",
+        conv.to_str().unwrap(),
+        "--fasta",
+        f,
+        "--json",
+    ]);
     let again = json_lines(&ok(&out))[0]["log_likelihood"].as_f64().unwrap();
     assert_eq!(again, got);
     // bf16 weights stay bf16 on disk: about half the f32 size.
-    let size = std::fs::metadata(conv.join("model.safetensors")).unwrap().len();
+    let size = std::fs::metadata(conv.join("model.safetensors"))
+        .unwrap()
+        .len();
     assert!(size < 200_000, "{size} bytes");
     let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -79,7 +79,10 @@ fn check_parity(dir: &str) {
         loaded.notes
     );
     assert!(
-        loaded.notes.iter().any(|n| n.contains("mixer.mixer.filter.t")),
+        loaded
+            .notes
+            .iter()
+            .any(|n| n.contains("mixer.mixer.filter.t")),
         "{:?}",
         loaded.notes
     );
@@ -88,10 +91,16 @@ fn check_parity(dir: &str) {
 
     let path = fixtures().join(format!("expected-{dir}.safetensors"));
     let ids: Vec<u32> = ints(&path, "input_ids").iter().map(|&v| v as u32).collect();
-    let pos: Vec<usize> = ints(&path, "positions").iter().map(|&v| v as usize).collect();
+    let pos: Vec<usize> = ints(&path, "positions")
+        .iter()
+        .map(|&v| v as usize)
+        .collect();
     let exp = float_part(&path);
     let (l, v) = (ids.len(), lm.net.cfg.vocab_size);
-    assert!(l > lm.net.cfg.hcm_filter_length, "the input is longer than the MR filter");
+    assert!(
+        l > lm.net.cfg.hcm_filter_length,
+        "the input is longer than the MR filter"
+    );
 
     let mut ws = Workspace::default();
     let mut names: Vec<String> = exp
@@ -123,11 +132,17 @@ fn check_parity(dir: &str) {
     }
     let scale = max_abs(want);
     eprintln!("{dir}: max |logits - reference| = {worst:.3e} (max |logit| {scale:.2})");
-    assert!(worst < 1e-4 * scale.max(1.0), "{dir}: logits differ by {worst} (max |logit| {scale})");
+    assert!(
+        worst < 1e-4 * scale.max(1.0),
+        "{dir}: logits differ by {worst} (max |logit| {scale})"
+    );
 
     // Named outputs.
     for name in &names {
-        let (got, width) = taps.got.get(name).unwrap_or_else(|| panic!("{dir}: no output {name}"));
+        let (got, width) = taps
+            .got
+            .get(name)
+            .unwrap_or_else(|| panic!("{dir}: no output {name}"));
         let want = &exp.get(name).unwrap().data;
         assert_eq!(want.len(), pos.len() * width, "{name}");
         let scale = max_abs(want).max(1.0);
@@ -137,7 +152,10 @@ fn check_parity(dir: &str) {
                 worst = worst.max((got[p * width + j] - want[r * width + j]).abs());
             }
         }
-        assert!(worst < 1e-4 * scale, "{dir}: {name} differs by {worst} (scale {scale})");
+        assert!(
+            worst < 1e-4 * scale,
+            "{dir}: {name} differs by {worst} (scale {scale})"
+        );
     }
 
     // Per-token log-likelihoods and their sum.
@@ -145,8 +163,15 @@ fn check_parity(dir: &str) {
     let total = lm.net.log_likelihood(&ids, &mut ws, &mut lp).unwrap();
     let want = &exp.get("loglik").unwrap().data;
     assert_eq!(lp.len(), want.len());
-    let d = lp.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    assert!(d < 1e-4 * 20.0, "{dir}: per-token log-likelihood differs by {d}");
+    let d = lp
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        d < 1e-4 * 20.0,
+        "{dir}: per-token log-likelihood differs by {d}"
+    );
     let want_sum: f64 = want.iter().map(|&x| x as f64).sum();
     eprintln!(
         "{dir}: log-likelihood sum {total:.6} vs reference {want_sum:.6} (relative {:.2e}); max \
@@ -165,7 +190,10 @@ fn check_parity(dir: &str) {
         .zip(&exp.get("logits").unwrap().data)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
-    assert!(ref_bf16 > 100.0 * worst.max(1e-6), "{dir}: reference bf16 error {ref_bf16}");
+    assert!(
+        ref_bf16 > 100.0 * worst.max(1e-6),
+        "{dir}: reference bf16 error {ref_bf16}"
+    );
 }
 
 #[test]
@@ -196,13 +224,23 @@ fn named_outputs_and_hidden_states_agree() {
     // A block's output is the input of the next block's pre-norm's input: hidden_states(k)
     // equals the named output blocks.{k-1}.
     let mut iw = hyena::layers::lean::InferWorkspace::new(64);
-    let h = loaded.model.hidden_states(&ids, 4, &mut iw).unwrap().to_vec();
+    let h = loaded
+        .model
+        .hidden_states(&ids, 4, &mut iw)
+        .unwrap()
+        .to_vec();
     let (b3, _) = lm.named_output(&ids, "blocks.3", &mut ws).unwrap();
     assert_eq!(h, b3);
     // An unknown name says which names exist.
-    let e = lm.named_output(&ids, "blocks.3.filter", &mut ws).unwrap_err().to_string();
+    let e = lm
+        .named_output(&ids, "blocks.3.filter", &mut ws)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("inner_mha_cls"), "{e}");
-    let e = lm.named_output(&ids, "blocks.99", &mut ws).unwrap_err().to_string();
+    let e = lm
+        .named_output(&ids, "blocks.99", &mut ws)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("blocks.6"), "{e}");
 }
 
@@ -215,12 +253,25 @@ fn load_errors_name_the_problem() {
     // A config whose width disagrees with the checkpoint: the tensor, both shapes.
     let d = tmp.join("shape");
     std::fs::create_dir_all(&d).unwrap();
-    std::fs::write(d.join("config.yml"), yaml.replace("hidden_size: 32", "hidden_size: 64").replace("num_filters: 32", "num_filters: 64")).unwrap();
+    std::fs::write(
+        d.join("config.yml"),
+        yaml.replace("hidden_size: 32", "hidden_size: 64")
+            .replace("num_filters: 32", "num_filters: 64"),
+    )
+    .unwrap();
     std::fs::copy(fixtures().join("tiny/model.pt"), d.join("model.pt")).unwrap();
     let e = load_model(&d).err().unwrap().to_string();
-    assert!(e.contains("embedding_layer.weight") && e.contains("[512, 32]") && e.contains("[512, 64]"), "{e}");
+    assert!(
+        e.contains("embedding_layer.weight") && e.contains("[512, 32]") && e.contains("[512, 64]"),
+        "{e}"
+    );
     // Fewer blocks in the config than in the file: the unused tensors are named.
-    std::fs::write(d.join("config.yml"), yaml.replace("num_layers: 7", "num_layers: 6").replace("- 2\n- 6\nhcm", "- 2\nhcm")).unwrap();
+    std::fs::write(
+        d.join("config.yml"),
+        yaml.replace("num_layers: 7", "num_layers: 6")
+            .replace("- 2\n- 6\nhcm", "- 2\nhcm"),
+    )
+    .unwrap();
     let e = load_model(&d).err().unwrap().to_string();
     assert!(e.contains("blocks.6"), "{e}");
     // No YAML and a file name that is no released model: the presets are listed.
@@ -235,4 +286,89 @@ fn load_errors_name_the_problem() {
     assert!(e.contains("[512, 1920]"), "{e}");
     let _ = std::fs::remove_dir_all(&tmp);
     assert!(preset("evo2_40b").is_ok());
+}
+
+#[test]
+fn chunked_forward_equals_one_shot_for_every_chunk_size() {
+    // The fixture's 200 tokens through chunks smaller than the MR filter (128), not dividing
+    // the length, and larger than it: logits, log-likelihoods and a named output agree.
+    let loaded = load_model(&fixtures().join("tiny-262k")).unwrap();
+    let lm = loaded.model.as_any().downcast_ref::<Evo2Lm>().unwrap();
+    let path = fixtures().join("expected-tiny-262k.safetensors");
+    let ids: Vec<u32> = ints(&path, "input_ids").iter().map(|&v| v as u32).collect();
+    let run = |chunk: usize| {
+        let mut ws = Workspace::with_chunk(chunk);
+        let mut taps = Taps::of(&["blocks.5.filter", "blocks.3.inner_mha_cls"]);
+        lm.net
+            .forward(&ids, lm.net.n_layer(), true, &mut taps, &mut ws, None)
+            .unwrap();
+        let v = lm.net.cfg.vocab_size;
+        (ws.logits[..ids.len() * v].to_vec(), taps.got)
+    };
+    let (whole, taps_whole) = run(ids.len());
+    for chunk in [1, 7, 50, 127, 128, 129, 199] {
+        let (got, taps) = run(chunk);
+        let d = got
+            .iter()
+            .zip(&whole)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(d < 1e-4, "chunk {chunk}: logits differ by {d}");
+        for (name, (want, _)) in &taps_whole {
+            let g = &taps[name].0;
+            let d = g
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(d < 1e-4, "chunk {chunk}: {name} differs by {d}");
+        }
+    }
+}
+
+#[test]
+fn bf16_path_error_is_below_the_references_own_bf16_error() {
+    // --precision bf16 against the reference's f32 logits, beside the reference's own bf16 run
+    // against its f32 run (same inputs): the table in the README.
+    for dir in ["tiny", "tiny-262k"] {
+        let mut loaded = load_model(&fixtures().join(dir)).unwrap();
+        loaded
+            .model
+            .set_precision(hyena::models::Precision::Bf16)
+            .unwrap();
+        let lm = loaded.model.as_any().downcast_ref::<Evo2Lm>().unwrap();
+        let path = fixtures().join(format!("expected-{dir}.safetensors"));
+        let ids: Vec<u32> = ints(&path, "input_ids").iter().map(|&v| v as u32).collect();
+        let pos: Vec<usize> = ints(&path, "positions")
+            .iter()
+            .map(|&v| v as usize)
+            .collect();
+        let exp = float_part(&path);
+        let mut ws = Workspace::default();
+        let logits = lm.net.logits(&ids, &mut ws).unwrap();
+        let v = lm.net.cfg.vocab_size;
+        let want = &exp.get("logits").unwrap().data;
+        let mut ours = 0.0f32;
+        for (r, &p) in pos.iter().enumerate() {
+            for j in 0..v {
+                ours = ours.max((logits[p * v + j] - want[r * v + j]).abs());
+            }
+        }
+        let theirs = exp
+            .get("logits_bf16")
+            .unwrap()
+            .data
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        eprintln!(
+            "{dir}: bf16 path max |logits - f32 reference| {ours:.4}; reference bf16 {theirs:.4}"
+        );
+        // Different from f32 (the path is really taken), and closer than the reference's bf16.
+        assert!(
+            ours > 1e-4 && ours < theirs,
+            "{dir}: ours {ours}, reference's {theirs}"
+        );
+    }
 }

@@ -14,12 +14,17 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 fn randn(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale).collect()
+    (0..n)
+        .map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale)
+        .collect()
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -57,9 +62,21 @@ fn grouped_fir_matches_reference_in_both_orders() {
     let u = [1.0, 0.0, 0.0, 0.0];
     let h = [1.0, 2.0, 3.0];
     let mut y = [0.0; 4];
-    fir_forward(&u, &expand_taps(&h, shape, FirOrder::Convolution).unwrap(), 1, &mut y).unwrap();
+    fir_forward(
+        &u,
+        &expand_taps(&h, shape, FirOrder::Convolution).unwrap(),
+        1,
+        &mut y,
+    )
+    .unwrap();
     assert_eq!(y, [1.0, 2.0, 3.0, 0.0]);
-    fir_forward(&u, &expand_taps(&h, shape, FirOrder::Correlation).unwrap(), 1, &mut y).unwrap();
+    fir_forward(
+        &u,
+        &expand_taps(&h, shape, FirOrder::Correlation).unwrap(),
+        1,
+        &mut y,
+    )
+    .unwrap();
     assert_eq!(y, [3.0, 2.0, 1.0, 0.0]);
     // Groups must divide the channels.
     let bad = FirShape {
@@ -161,13 +178,43 @@ fn erf_gelu_and_bf16_weights() {
     let b = randn(&mut rng, n, 1.0);
     let mut y = vec![0.0; m * n];
     let mut scratch = Vec::new();
-    linear_weight(&x, Weight::Bf16(&bits), Some(&b), m, k, n, &mut y, &mut scratch).unwrap();
+    linear_weight(
+        &x,
+        Weight::Bf16(&bits),
+        Some(&b),
+        m,
+        k,
+        n,
+        &mut y,
+        &mut scratch,
+    )
+    .unwrap();
     let r = lin_ref::linear_forward(&x, &wr, Some(&b), m, k, n);
     assert!(max_diff(&y, &r) < 1e-4);
     let mut y2 = vec![0.0; m * n];
-    linear_weight(&x, Weight::F32(&wr), Some(&b), m, k, n, &mut y2, &mut scratch).unwrap();
+    linear_weight(
+        &x,
+        Weight::F32(&wr),
+        Some(&b),
+        m,
+        k,
+        n,
+        &mut y2,
+        &mut scratch,
+    )
+    .unwrap();
     assert_eq!(y, y2);
-    assert!(linear_weight(&x, Weight::Bf16(&bits[1..]), None, m, k, n, &mut y, &mut scratch).is_err());
+    assert!(linear_weight(
+        &x,
+        Weight::Bf16(&bits[1..]),
+        None,
+        m,
+        k,
+        n,
+        &mut y,
+        &mut scratch
+    )
+    .is_err());
 }
 
 #[test]
@@ -194,7 +241,11 @@ fn bf16_products_match_the_rounded_reference() {
             let mut y = vec![f32::NAN; m * n];
             linear_bf16(&x, wt, Some(&b), m, k, n, &mut y, &mut s).unwrap();
             let tol = 1e-5 * (k as f32).sqrt().max(1.0) * 4.0;
-            assert!(max_diff(&y, &want) < tol, "M {m} K {k} N {n}: {}", max_diff(&y, &want));
+            assert!(
+                max_diff(&y, &want) < tol,
+                "M {m} K {k} N {n}: {}",
+                max_diff(&y, &want)
+            );
         }
         // Without the bias.
         let want = bf_ref::linear_bf16(&x, &w, None, m, k, n);

@@ -29,7 +29,13 @@ pub fn run_cmd(a: ConvertArgs) -> Result<()> {
     let t0 = Instant::now();
     let dir = &a.model.model;
     check_inputs(&[("--model", dir)])?;
-    check_output("--out", &a.out, OutKind::Dir, a.force.force, &[dir.as_path()])?;
+    check_output(
+        "--out",
+        &a.out,
+        OutKind::Dir,
+        a.force.force,
+        &[dir.as_path()],
+    )?;
     let loaded =
         load_model(dir).with_context(|| format!("loading the model in {}", dir.display()))?;
     ui::print_notes(&loaded.notes);
@@ -41,7 +47,11 @@ pub fn run_cmd(a: ConvertArgs) -> Result<()> {
             loaded.family
         );
     };
-    eprintln!("loaded {} in {:.1} s", lm.net.describe(), t0.elapsed().as_secs_f64());
+    eprintln!(
+        "loaded {} in {:.1} s",
+        lm.net.describe(),
+        t0.elapsed().as_secs_f64()
+    );
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("creating --out {}", a.out.display()))?;
     convert(lm, &a.out).with_context(|| format!("writing {}", a.out.display()))?;

@@ -11,8 +11,8 @@ use hyena::checkpoint::load_model;
 
 use crate::alloc::CountingAlloc;
 use crate::args::{
-    check_inputs, check_output, ForceFlag, PrecisionArg, LeanArgs, ModelArg, OutKind, PoolArg, RecordsFile,
-    TokenArgs,
+    check_inputs, check_output, ForceFlag, LeanArgs, ModelArg, OutKind, PoolArg, PrecisionArg,
+    RecordsFile, TokenArgs,
 };
 use crate::ui;
 
@@ -80,7 +80,7 @@ pub fn run_cmd(a: EmbedArgs) -> Result<()> {
         name: name.clone(),
         pool: a.pool.pool(),
         tokenize: a.tokens.options(),
-        lean: a.lean.options(),
+        lean: a.lean.options(lm),
     };
     eprintln!(
         "model: d_model {}, {} blocks, max length {}; embedding layer {} ({:?} pooling)",

@@ -11,8 +11,8 @@ use hyena::checkpoint::load_model;
 
 use crate::alloc::CountingAlloc;
 use crate::args::{
-    check_inputs, check_output, ForceFlag, PrecisionArg, JsonFlag, LeanArgs, ModelArg, OutKind, RecordsFile,
-    TokenArgs,
+    check_inputs, check_output, ForceFlag, JsonFlag, LeanArgs, ModelArg, OutKind, PrecisionArg,
+    RecordsFile, TokenArgs,
 };
 use crate::ui;
 
@@ -80,7 +80,7 @@ pub fn run_cmd(a: ScoreArgs) -> Result<()> {
         loaded.model.as_ref(),
         &a.records.fasta,
         a.tokens.options(),
-        a.lean.options(),
+        a.lean.options(loaded.model.as_ref()),
         a.per_base.as_deref(),
         Some(f),
         opts,

@@ -210,7 +210,12 @@ pub fn embed_file(
         Some(n) => match lm.named_width(n) {
             Some(w) => w,
             // The family's own error, naming what exists.
-            None => return Err(lm.named_output(&[], n, &mut InferWorkspace::new(1)).err().unwrap_or_else(|| Error::config("layer", n, "unknown output"))),
+            None => {
+                return Err(lm
+                    .named_output(&[], n, &mut InferWorkspace::new(1))
+                    .err()
+                    .unwrap_or_else(|| Error::config("layer", n, "unknown output")))
+            }
         },
     };
     let mut npy = NpyWriter::create(out, d)?;
@@ -452,7 +457,11 @@ pub fn score_file(
                 log_likelihood: total,
                 reduce: score.reduce,
                 bits_per_base: if scored > 0 {
-                    let sum = if score.reduce == Reduce::Mean { total * scored as f64 } else { total };
+                    let sum = if score.reduce == Reduce::Mean {
+                        total * scored as f64
+                    } else {
+                        total
+                    };
                     -sum / scored as f64 / std::f64::consts::LN_2
                 } else {
                     f64::NAN

@@ -66,7 +66,12 @@ pub struct MappedSafetensors {
 
 impl std::fmt::Debug for MappedSafetensors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "MappedSafetensors({}, {} tensors)", self.path.display(), self.entries.len())
+        write!(
+            f,
+            "MappedSafetensors({}, {} tensors)",
+            self.path.display(),
+            self.entries.len()
+        )
     }
 }
 
@@ -98,8 +103,10 @@ impl MappedSafetensors {
     /// in it, if `name` is a bf16 tensor (its values are then `region[off .. off + numel]`).
     pub fn bf16_in_place(&self, name: &str) -> Option<usize> {
         let e = self.entries.get(name)?;
-        (e.dtype == MapDtype::Bf16 && self.data_start.is_multiple_of(2) && e.begin.is_multiple_of(2))
-            .then_some(e.begin / 2)
+        (e.dtype == MapDtype::Bf16
+            && self.data_start.is_multiple_of(2)
+            && e.begin.is_multiple_of(2))
+        .then_some(e.begin / 2)
     }
 
     /// The data region as bf16 words (its last byte left out if the region's length is odd).
@@ -190,13 +197,21 @@ type Header = (usize, BTreeMap<String, Entry>, BTreeMap<String, String>);
 
 fn parse_header(bytes: &[u8]) -> std::result::Result<Header, String> {
     let short = || "shorter than a safetensors header: the file is truncated or not safetensors";
-    let n = u64::from_le_bytes(bytes.get(..8).ok_or_else(short)?.try_into().map_err(|_| short())?);
+    let n = u64::from_le_bytes(
+        bytes
+            .get(..8)
+            .ok_or_else(short)?
+            .try_into()
+            .map_err(|_| short())?,
+    );
     let n = usize::try_from(n).map_err(|_| short())?;
     let end = 8usize.checked_add(n).ok_or_else(short)?;
     let head = bytes.get(8..end).ok_or_else(short)?;
     let v: serde_json::Value =
         serde_json::from_slice(head).map_err(|e| format!("safetensors header: {e}"))?;
-    let obj = v.as_object().ok_or("safetensors header: not a JSON object")?;
+    let obj = v
+        .as_object()
+        .ok_or("safetensors header: not a JSON object")?;
     let data_len = bytes.len() - end;
     let mut entries = BTreeMap::new();
     let mut metadata = BTreeMap::new();
@@ -214,7 +229,11 @@ fn parse_header(bytes: &[u8]) -> std::result::Result<Header, String> {
             Some("F32") => MapDtype::F32,
             Some("BF16") => MapDtype::Bf16,
             Some("F16") => MapDtype::F16,
-            Some(other) => return Err(bad(&format!("dtype {other} is not a float type this engine reads"))),
+            Some(other) => {
+                return Err(bad(&format!(
+                    "dtype {other} is not a float type this engine reads"
+                )))
+            }
             None => return Err(bad("no dtype")),
         };
         let shape: Vec<usize> = x
@@ -240,7 +259,9 @@ fn parse_header(bytes: &[u8]) -> std::result::Result<Header, String> {
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
             .ok_or_else(|| bad("shape overflows"))?;
-        let want = numel.checked_mul(dtype.size()).ok_or_else(|| bad("shape overflows"))?;
+        let want = numel
+            .checked_mul(dtype.size())
+            .ok_or_else(|| bad("shape overflows"))?;
         if begin > stop || stop > data_len || stop - begin != want {
             return Err(bad(&format!(
                 "data_offsets [{begin}, {stop}] do not hold {want} bytes inside the {data_len}-byte \
@@ -282,18 +303,27 @@ pub fn write_streaming(
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
     let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), serde_json::to_value(metadata).unwrap_or_default());
+    header.insert(
+        "__metadata__".into(),
+        serde_json::to_value(metadata).unwrap_or_default(),
+    );
     let mut off = 0usize;
     for t in tensors {
         let n = match t.data {
             OutData::F32(v) => v.len(),
             OutData::Bf16(v) => v.len(),
         };
-        let ok = matches!((&t.data, t.dtype), (OutData::F32(_), MapDtype::F32) | (OutData::Bf16(_), MapDtype::Bf16));
+        let ok = matches!(
+            (&t.data, t.dtype),
+            (OutData::F32(_), MapDtype::F32) | (OutData::Bf16(_), MapDtype::Bf16)
+        );
         if !ok || n != t.shape.iter().product::<usize>() {
             return Err(Error::format(
                 path,
-                format!("tensor `{}`: values do not match dtype {:?} and shape {:?}", t.name, t.dtype, t.shape),
+                format!(
+                    "tensor `{}`: values do not match dtype {:?} and shape {:?}",
+                    t.name, t.dtype, t.shape
+                ),
             ));
         }
         let bytes = n * t.dtype.size();

@@ -170,6 +170,11 @@ pub trait LanguageModel: Send + Sync {
             )),
         }
     }
+    /// Positions per chunk of the family's lean forward when the user sets none (`None`: the
+    /// lean forward's default).
+    fn default_chunk(&self) -> Option<usize> {
+        None
+    }
     /// How sequences become token ids.
     fn tokenizer(&self) -> TokenizerKind {
         TokenizerKind::Nucleotide
@@ -180,7 +185,12 @@ pub trait LanguageModel: Send + Sync {
         None
     }
     /// The named intermediate output `name` of `tokens`, `[L, width]` rows.
-    fn named_output(&self, _tokens: &[u32], name: &str, _ws: &mut InferWorkspace) -> Result<Vec<f32>> {
+    fn named_output(
+        &self,
+        _tokens: &[u32],
+        name: &str,
+        _ws: &mut InferWorkspace,
+    ) -> Result<Vec<f32>> {
         Err(Error::config(
             "layer",
             name,

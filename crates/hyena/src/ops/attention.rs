@@ -74,16 +74,37 @@ pub fn causal_attention(
     hd: usize,
     out: &mut [f32],
 ) -> Result<()> {
+    let l = q.len() / (heads * hd).max(1);
+    causal_attention_at(q, k, v, heads, hd, 0, l, out)
+}
+
+/// [`causal_attention`] for a chunk of queries at positions `q0 .. q0 + Lq` (`q [H, Lq, hd]`)
+/// against the keys and values of every position so far, `k, v [H, rows, hd]` (rows
+/// `0 .. q0 + Lq` filled; `rows` is the buffers' row count per head).
+#[allow(clippy::too_many_arguments)]
+pub fn causal_attention_at(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    heads: usize,
+    hd: usize,
+    q0: usize,
+    rows: usize,
+    out: &mut [f32],
+) -> Result<()> {
     const OP: &str = "causal attention";
     if heads == 0 || hd == 0 {
         return Ok(());
     }
     let l = q.len() / (heads * hd);
     let n = heads * l * hd;
-    check_len(OP, "q [H, L, hd]", q.len(), n)?;
-    check_len(OP, "k [H, L, hd]", k.len(), n)?;
-    check_len(OP, "v [H, L, hd]", v.len(), n)?;
-    check_len(OP, "out [L, H*hd]", out.len(), n)?;
+    check_len(OP, "q [H, Lq, hd]", q.len(), n)?;
+    check_len(OP, "k [H, rows, hd]", k.len(), heads * rows * hd)?;
+    check_len(OP, "v [H, rows, hd]", v.len(), heads * rows * hd)?;
+    check_len(OP, "out [Lq, H*hd]", out.len(), n)?;
+    if q0 + l > rows {
+        return Err(Error::shape(OP, "key rows", format!(">= {}", q0 + l), rows));
+    }
     let scale = 1.0 / (hd as f32).sqrt();
     let width = heads * hd;
     let blocks = l.div_ceil(QBLOCK);
@@ -93,18 +114,19 @@ pub fn causal_attention(
         |(s, o), task| {
             let (h, b) = (task / blocks, task % blocks);
             let (r0, r1) = (b * QBLOCK, ((b + 1) * QBLOCK).min(l));
-            let (m, keys) = (r1 - r0, r1);
-            let base = h * l * hd;
+            // Query rows r0..r1 of the chunk see keys 0..=q0 + row.
+            let (m, keys) = (r1 - r0, q0 + r1);
+            let (qbase, kbase) = (h * l * hd, h * rows * hd);
             super::grow(s, m * keys);
             let s = &mut s[..m * keys];
-            let qb = MatRef::rm(&q[base + r0 * hd..base + r1 * hd], m, hd);
-            let kt = MatRef::tr(&k[base..base + keys * hd], hd, keys);
+            let qb = MatRef::rm(&q[qbase + r0 * hd..qbase + r1 * hd], m, hd);
+            let kt = MatRef::tr(&k[kbase..kbase + keys * hd], hd, keys);
             // Shapes are consistent by construction; a failure here is a bug, so it is not
             // propagated per task but caught by the tests.
             super::serial(|| matmul(MatMut::rm(s, m, keys), qb, kt, false))
                 .expect("attention scores");
             for (i, row) in s.chunks_exact_mut(keys).enumerate() {
-                let last = r0 + i; // keys 0..=last are visible
+                let last = q0 + r0 + i; // keys 0..=last are visible
                 let row = &mut row[..=last];
                 let mut mx = f32::NEG_INFINITY;
                 for x in row.iter_mut() {
@@ -122,10 +144,10 @@ pub fn causal_attention(
                 }
             }
             for (i, row) in s.chunks_exact_mut(keys).enumerate() {
-                row[r0 + i + 1..].fill(0.0);
+                row[q0 + r0 + i + 1..].fill(0.0);
             }
             let o = &mut o[..m * hd];
-            let vb = MatRef::rm(&v[base..base + keys * hd], keys, hd);
+            let vb = MatRef::rm(&v[kbase..kbase + keys * hd], keys, hd);
             super::serial(|| matmul(MatMut::rm(o, m, hd), MatRef::rm(s, m, keys), vb, false))
                 .expect("attention values");
             for (i, orow) in o.chunks_exact(hd).enumerate() {

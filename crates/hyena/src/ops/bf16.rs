@@ -5,17 +5,19 @@
 //! in. Norms, softmax, convolutions, poles and residues stay f32 (the callers' business).
 //!
 //! On CPUs with AVX512-BF16 the work is one instruction, `vdpbf16ps`, which adds the products
-//! of a *pair* of bf16 values to each f32 lane. The operands are packed for it once per call:
-//! - `A` (the activations): each row as `⌈K/2⌉` pairs (one `u32` each, low half = even `k`);
-//! - `B` (the weights): panels of 16 output columns, each `k`-pair a 64-byte line of the 16
-//!   columns' pairs, so one load feeds 16 lanes.
+//! of a *pair* of bf16 values to each f32 lane. The lanes run over rows of `x`: the
+//! activations are packed once per call as panels of 16 rows (`[⌈M/16⌉, ⌈K/2⌉, 16]` pairs, one
+//! `u32` each, low half = even `k`), so one 64-byte load feeds 16 rows, while the weights are
+//! read where they lie (`W [N, K]` row-major: a column's `k`-pairs are consecutive `u32`s,
+//! broadcast to all lanes): no copy or repacking of the model, memory-mapped weights included.
 //!
-//! A micro-kernel keeps a 12 × 32 tile of `y` in 24 registers and, per `k`-pair, broadcasts one
-//! pair of each of the 12 rows against two panel lines (24 `vdpbf16ps`). Tiles of 96 × 128
-//! outputs are spread over the rayon pool; `K` is blocked by [`KC`] pairs so that a panel's
-//! block stays in L1 while the rows stream from L2. Elsewhere (no AVX512-BF16) the same
-//! numbers come from widening both operands to f32 and the f32 product (products of bf16
-//! values are exact in f32; only the order of the f32 sums differs).
+//! A micro-kernel keeps a 32-row × 12-column tile of `y` in 24 registers and, per `k`-pair,
+//! loads two row panels and broadcasts one pair of each of the 12 columns (24 `vdpbf16ps`).
+//! Tiles of 96 × 120 outputs are spread over the rayon pool, accumulated column-major in a
+//! per-worker buffer over blocks of [`KC`] pairs (so that the weights' block stays in L1 and the
+//! panels in L2), then written with the bias. Elsewhere (no AVX512-BF16) the same numbers come
+//! from widening both operands to f32 and the f32 product (products of bf16 values are exact in
+//! f32; only the order of the f32 sums differs).
 //! [`reference::linear_bf16`] is the plain triple loop on the rounded operands.
 
 use rayon::prelude::*;
@@ -26,12 +28,11 @@ use crate::params::{bf16_to_f32, f32_to_bf16};
 
 /// `k`-pairs per block.
 pub const KC: usize = 256;
-/// Rows and columns of a micro-tile.
-const MR: usize = 12;
-const NR: usize = 32;
+/// Columns of a micro-tile (its rows: two panels of 16).
+const NC: usize = 12;
 /// Rows and columns of a parallel task.
 const MT: usize = 96;
-const NT: usize = 128;
+const NT: usize = 120;
 
 /// Whether this CPU runs the bf16 products natively (AVX512-BF16).
 pub fn native() -> bool {
@@ -49,8 +50,7 @@ pub fn native() -> bool {
 #[derive(Default)]
 pub struct Bf16Scratch {
     a: Vec<u32>,
-    b: Vec<u32>,
-    wide: Vec<f32>,
+    w: Vec<u16>,
 }
 
 /// `y [M, N] = bf16(x) [M, K] · Wᵀ + b` (see the module docs). `w` may be f32 (rounded to
@@ -86,72 +86,70 @@ pub fn linear_bf16(
             Weight::Bf16(b16) => b16.iter().map(|&h| bf16_to_f32(h)).collect(),
             Weight::F32(f) => f.iter().map(|&v| bf16_to_f32(f32_to_bf16(v))).collect(),
         };
-        s.wide.clear();
         return linear_forward(&xr, &wf, b, m, k, n, y);
     }
-    let k2 = k.div_ceil(2);
     pack_a(x, m, k, &mut s.a);
-    pack_b(w, n, k, &mut s.b);
+    // Weights stored as f32 (small models) are rounded to bf16 once per call.
+    let w: &[u16] = match w {
+        Weight::Bf16(v) => v,
+        Weight::F32(v) => {
+            s.w.clear();
+            s.w.extend(v.iter().map(|&x| f32_to_bf16(x)));
+            &s.w
+        }
+    };
     #[cfg(target_arch = "x86_64")]
     {
-        let (a, bp) = (&s.a[..], &s.b[..]);
+        let a = &s.a[..];
         let tiles_m = m.div_ceil(MT);
         let tiles_n = n.div_ceil(NT);
         let yp = super::SyncPtr::new(y);
-        (0..tiles_m * tiles_n).into_par_iter().for_each(|t| {
-            let (tm, tn) = (t / tiles_n, t % tiles_n);
-            let (r0, r1) = (tm * MT, ((tm + 1) * MT).min(m));
-            let (c0, c1) = (tn * NT, ((tn + 1) * NT).min(n));
-            // SAFETY: native() checked the CPU; the task writes rows r0..r1, columns c0..c1
-            // of y only (disjoint across tasks), through pointers inside y.
-            unsafe { tile(a, bp, b, k2, n, r0, r1, c0, c1, yp) };
-        });
+        (0..tiles_m * tiles_n).into_par_iter().for_each_init(
+            || vec![0.0f32; MT * NT],
+            |cbuf, t| {
+                let (tm, tn) = (t / tiles_n, t % tiles_n);
+                let (r0, r1) = (tm * MT, ((tm + 1) * MT).min(m));
+                let (c0, c1) = (tn * NT, ((tn + 1) * NT).min(n));
+                // SAFETY: native() checked the CPU; the task writes rows r0..r1, columns
+                // c0..c1 of y only (disjoint across tasks).
+                unsafe { tile(a, w, b, m, k, n, r0, r1, c0, c1, cbuf, yp) };
+            },
+        );
     }
     Ok(())
 }
 
-/// Activations as bf16 pairs, `[M, ⌈K/2⌉]`.
+/// Activations as panels of 16 rows: `[⌈M/16⌉, ⌈K/2⌉, 16]` bf16 pairs (one `u32` per row and
+/// `k`-pair, low half = even `k`; zero past `M` and `K`), so that one 64-byte load feeds the 16
+/// lanes of `vdpbf16ps` with 16 rows.
 fn pack_a(x: &[f32], m: usize, k: usize, a: &mut Vec<u32>) {
     let k2 = k.div_ceil(2);
+    let panels = m.div_ceil(16);
     a.clear();
-    a.resize(m * k2, 0);
-    a.par_chunks_mut(k2).zip(x.par_chunks(k)).for_each(|(dst, row)| {
-        for (j, d) in dst.iter_mut().enumerate() {
-            let lo = f32_to_bf16(row[2 * j]) as u32;
-            let hi = row.get(2 * j + 1).map_or(0, |&v| f32_to_bf16(v) as u32);
-            *d = lo | (hi << 16);
-        }
-    });
+    a.resize(panels * k2 * 16, 0);
+    a.par_chunks_mut(k2 * 16)
+        .enumerate()
+        .for_each(|(p, panel)| {
+            for i in 0..16 {
+                let r = p * 16 + i;
+                if r >= m {
+                    break;
+                }
+                let row = &x[r * k..(r + 1) * k];
+                for kp in 0..k2 {
+                    let lo = f32_to_bf16(row[2 * kp]) as u32;
+                    let hi = row.get(2 * kp + 1).map_or(0, |&v| f32_to_bf16(v) as u32);
+                    panel[kp * 16 + i] = lo | (hi << 16);
+                }
+            }
+        });
 }
 
-/// Weights as panels of 16 columns, `[⌈N/16⌉, ⌈K/2⌉, 16]` pairs (zero past `N` and `K`).
-fn pack_b(w: Weight<'_>, n: usize, k: usize, b: &mut Vec<u32>) {
-    let k2 = k.div_ceil(2);
-    let panels = n.div_ceil(16);
-    b.clear();
-    b.resize(panels * k2 * 16, 0);
-    let bits = |r: usize, c: usize| -> u32 {
-        match w {
-            Weight::Bf16(v) => v[r * k + c] as u32,
-            Weight::F32(v) => f32_to_bf16(v[r * k + c]) as u32,
-        }
-    };
-    b.par_chunks_mut(k2 * 16).enumerate().for_each(|(p, panel)| {
-        for j in 0..16 {
-            let col = p * 16 + j;
-            if col >= n {
-                break;
-            }
-            for kp in 0..k2 {
-                let lo = bits(col, 2 * kp);
-                let hi = if 2 * kp + 1 < k { bits(col, 2 * kp + 1) } else { 0 };
-                panel[kp * 16 + j] = lo | (hi << 16);
-            }
-        }
-    });
-}
-
-/// One task's tile: rows `r0..r1`, columns `c0..c1` of `y`.
+/// One task's tile of `y`: rows `r0..r1`, columns `c0..c1`, accumulated column-major in `cbuf`
+/// (`[NT, MT]`) over blocks of [`KC`] `k`-pairs, then written with the bias.
+///
+/// The weights are read in their stored layout (`W [N, K]` row-major: a column's pairs are
+/// contiguous), so nothing of the model is copied or repacked.
 ///
 /// # Safety
 /// The CPU must support AVX-512F and AVX512-BF16; no other task may write the tile.
@@ -160,117 +158,113 @@ fn pack_b(w: Weight<'_>, n: usize, k: usize, b: &mut Vec<u32>) {
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn tile(
     a: &[u32],
-    bp: &[u32],
+    w: &[u16],
     bias: Option<&[f32]>,
-    k2: usize,
+    m: usize,
+    k: usize,
     n: usize,
     r0: usize,
     r1: usize,
     c0: usize,
     c1: usize,
-    y: super::SyncPtr,
-) {
-    let mut kc0 = 0;
-    while kc0 < k2 {
-        let kc = KC.min(k2 - kc0);
-        let first = kc0 == 0;
-        let mut c = c0;
-        while c < c1 {
-            let cols = NR.min(c1 - c);
-            let mut r = r0;
-            while r < r1 {
-                let rows = MR.min(r1 - r);
-                micro(a, bp, bias, k2, n, r, rows, c, cols, kc0, kc, first, y);
-                r += rows;
-            }
-            c += cols;
-        }
-        kc0 += kc;
-    }
-}
-
-/// `y[r..r+rows, c..c+cols] (+)= A[r.., kc0..kc0+kc] · B[.., c..]`, starting from the bias (or
-/// zero) when `first`, else from `y`. `c` is a multiple of 16.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn micro(
-    a: &[u32],
-    bp: &[u32],
-    bias: Option<&[f32]>,
-    k2: usize,
-    n: usize,
-    r: usize,
-    rows: usize,
-    c: usize,
-    cols: usize,
-    kc0: usize,
-    kc: usize,
-    first: bool,
+    cbuf: &mut [f32],
     y: super::SyncPtr,
 ) {
     use std::arch::x86_64::*;
-    let np = cols.div_ceil(16); // 1 or 2 panels
-    let masks: [u16; 2] = [lane_mask(cols.min(16)), lane_mask(cols.saturating_sub(16))];
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    for (i, row) in acc.iter_mut().enumerate().take(rows) {
-        for (p, v) in row.iter_mut().enumerate().take(np) {
-            let col = c + 16 * p;
-            *v = if first {
-                match bias {
-                    Some(b) => _mm512_maskz_loadu_ps(masks[p], b.as_ptr().add(col)),
-                    None => _mm512_setzero_ps(),
+    let k2 = k.div_ceil(2);
+    let _ = m;
+    let rows = r1 - r0; // r0 is a multiple of 16 (MT is)
+    let cols = c1 - c0;
+    let rpanels = rows.div_ceil(16);
+    cbuf[..NT * MT].fill(0.0);
+    let mut kc0 = 0;
+    while kc0 < k2 {
+        let kc = KC.min(k2 - kc0);
+        let mut j0 = 0;
+        while j0 < cols {
+            let nc = NC.min(cols - j0);
+            let mut p0 = 0;
+            while p0 < rpanels {
+                let np = 2.min(rpanels - p0);
+                // Accumulators: column j, row panel p.
+                let mut acc = [[_mm512_setzero_ps(); 2]; NC];
+                for (j, accj) in acc.iter_mut().enumerate().take(nc) {
+                    for (p, v) in accj.iter_mut().enumerate().take(np) {
+                        *v = _mm512_loadu_ps(cbuf.as_ptr().add((j0 + j) * MT + (p0 + p) * 16));
+                    }
                 }
-            } else {
-                let yr = y.slice((r + i) * n + col, cols - 16 * p);
-                _mm512_maskz_loadu_ps(masks[p], yr.as_ptr())
-            };
-        }
-    }
-    let panel0 = (c / 16) * k2 * 16;
-    let b0 = bp.as_ptr().add(panel0 + kc0 * 16);
-    let b1 = if np > 1 {
-        bp.as_ptr().add(panel0 + k2 * 16 + kc0 * 16)
-    } else {
-        b0
-    };
-    let arow = a.as_ptr().add(r * k2 + kc0);
-    macro_rules! body {
-        ($rows:expr) => {
-            for kp in 0..kc {
-                let vb0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b0.add(kp * 16) as *const _));
-                let vb1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b1.add(kp * 16) as *const _));
-                for (i, row) in acc.iter_mut().enumerate().take($rows) {
-                    let va: __m512bh =
-                        std::mem::transmute(_mm512_set1_epi32(*arow.add(i * k2 + kp) as i32));
-                    row[0] = _mm512_dpbf16_ps(row[0], va, vb0);
-                    row[1] = _mm512_dpbf16_ps(row[1], va, vb1);
+                let pa0 = a.as_ptr().add(((r0 / 16 + p0) * k2 + kc0) * 16);
+                let pa1 = a.as_ptr().add(((r0 / 16 + p0 + np - 1) * k2 + kc0) * 16);
+                // Whole pairs; with K odd, the last pair's second weight is not read (its
+                // activation is zero).
+                let full = kc.min((k / 2).saturating_sub(kc0));
+                let wcol = |jj: usize| w.as_ptr().add((c0 + j0 + jj) * k + 2 * kc0);
+                if nc == NC {
+                    let mut tile_acc: [[__m512; 2]; NC] = [[_mm512_setzero_ps(); 2]; NC];
+                    tile_acc.copy_from_slice(&acc);
+                    run::<NC>(&mut tile_acc, pa0, pa1, wcol(0), k, full, kc);
+                    acc = tile_acc;
+                } else {
+                    for (jj, accj) in acc.iter_mut().enumerate().take(nc) {
+                        let mut one = [*accj];
+                        run::<1>(&mut one, pa0, pa1, wcol(jj), k, full, kc);
+                        *accj = one[0];
+                    }
                 }
+                for (j, accj) in acc.iter().enumerate().take(nc) {
+                    for (p, v) in accj.iter().enumerate().take(np) {
+                        _mm512_storeu_ps(cbuf.as_mut_ptr().add((j0 + j) * MT + (p0 + p) * 16), *v);
+                    }
+                }
+                p0 += np;
             }
-        };
+            j0 += nc;
+        }
+        kc0 += kc;
     }
-    // Full tiles with a constant row count unroll into registers.
-    if rows == MR {
-        body!(MR);
-    } else {
-        body!(rows);
-    }
-    for (i, row) in acc.iter().enumerate().take(rows) {
-        for (p, v) in row.iter().enumerate().take(np) {
-            let col = c + 16 * p;
-            let yr = y.slice((r + i) * n + col, cols - 16 * p);
-            _mm512_mask_storeu_ps(yr.as_mut_ptr(), masks[p], *v);
+    for i in 0..rows {
+        let yr = y.slice((r0 + i) * n + c0, cols);
+        for (j, v) in yr.iter_mut().enumerate() {
+            *v = cbuf[j * MT + i] + bias.map_or(0.0, |b| b[c0 + j]);
         }
     }
 }
 
-/// The first `lanes` (≤ 16) lanes.
-fn lane_mask(lanes: usize) -> u16 {
-    if lanes >= 16 {
-        u16::MAX
-    } else {
-        ((1u32 << lanes) - 1) as u16
+/// The micro-kernel: `N` consecutive columns (weights rows `wc`, `wc + k`, …) against two
+/// 16-row panels of activations, `kc` pairs (`full` of them whole), accumulators in registers.
+///
+/// # Safety
+/// AVX-512F and AVX512-BF16; the pointers cover `kc` pairs of two panels and `N` weight rows.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn run<const N: usize>(
+    acc: &mut [[std::arch::x86_64::__m512; 2]; N],
+    pa0: *const u32,
+    pa1: *const u32,
+    wc: *const u16,
+    k: usize,
+    full: usize,
+    kc: usize,
+) {
+    use std::arch::x86_64::*;
+    let mut r = *acc;
+    for kp in 0..kc {
+        let va0: __m512bh = std::mem::transmute(_mm512_loadu_si512(pa0.add(kp * 16) as *const _));
+        let va1: __m512bh = std::mem::transmute(_mm512_loadu_si512(pa1.add(kp * 16) as *const _));
+        for (jj, rj) in r.iter_mut().enumerate() {
+            let q = wc.add(jj * k + 2 * kp);
+            let pair = if kp < full {
+                (q as *const u32).read_unaligned()
+            } else {
+                *q as u32
+            };
+            let wb: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair as i32));
+            rj[0] = _mm512_dpbf16_ps(rj[0], va0, wb);
+            rj[1] = _mm512_dpbf16_ps(rj[1], va1, wb);
+        }
     }
+    *acc = r;
 }
 
 /// Slow, obviously correct versions for the tests.

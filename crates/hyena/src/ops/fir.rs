@@ -107,6 +107,69 @@ pub fn fir_forward(u: &[f32], w: &[f32], c: usize, y: &mut [f32]) -> Result<()> 
     Ok(())
 }
 
+/// [`fir_forward`] on one chunk of a longer sequence: `carry [K−1, C]` holds the `K − 1` rows
+/// before the chunk (zeros at the sequence start) and is left holding the chunk's last `K − 1`
+/// rows, so that chunk after chunk gives exactly the one-shot result.
+pub fn fir_forward_carry(
+    u: &[f32],
+    w: &[f32],
+    c: usize,
+    carry: &mut [f32],
+    y: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "fir forward (carried)";
+    if c == 0 {
+        return Ok(());
+    }
+    let l = u.len() / c;
+    check_len(OP, "u [L, C]", u.len(), l * c)?;
+    check_len(OP, "y [L, C]", y.len(), l * c)?;
+    if w.is_empty() || !w.len().is_multiple_of(c) {
+        return Err(Error::shape(OP, "w [K, C]", format!("[K, {c}]"), w.len()));
+    }
+    let k = w.len() / c;
+    check_len(OP, "carry [K-1, C]", carry.len(), (k - 1) * c)?;
+    // Sample `t − s` of the chunk, or of the carried history when it lies before the chunk.
+    let row = |t: usize, s: usize| -> &[f32] {
+        if s <= t {
+            &u[(t - s) * c..(t - s + 1) * c]
+        } else {
+            let h = k - 1 - (s - t); // index into carry
+            &carry[h * c..(h + 1) * c]
+        }
+    };
+    y.par_chunks_mut(ROWS * c)
+        .enumerate()
+        .for_each(|(blk, yc)| {
+            let t0 = blk * ROWS;
+            for (i, yr) in yc.chunks_exact_mut(c).enumerate() {
+                let t = t0 + i;
+                yr.fill(0.0);
+                for s in 0..k {
+                    axpy_row(yr, &w[s * c..(s + 1) * c], row(t, s));
+                }
+            }
+        });
+    // The new history: the last K − 1 rows of (old history ++ chunk).
+    let keep = k - 1;
+    if keep > 0 {
+        let mut next = vec![0.0f32; keep * c];
+        for j in 0..keep {
+            // Row j of the new history is position l − keep + j (negative: old history).
+            let pos = l as isize - keep as isize + j as isize;
+            let src = if pos >= 0 {
+                &u[pos as usize * c..(pos as usize + 1) * c]
+            } else {
+                let h = (keep as isize + pos) as usize;
+                &carry[h * c..(h + 1) * c]
+            };
+            next[j * c..(j + 1) * c].copy_from_slice(src);
+        }
+        carry.copy_from_slice(&next);
+    }
+    Ok(())
+}
+
 super::simd_fn! {
     /// `y += w ⊙ u` elementwise.
     fn axpy_row(y: &mut [f32], w: &[f32], u: &[f32]) {

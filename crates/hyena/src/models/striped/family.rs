@@ -127,7 +127,9 @@ impl LanguageModel for Evo2Lm {
             ));
         }
         let mut progress = ws.on_block.take();
+        let chunk = ws.chunk;
         let buf = ws.other.get_or_default::<Buffers>();
+        buf.ws.chunk = chunk;
         let name = if layer == 0 {
             "embedding_layer".to_string()
         } else if layer == nl && self.net.cfg.final_norm {
@@ -158,7 +160,9 @@ impl LanguageModel for Evo2Lm {
         ws: &mut InferWorkspace,
         out: &mut Vec<f32>,
     ) -> Result<f64> {
+        let chunk = ws.chunk;
         let buf = ws.other.get_or_default::<Buffers>();
+        buf.ws.chunk = chunk;
         self.net.log_likelihood(tokens, &mut buf.ws, out)
     }
     fn decoder(&self, _mode: DecodeMode) -> Result<Box<dyn Decoder + '_>> {
@@ -187,6 +191,9 @@ impl LanguageModel for Evo2Lm {
     fn as_any(&self) -> &dyn Any {
         self
     }
+    fn default_chunk(&self) -> Option<usize> {
+        Some(super::model::DEFAULT_CHUNK)
+    }
     fn set_precision(&mut self, p: crate::models::Precision) -> Result<()> {
         self.net.precision = p;
         Ok(())
@@ -197,8 +204,15 @@ impl LanguageModel for Evo2Lm {
     fn named_width(&self, name: &str) -> Option<usize> {
         self.net.tap_info(name).map(|x| x.1)
     }
-    fn named_output(&self, tokens: &[u32], name: &str, ws: &mut InferWorkspace) -> Result<Vec<f32>> {
+    fn named_output(
+        &self,
+        tokens: &[u32],
+        name: &str,
+        ws: &mut InferWorkspace,
+    ) -> Result<Vec<f32>> {
+        let chunk = ws.chunk;
         let buf = ws.other.get_or_default::<Buffers>();
+        buf.ws.chunk = chunk;
         Ok(Evo2Lm::named_output(self, tokens, name, &mut buf.ws)?.0)
     }
 }
@@ -297,7 +311,11 @@ fn fp8_warning(net: &Evo2, notes: &mut LoadNotes) {
              1.243 in bf16 vs 1.076 in FP8; 40B 1.700 vs 0.922); this engine computes in \
              f32/bf16, so use a 7B model (evo2_7b, evo2_7b_base, evo2_7b_262k) for scores you rely \
              on",
-            if net.cfg.model_name.is_empty() { "this model" } else { &net.cfg.model_name }
+            if net.cfg.model_name.is_empty() {
+                "this model"
+            } else {
+                &net.cfg.model_name
+            }
         ));
     }
 }
@@ -318,11 +336,10 @@ pub fn is_vortex_dir(dir: &Path) -> bool {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return false;
     };
-    rd.filter_map(|e| e.ok())
-        .any(|e| {
-            let n = e.file_name().to_string_lossy().to_string();
-            n.ends_with(".yml") || n.ends_with(".yaml") || n.ends_with(".pt") || n.contains(".pt.part")
-        })
+    rd.filter_map(|e| e.ok()).any(|e| {
+        let n = e.file_name().to_string_lossy().to_string();
+        n.ends_with(".yml") || n.ends_with(".yaml") || n.ends_with(".pt") || n.contains(".pt.part")
+    })
 }
 
 /// The vortex YAML config of `dir`: `None` when there is none, an error when there are several.
@@ -339,9 +356,10 @@ fn yaml_config(dir: &Path) -> Result<Option<std::path::PathBuf>> {
     match ymls.len() {
         0 => Ok(None),
         1 => Ok(ymls.pop()),
-        _ => Err(Error::format(
-            dir,
-            format!(
+        _ => {
+            Err(Error::format(
+                dir,
+                format!(
                 "{} YAML configs ({}): keep the one vortex config that belongs to the checkpoint",
                 ymls.len(),
                 ymls.iter()
@@ -349,7 +367,8 @@ fn yaml_config(dir: &Path) -> Result<Option<std::path::PathBuf>> {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-        )),
+            ))
+        }
     }
 }
 
@@ -376,7 +395,11 @@ pub fn load_vortex_dir(dir: &Path) -> Result<(Evo2Lm, LoadNotes)> {
         }
         None => {
             let first = &parts[0];
-            let name = first.file_name().unwrap_or_default().to_string_lossy().to_string();
+            let name = first
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
             let stem = name.split(".pt").next().unwrap_or(&name).to_string();
             super::config::preset(&stem).map_err(|_| {
                 Error::format(

@@ -37,11 +37,11 @@
 
 use crate::error::{Error, Result};
 use crate::models::striped::config::{BlockKind, Evo2Config};
-use crate::ops::act::gelu_erf_inplace;
-use crate::ops::attention::{causal_attention, rotary_inplace};
-use crate::ops::fir::{expand_taps, fir_forward, FirOrder, FirShape};
 use crate::models::Precision;
+use crate::ops::act::gelu_erf_inplace;
+use crate::ops::attention::{causal_attention_at, rotary_inplace};
 use crate::ops::bf16::{linear_bf16, Bf16Scratch};
+use crate::ops::fir::{expand_taps, fir_forward_carry, FirOrder, FirShape};
 use crate::ops::linear::{linear_weight, Weight};
 use crate::ops::loss::log_prob;
 use crate::ops::modal::modal_forward;
@@ -168,9 +168,7 @@ impl Evo2 {
                 }
                 r
             }
-            None => {
-                ParamStore::build(Init::From(&tracked), dtype, |vb| Self::structure(&cfg, vb))?
-            }
+            None => ParamStore::build(Init::From(&tracked), dtype, |vb| Self::structure(&cfg, vb))?,
         };
         let (exact_handles, exact) = ParamStore::build(Init::From(&tracked), DType::F32, |vb| {
             Self::exact_structure(&cfg, vb, &tracked)
@@ -479,28 +477,38 @@ impl Evo2 {
                 ws.x[t * d..(t + 1) * d].copy_from_slice(r);
             }
         }
-        taps.put("embedding_layer", &ws.x[..l * d], d);
+        taps.put_rows(|| "embedding_layer".to_string(), 0, l, &ws.x[..l * d], d);
         for (i, b) in self.blocks.iter().enumerate().take(blocks) {
             self.block(i, b, l, taps, ws)?;
-            taps.put_with(|| format!("blocks.{i}"), &ws.x[..l * d], d);
+            taps.put_rows(|| format!("blocks.{i}"), 0, l, &ws.x[..l * d], d);
             if let Some(f) = progress.as_mut() {
                 f(i + 1, blocks.min(self.blocks.len()));
             }
         }
         if blocks >= self.blocks.len() {
-            if let Some(nw) = self.norm {
-                let w = self.small(nw);
-                self.rmsnorm(&ws.x[..l * d], &w, &mut ws.xn[..l * d])?;
-                taps.put("norm", &ws.xn[..l * d], d);
-            } else {
-                ws.xn[..l * d].copy_from_slice(&ws.x[..l * d]);
-            }
+            let v = cfg.vocab_size;
             if logits {
-                let v = cfg.vocab_size;
                 crate::ops::grow(&mut ws.logits, l * v);
-                let e = self.unembed.unwrap_or(self.embed);
-                let (xn, logits) = (&ws.xn[..l * d], &mut ws.logits[..l * v]);
-                self.lin(xn, l, e, None, d, v, logits, &mut ws.wide)?;
+            }
+            let nw = self.norm.map(|n| self.small(n));
+            let e = self.unembed.unwrap_or(self.embed);
+            let p = ws.chunk.clamp(1, l);
+            let mut t0 = 0;
+            while t0 < l {
+                let t1 = (t0 + p).min(l);
+                let md = (t1 - t0) * d;
+                match &nw {
+                    Some(w) => self.rmsnorm(&ws.x[t0 * d..t1 * d], w, &mut ws.xn[..md])?,
+                    None => ws.xn[..md].copy_from_slice(&ws.x[t0 * d..t1 * d]),
+                }
+                if self.norm.is_some() {
+                    taps.put_rows(|| "norm".to_string(), t0, l, &ws.xn[..md], d);
+                }
+                if logits {
+                    let (xn, lg) = (&ws.xn[..md], &mut ws.logits[t0 * v..t1 * v]);
+                    self.lin(xn, t1 - t0, e, None, d, v, lg, &mut ws.wide)?;
+                }
+                t0 = t1;
             }
         }
         Ok(())
@@ -529,11 +537,20 @@ impl Evo2 {
     ) -> Result<()> {
         let bias = b.map(|b| self.small(b));
         match self.precision {
-            Precision::F32 => linear_weight(x, self.w(w), bias.as_deref(), m, k, n, y, &mut wide.f32),
-            Precision::Bf16 => linear_bf16(x, self.w(w), bias.as_deref(), m, k, n, y, &mut wide.bf16),
+            Precision::F32 => {
+                linear_weight(x, self.w(w), bias.as_deref(), m, k, n, y, &mut wide.f32)
+            }
+            Precision::Bf16 => {
+                linear_bf16(x, self.w(w), bias.as_deref(), m, k, n, y, &mut wide.bf16)
+            }
         }
     }
 
+    /// Block `i` over the whole sequence, chunk by chunk (`ws.chunk` positions at a time):
+    /// the featurizer's and the inner FIR's last rows, the LI modal state and the attention
+    /// keys and values are carried from chunk to chunk, so any chunk size gives the one-shot
+    /// result (to float rounding) while the buffers beyond `x [L, D]` and the keys and values
+    /// are `O(chunk)`.
     fn block(
         &self,
         i: usize,
@@ -544,33 +561,41 @@ impl Evo2 {
     ) -> Result<()> {
         let cfg = &self.cfg;
         let d = cfg.hidden_size;
-        let ld = l * d;
+        let c3 = 3 * d;
+        let p = ws.chunk.clamp(1, l);
         let pre = self.small(b.pre_norm);
-        self.rmsnorm(&ws.x[..ld], &pre, &mut ws.xn[..ld])?;
-        taps.put_with(|| format!("blocks.{i}.pre_norm"), &ws.xn[..ld], d);
-        match &b.mixer {
+        let post_w = self.small(b.post_norm);
+        let n_in = cfg.inner_mlp_size;
+        // Per-block constants and carried state.
+        enum Prep {
+            Hyena {
+                taps0: Vec<f32>,
+                short_b: Option<Vec<f32>>,
+                carry0: Vec<f32>,
+                inner: InnerPrep,
+            },
+            Attn {
+                freqs: Vec<f32>,
+            },
+        }
+        enum InnerPrep {
+            Fir {
+                w: Vec<f32>,
+                d: Option<Vec<f32>>,
+                carry: Vec<f32>,
+            },
+            Modal {
+                d: Vec<f32>,
+                state: Vec<f32>,
+            },
+        }
+        let mut prep = match &b.mixer {
             Mixer::Hyena {
-                proj_w,
-                proj_b,
                 short_w,
                 short_b,
                 inner,
-                out_w,
-                out_b,
+                ..
             } => {
-                let c3 = 3 * d;
-                self.lin(
-                    &ws.xn[..ld],
-                    l,
-                    *proj_w,
-                    *proj_b,
-                    d,
-                    c3,
-                    &mut ws.z[..l * c3],
-                    &mut ws.wide,
-                )?;
-                taps.put_with(|| format!("blocks.{i}.projections"), &ws.z[..l * c3], c3);
-                // Featurizer: depthwise FIR over the 3D channels in their original order.
                 let k0 = cfg.short_filter_length;
                 let taps0 = expand_taps(
                     &self.small(*short_w),
@@ -581,29 +606,7 @@ impl Evo2 {
                     },
                     FirOrder::Correlation,
                 )?;
-                fir_forward(&ws.z[..l * c3], &taps0, c3, &mut ws.zc[..l * c3])?;
-                if let Some(sb) = short_b {
-                    // StripedHyena adds the featurizer's bias after the convolution.
-                    let sb = self.small(*sb);
-                    for row in ws.zc[..l * c3].chunks_exact_mut(c3) {
-                        for (v, &bv) in row.iter_mut().zip(&sb) {
-                            *v += bv;
-                        }
-                    }
-                }
-                // The interleave: post = 0::3, pre = 1::3, v = 2::3; u = pre ⊙ v.
-                for t in 0..l {
-                    let zr = &ws.zc[t * c3..(t + 1) * c3];
-                    let (ur, pr) = (
-                        &mut ws.u[t * d..(t + 1) * d],
-                        &mut ws.post[t * d..(t + 1) * d],
-                    );
-                    for c in 0..d {
-                        pr[c] = zr[3 * c];
-                        ur[c] = zr[3 * c + 1] * zr[3 * c + 2];
-                    }
-                }
-                match inner {
+                let inner = match inner {
                     Inner::Se { h } | Inner::Mr { h, .. } => {
                         let (groups, k, order) = match b.kind {
                             BlockKind::Se => (
@@ -628,83 +631,31 @@ impl Evo2 {
                             },
                             order,
                         )?;
-                        fir_forward(&ws.u[..ld], &w, d, &mut ws.inner[..ld])?;
-                        if let Inner::Mr { d: dp, .. } = inner {
-                            let dv = self.small(*dp);
-                            add_skip(&mut ws.inner[..ld], &ws.u[..ld], &dv);
+                        let dv = match inner {
+                            Inner::Mr { d: dp, .. } => Some(self.small(*dp)),
+                            _ => None,
+                        };
+                        InnerPrep::Fir {
+                            w,
+                            d: dv,
+                            carry: vec![0.0; (k - 1) * d],
                         }
                     }
-                    Inner::Li {
-                        log_poles,
-                        residues,
-                        d: dp,
-                    } => {
-                        let dv = self.small(*dp);
-                        let n = cfg.state_size;
-                        ws.state.clear();
-                        ws.state.resize(d * n, 0.0);
-                        modal_forward(
-                            &ws.u[..ld],
-                            self.ex(*log_poles),
-                            self.ex(*residues),
-                            Some(&dv),
-                            d,
-                            &mut ws.state,
-                            &mut ws.inner[..ld],
-                        )?;
-                    }
+                    Inner::Li { d: dp, .. } => InnerPrep::Modal {
+                        d: self.small(*dp),
+                        state: vec![0.0; d * cfg.state_size],
+                    },
+                };
+                Prep::Hyena {
+                    taps0,
+                    short_b: short_b.map(|sb| self.small(sb)),
+                    carry0: vec![0.0; (k0 - 1) * c3],
+                    inner,
                 }
-                for (y, &p) in ws.inner[..ld].iter_mut().zip(&ws.post[..ld]) {
-                    *y *= p;
-                }
-                taps.put_with(|| format!("blocks.{i}.filter"), &ws.inner[..ld], d);
-                self.lin(
-                    &ws.inner[..ld],
-                    l,
-                    *out_w,
-                    *out_b,
-                    d,
-                    d,
-                    &mut ws.o[..ld],
-                    &mut ws.wide,
-                )?;
-                taps.put_with(|| format!("blocks.{i}.out_filter_dense"), &ws.o[..ld], d);
             }
-            Mixer::Attn {
-                wqkv,
-                bqkv,
-                out_w,
-                out_b,
-                inv_freq,
-            } => {
-                let (h, hd) = (cfg.num_attention_heads, cfg.head_dim());
-                let c3 = 3 * d;
-                self.lin(
-                    &ws.xn[..ld],
-                    l,
-                    *wqkv,
-                    *bqkv,
-                    d,
-                    c3,
-                    &mut ws.z[..l * c3],
-                    &mut ws.wide,
-                )?;
-                // Gather q, k, v [H, L, hd] from the projection's columns (module docs).
-                for t in 0..l {
-                    let zr = &ws.z[t * c3..(t + 1) * c3];
-                    for hh in 0..h {
-                        for (p, dst) in [&mut ws.q, &mut ws.k, &mut ws.v].into_iter().enumerate() {
-                            let col = if cfg.column_split {
-                                hh * 3 * hd + p * hd
-                            } else {
-                                p * d + hh * hd
-                            };
-                            dst[(hh * l + t) * hd..(hh * l + t + 1) * hd]
-                                .copy_from_slice(&zr[col..col + hd]);
-                        }
-                    }
-                }
-                let freqs: Vec<f32> = match inv_freq {
+            Mixer::Attn { inv_freq, .. } => {
+                let hd = cfg.head_dim();
+                let freqs = match inv_freq {
                     Some(f) => self.ex(*f).to_vec(),
                     None => (0..hd / 2)
                         .map(|j| {
@@ -712,87 +663,255 @@ impl Evo2 {
                         })
                         .collect(),
                 };
-                let scale = cfg.rotary_scale();
-                rotary_inplace(&mut ws.q[..ld], h, hd, &freqs, scale, 0)?;
-                rotary_inplace(&mut ws.k[..ld], h, hd, &freqs, scale, 0)?;
-                causal_attention(
-                    &ws.q[..ld],
-                    &ws.k[..ld],
-                    &ws.v[..ld],
-                    h,
-                    hd,
-                    &mut ws.inner[..ld],
-                )?;
-                self.lin(
-                    &ws.inner[..ld],
-                    l,
-                    *out_w,
-                    *out_b,
-                    d,
-                    d,
-                    &mut ws.o[..ld],
-                    &mut ws.wide,
-                )?;
-                taps.put_with(|| format!("blocks.{i}.inner_mha_cls"), &ws.o[..ld], d);
+                crate::ops::grow(&mut ws.kc, l * d);
+                crate::ops::grow(&mut ws.vc, l * d);
+                Prep::Attn { freqs }
             }
-        }
-        for (x, &o) in ws.x[..ld].iter_mut().zip(&ws.o[..ld]) {
-            *x += o;
-        }
-        // MLP.
-        let post = self.small(b.post_norm);
-        self.rmsnorm(&ws.x[..ld], &post, &mut ws.xn[..ld])?;
-        taps.put_with(|| format!("blocks.{i}.post_norm"), &ws.xn[..ld], d);
-        let n = cfg.inner_mlp_size;
-        self.lin(
-            &ws.xn[..ld],
-            l,
-            b.l1,
-            None,
-            d,
-            n,
-            &mut ws.a[..l * n],
-            &mut ws.wide,
-        )?;
-        self.lin(
-            &ws.xn[..ld],
-            l,
-            b.l2,
-            None,
-            d,
-            n,
-            &mut ws.b[..l * n],
-            &mut ws.wide,
-        )?;
-        taps.put_with(|| format!("blocks.{i}.mlp.l1"), &ws.a[..l * n], n);
-        taps.put_with(|| format!("blocks.{i}.mlp.l2"), &ws.b[..l * n], n);
-        // vortex ParallelGatedMLP: GELU (erf) or SiLU, identity after block 0 in Evo 2.
-        if i == 0 || !cfg.evo2_style_activations {
-            if cfg.mlp_activation == "silu" {
-                for v in ws.a[..l * n].iter_mut() {
-                    *v /= 1.0 + (-*v).exp();
+        };
+        let mut t0 = 0;
+        while t0 < l {
+            let t1 = (t0 + p).min(l);
+            let m = t1 - t0;
+            let md = m * d;
+            self.rmsnorm(&ws.x[t0 * d..t1 * d], &pre, &mut ws.xn[..md])?;
+            taps.put_rows(|| format!("blocks.{i}.pre_norm"), t0, l, &ws.xn[..md], d);
+            match (&b.mixer, &mut prep) {
+                (
+                    Mixer::Hyena {
+                        proj_w,
+                        proj_b,
+                        out_w,
+                        out_b,
+                        inner,
+                        ..
+                    },
+                    Prep::Hyena {
+                        taps0,
+                        short_b,
+                        carry0,
+                        inner: ip,
+                    },
+                ) => {
+                    self.lin(
+                        &ws.xn[..md],
+                        m,
+                        *proj_w,
+                        *proj_b,
+                        d,
+                        c3,
+                        &mut ws.z[..m * c3],
+                        &mut ws.wide,
+                    )?;
+                    taps.put_rows(
+                        || format!("blocks.{i}.projections"),
+                        t0,
+                        l,
+                        &ws.z[..m * c3],
+                        c3,
+                    );
+                    // Featurizer: depthwise FIR over the 3D channels in their original order.
+                    fir_forward_carry(&ws.z[..m * c3], taps0, c3, carry0, &mut ws.zc[..m * c3])?;
+                    if let Some(sb) = short_b {
+                        // StripedHyena adds the featurizer's bias after the convolution.
+                        for row in ws.zc[..m * c3].chunks_exact_mut(c3) {
+                            for (v, &bv) in row.iter_mut().zip(sb.iter()) {
+                                *v += bv;
+                            }
+                        }
+                    }
+                    // The interleave: post = 0::3, pre = 1::3, v = 2::3; u = pre ⊙ v.
+                    for t in 0..m {
+                        let zr = &ws.zc[t * c3..(t + 1) * c3];
+                        let ur = &mut ws.u[t * d..(t + 1) * d];
+                        let pr = &mut ws.post[t * d..(t + 1) * d];
+                        for c in 0..d {
+                            pr[c] = zr[3 * c];
+                            ur[c] = zr[3 * c + 1] * zr[3 * c + 2];
+                        }
+                    }
+                    match (inner, ip) {
+                        (_, InnerPrep::Fir { w, d: dv, carry }) => {
+                            fir_forward_carry(&ws.u[..md], w, d, carry, &mut ws.inner[..md])?;
+                            if let Some(dv) = dv {
+                                add_skip(&mut ws.inner[..md], &ws.u[..md], dv);
+                            }
+                        }
+                        (
+                            Inner::Li {
+                                log_poles,
+                                residues,
+                                ..
+                            },
+                            InnerPrep::Modal { d: dv, state },
+                        ) => {
+                            modal_forward(
+                                &ws.u[..md],
+                                self.ex(*log_poles),
+                                self.ex(*residues),
+                                Some(dv),
+                                d,
+                                state,
+                                &mut ws.inner[..md],
+                            )?;
+                        }
+                        _ => unreachable!("the inner filter's kind and its state agree"),
+                    }
+                    for (y, &pv) in ws.inner[..md].iter_mut().zip(&ws.post[..md]) {
+                        *y *= pv;
+                    }
+                    taps.put_rows(|| format!("blocks.{i}.filter"), t0, l, &ws.inner[..md], d);
+                    self.lin(
+                        &ws.inner[..md],
+                        m,
+                        *out_w,
+                        *out_b,
+                        d,
+                        d,
+                        &mut ws.o[..md],
+                        &mut ws.wide,
+                    )?;
+                    taps.put_rows(
+                        || format!("blocks.{i}.out_filter_dense"),
+                        t0,
+                        l,
+                        &ws.o[..md],
+                        d,
+                    );
                 }
-            } else {
-                gelu_erf_inplace(&mut ws.a[..l * n]);
+                (
+                    Mixer::Attn {
+                        wqkv,
+                        bqkv,
+                        out_w,
+                        out_b,
+                        ..
+                    },
+                    Prep::Attn { freqs },
+                ) => {
+                    let (h, hd) = (cfg.num_attention_heads, cfg.head_dim());
+                    self.lin(
+                        &ws.xn[..md],
+                        m,
+                        *wqkv,
+                        *bqkv,
+                        d,
+                        c3,
+                        &mut ws.z[..m * c3],
+                        &mut ws.wide,
+                    )?;
+                    // q of the chunk [H, m, hd]; k, v into the caches [H, L, hd] at t0.. (module
+                    // docs for the column layout).
+                    for t in 0..m {
+                        let zr = &ws.z[t * c3..(t + 1) * c3];
+                        for hh in 0..h {
+                            let col = |p: usize| {
+                                if cfg.column_split {
+                                    hh * 3 * hd + p * hd
+                                } else {
+                                    p * d + hh * hd
+                                }
+                            };
+                            ws.q[(hh * m + t) * hd..(hh * m + t + 1) * hd]
+                                .copy_from_slice(&zr[col(0)..col(0) + hd]);
+                            let kv = (hh * l + t0 + t) * hd;
+                            ws.kc[kv..kv + hd].copy_from_slice(&zr[col(1)..col(1) + hd]);
+                            ws.vc[kv..kv + hd].copy_from_slice(&zr[col(2)..col(2) + hd]);
+                        }
+                    }
+                    let scale = cfg.rotary_scale();
+                    rotary_inplace(&mut ws.q[..md], h, hd, freqs, scale, t0)?;
+                    for hh in 0..h {
+                        let kr = &mut ws.kc[(hh * l + t0) * hd..(hh * l + t1) * hd];
+                        rotary_inplace(kr, 1, hd, freqs, scale, t0)?;
+                    }
+                    causal_attention_at(
+                        &ws.q[..md],
+                        &ws.kc[..l * d],
+                        &ws.vc[..l * d],
+                        h,
+                        hd,
+                        t0,
+                        l,
+                        &mut ws.inner[..md],
+                    )?;
+                    self.lin(
+                        &ws.inner[..md],
+                        m,
+                        *out_w,
+                        *out_b,
+                        d,
+                        d,
+                        &mut ws.o[..md],
+                        &mut ws.wide,
+                    )?;
+                    taps.put_rows(
+                        || format!("blocks.{i}.inner_mha_cls"),
+                        t0,
+                        l,
+                        &ws.o[..md],
+                        d,
+                    );
+                }
+                _ => unreachable!("a block's mixer and its state agree"),
             }
-        }
-        for (a, &bv) in ws.a[..l * n].iter_mut().zip(&ws.b[..l * n]) {
-            *a *= bv;
-        }
-        self.lin(
-            &ws.a[..l * n],
-            l,
-            b.l3,
-            None,
-            n,
-            d,
-            &mut ws.o[..ld],
-            &mut ws.wide,
-        )?;
-        taps.put_with(|| format!("blocks.{i}.mlp.l3"), &ws.o[..ld], d);
-        taps.put_with(|| format!("blocks.{i}.mlp"), &ws.o[..ld], d);
-        for (x, &o) in ws.x[..ld].iter_mut().zip(&ws.o[..ld]) {
-            *x += o;
+            for (x, &o) in ws.x[t0 * d..t1 * d].iter_mut().zip(&ws.o[..md]) {
+                *x += o;
+            }
+            // MLP.
+            self.rmsnorm(&ws.x[t0 * d..t1 * d], &post_w, &mut ws.xn[..md])?;
+            taps.put_rows(|| format!("blocks.{i}.post_norm"), t0, l, &ws.xn[..md], d);
+            let mn = m * n_in;
+            self.lin(
+                &ws.xn[..md],
+                m,
+                b.l1,
+                None,
+                d,
+                n_in,
+                &mut ws.a[..mn],
+                &mut ws.wide,
+            )?;
+            self.lin(
+                &ws.xn[..md],
+                m,
+                b.l2,
+                None,
+                d,
+                n_in,
+                &mut ws.b[..mn],
+                &mut ws.wide,
+            )?;
+            taps.put_rows(|| format!("blocks.{i}.mlp.l1"), t0, l, &ws.a[..mn], n_in);
+            taps.put_rows(|| format!("blocks.{i}.mlp.l2"), t0, l, &ws.b[..mn], n_in);
+            // vortex ParallelGatedMLP: GELU (erf) or SiLU, identity after block 0 in Evo 2.
+            if i == 0 || !cfg.evo2_style_activations {
+                if cfg.mlp_activation == "silu" {
+                    for v in ws.a[..mn].iter_mut() {
+                        *v /= 1.0 + (-*v).exp();
+                    }
+                } else {
+                    gelu_erf_inplace(&mut ws.a[..mn]);
+                }
+            }
+            for (a, &bv) in ws.a[..mn].iter_mut().zip(&ws.b[..mn]) {
+                *a *= bv;
+            }
+            self.lin(
+                &ws.a[..mn],
+                m,
+                b.l3,
+                None,
+                n_in,
+                d,
+                &mut ws.o[..md],
+                &mut ws.wide,
+            )?;
+            taps.put_rows(|| format!("blocks.{i}.mlp.l3"), t0, l, &ws.o[..md], d);
+            taps.put_rows(|| format!("blocks.{i}.mlp"), t0, l, &ws.o[..md], d);
+            for (x, &o) in ws.x[t0 * d..t1 * d].iter_mut().zip(&ws.o[..md]) {
+                *x += o;
+            }
+            t0 = t1;
         }
         Ok(())
     }
@@ -895,17 +1014,27 @@ impl Taps {
         }
     }
 
-    fn put(&mut self, name: &str, data: &[f32], width: usize) {
-        if self.wanted.iter().any(|w| w == name) {
-            self.got.insert(name.to_string(), (data.to_vec(), width));
+    /// Record rows `t0 ..` of `[l, width]` output `name` (built only if it is wanted).
+    fn put_rows(
+        &mut self,
+        name: impl FnOnce() -> String,
+        t0: usize,
+        l: usize,
+        data: &[f32],
+        width: usize,
+    ) {
+        if self.wanted.is_empty() {
+            return;
         }
-    }
-
-    fn put_with(&mut self, name: impl FnOnce() -> String, data: &[f32], width: usize) {
-        if !self.wanted.is_empty() {
-            let n = name();
-            self.put(&n, data, width);
+        let n = name();
+        if !self.wanted.iter().any(|w| *w == n) {
+            return;
         }
+        let e = self
+            .got
+            .entry(n)
+            .or_insert_with(|| (vec![0.0; l * width], width));
+        e.0[t0 * width..t0 * width + data.len()].copy_from_slice(data);
     }
 }
 
@@ -930,34 +1059,50 @@ pub struct Workspace {
     a: Vec<f32>,
     b: Vec<f32>,
     q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    state: Vec<f32>,
+    /// Attention keys and values of every position `[H, L, hd]` (the current block's).
+    kc: Vec<f32>,
+    vc: Vec<f32>,
     /// A weight matrix widened from bf16, or packed operands of bf16 products.
     wide: Scratch,
     pub logits: Vec<f32>,
+    /// Positions per chunk (see [`Evo2::forward`]); 0 takes [`DEFAULT_CHUNK`].
+    pub chunk: usize,
 }
 
+/// Positions per chunk of the forward by default: large enough for efficient products, small
+/// beside a long sequence's `[L, D]` residual stream.
+pub const DEFAULT_CHUNK: usize = 1024;
+
 impl Workspace {
+    /// A workspace with chunks of `chunk` positions.
+    pub fn with_chunk(chunk: usize) -> Self {
+        Workspace {
+            chunk,
+            ..Default::default()
+        }
+    }
+
     fn resize(&mut self, l: usize, cfg: &Evo2Config) {
         use crate::ops::grow;
+        if self.chunk == 0 {
+            self.chunk = DEFAULT_CHUNK;
+        }
+        let p = self.chunk.min(l);
         let (d, n) = (cfg.hidden_size, cfg.inner_mlp_size);
+        grow(&mut self.x, l * d);
         for v in [
-            &mut self.x,
             &mut self.xn,
             &mut self.u,
             &mut self.post,
             &mut self.inner,
             &mut self.o,
             &mut self.q,
-            &mut self.k,
-            &mut self.v,
         ] {
-            grow(v, l * d);
+            grow(v, p * d);
         }
-        grow(&mut self.z, l * 3 * d);
-        grow(&mut self.zc, l * 3 * d);
-        grow(&mut self.a, l * n);
-        grow(&mut self.b, l * n);
+        grow(&mut self.z, p * 3 * d);
+        grow(&mut self.zc, p * 3 * d);
+        grow(&mut self.a, p * n);
+        grow(&mut self.b, p * n);
     }
 }
