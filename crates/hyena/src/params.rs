@@ -958,6 +958,7 @@ mod tests {
         let cap = |s: &ParamStore| match &s.data {
             Storage::F32(v) => (v.len(), v.capacity()),
             Storage::Bf16(v) => (v.len(), v.capacity()),
+            Storage::Mapped(m) => (m.region().len(), m.region().len()),
         };
         let (_, mut store) = ParamStore::build(Init::Zeros, DType::F32, |vb| {
             (0..37)

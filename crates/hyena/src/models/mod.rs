@@ -202,6 +202,10 @@ pub trait LanguageModel: Send + Sync {
     }
 }
 
+/// A model a family loaded from its directory by its own means, and notes for the user
+/// ([`Family::load_dir`]).
+pub type DirModel = (Box<dyn LanguageModel>, Vec<String>);
+
 /// A model family the run-directory module can load: how to recognise its `config.json` and
 /// build the model from it and its weights.
 pub trait Family: Sync {
@@ -220,7 +224,7 @@ pub trait Family: Sync {
     /// must not be read eagerly as f32 (released multi-gigabyte checkpoints, memory-mapped
     /// weights): the model and notes for the user. `None`: the directory goes through
     /// [`Family::detect`] and [`Family::load`].
-    fn load_dir(&self, _dir: &Path) -> Option<Result<(Box<dyn LanguageModel>, Vec<String>)>> {
+    fn load_dir(&self, _dir: &Path) -> Option<Result<DirModel>> {
         None
     }
 }

@@ -282,10 +282,9 @@ impl Evo2Config {
                 self.mlp_activation
             ));
         }
-        if !(self.eps.is_finite() && self.eps >= 0.0)
-            || !(self.rotary_emb_base.is_finite() && self.rotary_emb_base > 0.0)
-            || !(self.rotary_emb_scaling_factor.is_finite() && self.rotary_emb_scaling_factor > 0.0)
-        {
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        let eps_ok = self.eps.is_finite() && self.eps >= 0.0;
+        if !eps_ok || !positive(self.rotary_emb_base) || !positive(self.rotary_emb_scaling_factor) {
             return Err("eps must be >= 0 and the rotary base and scaling factor > 0".into());
         }
         if self.max_seqlen == 0 {
@@ -370,11 +369,9 @@ pub fn preset(name: &str) -> Result<Evo2Config> {
 fn layout(num_layers: usize, attn: &[usize]) -> [Vec<usize>; 4] {
     let mut lists: [Vec<usize>; 4] = Default::default();
     lists[0] = attn.to_vec();
-    let mut j = 0;
-    for i in (0..num_layers).filter(|i| !attn.contains(i)) {
+    for (j, i) in (0..num_layers).filter(|i| !attn.contains(i)).enumerate() {
         // 1 = hcs (SE), 2 = hcm (MR), 3 = hcl (LI)
         lists[1 + j % 3].push(i);
-        j += 1;
     }
     lists
 }

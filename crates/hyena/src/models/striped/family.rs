@@ -239,7 +239,7 @@ impl Family for StripedFamily {
         let net = Evo2::load(cfg, weights, DType::F32)?;
         Ok(Box::new(Evo2Lm { net }))
     }
-    fn load_dir(&self, dir: &Path) -> Option<Result<(Box<dyn LanguageModel>, Vec<String>)>> {
+    fn load_dir(&self, dir: &Path) -> Option<Result<crate::models::DirModel>> {
         let boxed = |r: Result<(Evo2Lm, LoadNotes)>| {
             r.map(|(lm, n)| (Box::new(lm) as Box<dyn LanguageModel>, n.notes))
         };

@@ -524,6 +524,7 @@ impl Evo2 {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn lin(
         &self,
         x: &[f32],
@@ -1027,7 +1028,7 @@ impl Taps {
             return;
         }
         let n = name();
-        if !self.wanted.iter().any(|w| *w == n) {
+        if !self.wanted.contains(&n) {
             return;
         }
         let e = self
