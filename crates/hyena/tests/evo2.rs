@@ -372,3 +372,34 @@ fn bf16_path_error_is_below_the_references_own_bf16_error() {
         );
     }
 }
+
+/// The presets restate the `evo2` package's YAML configs (`evo2/configs/*.yml`, mapped to model
+/// names as `evo2/utils.py` does); run with the package's configs directory in
+/// `HYENA_EVO2_CONFIGS` (they are not copied into this repository).
+#[test]
+#[ignore = "needs the evo2 package's configs: HYENA_EVO2_CONFIGS=DIR cargo test -- --ignored"]
+fn presets_equal_the_evo2_package_configs() {
+    use hyena::models::striped::Evo2Config;
+    let dir = PathBuf::from(
+        std::env::var_os("HYENA_EVO2_CONFIGS")
+            .expect("set HYENA_EVO2_CONFIGS to the evo2 package's configs/ directory"),
+    );
+    for (name, file) in [
+        ("evo2_1b_base", "evo2-1b-8k.yml"),
+        ("evo2_7b_base", "evo2-7b-8k.yml"),
+        ("evo2_7b_microviridae", "evo2-7b-8k.yml"),
+        ("evo2_7b_262k", "evo2-7b-262k.yml"),
+        ("evo2_7b", "evo2-7b-1m.yml"),
+        ("evo2_20b", "evo2-20b-1m.yml"),
+        ("evo2_40b_base", "evo2-40b-8k.yml"),
+        ("evo2_40b", "evo2-40b-1m.yml"),
+    ] {
+        let path = dir.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let v = hyena::io::yaml::parse(&text, &path).unwrap();
+        let from_yaml = Evo2Config::from_vortex(&v, &path).unwrap();
+        let mut p = preset(name).unwrap();
+        p.model_name = from_yaml.model_name.clone();
+        assert_eq!(p, from_yaml, "{name} vs {file}");
+    }
+}

@@ -342,8 +342,6 @@ pub struct RecordScore {
     /// Σ log p(token | prefix), natural log (the mean over scored positions with
     /// [`Reduce::Mean`]; averaged with the reverse complement's when asked).
     pub log_likelihood: f64,
-    /// How `log_likelihood` was reduced.
-    pub reduce: Reduce,
     /// `-log_likelihood / scored / ln 2`.
     pub bits_per_base: f64,
 }
@@ -455,7 +453,6 @@ pub fn score_file(
                 tokens: ids.len(),
                 scored,
                 log_likelihood: total,
-                reduce: score.reduce,
                 bits_per_base: if scored > 0 {
                     let sum = if score.reduce == Reduce::Mean {
                         total * scored as f64

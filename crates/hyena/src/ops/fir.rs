@@ -81,30 +81,10 @@ const ROWS: usize = 32;
 /// `y [L, C] = FIR(u [L, C])` with taps `w [K, C]` from [`expand_taps`] (convolution order),
 /// `K = w.len() / C`. Writes every element of `y`.
 pub fn fir_forward(u: &[f32], w: &[f32], c: usize, y: &mut [f32]) -> Result<()> {
-    const OP: &str = "fir forward";
-    if c == 0 {
-        return Ok(());
-    }
-    let l = u.len() / c;
-    check_len(OP, "u [L, C]", u.len(), l * c)?;
-    check_len(OP, "y [L, C]", y.len(), l * c)?;
-    if w.is_empty() || !w.len().is_multiple_of(c) {
-        return Err(Error::shape(OP, "w [K, C]", format!("[K, {c}]"), w.len()));
-    }
-    let k = w.len() / c;
-    y.par_chunks_mut(ROWS * c)
-        .enumerate()
-        .for_each(|(blk, yc)| {
-            let t0 = blk * ROWS;
-            for (i, yr) in yc.chunks_exact_mut(c).enumerate() {
-                let t = t0 + i;
-                yr.fill(0.0);
-                for s in 0..k.min(t + 1) {
-                    axpy_row(yr, &w[s * c..(s + 1) * c], &u[(t - s) * c..(t - s + 1) * c]);
-                }
-            }
-        });
-    Ok(())
+    // A sequence start: the history before it is zeros.
+    let k = if c == 0 { 1 } else { (w.len() / c).max(1) };
+    let mut carry = vec![0.0f32; (k - 1) * c];
+    fir_forward_carry(u, w, c, &mut carry, y)
 }
 
 /// [`fir_forward`] on one chunk of a longer sequence: `carry [K−1, C]` holds the `K − 1` rows

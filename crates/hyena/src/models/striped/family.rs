@@ -252,7 +252,7 @@ impl Family for StripedFamily {
             return None;
         }
         // Only a config with an `evo2` section is ours; any other goes the usual way.
-        let config = crate::checkpoint::read_json(&cfg).ok()?;
+        let config: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).ok()?).ok()?;
         if !self.detect(&config) {
             return None;
         }
@@ -298,9 +298,17 @@ pub fn convert(lm: &Evo2Lm, out: &Path) -> Result<()> {
             });
         }
     }
-    let metadata = crate::checkpoint::weights_metadata(FAMILY);
+    // The metadata every hyena weights file carries (what `checkpoint::weights_metadata` writes).
+    let metadata: BTreeMap<String, String> = [
+        ("format".to_string(), FAMILY.to_string()),
+        ("version".to_string(), "1".to_string()),
+    ]
+    .into();
     write_streaming(&out.join("model.safetensors"), &tensors, &metadata)?;
-    crate::checkpoint::write_json(&out.join("config.json"), &lm.config_json())
+    let cfg_path = out.join("config.json");
+    let json = serde_json::to_string_pretty(&lm.config_json())
+        .map_err(|e| Error::format(&cfg_path, e.to_string()))?;
+    crate::io::safetensors::write_bytes_atomic(&cfg_path, json.as_bytes())
 }
 
 fn fp8_warning(net: &Evo2, notes: &mut LoadNotes) {

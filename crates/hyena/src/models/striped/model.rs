@@ -676,7 +676,8 @@ impl Evo2 {
             let md = m * d;
             self.rmsnorm(&ws.x[t0 * d..t1 * d], &pre, &mut ws.xn[..md])?;
             taps.put_rows(|| format!("blocks.{i}.pre_norm"), t0, l, &ws.xn[..md], d);
-            match (&b.mixer, &mut prep) {
+            // Each mixer leaves its output in `inner`; the output projection is shared.
+            let (out_w, out_b, out_name) = match (&b.mixer, &mut prep) {
                 (
                     Mixer::Hyena {
                         proj_w,
@@ -761,23 +762,7 @@ impl Evo2 {
                         *y *= pv;
                     }
                     taps.put_rows(|| format!("blocks.{i}.filter"), t0, l, &ws.inner[..md], d);
-                    self.lin(
-                        &ws.inner[..md],
-                        m,
-                        *out_w,
-                        *out_b,
-                        d,
-                        d,
-                        &mut ws.o[..md],
-                        &mut ws.wide,
-                    )?;
-                    taps.put_rows(
-                        || format!("blocks.{i}.out_filter_dense"),
-                        t0,
-                        l,
-                        &ws.o[..md],
-                        d,
-                    );
+                    (*out_w, *out_b, "out_filter_dense")
                 }
                 (
                     Mixer::Attn {
@@ -835,26 +820,13 @@ impl Evo2 {
                         l,
                         &mut ws.inner[..md],
                     )?;
-                    self.lin(
-                        &ws.inner[..md],
-                        m,
-                        *out_w,
-                        *out_b,
-                        d,
-                        d,
-                        &mut ws.o[..md],
-                        &mut ws.wide,
-                    )?;
-                    taps.put_rows(
-                        || format!("blocks.{i}.inner_mha_cls"),
-                        t0,
-                        l,
-                        &ws.o[..md],
-                        d,
-                    );
+                    (*out_w, *out_b, "inner_mha_cls")
                 }
                 _ => unreachable!("a block's mixer and its state agree"),
-            }
+            };
+            let (xin, o) = (&ws.inner[..md], &mut ws.o[..md]);
+            self.lin(xin, m, out_w, out_b, d, d, o, &mut ws.wide)?;
+            taps.put_rows(|| format!("blocks.{i}.{out_name}"), t0, l, &ws.o[..md], d);
             for (x, &o) in ws.x[t0 * d..t1 * d].iter_mut().zip(&ws.o[..md]) {
                 *x += o;
             }
