@@ -82,7 +82,7 @@ const ROWS: usize = 32;
 /// `K = w.len() / C`. Writes every element of `y`.
 pub fn fir_forward(u: &[f32], w: &[f32], c: usize, y: &mut [f32]) -> Result<()> {
     // A sequence start: the history before it is zeros.
-    let k = if c == 0 { 1 } else { (w.len() / c).max(1) };
+    let k = w.len().checked_div(c).unwrap_or(1).max(1);
     let mut carry = vec![0.0f32; (k - 1) * c];
     fir_forward_carry(u, w, c, &mut carry, y)
 }
