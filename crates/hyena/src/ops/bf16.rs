@@ -51,6 +51,8 @@ pub fn native() -> bool {
 pub struct Bf16Scratch {
     a: Vec<u32>,
     w: Vec<u16>,
+    /// The f32 weights of the fallback path.
+    wide: Vec<f32>,
 }
 
 /// `y [M, N] = bf16(x) [M, K] · Wᵀ + b` (see the module docs). `w` may be f32 (rounded to
@@ -82,11 +84,17 @@ pub fn linear_bf16(
         for v in xr.iter_mut() {
             *v = bf16_to_f32(f32_to_bf16(*v));
         }
-        let wf: Vec<f32> = match w {
-            Weight::Bf16(b16) => b16.iter().map(|&h| bf16_to_f32(h)).collect(),
-            Weight::F32(f) => f.iter().map(|&v| bf16_to_f32(f32_to_bf16(v))).collect(),
+        let wf = match w {
+            // Widened exactly, into the reused scratch.
+            Weight::Bf16(_) => w.widen(&mut s.wide),
+            Weight::F32(f) => {
+                s.wide.clear();
+                s.wide
+                    .extend(f.iter().map(|&v| bf16_to_f32(f32_to_bf16(v))));
+                &s.wide[..]
+            }
         };
-        return linear_forward(&xr, &wf, b, m, k, n, y);
+        return linear_forward(&xr, wf, b, m, k, n, y);
     }
     pack_a(x, m, k, &mut s.a);
     // Weights stored as f32 (small models) are rounded to bf16 once per call.

@@ -422,10 +422,10 @@ pub fn load_vortex_dir(dir: &Path) -> Result<(Evo2Lm, LoadNotes)> {
             })?
         }
     };
-    let ckpt = if parts.len() == 1 && !parts[0].to_string_lossy().contains(".pt.part") {
-        TorchCheckpoint::open(&parts[0])?
-    } else {
-        TorchCheckpoint::open_parts(&parts)?
+    // One file, or a series of parts read as one stream.
+    let ckpt = match parts.as_slice() {
+        [one] => TorchCheckpoint::open(one)?,
+        _ => TorchCheckpoint::open_parts(&parts)?,
     };
     for (name, what) in ckpt.skipped() {
         notes.notes.push(format!("skipped {name}: {what}"));

@@ -50,7 +50,7 @@ use std::sync::Arc;
 
 use crate::io::mapped::MappedSafetensors;
 use crate::params::{
-    DType, IgnoredKey, InPlaceSource, Init, ParamStore, TensorSource, Tracked, Vb, P,
+    bf16_to_f32, DType, IgnoredKey, InPlaceSource, Init, ParamStore, TensorSource, Tracked, Vb, P,
 };
 
 /// Tensors of released checkpoints that the model does not use (`hyena-family.md` 8.5).
@@ -127,13 +127,6 @@ pub struct Evo2 {
     /// The arithmetic of the matrix products (attention scores, norms, convolutions and the
     /// LI recurrences are f32 either way).
     pub precision: Precision,
-}
-
-/// Whether a tensor belongs in the f32 store.
-fn is_exact(name: &str) -> bool {
-    name.ends_with(".filter.log_poles")
-        || name.ends_with(".filter.residues")
-        || name.ends_with(".rotary_emb.inv_freq")
 }
 
 impl Evo2 {
@@ -345,21 +338,6 @@ impl Evo2 {
         self.cfg.hidden_size
     }
 
-    /// The checkpoint names of every tensor, in the order of the stores.
-    pub fn tensor_names(&self) -> Vec<String> {
-        self.params
-            .specs()
-            .iter()
-            .chain(self.exact.specs())
-            .map(|s| s.name.clone())
-            .collect()
-    }
-
-    /// Whether a tensor of this model belongs in the f32 store (see the module docs).
-    pub fn is_exact_name(name: &str) -> bool {
-        is_exact(name)
-    }
-
     fn w(&self, h: P) -> Weight<'_> {
         match self.params.bf16() {
             Some(b) => Weight::Bf16(&b[h.range()]),
@@ -369,8 +347,10 @@ impl Evo2 {
 
     /// A small tensor of the main store as f32 (norm scales, biases, filters).
     fn small(&self, h: P) -> Vec<f32> {
-        let mut v = Vec::new();
-        self.w(h).widen(&mut v).to_vec()
+        match self.w(h) {
+            Weight::F32(w) => w.to_vec(),
+            Weight::Bf16(b) => b.iter().map(|&x| bf16_to_f32(x)).collect(),
+        }
     }
 
     fn ex(&self, h: P) -> &[f32] {
