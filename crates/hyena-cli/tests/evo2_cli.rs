@@ -2,7 +2,8 @@
 //! `.pt` with BytesIO entries; the tiny random model of `tests/fixtures/evo2`): the family is
 //! detected from the directory, scores equal the reference's log-likelihoods, `--reduce mean`
 //! and `--reverse-complement` do what they say, named layers embed, and a converted directory
-//! (memory-mapped) gives the same numbers.
+//! (memory-mapped) gives the same numbers. The same for a StripedHyena 1 (Evo 1 layout) Hugging
+//! Face directory of `tests/fixtures/stripedhyena`.
 
 mod common;
 
@@ -19,7 +20,13 @@ fn fixture(name: &str) -> PathBuf {
 
 /// The fixture's input as a FASTA record, and the reference's log-likelihood sum.
 fn fixture_fasta(dir: &Path) -> (PathBuf, f64, usize) {
-    let bytes = std::fs::read(fixture("expected-tiny.safetensors")).unwrap();
+    fasta_of(&fixture("expected-tiny.safetensors"), dir)
+}
+
+/// The input of the expected-outputs file `expected` as a FASTA record in `dir`, and the
+/// reference's log-likelihood sum.
+fn fasta_of(expected: &Path, dir: &Path) -> (PathBuf, f64, usize) {
+    let bytes = std::fs::read(expected).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let ids = st.tensor("input_ids").unwrap();
     assert_eq!(ids.dtype(), safetensors::Dtype::I64);
@@ -160,5 +167,54 @@ fn score_embed_convert_on_released_layout() {
         .unwrap()
         .len();
     assert!(size < 200_000, "{size} bytes");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn score_embed_convert_stripedhyena_1() {
+    let tmp = tmpdir("sh1");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/stripedhyena");
+    let (fa, want, n) = fasta_of(&root.join("expected-tiny-evo1.safetensors"), &tmp);
+    let model = root.join("tiny-evo1");
+    let m = model.to_str().unwrap();
+    let f = fa.to_str().unwrap();
+    let out = hyena(&["score", "--model", m, "--fasta", f, "--json"]);
+    let rows = json_lines(&ok(&out));
+    let got = rows[0]["log_likelihood"].as_f64().unwrap();
+    assert!(((got - want) / want).abs() < 1e-4, "{got} vs {want}");
+    assert_eq!(rows[0]["scored"].as_u64().unwrap() as usize, n - 1);
+    let npy = tmp.join("filter.npy");
+    ok(&hyena(&[
+        "embed",
+        "--model",
+        m,
+        "--fasta",
+        f,
+        "--layer",
+        "blocks.1.filter",
+        "--pool",
+        "last",
+        "--out",
+        npy.to_str().unwrap(),
+    ]));
+    assert_eq!(read_npy(&npy).unwrap().0, vec![1, 32]);
+    let conv = tmp.join("converted");
+    ok(&hyena(&[
+        "convert",
+        "--model",
+        m,
+        "--out",
+        conv.to_str().unwrap(),
+    ]));
+    let out = hyena(&[
+        "score",
+        "--model",
+        conv.to_str().unwrap(),
+        "--fasta",
+        f,
+        "--json",
+    ]);
+    let again = json_lines(&ok(&out))[0]["log_likelihood"].as_f64().unwrap();
+    assert_eq!(again, got);
     let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -709,6 +709,77 @@ impl TensorSource for MemSource {
     }
 }
 
+/// Several sources seen as one, with a prefix removed from the names that carry it: the
+/// shards of one Hugging Face state dict (`model-00001-of-00003.safetensors`, …; keys
+/// `backbone.…`). Each tensor is read from the shard that holds it, in that shard's precision.
+pub struct JoinedSource {
+    parts: Vec<Box<dyn TensorSource>>,
+    /// Visible name → (shard, stored name).
+    index: BTreeMap<String, (usize, String)>,
+    origin: PathBuf,
+}
+
+impl JoinedSource {
+    /// Join `parts` (`origin` names them all in messages, e.g. their directory), removing
+    /// `prefix` from names that start with it. A name in two shards is an error naming both.
+    pub fn new(parts: Vec<Box<dyn TensorSource>>, prefix: &str, origin: PathBuf) -> Result<Self> {
+        let mut index: BTreeMap<String, (usize, String)> = BTreeMap::new();
+        for (i, part) in parts.iter().enumerate() {
+            for name in part.names() {
+                let visible = name.strip_prefix(prefix).unwrap_or(&name).to_string();
+                if let Some((j, _)) = index.get(&visible) {
+                    return Err(Error::format(
+                        part.origin(),
+                        format!(
+                            "tensor `{name}` is also in `{}`: shards of one checkpoint hold \
+                             each tensor once",
+                            parts[*j].origin().display()
+                        ),
+                    ));
+                }
+                index.insert(visible, (i, name));
+            }
+        }
+        Ok(JoinedSource {
+            parts,
+            index,
+            origin,
+        })
+    }
+
+    fn find(&self, name: &str) -> Result<(&dyn TensorSource, &str)> {
+        match self.index.get(name) {
+            Some((i, stored)) => Ok((self.parts[*i].as_ref(), stored)),
+            None => Err(Error::MissingTensor {
+                file: self.origin.clone(),
+                name: name.to_string(),
+                available: self.index.len(),
+            }),
+        }
+    }
+}
+
+impl TensorSource for JoinedSource {
+    fn origin(&self) -> PathBuf {
+        self.origin.clone()
+    }
+    fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        let (p, n) = self.find(name).ok()?;
+        p.shape_of(n)
+    }
+    fn names(&self) -> Vec<String> {
+        self.index.keys().cloned().collect()
+    }
+    fn read_f32(&self, name: &str, dst: &mut [f32]) -> Result<()> {
+        let (p, n) = self.find(name)?;
+        p.read_f32(n, dst)
+    }
+    fn read_bf16(&self, name: &str, dst: &mut [u16]) -> Result<()> {
+        let (p, n) = self.find(name)?;
+        p.read_bf16(n, dst)
+    }
+}
+
 impl ParamStore {
     /// The store as an in-memory source (e.g. to rebuild a model from its own values).
     pub fn to_source(&self) -> MemSource {

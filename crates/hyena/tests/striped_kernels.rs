@@ -7,7 +7,7 @@ use hyena::ops::act::{gelu_erf_inplace, reference as act_ref};
 use hyena::ops::attention::{causal_attention, reference as att_ref, rotary_inplace, QBLOCK};
 use hyena::ops::fir::{expand_taps, fir_forward, reference as fir_ref, FirOrder, FirShape};
 use hyena::ops::linear::{linear_weight, reference as lin_ref, Weight};
-use hyena::ops::modal::{modal_forward, reference as modal_ref};
+use hyena::ops::modal::{modal_complex_forward, modal_forward, reference as modal_ref};
 use hyena::ops::norm::{reference as norm_ref, rmsnorm_rms_eps_forward};
 use hyena::params::{bf16_to_f32, f32_to_bf16};
 use rand::rngs::StdRng;
@@ -116,6 +116,51 @@ fn modal_recurrence_equals_the_explicit_convolution() {
             assert_eq!(st, state);
         }
     }
+}
+
+#[test]
+fn complex_modal_recurrence_equals_the_explicit_convolution() {
+    let mut rng = StdRng::seed_from_u64(12);
+    for &(l, c, n) in &[(1, 3, 2), (19, 5, 8), (100, 20, 2), (257, 33, 8)] {
+        let u = randn(&mut rng, l * c, 1.0);
+        // Poles inside the unit disc at every angle, from fast to very slow decay (magnitude
+        // 0.3 … 0.999), and a few tiny ones as the reference's init draws them.
+        let poles: Vec<f32> = (0..c * n)
+            .flat_map(|i| {
+                let r = if i % 5 == 0 {
+                    0.01
+                } else {
+                    1.0 - (10f32).powf(rng.random::<f32>() * 2.5 - 3.0)
+                };
+                let a = (rng.random::<f32>() * 2.0 - 1.0) * std::f32::consts::PI;
+                [r * a.cos(), r * a.sin()]
+            })
+            .collect();
+        let res = randn(&mut rng, 2 * c * n, 0.3);
+        let d = randn(&mut rng, c, 1.0);
+        let mut state = vec![0.0; 2 * c * n];
+        let mut y = vec![f32::NAN; l * c];
+        modal_complex_forward(&u, &poles, &res, Some(&d), c, &mut state, &mut y).unwrap();
+        let r = modal_ref::modal_complex(&u, &poles, &res, Some(&d), c);
+        let scale = r.iter().fold(1.0f32, |a, b| a.max(b.abs()));
+        assert!(max_diff(&y, &r) / scale < 2e-5, "L {l} C {c} N {n}");
+        if l > 2 {
+            let h = l / 3 + 1;
+            let mut st = vec![0.0; 2 * c * n];
+            let mut y2 = vec![0.0; l * c];
+            let (ya, yb) = y2.split_at_mut(h * c);
+            modal_complex_forward(&u[..h * c], &poles, &res, Some(&d), c, &mut st, ya).unwrap();
+            modal_complex_forward(&u[h * c..], &poles, &res, Some(&d), c, &mut st, yb).unwrap();
+            assert!(max_diff(&y, &y2) < 1e-6);
+            assert_eq!(st, state);
+        }
+    }
+    // An odd last axis is refused, not read out of bounds.
+    let mut st = vec![0.0; 3];
+    let mut y = vec![0.0; 2];
+    assert!(
+        modal_complex_forward(&[1.0; 2], &[0.5; 3], &[1.0; 3], None, 1, &mut st, &mut y).is_err()
+    );
 }
 
 #[test]

@@ -12,6 +12,12 @@
 //! `y[t, c] += D[c] · u[t, c]` (the skip term) is added when `d` is given.
 //!
 //! Activations are time-major `[L, C]`; the work is split over blocks of channels.
+//!
+//! [`modal_complex_forward`] is the same with complex poles `p` and residues `R` (StripedHyena 1,
+//! `hyena-family.md` section 7.3: `h[c, t] = Re Σ_n R[c, n] · p[c, n]^t`, stored as (re, im)
+//! pairs `[C, N, 2]`): `x_n[t] = p_n · x_n[t−1] + u[t]` (complex), `y[t] = Re Σ_n R_n · x_n[t]`.
+//! The reference (stripedhyena `HyenaInferenceEngine.parallel_iir`) builds `h` by
+//! `exp(t · log p)` and convolves by FFT; its prefill runs this recurrence (section 7.4).
 
 use rayon::prelude::*;
 
@@ -91,6 +97,78 @@ super::simd_fn! {
     }
 }
 
+/// The complex form (module docs): poles and residues `[C, N, 2]` as (re, im), state
+/// `[C, N, 2]` (zeros at a sequence start; left at the last position's state).
+pub fn modal_complex_forward(
+    u: &[f32],
+    poles: &[f32],
+    residues: &[f32],
+    d: Option<&[f32]>,
+    c: usize,
+    state: &mut [f32],
+    y: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "complex modal forward";
+    if c == 0 {
+        return Ok(());
+    }
+    let n2 = poles.len() / c;
+    let l = u.len() / c;
+    check_len(OP, "u [L, C]", u.len(), l * c)?;
+    check_len(OP, "y [L, C]", y.len(), l * c)?;
+    check_len(OP, "poles [C, N, 2]", poles.len(), c * n2)?;
+    check_len(OP, "residues [C, N, 2]", residues.len(), c * n2)?;
+    check_len(OP, "state [C, N, 2]", state.len(), c * n2)?;
+    if !n2.is_multiple_of(2) {
+        return Err(crate::error::Error::config(
+            "poles",
+            n2,
+            "complex poles are (re, im) pairs: the last axis must have length 2",
+        ));
+    }
+    if let Some(d) = d {
+        check_len(OP, "D [C]", d.len(), c)?;
+    }
+    let yp = super::SyncPtr::new(y);
+    state
+        .par_chunks_mut(CHANS * n2)
+        .enumerate()
+        .for_each(|(blk, st)| {
+            let c0 = blk * CHANS;
+            let cn = st.len() / n2.max(1);
+            let pl = &poles[c0 * n2..(c0 + cn) * n2];
+            let res = &residues[c0 * n2..(c0 + cn) * n2];
+            for t in 0..l {
+                let ur = &u[t * c + c0..t * c + c0 + cn];
+                // SAFETY: this task writes only channels c0..c0+cn of each row; the blocks of
+                // channels are disjoint across tasks.
+                let yr = unsafe { yp.slice(t * c + c0, cn) };
+                for ch in 0..cn {
+                    let (xs, ps, rs) = (
+                        &mut st[ch * n2..(ch + 1) * n2],
+                        &pl[ch * n2..(ch + 1) * n2],
+                        &res[ch * n2..(ch + 1) * n2],
+                    );
+                    let uv = ur[ch];
+                    let mut acc = 0.0f32;
+                    for ((x, p), r) in xs
+                        .chunks_exact_mut(2)
+                        .zip(ps.chunks_exact(2))
+                        .zip(rs.chunks_exact(2))
+                    {
+                        let re = p[0] * x[0] - p[1] * x[1] + uv;
+                        let im = p[0] * x[1] + p[1] * x[0];
+                        x[0] = re;
+                        x[1] = im;
+                        acc += r[0] * re - r[1] * im;
+                    }
+                    yr[ch] = acc + d.map_or(0.0, |d| d[c0 + ch] * uv);
+                }
+            }
+        });
+    Ok(())
+}
+
 /// Slow, obviously correct versions for the tests.
 pub mod reference {
     /// The filter `h [C, L]` of the module docs, in f64.
@@ -120,6 +198,45 @@ pub mod reference {
     ) -> Vec<f32> {
         let l = u.len() / c;
         let h = filter(log_poles, residues, c, l);
+        let mut y = vec![0.0f32; l * c];
+        for t in 0..l {
+            for ch in 0..c {
+                let mut acc: f64 = (0..=t)
+                    .map(|s| h[ch * l + (t - s)] * u[s * c + ch] as f64)
+                    .sum();
+                if let Some(d) = d {
+                    acc += d[ch] as f64 * u[t * c + ch] as f64;
+                }
+                y[t * c + ch] = acc as f32;
+            }
+        }
+        y
+    }
+
+    /// The complex filter `h [C, L] = Re Σ_n R · exp(t · log p)` (principal log, as the
+    /// reference), in f64, and the direct causal convolution of `u [L, C]` with it plus `D ⊙ u`.
+    pub fn modal_complex(
+        u: &[f32],
+        poles: &[f32],
+        residues: &[f32],
+        d: Option<&[f32]>,
+        c: usize,
+    ) -> Vec<f32> {
+        use realfft::num_complex::Complex64;
+        let l = u.len() / c;
+        let n = poles.len() / (2 * c);
+        let mut h = vec![0.0f64; c * l];
+        for ch in 0..c {
+            for m in 0..n {
+                let i = 2 * (ch * n + m);
+                let p = Complex64::new(poles[i] as f64, poles[i + 1] as f64);
+                let r = Complex64::new(residues[i] as f64, residues[i + 1] as f64);
+                let lp = p.ln();
+                for t in 0..l {
+                    h[ch * l + t] += (r * (lp * t as f64).exp()).re;
+                }
+            }
+        }
         let mut y = vec![0.0f32; l * c];
         for t in 0..l {
             for ch in 0..c {

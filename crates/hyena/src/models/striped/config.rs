@@ -1,6 +1,8 @@
-//! The architecture of a StripedHyena 2 model (Evo 2): the keys of a vortex YAML config that
-//! change the computation, their defaults as vortex reads them (`config.get(key, default)`),
-//! the checks that make a config buildable, and the released models as named presets.
+//! The architecture of a StripedHyena model: the keys of a vortex YAML config (StripedHyena 2,
+//! Evo 2) that change the computation, their defaults as vortex reads them
+//! (`config.get(key, default)`), the checks that make a config buildable, and the released
+//! models as named presets; and the Hugging Face `config.json` of StripedHyena 1 models (Evo 1,
+//! StripedHyena-Hessian), read into the same structure with `generation: 1`.
 //!
 //! The released Evo 2 checkpoints carry no architecture; it comes from the YAML files of the
 //! `evo2` package (`evo2/configs/*.yml`, mapped to model names in `evo2/utils.py`). The presets
@@ -31,6 +33,12 @@ pub enum BlockKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Evo2Config {
+    /// 2: StripedHyena 2 (vortex: SE/MR/LI blocks, interleaved channel split). 1: StripedHyena
+    /// 1 (the `stripedhyena` package: every Hyena block has complex modal filters and is listed
+    /// in `hcl_layer_idxs`, column-split channels, biased projections, attention rows
+    /// `[Q; K; V]` with grouped-query heads).
+    #[serde(default = "default_generation")]
+    pub generation: u8,
     #[serde(default)]
     pub model_name: String,
     pub vocab_size: usize,
@@ -72,9 +80,14 @@ pub struct Evo2Config {
     pub use_fp8_input_projections: bool,
 }
 
+fn default_generation() -> u8 {
+    2
+}
+
 /// The keys vortex reads with a default (`config.get(key, default)`), and those defaults.
 fn vortex_defaults() -> serde_json::Value {
     serde_json::json!({
+        "generation": 2,
         "model_name": "",
         "short_filter_bias": false,
         "rotary_emb_base": 1000000.0,
@@ -180,6 +193,173 @@ impl Evo2Config {
         Ok(cfg)
     }
 
+    /// Read a StripedHyena 1 Hugging Face `config.json` (`model_type: "stripedhyena"`; `file`
+    /// names it in errors) with the `stripedhyena` package's defaults for absent keys
+    /// (`config.get(key, default)` in its `model.py` and `layers.py`). Keys of the Hugging Face
+    /// wrapper and of GPU kernels are ignored; any other key is an error. Settings this engine
+    /// does not compute (filter groups other than 1, `smeared_gqa`, `long_fir_threshold`) are
+    /// refused by name.
+    pub fn from_hf_stripedhyena(v: &serde_json::Value, file: &Path) -> Result<Self> {
+        use serde_json::Value;
+        let Some(obj) = v.as_object() else {
+            return Err(Error::format(
+                file,
+                "a config.json is a mapping of keys to values",
+            ));
+        };
+        let unknown: Vec<&String> = obj
+            .keys()
+            .filter(|k| !SH1_KEYS.contains(&k.as_str()) && !SH1_IGNORED.contains(&k.as_str()))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(Error::format(
+                file,
+                format!(
+                    "unknown StripedHyena config key(s) {}: this engine does not know what they \
+                     do, so it will not guess",
+                    unknown
+                        .iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        let bad = |k: &str, why: String| Error::format(file, format!("`{k}`: {why}"));
+        let usize_of = |k: &str, default: Option<usize>| -> Result<usize> {
+            match obj.get(k) {
+                None | Some(Value::Null) => {
+                    default.ok_or_else(|| bad(k, "missing; the config must give it".into()))
+                }
+                Some(x) => x
+                    .as_u64()
+                    .map(|n| n as usize)
+                    .ok_or_else(|| bad(k, format!("expected a non-negative integer, got {x}"))),
+            }
+        };
+        let f64_of = |k: &str, default: Option<f64>| -> Result<f64> {
+            match obj.get(k) {
+                None | Some(Value::Null) => {
+                    default.ok_or_else(|| bad(k, "missing; the config must give it".into()))
+                }
+                Some(x) => x
+                    .as_f64()
+                    .ok_or_else(|| bad(k, format!("expected a number, got {x}"))),
+            }
+        };
+        // `dotdict` returns None for a missing key, which the package tests for truth.
+        let bool_of = |k: &str, default: bool| -> Result<bool> {
+            match obj.get(k) {
+                None | Some(Value::Null) => Ok(default),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(x) => Err(bad(k, format!("expected true or false, got {x}"))),
+            }
+        };
+        let list_of = |k: &str| -> Result<Vec<usize>> {
+            let x = obj
+                .get(k)
+                .ok_or_else(|| bad(k, "missing; the config must give it".into()))?;
+            x.as_array()
+                .and_then(|a| a.iter().map(|i| i.as_u64().map(|n| n as usize)).collect())
+                .ok_or_else(|| bad(k, format!("expected a list of block indices, got {x}")))
+        };
+        let hidden = usize_of("hidden_size", None)?;
+        let num_layers = usize_of("num_layers", None)?;
+        // layers.py ParallelGatedMLP: int(2·D·4/3) rounded up to a multiple of 64 when absent.
+        let default_inner = {
+            let m = usize_of("model_parallel_size", Some(1))?
+                .max(1)
+                .saturating_mul(64);
+            (hidden.saturating_mul(8) / 3).div_ceil(m).saturating_mul(m)
+        };
+        if usize_of("hyena_filter_groups", Some(hidden))? != 1 {
+            return Err(bad(
+                "hyena_filter_groups",
+                "only 1 (one filter per channel, as every released StripedHyena 1 model) is \
+                 supported"
+                    .into(),
+            ));
+        }
+        if bool_of("smeared_gqa", false)? {
+            return Err(bad("smeared_gqa", "true is not supported".into()));
+        }
+        if obj.get("long_fir_threshold").is_some_and(|x| !x.is_null()) {
+            return Err(bad(
+                "long_fir_threshold",
+                "a truncated long filter is not supported; remove the key for the exact model"
+                    .into(),
+            ));
+        }
+        let act = match obj.get("mlp_activation") {
+            None | Some(Value::Null) => "silu".to_string(),
+            Some(Value::String(s)) => s.clone(),
+            Some(x) => return Err(bad("mlp_activation", format!("expected a string, got {x}"))),
+        };
+        let interp = bool_of("use_interpolated_rotary_pos_emb", false)?;
+        let cfg = Evo2Config {
+            generation: 1,
+            model_name: match obj.get("_name_or_path") {
+                Some(Value::String(s)) => s.clone(),
+                _ => String::new(),
+            },
+            vocab_size: usize_of("vocab_size", None)?,
+            hidden_size: hidden,
+            num_layers,
+            num_attention_heads: usize_of("num_attention_heads", None)?,
+            attn_layer_idxs: list_of("attn_layer_idxs")?,
+            // The released configs list one index past the last block (7.1); the package
+            // never asks for it.
+            hcl_layer_idxs: list_of("hyena_layer_idxs")?
+                .into_iter()
+                .filter(|&i| i < num_layers)
+                .collect(),
+            hcm_layer_idxs: vec![],
+            hcs_layer_idxs: vec![],
+            hcm_filter_length: 1,
+            hcs_filter_length: 1,
+            hcm_filter_groups: 1,
+            hcs_filter_groups: 1,
+            short_filter_length: usize_of("short_filter_length", None)?,
+            short_filter_bias: bool_of("short_filter_bias", false)?,
+            state_size: usize_of("state_size", None)?,
+            inner_mlp_size: usize_of("inner_mlp_size", Some(default_inner))?,
+            eps: f64_of("eps", None)?,
+            rotary_emb_base: f64_of("rotary_emb_base", Some(10000.0))?,
+            rotary_emb_scaling_factor: f64_of("rotary_emb_scaling_factor", Some(1.0))?,
+            use_interpolated_rotary_pos_emb: interp,
+            proj_groups: usize_of("proj_groups", Some(1))?,
+            tie_embeddings: bool_of("tie_embeddings", false)?,
+            mha_out_proj_bias: bool_of("mha_out_proj_bias", true)?,
+            // `projections` and `out_filter_dense` are plain nn.Linear layers: always biased.
+            hyena_out_proj_bias: true,
+            qkv_proj_bias: bool_of("qkv_proj_bias", true)?,
+            interleave: false,
+            // flash-attn's MHA reads Wqkv as [Q; K; V]; the package never reads `column_split`.
+            column_split: false,
+            column_split_hyena: bool_of("column_split_hyena", true)?,
+            hyena_flip_x1x2: false,
+            evo2_style_activations: false,
+            mlp_activation: act,
+            final_norm: bool_of("final_norm", true)?,
+            use_flash_rmsnorm: bool_of("use_flash_rmsnorm", false)?,
+            max_seqlen: usize_of("max_seqlen", Some(8192))?,
+            use_fp8_input_projections: false,
+        };
+        cfg.validate().map_err(|e| Error::format(file, e))?;
+        Ok(cfg)
+    }
+
+    /// Rows of the attention `Wqkv`: `H` query heads and `2 · H / proj_groups` key and value
+    /// heads of the head width.
+    pub fn qkv_rows(&self) -> usize {
+        (self.num_attention_heads + 2 * self.kv_heads()) * self.head_dim()
+    }
+
+    /// Key/value heads of the attention blocks.
+    pub fn kv_heads(&self) -> usize {
+        self.num_attention_heads / self.proj_groups.max(1)
+    }
+
     /// Which operator block `i` is.
     pub fn kind(&self, i: usize) -> BlockKind {
         if self.attn_layer_idxs.contains(&i) {
@@ -237,6 +417,14 @@ impl Evo2Config {
                     .into(),
             );
         }
+        // Sizes beyond any model (and beyond what the checks below can allocate for).
+        if self.num_layers > 100_000 || d > 1 << 24 || self.vocab_size > 1 << 24 {
+            return Err(format!(
+                "num_layers {}, hidden_size {d}, vocab_size {}: larger than any model this \
+                 engine can hold",
+                self.num_layers, self.vocab_size
+            ));
+        }
         // Every block index in exactly one list.
         let mut seen = vec![0u8; self.num_layers];
         for (name, list) in [
@@ -252,7 +440,7 @@ impl Evo2Config {
                         self.num_layers
                     ));
                 }
-                seen[i] += 1;
+                seen[i] = seen[i].saturating_add(1);
             }
         }
         if let Some(i) = seen.iter().position(|&n| n != 1) {
@@ -261,6 +449,36 @@ impl Evo2Config {
                  exactly one operator",
                 seen[i]
             ));
+        }
+        match self.generation {
+            1 => {
+                if !self.column_split_hyena
+                    || self.interleave
+                    || self.hyena_flip_x1x2
+                    || self.column_split
+                    || !self.hcm_layer_idxs.is_empty()
+                    || !self.hcs_layer_idxs.is_empty()
+                {
+                    return Err("a StripedHyena 1 config has column-split Hyena channels \
+                         (column_split_hyena: true) and only attention and Hyena blocks"
+                        .into());
+                }
+                if self.proj_groups == 0
+                    || !self.num_attention_heads.is_multiple_of(self.proj_groups)
+                {
+                    return Err(format!(
+                        "proj_groups {} must divide num_attention_heads {}",
+                        self.proj_groups, self.num_attention_heads
+                    ));
+                }
+                return self.validate_common();
+            }
+            2 => {}
+            g => {
+                return Err(format!(
+                    "generation {g}: expected 1 (StripedHyena 1) or 2 (StripedHyena 2)"
+                ))
+            }
         }
         if !self.interleave || self.column_split_hyena || self.hyena_flip_x1x2 {
             return Err(
@@ -276,6 +494,10 @@ impl Evo2Config {
                 self.proj_groups
             ));
         }
+        self.validate_common()
+    }
+
+    fn validate_common(&self) -> std::result::Result<(), String> {
         if !matches!(self.mlp_activation.as_str(), "gelu" | "silu") {
             return Err(format!(
                 "mlp_activation `{}`: expected gelu or silu",
@@ -328,6 +550,78 @@ fn is_field(k: &str) -> bool {
         .iter()
         .any(|f| f == k)
 }
+
+/// Keys of a StripedHyena 1 `config.json` that [`Evo2Config::from_hf_stripedhyena`] reads.
+const SH1_KEYS: &[&str] = &[
+    "_name_or_path",
+    "vocab_size",
+    "hidden_size",
+    "num_layers",
+    "num_attention_heads",
+    "attn_layer_idxs",
+    "hyena_layer_idxs",
+    "hyena_filter_groups",
+    "short_filter_length",
+    "short_filter_bias",
+    "state_size",
+    "inner_mlp_size",
+    "eps",
+    "rotary_emb_base",
+    "rotary_emb_scaling_factor",
+    "use_interpolated_rotary_pos_emb",
+    "proj_groups",
+    "tie_embeddings",
+    "mha_out_proj_bias",
+    "qkv_proj_bias",
+    "column_split_hyena",
+    "mlp_activation",
+    "final_norm",
+    "use_flash_rmsnorm",
+    "max_seqlen",
+    "model_parallel_size",
+    "smeared_gqa",
+    "long_fir_threshold",
+];
+
+/// Keys of a StripedHyena 1 `config.json` that do not change the computation on a CPU: the
+/// Hugging Face wrapper's, GPU kernel choices, dtypes, parallelism, logging, and `column_split`
+/// (which the package never reads).
+const SH1_IGNORED: &[&str] = &[
+    "architectures",
+    "auto_map",
+    "model_type",
+    "torch_dtype",
+    "transformers_version",
+    "_commit_hash",
+    "use_cache",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "tokenizer_class",
+    "use_flash_attention_2",
+    "use_flash_attn",
+    "use_flash_depthwise",
+    "use_flashfft",
+    "inference_mode",
+    "prefill_style",
+    "log_intermediate_values",
+    "make_vocab_size_divisible_by",
+    "pipe_parallel_size",
+    "num_filters",
+    "split_k0",
+    "column_split",
+    "max_batch_size",
+    "compile",
+    "low_mem_mode",
+    "inner_size_multiple_of",
+    "params_dtype",
+    "hyena_block_dtype",
+    "attn_block_dtype",
+    "mlp_dtype",
+    "depthwise_dtype",
+    "seqlen",
+    "padding_idx",
+];
 
 /// The released Evo 2 models, by the `evo2` package's names.
 pub const PRESETS: &[&str] = &[
@@ -391,6 +685,7 @@ fn released(
 ) -> Evo2Config {
     let [attn, hcs, hcm, hcl] = layout(layers, attn);
     Evo2Config {
+        generation: 2,
         model_name: name.into(),
         vocab_size: 512,
         hidden_size: hidden,
@@ -509,6 +804,53 @@ mod tests {
     fn unknown_preset_lists_the_names() {
         let e = preset("evo2_7").unwrap_err().to_string();
         assert!(e.contains("evo2_7b_262k") && e.contains("evo2_7"), "{e}");
+    }
+
+    #[test]
+    fn stripedhyena_1_config_defaults() {
+        let p = Path::new("config.json");
+        let v = serde_json::json!({
+            "model_type": "stripedhyena",
+            "vocab_size": 512, "hidden_size": 96, "num_layers": 4, "num_attention_heads": 4,
+            "attn_layer_idxs": [1, 3], "hyena_layer_idxs": [0, 2, 4],
+            "hyena_filter_groups": 1, "short_filter_length": 3, "state_size": 2, "eps": 1e-5,
+            "column_split": true,
+        });
+        let c = Evo2Config::from_hf_stripedhyena(&v, p).unwrap();
+        // The package's defaults: SiLU, inner int(2·96·4/3) = 256 rounded up to 256, qkv and
+        // out biases on, untied (`config.tie_embeddings` is None), base 10000; the index past
+        // the last block dropped; `column_split` not read.
+        assert_eq!(c.generation, 1);
+        assert_eq!(c.mlp_activation, "silu");
+        assert_eq!(c.inner_mlp_size, 256);
+        assert!(c.qkv_proj_bias && c.mha_out_proj_bias && !c.tie_embeddings);
+        assert_eq!(c.rotary_emb_base, 10000.0);
+        assert_eq!(c.hcl_layer_idxs, [0, 2]);
+        assert!(!c.column_split && c.column_split_hyena);
+        assert_eq!(c.qkv_rows(), 3 * 96);
+        // Absent filter groups default to the width in the package: refused.
+        let mut w = v.clone();
+        w.as_object_mut().unwrap().remove("hyena_filter_groups");
+        let e = Evo2Config::from_hf_stripedhyena(&w, p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hyena_filter_groups"), "{e}");
+        // Required keys are named when missing; GQA groups must divide the heads.
+        let mut w = v.clone();
+        w.as_object_mut().unwrap().remove("eps");
+        let e = Evo2Config::from_hf_stripedhyena(&w, p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`eps`"), "{e}");
+        let mut w = v.clone();
+        w["proj_groups"] = serde_json::json!(3);
+        let e = Evo2Config::from_hf_stripedhyena(&w, p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("proj_groups 3"), "{e}");
+        // The converted form round-trips through the serde config.
+        let back: Evo2Config = serde_json::from_value(serde_json::to_value(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
     }
 
     #[test]

@@ -1,13 +1,18 @@
-//! StripedHyena 2 as a loadable family: the model directories it is read from, and what the
-//! commands do with it ([`LanguageModel`]).
+//! The StripedHyena models as a loadable family: the model directories they are read from,
+//! and what the commands do with them ([`LanguageModel`]).
 //!
-//! A directory is a StripedHyena 2 model when it holds
+//! A directory is a StripedHyena model when it holds
 //! - a hyena model directory: `config.json` with an `evo2` section (an [`Evo2Config`]) and
 //!   `model.safetensors` (what `hyena convert` writes); or
 //! - released files as downloaded: a vortex YAML config (`*.yml`) beside the checkpoint
 //!   (`NAME.pt`, or byte-split shards `NAME.pt.part0`, `NAME.pt.part1`, …, read as one stream);
 //!   without a YAML file, the checkpoint's name must be a released model's (`evo2_7b.pt` →
-//!   the `evo2_7b` preset).
+//!   the `evo2_7b` preset);
+//! - a StripedHyena 1 model as published on the Hugging Face hub (`togethercomputer/evo-1-*`,
+//!   `StripedHyena-Hessian-7B`): `config.json` with `model_type: "stripedhyena"` and the
+//!   weights as `model.safetensors`, `pytorch_model.bin`, or shards of either
+//!   (`model-00001-of-00003.safetensors`, `pytorch_model-00001-of-00002.bin`), keys
+//!   `backbone.…` (the prefix is removed) or bare.
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -247,13 +252,15 @@ impl Family for StripedFamily {
             return Some(boxed(load_vortex_dir(dir)));
         }
         let cfg = dir.join("config.json");
-        let weights = dir.join("model.safetensors");
-        if !cfg.is_file() || !weights.is_file() {
+        if !cfg.is_file() {
             return None;
         }
-        // Only a config with an `evo2` section is ours; any other goes the usual way.
         let config: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).ok()?).ok()?;
-        if !self.detect(&config) {
+        if is_sh1_config(&config) {
+            return Some(boxed(load_hf_dir(dir, &config)));
+        }
+        // Only a config with an `evo2` section is ours; any other goes the usual way.
+        if !self.detect(&config) || !dir.join("model.safetensors").is_file() {
             return None;
         }
         Some(boxed(load_converted(dir, &config)))
@@ -309,6 +316,134 @@ pub fn convert(lm: &Evo2Lm, out: &Path) -> Result<()> {
     let json = serde_json::to_string_pretty(&lm.config_json())
         .map_err(|e| Error::format(&cfg_path, e.to_string()))?;
     crate::io::safetensors::write_bytes_atomic(&cfg_path, json.as_bytes())
+}
+
+/// Whether a `config.json` is a StripedHyena 1 Hugging Face config.
+pub fn is_sh1_config(config: &serde_json::Value) -> bool {
+    config.get("model_type").and_then(|v| v.as_str()) == Some("stripedhyena")
+        || config
+            .get("architectures")
+            .and_then(|v| v.as_array())
+            .is_some_and(|a| {
+                a.iter()
+                    .any(|x| x.as_str() == Some("StripedHyenaModelForCausalLM"))
+            })
+}
+
+/// The weights files of a Hugging Face directory: `model.safetensors` or its shards, else
+/// `pytorch_model.bin` or its shards (`NAME-00001-of-00003.EXT`, every shard required).
+fn hf_weight_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(Error::io(dir))?
+        .filter_map(|e| e.ok())
+        .filter(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.is_file()))
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    names.sort();
+    for (stem, ext) in [("model", "safetensors"), ("pytorch_model", "bin")] {
+        let single = format!("{stem}.{ext}");
+        if names.contains(&single) {
+            return Ok(vec![dir.join(single)]);
+        }
+        // NAME-00001-of-00003.EXT
+        let mut shards: Vec<(usize, usize, &String)> = names
+            .iter()
+            .filter_map(|n| {
+                let rest = n.strip_prefix(stem)?.strip_prefix('-')?;
+                let rest = rest.strip_suffix(ext)?.strip_suffix('.')?;
+                let (i, total) = rest.split_once("-of-")?;
+                Some((i.parse().ok()?, total.parse().ok()?, n))
+            })
+            .collect();
+        if shards.is_empty() {
+            continue;
+        }
+        shards.sort();
+        let total = shards[0].1;
+        let wanted: Vec<usize> = (1..=total).collect();
+        let have: Vec<usize> = shards.iter().map(|s| s.0).collect();
+        if have != wanted || shards.iter().any(|s| s.1 != total) {
+            let missing: Vec<String> = wanted
+                .iter()
+                .filter(|i| !have.contains(i))
+                .map(|i| format!("{stem}-{i:05}-of-{total:05}.{ext}"))
+                .collect();
+            return Err(Error::format(
+                dir,
+                format!(
+                    "incomplete shards of `{stem}.{ext}`: found {}, missing {}; download every \
+                     shard",
+                    shards
+                        .iter()
+                        .map(|s| s.2.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if missing.is_empty() {
+                        "none, but the shard counts disagree".to_string()
+                    } else {
+                        missing.join(", ")
+                    }
+                ),
+            ));
+        }
+        return Ok(shards.iter().map(|s| dir.join(s.2)).collect());
+    }
+    Err(Error::format(
+        dir,
+        "no weights beside config.json: expected model.safetensors, pytorch_model.bin, or \
+         their shards (model-00001-of-00002.safetensors, …)",
+    ))
+}
+
+/// Load a StripedHyena 1 Hugging Face directory (see the module docs); bf16 weights stay bf16.
+pub fn load_hf_dir(dir: &Path, config: &serde_json::Value) -> Result<(Evo2Lm, LoadNotes)> {
+    use crate::io::torch::TorchCheckpoint;
+    use crate::params::{JoinedSource, TensorSource};
+    let cfg = Evo2Config::from_hf_stripedhyena(config, &dir.join("config.json"))?;
+    let files = hf_weight_files(dir)?;
+    let mut notes = LoadNotes::default();
+    let mut parts: Vec<Box<dyn TensorSource>> = Vec::new();
+    let mut bf16 = false;
+    for f in &files {
+        let is_bf16 = |d: Option<&str>| matches!(d, Some("BF16" | "bfloat16"));
+        if f.extension().is_some_and(|e| e == "safetensors") {
+            let m = MappedSafetensors::open(f)?;
+            bf16 |= ["backbone.embedding_layer.weight", "embedding_layer.weight"]
+                .iter()
+                .any(|n| is_bf16(m.dtype_name(n)));
+            parts.push(Box::new(m));
+        } else {
+            let c = TorchCheckpoint::open(f)?;
+            for (name, what) in c.skipped() {
+                notes.notes.push(format!("skipped {name}: {what}"));
+            }
+            bf16 |= ["backbone.embedding_layer.weight", "embedding_layer.weight"]
+                .iter()
+                .any(|n| is_bf16(c.dtype_name(n)));
+            parts.push(Box::new(c));
+        }
+    }
+    let origin = if files.len() == 1 {
+        files[0].clone()
+    } else {
+        dir.to_path_buf()
+    };
+    let src = JoinedSource::new(parts, "backbone.", origin)?;
+    let dtype = if bf16 { DType::Bf16 } else { DType::F32 };
+    let net = Evo2::load(cfg, &src, dtype)?;
+    for n in &net.ignored {
+        notes.notes.push(format!("unused {n}"));
+    }
+    if net.cfg.vocab_size != 512 {
+        notes.notes.push(format!(
+            "warning: this model's vocabulary has {} ids; hyena tokenizes text as UTF-8 bytes \
+             (ids 0-255), which is right for the byte-level models (Evo 1, Evo 2: vocabulary \
+             512) only; this model's own tokenizer is not implemented, so scores of raw text \
+             are not its likelihoods",
+            net.cfg.vocab_size
+        ));
+    }
+    Ok((Evo2Lm { net }, notes))
 }
 
 fn fp8_warning(net: &Evo2, notes: &mut LoadNotes) {

@@ -1,6 +1,7 @@
-//! The StripedHyena 2 language model (Evo 2) for inference: structure, loading from any
-//! [`TensorSource`] (a released `.pt`, a converted safetensors file) and the forward pass over
-//! one sequence, with named intermediate outputs.
+//! The StripedHyena language models (Evo 2 / StripedHyena 2, Evo 1 / StripedHyena 1) for
+//! inference: structure, loading from any [`TensorSource`] (a released `.pt`, Hugging Face
+//! shards, a converted safetensors file) and the forward pass over one sequence, with named
+//! intermediate outputs.
 //!
 //! Numerics follow vortex (`vortex/model/model.py`, `engine.py`, `layers.py`, `attention.py`;
 //! `hyena-family.md` section 8.3), block `i` on the residual stream `x [L, D]`:
@@ -24,6 +25,15 @@
 //! logits = RMSNorm(x) · Eᵀ                            tied embeddings
 //! ```
 //!
+//! StripedHyena 1 (`generation: 1`; the `stripedhyena` package's `model.py`, `engine.py`;
+//! `hyena-family.md` section 7) differs in four places: every Hyena block has a long filter
+//! of complex modes, `h = Re Σ_n R ⊙ p^t` (`filter.poles`, `filter.residues` `[D, N, 1, 2]`,
+//! f32) plus `D ⊙ u` (ops::modal::modal_complex_forward); the channels are split per head as
+//! `[x2 | x1 | v]` blocks of the head width (`column_split_hyena`: post = x2, pre = x1);
+//! `projections` and `out_filter_dense` always have biases; and attention rows are
+//! `[Q (H heads); K (H/g heads); V (H/g heads)]` with query head `h` reading key/value head
+//! `h / g` (`g = proj_groups`, flash-attn's MHA). Its MLP activation applies in every block.
+//!
 //! RMSNorm adds eps to the RMS (ops::norm::rmsnorm_rms_eps_forward) unless the config asks for
 //! the flash form. Attention's `Wqkv` rows are used in the file's order: with `column_split`
 //! (all Evo 2 configs) they are grouped per head as `[q | k | v]` blocks of the head width, and
@@ -44,7 +54,7 @@ use crate::ops::bf16::{linear_bf16, Bf16Scratch};
 use crate::ops::fir::{expand_taps, fir_forward_carry, FirOrder, FirShape};
 use crate::ops::linear::{linear_weight, Weight};
 use crate::ops::loss::log_prob;
-use crate::ops::modal::modal_forward;
+use crate::ops::modal::{modal_complex_forward, modal_forward};
 use crate::ops::norm::{rmsnorm_forward, rmsnorm_rms_eps_forward};
 use std::sync::Arc;
 
@@ -72,9 +82,24 @@ pub const LEFTOVER_KEYS: &[IgnoredKey] = &[
 /// The inner filter of a Hyena block.
 #[derive(Clone, Debug)]
 enum Inner {
-    Se { h: P },
-    Mr { h: P, d: P },
-    Li { log_poles: P, residues: P, d: P },
+    Se {
+        h: P,
+    },
+    Mr {
+        h: P,
+        d: P,
+    },
+    Li {
+        log_poles: P,
+        residues: P,
+        d: P,
+    },
+    /// StripedHyena 1: complex poles and residues `[D, N, 1, 2]` (re, im).
+    Complex {
+        poles: P,
+        residues: P,
+        d: P,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -195,6 +220,19 @@ impl Evo2 {
                     *log_poles = lp;
                     *residues = r;
                 }
+                (
+                    Mixer::Hyena {
+                        inner:
+                            Inner::Complex {
+                                poles, residues, ..
+                            },
+                        ..
+                    },
+                    Exact::Li(p, r),
+                ) => {
+                    *poles = p;
+                    *residues = r;
+                }
                 (Mixer::Attn { inv_freq, .. }, Exact::Rotary(f)) => *inv_freq = f,
                 _ => {}
             }
@@ -229,9 +267,10 @@ impl Evo2 {
             let post_norm = b.get(&[d], "post_norm.scale")?;
             let mixer = if kind == BlockKind::Mha {
                 let m = b.pp("inner_mha_cls");
+                let rows = cfg.qkv_rows();
                 Mixer::Attn {
-                    wqkv: m.get(&[3 * d, d], "Wqkv.weight")?,
-                    bqkv: opt(cfg.qkv_proj_bias, || m.get(&[3 * d], "Wqkv.bias"))?,
+                    wqkv: m.get(&[rows, d], "Wqkv.weight")?,
+                    bqkv: opt(cfg.qkv_proj_bias, || m.get(&[rows], "Wqkv.bias"))?,
                     out_w: m.get(&[d, d], "out_proj.weight")?,
                     out_b: opt(cfg.mha_out_proj_bias, || m.get(&[d], "out_proj.bias"))?,
                     inv_freq: None,
@@ -263,15 +302,23 @@ impl Evo2 {
                             Inner::Se { h }
                         }
                     }
+                    _ if cfg.generation == 1 => Inner::Complex {
+                        poles: none,
+                        residues: none,
+                        d: f.get(&[d], "D")?,
+                    },
                     _ => Inner::Li {
                         log_poles: none,
                         residues: none,
                         d: f.get(&[d], "D")?,
                     },
                 };
+                // StripedHyena 1's projections are a plain (biased) nn.Linear; vortex ties the
+                // bias to qkv_proj_bias.
+                let proj_bias = cfg.generation == 1 || cfg.qkv_proj_bias;
                 Mixer::Hyena {
                     proj_w: b.get(&[3 * d, d], "projections.weight")?,
-                    proj_b: opt(cfg.qkv_proj_bias, || b.get(&[3 * d], "projections.bias"))?,
+                    proj_b: opt(proj_bias, || b.get(&[3 * d], "projections.bias"))?,
                     short_w: f.get(&[3 * d, 1, k0], "short_filter_weight")?,
                     short_b: opt(cfg.short_filter_bias, || {
                         f.get(&[3 * d], "short_filter_bias")
@@ -312,6 +359,10 @@ impl Evo2 {
             .map(|i| {
                 let b = vb.pp(format!("blocks.{i}"));
                 Ok(match cfg.kind(i) {
+                    BlockKind::Li if cfg.generation == 1 => Exact::Li(
+                        b.get(&[d, cfg.state_size, 1, 2], "filter.poles")?,
+                        b.get(&[d, cfg.state_size, 1, 2], "filter.residues")?,
+                    ),
                     BlockKind::Li => Exact::Li(
                         b.get(&[d, cfg.state_size, 1], "filter.log_poles")?,
                         b.get(&[d, cfg.state_size], "filter.residues")?,
@@ -570,6 +621,7 @@ impl Evo2 {
                 state: Vec<f32>,
             },
         }
+        let complex = cfg.generation == 1;
         let mut prep = match &b.mixer {
             Mixer::Hyena {
                 short_w,
@@ -622,9 +674,10 @@ impl Evo2 {
                             carry: vec![0.0; (k - 1) * d],
                         }
                     }
-                    Inner::Li { d: dp, .. } => InnerPrep::Modal {
+                    Inner::Li { d: dp, .. } | Inner::Complex { d: dp, .. } => InnerPrep::Modal {
                         d: self.small(*dp),
-                        state: vec![0.0; d * cfg.state_size],
+                        // (re, im) pairs for complex modes.
+                        state: vec![0.0; d * cfg.state_size * if complex { 2 } else { 1 }],
                     },
                 };
                 Prep::Hyena {
@@ -701,14 +754,33 @@ impl Evo2 {
                             }
                         }
                     }
-                    // The interleave: post = 0::3, pre = 1::3, v = 2::3; u = pre ⊙ v.
-                    for t in 0..m {
-                        let zr = &ws.zc[t * c3..(t + 1) * c3];
-                        let ur = &mut ws.u[t * d..(t + 1) * d];
-                        let pr = &mut ws.post[t * d..(t + 1) * d];
-                        for c in 0..d {
-                            pr[c] = zr[3 * c];
-                            ur[c] = zr[3 * c + 1] * zr[3 * c + 2];
+                    if complex {
+                        // The column split: per head, [x2 | x1 | v] blocks of the head width
+                        // (stripedhyena `utils.column_split`); post = x2, u = x1 ⊙ v.
+                        let hd = cfg.head_dim();
+                        for t in 0..m {
+                            let zr = &ws.zc[t * c3..(t + 1) * c3];
+                            let ur = &mut ws.u[t * d..(t + 1) * d];
+                            let pr = &mut ws.post[t * d..(t + 1) * d];
+                            for (hh, zh) in zr.chunks_exact(3 * hd).enumerate() {
+                                let (x2, rest) = zh.split_at(hd);
+                                let (x1, v) = rest.split_at(hd);
+                                for j in 0..hd {
+                                    pr[hh * hd + j] = x2[j];
+                                    ur[hh * hd + j] = x1[j] * v[j];
+                                }
+                            }
+                        }
+                    } else {
+                        // The interleave: post = 0::3, pre = 1::3, v = 2::3; u = pre ⊙ v.
+                        for t in 0..m {
+                            let zr = &ws.zc[t * c3..(t + 1) * c3];
+                            let ur = &mut ws.u[t * d..(t + 1) * d];
+                            let pr = &mut ws.post[t * d..(t + 1) * d];
+                            for c in 0..d {
+                                pr[c] = zr[3 * c];
+                                ur[c] = zr[3 * c + 1] * zr[3 * c + 2];
+                            }
                         }
                     }
                     match (inner, ip) {
@@ -725,10 +797,26 @@ impl Evo2 {
                                 ..
                             },
                             InnerPrep::Modal { d: dv, state },
-                        ) => {
+                        ) if !complex => {
                             modal_forward(
                                 &ws.u[..md],
                                 self.ex(*log_poles),
+                                self.ex(*residues),
+                                Some(dv),
+                                d,
+                                state,
+                                &mut ws.inner[..md],
+                            )?;
+                        }
+                        (
+                            Inner::Complex {
+                                poles, residues, ..
+                            },
+                            InnerPrep::Modal { d: dv, state },
+                        ) => {
+                            modal_complex_forward(
+                                &ws.u[..md],
+                                self.ex(*poles),
                                 self.ex(*residues),
                                 Some(dv),
                                 d,
@@ -755,26 +843,31 @@ impl Evo2 {
                     Prep::Attn { freqs },
                 ) => {
                     let (h, hd) = (cfg.num_attention_heads, cfg.head_dim());
+                    let (rows, hkv) = (cfg.qkv_rows(), cfg.kv_heads());
                     self.lin(
                         &ws.xn[..md],
                         m,
                         *wqkv,
                         *bqkv,
                         d,
-                        c3,
-                        &mut ws.z[..m * c3],
+                        rows,
+                        &mut ws.z[..m * rows],
                         &mut ws.wide,
                     )?;
                     // q of the chunk [H, m, hd]; k, v into the caches [H, L, hd] at t0.. (module
-                    // docs for the column layout).
+                    // docs for the column layout). With grouped-query heads (StripedHyena 1),
+                    // each query head's cache holds its key/value head's rows.
                     for t in 0..m {
-                        let zr = &ws.z[t * c3..(t + 1) * c3];
+                        let zr = &ws.z[t * rows..(t + 1) * rows];
                         for hh in 0..h {
+                            let g = hh / (h / hkv);
                             let col = |p: usize| {
                                 if cfg.column_split {
                                     hh * 3 * hd + p * hd
+                                } else if p == 0 {
+                                    hh * hd
                                 } else {
-                                    p * d + hh * hd
+                                    h * hd + (p - 1) * hkv * hd + g * hd
                                 }
                             };
                             ws.q[(hh * m + t) * hd..(hh * m + t + 1) * hd]
@@ -904,16 +997,18 @@ impl Evo2 {
     pub fn describe(&self) -> String {
         format!(
             "{} ({} blocks, width {}, {} parameters in {})",
-            if self.cfg.model_name.is_empty() {
-                "StripedHyena 2"
-            } else {
+            if !self.cfg.model_name.is_empty() {
                 &self.cfg.model_name
+            } else if self.cfg.generation == 1 {
+                "StripedHyena 1"
+            } else {
+                "StripedHyena 2"
             },
             self.blocks.len(),
             self.cfg.hidden_size,
             self.params.len() + self.exact.len(),
             match self.params.dtype() {
-                DType::Bf16 => "bf16 (log-poles, residues f32)",
+                DType::Bf16 => "bf16 (poles, residues f32)",
                 DType::F32 => "f32",
             }
         )
