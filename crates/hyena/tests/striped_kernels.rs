@@ -4,7 +4,9 @@
 //! eps-on-the-RMS RMSNorm, the erf GELU and products with bf16 weights.
 
 use hyena::ops::act::{gelu_erf_inplace, reference as act_ref};
-use hyena::ops::attention::{causal_attention, reference as att_ref, rotary_inplace, QBLOCK};
+use hyena::ops::attention::{
+    causal_attention, exp_nonpositive, reference as att_ref, rotary_inplace, QBLOCK,
+};
 use hyena::ops::fir::{expand_taps, fir_forward, reference as fir_ref, FirOrder, FirShape};
 use hyena::ops::linear::{linear_weight, reference as lin_ref, Weight};
 use hyena::ops::modal::{modal_complex_forward, modal_forward, reference as modal_ref};
@@ -164,6 +166,26 @@ fn complex_modal_recurrence_equals_the_explicit_convolution() {
 }
 
 #[test]
+fn softmax_exp_is_within_two_ulp() {
+    // Every 1/4096 from -87 to 0, plus the edges: relative error against the f64 exp.
+    let mut worst = 0.0f64;
+    for i in 0..=(87 * 4096) {
+        let x = -(i as f32) / 4096.0;
+        let got = exp_nonpositive(x) as f64;
+        let want = (x as f64).exp();
+        worst = worst.max(((got - want) / want).abs());
+    }
+    assert!(
+        worst < 2.0 * f32::EPSILON as f64,
+        "relative error {worst:e}"
+    );
+    assert_eq!(exp_nonpositive(0.0), 1.0);
+    assert_eq!(exp_nonpositive(-88.0), 0.0);
+    assert_eq!(exp_nonpositive(f32::NEG_INFINITY), 0.0);
+    assert!(exp_nonpositive(f32::NAN).is_nan());
+}
+
+#[test]
 fn rotary_and_blocked_attention_match_references() {
     let mut rng = StdRng::seed_from_u64(3);
     for &(l, h, hd) in &[(1, 2, 8), (7, 3, 4), (QBLOCK + 5, 2, 16), (150, 4, 8)] {
@@ -264,7 +286,7 @@ fn erf_gelu_and_bf16_weights() {
 
 #[test]
 fn bf16_products_match_the_rounded_reference() {
-    use hyena::ops::bf16::{linear_bf16, reference as bf_ref, Bf16Scratch};
+    use hyena::ops::bf16::{linear_bf16, linear_bf16_strided, reference as bf_ref, Bf16Scratch};
     let mut rng = StdRng::seed_from_u64(6);
     let mut s = Bf16Scratch::default();
     // Edges in every direction: rows not a multiple of 12 or 96, columns not of 16 or 128, odd K,
@@ -297,5 +319,65 @@ fn bf16_products_match_the_rounded_reference() {
         let mut y = vec![f32::NAN; m * n];
         linear_bf16(&x, Weight::Bf16(&bits), None, m, k, n, &mut y, &mut s).unwrap();
         assert!(max_diff(&y, &want) < 1e-4, "no bias M {m} K {k} N {n}");
+        // The same weights as the first K of rows `ldw` apart (garbage past K must be ignored).
+        let ldw = k + 5;
+        let mut strided = vec![f32_to_bf16(f32::NAN); (n - 1) * ldw + k];
+        for j in 0..n {
+            strided[j * ldw..j * ldw + k].copy_from_slice(&bits[j * k..(j + 1) * k]);
+        }
+        let mut y = vec![f32::NAN; m * n];
+        linear_bf16_strided(&x, &strided, ldw, m, k, n, &mut y, &mut s).unwrap();
+        assert!(max_diff(&y, &want) < 1e-4, "strided M {m} K {k} N {n}");
+    }
+    // A stride shorter than a row, or too few weights: errors, not reads out of bounds.
+    let mut y = vec![0.0; 4];
+    assert!(linear_bf16_strided(&[1.0; 6], &[0; 12], 2, 2, 3, 2, &mut y, &mut s).is_err());
+    assert!(linear_bf16_strided(&[1.0; 6], &[0; 5], 3, 2, 3, 2, &mut y, &mut s).is_err());
+}
+
+#[test]
+fn bf16_attention_matches_the_rounded_reference() {
+    use hyena::ops::attention::causal_attention_bf16_at;
+    let mut rng = StdRng::seed_from_u64(13);
+    for &(l, h, hd) in &[(1, 1, 4), (9, 2, 8), (QBLOCK + 7, 3, 16), (150, 2, 32)] {
+        let q = randn(&mut rng, h * l * hd, 1.0);
+        let k = randn(&mut rng, h * l * hd, 1.0);
+        let v = randn(&mut rng, h * l * hd, 1.0);
+        let kb: Vec<u16> = k.iter().map(|&x| f32_to_bf16(x)).collect();
+        // Values transposed: [H, hd, L].
+        let mut vt = vec![0u16; h * hd * l];
+        for hh in 0..h {
+            for t in 0..l {
+                for i in 0..hd {
+                    vt[(hh * hd + i) * l + t] = f32_to_bf16(v[(hh * l + t) * hd + i]);
+                }
+            }
+        }
+        let want = att_ref::causal_attention_bf16(&q, &k, &v, h, hd);
+        let exact = att_ref::causal_attention(&q, &k, &v, h, hd);
+        // All queries at once, and the last third as a chunk at its offset.
+        let mut out = vec![f32::NAN; l * h * hd];
+        causal_attention_bf16_at(&q, &kb, &vt, h, hd, 0, l, &mut out).unwrap();
+        // A probability may round to the other bf16 neighbour (f32 vs f64 softmax): 1 ulp.
+        assert!(
+            max_diff(&out, &want) < 2e-2,
+            "L {l} H {h} hd {hd}: {}",
+            max_diff(&out, &want)
+        );
+        assert!(
+            max_diff(&out, &exact) < 6e-2,
+            "L {l}: {}",
+            max_diff(&out, &exact)
+        );
+        let t0 = l - l / 3 - 1;
+        let m = l - t0;
+        let mut qc = vec![0.0; h * m * hd];
+        for hh in 0..h {
+            qc[hh * m * hd..(hh + 1) * m * hd]
+                .copy_from_slice(&q[(hh * l + t0) * hd..(hh * l + l) * hd]);
+        }
+        let mut oc = vec![f32::NAN; m * h * hd];
+        causal_attention_bf16_at(&qc, &kb, &vt, h, hd, t0, l, &mut oc).unwrap();
+        assert!(max_diff(&oc, &out[t0 * h * hd..]) < 1e-6, "chunk at {t0}");
     }
 }

@@ -1,5 +1,6 @@
-//! `hyena bench conv|operator|train|generate|embed|mad|layers`: time kernels, training steps,
-//! generation, the lean forward, MAD training and single zoo layers, and print a markdown table or JSON lines.
+//! `hyena bench conv|operator|train|generate|embed|mad|layers|products`: time kernels, training
+//! steps, generation, the lean forward, MAD training, single zoo layers and the matrix products
+//! of the StripedHyena forward, and print a markdown table or JSON lines.
 //! Each kind has only its own flags; the measurements are `hyena::apps::bench`.
 
 use std::io::Write;
@@ -35,6 +36,27 @@ pub enum BenchWhat {
     /// Forward and backward of single zoo layers (`hyena mad --list-layers` names them) on a
     /// [B, L, D] input: median ms over `--reps` rounds after two warm-up rounds.
     Layers(LayersArgs),
+    /// The matrix products of the StripedHyena (Evo 2) forward with bf16-stored weights, in f32
+    /// arithmetic (weights widened) and in bf16 arithmetic (f32 accumulation): median GFLOP/s.
+    Products(ProductsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ProductsArgs {
+    /// Rows M of the activations (positions per chunk of the forward).
+    #[arg(long, default_value_t = 1024)]
+    pub m: usize,
+    /// Inner dimension K (the model width; 4096 for the 7B shape).
+    #[arg(long, default_value_t = 4096)]
+    pub k: usize,
+    /// Output columns N (the MLP's inner width; 11264 for evo2_7b).
+    #[arg(long, default_value_t = 11264)]
+    pub n: usize,
+    /// Timed products per precision (median reported), after one warm-up.
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    #[command(flatten)]
+    pub common: BenchCommon,
 }
 
 /// Flags of every benchmark.
@@ -226,7 +248,33 @@ pub fn run_cmd(w: BenchWhat) -> Result<()> {
         BenchWhat::Embed(a) => embed(&a),
         BenchWhat::Mad(a) => mad(&a),
         BenchWhat::Layers(a) => layers(&a),
+        BenchWhat::Products(a) => products(&a),
     }
+}
+
+/// `bench products`.
+fn products(a: &ProductsArgs) -> Result<()> {
+    a.common.init()?;
+    let r = hyena::apps::bench::product_rates(a.m, a.k, a.n, a.reps)?;
+    if a.common.json.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "| product [M, K] x [K, N] | f32 GFLOP/s | bf16 GFLOP/s | bf16 instructions |\n\
+             |---|---:|---:|---|\n| {} x {} x {} | {:.1} | {:.1} | {} |",
+            r.m,
+            r.k,
+            r.n,
+            r.f32_gflops,
+            r.bf16_gflops,
+            if r.bf16_native {
+                "AVX512-BF16"
+            } else {
+                "none (widened to f32)"
+            }
+        );
+    }
+    Ok(())
 }
 
 /// `--batch` and `--d-model` must be at least 1.

@@ -70,6 +70,7 @@ pub fn run_cmd(a: EmbedArgs) -> Result<()> {
     }
     let lm = loaded.model.as_ref();
     ui::print_notes(&loaded.notes);
+    eprintln!("model loaded in {:.1} s", t0.elapsed().as_secs_f64());
     let (layer, name) = match a.layer.as_deref().map(|s| (s, s.parse::<usize>())) {
         None => (None, None),
         Some((_, Ok(n))) => (Some(n), None),

@@ -68,6 +68,7 @@ pub fn run_cmd(a: ScoreArgs) -> Result<()> {
         eprintln!("matrix products in {precision}");
     }
     ui::print_notes(&loaded.notes);
+    eprintln!("model loaded in {:.1} s", t0.elapsed().as_secs_f64());
     let (bar, f) = ui::record_progress();
     let opts = ScoreOptions {
         reduce: match a.reduce {

@@ -629,6 +629,67 @@ pub fn sgemm_rate() -> Result<f64> {
     Ok(2.0 * (m * k * n) as f64 / best / 1e9)
 }
 
+/// Throughput of the matrix products the StripedHyena forward uses, `y [M, N] = x [M, K] · Wᵀ`
+/// with bf16-stored weights: f32 arithmetic (the weights widened, `ops::linear::linear_weight`)
+/// and bf16 arithmetic with f32 accumulation (`ops::bf16::linear_bf16`). Median GFLOP/s over
+/// `reps` timed products after one warm-up each.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProductRates {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub f32_gflops: f64,
+    pub bf16_gflops: f64,
+    /// Whether the bf16 products ran on AVX512-BF16 instructions (else widened to f32).
+    pub bf16_native: bool,
+}
+
+pub fn product_rates(m: usize, k: usize, n: usize, reps: usize) -> Result<ProductRates> {
+    use crate::ops::bf16::{linear_bf16, native, Bf16Scratch};
+    use crate::ops::linear::{linear_weight, Weight};
+    if m == 0 || k == 0 || n == 0 {
+        return Err(crate::error::Error::config(
+            "shape",
+            format!("{m}x{k}x{n}"),
+            "every dimension must be at least 1",
+        ));
+    }
+    let x = rand_vec(m * k, 1, 1.0);
+    let w: Vec<u16> = rand_vec(n * k, 2, 0.05)
+        .iter()
+        .map(|&v| crate::params::f32_to_bf16(v))
+        .collect();
+    let mut y = vec![0.0f32; m * n];
+    let (mut wide, mut s16) = (Vec::new(), Bf16Scratch::default());
+    let flops = 2.0 * (m * k * n) as f64;
+    let mut rate = |bf16: bool| -> Result<f64> {
+        let mut times = Vec::with_capacity(reps);
+        for rep in 0..=reps.max(1) {
+            let t = Instant::now();
+            if bf16 {
+                linear_bf16(&x, Weight::Bf16(&w), None, m, k, n, &mut y, &mut s16)?;
+            } else {
+                linear_weight(&x, Weight::Bf16(&w), None, m, k, n, &mut y, &mut wide)?;
+            }
+            if rep > 0 {
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        Ok(flops / times[times.len() / 2] / 1e9)
+    };
+    let f32_gflops = rate(false)?;
+    let bf16_gflops = rate(true)?;
+    Ok(ProductRates {
+        m,
+        k,
+        n,
+        f32_gflops,
+        bf16_gflops,
+        bf16_native: native(),
+    })
+}
+
 /// Train `arch` for `steps` steps of `batch` sequences of `task`'s baseline setting (one epoch
 /// over `steps · batch` examples) and report throughput.
 pub fn run_mad_bench(

@@ -14,7 +14,10 @@
 //!
 //! **Attention** ([`causal_attention`]): for each head and block of [`QBLOCK`] queries, the
 //! scores against all earlier keys `S = q kᵀ / √hd` (one GEMM), a causal mask, a row softmax
-//! (max-subtracted, in f32), and `P v` (one GEMM).
+//! (max-subtracted, in f32), and `P v` (one GEMM). The softmax's exponentials are
+//! [`exp_nonpositive`] (a vectorisable exp for arguments ≤ 0, within 2 ulp of `f32::exp`): at
+//! 8,192 positions the `L²/2` exponentials per head cost more than the two GEMMs with the
+//! scalar library call.
 
 use rayon::prelude::*;
 
@@ -127,21 +130,7 @@ pub fn causal_attention_at(
                 .expect("attention scores");
             for (i, row) in s.chunks_exact_mut(keys).enumerate() {
                 let last = q0 + r0 + i; // keys 0..=last are visible
-                let row = &mut row[..=last];
-                let mut mx = f32::NEG_INFINITY;
-                for x in row.iter_mut() {
-                    *x *= scale;
-                    mx = mx.max(*x);
-                }
-                let mut sum = 0.0f32;
-                for x in row.iter_mut() {
-                    *x = (*x - mx).exp();
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
-                for x in row.iter_mut() {
-                    *x *= inv;
-                }
+                softmax_row(&mut row[..=last], scale);
             }
             for (i, row) in s.chunks_exact_mut(keys).enumerate() {
                 row[q0 + r0 + i + 1..].fill(0.0);
@@ -159,6 +148,138 @@ pub fn causal_attention_at(
         },
     );
     Ok(())
+}
+
+/// [`causal_attention_at`] with bf16 products (the `bf16` precision): `q` f32 `[H, Lq, hd]`
+/// (rounded to bf16 by the product), keys `kb [H, rows, hd]` and transposed values
+/// `vt [H, hd, rows]` as bf16 bits; scores, softmax and sums in f32, the probabilities rounded
+/// to bf16 for the second product (what PyTorch's bf16 attention on a CPU feeds its GEMMs).
+#[allow(clippy::too_many_arguments)]
+pub fn causal_attention_bf16_at(
+    q: &[f32],
+    kb: &[u16],
+    vt: &[u16],
+    heads: usize,
+    hd: usize,
+    q0: usize,
+    rows: usize,
+    out: &mut [f32],
+) -> Result<()> {
+    use crate::ops::bf16::{linear_bf16_strided, Bf16Scratch};
+    const OP: &str = "causal attention (bf16)";
+    if heads == 0 || hd == 0 {
+        return Ok(());
+    }
+    let l = q.len() / (heads * hd);
+    let n = heads * l * hd;
+    check_len(OP, "q [H, Lq, hd]", q.len(), n)?;
+    check_len(OP, "k [H, rows, hd]", kb.len(), heads * rows * hd)?;
+    check_len(OP, "vᵀ [H, hd, rows]", vt.len(), heads * rows * hd)?;
+    check_len(OP, "out [Lq, H*hd]", out.len(), n)?;
+    if q0 + l > rows {
+        return Err(Error::shape(OP, "key rows", format!(">= {}", q0 + l), rows));
+    }
+    let scale = 1.0 / (hd as f32).sqrt();
+    let width = heads * hd;
+    let blocks = l.div_ceil(QBLOCK);
+    let op = super::SyncPtr::new(out);
+    (0..heads * blocks).into_par_iter().for_each_init(
+        || {
+            (
+                Vec::<f32>::new(),
+                vec![0.0f32; QBLOCK * hd],
+                Bf16Scratch::default(),
+            )
+        },
+        |(s, o, bs), task| {
+            let (h, b) = (task / blocks, task % blocks);
+            let (r0, r1) = (b * QBLOCK, ((b + 1) * QBLOCK).min(l));
+            let (m, keys) = (r1 - r0, q0 + r1);
+            let (qbase, kbase) = (h * l * hd, h * rows * hd);
+            super::grow(s, m * keys);
+            let s = &mut s[..m * keys];
+            let qb = &q[qbase + r0 * hd..qbase + r1 * hd];
+            // Shapes are consistent by construction (checked above); a failure is a bug.
+            linear_bf16_strided(qb, &kb[kbase..kbase + keys * hd], hd, m, hd, keys, s, bs)
+                .expect("attention scores");
+            for (i, row) in s.chunks_exact_mut(keys).enumerate() {
+                let last = q0 + r0 + i;
+                softmax_row(&mut row[..=last], scale);
+                row[last + 1..].fill(0.0);
+            }
+            let o = &mut o[..m * hd];
+            let vh = &vt[kbase..kbase + hd * rows];
+            linear_bf16_strided(s, vh, rows, m, keys, hd, o, bs).expect("attention values");
+            for (i, orow) in o.chunks_exact(hd).enumerate() {
+                // SAFETY: task (h, b) writes rows r0..r1, columns h·hd..(h+1)·hd: disjoint
+                // across tasks.
+                let dst = unsafe { op.slice((r0 + i) * width + h * hd, hd) };
+                dst.copy_from_slice(orow);
+            }
+        },
+    );
+    Ok(())
+}
+
+super::simd_fn! {
+    /// `row ← softmax(scale · row)` in place (max-subtracted; sums in 16 lanes).
+    fn softmax_row(row: &mut [f32], scale: f32) {
+        let mut mx = f32::NEG_INFINITY;
+        for x in row.iter_mut() {
+            *x *= scale;
+            mx = mx.max(*x);
+        }
+        let mut lanes = [0.0f32; 16];
+        let mut chunks = row.chunks_exact_mut(16);
+        for c in &mut chunks {
+            for (x, acc) in c.iter_mut().zip(lanes.iter_mut()) {
+                *x = exp_nonpositive(*x - mx);
+                *acc += *x;
+            }
+        }
+        let mut sum = 0.0f32;
+        for x in chunks.into_remainder() {
+            *x = exp_nonpositive(*x - mx);
+            sum += *x;
+        }
+        sum += lanes.iter().sum::<f32>();
+        let inv = 1.0 / sum;
+        for x in row.iter_mut() {
+            *x *= inv;
+        }
+    }
+}
+
+/// `e^x` for `x ≤ 0` (softmax arguments after the max is subtracted), branch-free so that
+/// loops over it vectorise: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2` (Cody–Waite, two-part
+/// ln 2), `e^r` by its degree-7 Taylor polynomial (truncation below 5e-9 relative), `2^n` built
+/// in the exponent bits. Within 2 ulp of `f32::exp`; 0 below −87 (where `e^x` < 2^−125, far
+/// below anything a softmax row keeps) and for −∞ (masked scores).
+#[inline(always)]
+pub fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // Round to nearest by the 1.5·2^23 trick (vectorises, unlike f32::round).
+    const MAGIC: f32 = 12_582_912.0;
+    let xc = x.max(-87.0);
+    let n = (xc * LOG2E + MAGIC) - MAGIC;
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    // n ∈ [−126, 0]: a normal power of two.
+    let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if x < -87.0 {
+        0.0
+    } else if x.is_nan() {
+        x
+    } else {
+        p * two_n
+    }
 }
 
 /// Slow, obviously correct versions for the tests.
@@ -190,6 +311,40 @@ pub mod reference {
     }
 
     /// Causal softmax attention in f64, one query at a time.
+    /// [`super::causal_attention_bf16_at`]'s numbers: q, k, v rounded to bf16, scores and
+    /// softmax in f64, the probabilities rounded to bf16 before the weighted sum.
+    pub fn causal_attention_bf16(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        heads: usize,
+        hd: usize,
+    ) -> Vec<f32> {
+        use crate::params::{bf16_to_f32, f32_to_bf16};
+        let r = |x: f32| bf16_to_f32(f32_to_bf16(x)) as f64;
+        let l = q.len() / (heads * hd);
+        let mut out = vec![0.0f32; l * heads * hd];
+        for h in 0..heads {
+            let at = |x: &[f32], t: usize, i: usize| r(x[(h * l + t) * hd + i]);
+            for t in 0..l {
+                let sc: Vec<f64> = (0..=t)
+                    .map(|s| (0..hd).map(|i| at(q, t, i) * at(k, s, i)).sum::<f64>())
+                    .map(|x| x / (hd as f64).sqrt())
+                    .collect();
+                let mx = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = sc.iter().map(|x| (x - mx).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for i in 0..hd {
+                    let acc: f64 = (0..=t)
+                        .map(|s| bf16_to_f32(f32_to_bf16((e[s] / z) as f32)) as f64 * at(v, s, i))
+                        .sum();
+                    out[t * heads * hd + h * hd + i] = acc as f32;
+                }
+            }
+        }
+        out
+    }
+
     pub fn causal_attention(q: &[f32], k: &[f32], v: &[f32], heads: usize, hd: usize) -> Vec<f32> {
         let l = q.len() / (heads * hd);
         let mut out = vec![0.0f32; l * heads * hd];

@@ -96,16 +96,86 @@ pub fn linear_bf16(
         };
         return linear_forward(&xr, wf, b, m, k, n, y);
     }
-    pack_a(x, m, k, &mut s.a);
     // Weights stored as f32 (small models) are rounded to bf16 once per call.
+    let mut wr = std::mem::take(&mut s.w);
     let w: &[u16] = match w {
         Weight::Bf16(v) => v,
         Weight::F32(v) => {
-            s.w.clear();
-            s.w.extend(v.iter().map(|&x| f32_to_bf16(x)));
-            &s.w
+            wr.clear();
+            wr.extend(v.iter().map(|&x| f32_to_bf16(x)));
+            &wr
         }
     };
+    native_product(x, w, k, b, m, k, n, y, s);
+    s.w = wr;
+    Ok(())
+}
+
+/// `y [M, N] = bf16(x) [M, K] · Wᵀ` for bf16 weights whose rows lie `ldw ≥ K` apart (the first
+/// `K` values of each of the `N` rows are used): attention's products against the key cache
+/// (`[L, hd]`, `ldw = hd`) and the transposed value cache (`[hd, L]`, rows of the full length,
+/// `K` = the keys a block of queries sees).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_bf16_strided(
+    x: &[f32],
+    w: &[u16],
+    ldw: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    y: &mut [f32],
+    s: &mut Bf16Scratch,
+) -> Result<()> {
+    const OP: &str = "linear (bf16, strided weights)";
+    check_len(OP, "x [M, K]", x.len(), m * k)?;
+    check_len(OP, "y [M, N]", y.len(), m * n)?;
+    if ldw < k {
+        return Err(crate::error::Error::shape(
+            OP,
+            "weight row stride",
+            format!(">= {k}"),
+            ldw,
+        ));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let need = (n - 1) * ldw + k;
+    if w.len() < need {
+        return Err(crate::error::Error::shape(
+            OP,
+            "W rows",
+            format!(">= {need} values"),
+            w.len(),
+        ));
+    }
+    if !native() || k == 0 {
+        let xr: Vec<f32> = x.iter().map(|&v| bf16_to_f32(f32_to_bf16(v))).collect();
+        s.wide.clear();
+        for j in 0..n {
+            s.wide
+                .extend(w[j * ldw..j * ldw + k].iter().map(|&b| bf16_to_f32(b)));
+        }
+        return linear_forward(&xr, &s.wide, None, m, k, n, y);
+    }
+    native_product(x, w, ldw, None, m, k, n, y, s);
+    Ok(())
+}
+
+/// The AVX512-BF16 product (the caller checked [`native`] and the shapes).
+#[allow(clippy::too_many_arguments)]
+fn native_product(
+    x: &[f32],
+    w: &[u16],
+    ldw: usize,
+    b: Option<&[f32]>,
+    m: usize,
+    k: usize,
+    n: usize,
+    y: &mut [f32],
+    s: &mut Bf16Scratch,
+) {
+    pack_a(x, m, k, &mut s.a);
     #[cfg(target_arch = "x86_64")]
     {
         let a = &s.a[..];
@@ -120,11 +190,15 @@ pub fn linear_bf16(
                 let (c0, c1) = (tn * NT, ((tn + 1) * NT).min(n));
                 // SAFETY: native() checked the CPU; the task writes rows r0..r1, columns
                 // c0..c1 of y only (disjoint across tasks).
-                unsafe { tile(a, w, b, m, k, n, r0, r1, c0, c1, cbuf, yp) };
+                unsafe { tile(a, w, ldw, b, m, k, n, r0, r1, c0, c1, cbuf, yp) };
             },
         );
     }
-    Ok(())
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, w, ldw, b, m, k, n, y);
+        unreachable!("native() is false off x86-64");
+    }
 }
 
 /// Activations as panels of 16 rows: `[⌈M/16⌉, ⌈K/2⌉, 16]` bf16 pairs (one `u32` per row and
@@ -167,6 +241,7 @@ fn pack_a(x: &[f32], m: usize, k: usize, a: &mut Vec<u32>) {
 unsafe fn tile(
     a: &[u32],
     w: &[u16],
+    ldw: usize,
     bias: Option<&[f32]>,
     m: usize,
     k: usize,
@@ -206,16 +281,16 @@ unsafe fn tile(
                 // Whole pairs; with K odd, the last pair's second weight is not read (its
                 // activation is zero).
                 let full = kc.min((k / 2).saturating_sub(kc0));
-                let wcol = |jj: usize| w.as_ptr().add((c0 + j0 + jj) * k + 2 * kc0);
+                let wcol = |jj: usize| w.as_ptr().add((c0 + j0 + jj) * ldw + 2 * kc0);
                 if nc == NC {
                     let mut tile_acc: [[__m512; 2]; NC] = [[_mm512_setzero_ps(); 2]; NC];
                     tile_acc.copy_from_slice(&acc);
-                    run::<NC>(&mut tile_acc, pa0, pa1, wcol(0), k, full, kc);
+                    run::<NC>(&mut tile_acc, pa0, pa1, wcol(0), ldw, full, kc);
                     acc = tile_acc;
                 } else {
                     for (jj, accj) in acc.iter_mut().enumerate().take(nc) {
                         let mut one = [*accj];
-                        run::<1>(&mut one, pa0, pa1, wcol(jj), k, full, kc);
+                        run::<1>(&mut one, pa0, pa1, wcol(jj), ldw, full, kc);
                         *accj = one[0];
                     }
                 }
@@ -238,7 +313,7 @@ unsafe fn tile(
     }
 }
 
-/// The micro-kernel: `N` consecutive columns (weights rows `wc`, `wc + k`, …) against two
+/// The micro-kernel: `N` consecutive columns (weights rows `wc`, `wc + ldw`, …) against two
 /// 16-row panels of activations, `kc` pairs (`full` of them whole), accumulators in registers.
 ///
 /// # Safety
@@ -251,7 +326,7 @@ unsafe fn run<const N: usize>(
     pa0: *const u32,
     pa1: *const u32,
     wc: *const u16,
-    k: usize,
+    ldw: usize,
     full: usize,
     kc: usize,
 ) {
@@ -261,7 +336,7 @@ unsafe fn run<const N: usize>(
         let va0: __m512bh = std::mem::transmute(_mm512_loadu_si512(pa0.add(kp * 16) as *const _));
         let va1: __m512bh = std::mem::transmute(_mm512_loadu_si512(pa1.add(kp * 16) as *const _));
         for (jj, rj) in r.iter_mut().enumerate() {
-            let q = wc.add(jj * k + 2 * kp);
+            let q = wc.add(jj * ldw + 2 * kp);
             let pair = if kp < full {
                 (q as *const u32).read_unaligned()
             } else {

@@ -44,15 +44,22 @@
 //! released models: never widened as a whole; [`Weight::widen`] widens one matrix at a time
 //! into a reused buffer). The LI log-poles and residues and the rotary `inv_freq` buffers stay
 //! f32, as in the released files, in a second small f32 store (`exact`).
+//!
+//! **Precision.** [`Precision::F32`] widens the bf16 weights exactly; over several chunks a
+//! block's matrices are widened once and kept for all its chunks (`Scratch::widened`).
+//! [`Precision::Bf16`] feeds every matrix product bf16 operands with f32 sums
+//! ([`linear_bf16`]), the attention's two products included (keys, values and probabilities
+//! rounded, [`causal_attention_bf16_at`]); norms, softmax, convolutions and recurrences stay
+//! f32.
 
 use crate::error::{Error, Result};
 use crate::models::striped::config::{BlockKind, Evo2Config};
 use crate::models::Precision;
 use crate::ops::act::gelu_erf_inplace;
-use crate::ops::attention::{causal_attention_at, rotary_inplace};
+use crate::ops::attention::{causal_attention_at, causal_attention_bf16_at, rotary_inplace};
 use crate::ops::bf16::{linear_bf16, Bf16Scratch};
 use crate::ops::fir::{expand_taps, fir_forward_carry, FirOrder, FirShape};
-use crate::ops::linear::{linear_weight, Weight};
+use crate::ops::linear::{linear_forward, linear_weight, Weight};
 use crate::ops::loss::log_prob;
 use crate::ops::modal::{modal_complex_forward, modal_forward};
 use crate::ops::norm::{rmsnorm_forward, rmsnorm_rms_eps_forward};
@@ -60,7 +67,8 @@ use std::sync::Arc;
 
 use crate::io::mapped::MappedSafetensors;
 use crate::params::{
-    bf16_to_f32, DType, IgnoredKey, InPlaceSource, Init, ParamStore, TensorSource, Tracked, Vb, P,
+    bf16_to_f32, f32_to_bf16, DType, IgnoredKey, InPlaceSource, Init, ParamStore, TensorSource,
+    Tracked, Vb, P,
 };
 
 /// Tensors of released checkpoints that the model does not use (`hyena-family.md` 8.5).
@@ -524,6 +532,7 @@ impl Evo2 {
             let nw = self.norm.map(|n| self.small(n));
             let e = self.unembed.unwrap_or(self.embed);
             let p = ws.chunk.clamp(1, l);
+            ws.wide.begin(self.widen_once(l, p));
             let mut t0 = 0;
             while t0 < l {
                 let t1 = (t0 + p).min(l);
@@ -543,6 +552,12 @@ impl Evo2 {
             }
         }
         Ok(())
+    }
+
+    /// Whether a block's widened weights are kept for all its chunks: f32 arithmetic on bf16
+    /// weights over more than one chunk of `p` positions.
+    fn widen_once(&self, l: usize, p: usize) -> bool {
+        self.precision == Precision::F32 && self.params.bf16().is_some() && p < l
     }
 
     fn rmsnorm(&self, x: &[f32], w: &[f32], y: &mut [f32]) -> Result<()> {
@@ -569,6 +584,27 @@ impl Evo2 {
     ) -> Result<()> {
         let bias = b.map(|b| self.small(b));
         match self.precision {
+            Precision::F32 if wide.cache && matches!(self.w(w), Weight::Bf16(_)) => {
+                // Widen once per block, not once per chunk (module docs of Scratch).
+                let key = w.range().start;
+                let valid = &wide.widened[..wide.n_widened];
+                let i = match valid.iter().position(|(o, _)| *o == key) {
+                    Some(i) => i,
+                    None => {
+                        if wide.n_widened == wide.widened.len() {
+                            wide.widened.push((key, Vec::new()));
+                        }
+                        let i = wide.n_widened;
+                        wide.n_widened += 1;
+                        let (o, buf) = &mut wide.widened[i];
+                        *o = key;
+                        self.w(w).widen(buf);
+                        i
+                    }
+                };
+                let wf = &wide.widened[i].1[..n * k];
+                linear_forward(x, wf, bias.as_deref(), m, k, n, y)
+            }
             Precision::F32 => {
                 linear_weight(x, self.w(w), bias.as_deref(), m, k, n, y, &mut wide.f32)
             }
@@ -595,6 +631,7 @@ impl Evo2 {
         let d = cfg.hidden_size;
         let c3 = 3 * d;
         let p = ws.chunk.clamp(1, l);
+        ws.wide.begin(self.widen_once(l, p));
         let pre = self.small(b.pre_norm);
         let post_w = self.small(b.post_norm);
         let n_in = cfg.inner_mlp_size;
@@ -699,6 +736,14 @@ impl Evo2 {
                 };
                 crate::ops::grow(&mut ws.kc, l * d);
                 crate::ops::grow(&mut ws.vc, l * d);
+                if self.precision == Precision::Bf16 {
+                    if ws.kb.len() < l * d {
+                        ws.kb.resize(l * d, 0);
+                    }
+                    if ws.vtb.len() < l * d {
+                        ws.vtb.resize(l * d, 0);
+                    }
+                }
                 Prep::Attn { freqs }
             }
         };
@@ -883,16 +928,40 @@ impl Evo2 {
                         let kr = &mut ws.kc[(hh * l + t0) * hd..(hh * l + t1) * hd];
                         rotary_inplace(kr, 1, hd, freqs, scale, t0)?;
                     }
-                    causal_attention_at(
-                        &ws.q[..md],
-                        &ws.kc[..l * d],
-                        &ws.vc[..l * d],
-                        h,
-                        hd,
-                        t0,
-                        l,
-                        &mut ws.inner[..md],
-                    )?;
+                    if self.precision == Precision::Bf16 {
+                        // The chunk's keys [H, L, hd] and transposed values [H, hd, L] as bf16
+                        // operands of the two products.
+                        for hh in 0..h {
+                            for t in t0..t1 {
+                                let r = (hh * l + t) * hd;
+                                for i in 0..hd {
+                                    ws.kb[r + i] = f32_to_bf16(ws.kc[r + i]);
+                                    ws.vtb[(hh * hd + i) * l + t] = f32_to_bf16(ws.vc[r + i]);
+                                }
+                            }
+                        }
+                        causal_attention_bf16_at(
+                            &ws.q[..md],
+                            &ws.kb[..l * d],
+                            &ws.vtb[..l * d],
+                            h,
+                            hd,
+                            t0,
+                            l,
+                            &mut ws.inner[..md],
+                        )?;
+                    } else {
+                        causal_attention_at(
+                            &ws.q[..md],
+                            &ws.kc[..l * d],
+                            &ws.vc[..l * d],
+                            h,
+                            hd,
+                            t0,
+                            l,
+                            &mut ws.inner[..md],
+                        )?;
+                    }
                     (*out_w, *out_b, "inner_mha_cls")
                 }
                 _ => unreachable!("a block's mixer and its state agree"),
@@ -1091,6 +1160,21 @@ impl Taps {
 struct Scratch {
     f32: Vec<f32>,
     bf16: Bf16Scratch,
+    /// The f32 path over several chunks: the current block's bf16 weights widened once and
+    /// reused by every chunk, `(offset in the store, values)`; the first `n_widened` are valid
+    /// (the buffers are kept across blocks so their pages are touched once).
+    widened: Vec<(usize, Vec<f32>)>,
+    n_widened: usize,
+    cache: bool,
+}
+
+impl Scratch {
+    /// Start a block (or the head): forget the widened weights; keep them from now on when
+    /// `cache` (f32 arithmetic on bf16 weights over more than one chunk).
+    fn begin(&mut self, cache: bool) {
+        self.n_widened = 0;
+        self.cache = cache;
+    }
 }
 
 /// Buffers of [`Evo2::forward`], grown to the longest sequence seen and reused.
@@ -1110,6 +1194,9 @@ pub struct Workspace {
     /// Attention keys and values of every position `[H, L, hd]` (the current block's).
     kc: Vec<f32>,
     vc: Vec<f32>,
+    /// The bf16 path's keys `[H, L, hd]` and transposed values `[H, hd, L]`, rounded.
+    kb: Vec<u16>,
+    vtb: Vec<u16>,
     /// A weight matrix widened from bf16, or packed operands of bf16 products.
     wide: Scratch,
     pub logits: Vec<f32>,
