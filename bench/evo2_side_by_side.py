@@ -30,6 +30,9 @@ Usage (after `make-weights`, see evo2_reference_bench.py; hyena built with
         --precision bf16 --rounds 3 --out bench/out/evo2-1b-bf16-8192.json
 
 `--skip-reference` runs hyena only (for shapes whose reference does not fit in memory).
+`--reference-rss-limit-gib G` watches the reference's process tree (resident set from /proc,
+every 0.2 s) and stops it when it passes G GiB, recording how far it got: to show that a shape
+does not fit without letting the kernel's out-of-memory killer loose on the machine.
 """
 
 import argparse
@@ -61,15 +64,59 @@ def write_fasta(path, length, seed):
     os.replace(tmp, path)
 
 
+def tree_rss_bytes(pid):
+    """Resident bytes of `pid` and all its descendants (Linux /proc)."""
+    children = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(d))
+        except (OSError, ValueError, IndexError):
+            pass
+    total, stack, page = 0, [pid], os.sysconf("SC_PAGE_SIZE")
+    while stack:
+        p = stack.pop()
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * page
+        except (OSError, ValueError, IndexError):
+            pass
+        stack += children.get(p, [])
+    return total
+
+
 def run_reference(a, fasta):
     argv = [sys.executable, REF, "run", "--dir", a.dir, "--fasta", fasta,
             "--precision", a.precision, "--threads", str(a.threads), "--json"]
     t0 = time.perf_counter()
-    p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if a.reference_rss_limit_gib:
+        import signal
+        limit = a.reference_rss_limit_gib * 1024.0**3
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                text=True, start_new_session=True)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, tree_rss_bytes(proc.pid))
+            if peak > limit:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return {"stopped_at_rss_limit": True, "rss_limit_gib": a.reference_rss_limit_gib,
+                        "max_rss_gib": peak / 1024.0**3,
+                        "elapsed_s": time.perf_counter() - t0}
+            time.sleep(0.2)
+        out = proc.stdout.read()
+        if proc.returncode != 0:
+            raise SystemExit(f"the reference run failed (exit status {proc.returncode})")
+        p = types_ns(stdout=out)
+    else:
+        p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if p.returncode != 0:
+            log(p.stderr[-3000:])
+            raise SystemExit(f"the reference run failed (exit status {p.returncode})")
     wall = time.perf_counter() - t0
-    if p.returncode != 0:
-        log(p.stderr[-3000:])
-        raise SystemExit(f"the reference run failed (exit status {p.returncode})")
     r = json.loads(p.stdout.strip().splitlines()[-1])
     return {
         "build_load_s": r["build_s"] + r["load_s"],
@@ -78,6 +125,11 @@ def run_reference(a, fasta):
         "peak_rss_gib": r["peak_rss_gib"],
         "loglik_sum": r["loglik_sum"],
     }
+
+
+def types_ns(**kw):
+    import types
+    return types.SimpleNamespace(**kw)
 
 
 def run_hyena(a, fasta):
@@ -161,6 +213,8 @@ def main():
     ap.add_argument("--skip-reference", action="store_true",
                     help="run hyena only (the reference does not fit in memory)")
     ap.add_argument("--skip-gemm-peak", action="store_true")
+    ap.add_argument("--reference-rss-limit-gib", type=float, default=None,
+                    help="stop the reference when its resident set passes this (see above)")
     ap.add_argument("--out", default=None, help="write the JSON here as well")
     a = ap.parse_args()
 
@@ -188,7 +242,8 @@ def main():
     hy = [row["hyena"] for row in res["rounds"]]
     summary = {"hyena": {k: med(hy, k) for k in hy[0]}}
     summary["hyena"]["matmul_gflops"] = flops / summary["hyena"]["score_s"] / 1e9
-    if not a.skip_reference:
+    stopped = any(row.get("reference", {}).get("stopped_at_rss_limit") for row in res["rounds"])
+    if not a.skip_reference and not stopped:
         ref = [row["reference"] for row in res["rounds"]]
         summary["reference"] = {k: med(ref, k) for k in ref[0]}
         summary["reference"]["matmul_gflops"] = flops / summary["reference"]["forward_s"] / 1e9

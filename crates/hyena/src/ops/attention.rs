@@ -95,59 +95,34 @@ pub fn causal_attention_at(
     rows: usize,
     out: &mut [f32],
 ) -> Result<()> {
-    const OP: &str = "causal attention";
+    let op = "causal attention";
     if heads == 0 || hd == 0 {
         return Ok(());
     }
+    check_len(op, "k [H, rows, hd]", k.len(), heads * rows * hd)?;
+    check_len(op, "v [H, rows, hd]", v.len(), heads * rows * hd)?;
     let l = q.len() / (heads * hd);
-    let n = heads * l * hd;
-    check_len(OP, "q [H, Lq, hd]", q.len(), n)?;
-    check_len(OP, "k [H, rows, hd]", k.len(), heads * rows * hd)?;
-    check_len(OP, "v [H, rows, hd]", v.len(), heads * rows * hd)?;
-    check_len(OP, "out [Lq, H*hd]", out.len(), n)?;
-    if q0 + l > rows {
-        return Err(Error::shape(OP, "key rows", format!(">= {}", q0 + l), rows));
-    }
-    let scale = 1.0 / (hd as f32).sqrt();
-    let width = heads * hd;
-    let blocks = l.div_ceil(QBLOCK);
-    let op = super::SyncPtr::new(out);
-    (0..heads * blocks).into_par_iter().for_each_init(
-        || (Vec::<f32>::new(), vec![0.0f32; QBLOCK * hd]),
-        |(s, o), task| {
-            let (h, b) = (task / blocks, task % blocks);
-            let (r0, r1) = (b * QBLOCK, ((b + 1) * QBLOCK).min(l));
-            // Query rows r0..r1 of the chunk see keys 0..=q0 + row.
-            let (m, keys) = (r1 - r0, q0 + r1);
-            let (qbase, kbase) = (h * l * hd, h * rows * hd);
-            super::grow(s, m * keys);
-            let s = &mut s[..m * keys];
+    blocked(
+        op,
+        q,
+        heads,
+        hd,
+        q0,
+        rows,
+        out,
+        || (),
+        |_, h, r0, r1, keys, s| {
+            let (m, qbase, kbase) = (r1 - r0, h * l * hd, h * rows * hd);
             let qb = MatRef::rm(&q[qbase + r0 * hd..qbase + r1 * hd], m, hd);
             let kt = MatRef::tr(&k[kbase..kbase + keys * hd], hd, keys);
-            // Shapes are consistent by construction; a failure here is a bug, so it is not
-            // propagated per task but caught by the tests.
             super::serial(|| matmul(MatMut::rm(s, m, keys), qb, kt, false))
-                .expect("attention scores");
-            for (i, row) in s.chunks_exact_mut(keys).enumerate() {
-                let last = q0 + r0 + i; // keys 0..=last are visible
-                softmax_row(&mut row[..=last], scale);
-            }
-            for (i, row) in s.chunks_exact_mut(keys).enumerate() {
-                row[q0 + r0 + i + 1..].fill(0.0);
-            }
-            let o = &mut o[..m * hd];
-            let vb = MatRef::rm(&v[kbase..kbase + keys * hd], keys, hd);
-            super::serial(|| matmul(MatMut::rm(o, m, hd), MatRef::rm(s, m, keys), vb, false))
-                .expect("attention values");
-            for (i, orow) in o.chunks_exact(hd).enumerate() {
-                // SAFETY: task (h, b) writes rows r0..r1, columns h·hd..(h+1)·hd: disjoint
-                // across tasks.
-                let dst = unsafe { op.slice((r0 + i) * width + h * hd, hd) };
-                dst.copy_from_slice(orow);
-            }
         },
-    );
-    Ok(())
+        |_, h, m, keys, p, o| {
+            let kbase = h * rows * hd;
+            let vb = MatRef::rm(&v[kbase..kbase + keys * hd], keys, hd);
+            super::serial(|| matmul(MatMut::rm(o, m, hd), MatRef::rm(p, m, keys), vb, false))
+        },
+    )
 }
 
 /// [`causal_attention_at`] with bf16 products (the `bf16` precision): `q` f32 `[H, Lq, hd]`
@@ -166,54 +141,85 @@ pub fn causal_attention_bf16_at(
     out: &mut [f32],
 ) -> Result<()> {
     use crate::ops::bf16::{linear_bf16_strided, Bf16Scratch};
-    const OP: &str = "causal attention (bf16)";
+    let op = "causal attention (bf16)";
     if heads == 0 || hd == 0 {
         return Ok(());
     }
+    check_len(op, "k [H, rows, hd]", kb.len(), heads * rows * hd)?;
+    check_len(op, "vᵀ [H, hd, rows]", vt.len(), heads * rows * hd)?;
+    let l = q.len() / (heads * hd);
+    blocked(
+        op,
+        q,
+        heads,
+        hd,
+        q0,
+        rows,
+        out,
+        Bf16Scratch::default,
+        |bs, h, r0, r1, keys, s| {
+            let (m, qbase, kbase) = (r1 - r0, h * l * hd, h * rows * hd);
+            let qb = &q[qbase + r0 * hd..qbase + r1 * hd];
+            linear_bf16_strided(qb, &kb[kbase..kbase + keys * hd], hd, m, hd, keys, s, bs)
+        },
+        |bs, h, m, keys, p, o| {
+            let vh = &vt[h * hd * rows..(h + 1) * hd * rows];
+            linear_bf16_strided(p, vh, rows, m, keys, hd, o, bs)
+        },
+    )
+}
+
+/// The blocked causal attention both precisions share: per head and block of [`QBLOCK`]
+/// queries (one parallel task each, with its own `init()` state), `scores(state, head, r0, r1,
+/// keys, S [m, keys])` writes `q kᵀ`, the rows get the scaled causal softmax (masked entries
+/// zero), and `values(state, head, m, keys, P, O [m, hd])` writes `P v`, copied into `out`.
+#[allow(clippy::too_many_arguments)]
+fn blocked<S>(
+    op: &'static str,
+    q: &[f32],
+    heads: usize,
+    hd: usize,
+    q0: usize,
+    rows: usize,
+    out: &mut [f32],
+    init: impl Fn() -> S + Sync + Send,
+    scores: impl Fn(&mut S, usize, usize, usize, usize, &mut [f32]) -> Result<()> + Sync + Send,
+    values: impl Fn(&mut S, usize, usize, usize, &[f32], &mut [f32]) -> Result<()> + Sync + Send,
+) -> Result<()> {
     let l = q.len() / (heads * hd);
     let n = heads * l * hd;
-    check_len(OP, "q [H, Lq, hd]", q.len(), n)?;
-    check_len(OP, "k [H, rows, hd]", kb.len(), heads * rows * hd)?;
-    check_len(OP, "vᵀ [H, hd, rows]", vt.len(), heads * rows * hd)?;
-    check_len(OP, "out [Lq, H*hd]", out.len(), n)?;
+    check_len(op, "q [H, Lq, hd]", q.len(), n)?;
+    check_len(op, "out [Lq, H*hd]", out.len(), n)?;
     if q0 + l > rows {
-        return Err(Error::shape(OP, "key rows", format!(">= {}", q0 + l), rows));
+        return Err(Error::shape(op, "key rows", format!(">= {}", q0 + l), rows));
     }
     let scale = 1.0 / (hd as f32).sqrt();
     let width = heads * hd;
     let blocks = l.div_ceil(QBLOCK);
-    let op = super::SyncPtr::new(out);
+    let outp = super::SyncPtr::new(out);
     (0..heads * blocks).into_par_iter().for_each_init(
-        || {
-            (
-                Vec::<f32>::new(),
-                vec![0.0f32; QBLOCK * hd],
-                Bf16Scratch::default(),
-            )
-        },
-        |(s, o, bs), task| {
+        || (Vec::<f32>::new(), vec![0.0f32; QBLOCK * hd], init()),
+        |(s, o, st), task| {
             let (h, b) = (task / blocks, task % blocks);
             let (r0, r1) = (b * QBLOCK, ((b + 1) * QBLOCK).min(l));
+            // Query rows r0..r1 of the chunk see keys 0..=q0 + row.
             let (m, keys) = (r1 - r0, q0 + r1);
-            let (qbase, kbase) = (h * l * hd, h * rows * hd);
             super::grow(s, m * keys);
             let s = &mut s[..m * keys];
-            let qb = &q[qbase + r0 * hd..qbase + r1 * hd];
-            // Shapes are consistent by construction (checked above); a failure is a bug.
-            linear_bf16_strided(qb, &kb[kbase..kbase + keys * hd], hd, m, hd, keys, s, bs)
-                .expect("attention scores");
+            // Shapes are consistent by construction (checked above); a failure here is a bug,
+            // so it is not propagated per task but caught by the tests.
+            scores(st, h, r0, r1, keys, s).expect("attention scores");
             for (i, row) in s.chunks_exact_mut(keys).enumerate() {
-                let last = q0 + r0 + i;
+                let last = q0 + r0 + i; // keys 0..=last are visible
                 softmax_row(&mut row[..=last], scale);
                 row[last + 1..].fill(0.0);
             }
             let o = &mut o[..m * hd];
-            let vh = &vt[kbase..kbase + hd * rows];
-            linear_bf16_strided(s, vh, rows, m, keys, hd, o, bs).expect("attention values");
+            values(st, h, m, keys, s, o).expect("attention values");
             for (i, orow) in o.chunks_exact(hd).enumerate() {
                 // SAFETY: task (h, b) writes rows r0..r1, columns h·hd..(h+1)·hd: disjoint
                 // across tasks.
-                let dst = unsafe { op.slice((r0 + i) * width + h * hd, hd) };
+                let dst = unsafe { outp.slice((r0 + i) * width + h * hd, hd) };
                 dst.copy_from_slice(orow);
             }
         },

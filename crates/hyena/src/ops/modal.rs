@@ -38,20 +38,10 @@ pub fn modal_forward(
     state: &mut [f32],
     y: &mut [f32],
 ) -> Result<()> {
-    const OP: &str = "modal forward";
     if c == 0 {
         return Ok(());
     }
-    let n = log_poles.len() / c;
-    let l = u.len() / c;
-    check_len(OP, "u [L, C]", u.len(), l * c)?;
-    check_len(OP, "y [L, C]", y.len(), l * c)?;
-    check_len(OP, "log_poles [C, N]", log_poles.len(), c * n)?;
-    check_len(OP, "residues [C, N]", residues.len(), c * n)?;
-    check_len(OP, "state [C, N]", state.len(), c * n)?;
-    if let Some(d) = d {
-        check_len(OP, "D [C]", d.len(), c)?;
-    }
+    let (l, n) = check_shapes("modal forward", u, y, log_poles, residues, state, d, c)?;
     let lambda: Vec<f32> = log_poles.iter().map(|&a| a.exp()).collect();
     let yp = super::SyncPtr::new(y);
     state
@@ -76,6 +66,33 @@ pub fn modal_forward(
             }
         });
     Ok(())
+}
+
+/// Check the shapes of a modal forward over `c > 0` channels: `u`, `y [L, C]`, the per-channel
+/// parameters and state `[C, W]` (`W` modes, or `2·modes` for (re, im) pairs), `D [C]`;
+/// returns `(L, W)`.
+#[allow(clippy::too_many_arguments)]
+fn check_shapes(
+    op: &'static str,
+    u: &[f32],
+    y: &[f32],
+    poles: &[f32],
+    residues: &[f32],
+    state: &[f32],
+    d: Option<&[f32]>,
+    c: usize,
+) -> Result<(usize, usize)> {
+    let w = poles.len() / c;
+    let l = u.len() / c;
+    check_len(op, "u [L, C]", u.len(), l * c)?;
+    check_len(op, "y [L, C]", y.len(), l * c)?;
+    check_len(op, "poles [C, N]", poles.len(), c * w)?;
+    check_len(op, "residues [C, N]", residues.len(), c * w)?;
+    check_len(op, "state [C, N]", state.len(), c * w)?;
+    if let Some(d) = d {
+        check_len(op, "D [C]", d.len(), c)?;
+    }
+    Ok((l, w))
 }
 
 super::simd_fn! {
@@ -108,26 +125,16 @@ pub fn modal_complex_forward(
     state: &mut [f32],
     y: &mut [f32],
 ) -> Result<()> {
-    const OP: &str = "complex modal forward";
     if c == 0 {
         return Ok(());
     }
-    let n2 = poles.len() / c;
-    let l = u.len() / c;
-    check_len(OP, "u [L, C]", u.len(), l * c)?;
-    check_len(OP, "y [L, C]", y.len(), l * c)?;
-    check_len(OP, "poles [C, N, 2]", poles.len(), c * n2)?;
-    check_len(OP, "residues [C, N, 2]", residues.len(), c * n2)?;
-    check_len(OP, "state [C, N, 2]", state.len(), c * n2)?;
+    let (l, n2) = check_shapes("complex modal forward", u, y, poles, residues, state, d, c)?;
     if !n2.is_multiple_of(2) {
         return Err(crate::error::Error::config(
             "poles",
             n2,
             "complex poles are (re, im) pairs: the last axis must have length 2",
         ));
-    }
-    if let Some(d) = d {
-        check_len(OP, "D [C]", d.len(), c)?;
     }
     let yp = super::SyncPtr::new(y);
     state
