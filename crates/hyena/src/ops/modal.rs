@@ -43,29 +43,47 @@ pub fn modal_forward(
     }
     let (l, n) = check_shapes("modal forward", u, y, log_poles, residues, state, d, c)?;
     let lambda: Vec<f32> = log_poles.iter().map(|&a| a.exp()).collect();
+    per_channel_block(state, n, c, l, y, |st, c0, cn, t, yr| {
+        let ur = &u[t * c + c0..t * c + c0 + cn];
+        let (lam, res) = (
+            &lambda[c0 * n..(c0 + cn) * n],
+            &residues[c0 * n..(c0 + cn) * n],
+        );
+        modal_step(st, lam, res, ur, n, yr);
+        if let Some(d) = d {
+            for ((yv, &uv), &dv) in yr.iter_mut().zip(ur).zip(&d[c0..c0 + cn]) {
+                *yv += dv * uv;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Run `step(state block, c0, cn, t, y row)` at every position `t` for each block of [`CHANS`]
+/// channels `c0 .. c0 + cn` (state `[C, W]`, its block `[cn, W]`; `y [L, C]`, the row's slice
+/// of those channels), the blocks in parallel.
+fn per_channel_block(
+    state: &mut [f32],
+    w: usize,
+    c: usize,
+    l: usize,
+    y: &mut [f32],
+    step: impl Fn(&mut [f32], usize, usize, usize, &mut [f32]) + Sync + Send,
+) {
     let yp = super::SyncPtr::new(y);
     state
-        .par_chunks_mut(CHANS * n)
+        .par_chunks_mut(CHANS * w)
         .enumerate()
         .for_each(|(blk, st)| {
             let c0 = blk * CHANS;
-            let cn = st.len() / n.max(1);
-            let lam = &lambda[c0 * n..(c0 + cn) * n];
-            let res = &residues[c0 * n..(c0 + cn) * n];
+            let cn = st.len() / w.max(1);
             for t in 0..l {
-                let ur = &u[t * c + c0..t * c + c0 + cn];
                 // SAFETY: this task writes only channels c0..c0+cn of each row; the blocks of
                 // channels are disjoint across tasks.
                 let yr = unsafe { yp.slice(t * c + c0, cn) };
-                modal_step(st, lam, res, ur, n, yr);
-                if let Some(d) = d {
-                    for ((yv, &uv), &dv) in yr.iter_mut().zip(ur).zip(&d[c0..c0 + cn]) {
-                        *yv += dv * uv;
-                    }
-                }
+                step(st, c0, cn, t, yr);
             }
         });
-    Ok(())
 }
 
 /// Check the shapes of a modal forward over `c > 0` channels: `u`, `y [L, C]`, the per-channel
@@ -136,43 +154,34 @@ pub fn modal_complex_forward(
             "complex poles are (re, im) pairs: the last axis must have length 2",
         ));
     }
-    let yp = super::SyncPtr::new(y);
-    state
-        .par_chunks_mut(CHANS * n2)
-        .enumerate()
-        .for_each(|(blk, st)| {
-            let c0 = blk * CHANS;
-            let cn = st.len() / n2.max(1);
-            let pl = &poles[c0 * n2..(c0 + cn) * n2];
-            let res = &residues[c0 * n2..(c0 + cn) * n2];
-            for t in 0..l {
-                let ur = &u[t * c + c0..t * c + c0 + cn];
-                // SAFETY: this task writes only channels c0..c0+cn of each row; the blocks of
-                // channels are disjoint across tasks.
-                let yr = unsafe { yp.slice(t * c + c0, cn) };
-                for ch in 0..cn {
-                    let (xs, ps, rs) = (
-                        &mut st[ch * n2..(ch + 1) * n2],
-                        &pl[ch * n2..(ch + 1) * n2],
-                        &res[ch * n2..(ch + 1) * n2],
-                    );
-                    let uv = ur[ch];
-                    let mut acc = 0.0f32;
-                    for ((x, p), r) in xs
-                        .chunks_exact_mut(2)
-                        .zip(ps.chunks_exact(2))
-                        .zip(rs.chunks_exact(2))
-                    {
-                        let re = p[0] * x[0] - p[1] * x[1] + uv;
-                        let im = p[0] * x[1] + p[1] * x[0];
-                        x[0] = re;
-                        x[1] = im;
-                        acc += r[0] * re - r[1] * im;
-                    }
-                    yr[ch] = acc + d.map_or(0.0, |d| d[c0 + ch] * uv);
-                }
+    per_channel_block(state, n2, c, l, y, |st, c0, cn, t, yr| {
+        let ur = &u[t * c + c0..t * c + c0 + cn];
+        let (pl, res) = (
+            &poles[c0 * n2..(c0 + cn) * n2],
+            &residues[c0 * n2..(c0 + cn) * n2],
+        );
+        for ch in 0..cn {
+            let (xs, ps, rs) = (
+                &mut st[ch * n2..(ch + 1) * n2],
+                &pl[ch * n2..(ch + 1) * n2],
+                &res[ch * n2..(ch + 1) * n2],
+            );
+            let uv = ur[ch];
+            let mut acc = 0.0f32;
+            for ((x, p), r) in xs
+                .chunks_exact_mut(2)
+                .zip(ps.chunks_exact(2))
+                .zip(rs.chunks_exact(2))
+            {
+                let re = p[0] * x[0] - p[1] * x[1] + uv;
+                let im = p[0] * x[1] + p[1] * x[0];
+                x[0] = re;
+                x[1] = im;
+                acc += r[0] * re - r[1] * im;
             }
-        });
+            yr[ch] = acc + d.map_or(0.0, |d| d[c0 + ch] * uv);
+        }
+    });
     Ok(())
 }
 
