@@ -316,7 +316,6 @@ pub mod reference {
         y
     }
 
-    /// Causal softmax attention in f64, one query at a time.
     /// [`super::causal_attention_bf16_at`]'s numbers: q, k, v rounded to bf16, scores and
     /// softmax in f64, the probabilities rounded to bf16 before the weighted sum.
     pub fn causal_attention_bf16(
@@ -351,6 +350,7 @@ pub mod reference {
         out
     }
 
+    /// Causal softmax attention in f64, one query at a time.
     pub fn causal_attention(q: &[f32], k: &[f32], v: &[f32], heads: usize, hd: usize) -> Vec<f32> {
         let l = q.len() / (heads * hd);
         let mut out = vec![0.0f32; l * heads * hd];

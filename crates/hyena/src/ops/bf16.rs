@@ -78,24 +78,6 @@ pub fn linear_bf16(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    if !native() || k == 0 {
-        // Same operands, f32 arithmetic.
-        let mut xr = x.to_vec();
-        for v in xr.iter_mut() {
-            *v = bf16_to_f32(f32_to_bf16(*v));
-        }
-        let wf = match w {
-            // Widened exactly, into the reused scratch.
-            Weight::Bf16(_) => w.widen(&mut s.wide),
-            Weight::F32(f) => {
-                s.wide.clear();
-                s.wide
-                    .extend(f.iter().map(|&v| bf16_to_f32(f32_to_bf16(v))));
-                &s.wide[..]
-            }
-        };
-        return linear_forward(&xr, wf, b, m, k, n, y);
-    }
     // Weights stored as f32 (small models) are rounded to bf16 once per call.
     let mut wr = std::mem::take(&mut s.w);
     let w: &[u16] = match w {
@@ -106,9 +88,9 @@ pub fn linear_bf16(
             &wr
         }
     };
-    native_product(x, w, k, b, m, k, n, y, s);
+    let r = product(x, w, k, b, m, k, n, y, s);
     s.w = wr;
-    Ok(())
+    r
 }
 
 /// `y [M, N] = bf16(x) [M, K] · Wᵀ` for bf16 weights whose rows lie `ldw ≥ K` apart (the first
@@ -149,22 +131,14 @@ pub fn linear_bf16_strided(
             w.len(),
         ));
     }
-    if !native() || k == 0 {
-        let xr: Vec<f32> = x.iter().map(|&v| bf16_to_f32(f32_to_bf16(v))).collect();
-        s.wide.clear();
-        for j in 0..n {
-            s.wide
-                .extend(w[j * ldw..j * ldw + k].iter().map(|&b| bf16_to_f32(b)));
-        }
-        return linear_forward(&xr, &s.wide, None, m, k, n, y);
-    }
-    native_product(x, w, ldw, None, m, k, n, y, s);
-    Ok(())
+    product(x, w, ldw, None, m, k, n, y, s)
 }
 
-/// The AVX512-BF16 product (the caller checked [`native`] and the shapes).
+/// The product of both entry points (the caller checked the shapes, `M, N > 0`): on the
+/// AVX512-BF16 kernel, or elsewhere (and for `K = 0`) with the same operands in f32
+/// arithmetic, `x` rounded and the weights' rows widened exactly into the reused scratch.
 #[allow(clippy::too_many_arguments)]
-fn native_product(
+fn product(
     x: &[f32],
     w: &[u16],
     ldw: usize,
@@ -174,7 +148,23 @@ fn native_product(
     n: usize,
     y: &mut [f32],
     s: &mut Bf16Scratch,
-) {
+) -> Result<()> {
+    if !native() || k == 0 {
+        let xr: Vec<f32> = x.iter().map(|&v| bf16_to_f32(f32_to_bf16(v))).collect();
+        super::grow(&mut s.wide, n * k);
+        if k > 0 {
+            s.wide[..n * k]
+                .par_chunks_mut(k)
+                .enumerate()
+                .with_min_len((1 << 14) / k + 1)
+                .for_each(|(j, row)| {
+                    for (d, &h) in row.iter_mut().zip(&w[j * ldw..j * ldw + k]) {
+                        *d = bf16_to_f32(h);
+                    }
+                });
+        }
+        return linear_forward(&xr, &s.wide[..n * k], b, m, k, n, y);
+    }
     pack_a(x, m, k, &mut s.a);
     #[cfg(target_arch = "x86_64")]
     {
@@ -196,9 +186,10 @@ fn native_product(
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (x, w, ldw, b, m, k, n, y);
+        let _ = (w, ldw, b, n, y);
         unreachable!("native() is false off x86-64");
     }
+    Ok(())
 }
 
 /// Activations as panels of 16 rows: `[⌈M/16⌉, ⌈K/2⌉, 16]` bf16 pairs (one `u32` per row and

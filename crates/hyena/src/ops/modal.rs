@@ -213,7 +213,12 @@ pub mod reference {
         c: usize,
     ) -> Vec<f32> {
         let l = u.len() / c;
-        let h = filter(log_poles, residues, c, l);
+        convolve(&filter(log_poles, residues, c, l), u, d, c)
+    }
+
+    /// Direct causal convolution of `u [L, C]` with the filters `h [C, L]`, plus `D ⊙ u`.
+    fn convolve(h: &[f64], u: &[f32], d: Option<&[f32]>, c: usize) -> Vec<f32> {
+        let l = u.len() / c;
         let mut y = vec![0.0f32; l * c];
         for t in 0..l {
             for ch in 0..c {
@@ -253,18 +258,6 @@ pub mod reference {
                 }
             }
         }
-        let mut y = vec![0.0f32; l * c];
-        for t in 0..l {
-            for ch in 0..c {
-                let mut acc: f64 = (0..=t)
-                    .map(|s| h[ch * l + (t - s)] * u[s * c + ch] as f64)
-                    .sum();
-                if let Some(d) = d {
-                    acc += d[ch] as f64 * u[t * c + ch] as f64;
-                }
-                y[t * c + ch] = acc as f32;
-            }
-        }
-        y
+        convolve(&h, u, d, c)
     }
 }

@@ -274,9 +274,9 @@ pub fn load_converted(dir: &Path, config: &serde_json::Value) -> Result<(Evo2Lm,
     let cfg: Evo2Config = model_section(config, FAMILY, &file, &[])?
         .ok_or_else(|| Error::format(&file, "no `evo2` section"))?;
     let map = std::sync::Arc::new(MappedSafetensors::open(dir.join("model.safetensors"))?);
-    let net = match map.dtype_name("embedding_layer.weight") {
-        Some("BF16") => Evo2::load_mapped(cfg, map)?,
-        _ => Evo2::load(cfg, map.as_ref(), DType::F32)?,
+    let net = match stored_dtype(map.dtype_name("embedding_layer.weight")) {
+        DType::Bf16 => Evo2::load_mapped(cfg, map)?,
+        DType::F32 => Evo2::load(cfg, map.as_ref(), DType::F32)?,
     };
     let mut notes = LoadNotes::default();
     fp8_warning(&net, &mut notes);
@@ -403,24 +403,26 @@ pub fn load_hf_dir(dir: &Path, config: &serde_json::Value) -> Result<(Evo2Lm, Lo
     let files = hf_weight_files(dir)?;
     let mut notes = LoadNotes::default();
     let mut parts: Vec<Box<dyn TensorSource>> = Vec::new();
-    let mut bf16 = false;
+    // The shard holding the embedding decides the precision the weights are kept in.
+    let mut dtype = DType::F32;
+    let embedding = ["backbone.embedding_layer.weight", "embedding_layer.weight"];
     for f in &files {
-        let is_bf16 = |d: Option<&str>| matches!(d, Some("BF16" | "bfloat16"));
-        if f.extension().is_some_and(|e| e == "safetensors") {
+        let stored = if f.extension().is_some_and(|e| e == "safetensors") {
             let m = MappedSafetensors::open(f)?;
-            bf16 |= ["backbone.embedding_layer.weight", "embedding_layer.weight"]
-                .iter()
-                .any(|n| is_bf16(m.dtype_name(n)));
+            let stored = embedding.iter().find_map(|n| m.dtype_name(n));
             parts.push(Box::new(m));
+            stored
         } else {
             let c = TorchCheckpoint::open(f)?;
             for (name, what) in c.skipped() {
                 notes.notes.push(format!("skipped {name}: {what}"));
             }
-            bf16 |= ["backbone.embedding_layer.weight", "embedding_layer.weight"]
-                .iter()
-                .any(|n| is_bf16(c.dtype_name(n)));
+            let stored = embedding.iter().find_map(|n| c.dtype_name(n));
             parts.push(Box::new(c));
+            stored
+        };
+        if stored.is_some() {
+            dtype = stored_dtype(stored);
         }
     }
     let origin = if files.len() == 1 {
@@ -429,7 +431,6 @@ pub fn load_hf_dir(dir: &Path, config: &serde_json::Value) -> Result<(Evo2Lm, Lo
         dir.to_path_buf()
     };
     let src = JoinedSource::new(parts, "backbone.", origin)?;
-    let dtype = if bf16 { DType::Bf16 } else { DType::F32 };
     let net = Evo2::load(cfg, &src, dtype)?;
     for n in &net.ignored {
         notes.notes.push(format!("unused {n}"));
@@ -444,6 +445,15 @@ pub fn load_hf_dir(dir: &Path, config: &serde_json::Value) -> Result<(Evo2Lm, Lo
         ));
     }
     Ok((Evo2Lm { net }, notes))
+}
+
+/// The precision to keep a checkpoint's big weights in: its embedding's (`BF16` in safetensors,
+/// `bfloat16` in torch files), f32 otherwise.
+fn stored_dtype(embedding: Option<&str>) -> DType {
+    match embedding {
+        Some("BF16" | "bfloat16") => DType::Bf16,
+        _ => DType::F32,
+    }
 }
 
 fn fp8_warning(net: &Evo2, notes: &mut LoadNotes) {
@@ -565,10 +575,7 @@ pub fn load_vortex_dir(dir: &Path) -> Result<(Evo2Lm, LoadNotes)> {
     for (name, what) in ckpt.skipped() {
         notes.notes.push(format!("skipped {name}: {what}"));
     }
-    let dtype = match ckpt.dtype_name("embedding_layer.weight") {
-        Some("bfloat16") => DType::Bf16,
-        _ => DType::F32,
-    };
+    let dtype = stored_dtype(ckpt.dtype_name("embedding_layer.weight"));
     let net = Evo2::load(cfg, &ckpt, dtype)?;
     for n in &net.ignored {
         notes.notes.push(format!("unused {n}"));

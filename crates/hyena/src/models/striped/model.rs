@@ -711,10 +711,14 @@ impl Evo2 {
                             carry: vec![0.0; (k - 1) * d],
                         }
                     }
-                    Inner::Li { d: dp, .. } | Inner::Complex { d: dp, .. } => InnerPrep::Modal {
+                    Inner::Li { d: dp, .. } => InnerPrep::Modal {
                         d: self.small(*dp),
-                        // (re, im) pairs for complex modes.
-                        state: vec![0.0; d * cfg.state_size * if complex { 2 } else { 1 }],
+                        state: vec![0.0; d * cfg.state_size],
+                    },
+                    Inner::Complex { d: dp, .. } => InnerPrep::Modal {
+                        d: self.small(*dp),
+                        // (re, im) pairs.
+                        state: vec![0.0; d * cfg.state_size * 2],
                     },
                 };
                 Prep::Hyena {
@@ -842,7 +846,7 @@ impl Evo2 {
                                 ..
                             },
                             InnerPrep::Modal { d: dv, state },
-                        ) if !complex => {
+                        ) => {
                             modal_forward(
                                 &ws.u[..md],
                                 self.ex(*log_poles),
