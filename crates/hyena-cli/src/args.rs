@@ -94,6 +94,19 @@ pub struct PrecisionArg {
     /// f32), or auto (bf16 where the CPU has AVX512-BF16 and the model a bf16 path, else f32).
     #[arg(long, value_enum, default_value_t = PrecisionChoice::F32)]
     pub precision: PrecisionChoice,
+    /// Precision of the attention key/value cache (Evo 2 / StripedHyena): auto follows
+    /// --precision; bf16 halves the cache (2·L·H·hd·2 bytes per attention block, 80 KiB per base
+    /// for evo2_7b) and runs attention's two products in bf16; f32 keeps both exact.
+    #[arg(long, value_enum, default_value_t = KvChoice::Auto)]
+    pub kv: KvChoice,
+}
+
+/// `--kv` values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvChoice {
+    Auto,
+    F32,
+    Bf16,
 }
 
 /// `--precision` values.
@@ -107,6 +120,12 @@ pub enum PrecisionChoice {
 impl PrecisionArg {
     /// Set the model's precision; `auto` falls back to f32 where bf16 is not available.
     pub fn apply(&self, lm: &mut dyn hyena::models::LanguageModel) -> Result<Precision> {
+        use hyena::models::striped::KvPrecision;
+        lm.set_kv_cache(match self.kv {
+            KvChoice::Auto => None,
+            KvChoice::F32 => Some(KvPrecision::F32),
+            KvChoice::Bf16 => Some(KvPrecision::Bf16),
+        })?;
         Ok(match self.precision {
             PrecisionChoice::F32 => {
                 lm.set_precision(Precision::F32)?;

@@ -35,12 +35,16 @@ enum Command {
     /// Score a trained model on held-out data (the run's validation split, or all of --fasta or
     /// --text): loss, perplexity, bits/token, accuracy, baselines.
     Eval(cmd::eval::EvalArgs),
-    /// Sample a continuation of a prompt from a trained model.
+    /// Sample a continuation of a prompt from a trained model (recurrent decoding for Evo 2 /
+    /// StripedHyena).
     Generate(cmd::generate::GenerateArgs),
     /// Hidden states of DNA records (FASTA/FASTQ) as a .npy array, pooled or per base.
     Embed(cmd::embed::EmbedArgs),
     /// Log-likelihood of DNA records (FASTA/FASTQ) under a model, per record and per base.
     Score(cmd::score::ScoreArgs),
+    /// Variant-effect scores: log-likelihood of the window centred on each variant (VCF/TSV)
+    /// with the alternative allele minus with the reference allele; resumable TSV output.
+    Vep(cmd::vep::VepArgs),
     /// Write a released checkpoint (Evo 2: vortex YAML config + NAME.pt or its .partN shards)
     /// as a hyena model directory whose weights later loads memory-map.
     Convert(cmd::convert::ConvertArgs),
@@ -73,6 +77,7 @@ fn main() -> std::process::ExitCode {
         Command::Generate(a) => cmd::generate::run_cmd(a),
         Command::Embed(a) => cmd::embed::run_cmd(a),
         Command::Score(a) => cmd::score::run_cmd(a),
+        Command::Vep(a) => cmd::vep::run_cmd(a),
         Command::Convert(a) => cmd::convert::run_cmd(a),
         Command::Finetune(a) => cmd::finetune::run_cmd(a),
         Command::Mad(a) => cmd::mad::run_cmd(a),

@@ -5,8 +5,9 @@ use anyhow::{Context, Result};
 use hyena::checkpoint::load_model;
 use hyena::io::tokenizer::Tokenizer;
 use hyena::models::generate::{generate, generate_bytes, DecodeMode, SampleConfig};
+use hyena::models::TokenizerKind;
 
-use crate::args::{check_inputs, non_negative_f32, ModelArg};
+use crate::args::{check_inputs, non_negative_f32, ModelArg, PrecisionArg};
 
 #[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
@@ -27,13 +28,19 @@ pub struct GenerateArgs {
     /// Seed of the sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// conv: full forward over the context per token; recurrent: O(1) steps (distilled models).
-    #[arg(long, value_enum, default_value_t = GenMode::Conv)]
+    /// conv: the full forward over the context per token; recurrent: a prefill by the parallel
+    /// forward, then one step per token from the carried state (StripedHyena / Evo 2 models:
+    /// FIR caches, modal states, key/value cache; distilled models: O(1) steps); auto:
+    /// recurrent for StripedHyena models, conv for the others.
+    #[arg(long, value_enum, default_value_t = GenMode::Auto)]
     pub mode: GenMode,
+    #[command(flatten)]
+    pub precision: PrecisionArg,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum GenMode {
+    Auto,
     Conv,
     Recurrent,
 }
@@ -41,15 +48,29 @@ pub enum GenMode {
 pub fn run_cmd(a: GenerateArgs) -> Result<()> {
     let dir = &a.model.model;
     check_inputs(&[("--model", dir)])?;
-    let loaded =
+    let t0 = std::time::Instant::now();
+    let mut loaded =
         load_model(dir).with_context(|| format!("loading the model in {}", dir.display()))?;
+    let precision = a.precision.apply(loaded.model.as_mut())?;
+    let bytes = loaded.model.tokenizer() == TokenizerKind::Bytes;
+    if bytes {
+        eprintln!(
+            "model loaded in {:.1} s; matrix products in {precision}",
+            t0.elapsed().as_secs_f64()
+        );
+    }
     let tok: Tokenizer = loaded
         .section::<hyena::data::tokens::DataConfig>("data")
         .ok()
         .flatten()
         .map(|d| d.tokenizer)
         .unwrap_or_default();
-    let (prompt, unk) = tok.encode_checked(a.prompt.as_bytes());
+    let (prompt, unk) = if bytes {
+        // The byte tokenizer of StripedHyena / Evo 2: every byte is its id.
+        (a.prompt.bytes().map(u32::from).collect(), 0)
+    } else {
+        tok.encode_checked(a.prompt.as_bytes())
+    };
     if unk > 0 {
         eprintln!(
             "note: {unk} prompt characters are outside the alphabet (mapped to the unknown token)"
@@ -59,7 +80,11 @@ pub fn run_cmd(a: GenerateArgs) -> Result<()> {
         temperature: a.temperature,
         top_k: a.top_k,
         seed: a.seed,
-        allowed: tok.sampleable_ids(),
+        allowed: if bytes {
+            Vec::new()
+        } else {
+            tok.sampleable_ids()
+        },
     };
     let lm = loaded.model.as_ref();
     let vocab = lm.vocab_size();
@@ -85,14 +110,31 @@ pub fn run_cmd(a: GenerateArgs) -> Result<()> {
         "--tokens",
     )?;
     let mode = match a.mode {
-        GenMode::Conv => DecodeMode::Conv,
+        GenMode::Auto if loaded.family == "evo2" => DecodeMode::Recurrent,
+        GenMode::Auto | GenMode::Conv => DecodeMode::Conv,
         GenMode::Recurrent => DecodeMode::Recurrent,
     };
     let mut dec = loaded
         .model
         .decoder(mode)
         .with_context(|| format!("{}", dir.display()))?;
+    let t1 = std::time::Instant::now();
     let out = generate(dec.as_mut(), &prompt, a.tokens, &sc)?;
-    println!("{}{}", a.prompt, tok.decode(&out));
+    let secs = t1.elapsed().as_secs_f64();
+    if bytes {
+        // Ids past 255 (unused by byte-level training data) print as '?'.
+        let text: Vec<u8> = out
+            .iter()
+            .map(|&t| u8::try_from(t).unwrap_or(b'?'))
+            .collect();
+        println!("{}{}", a.prompt, String::from_utf8_lossy(&text));
+    } else {
+        println!("{}{}", a.prompt, tok.decode(&out));
+    }
+    eprintln!(
+        "{} tokens in {secs:.2} s ({:.2} tokens/s, prefill included)",
+        out.len(),
+        out.len() as f64 / secs.max(1e-9)
+    );
     Ok(())
 }

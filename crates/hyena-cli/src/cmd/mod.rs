@@ -14,3 +14,4 @@ pub mod generate;
 pub mod mad;
 pub mod score;
 pub mod train;
+pub mod vep;

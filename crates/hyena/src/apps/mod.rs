@@ -1,5 +1,7 @@
 //! Applications over the models: the file pipelines behind `hyena embed` and `hyena score`
-//! ([`dna`]), and the benchmarks behind `hyena bench` ([`mod@bench`]).
+//! ([`dna`]), variant-effect scoring behind `hyena vep` ([`vep`]), and the benchmarks behind
+//! `hyena bench` ([`mod@bench`]).
 
 pub mod bench;
 pub mod dna;
+pub mod vep;

@@ -1,6 +1,6 @@
 //! File formats, and nothing above them: safetensors (atomic writes; memory-mapped for large
 //! bf16 models), `.npy`, FASTA/FASTQ, compressed text, tokenizers, a safe reader of PyTorch
-//! checkpoints, and a minimal YAML reader for flat model configs. No model type is known here;
+//! checkpoints, a minimal YAML reader for flat model configs, and variant files (VCF/TSV). No model type is known here;
 //! the model families turn these into models.
 
 pub mod fasta;
@@ -10,4 +10,5 @@ pub mod safetensors;
 pub mod text;
 pub mod tokenizer;
 pub mod torch;
+pub mod variants;
 pub mod yaml;

@@ -7,7 +7,9 @@
 //! - [`zoo`]: language models over the operator zoo (MAD's architectures).
 //! - [`generate`]: sampling, one loop over any [`generate::Decoder`].
 //! - [`parallel`]: data parallelism over the sequences of a batch.
-//! - [`striped`]: StripedHyena 2 / Evo 2 (released checkpoints, scoring, embeddings).
+//! - [`score`]: scoring a growing sequence with a saved position (variant-effect scoring).
+//! - [`striped`]: StripedHyena 1 and 2 / Evo 1 and 2 (released checkpoints, scoring,
+//!   embeddings, recurrent generation).
 //!
 //! A model is its structure (configuration and tensor handles) plus one flat parameter buffer
 //! ([`crate::params::ParamStore`]); [`Model`] holds the two together. A family that the
@@ -33,6 +35,7 @@ pub mod classifier;
 pub mod generate;
 pub mod hyenadna;
 pub mod parallel;
+pub mod score;
 pub mod striped;
 pub mod zoo;
 
@@ -155,6 +158,28 @@ pub trait LanguageModel: Send + Sync {
     fn checkpoint_tensors(&self) -> BTreeMap<String, Tensor>;
     /// The concrete type, for commands that need one family (e.g. distillation).
     fn as_any(&self) -> &dyn Any;
+    /// Set the precision of the attention key/value caches (`None`: the model's precision);
+    /// only StripedHyena models have one.
+    fn set_kv_cache(&mut self, kv: Option<striped::KvPrecision>) -> Result<()> {
+        match kv {
+            None => Ok(()),
+            Some(k) => Err(Error::config(
+                "--kv",
+                k,
+                format!(
+                    "{} models have no attention key/value cache; the option is for Evo 2 / \
+                     StripedHyena",
+                    self.family()
+                ),
+            )),
+        }
+    }
+    /// A scorer of sequences extended piece by piece that carries the forward's state
+    /// (families with a streaming forward); `None` for the others, which
+    /// [`score::prefix_scorer`] serves by re-running the whole forward.
+    fn stream_scorer(&self, _chunk: usize) -> Option<Box<dyn score::PrefixScorer + '_>> {
+        None
+    }
     /// Set the arithmetic of the forward's matrix products; families without a bf16 path
     /// refuse [`Precision::Bf16`].
     fn set_precision(&mut self, p: Precision) -> Result<()> {

@@ -186,6 +186,100 @@ pub fn linear_forward(
     linear_forward_residual(x, w, b, None, m, k, n, y)
 }
 
+/// Rows at or below which a product goes through [`linear_few_rows`] (decoding a token).
+pub const FEW_ROWS: usize = 4;
+
+/// `y [M, N] = x [M, K] · Wᵀ + b` for a few rows (`M` ≤ [`FEW_ROWS`]: one decoding step),
+/// reading each weight row once straight from its stored precision (bf16 widened exactly on
+/// the fly). Generation is bound by reading the weights, so this avoids the widened or packed
+/// copy a GEMM makes of them. Output rows (weight rows) are split over the threads; each dot
+/// product runs in 16 f32 lanes summed in a fixed order.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_few_rows(
+    x: &[f32],
+    w: Weight<'_>,
+    b: Option<&[f32]>,
+    m: usize,
+    k: usize,
+    n: usize,
+    y: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "linear (few rows)";
+    check_len(OP, "x [M, K]", x.len(), m * k)?;
+    check_len(OP, "W [N, K]", w.len(), n * k)?;
+    check_len(OP, "y [M, N]", y.len(), m * n)?;
+    if let Some(b) = b {
+        check_len(OP, "b [N]", b.len(), n)?;
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    // Output transposed [N, M] so that each task owns whole weight rows.
+    const ROWS: usize = 64;
+    let mut yt = vec![0.0f32; n * m];
+    yt.par_chunks_mut(ROWS * m)
+        .enumerate()
+        .for_each(|(blk, o)| {
+            let j0 = blk * ROWS;
+            let rows = o.len() / m;
+            match w {
+                Weight::F32(wf) => dots_f32(x, &wf[j0 * k..(j0 + rows) * k], k, m, o),
+                Weight::Bf16(wb) => dots_bf16(x, &wb[j0 * k..(j0 + rows) * k], k, m, o),
+            }
+        });
+    for r in 0..m {
+        for j in 0..n {
+            y[r * n + j] = yt[j * m + r] + b.map_or(0.0, |b| b[j]);
+        }
+    }
+    Ok(())
+}
+
+/// `Σ_i a[i]·f(b[i])` in 16 lanes (fixed order), for [`linear_few_rows`].
+#[inline(always)]
+fn dot16<T: Copy>(a: &[f32], b: &[T], f: impl Fn(T) -> f32) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (at, bt) = (ac.remainder(), bc.remainder());
+    for (x, w) in ac.zip(bc) {
+        for i in 0..16 {
+            acc[i] += x[i] * f(w[i]);
+        }
+    }
+    for (i, (&x, &w)) in at.iter().zip(bt).enumerate() {
+        acc[i] += x * f(w);
+    }
+    let mut s8 = [0.0f32; 8];
+    for i in 0..8 {
+        s8[i] = acc[i] + acc[i + 8];
+    }
+    ((s8[0] + s8[4]) + (s8[2] + s8[6])) + ((s8[1] + s8[5]) + (s8[3] + s8[7]))
+}
+
+super::simd_fn! {
+    /// `o[j·M + r] = x[r] · w[j]` for the weight rows `w [rows, K]` (f32).
+    fn dots_f32(x: &[f32], w: &[f32], k: usize, m: usize, o: &mut [f32]) {
+        for (j, oj) in o.chunks_exact_mut(m).enumerate() {
+            let wr = &w[j * k..(j + 1) * k];
+            for (r, ov) in oj.iter_mut().enumerate() {
+                *ov = dot16(&x[r * k..(r + 1) * k], wr, |v| v);
+            }
+        }
+    }
+}
+
+super::simd_fn! {
+    /// [`dots_f32`] for bf16 weight rows, widened exactly.
+    fn dots_bf16(x: &[f32], w: &[u16], k: usize, m: usize, o: &mut [f32]) {
+        for (j, oj) in o.chunks_exact_mut(m).enumerate() {
+            let wr = &w[j * k..(j + 1) * k];
+            for (r, ov) in oj.iter_mut().enumerate() {
+                *ov = dot16(&x[r * k..(r + 1) * k], wr, |v| f32::from_bits((v as u32) << 16));
+            }
+        }
+    }
+}
+
 /// A weight matrix as a model stores it: f32, or bf16 bits (released checkpoints of billions of
 /// parameters are kept in bf16 and never widened as a whole).
 #[derive(Clone, Copy, Debug)]

@@ -19,15 +19,16 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::config::Evo2Config;
-use super::model::{Evo2, Taps, Workspace};
+use super::model::{Evo2, Stream, StreamMark, Taps, Workspace};
 use crate::error::{Error, Result};
 use crate::io::mapped::MappedSafetensors;
 use crate::io::safetensors::{Tensor, TensorFile};
 use crate::layers::layer::Slot;
 use crate::layers::lean::InferWorkspace;
-use crate::models::generate::{DecodeMode, Decoder};
+use crate::models::generate::{check_prompt, ConvDecoder, DecodeMode, Decoder, WindowForward};
+use crate::models::score::PrefixScorer;
 use crate::models::{model_section, Family, LanguageModel};
-use crate::ops::loss::LossSum;
+use crate::ops::loss::{log_prob, LossSum};
 use crate::params::DType;
 
 /// Registry name.
@@ -170,13 +171,18 @@ impl LanguageModel for Evo2Lm {
         buf.ws.chunk = chunk;
         self.net.log_likelihood(tokens, &mut buf.ws, out)
     }
-    fn decoder(&self, _mode: DecodeMode) -> Result<Box<dyn Decoder + '_>> {
-        Err(Error::config(
-            "model",
-            FAMILY,
-            "generation with StripedHyena 2 models is not available yet (scoring and embedding \
-             are)",
-        ))
+    fn set_kv_cache(&mut self, kv: Option<super::KvPrecision>) -> Result<()> {
+        self.net.kv = kv;
+        Ok(())
+    }
+    fn stream_scorer(&self, chunk: usize) -> Option<Box<dyn PrefixScorer + '_>> {
+        Some(Box::new(StreamScorer::new(&self.net, chunk)))
+    }
+    fn decoder(&self, mode: DecodeMode) -> Result<Box<dyn Decoder + '_>> {
+        Ok(match mode {
+            DecodeMode::Conv => Box::new(ConvDecoder::new(self)),
+            DecodeMode::Recurrent => Box::new(StripedDecoder::new(&self.net)),
+        })
     }
     fn checkpoint_tensors(&self) -> BTreeMap<String, Tensor> {
         let mut out = BTreeMap::new();
@@ -219,6 +225,175 @@ impl LanguageModel for Evo2Lm {
         let buf = ws.other.get_or_default::<Buffers>();
         buf.ws.chunk = chunk;
         Ok(Evo2Lm::named_output(self, tokens, name, &mut buf.ws)?.0)
+    }
+}
+
+/// Generation by the full forward over the context per token (`--mode conv`): the check that
+/// recurrent decoding gives the same tokens.
+impl WindowForward for Evo2Lm {
+    type Cache = Workspace;
+    fn window(&self) -> usize {
+        self.net.cfg.max_seqlen
+    }
+    fn forward_window(&self, tokens: &[u32], cache: &mut Workspace) -> Result<()> {
+        self.net.logits(tokens, cache).map(|_| ())
+    }
+    fn logits_at<'c>(&self, cache: &'c Workspace, t: usize) -> &'c [f32] {
+        let v = self.net.cfg.vocab_size;
+        &cache.logits[t * v..(t + 1) * v]
+    }
+}
+
+/// Recurrent generation (`hyena-family.md` sections 7.4 and 8.3): the prompt prefilled by the
+/// chunked parallel forward of a [`Stream`], then one step per token through the same stream:
+/// the FIR caches, the modal states and the key/value caches advance by one position, so a
+/// step costs one pass over the weights plus attention over the cached positions.
+pub struct StripedDecoder<'a> {
+    net: &'a Evo2,
+    stream: Option<Stream>,
+    ws: Workspace,
+    last: Vec<f32>,
+}
+
+impl<'a> StripedDecoder<'a> {
+    pub fn new(net: &'a Evo2) -> Self {
+        StripedDecoder {
+            net,
+            stream: None,
+            ws: Workspace::default(),
+            last: Vec::new(),
+        }
+    }
+
+    /// The stream after the tokens so far (none before the prefill).
+    pub fn stream(&self) -> Option<&Stream> {
+        self.stream.as_ref()
+    }
+
+    fn feed(&mut self, tokens: &[u32], logits: bool) -> Result<()> {
+        let s = self.stream.as_mut().ok_or_else(|| {
+            Error::config("generation", "step", "prefill a prompt before stepping")
+        })?;
+        self.net.stream_forward(tokens, s, logits, &mut self.ws)?;
+        if logits {
+            let v = self.net.cfg.vocab_size;
+            let n = tokens.len();
+            self.last.clear();
+            self.last
+                .extend_from_slice(&self.ws.logits[(n - 1) * v..n * v]);
+        }
+        Ok(())
+    }
+}
+
+impl Decoder for StripedDecoder<'_> {
+    fn prefill(&mut self, prompt: &[u32]) -> Result<()> {
+        check_prompt(prompt)?;
+        // Room for the prompt and a few thousand new tokens before the caches first grow.
+        self.stream = Some(self.net.stream(prompt.len() + 4096)?);
+        let n = prompt.len();
+        if n > 1 {
+            // Only the last position's logits are needed.
+            self.feed(&prompt[..n - 1], false)?;
+        }
+        self.feed(&prompt[n - 1..], true)
+    }
+    fn step(&mut self, token: u32) -> Result<()> {
+        self.feed(&[token], true)
+    }
+    fn logits(&self) -> &[f32] {
+        &self.last
+    }
+}
+
+/// [`PrefixScorer`] on a [`Stream`]: the state at the mark is saved (FIR tails, modal states;
+/// the key/value rows before it stay in the caches), so the work before it is done once for
+/// every continuation.
+pub struct StreamScorer<'a> {
+    net: &'a Evo2,
+    stream: Option<Stream>,
+    ws: Workspace,
+    /// The logits of the last position fed (they score the next piece's first token).
+    last: Vec<f32>,
+    marked: Option<(StreamMark, Vec<f32>)>,
+}
+
+impl<'a> StreamScorer<'a> {
+    pub fn new(net: &'a Evo2, chunk: usize) -> Self {
+        StreamScorer {
+            net,
+            stream: None,
+            ws: Workspace::with_chunk(chunk),
+            last: Vec::new(),
+            marked: None,
+        }
+    }
+
+    /// Feed `tokens` piece by piece (a chunk each, so the logits stay `O(chunk)`), scoring each
+    /// token against the logits before it (`first` scores the first token: false at a
+    /// sequence start).
+    fn feed(&mut self, tokens: &[u32], first: bool, out: &mut Vec<f32>) -> Result<()> {
+        let v = self.net.cfg.vocab_size;
+        let s = self
+            .stream
+            .as_mut()
+            .ok_or_else(|| Error::config("scorer", "extend", "start a sequence first"))?;
+        out.clear();
+        if first && !tokens.is_empty() {
+            out.push(log_prob(&self.last, tokens[0] as usize) as f32);
+        }
+        let p = self.ws.chunk.max(1);
+        for (i, piece) in tokens.chunks(p).enumerate() {
+            self.net.stream_forward(piece, s, true, &mut self.ws)?;
+            let lg = &self.ws.logits[..piece.len() * v];
+            // Row j (token g of `tokens`) scores token g + 1; the last row is kept for the
+            // next piece.
+            for (j, row) in lg.chunks_exact(v).enumerate() {
+                match tokens.get(i * p + j + 1) {
+                    Some(&t) => out.push(log_prob(row, t as usize) as f32),
+                    None => {
+                        self.last.clear();
+                        self.last.extend_from_slice(row);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PrefixScorer for StreamScorer<'_> {
+    fn start(&mut self, tokens: &[u32], out: &mut Vec<f32>) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::config(
+                "tokens",
+                0,
+                "a scored sequence needs at least one token",
+            ));
+        }
+        // One stream reused for every sequence: its key/value buffers are kept.
+        match &mut self.stream {
+            Some(s) => s.reset(),
+            None => self.stream = Some(self.net.stream(tokens.len())?),
+        }
+        self.marked = None;
+        self.feed(tokens, false, out)
+    }
+    fn extend(&mut self, tokens: &[u32], out: &mut Vec<f32>) -> Result<()> {
+        self.feed(tokens, true, out)
+    }
+    fn mark(&mut self) {
+        if let Some(s) = &self.stream {
+            self.marked = Some((s.mark(), self.last.clone()));
+        }
+    }
+    fn rewind(&mut self) -> Result<()> {
+        let (Some(s), Some((m, last))) = (&mut self.stream, &self.marked) else {
+            return Err(Error::config("scorer", "rewind", "no position was marked"));
+        };
+        s.rewind(m)?;
+        self.last.clone_from(last);
+        Ok(())
     }
 }
 

@@ -4,12 +4,15 @@
 //!
 //! - [`config`]: the architecture (vortex YAML keys) and the released models as presets.
 //! - [`model`]: the network, its loading and its forward with named outputs.
+//! - [`kv`]: the attention key/value cache and its size.
 //! - [`family`]: what the commands do with it, and the model directories it loads from.
 
 pub mod config;
 pub mod family;
+pub mod kv;
 pub mod model;
 
 pub use config::{preset, BlockKind, Evo2Config, PRESETS};
 pub use family::{Evo2Lm, StripedFamily};
-pub use model::{Evo2, Taps, Workspace};
+pub use kv::{kv_cache_bytes, KvCache, KvPrecision};
+pub use model::{Evo2, Stream, StreamMark, Taps, Workspace};

@@ -54,12 +54,13 @@
 
 use crate::error::{Error, Result};
 use crate::models::striped::config::{BlockKind, Evo2Config};
+use crate::models::striped::kv::{KvCache, KvPrecision};
 use crate::models::Precision;
 use crate::ops::act::gelu_erf_inplace;
-use crate::ops::attention::{causal_attention_at, causal_attention_bf16_at, rotary_inplace};
+use crate::ops::attention::rotary_inplace;
 use crate::ops::bf16::{linear_bf16, Bf16Scratch};
 use crate::ops::fir::{expand_taps, fir_forward_carry, FirOrder, FirShape};
-use crate::ops::linear::{linear_forward, linear_weight, Weight};
+use crate::ops::linear::{linear_few_rows, linear_forward, linear_weight, Weight, FEW_ROWS};
 use crate::ops::loss::log_prob;
 use crate::ops::modal::{modal_complex_forward, modal_forward};
 use crate::ops::norm::{rmsnorm_forward, rmsnorm_rms_eps_forward};
@@ -160,6 +161,8 @@ pub struct Evo2 {
     /// The arithmetic of the matrix products (attention scores, norms, convolutions and the
     /// LI recurrences are f32 either way).
     pub precision: Precision,
+    /// The attention caches' precision; `None` follows `precision` ([`Evo2::kv_precision`]).
+    pub kv: Option<KvPrecision>,
 }
 
 impl Evo2 {
@@ -255,6 +258,7 @@ impl Evo2 {
             exact,
             ignored,
             precision: Precision::F32,
+            kv: None,
         })
     }
 
@@ -464,31 +468,21 @@ impl Evo2 {
         Some((i + 1, width))
     }
 
-    /// Run the first `blocks` blocks on `tokens` (all of them plus the final norm and the
-    /// logits when `blocks` is the block count and `logits` is set), recording the outputs
-    /// named in `taps` into it.
-    pub fn forward(
-        &self,
-        tokens: &[u32],
-        blocks: usize,
-        logits: bool,
-        taps: &mut Taps,
-        ws: &mut Workspace,
-        mut progress: Option<&mut (dyn FnMut(usize, usize) + Send)>,
-    ) -> Result<()> {
+    /// Reject what no forward can run: no tokens, ids outside the vocabulary, or a sequence
+    /// (ending at position `end`) past the model's `max_seqlen`.
+    fn check_tokens(&self, tokens: &[u32], end: usize) -> Result<()> {
         let cfg = &self.cfg;
-        let (l, d) = (tokens.len(), cfg.hidden_size);
-        if l == 0 {
+        if tokens.is_empty() {
             return Err(Error::config(
                 "tokens",
                 0,
                 "an empty sequence has nothing to run",
             ));
         }
-        if l > cfg.max_seqlen {
+        if end > cfg.max_seqlen {
             return Err(Error::TooLong {
                 op: "StripedHyena forward",
-                len: l,
+                len: end,
                 l_max: cfg.max_seqlen,
             });
         }
@@ -499,180 +493,257 @@ impl Evo2 {
                 format!("outside the vocabulary of {} ids", cfg.vocab_size),
             ));
         }
-        ws.resize(l, cfg);
-        // Embedding lookup, widened row by row.
-        {
-            let mut row = Vec::new();
-            let e = self.w(self.embed);
-            for (t, &tok) in tokens.iter().enumerate() {
-                let r = match e {
-                    Weight::F32(w) => &w[tok as usize * d..(tok as usize + 1) * d],
-                    Weight::Bf16(w) => {
-                        let s = Weight::Bf16(&w[tok as usize * d..(tok as usize + 1) * d]);
-                        s.widen(&mut row);
-                        &row[..d]
-                    }
-                };
-                ws.x[t * d..(t + 1) * d].copy_from_slice(r);
-            }
+        Ok(())
+    }
+
+    /// The embedding rows of `tokens` into `x [m, D]`, widened row by row.
+    fn embed_rows(&self, tokens: &[u32], x: &mut [f32]) {
+        let d = self.cfg.hidden_size;
+        let mut row = Vec::new();
+        let e = self.w(self.embed);
+        for (t, &tok) in tokens.iter().enumerate() {
+            let r = match e {
+                Weight::F32(w) => &w[tok as usize * d..(tok as usize + 1) * d],
+                Weight::Bf16(w) => {
+                    let s = Weight::Bf16(&w[tok as usize * d..(tok as usize + 1) * d]);
+                    s.widen(&mut row);
+                    &row[..d]
+                }
+            };
+            x[t * d..(t + 1) * d].copy_from_slice(r);
         }
-        taps.put_rows(|| "embedding_layer".to_string(), 0, l, &ws.x[..l * d], d);
+    }
+
+    /// Run the first `blocks` blocks on `tokens` (all of them plus the final norm and the
+    /// logits when `blocks` is the block count and `logits` is set), recording the outputs
+    /// named in `taps` into it.
+    ///
+    /// Block by block: each block runs over the whole sequence, `ws.chunk` positions at a time
+    /// with its state carried between chunks ([`Evo2::block_chunk`]), before the next block
+    /// starts. This keeps the residual stream `x [L, D]` but only one attention block's keys and
+    /// values at a time (the least memory for scoring and embedding a whole sequence);
+    /// [`Evo2::stream_forward`] runs the other order.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        blocks: usize,
+        logits: bool,
+        taps: &mut Taps,
+        ws: &mut Workspace,
+        progress: Option<&mut (dyn FnMut(usize, usize) + Send)>,
+    ) -> Result<()> {
+        let (l, d, v) = (tokens.len(), self.cfg.hidden_size, self.cfg.vocab_size);
+        self.check_tokens(tokens, l)?;
+        ws.resize(l, &self.cfg);
+        let p = ws.chunk.clamp(1, l);
+        let mut x = std::mem::take(&mut ws.x);
+        let mut lg = std::mem::take(&mut ws.logits);
+        let r = (|| {
+            self.embed_rows(tokens, &mut x[..l * d]);
+            taps.put_rows(|| "embedding_layer".to_string(), 0, l, &x[..l * d], d);
+            self.blocks_by_layer(blocks, l, &mut x[..l * d], taps, ws, progress)?;
+            if blocks >= self.blocks.len() {
+                if logits {
+                    crate::ops::grow(&mut lg, l * v);
+                }
+                ws.wide.begin(self.widen_once(l, p));
+                let mut t0 = 0;
+                while t0 < l {
+                    let t1 = (t0 + p).min(l);
+                    let out = logits.then(|| &mut lg[t0 * v..t1 * v]);
+                    self.head_chunk(&x[t0 * d..t1 * d], t0, l, out, taps, ws)?;
+                    t0 = t1;
+                }
+            }
+            Ok(())
+        })();
+        ws.x = x;
+        ws.logits = lg;
+        r
+    }
+
+    /// The blocks of [`Evo2::forward`] over the residual stream `x [L, D]`.
+    fn blocks_by_layer(
+        &self,
+        blocks: usize,
+        l: usize,
+        x: &mut [f32],
+        taps: &mut Taps,
+        ws: &mut Workspace,
+        mut progress: Option<&mut (dyn FnMut(usize, usize) + Send)>,
+    ) -> Result<()> {
+        let d = self.cfg.hidden_size;
+        let p = ws.chunk.clamp(1, l);
         for (i, b) in self.blocks.iter().enumerate().take(blocks) {
-            self.block(i, b, l, taps, ws)?;
-            taps.put_rows(|| format!("blocks.{i}"), 0, l, &ws.x[..l * d], d);
-            if let Some(f) = progress.as_mut() {
-                f(i + 1, blocks.min(self.blocks.len()));
+            let c = self.consts(b)?;
+            let mut carry = self.carry(b, ws.spare_kv.take());
+            if let Carry::Attn(kv) = &mut carry {
+                kv.reserve(l, 0, true);
             }
-        }
-        if blocks >= self.blocks.len() {
-            let v = cfg.vocab_size;
-            if logits {
-                crate::ops::grow(&mut ws.logits, l * v);
-            }
-            let nw = self.norm.map(|n| self.small(n));
-            let e = self.unembed.unwrap_or(self.embed);
-            let p = ws.chunk.clamp(1, l);
             ws.wide.begin(self.widen_once(l, p));
             let mut t0 = 0;
             while t0 < l {
                 let t1 = (t0 + p).min(l);
-                let md = (t1 - t0) * d;
-                match &nw {
-                    Some(w) => self.rmsnorm(&ws.x[t0 * d..t1 * d], w, &mut ws.xn[..md])?,
-                    None => ws.xn[..md].copy_from_slice(&ws.x[t0 * d..t1 * d]),
-                }
-                if self.norm.is_some() {
-                    taps.put_rows(|| "norm".to_string(), t0, l, &ws.xn[..md], d);
-                }
-                if logits {
-                    let (xn, lg) = (&ws.xn[..md], &mut ws.logits[t0 * v..t1 * v]);
-                    self.lin(xn, t1 - t0, e, None, d, v, lg, &mut ws.wide)?;
-                }
+                let xc = &mut x[t0 * d..t1 * d];
+                self.block_chunk(i, b, &c, &mut carry, xc, t0, l, taps, ws)?;
                 t0 = t1;
+            }
+            if let Carry::Attn(kv) = carry {
+                ws.spare_kv = Some(kv);
+            }
+            taps.put_rows(|| format!("blocks.{i}"), 0, l, &x[..l * d], d);
+            if let Some(f) = progress.as_mut() {
+                f(i + 1, blocks.min(self.blocks.len()));
             }
         }
         Ok(())
     }
 
-    /// Whether a block's widened weights are kept for all its chunks: f32 arithmetic on bf16
-    /// weights over more than one chunk of `p` positions.
-    fn widen_once(&self, l: usize, p: usize) -> bool {
-        self.precision == Precision::F32 && self.params.bf16().is_some() && p < l
-    }
-
-    fn rmsnorm(&self, x: &[f32], w: &[f32], y: &mut [f32]) -> Result<()> {
-        let d = self.cfg.hidden_size;
-        if self.cfg.use_flash_rmsnorm {
-            let mut rstd = vec![0.0f32; x.len() / d];
-            rmsnorm_forward(x, w, d, self.cfg.eps as f32, y, &mut rstd)
-        } else {
-            rmsnorm_rms_eps_forward(x, w, d, self.cfg.eps as f32, y)
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn lin(
+    /// The final norm and (into `logits [m, V]` when given) the logits of the rows
+    /// `x [m, D]` of positions `t0 ..` of a sequence of `tap_len`.
+    fn head_chunk(
         &self,
         x: &[f32],
-        m: usize,
-        w: P,
-        b: Option<P>,
-        k: usize,
-        n: usize,
-        y: &mut [f32],
-        wide: &mut Scratch,
-    ) -> Result<()> {
-        let bias = b.map(|b| self.small(b));
-        match self.precision {
-            Precision::F32 if wide.cache && matches!(self.w(w), Weight::Bf16(_)) => {
-                // Widen once per block, not once per chunk (module docs of Scratch).
-                let key = w.range().start;
-                let valid = &wide.widened[..wide.n_widened];
-                let i = match valid.iter().position(|(o, _)| *o == key) {
-                    Some(i) => i,
-                    None => {
-                        if wide.n_widened == wide.widened.len() {
-                            wide.widened.push((key, Vec::new()));
-                        }
-                        let i = wide.n_widened;
-                        wide.n_widened += 1;
-                        let (o, buf) = &mut wide.widened[i];
-                        *o = key;
-                        self.w(w).widen(buf);
-                        i
-                    }
-                };
-                let wf = &wide.widened[i].1[..n * k];
-                linear_forward(x, wf, bias.as_deref(), m, k, n, y)
-            }
-            Precision::F32 => {
-                linear_weight(x, self.w(w), bias.as_deref(), m, k, n, y, &mut wide.f32)
-            }
-            Precision::Bf16 => {
-                linear_bf16(x, self.w(w), bias.as_deref(), m, k, n, y, &mut wide.bf16)
-            }
-        }
-    }
-
-    /// Block `i` over the whole sequence, chunk by chunk (`ws.chunk` positions at a time):
-    /// the featurizer's and the inner FIR's last rows, the LI modal state and the attention
-    /// keys and values are carried from chunk to chunk, so any chunk size gives the one-shot
-    /// result (to float rounding) while the buffers beyond `x [L, D]` and the keys and values
-    /// are `O(chunk)`.
-    fn block(
-        &self,
-        i: usize,
-        b: &Block,
-        l: usize,
+        t0: usize,
+        tap_len: usize,
+        logits: Option<&mut [f32]>,
         taps: &mut Taps,
         ws: &mut Workspace,
     ) -> Result<()> {
+        let (d, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        let m = x.len() / d;
+        let md = m * d;
+        match self.norm {
+            Some(n) => {
+                self.rmsnorm(x, &self.small(n), &mut ws.xn[..md])?;
+                taps.put_rows(|| "norm".to_string(), t0, tap_len, &ws.xn[..md], d);
+            }
+            None => ws.xn[..md].copy_from_slice(x),
+        }
+        if let Some(lg) = logits {
+            let e = self.unembed.unwrap_or(self.embed);
+            self.lin(&ws.xn[..md], m, e, None, d, v, lg, &mut ws.wide)?;
+        }
+        Ok(())
+    }
+
+    /// The precision of the attention key/value caches: as set, else the model's precision.
+    pub fn kv_precision(&self) -> KvPrecision {
+        self.kv.unwrap_or(match self.precision {
+            Precision::Bf16 => KvPrecision::Bf16,
+            Precision::F32 => KvPrecision::F32,
+        })
+    }
+
+    /// The number of attention blocks (what the key/value cache size scales with).
+    pub fn n_attention(&self) -> usize {
+        self.blocks
+            .iter()
+            .filter(|b| b.kind == BlockKind::Mha)
+            .count()
+    }
+
+    /// A sequence fed piece by piece: every block's carried state at position 0, the attention
+    /// caches reserved for `reserve` positions (they grow past it as needed).
+    pub fn stream(&self, reserve: usize) -> Result<Stream> {
+        let consts = self
+            .blocks
+            .iter()
+            .map(|b| self.consts(b))
+            .collect::<Result<Vec<_>>>()?;
+        let carry = self
+            .blocks
+            .iter()
+            .map(|b| {
+                let mut c = self.carry(b, None);
+                if let Carry::Attn(kv) = &mut c {
+                    kv.reserve(reserve.min(self.cfg.max_seqlen), 0, true);
+                }
+                c
+            })
+            .collect();
+        Ok(Stream {
+            consts,
+            carry,
+            pos: 0,
+        })
+    }
+
+    /// Continue the sequence of `s` with `tokens`: every block runs on a chunk of `ws.chunk`
+    /// positions before the next chunk starts, each block's state carried exactly (FIR tails,
+    /// modal states, keys and values), so feeding a sequence in any pieces and any chunk size
+    /// gives the one-shot forward's logits (to float rounding), and one token at a time is
+    /// recurrent decoding (`hyena-family.md` sections 7.4 and 8.3: the FIR caches, the modal
+    /// states `x ← p ⊙ x + u`, the key/value cache). Memory beyond the caches is `O(chunk)`:
+    /// no `[L, D]` buffer. With `logits`, the logits of the tokens are left in
+    /// `ws.logits [n, V]`.
+    ///
+    /// On an error the stream is left part-way and must not be fed further.
+    pub fn stream_forward(
+        &self,
+        tokens: &[u32],
+        s: &mut Stream,
+        logits: bool,
+        ws: &mut Workspace,
+    ) -> Result<()> {
+        let (n, d, v) = (tokens.len(), self.cfg.hidden_size, self.cfg.vocab_size);
+        self.check_tokens(tokens, s.pos + n)?;
+        if ws.chunk == 0 {
+            ws.chunk = DEFAULT_CHUNK;
+        }
+        let p = ws.chunk.min(n);
+        ws.resize(p, &self.cfg);
+        let mut x = std::mem::take(&mut ws.x);
+        let mut lg = std::mem::take(&mut ws.logits);
+        if logits {
+            crate::ops::grow(&mut lg, n * v);
+        }
+        let r = (|| {
+            ws.wide.begin(false);
+            let mut a = 0;
+            while a < n {
+                let b = (a + p).min(n);
+                let (m, t0) = (b - a, s.pos);
+                let xc = &mut x[..m * d];
+                self.embed_rows(&tokens[a..b], xc);
+                for (i, blk) in self.blocks.iter().enumerate() {
+                    if let Carry::Attn(kv) = &mut s.carry[i] {
+                        kv.reserve(t0 + m, t0, false);
+                    }
+                    let (c, carry) = (&s.consts[i], &mut s.carry[i]);
+                    self.block_chunk(i, blk, c, carry, xc, t0, 0, &mut Taps::none(), ws)?;
+                }
+                s.pos += m;
+                let out = logits.then(|| &mut lg[a * v..b * v]);
+                self.head_chunk(xc, t0, 0, out, &mut Taps::none(), ws)?;
+                a = b;
+            }
+            Ok(())
+        })();
+        ws.x = x;
+        ws.logits = lg;
+        r
+    }
+
+    /// The constants of block `b`'s forward: norm weights, the featurizer's and the inner
+    /// FIR's expanded taps, `D`, rotary frequencies.
+    fn consts(&self, b: &Block) -> Result<Consts> {
         let cfg = &self.cfg;
         let d = cfg.hidden_size;
         let c3 = 3 * d;
-        let p = ws.chunk.clamp(1, l);
-        ws.wide.begin(self.widen_once(l, p));
-        let pre = self.small(b.pre_norm);
-        let post_w = self.small(b.post_norm);
-        let n_in = cfg.inner_mlp_size;
-        // Per-block constants and carried state.
-        enum Prep {
-            Hyena {
-                taps0: Vec<f32>,
-                short_b: Option<Vec<f32>>,
-                carry0: Vec<f32>,
-                inner: InnerPrep,
-            },
-            Attn {
-                freqs: Vec<f32>,
-            },
-        }
-        enum InnerPrep {
-            Fir {
-                w: Vec<f32>,
-                d: Option<Vec<f32>>,
-                carry: Vec<f32>,
-            },
-            Modal {
-                d: Vec<f32>,
-                state: Vec<f32>,
-            },
-        }
-        let complex = cfg.generation == 1;
-        let mut prep = match &b.mixer {
+        let mixer = match &b.mixer {
             Mixer::Hyena {
                 short_w,
                 short_b,
                 inner,
                 ..
             } => {
-                let k0 = cfg.short_filter_length;
                 let taps0 = expand_taps(
                     &self.small(*short_w),
                     FirShape {
                         channels: c3,
                         groups: c3,
-                        taps: k0,
+                        taps: cfg.short_filter_length,
                     },
                     FirOrder::Correlation,
                 )?;
@@ -705,26 +776,15 @@ impl Evo2 {
                             Inner::Mr { d: dp, .. } => Some(self.small(*dp)),
                             _ => None,
                         };
-                        InnerPrep::Fir {
-                            w,
-                            d: dv,
-                            carry: vec![0.0; (k - 1) * d],
-                        }
+                        InnerConsts::Fir { w, d: dv }
                     }
-                    Inner::Li { d: dp, .. } => InnerPrep::Modal {
-                        d: self.small(*dp),
-                        state: vec![0.0; d * cfg.state_size],
-                    },
-                    Inner::Complex { d: dp, .. } => InnerPrep::Modal {
-                        d: self.small(*dp),
-                        // (re, im) pairs.
-                        state: vec![0.0; d * cfg.state_size * 2],
-                    },
+                    Inner::Li { d: dp, .. } | Inner::Complex { d: dp, .. } => {
+                        InnerConsts::Modal { d: self.small(*dp) }
+                    }
                 };
-                Prep::Hyena {
+                MixerConsts::Hyena {
                     taps0,
                     short_b: short_b.map(|sb| self.small(sb)),
-                    carry0: vec![0.0; (k0 - 1) * c3],
                     inner,
                 }
             }
@@ -738,28 +798,74 @@ impl Evo2 {
                         })
                         .collect(),
                 };
-                crate::ops::grow(&mut ws.kc, l * d);
-                crate::ops::grow(&mut ws.vc, l * d);
-                if self.precision == Precision::Bf16 {
-                    if ws.kb.len() < l * d {
-                        ws.kb.resize(l * d, 0);
-                    }
-                    if ws.vtb.len() < l * d {
-                        ws.vtb.resize(l * d, 0);
-                    }
-                }
-                Prep::Attn { freqs }
+                MixerConsts::Attn { freqs }
             }
         };
-        let mut t0 = 0;
-        while t0 < l {
-            let t1 = (t0 + p).min(l);
-            let m = t1 - t0;
-            let md = m * d;
-            self.rmsnorm(&ws.x[t0 * d..t1 * d], &pre, &mut ws.xn[..md])?;
+        Ok(Consts {
+            pre: self.small(b.pre_norm),
+            post: self.small(b.post_norm),
+            mixer,
+        })
+    }
+
+    /// Block `b`'s state at a sequence start (zeros; an empty key/value cache, reusing `kv`'s
+    /// buffers when given).
+    fn carry(&self, b: &Block, kv: Option<KvCache>) -> Carry {
+        let cfg = &self.cfg;
+        let d = cfg.hidden_size;
+        match &b.mixer {
+            Mixer::Hyena { inner, .. } => {
+                let inner = match inner {
+                    Inner::Se { .. } => (cfg.hcs_filter_length - 1) * d,
+                    Inner::Mr { .. } => (cfg.hcm_filter_length - 1) * d,
+                    Inner::Li { .. } => d * cfg.state_size,
+                    // (re, im) pairs.
+                    Inner::Complex { .. } => 2 * d * cfg.state_size,
+                };
+                Carry::Hyena {
+                    fir0: vec![0.0; (cfg.short_filter_length - 1) * 3 * d],
+                    inner: vec![0.0; inner],
+                }
+            }
+            Mixer::Attn { .. } => {
+                let (prec, h, hd) = (self.kv_precision(), cfg.num_attention_heads, cfg.head_dim());
+                let mut kv = kv.unwrap_or_else(|| KvCache::new(prec, h, hd));
+                kv.reset(prec, h, hd);
+                Carry::Attn(kv)
+            }
+        }
+    }
+
+    /// Block `i` on the rows `x [m, D]` of positions `t0 .. t0 + m` of the residual stream
+    /// (updated in place), continuing from its state `carry` (the featurizer's and the inner
+    /// FIR's last rows, the modal state, the keys and values of `0 .. t0`), which is left at
+    /// `t0 + m`. Outputs named in `taps` are recorded as rows of a sequence of `tap_len`.
+    #[allow(clippy::too_many_arguments)]
+    fn block_chunk(
+        &self,
+        i: usize,
+        b: &Block,
+        c: &Consts,
+        carry: &mut Carry,
+        x: &mut [f32],
+        t0: usize,
+        tap_len: usize,
+        taps: &mut Taps,
+        ws: &mut Workspace,
+    ) -> Result<()> {
+        let cfg = &self.cfg;
+        let d = cfg.hidden_size;
+        let c3 = 3 * d;
+        let n_in = cfg.inner_mlp_size;
+        let complex = cfg.generation == 1;
+        let md = x.len();
+        let m = md / d;
+        let l = tap_len;
+        {
+            self.rmsnorm(x, &c.pre, &mut ws.xn[..md])?;
             taps.put_rows(|| format!("blocks.{i}.pre_norm"), t0, l, &ws.xn[..md], d);
             // Each mixer leaves its output in `inner`; the output projection is shared.
-            let (out_w, out_b, out_name) = match (&b.mixer, &mut prep) {
+            let (out_w, out_b, out_name) = match (&b.mixer, &c.mixer, carry) {
                 (
                     Mixer::Hyena {
                         proj_w,
@@ -769,12 +875,12 @@ impl Evo2 {
                         inner,
                         ..
                     },
-                    Prep::Hyena {
+                    MixerConsts::Hyena {
                         taps0,
                         short_b,
-                        carry0,
-                        inner: ip,
+                        inner: ic,
                     },
+                    Carry::Hyena { fir0, inner: state },
                 ) => {
                     self.lin(
                         &ws.xn[..md],
@@ -794,7 +900,7 @@ impl Evo2 {
                         c3,
                     );
                     // Featurizer: depthwise FIR over the 3D channels in their original order.
-                    fir_forward_carry(&ws.z[..m * c3], taps0, c3, carry0, &mut ws.zc[..m * c3])?;
+                    fir_forward_carry(&ws.z[..m * c3], taps0, c3, fir0, &mut ws.zc[..m * c3])?;
                     if let Some(sb) = short_b {
                         // StripedHyena adds the featurizer's bias after the convolution.
                         for row in ws.zc[..m * c3].chunks_exact_mut(c3) {
@@ -832,9 +938,9 @@ impl Evo2 {
                             }
                         }
                     }
-                    match (inner, ip) {
-                        (_, InnerPrep::Fir { w, d: dv, carry }) => {
-                            fir_forward_carry(&ws.u[..md], w, d, carry, &mut ws.inner[..md])?;
+                    match (inner, ic) {
+                        (_, InnerConsts::Fir { w, d: dv }) => {
+                            fir_forward_carry(&ws.u[..md], w, d, state, &mut ws.inner[..md])?;
                             if let Some(dv) = dv {
                                 add_skip(&mut ws.inner[..md], &ws.u[..md], dv);
                             }
@@ -845,7 +951,7 @@ impl Evo2 {
                                 residues,
                                 ..
                             },
-                            InnerPrep::Modal { d: dv, state },
+                            InnerConsts::Modal { d: dv },
                         ) => {
                             modal_forward(
                                 &ws.u[..md],
@@ -861,7 +967,7 @@ impl Evo2 {
                             Inner::Complex {
                                 poles, residues, ..
                             },
-                            InnerPrep::Modal { d: dv, state },
+                            InnerConsts::Modal { d: dv },
                         ) => {
                             modal_complex_forward(
                                 &ws.u[..md],
@@ -873,7 +979,7 @@ impl Evo2 {
                                 &mut ws.inner[..md],
                             )?;
                         }
-                        _ => unreachable!("the inner filter's kind and its state agree"),
+                        _ => unreachable!("the inner filter's kind and its constants agree"),
                     }
                     for (y, &pv) in ws.inner[..md].iter_mut().zip(&ws.post[..md]) {
                         *y *= pv;
@@ -889,7 +995,8 @@ impl Evo2 {
                         out_b,
                         ..
                     },
-                    Prep::Attn { freqs },
+                    MixerConsts::Attn { freqs },
+                    Carry::Attn(kv),
                 ) => {
                     let (h, hd) = (cfg.num_attention_heads, cfg.head_dim());
                     let (rows, hkv) = (cfg.qkv_rows(), cfg.kv_heads());
@@ -903,9 +1010,9 @@ impl Evo2 {
                         &mut ws.z[..m * rows],
                         &mut ws.wide,
                     )?;
-                    // q of the chunk [H, m, hd]; k, v into the caches [H, L, hd] at t0.. (module
-                    // docs for the column layout). With grouped-query heads (StripedHyena 1),
-                    // each query head's cache holds its key/value head's rows.
+                    // q, k, v of the chunk [H, m, hd] (module docs for the column layout). With
+                    // grouped-query heads (StripedHyena 1), each query head gets its key/value
+                    // head's rows.
                     for t in 0..m {
                         let zr = &ws.z[t * rows..(t + 1) * rows];
                         for hh in 0..h {
@@ -919,65 +1026,29 @@ impl Evo2 {
                                     h * hd + (p - 1) * hkv * hd + g * hd
                                 }
                             };
-                            ws.q[(hh * m + t) * hd..(hh * m + t + 1) * hd]
-                                .copy_from_slice(&zr[col(0)..col(0) + hd]);
-                            let kv = (hh * l + t0 + t) * hd;
-                            ws.kc[kv..kv + hd].copy_from_slice(&zr[col(1)..col(1) + hd]);
-                            ws.vc[kv..kv + hd].copy_from_slice(&zr[col(2)..col(2) + hd]);
+                            let r = (hh * m + t) * hd..(hh * m + t + 1) * hd;
+                            ws.q[r.clone()].copy_from_slice(&zr[col(0)..col(0) + hd]);
+                            ws.kt[r.clone()].copy_from_slice(&zr[col(1)..col(1) + hd]);
+                            ws.vt[r].copy_from_slice(&zr[col(2)..col(2) + hd]);
                         }
                     }
                     let scale = cfg.rotary_scale();
                     rotary_inplace(&mut ws.q[..md], h, hd, freqs, scale, t0)?;
-                    for hh in 0..h {
-                        let kr = &mut ws.kc[(hh * l + t0) * hd..(hh * l + t1) * hd];
-                        rotary_inplace(kr, 1, hd, freqs, scale, t0)?;
-                    }
-                    if self.precision == Precision::Bf16 {
-                        // The chunk's keys [H, L, hd] and transposed values [H, hd, L] as bf16
-                        // operands of the two products.
-                        for hh in 0..h {
-                            for t in t0..t1 {
-                                let r = (hh * l + t) * hd;
-                                for i in 0..hd {
-                                    ws.kb[r + i] = f32_to_bf16(ws.kc[r + i]);
-                                    ws.vtb[(hh * hd + i) * l + t] = f32_to_bf16(ws.vc[r + i]);
-                                }
-                            }
-                        }
-                        causal_attention_bf16_at(
-                            &ws.q[..md],
-                            &ws.kb[..l * d],
-                            &ws.vtb[..l * d],
-                            h,
-                            hd,
-                            t0,
-                            l,
-                            &mut ws.inner[..md],
-                        )?;
-                    } else {
-                        causal_attention_at(
-                            &ws.q[..md],
-                            &ws.kc[..l * d],
-                            &ws.vc[..l * d],
-                            h,
-                            hd,
-                            t0,
-                            l,
-                            &mut ws.inner[..md],
-                        )?;
-                    }
+                    rotary_inplace(&mut ws.kt[..md], h, hd, freqs, scale, t0)?;
+                    kv.put(t0, &ws.kt[..md], &ws.vt[..md])?;
+                    kv.attend(&ws.q[..md], t0, &mut ws.inner[..md])?;
                     (*out_w, *out_b, "inner_mha_cls")
                 }
-                _ => unreachable!("a block's mixer and its state agree"),
+                _ => unreachable!("a block's mixer, constants and state agree"),
             };
             let (xin, o) = (&ws.inner[..md], &mut ws.o[..md]);
             self.lin(xin, m, out_w, out_b, d, d, o, &mut ws.wide)?;
             taps.put_rows(|| format!("blocks.{i}.{out_name}"), t0, l, &ws.o[..md], d);
-            for (x, &o) in ws.x[t0 * d..t1 * d].iter_mut().zip(&ws.o[..md]) {
+            for (x, &o) in x.iter_mut().zip(&ws.o[..md]) {
                 *x += o;
             }
             // MLP.
-            self.rmsnorm(&ws.x[t0 * d..t1 * d], &post_w, &mut ws.xn[..md])?;
+            self.rmsnorm(x, &c.post, &mut ws.xn[..md])?;
             taps.put_rows(|| format!("blocks.{i}.post_norm"), t0, l, &ws.xn[..md], d);
             let mn = m * n_in;
             self.lin(
@@ -1027,12 +1098,86 @@ impl Evo2 {
             )?;
             taps.put_rows(|| format!("blocks.{i}.mlp.l3"), t0, l, &ws.o[..md], d);
             taps.put_rows(|| format!("blocks.{i}.mlp"), t0, l, &ws.o[..md], d);
-            for (x, &o) in ws.x[t0 * d..t1 * d].iter_mut().zip(&ws.o[..md]) {
+            for (x, &o) in x.iter_mut().zip(&ws.o[..md]) {
                 *x += o;
             }
-            t0 = t1;
         }
         Ok(())
+    }
+
+    /// Whether a block's widened weights are kept for all its chunks: f32 arithmetic on bf16
+    /// weights over more than one chunk of `p` positions.
+    fn widen_once(&self, l: usize, p: usize) -> bool {
+        self.precision == Precision::F32 && self.params.bf16().is_some() && p < l
+    }
+
+    fn rmsnorm(&self, x: &[f32], w: &[f32], y: &mut [f32]) -> Result<()> {
+        let d = self.cfg.hidden_size;
+        if self.cfg.use_flash_rmsnorm {
+            let mut rstd = vec![0.0f32; x.len() / d];
+            rmsnorm_forward(x, w, d, self.cfg.eps as f32, y, &mut rstd)
+        } else {
+            rmsnorm_rms_eps_forward(x, w, d, self.cfg.eps as f32, y)
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn lin(
+        &self,
+        x: &[f32],
+        m: usize,
+        w: P,
+        b: Option<P>,
+        k: usize,
+        n: usize,
+        y: &mut [f32],
+        wide: &mut Scratch,
+    ) -> Result<()> {
+        let bias = b.map(|b| self.small(b));
+        let wv = self.w(w);
+        if m <= FEW_ROWS {
+            // Decoding: one pass over the stored weights, no widened or packed copy.
+            match (self.precision, wv) {
+                (Precision::F32, _) => {
+                    return linear_few_rows(x, wv, bias.as_deref(), m, k, n, y);
+                }
+                (Precision::Bf16, Weight::Bf16(_)) => {
+                    // bf16 inputs times bf16 weights are exact in f32: the bf16 product.
+                    let xr: Vec<f32> = x.iter().map(|&v| bf16_to_f32(f32_to_bf16(v))).collect();
+                    return linear_few_rows(&xr, wv, bias.as_deref(), m, k, n, y);
+                }
+                _ => {}
+            }
+        }
+        match self.precision {
+            Precision::F32 if wide.cache && matches!(self.w(w), Weight::Bf16(_)) => {
+                // Widen once per block, not once per chunk (module docs of Scratch).
+                let key = w.range().start;
+                let valid = &wide.widened[..wide.n_widened];
+                let i = match valid.iter().position(|(o, _)| *o == key) {
+                    Some(i) => i,
+                    None => {
+                        if wide.n_widened == wide.widened.len() {
+                            wide.widened.push((key, Vec::new()));
+                        }
+                        let i = wide.n_widened;
+                        wide.n_widened += 1;
+                        let (o, buf) = &mut wide.widened[i];
+                        *o = key;
+                        self.w(w).widen(buf);
+                        i
+                    }
+                };
+                let wf = &wide.widened[i].1[..n * k];
+                linear_forward(x, wf, bias.as_deref(), m, k, n, y)
+            }
+            Precision::F32 => {
+                linear_weight(x, self.w(w), bias.as_deref(), m, k, n, y, &mut wide.f32)
+            }
+            Precision::Bf16 => {
+                linear_bf16(x, self.w(w), bias.as_deref(), m, k, n, y, &mut wide.bf16)
+            }
+        }
     }
 
     /// Logits `[L, V]` of `tokens` (in `ws.logits`).
@@ -1111,6 +1256,142 @@ enum Exact {
     None,
     Li(P, P),
     Rotary(Option<P>),
+}
+
+/// The constants of one block's forward ([`Evo2::consts`]).
+struct Consts {
+    pre: Vec<f32>,
+    post: Vec<f32>,
+    mixer: MixerConsts,
+}
+
+enum MixerConsts {
+    Hyena {
+        /// The featurizer's taps `[K0, 3D]`, convolution order.
+        taps0: Vec<f32>,
+        short_b: Option<Vec<f32>>,
+        inner: InnerConsts,
+    },
+    Attn {
+        freqs: Vec<f32>,
+    },
+}
+
+enum InnerConsts {
+    /// SE / MR: taps `[K, D]` in convolution order, and MR's `D`.
+    Fir { w: Vec<f32>, d: Option<Vec<f32>> },
+    /// LI / complex modes: `D`.
+    Modal { d: Vec<f32> },
+}
+
+/// What one block carries from a position to the next (its recurrent state).
+#[derive(Clone)]
+enum Carry {
+    Hyena {
+        /// The featurizer's input rows before the chunk `[K0 − 1, 3D]`.
+        fir0: Vec<f32>,
+        /// SE / MR: the inner FIR's input rows before the chunk `[K − 1, D]`; LI: the modal
+        /// state `[D, N]`; complex modes: `[D, N, 2]`.
+        inner: Vec<f32>,
+    },
+    Attn(KvCache),
+}
+
+/// A sequence being fed to the model piece by piece ([`Evo2::stream_forward`]): every block's
+/// carried state after the positions fed so far. One token at a time, this is recurrent
+/// generation; a [`StreamMark`] saves the state at a position so that two continuations
+/// (a reference and an alternative allele) can share everything before it.
+pub struct Stream {
+    consts: Vec<Consts>,
+    carry: Vec<Carry>,
+    pos: usize,
+}
+
+/// The state of a [`Stream`] at one position ([`Stream::mark`]): the FIR tails and modal
+/// states (small, `O(D·(K + N))` per block) and the position; the attention caches are
+/// append-only, so their rows before the position stay valid and are not copied.
+pub struct StreamMark {
+    pos: usize,
+    small: Vec<Vec<f32>>,
+}
+
+impl Stream {
+    /// Positions fed so far.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// Bytes held by the attention caches.
+    pub fn kv_bytes(&self) -> usize {
+        self.carry
+            .iter()
+            .map(|c| match c {
+                Carry::Attn(kv) => kv.bytes(),
+                Carry::Hyena { .. } => 0,
+            })
+            .sum()
+    }
+
+    /// Back to position 0 (zero states, empty caches; their buffers are kept).
+    pub fn reset(&mut self) {
+        for c in &mut self.carry {
+            if let Carry::Hyena { fir0, inner } = c {
+                fir0.fill(0.0);
+                inner.fill(0.0);
+            }
+        }
+        self.pos = 0;
+    }
+
+    /// Save the state at the current position.
+    pub fn mark(&self) -> StreamMark {
+        let mut small = Vec::new();
+        for c in &self.carry {
+            if let Carry::Hyena { fir0, inner } = c {
+                small.push(fir0.clone());
+                small.push(inner.clone());
+            }
+        }
+        StreamMark {
+            pos: self.pos,
+            small,
+        }
+    }
+
+    /// Go back to the state saved in `mark` (taken from this stream, at or before its
+    /// current position); what was fed after it is forgotten.
+    pub fn rewind(&mut self, mark: &StreamMark) -> Result<()> {
+        if mark.pos > self.pos || mark.small.len() != 2 * self.n_hyena() {
+            return Err(Error::config(
+                "stream mark",
+                mark.pos,
+                format!(
+                    "is not a mark of this stream (at position {}); take marks with \
+                     Stream::mark",
+                    self.pos
+                ),
+            ));
+        }
+        let mut it = mark.small.iter();
+        for c in &mut self.carry {
+            if let Carry::Hyena { fir0, inner } = c {
+                let (a, b) = (it.next(), it.next());
+                if let (Some(a), Some(b)) = (a, b) {
+                    fir0.copy_from_slice(a);
+                    inner.copy_from_slice(b);
+                }
+            }
+        }
+        self.pos = mark.pos;
+        Ok(())
+    }
+
+    fn n_hyena(&self) -> usize {
+        self.carry
+            .iter()
+            .filter(|c| matches!(c, Carry::Hyena { .. }))
+            .count()
+    }
 }
 
 /// Named intermediate outputs to record during a forward (PyTorch module names of the
@@ -1195,12 +1476,11 @@ pub struct Workspace {
     a: Vec<f32>,
     b: Vec<f32>,
     q: Vec<f32>,
-    /// Attention keys and values of every position `[H, L, hd]` (the current block's).
-    kc: Vec<f32>,
-    vc: Vec<f32>,
-    /// The bf16 path's keys `[H, L, hd]` and transposed values `[H, hd, L]`, rounded.
-    kb: Vec<u16>,
-    vtb: Vec<u16>,
+    /// The chunk's keys and values `[H, m, hd]`, before they go into the cache.
+    kt: Vec<f32>,
+    vt: Vec<f32>,
+    /// The key/value cache of the block-by-block forward, kept for its buffers.
+    spare_kv: Option<KvCache>,
     /// A weight matrix widened from bf16, or packed operands of bf16 products.
     wide: Scratch,
     pub logits: Vec<f32>,
@@ -1236,6 +1516,8 @@ impl Workspace {
             &mut self.inner,
             &mut self.o,
             &mut self.q,
+            &mut self.kt,
+            &mut self.vt,
         ] {
             grow(v, p * d);
         }
