@@ -218,3 +218,142 @@ fn score_embed_convert_stripedhyena_1() {
     assert_eq!(again, got);
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+#[test]
+fn generate_recurrent_equals_conv() {
+    // Greedy: the recurrent decoder (the default for Evo 2) and the full forward per token
+    // print the same continuation.
+    let m = fixture("tiny");
+    let m = m.to_str().unwrap();
+    let args = |mode: &str| {
+        let mut a = vec!["generate", "--model", m, "--prompt", "ACGTTGCAACGGATTACA"];
+        a.extend(["--tokens", "24", "--temperature", "0", "--mode", mode]);
+        ok(&hyena(&a))
+    };
+    let rec = args("auto");
+    assert_eq!(rec, args("conv"));
+    assert!(rec.starts_with("ACGTTGCAACGGATTACA") && rec.trim_end().len() >= 18 + 24 - 8);
+    fails_with(
+        &hyena(&["generate", "--model", m, "--prompt", "ACGT", "--kv", "f16"]),
+        &["--kv"],
+    );
+}
+
+#[test]
+fn vep_scores_resume_after_a_kill_and_name_bad_variants() {
+    let tmp = tmpdir("vep");
+    let fa = tmp.join("ref.fa");
+    common::toy_fasta(&fa, "chr7", 3000, 11, Some(60));
+    let seq: Vec<u8> = std::fs::read_to_string(&fa)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .flat_map(|l| l.bytes().collect::<Vec<_>>())
+        .collect();
+    let mut vcf = String::from("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\n");
+    for p in (700..2300).step_by(16) {
+        let r = seq[p - 1] as char;
+        let alts: Vec<String> = "ACGT"
+            .chars()
+            .filter(|&c| c != r)
+            .map(String::from)
+            .collect();
+        vcf += &format!("chr7\t{p}\t.\t{r}\t{}\n", alts.join(","));
+    }
+    let v = tmp.join("v.vcf");
+    std::fs::write(&v, &vcf).unwrap();
+    let m = fixture("tiny");
+    let base = |out: &Path| -> Vec<String> {
+        [
+            "vep",
+            "--model",
+            m.to_str().unwrap(),
+            "--reference",
+            fa.to_str().unwrap(),
+            "--variants",
+            v.to_str().unwrap(),
+            "--window",
+            "512",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let whole = tmp.join("whole.tsv");
+    let a = base(&whole);
+    ok(&hyena(&a.iter().map(String::as_str).collect::<Vec<_>>()));
+    let rows = std::fs::read_to_string(&whole).unwrap();
+    assert_eq!(rows.lines().count(), 2 + 3 * 100);
+    // Killed once a few rows are on disk, then resumed.
+    let out = tmp.join("out.tsv");
+    let partial = tmp.join("out.tsv.partial");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hyena"))
+        .args(base(&out))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&partial).map_or(0, |s| s.lines().count()) < 12
+        && t0.elapsed().as_secs() < 60
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed = !out.exists();
+    if killed {
+        let done = std::fs::read_to_string(&partial).unwrap().lines().count();
+        assert!(done >= 12 && done < 302, "{done}");
+        let mut again = base(&out);
+        // Without --resume the partial file is not overwritten.
+        fails_with(
+            &hyena(&again.iter().map(String::as_str).collect::<Vec<_>>()),
+            &["--resume"],
+        );
+        again.push("--resume".into());
+        let out2 = hyena(&again.iter().map(String::as_str).collect::<Vec<_>>());
+        ok(&out2);
+        assert!(String::from_utf8_lossy(&out2.stderr).contains("resuming"));
+    }
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        rows,
+        "killed: {killed}"
+    );
+    // --no-share gives the same scores.
+    let naive = tmp.join("naive.tsv");
+    let mut n = base(&naive);
+    n.push("--no-share".into());
+    ok(&hyena(&n.iter().map(String::as_str).collect::<Vec<_>>()));
+    for (a, b) in rows
+        .lines()
+        .zip(std::fs::read_to_string(&naive).unwrap().lines())
+        .skip(2)
+    {
+        let (a, b): (Vec<&str>, Vec<&str>) = (a.split('\t').collect(), b.split('\t').collect());
+        for c in 7..10 {
+            let (x, y): (f64, f64) = (a[c].parse().unwrap(), b[c].parse().unwrap());
+            assert!((x - y).abs() < 1e-4, "{a:?} {b:?}");
+        }
+    }
+    // A mismatched reference allele and a malformed line stop before the model loads.
+    let r = if seq[99] == b'A' { 'C' } else { 'A' };
+    std::fs::write(&v, format!("{vcf}chr7\t100\trs1\t{r}\tT\n")).unwrap();
+    let bad = tmp.join("bad.tsv");
+    let b = base(&bad);
+    fails_with(
+        &hyena(&b.iter().map(String::as_str).collect::<Vec<_>>()),
+        &[&format!(
+            "line 103: variant chr7:100 {r}>T: REF {r} does not match"
+        )],
+    );
+    std::fs::write(&v, format!("{vcf}chr7\t100\n")).unwrap();
+    fails_with(
+        &hyena(&b.iter().map(String::as_str).collect::<Vec<_>>()),
+        &["line 103: 2 column(s)"],
+    );
+    assert!(!bad.exists());
+    let _ = std::fs::remove_dir_all(&tmp);
+}
