@@ -577,6 +577,9 @@ def child_run(a):
     rss_load = current_rss_bytes()
     peak_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     can_reset = reset_peak_rss()
+    if a.generate:
+        print(json.dumps(generate_run(a, model, ids, t2 - t1)), flush=True)
+        return
 
     times, first = [], None
     with torch.inference_mode():
@@ -635,6 +638,34 @@ def child_run(a):
     print(json.dumps(out), flush=True)
 
 
+def generate_run(a, model, ids, load_s):
+    """Greedy cached generation with vortex's own Generator: prefill by the parallel forward,
+    then one cached step per token (timed by its token callback)."""
+    import torch
+    from vortex.model.generation import Generator
+    from vortex.model.tokenizer import CharLevelTokenizer
+
+    stamps = []
+    gen = Generator(model, CharLevelTokenizer(512), top_k=1, top_p=1.0, temperature=1.0)
+    t = time.perf_counter()
+    with torch.inference_mode(), quiet():
+        toks, _, _ = gen.generate(device="cpu", input_ids=ids[None], num_tokens=a.generate,
+                                  cached_generation=True, print_generation=False,
+                                  stop_at_eos=False,
+                                  token_callback=lambda i: stamps.append(time.perf_counter()))
+    n = len(stamps)
+    decode_s = stamps[-1] - stamps[0]
+    return {
+        "engine": "vortex", "mode": "generate", "precision": a.precision, "threads": a.threads,
+        "prompt": ids.numel(), "tokens": n, "load_s": round(load_s, 3),
+        "prefill_s": round(stamps[0] - t, 4), "decode_s": round(decode_s, 4),
+        "decode_tokens_per_s": round((n - 1) / decode_s, 3) if n > 1 else None,
+        "ids": [int(x) for x in toks[0]],
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB, 3),
+        "torch_version": torch.__version__,
+    }
+
+
 def package_version(name):
     try:
         from importlib.metadata import version
@@ -656,7 +687,8 @@ def cmd_run(a):
     argv = [sys.executable, os.path.abspath(__file__), "_child",
             "--dir", a.dir, "--len", str(a.len), "--seed", str(a.seed),
             "--precision", a.precision, "--threads", str(a.threads),
-            "--repeat", str(a.repeat), "--warmup", str(a.warmup)]
+            "--repeat", str(a.repeat), "--warmup", str(a.warmup),
+            "--generate", str(a.generate)]
     if a.fasta:
         argv += ["--fasta", a.fasta]
     if a.fasta_out:
@@ -667,6 +699,10 @@ def cmd_run(a):
     if proc.returncode != 0:
         sys.exit(f"the vortex run failed (exit status {proc.returncode})")
     res = json.loads(proc.stdout.strip().splitlines()[-1])
+    if a.generate:
+        res["process_wall_s"] = round(wall, 3)
+        print(json.dumps(res) if a.json else "\n".join(f"{k:22} {v}" for k, v in res.items()))
+        return
     res["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / GIB, 3)
     res["process_wall_s"] = round(wall, 3)
     if a.json:
@@ -820,6 +856,10 @@ def main(argv=None):
                        help="torch.set_num_threads (and OMP/MKL_NUM_THREADS) of the run")
         p.add_argument("--repeat", type=int, default=1, help="timed forwards (median reported)")
         p.add_argument("--warmup", type=int, default=0, help="untimed forwards before them")
+        p.add_argument("--generate", type=int, default=0,
+                       help="instead of scoring: greedy cached generation (vortex's Generator, "
+                            "top_k 1) of this many tokens after the sequence as prompt; reports "
+                            "the prefill time, the per-token decode time and the tokens")
 
     p = sub.add_parser("run", formatter_class=fmt,
                        help="score one sequence with vortex in a fresh process; time and memory")

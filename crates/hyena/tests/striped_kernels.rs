@@ -381,3 +381,34 @@ fn bf16_attention_matches_the_rounded_reference() {
         assert!(max_diff(&oc, &out[t0 * h * hd..]) < 1e-6, "chunk at {t0}");
     }
 }
+
+#[test]
+fn few_row_products_match_the_reference_for_both_weight_kinds() {
+    // Decoding's product: 1 to 4 rows, lengths that are not multiples of the 64 lanes (and
+    // shorter than one block), bf16 weights widened on the fly equal to the same values in f32.
+    use hyena::ops::linear::linear_few_rows;
+    let mut rng = StdRng::seed_from_u64(9);
+    for (m, k, n) in [(1, 1, 1), (1, 37, 29), (2, 64, 65), (3, 200, 130), (4, 1931, 70)] {
+        let x = randn(&mut rng, m * k, 1.0);
+        let bits: Vec<u16> = randn(&mut rng, n * k, 1.0)
+            .iter()
+            .map(|&v| f32_to_bf16(v))
+            .collect();
+        let wr: Vec<f32> = bits.iter().map(|&b| bf16_to_f32(b)).collect();
+        let b = randn(&mut rng, n, 1.0);
+        let want = lin_ref::linear_forward(&x, &wr, Some(&b), m, k, n);
+        let mut y = vec![0.0; m * n];
+        linear_few_rows(&x, Weight::Bf16(&bits), Some(&b), m, k, n, &mut y).unwrap();
+        let tol = 1e-5 * (k as f32).sqrt() * 4.0;
+        assert!(max_diff(&y, &want) < tol, "{m}x{k}x{n}: {}", max_diff(&y, &want));
+        let mut y2 = vec![0.0; m * n];
+        linear_few_rows(&x, Weight::F32(&wr), Some(&b), m, k, n, &mut y2).unwrap();
+        assert_eq!(y, y2, "{m}x{k}x{n}");
+        let mut y3 = vec![0.0; m * n];
+        linear_few_rows(&x, Weight::F32(&wr), None, m, k, n, &mut y3).unwrap();
+        for (j, (a, c)) in y2.iter().zip(&y3).enumerate() {
+            assert!((a - c - b[j % n]).abs() < 1e-5, "bias at {j}");
+        }
+        assert!(linear_few_rows(&x, Weight::F32(&wr[1..]), None, m, k, n, &mut y).is_err());
+    }
+}

@@ -36,6 +36,9 @@ pub struct GenerateArgs {
     pub mode: GenMode,
     #[command(flatten)]
     pub precision: PrecisionArg,
+    /// Print one JSON object (token ids, text, prefill time, decode rate) instead of the text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -118,23 +121,69 @@ pub fn run_cmd(a: GenerateArgs) -> Result<()> {
         .model
         .decoder(mode)
         .with_context(|| format!("{}", dir.display()))?;
-    let t1 = std::time::Instant::now();
-    let out = generate(dec.as_mut(), &prompt, a.tokens, &sc)?;
-    let secs = t1.elapsed().as_secs_f64();
-    if bytes {
+    let mut timed = Timed {
+        inner: dec.as_mut(),
+        prefill_s: 0.0,
+        step_s: 0.0,
+        steps: 0,
+    };
+    let out = generate(&mut timed, &prompt, a.tokens, &sc)?;
+    let text = if bytes {
         // Ids past 255 (unused by byte-level training data) print as '?'.
-        let text: Vec<u8> = out
-            .iter()
-            .map(|&t| u8::try_from(t).unwrap_or(b'?'))
-            .collect();
-        println!("{}{}", a.prompt, String::from_utf8_lossy(&text));
+        let b: Vec<u8> = out.iter().map(|&t| u8::try_from(t).unwrap_or(b'?')).collect();
+        String::from_utf8_lossy(&b).into_owned()
     } else {
-        println!("{}{}", a.prompt, tok.decode(&out));
+        tok.decode(&out)
+    };
+    let rate = timed.steps as f64 / timed.step_s.max(1e-9);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "prompt_tokens": prompt.len(),
+                "ids": out,
+                "text": text,
+                "prefill_s": timed.prefill_s,
+                "decode_s": timed.step_s,
+                "decode_tokens_per_s": rate,
+            })
+        );
+    } else {
+        println!("{}{text}", a.prompt);
     }
     eprintln!(
-        "{} tokens in {secs:.2} s ({:.2} tokens/s, prefill included)",
-        out.len(),
-        out.len() as f64 / secs.max(1e-9)
+        "prefill of {} tokens {:.2} s; {} tokens after it in {:.2} s ({rate:.3} tokens/s)",
+        prompt.len(),
+        timed.prefill_s,
+        timed.steps,
+        timed.step_s,
     );
     Ok(())
+}
+
+/// A decoder whose prefill and steps are timed (the decode rate excludes the prefill).
+struct Timed<'a> {
+    inner: &'a mut dyn hyena::models::generate::Decoder,
+    prefill_s: f64,
+    step_s: f64,
+    steps: usize,
+}
+
+impl hyena::models::generate::Decoder for Timed<'_> {
+    fn prefill(&mut self, prompt: &[u32]) -> hyena::error::Result<()> {
+        let t = std::time::Instant::now();
+        let r = self.inner.prefill(prompt);
+        self.prefill_s += t.elapsed().as_secs_f64();
+        r
+    }
+    fn step(&mut self, token: u32) -> hyena::error::Result<()> {
+        let t = std::time::Instant::now();
+        let r = self.inner.step(token);
+        self.step_s += t.elapsed().as_secs_f64();
+        self.steps += 1;
+        r
+    }
+    fn logits(&self) -> &[f32] {
+        self.inner.logits()
+    }
 }

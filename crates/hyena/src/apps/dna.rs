@@ -308,6 +308,8 @@ fn in_record(e: Error, file: &Path, rec: &SeqRecord) -> Error {
 }
 
 /// Refuse a record whose lean forward would not fit in memory, before running it: the
+/// family's own estimate ([`LanguageModel::forward_bytes`]; StripedHyena: residual stream,
+/// one block's keys and values, logits, chunk buffers), else the HyenaDNA lean forward's: the
 /// residual stream and convolution rows (about `3·L·D` floats) and the chunk buffers (about
 /// `P·20·D`).
 fn check_record_fits(lm: &dyn LanguageModel, tokens: usize, chunk: usize) -> Result<()> {
@@ -317,13 +319,15 @@ fn check_record_fits(lm: &dyn LanguageModel, tokens: usize, chunk: usize) -> Res
         return Ok(());
     }
     let d = lm.d_model();
-    let bytes = floats(
-        mul(&[tokens, d.saturating_mul(3).saturating_add(8)]).saturating_add(mul(&[
-            chunk.min(tokens.max(1)),
-            d,
-            20,
-        ])),
-    );
+    let bytes = lm.forward_bytes(tokens, chunk).unwrap_or_else(|| {
+        floats(
+            mul(&[tokens, d.saturating_mul(3).saturating_add(8)]).saturating_add(mul(&[
+                chunk.min(tokens.max(1)),
+                d,
+                20,
+            ])),
+        )
+    });
     crate::memory::check_fits(
         &format!("the lean forward of {tokens} tokens at d_model {d}"),
         bytes,

@@ -174,6 +174,12 @@ pub trait LanguageModel: Send + Sync {
             )),
         }
     }
+    /// Bytes the family's lean forward (embed, score) holds for a sequence of `tokens` in
+    /// chunks of `chunk`, beyond the weights, when it has its own estimate (`None`: the
+    /// HyenaDNA lean forward's, [`crate::apps::dna`]).
+    fn forward_bytes(&self, _tokens: usize, _chunk: usize) -> Option<u64> {
+        None
+    }
     /// A scorer of sequences extended piece by piece that carries the forward's state
     /// (families with a streaming forward); `None` for the others, which
     /// [`score::prefix_scorer`] serves by re-running the whole forward.

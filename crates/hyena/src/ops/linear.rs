@@ -235,23 +235,30 @@ pub fn linear_few_rows(
     Ok(())
 }
 
-/// `Σ_i a[i]·f(b[i])` in 16 lanes (fixed order), for [`linear_few_rows`].
+/// `Σ_i a[i]·f(b[i])` in 64 lanes (four vectors of 16, so the adds of consecutive blocks do
+/// not wait on each other), summed in a fixed order, for [`linear_few_rows`].
 #[inline(always)]
 fn dot16<T: Copy>(a: &[f32], b: &[T], f: impl Fn(T) -> f32) -> f32 {
-    let mut acc = [0.0f32; 16];
-    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    const W: usize = 64;
+    let mut acc = [0.0f32; W];
+    let (ac, bc) = (a.chunks_exact(W), b.chunks_exact(W));
     let (at, bt) = (ac.remainder(), bc.remainder());
     for (x, w) in ac.zip(bc) {
-        for i in 0..16 {
+        let x: &[f32; W] = x.try_into().unwrap_or(&[0.0; W]);
+        for i in 0..W {
             acc[i] += x[i] * f(w[i]);
         }
     }
     for (i, (&x, &w)) in at.iter().zip(bt).enumerate() {
         acc[i] += x * f(w);
     }
+    let mut s16 = [0.0f32; 16];
+    for (i, v) in s16.iter_mut().enumerate() {
+        *v = (acc[i] + acc[i + 16]) + (acc[i + 32] + acc[i + 48]);
+    }
     let mut s8 = [0.0f32; 8];
     for i in 0..8 {
-        s8[i] = acc[i] + acc[i + 8];
+        s8[i] = s16[i] + s16[i + 8];
     }
     ((s8[0] + s8[4]) + (s8[2] + s8[6])) + ((s8[1] + s8[5]) + (s8[3] + s8[7]))
 }

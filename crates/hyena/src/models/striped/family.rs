@@ -171,6 +171,9 @@ impl LanguageModel for Evo2Lm {
         buf.ws.chunk = chunk;
         self.net.log_likelihood(tokens, &mut buf.ws, out)
     }
+    fn forward_bytes(&self, tokens: usize, chunk: usize) -> Option<u64> {
+        Some(self.net.forward_bytes(tokens, chunk))
+    }
     fn set_kv_cache(&mut self, kv: Option<super::KvPrecision>) -> Result<()> {
         self.net.kv = kv;
         Ok(())

@@ -635,6 +635,29 @@ impl Evo2 {
         })
     }
 
+    /// Bytes [`Evo2::forward`] holds beyond the weights for `l` tokens in chunks of `chunk`: the
+    /// residual stream `[L, D]` f32, one attention block's keys and values at a time
+    /// ([`crate::models::striped::kv`]), the logits `[L, V]`, the chunk buffers (about `10·D +
+    /// 2·inner` floats per position) and, for f32 arithmetic on bf16 weights over several
+    /// chunks, one block's matrices widened.
+    pub fn forward_bytes(&self, l: usize, chunk: usize) -> u64 {
+        use crate::memory::mul;
+        let cfg = &self.cfg;
+        let (d, n, v) = (cfg.hidden_size, cfg.inner_mlp_size, cfg.vocab_size);
+        let p = chunk.clamp(1, l.max(1));
+        let kv = super::kv::kv_cache_bytes(1, cfg.num_attention_heads * cfg.head_dim(), l, self.kv_precision());
+        let widened = if self.widen_once(l, p) {
+            mul(&[4, d, 4 * d + 3 * n])
+        } else {
+            0
+        };
+        mul(&[4, l, d])
+            .saturating_add(if self.n_attention() > 0 { kv } else { 0 })
+            .saturating_add(mul(&[4, l, v]))
+            .saturating_add(mul(&[4, p, 10 * d + 2 * n]))
+            .saturating_add(widened)
+    }
+
     /// The number of attention blocks (what the key/value cache size scales with).
     pub fn n_attention(&self) -> usize {
         self.blocks
