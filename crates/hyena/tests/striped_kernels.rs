@@ -388,7 +388,13 @@ fn few_row_products_match_the_reference_for_both_weight_kinds() {
     // shorter than one block), bf16 weights widened on the fly equal to the same values in f32.
     use hyena::ops::linear::linear_few_rows;
     let mut rng = StdRng::seed_from_u64(9);
-    for (m, k, n) in [(1, 1, 1), (1, 37, 29), (2, 64, 65), (3, 200, 130), (4, 1931, 70)] {
+    for (m, k, n) in [
+        (1, 1, 1),
+        (1, 37, 29),
+        (2, 64, 65),
+        (3, 200, 130),
+        (4, 1931, 70),
+    ] {
         let x = randn(&mut rng, m * k, 1.0);
         let bits: Vec<u16> = randn(&mut rng, n * k, 1.0)
             .iter()
@@ -400,7 +406,11 @@ fn few_row_products_match_the_reference_for_both_weight_kinds() {
         let mut y = vec![0.0; m * n];
         linear_few_rows(&x, Weight::Bf16(&bits), Some(&b), m, k, n, &mut y).unwrap();
         let tol = 1e-5 * (k as f32).sqrt() * 4.0;
-        assert!(max_diff(&y, &want) < tol, "{m}x{k}x{n}: {}", max_diff(&y, &want));
+        assert!(
+            max_diff(&y, &want) < tol,
+            "{m}x{k}x{n}: {}",
+            max_diff(&y, &want)
+        );
         let mut y2 = vec![0.0; m * n];
         linear_few_rows(&x, Weight::F32(&wr), Some(&b), m, k, n, &mut y2).unwrap();
         assert_eq!(y, y2, "{m}x{k}x{n}");

@@ -130,7 +130,10 @@ pub fn run_cmd(a: GenerateArgs) -> Result<()> {
     let out = generate(&mut timed, &prompt, a.tokens, &sc)?;
     let text = if bytes {
         // Ids past 255 (unused by byte-level training data) print as '?'.
-        let b: Vec<u8> = out.iter().map(|&t| u8::try_from(t).unwrap_or(b'?')).collect();
+        let b: Vec<u8> = out
+            .iter()
+            .map(|&t| u8::try_from(t).unwrap_or(b'?'))
+            .collect();
         String::from_utf8_lossy(&b).into_owned()
     } else {
         tok.decode(&out)

@@ -645,7 +645,12 @@ impl Evo2 {
         let cfg = &self.cfg;
         let (d, n, v) = (cfg.hidden_size, cfg.inner_mlp_size, cfg.vocab_size);
         let p = chunk.clamp(1, l.max(1));
-        let kv = super::kv::kv_cache_bytes(1, cfg.num_attention_heads * cfg.head_dim(), l, self.kv_precision());
+        let kv = super::kv::kv_cache_bytes(
+            1,
+            cfg.num_attention_heads * cfg.head_dim(),
+            l,
+            self.kv_precision(),
+        );
         let widened = if self.widen_once(l, p) {
             mul(&[4, d, 4 * d + 3 * n])
         } else {
