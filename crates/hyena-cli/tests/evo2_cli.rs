@@ -171,6 +171,53 @@ fn score_embed_convert_on_released_layout() {
 }
 
 #[test]
+fn score_and_embeddings_do_not_depend_on_the_chunk_size() {
+    // The fixture's 200 bases through `--chunk` 1, 7 and 127 (below the 128-tap MR filter, not
+    // dividing the length), 129 and the whole record: the score and the per-base final states
+    // and a named inner output agree with the one-shot run within float rounding.
+    let tmp = tmpdir("evo2-chunks");
+    let (fa, _, n) = fixture_fasta(&tmp);
+    let model = fixture("tiny");
+    let (m, f) = (model.to_str().unwrap(), fa.to_str().unwrap());
+    let run = |chunk: usize| {
+        let c = chunk.to_string();
+        let out = hyena(&["score", "--model", m, "--fasta", f, "--json", "--chunk", &c]);
+        let ll = json_lines(&ok(&out))[0]["log_likelihood"].as_f64().unwrap();
+        let mut embs = Vec::new();
+        for layer in [None, Some("blocks.3.mlp.l3")] {
+            let npy = tmp.join(format!("e{chunk}-{}.npy", embs.len()));
+            let mut args = vec!["embed", "--model", m, "--fasta", f, "--pool", "none"];
+            args.extend(["--chunk", &c, "--out", npy.to_str().unwrap()]);
+            if let Some(l) = layer {
+                args.extend(["--layer", l]);
+            }
+            ok(&hyena(&args));
+            let (shape, data) = read_npy(&npy).unwrap();
+            assert_eq!(shape[0], n);
+            embs.push(data);
+        }
+        (ll, embs)
+    };
+    let (ll0, e0) = run(n);
+    for chunk in [1, 7, 127, 129] {
+        let (ll, e) = run(chunk);
+        assert!(
+            (ll - ll0).abs() < 1e-4 * ll0.abs(),
+            "chunk {chunk}: {ll} vs {ll0}"
+        );
+        for (a, b) in e.iter().zip(&e0) {
+            let d = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(d < 1e-4, "chunk {chunk}: embeddings differ by {d}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
 fn score_embed_convert_stripedhyena_1() {
     let tmp = tmpdir("sh1");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/stripedhyena");
