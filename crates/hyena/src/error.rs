@@ -62,6 +62,10 @@ pub enum Error {
         skipped: u64,
     },
 
+    /// The caller cancelled the call ([`crate::interrupt`]) between two units of work.
+    #[error("interrupted: stopped between two units of work; files already committed are whole")]
+    Interrupted,
+
     // === Checkpoint / file errors ===
     /// A named tensor is missing from a checkpoint or fixture.
     #[error("{file}: tensor `{name}` not found; the file has {available} tensors (is it the right checkpoint?)")]

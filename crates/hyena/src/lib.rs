@@ -56,7 +56,8 @@
 //! # Layout
 //! Lowest rank first; a module imports only from modules of its own rank or a lower one, and
 //! the module graph has no cycle (`tests/layering.rs` checks both):
-//! 0. [`error`], [`config`], [`params`], [`plot`], [`memory`]: the error type; the serde
+//! 0. [`error`], [`interrupt`], [`config`], [`params`], [`plot`], [`memory`]: the error type;
+//!    cooperative cancellation of long calls; the serde
 //!    configuration of the Hyena operator; the parameter store (one flat buffer per model,
 //!    tensors registered by name, loaded through the `TensorSource` interface); charts; the
 //!    memory guard (the memory available, and a check that an estimate fits in it).
@@ -87,6 +88,7 @@ pub mod config;
 pub mod data;
 pub mod distill;
 pub mod error;
+pub mod interrupt;
 pub mod io;
 pub mod layers;
 pub mod memory;

@@ -9,6 +9,7 @@ use std::path::Path;
 
 const RANKS: &[(&str, usize)] = &[
     ("error", 0),
+    ("interrupt", 0),
     ("config", 0),
     ("params", 0),
     ("plot", 0),

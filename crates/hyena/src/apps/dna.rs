@@ -148,12 +148,32 @@ pub struct Progress {
 /// A progress callback: called when a record starts and after each of its blocks.
 pub type ProgressFn = Box<dyn FnMut(&Progress) + Send>;
 
-/// Run `each(record, ids, workspace)` on every record of `fasta` (streamed), tokenized with
-/// `tokenize`, telling `progress` (if any) when a record starts and after each of its
-/// `blocks` blocks. Errors of `each` are said to concern that record.
+/// Where the records of [`embed_records`] and [`score_records`] come from.
+#[derive(Clone, Copy, Debug)]
+pub enum Records<'a> {
+    /// A FASTA/FASTQ file (plain, gzip or xz), streamed one record at a time.
+    File(&'a Path),
+    /// Records already in memory (the Python binding's strings); errors name them as the
+    /// records of `<sequences>`.
+    Memory(&'a [SeqRecord]),
+}
+
+impl Records<'_> {
+    /// The name errors give the source.
+    pub fn path(&self) -> &Path {
+        match self {
+            Records::File(p) => p,
+            Records::Memory(_) => Path::new("<sequences>"),
+        }
+    }
+}
+
+/// Run `each(record, ids, workspace)` on every record of `src`, tokenized with `tokenize`,
+/// telling `progress` (if any) when a record starts and after each of its `blocks` blocks.
+/// Errors of `each` are said to concern that record.
 fn for_each_record(
     kind: TokenizerKind,
-    fasta: &Path,
+    src: Records<'_>,
     tokenize: TokenizeOptions,
     lean: LeanOptions,
     blocks: usize,
@@ -163,9 +183,10 @@ fn for_each_record(
     use std::sync::{Arc, Mutex};
     let progress = progress.map(|p| Arc::new(Mutex::new(p)));
     let mut ws = InferWorkspace::with_options(lean);
-    for (i, rec) in open_records(fasta)?.enumerate() {
-        let rec = rec?;
-        let ids = tokenize_as(&rec, tokenize, fasta, kind)?;
+    let file = src.path();
+    let mut one = |i: usize, rec: &SeqRecord, ws: &mut InferWorkspace| -> Result<()> {
+        crate::interrupt::check()?;
+        let ids = tokenize_as(rec, tokenize, file, kind)?;
         if let Some(p) = &progress {
             let (p, mut cur) = (
                 p.clone(),
@@ -188,9 +209,88 @@ fn for_each_record(
                 }
             })));
         }
-        each(&rec, &ids, &mut ws).map_err(|e| in_record(e, fasta, &rec))?;
+        each(rec, &ids, ws).map_err(|e| in_record(e, file, rec))
+    };
+    match src {
+        Records::File(fasta) => {
+            for (i, rec) in open_records(fasta)?.enumerate() {
+                one(i, &rec?, &mut ws)?;
+            }
+        }
+        Records::Memory(recs) => {
+            for (i, rec) in recs.iter().enumerate() {
+                one(i, rec, &mut ws)?;
+            }
+        }
     }
     Ok(())
+}
+
+/// The width of the rows [`embed_records`] gives for `opts` (the model's, or that of the named
+/// output), or the family's error naming the outputs that exist.
+pub fn embed_width(lm: &dyn LanguageModel, opts: &EmbedOptions) -> Result<usize> {
+    match &opts.name {
+        None => Ok(lm.d_model()),
+        Some(n) => match lm.named_width(n) {
+            Some(w) => Ok(w),
+            // The family's own error, naming what exists.
+            None => Err(lm
+                .named_output(&[], n, &mut InferWorkspace::new(1))
+                .err()
+                .unwrap_or_else(|| Error::config("layer", n, "unknown output"))),
+        },
+    }
+}
+
+/// Embed every record of `src`: `sink(record, tokens, rows)` gets each record's rows, one
+/// (`[D]`) when pooled, `[L, D]` with [`Pool::None`]. The pooling of `hyena embed` and of the
+/// Python binding, so that both give the same bits.
+pub fn embed_records(
+    lm: &dyn LanguageModel,
+    src: Records<'_>,
+    opts: &EmbedOptions,
+    progress: Option<ProgressFn>,
+    mut sink: impl FnMut(&SeqRecord, usize, &[f32]) -> Result<()>,
+) -> Result<()> {
+    let layer = opts.layer.unwrap_or(lm.n_layer());
+    let d = embed_width(lm, opts)?;
+    let mut named = Vec::new();
+    let mut pooled = vec![0.0f32; d];
+    for_each_record(
+        lm.tokenizer(),
+        src,
+        opts.tokenize,
+        opts.lean,
+        layer,
+        progress,
+        |rec, ids, ws| {
+            check_record_fits(lm, ids.len(), opts.lean.chunk)?;
+            let h = match &opts.name {
+                None => lm.hidden_states(ids, layer, ws)?,
+                Some(n) => {
+                    named = lm.named_output(ids, n, ws)?;
+                    &named
+                }
+            };
+            match opts.pool {
+                Pool::None => sink(rec, ids.len(), h),
+                Pool::Mean => {
+                    let mut acc = vec![0.0f64; d];
+                    for r in h.chunks_exact(d) {
+                        for (a, &v) in acc.iter_mut().zip(r) {
+                            *a += v as f64;
+                        }
+                    }
+                    let n = (h.len() / d) as f64;
+                    for (p, a) in pooled.iter_mut().zip(&acc) {
+                        *p = (*a / n) as f32;
+                    }
+                    sink(rec, ids.len(), &pooled)
+                }
+                Pool::Last => sink(rec, ids.len(), &h[h.len() - d..]),
+            }
+        },
+    )
 }
 
 /// Embed every record of `fasta` (FASTA/FASTQ, plain, gzip or xz; streamed) into `out`
@@ -205,66 +305,20 @@ pub fn embed_file(
     progress: Option<ProgressFn>,
 ) -> Result<EmbedReport> {
     let layer = opts.layer.unwrap_or(lm.n_layer());
-    let d = match &opts.name {
-        None => lm.d_model(),
-        Some(n) => match lm.named_width(n) {
-            Some(w) => w,
-            // The family's own error, naming what exists.
-            None => {
-                return Err(lm
-                    .named_output(&[], n, &mut InferWorkspace::new(1))
-                    .err()
-                    .unwrap_or_else(|| Error::config("layer", n, "unknown output")))
-            }
-        },
-    };
+    let d = embed_width(lm, opts)?;
     let mut npy = NpyWriter::create(out, d)?;
-    let mut named = Vec::new();
     let mut records = Vec::new();
-    let mut pooled = vec![0.0f32; d];
-    for_each_record(
-        lm.tokenizer(),
-        fasta,
-        opts.tokenize,
-        opts.lean,
-        layer,
-        progress,
-        |rec, ids, ws| {
-            check_record_fits(lm, ids.len(), opts.lean.chunk)?;
-            let h = match &opts.name {
-                None => lm.hidden_states(ids, layer, ws)?,
-                Some(n) => {
-                    named = lm.named_output(ids, n, ws)?;
-                    &named
-                }
-            };
-            let row = npy.rows();
-            match opts.pool {
-                Pool::None => npy.write_rows(h)?,
-                Pool::Mean => {
-                    let mut acc = vec![0.0f64; d];
-                    for r in h.chunks_exact(d) {
-                        for (a, &v) in acc.iter_mut().zip(r) {
-                            *a += v as f64;
-                        }
-                    }
-                    let n = (h.len() / d) as f64;
-                    for (p, a) in pooled.iter_mut().zip(&acc) {
-                        *p = (*a / n) as f32;
-                    }
-                    npy.write_rows(&pooled)?;
-                }
-                Pool::Last => npy.write_rows(&h[h.len() - d..])?,
-            }
-            records.push(RecordRow {
-                name: rec.id.clone(),
-                tokens: ids.len(),
-                row,
-                rows: npy.rows() - row,
-            });
-            Ok(())
-        },
-    )?;
+    embed_records(lm, Records::File(fasta), opts, progress, |rec, tokens, rows| {
+        let row = npy.rows();
+        npy.write_rows(rows)?;
+        records.push(RecordRow {
+            name: rec.id.clone(),
+            tokens,
+            row,
+            rows: npy.rows() - row,
+        });
+        Ok(())
+    })?;
     let shape = [npy.rows(), d as u64];
     let out = npy.finish()?;
     let mut tsv_name = out.as_os_str().to_owned();
@@ -392,27 +446,24 @@ pub fn reverse_complement(seq: &[u8]) -> std::result::Result<Vec<u8>, (usize, u8
         .collect()
 }
 
-/// Score every record of `fasta`; with `per_base`, also write one line per scored position
-/// (`record`, 1-based `position`, `base`, `log_prob`) to that TSV file.
-pub fn score_file(
+/// Score every record of `src`: `sink(record, ids, score, log_probs)` gets each record's
+/// score and its `L − 1` per-position log-probabilities (`log_probs[j]` is that of token
+/// `j + 1`; of the forward strand with `reverse_complement`).
+pub fn score_records(
     lm: &dyn LanguageModel,
-    fasta: &Path,
+    src: Records<'_>,
     tokenize: TokenizeOptions,
     lean: LeanOptions,
-    per_base: Option<&Path>,
     progress: Option<ProgressFn>,
     score: ScoreOptions,
-) -> Result<Vec<RecordScore>> {
-    let mut tsv = match per_base {
-        Some(p) => Some(TsvOut::create(p)?),
-        None => None,
-    };
-    let tok = NucleotideTokenizer::new(tokenize.uppercase);
-    let mut out = Vec::new();
+    mut sink: impl FnMut(&SeqRecord, &[u32], RecordScore, &[f32]) -> Result<()>,
+) -> Result<()> {
+    let file = src.path().to_path_buf();
     let mut lp = Vec::new();
+    let mut rc_lp = Vec::new();
     for_each_record(
         lm.tokenizer(),
-        fasta,
+        src,
         tokenize,
         lean,
         lm.n_layer(),
@@ -433,8 +484,7 @@ pub fn score_file(
                     id: rec.id.clone(),
                     seq: rc,
                 };
-                let rc_ids = tokenize_as(&rc_rec, tokenize, fasta, lm.tokenizer())?;
-                let mut rc_lp = Vec::new();
+                let rc_ids = tokenize_as(&rc_rec, tokenize, &file, lm.tokenizer())?;
                 let rc_total = lm.log_likelihood(&rc_ids, ws, &mut rc_lp)?;
                 total = 0.5 * (total + rc_total);
             }
@@ -443,16 +493,7 @@ pub fn score_file(
                 Reduce::Mean if scored > 0 => total / scored as f64,
                 Reduce::Mean => f64::NAN,
             };
-            if let Some(t) = tsv.as_mut() {
-                for (j, &v) in lp.iter().enumerate() {
-                    let base = match lm.tokenizer() {
-                        TokenizerKind::Bytes => (ids[j + 1] as u8 as char).to_string(),
-                        TokenizerKind::Nucleotide => tok.token(ids[j + 1]).to_string(),
-                    };
-                    t.line(format_args!("{}\t{}\t{base}\t{v:.6}\n", rec.id, j + 2))?;
-                }
-            }
-            out.push(RecordScore {
+            let s = RecordScore {
                 name: rec.id.clone(),
                 tokens: ids.len(),
                 scored,
@@ -467,7 +508,47 @@ pub fn score_file(
                 } else {
                     f64::NAN
                 },
-            });
+            };
+            sink(rec, ids, s, &lp)
+        },
+    )
+}
+
+/// Score every record of `fasta`; with `per_base`, also write one line per scored position
+/// (`record`, 1-based `position`, `base`, `log_prob`) to that TSV file.
+pub fn score_file(
+    lm: &dyn LanguageModel,
+    fasta: &Path,
+    tokenize: TokenizeOptions,
+    lean: LeanOptions,
+    per_base: Option<&Path>,
+    progress: Option<ProgressFn>,
+    score: ScoreOptions,
+) -> Result<Vec<RecordScore>> {
+    let mut tsv = match per_base {
+        Some(p) => Some(TsvOut::create(p)?),
+        None => None,
+    };
+    let tok = NucleotideTokenizer::new(tokenize.uppercase);
+    let mut out = Vec::new();
+    score_records(
+        lm,
+        Records::File(fasta),
+        tokenize,
+        lean,
+        progress,
+        score,
+        |rec, ids, s, lp| {
+            if let Some(t) = tsv.as_mut() {
+                for (j, &v) in lp.iter().enumerate() {
+                    let base = match lm.tokenizer() {
+                        TokenizerKind::Bytes => (ids[j + 1] as u8 as char).to_string(),
+                        TokenizerKind::Nucleotide => tok.token(ids[j + 1]).to_string(),
+                    };
+                    t.line(format_args!("{}\t{}\t{base}\t{v:.6}\n", rec.id, j + 2))?;
+                }
+            }
+            out.push(s);
             Ok(())
         },
     )?;

@@ -262,6 +262,7 @@ pub fn score_variants(
     let mut lp = Vec::new();
     let mut i = skip;
     while i < total {
+        crate::interrupt::check()?;
         // The group of consecutive variants at the same place: one prefix, one reference window.
         let pl = placed[i];
         let mut j = i + 1;

@@ -136,6 +136,7 @@ pub fn distill_lm(
     let mut banks = Vec::with_capacity(lm.cfg.n_layer);
     let mut fits = Vec::with_capacity(total);
     for i in 0..lm.cfg.n_layer {
+        crate::interrupt::check()?;
         let k = block_filters(lm, p, i, l)?;
         let res: Vec<(ModalFilter, ChannelFit)> = (0..s * d)
             .into_par_iter()

@@ -228,6 +228,7 @@ pub fn generate(
     })?;
     dec.prefill(prompt)?;
     for i in 0..n {
+        crate::interrupt::check()?;
         let t = sample(dec.logits(), cfg, &mut rng);
         out.push(t);
         if i + 1 < n {

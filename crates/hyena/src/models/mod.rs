@@ -152,6 +152,16 @@ pub trait LanguageModel: Send + Sync {
         ws: &mut InferWorkspace,
         out: &mut Vec<f32>,
     ) -> Result<f64>;
+    /// Logits of every position of `tokens` into `out` (`[L, V]` rows); returns `V`, the
+    /// width of the model's output head (HyenaDNA: the padded vocabulary, as the reference's
+    /// `lm_head`; Evo 2: 512).
+    fn logits(&self, _tokens: &[u32], _ws: &mut InferWorkspace, _out: &mut Vec<f32>) -> Result<usize> {
+        Err(Error::config(
+            "logits",
+            self.family(),
+            "this model has no language-model head (a classifier): use embed or its predictions",
+        ))
+    }
     /// A decoder for sampling ([`generate::generate`]).
     fn decoder(&self, mode: generate::DecodeMode) -> Result<Box<dyn generate::Decoder + '_>>;
     /// The tensors of a checkpoint of this model: parameters and buffers, by name.

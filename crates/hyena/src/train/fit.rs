@@ -205,6 +205,8 @@ impl Fit {
         on_step: &mut dyn FnMut(AfterStep<'_, N, O>) -> Result<Flow>,
     ) -> Result<u64> {
         while self.opt.step < total {
+            // Between two steps: a cancelled caller leaves the last committed checkpoint.
+            crate::interrupt::check()?;
             let s = self.step(model, objective)?;
             let flow = on_step(AfterStep {
                 model,

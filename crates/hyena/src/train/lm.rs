@@ -545,6 +545,7 @@ pub fn evaluate_tokens(
     let (mut loss_sum, mut count, mut correct) = (0.0f64, 0usize, 0usize);
     let mut w = 0;
     while w < n_win {
+        crate::interrupt::check()?;
         let nb = b.min(n_win - w);
         let (mut x, mut y) = (Vec::with_capacity(nb * l), Vec::with_capacity(nb * l));
         for i in 0..nb {

@@ -225,6 +225,9 @@ impl LanguageModel for Model<HyenaLm> {
     ) -> Result<f64> {
         self.net.log_likelihood(self.p(), tokens, ws, out)
     }
+    fn logits(&self, tokens: &[u32], ws: &mut InferWorkspace, out: &mut Vec<f32>) -> Result<usize> {
+        self.net.logits(self.p(), tokens, ws, out)
+    }
     fn decoder(&self, mode: DecodeMode) -> Result<Box<dyn Decoder + '_>> {
         Ok(match mode {
             DecodeMode::Conv => Box::new(ConvDecoder::new(self)),

@@ -72,6 +72,7 @@ impl HyenaLm {
             ws.x.commit(t0 * d, t1 * d);
         }
         for (i, blk) in self.blocks[..n_blocks].iter().enumerate() {
+            crate::interrupt::check()?;
             blk.mixer.forward_lean(p, &blk.norm1, ws)?;
             ws.mlp_pass(p, &blk.norm2, &blk.mlp)?;
             if let Some(f) = ws.on_block.as_mut() {
@@ -109,15 +110,60 @@ impl HyenaLm {
         ws: &mut InferWorkspace,
         out: &mut Vec<f32>,
     ) -> Result<f64> {
+        out.clear();
+        out.reserve(tokens.len().saturating_sub(1));
+        let mut total = 0.0f64;
+        let l = tokens.len();
+        self.head_chunks(p, tokens, ws, |t0, logits, vp| {
+            for (r, row) in logits.chunks_exact(vp).enumerate() {
+                let t = t0 + r;
+                if t + 1 >= l {
+                    break;
+                }
+                let lp = log_prob(row, tokens[t + 1] as usize);
+                out.push(lp as f32);
+                total += lp;
+            }
+        })?;
+        Ok(total)
+    }
+
+    /// Logits `[L, V_pad]` of every position into `out` (all `V_pad` columns, as the
+    /// reference's `lm_head` returns them); returns `V_pad`.
+    pub fn logits(
+        &self,
+        p: &[f32],
+        tokens: &[u32],
+        ws: &mut InferWorkspace,
+        out: &mut Vec<f32>,
+    ) -> Result<usize> {
+        out.clear();
+        let vp = self.cfg.padded_vocab();
+        crate::memory::check_fits(
+            &format!("the logits of {} tokens", tokens.len()),
+            crate::memory::floats(crate::memory::mul(&[tokens.len(), vp])),
+            "the sequence's length",
+        )?;
+        out.reserve(tokens.len() * vp);
+        self.head_chunks(p, tokens, ws, |_, logits, _| out.extend_from_slice(logits))?;
+        Ok(vp)
+    }
+
+    /// The final states of `tokens` through `lm_head`, chunk by chunk: `each(t0, logits
+    /// [n, V_pad], V_pad)` for the chunk of positions starting at `t0`.
+    fn head_chunks(
+        &self,
+        p: &[f32],
+        tokens: &[u32],
+        ws: &mut InferWorkspace,
+        mut each: impl FnMut(usize, &[f32], usize),
+    ) -> Result<()> {
         self.run_lean(p, tokens, self.cfg.n_layer, ws)?;
         ws.norm_pass(p, &self.ln_f)?;
         let (l, d, pch) = (ws.l, ws.d, ws.chunk);
         let vp = self.cfg.padded_vocab();
         let head = self.lm_head().of(p);
         grow(&mut ws.u, pch * vp);
-        out.clear();
-        out.reserve(l.saturating_sub(1));
-        let mut total = 0.0f64;
         for t0 in (0..l).step_by(pch) {
             let t1 = (t0 + pch).min(l);
             let n = t1 - t0;
@@ -128,17 +174,9 @@ impl HyenaLm {
                 MatRef::tr(head, d, vp),
                 false,
             )?;
-            for (r, row) in logits.chunks_exact(vp).enumerate() {
-                let t = t0 + r;
-                if t + 1 >= l {
-                    break;
-                }
-                let lp = log_prob(row, tokens[t + 1] as usize);
-                out.push(lp as f32);
-                total += lp;
-            }
+            each(t0, logits, vp);
         }
-        Ok(total)
+        Ok(())
     }
 }
 

@@ -171,6 +171,15 @@ impl LanguageModel for Evo2Lm {
         buf.ws.chunk = chunk;
         self.net.log_likelihood(tokens, &mut buf.ws, out)
     }
+    fn logits(&self, tokens: &[u32], ws: &mut InferWorkspace, out: &mut Vec<f32>) -> Result<usize> {
+        let chunk = ws.chunk;
+        let buf = ws.other.get_or_default::<Buffers>();
+        buf.ws.chunk = chunk;
+        let v = self.net.cfg.vocab_size;
+        out.clear();
+        out.extend_from_slice(self.net.logits(tokens, &mut buf.ws)?);
+        Ok(v)
+    }
     fn forward_bytes(&self, tokens: usize, chunk: usize) -> Option<u64> {
         Some(self.net.forward_bytes(tokens, chunk))
     }

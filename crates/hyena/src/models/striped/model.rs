@@ -583,6 +583,7 @@ impl Evo2 {
             ws.wide.begin(self.widen_once(l, p));
             let mut t0 = 0;
             while t0 < l {
+                crate::interrupt::check()?;
                 let t1 = (t0 + p).min(l);
                 let xc = &mut x[t0 * d..t1 * d];
                 self.block_chunk(i, b, &c, &mut carry, xc, t0, l, taps, ws)?;
@@ -730,6 +731,7 @@ impl Evo2 {
             ws.wide.begin(false);
             let mut a = 0;
             while a < n {
+                crate::interrupt::check()?;
                 let b = (a + p).min(n);
                 let (m, t0) = (b - a, s.pos);
                 let xc = &mut x[..m * d];

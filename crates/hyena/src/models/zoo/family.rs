@@ -143,6 +143,14 @@ impl LanguageModel for Model<ZooModel> {
         }
         Ok(total)
     }
+    fn logits(&self, tokens: &[u32], ws: &mut InferWorkspace, out: &mut Vec<f32>) -> Result<usize> {
+        let v = self.net.cfg.vocab_size;
+        let cache = ws.other.get_or_default::<ZooCache>();
+        self.net.forward(self.p(), tokens, 1, tokens.len(), cache)?;
+        out.clear();
+        out.extend_from_slice(&cache.logits[..tokens.len() * v]);
+        Ok(v)
+    }
     fn decoder(&self, mode: DecodeMode) -> Result<Box<dyn Decoder + '_>> {
         Ok(match mode {
             DecodeMode::Conv => Box::new(ConvDecoder::new(self)),
