@@ -35,7 +35,10 @@ use crate::run::{blocking, model_pool, num_threads, Event, Reporter};
 #[pyclass(frozen, module = "hyena._hyena")]
 pub struct Model {
     lm: Box<dyn LanguageModel>,
+    /// The model's family (`hyenadna`, `evo2`, …).
     family: &'static str,
+    /// The registry entry it was loaded through (e.g. `hyenadna-released`).
+    registry: &'static str,
     config: serde_json::Value,
     path: Option<PathBuf>,
     precision: Precision,
@@ -98,7 +101,7 @@ pub fn load(
             ),
         ));
     }
-    let (mut lm, family, config, notes, tok, dir) = blocking(py, None, pool.as_ref(), |_| {
+    let (mut lm, registry, config, notes, tok, dir) = blocking(py, None, pool.as_ref(), |_| {
         if is_preset {
             let cfg = hyena::train::run::preset(&name)?;
             let (net, params) = hyena::models::hyenadna::HyenaLm::fresh(&cfg.model, seed)?;
@@ -113,7 +116,20 @@ pub fn load(
                 .flatten()
                 .map(|d| d.tokenizer)
                 .unwrap_or_default();
-            Ok((l.model, l.family, l.run.config, l.notes, tok, Some(path.clone())))
+            // The model's own config under "model" (a released checkpoint's file, e.g. a
+            // Hugging Face config.json, under "source"), the rest of a run's config beside it.
+            let mut config = serde_json::json!({ "model": l.model.config_json() });
+            match l.run.config {
+                serde_json::Value::Object(m) if m.contains_key("model") => {
+                    for (k, v) in m {
+                        if k != "model" {
+                            config[k] = v;
+                        }
+                    }
+                }
+                other => config["source"] = other,
+            }
+            Ok((l.model, l.family, config, l.notes, tok, Some(path.clone())))
         }
     })?;
     lm.set_kv_cache(kv).map_err(to_py)?;
@@ -131,8 +147,9 @@ pub fn load(
     };
     lm.set_precision(precision).map_err(to_py)?;
     Ok(Model {
+        family: lm.family(),
+        registry,
         lm,
-        family,
         config,
         path: dir,
         precision,
@@ -201,10 +218,16 @@ impl Model {
 
 #[pymethods]
 impl Model {
-    /// The family's registry name (`hyenadna`, `evo2`, `zoo`, `classifier`, …).
+    /// The model's family (`hyenadna`, `evo2`, `zoo`, `classifier`, …).
     #[getter]
     fn family(&self) -> &'static str {
         self.family
+    }
+    /// How its directory was read: the registry entry (`hyenadna` for a hyena run,
+    /// `hyenadna-released` for a released checkpoint, …).
+    #[getter]
+    fn source_format(&self) -> &'static str {
+        self.registry
     }
     /// The model's configuration (what `config.json` holds), as a dict.
     #[getter]
@@ -351,7 +374,7 @@ impl Model {
 
     /// Log-likelihoods (see `hyena.Model.score`): `(scores [n] float64 or None, per-base
     /// arrays or None, names)`.
-    #[pyo3(signature = (path=None, seqs=None, reduce=Some("mean"), rc_average=false, chunk=None,
+    #[pyo3(signature = (path=None, seqs=None, reduce="mean", rc_average=false, chunk=None,
         residual="auto", uppercase=false, unknown_as_unk=false, special_tokens=false,
         progress=None))]
     #[allow(clippy::too_many_arguments)]
@@ -360,7 +383,7 @@ impl Model {
         py: Python<'_>,
         path: Option<PathBuf>,
         seqs: Option<Vec<(String, Vec<u8>)>>,
-        reduce: Option<&str>,
+        reduce: &str,
         rc_average: bool,
         chunk: Option<usize>,
         residual: &str,
@@ -370,10 +393,10 @@ impl Model {
         progress: Option<Py<PyAny>>,
     ) -> PyResult<(Option<Py<PyAny>>, Option<Py<PyAny>>, Vec<String>)> {
         let red = match reduce {
-            None => None,
-            Some("mean") => Some(Reduce::Mean),
-            Some("sum") => Some(Reduce::Sum),
-            Some(r) => return Err(bad("reduce", r, "give \"mean\", \"sum\" or None")),
+            "none" => None,
+            "mean" => Some(Reduce::Mean),
+            "sum" => Some(Reduce::Sum),
+            r => return Err(bad("reduce", r, "give \"mean\", \"sum\" or None")),
         };
         if red.is_none() && rc_average {
             return Err(bad(
@@ -606,7 +629,12 @@ impl Model {
                 let path = w.finish()?;
                 // Rows of an earlier, resumed run come from the finished file.
                 let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
-                all.extend(text.lines().skip(1).map(|l| format!("{l}\n")));
+                // (Lines starting with '#' are the settings and the column names.)
+                all.extend(
+                    text.lines()
+                        .filter(|l| !l.starts_with('#'))
+                        .map(|l| format!("{l}\n")),
+                );
             } else {
                 all = rows;
             }

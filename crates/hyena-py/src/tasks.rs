@@ -42,12 +42,11 @@ pub fn train_config(py: Python<'_>, preset: Option<&str>) -> PyResult<Py<PyAny>>
 /// Train a language model (see `hyena.train`). `config`: a dict, a JSON file or `None`
 /// (the quick-start run).
 #[pyfunction]
-#[pyo3(signature = (config=None, out=PathBuf::from("runs/train"), resume=false, force=false,
-    progress=None))]
+#[pyo3(signature = (config=None, out="runs/train", resume=false, force=false, progress=None))]
 pub fn train(
     py: Python<'_>,
     config: Option<Bound<'_, PyAny>>,
-    out: PathBuf,
+    out: &str,
     resume: bool,
     force: bool,
     progress: Option<Py<PyAny>>,
@@ -72,6 +71,7 @@ pub fn train(
         (false, true) => Start::Replace,
         (false, false) => Start::New,
     };
+    let out = PathBuf::from(out);
     let steps = cfg.train.steps;
     let summary = blocking(py, progress, None, |rep| {
         let s = run(&cfg, &out, start, &mut |e| match e {
@@ -105,13 +105,13 @@ pub fn train(
 
 /// Fine-tune a classifier (see `hyena.finetune`); returns `eval.json`.
 #[pyfunction]
-#[pyo3(signature = (data, out=PathBuf::from("runs/finetune"), model=None, preset=None,
-    test_csv=None, config=None, progress=None))]
+#[pyo3(signature = (data, out="runs/finetune", model=None, preset=None, test_csv=None,
+    config=None, progress=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn finetune(
     py: Python<'_>,
     data: PathBuf,
-    out: PathBuf,
+    out: &str,
     model: Option<PathBuf>,
     preset: Option<String>,
     test_csv: Option<PathBuf>,
@@ -123,6 +123,7 @@ pub fn finetune(
         Some(c) => serde_json::from_str(&json_arg(py, c)?)
             .map_err(|e| new_err("ValueError", format!("finetune config: {e}")))?,
     };
+    let out = PathBuf::from(out);
     if model.is_some() == preset.is_some() {
         return Err(new_err(
             "ValueError",
@@ -180,17 +181,18 @@ pub fn finetune(
 /// Distil a trained HyenaDNA model's long convolutions (see `hyena.distill`); returns the
 /// report.
 #[pyfunction]
-#[pyo3(signature = (model, out=PathBuf::from("runs/distill"), config=None, progress=None))]
+#[pyo3(signature = (model, out="runs/distill", config=None, progress=None))]
 pub fn distill(
     py: Python<'_>,
     model: PathBuf,
-    out: PathBuf,
+    out: &str,
     config: Option<Bound<'_, PyAny>>,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Py<PyAny>> {
     use hyena::distill::model::{
         distill_lm, report_pngs, save_distilled, write_report, DistillConfig, REPORT_FILE,
     };
+    let out = PathBuf::from(out);
     let cfg: DistillConfig = match &config {
         None => DistillConfig::default(),
         Some(c) => {

@@ -183,8 +183,15 @@ class Model:
         return self._m.family
 
     @property
+    def source_format(self) -> str:
+        """How its directory was read: ``hyenadna`` (a hyena run), ``hyenadna-released`` (a
+        released checkpoint), ``evo2``, …"""
+        return self._m.source_format
+
+    @property
     def config(self) -> Dict[str, Any]:
-        """The model's configuration (what its ``config.json`` holds), as a dict."""
+        """The model's configuration as a dict: ``config["model"]`` in hyena's terms (what a
+        run's ``config.json`` holds); a released checkpoint's own file under ``"source"``."""
         return self._m.config  # type: ignore[no-any-return]
 
     @property
@@ -308,7 +315,7 @@ class Model:
             lambda cb: self._m._score(
                 path=path,
                 seqs=recs,
-                reduce=reduce,
+                reduce="none" if reduce is None else reduce,
                 rc_average=rc_average,
                 chunk=chunk,
                 uppercase=uppercase,

@@ -1,16 +1,32 @@
 # Type stubs of the native module (src/*.rs); CI checks them against the built module with
 # mypy's stubtest.
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union, final
 
 import numpy as np
 
 __version__: str
+__all__ = [
+    "__version__",
+    "Model",
+    "load",
+    "presets",
+    "set_num_threads",
+    "get_num_threads",
+    "train",
+    "train_config",
+    "finetune",
+    "distill",
+    "mad",
+]
 
 _Callback = Optional[Callable[[Dict[str, Any]], None]]
 
+@final
 class Model:
     @property
     def family(self) -> str: ...
+    @property
+    def source_format(self) -> str: ...
     @property
     def config(self) -> Any: ...
     @property
@@ -48,7 +64,7 @@ class Model:
         self,
         path: Optional[str] = None,
         seqs: Optional[List[Tuple[str, bytes]]] = None,
-        reduce: Optional[str] = "mean",
+        reduce: str = "mean",
         rc_average: bool = False,
         chunk: Optional[int] = None,
         residual: str = "auto",

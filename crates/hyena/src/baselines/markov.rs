@@ -19,7 +19,12 @@ pub struct BaselineScore {
 /// Score the unigram and Markov models of order `1..=max_order` (contexts longer than the data
 /// allows are skipped). `train` and `val` are token streams; validation predicts `val[t]` from
 /// the `k` tokens before it (the first `k` validation tokens use the end of `train` as context).
-pub fn markov_scores(train: &[u32], val: &[u32], max_order: usize) -> Vec<BaselineScore> {
+/// Fails only when the caller cancels it ([`crate::interrupt`]; a genome's counts take seconds).
+pub fn markov_scores(
+    train: &[u32],
+    val: &[u32],
+    max_order: usize,
+) -> crate::Result<Vec<BaselineScore>> {
     let vocab: usize = {
         let mut seen = std::collections::BTreeSet::new();
         seen.extend(train.iter().copied());
@@ -32,10 +37,10 @@ pub fn markov_scores(train: &[u32], val: &[u32], max_order: usize) -> Vec<Baseli
         }
         out.push(BaselineScore {
             order: k,
-            bits_per_token: order_k_bits(train, val, k, vocab),
+            bits_per_token: order_k_bits(train, val, k, vocab)?,
         });
     }
-    out
+    Ok(out)
 }
 
 /// The `k` tokens before position `t`, packed 8 bits each (ids are < 256 for every tokenizer
@@ -47,11 +52,14 @@ fn key(s: &[u32], t: usize, k: usize) -> u128 {
         .fold(0u128, |acc, &x| (acc << 8) | (x & 0xff) as u128)
 }
 
-fn order_k_bits(train: &[u32], val: &[u32], k: usize, vocab: usize) -> f64 {
+fn order_k_bits(train: &[u32], val: &[u32], k: usize, vocab: usize) -> crate::Result<f64> {
     let k = k.min(16);
     let mut ctx: HashMap<u128, u64> = HashMap::new();
     let mut pair: HashMap<(u128, u32), u64> = HashMap::new();
     for t in k..train.len() {
+        if t % (1 << 18) == 0 {
+            crate::interrupt::check()?;
+        }
         let c = key(train, t, k);
         *ctx.entry(c).or_default() += 1;
         *pair.entry((c, train[t])).or_default() += 1;
@@ -67,7 +75,7 @@ fn order_k_bits(train: &[u32], val: &[u32], k: usize, vocab: usize) -> f64 {
         let n_cx = pair.get(&(c, joined[t])).copied().unwrap_or(0) as f64;
         bits -= ((n_cx + a) / (n_c + a * vocab as f64)).log2();
     }
-    bits / val.len().max(1) as f64
+    Ok(bits / val.len().max(1) as f64)
 }
 
 #[cfg(test)]
@@ -89,13 +97,13 @@ mod tests {
                 .collect()
         };
         let (train, val) = (gen(200_000), gen(20_000));
-        let sc = markov_scores(&train, &val, 3);
+        let sc = markov_scores(&train, &val, 3).unwrap();
         for b in &sc {
             assert!((b.bits_per_token - 2.0).abs() < 0.02, "{b:?}");
         }
         // A period-5 cycle: unigram ~log2(5) bits, order >= 1 near zero.
         let cyc: Vec<u32> = (0..10_000).map(|i| (i % 5) as u32).collect();
-        let sc = markov_scores(&cyc[..9000], &cyc[9000..], 2);
+        let sc = markov_scores(&cyc[..9000], &cyc[9000..], 2).unwrap();
         assert!(
             (sc[0].bits_per_token - 5f64.log2()).abs() < 0.01,
             "{:?}",

@@ -411,7 +411,7 @@ fn run_inner(
             data.unknown
         )));
     }
-    let baselines = markov_scores(&data.train, &data.val, cfg.data.markov_order);
+    let baselines = markov_scores(&data.train, &data.val, cfg.data.markov_order)?;
     let best = baselines
         .iter()
         .skip(1)
@@ -631,7 +631,7 @@ pub fn evaluate_run(
     let baselines = match (own, &run_data) {
         (Some(Ok(o)), Some(d)) => {
             let n = (stats.tokens + 1).min(tokens.len());
-            markov_scores(&o.train, &tokens[..n], d.markov_order)
+            markov_scores(&o.train, &tokens[..n], d.markov_order)?
         }
         _ => Vec::new(),
     };

@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""The Python package against the CLI on the same input: `model.embed` from Python and
+`hyena embed` on one 100 kb record, side by side, rounds alternating, medians reported.
+
+Each round runs two fresh processes: the `hyena embed` command, and a Python process that
+imports hyena, loads the same model and calls `model.embed(path, pool=None)`. Reported, per
+side: the wall time of the whole process (load + embed + output), the time of the embed
+itself (the CLI's own report of its embed step is not separate, so the CLI's side is its whole
+run minus a `--help`-sized start), and the peak resident memory of the process above what the
+process holds once the model is loaded (Python: measured after `hyena.load`; the CLI: a run
+that embeds a 4-base record, i.e. little more than the load).
+
+    python3 bench/python_overhead.py --model DIR [--bases 100000] [--rounds 5] [--cli PATH]
+
+Needs the package installed (`pip install ./crates/hyena-py`) and the CLI built
+(`cargo build --release -p hyena-cli`).
+"""
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PY_SIDE = r"""
+import json, resource, sys, time
+t0 = time.perf_counter()
+import hyena
+import numpy as np
+m = hyena.load(sys.argv[1], precision=sys.argv[3])
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t1 = time.perf_counter()
+out = m.embed(sys.argv[2], pool=None, progress=False)
+t2 = time.perf_counter()
+arr_bytes = sum(a.nbytes for a in out)
+print(json.dumps({"load_s": t1 - t0, "embed_s": t2 - t1, "total_s": t2 - t0,
+                  "base_kib": base, "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "array_bytes": arr_bytes}))
+"""
+
+
+def run(cmd):
+    """Wall seconds, peak RSS (KiB) and stdout of one process."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    out = p.stdout.read().decode()
+    err = p.stderr.read().decode()
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{' '.join(map(str, cmd))} failed:\n{err}")
+    return wall, ru.ru_maxrss, out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--bases", type=int, default=100_000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--precision", default="f32")
+    ap.add_argument("--cli", default=str(ROOT / "target" / "release" / "hyena"))
+    a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    rng = random.Random(0)
+    fa = tmp / "in.fa"
+    fa.write_text(">rec\n" + "".join(rng.choice("ACGT") for _ in range(a.bases)) + "\n")
+    empty = tmp / "empty.fa"
+    empty.write_text(">x\nACGT\n")
+    cli_base = []
+    rows = {"cli": [], "py": []}
+    for r in range(a.rounds):
+        order = ["cli", "py"] if r % 2 == 0 else ["py", "cli"]
+        for side in order:
+            if side == "cli":
+                out = tmp / f"cli{r}.npy"
+                wall, rss, _ = run([a.cli, "embed", "--model", a.model, "--fasta", fa, "--out", out,
+                                    "--pool", "none", "--precision", a.precision])
+                bwall, brss, _ = run([a.cli, "embed", "--model", a.model, "--fasta", empty,
+                                      "--out", tmp / f"e{r}.npy", "--pool", "none", "--precision", a.precision])
+                cli_base.append(brss)
+                rows["cli"].append({"total_s": wall, "embed_s": wall - bwall, "peak_kib": rss, "base_kib": brss})
+                out.unlink()
+            else:
+                wall, rss, stdout = run([sys.executable, "-c", PY_SIDE, a.model, fa, a.precision])
+                d = json.loads(stdout)
+                d["proc_s"] = wall
+                rows["py"].append(d)
+    med = lambda side, k: statistics.median(x[k] for x in rows[side])
+    arr_mib = rows["py"][0]["array_bytes"] / 2**20
+    cli_extra = (med("cli", "peak_kib") - med("cli", "base_kib")) / 1024
+    py_extra = (med("py", "peak_kib") - med("py", "base_kib")) / 1024
+    print(f"model {a.model}, one record of {a.bases:,} bases, pool none, {a.rounds} rounds (alternating), medians")
+    print("| | CLI `hyena embed` | Python `model.embed` | ratio Python / CLI |")
+    print("|---|---:|---:|---:|")
+    print(f"| whole process, s | {med('cli', 'total_s'):.3f} | {med('py', 'proc_s'):.3f} | {med('py', 'proc_s') / med('cli', 'total_s'):.3f} |")
+    print(f"| embed step, s | {med('cli', 'embed_s'):.3f} | {med('py', 'embed_s'):.3f} | {med('py', 'embed_s') / med('cli', 'embed_s'):.3f} |")
+    print(f"| peak resident above the loaded-model baseline, MiB | {cli_extra:.1f} | {py_extra:.1f} | |")
+    print(f"returned array {arr_mib:.1f} MiB; Python peak - (CLI peak + array) = {py_extra - cli_extra - arr_mib:+.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
