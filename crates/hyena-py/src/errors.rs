@@ -19,9 +19,13 @@ fn class<'py>(py: Python<'py>, name: &str) -> Option<Bound<'py, PyType>> {
         .ok()
 }
 
-fn raise(name: &str, args: impl for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>>) -> PyErr {
+fn raise(
+    name: &str,
+    args: impl for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>>,
+) -> PyErr {
     Python::attach(|py| match class(py, name) {
-        Some(cls) => match args(py).and_then(|a| cls.call1(a.cast_into::<pyo3::types::PyTuple>()?)) {
+        Some(cls) => match args(py).and_then(|a| cls.call1(a.cast_into::<pyo3::types::PyTuple>()?))
+        {
             Ok(e) => PyErr::from_value(e),
             Err(e) => e,
         },

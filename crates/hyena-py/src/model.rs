@@ -10,9 +10,7 @@ use hyena::apps::dna::{
     embed_records, embed_width, score_records, tokenize_as, EmbedOptions, Progress, Records,
     Reduce, ScoreOptions, TokenizeOptions,
 };
-use hyena::apps::vep::{
-    format_row, place_variants, score_variants, Genome, VepOptions, VepWriter,
-};
+use hyena::apps::vep::{format_row, place_variants, score_variants, Genome, VepOptions, VepWriter};
 use hyena::checkpoint::load_model;
 use hyena::io::fasta::SeqRecord;
 use hyena::io::tokenizer::Tokenizer;
@@ -30,6 +28,9 @@ use pyo3::types::PyList;
 
 use crate::errors::{new_err, to_py};
 use crate::run::{blocking, model_pool, num_threads, Event, Reporter};
+
+/// What `_score` returns: the reduced scores or the per-base arrays, and the record names.
+type ScoreOut = (Option<Py<PyAny>>, Option<Py<PyAny>>, Vec<String>);
 
 /// A model loaded from a directory or built from a preset.
 #[pyclass(frozen, module = "hyena._hyena")]
@@ -77,7 +78,13 @@ pub fn load(
     };
     let want = match precision {
         "auto" | "f32" | "bf16" => precision,
-        _ => return Err(bad("precision", precision, "give \"auto\", \"f32\" or \"bf16\"")),
+        _ => {
+            return Err(bad(
+                "precision",
+                precision,
+                "give \"auto\", \"f32\" or \"bf16\"",
+            ))
+        }
     };
     let name = path.to_string_lossy().into_owned();
     let is_preset = !path.exists() && hyena::train::run::PRESETS.iter().any(|p| p.0 == name);
@@ -167,7 +174,10 @@ fn bad(what: &'static str, value: impl std::fmt::Display, hint: &str) -> PyErr {
 fn records(path: &Option<PathBuf>, seqs: Option<Vec<(String, Vec<u8>)>>) -> Vec<SeqRecord> {
     match (path, seqs) {
         (Some(_), _) | (None, None) => Vec::new(),
-        (None, Some(s)) => s.into_iter().map(|(id, seq)| SeqRecord { id, seq }).collect(),
+        (None, Some(s)) => s
+            .into_iter()
+            .map(|(id, seq)| SeqRecord { id, seq })
+            .collect(),
     }
 }
 
@@ -202,7 +212,13 @@ impl Model {
             "auto" => ResidualStore::Auto,
             "f32" => ResidualStore::F32,
             "packed24" => ResidualStore::Packed24,
-            _ => return Err(bad("residual", residual, "give \"auto\", \"f32\" or \"packed24\"")),
+            _ => {
+                return Err(bad(
+                    "residual",
+                    residual,
+                    "give \"auto\", \"f32\" or \"packed24\"",
+                ))
+            }
         };
         if chunk == Some(0) {
             return Err(bad("chunk", 0, "give at least 1"));
@@ -344,16 +360,22 @@ impl Model {
             let d = embed_width(lm, &opts)?;
             let (mut rows, mut names, mut tokens) = (Vec::new(), Vec::new(), Vec::new());
             let mut pooled = Vec::new();
-            embed_records(lm, source(&path, &mem), &opts, record_progress(rep), |rec, n, h| {
-                names.push(rec.id.clone());
-                tokens.push(n);
-                if pool == Pool::None {
-                    rows.push(h.to_vec());
-                } else {
-                    pooled.extend_from_slice(h);
-                }
-                Ok(())
-            })?;
+            embed_records(
+                lm,
+                source(&path, &mem),
+                &opts,
+                record_progress(rep),
+                |rec, n, h| {
+                    names.push(rec.id.clone());
+                    tokens.push(n);
+                    if pool == Pool::None {
+                        rows.push(h.to_vec());
+                    } else {
+                        pooled.extend_from_slice(h);
+                    }
+                    Ok(())
+                },
+            )?;
             if pool != Pool::None {
                 rows.push(pooled);
             }
@@ -391,7 +413,7 @@ impl Model {
         unknown_as_unk: bool,
         special_tokens: bool,
         progress: Option<Py<PyAny>>,
-    ) -> PyResult<(Option<Py<PyAny>>, Option<Py<PyAny>>, Vec<String>)> {
+    ) -> PyResult<ScoreOut> {
         let red = match reduce {
             "none" => None,
             "mean" => Some(Reduce::Mean),
@@ -422,14 +444,22 @@ impl Model {
         let (scores, bases, names) = blocking(py, progress, self.pool.as_ref(), |rep| {
             let (mut scores, mut bases, mut names) = (Vec::new(), Vec::new(), Vec::new());
             let src = source(&path, &mem);
-            score_records(lm, src, tokenize, lean, record_progress(rep), opts, |rec, _, s, lp| {
-                names.push(rec.id.clone());
-                scores.push(s.log_likelihood);
-                if per_base {
-                    bases.push(lp.to_vec());
-                }
-                Ok(())
-            })?;
+            score_records(
+                lm,
+                src,
+                tokenize,
+                lean,
+                record_progress(rep),
+                opts,
+                |rec, _, s, lp| {
+                    names.push(rec.id.clone());
+                    scores.push(s.log_likelihood);
+                    if per_base {
+                        bases.push(lp.to_vec());
+                    }
+                    Ok(())
+                },
+            )?;
             Ok((scores, bases, names))
         })?;
         if per_base {
@@ -439,7 +469,11 @@ impl Model {
             }
             Ok((None, Some(list.into_any().unbind()), names))
         } else {
-            Ok((Some(PyArray1::from_vec(py, scores).into_any().unbind()), None, names))
+            Ok((
+                Some(PyArray1::from_vec(py, scores).into_any().unbind()),
+                None,
+                names,
+            ))
         }
     }
 
@@ -465,7 +499,12 @@ impl Model {
                 id: "seq".into(),
                 seq,
             };
-            let ids = tokenize_as(&rec, tokenize, std::path::Path::new("<sequence>"), lm.tokenizer())?;
+            let ids = tokenize_as(
+                &rec,
+                tokenize,
+                std::path::Path::new("<sequence>"),
+                lm.tokenizer(),
+            )?;
             if ids.is_empty() {
                 return Err(Error::config("seq", "\"\"", "give at least one base"));
             }
@@ -479,6 +518,7 @@ impl Model {
 
     /// Sample a continuation (see `hyena.Model.generate`).
     #[pyo3(signature = (prompt, n_tokens, temperature=1.0, top_k=4, seed=None, mode="auto"))]
+    #[allow(clippy::too_many_arguments)]
     fn generate(
         &self,
         py: Python<'_>,
@@ -500,7 +540,13 @@ impl Model {
             "auto" if self.family == "evo2" => DecodeMode::Recurrent,
             "auto" | "conv" => DecodeMode::Conv,
             "recurrent" => DecodeMode::Recurrent,
-            _ => return Err(bad("mode", mode, "give \"auto\", \"conv\" or \"recurrent\"")),
+            _ => {
+                return Err(bad(
+                    "mode",
+                    mode,
+                    "give \"auto\", \"conv\" or \"recurrent\"",
+                ))
+            }
         };
         let vocab = lm.vocab_size();
         if top_k > vocab {
@@ -539,7 +585,10 @@ impl Model {
             generate(dec.as_mut(), &ids, n_tokens, &sc)
         })?;
         Ok(if bytes {
-            let b: Vec<u8> = out.iter().map(|&t| u8::try_from(t).unwrap_or(b'?')).collect();
+            let b: Vec<u8> = out
+                .iter()
+                .map(|&t| u8::try_from(t).unwrap_or(b'?'))
+                .collect();
             String::from_utf8_lossy(&b).into_owned()
         } else {
             self.tok.decode(&out)

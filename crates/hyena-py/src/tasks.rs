@@ -6,7 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use hyena::train::finetune::{finetune as run_finetune, FinetuneConfig, FinetuneEvent, FinetuneRun};
+use hyena::train::finetune::{
+    finetune as run_finetune, FinetuneConfig, FinetuneEvent, FinetuneRun,
+};
 use hyena::train::mad::{run_mad, write_results, MadEvent, MadProtocol};
 use hyena::train::run::{run, Event as RunEvent, RunConfig, Start};
 use hyena::Error;
@@ -213,16 +215,23 @@ pub fn distill(
                 .map_err(|e| new_err("ValueError", format!("distill config: {e}")))?
         }
     };
-    if out.exists() && std::fs::read_dir(&out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+    if out.exists()
+        && std::fs::read_dir(&out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
         return Err(new_err(
             "FileExistsError",
-            format!("{}: exists and is not empty; choose another out", out.display()),
+            format!(
+                "{}: exists and is not empty; choose another out",
+                out.display()
+            ),
         ));
     }
     let report = blocking(py, progress, None, |rep| {
         let loaded = hyena::checkpoint::load_model(&model)?;
-        let lm = loaded
-            .downcast::<hyena::models::Model<hyena::models::hyenadna::HyenaLm>>("distill")?;
+        let lm =
+            loaded.downcast::<hyena::models::Model<hyena::models::hyenadna::HyenaLm>>("distill")?;
         let (rlm, fits) = distill_lm(lm, &cfg, &|done, total| {
             rep.send(Event {
                 unit: "filters",

@@ -73,7 +73,9 @@ mod tests {
             t.cancel();
             assert!(matches!(check(), Err(Error::Interrupted)));
             // Another thread has no scope: its checks pass.
-            std::thread::spawn(|| assert!(check().is_ok())).join().unwrap();
+            std::thread::spawn(|| assert!(check().is_ok()))
+                .join()
+                .unwrap();
         });
         // The scope is gone with its token.
         assert!(check().is_ok());

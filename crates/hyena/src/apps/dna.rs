@@ -308,17 +308,23 @@ pub fn embed_file(
     let d = embed_width(lm, opts)?;
     let mut npy = NpyWriter::create(out, d)?;
     let mut records = Vec::new();
-    embed_records(lm, Records::File(fasta), opts, progress, |rec, tokens, rows| {
-        let row = npy.rows();
-        npy.write_rows(rows)?;
-        records.push(RecordRow {
-            name: rec.id.clone(),
-            tokens,
-            row,
-            rows: npy.rows() - row,
-        });
-        Ok(())
-    })?;
+    embed_records(
+        lm,
+        Records::File(fasta),
+        opts,
+        progress,
+        |rec, tokens, rows| {
+            let row = npy.rows();
+            npy.write_rows(rows)?;
+            records.push(RecordRow {
+                name: rec.id.clone(),
+                tokens,
+                row,
+                rows: npy.rows() - row,
+            });
+            Ok(())
+        },
+    )?;
     let shape = [npy.rows(), d as u64];
     let out = npy.finish()?;
     let mut tsv_name = out.as_os_str().to_owned();

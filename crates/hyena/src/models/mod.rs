@@ -155,7 +155,12 @@ pub trait LanguageModel: Send + Sync {
     /// Logits of every position of `tokens` into `out` (`[L, V]` rows); returns `V`, the
     /// width of the model's output head (HyenaDNA: the padded vocabulary, as the reference's
     /// `lm_head`; Evo 2: 512).
-    fn logits(&self, _tokens: &[u32], _ws: &mut InferWorkspace, _out: &mut Vec<f32>) -> Result<usize> {
+    fn logits(
+        &self,
+        _tokens: &[u32],
+        _ws: &mut InferWorkspace,
+        _out: &mut Vec<f32>,
+    ) -> Result<usize> {
         Err(Error::config(
             "logits",
             self.family(),
@@ -236,7 +241,8 @@ pub trait LanguageModel: Send + Sync {
             "layer",
             name,
             format!(
-                "{} models have no named outputs: give a block count (0 = embeddings, n_layer =                  the final states)",
+                "{} models have no named outputs: give a block count (0 = embeddings, n_layer = \
+                 the final states)",
                 self.family()
             ),
         ))
