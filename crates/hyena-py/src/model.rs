@@ -360,18 +360,20 @@ impl Model {
             let d = embed_width(lm, &opts)?;
             let (mut rows, mut names, mut tokens) = (Vec::new(), Vec::new(), Vec::new());
             let mut pooled = Vec::new();
+            // Per-base rows are moved out of the workspace into the arrays (no copy).
             embed_records(
                 lm,
                 source(&path, &mem),
                 &opts,
+                true,
                 record_progress(rep),
                 |rec, n, h| {
                     names.push(rec.id.clone());
                     tokens.push(n);
                     if pool == Pool::None {
-                        rows.push(h.to_vec());
+                        rows.push(h.into_vec());
                     } else {
-                        pooled.extend_from_slice(h);
+                        pooled.extend_from_slice(h.as_slice());
                     }
                     Ok(())
                 },

@@ -194,3 +194,11 @@ def test_malicious_pickle_is_refused_and_not_run(tmp_path):
         assert set(os.listdir(tmp_path)) == before  # nothing was executed
     finally:
         os.chdir(cwd)
+
+
+def test_progress_true_draws_a_tqdm_bar(tiny, capsys):
+    pytest.importorskip("tqdm")
+    out = tiny.embed(LONG[:3], progress=True)
+    assert out.shape == (3, 128)
+    err = capsys.readouterr().err
+    assert "embed" in err and "blocks" in err, err

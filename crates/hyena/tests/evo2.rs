@@ -514,3 +514,23 @@ fn presets_equal_the_evo2_package_configs() {
         assert_eq!(p, from_yaml, "{name} vs {file}");
     }
 }
+
+/// `hidden_states_owned` hands over the buffer `hidden_states` shows (final states and an
+/// inner block's output), the same bits, and the workspace keeps working after it.
+#[test]
+fn owned_hidden_states_equal_the_borrowed_ones() {
+    use hyena::layers::lean::InferWorkspace;
+    let loaded = load_model(&fixtures().join("tiny")).unwrap();
+    let lm = loaded.model.as_ref();
+    let mut ws = InferWorkspace::new(16);
+    let mut fresh = InferWorkspace::new(16);
+    for (len, layer) in [(40usize, lm.n_layer()), (25, 3), (60, lm.n_layer()), (9, 0)] {
+        let toks: Vec<u32> = (0..len)
+            .map(|i| b"ACGT"[(i * 7 + len) % 4] as u32)
+            .collect();
+        let owned = lm.hidden_states_owned(&toks, layer, &mut ws).unwrap();
+        let want = lm.hidden_states(&toks, layer, &mut fresh).unwrap();
+        assert_eq!(owned.len(), len * lm.d_model(), "len {len} layer {layer}");
+        assert_eq!(owned, want, "len {len} layer {layer}");
+    }
+}

@@ -266,3 +266,23 @@ fn packed_residual_error_on_the_large_shape() {
     eprintln!("L={l}: max abs diff {err:.3e}, mean {mean_err:.3e}, max |h| {scale:.3}");
     assert!(err <= 1e-3 * scale);
 }
+
+/// `hidden_states_owned` moves the rows out of the workspace: the same bits as
+/// `hidden_states`, for every layer, with the residual stream in f32 and packed, and the
+/// workspace it emptied gives the same numbers on its next runs (longer and shorter).
+#[test]
+fn owned_hidden_states_equal_the_borrowed_ones_and_leave_a_working_workspace() {
+    use hyena::models::LanguageModel;
+    let m = model(300, false, 7);
+    for store in [ResidualStore::F32, ResidualStore::Packed24] {
+        let mut ws = InferWorkspace::new(48).with_residual(store);
+        let mut fresh = InferWorkspace::new(48).with_residual(store);
+        for (len, layer) in [(200, 2), (77, 1), (299, 2), (5, 0), (120, 2)] {
+            let toks = tokens(len, 10 + len as u64);
+            let owned = m.hidden_states_owned(&toks, layer, &mut ws).unwrap();
+            let want = m.hidden_states(&toks, layer, &mut fresh).unwrap();
+            assert_eq!(owned.len(), len * m.net.cfg.d_model(), "{store:?} {len}");
+            assert_eq!(owned, want, "{store:?} len {len} layer {layer}");
+        }
+    }
+}

@@ -242,15 +242,42 @@ pub fn embed_width(lm: &dyn LanguageModel, opts: &EmbedOptions) -> Result<usize>
     }
 }
 
+/// The rows of one record from [`embed_records`]: borrowed from the workspace, or handed
+/// over (asked for with `own_rows`, per-base rows only).
+#[derive(Debug)]
+pub enum RecordRows<'a> {
+    Borrowed(&'a [f32]),
+    Owned(Vec<f32>),
+}
+
+impl RecordRows<'_> {
+    pub fn as_slice(&self) -> &[f32] {
+        match self {
+            RecordRows::Borrowed(s) => s,
+            RecordRows::Owned(v) => v,
+        }
+    }
+    /// The rows as a vector: the handed-over buffer, or a copy of the borrowed rows.
+    pub fn into_vec(self) -> Vec<f32> {
+        match self {
+            RecordRows::Borrowed(s) => s.to_vec(),
+            RecordRows::Owned(v) => v,
+        }
+    }
+}
+
 /// Embed every record of `src`: `sink(record, tokens, rows)` gets each record's rows, one
 /// (`[D]`) when pooled, `[L, D]` with [`Pool::None`]. The pooling of `hyena embed` and of the
-/// Python binding, so that both give the same bits.
+/// Python binding, so that both give the same bits. With `own_rows`, per-base rows are handed
+/// over as [`RecordRows::Owned`] (moved out of the workspace where the family allows, see
+/// [`LanguageModel::hidden_states_owned`]) for callers that keep them.
 pub fn embed_records(
     lm: &dyn LanguageModel,
     src: Records<'_>,
     opts: &EmbedOptions,
+    own_rows: bool,
     progress: Option<ProgressFn>,
-    mut sink: impl FnMut(&SeqRecord, usize, &[f32]) -> Result<()>,
+    mut sink: impl FnMut(&SeqRecord, usize, RecordRows<'_>) -> Result<()>,
 ) -> Result<()> {
     let layer = opts.layer.unwrap_or(lm.n_layer());
     let d = embed_width(lm, opts)?;
@@ -265,6 +292,13 @@ pub fn embed_records(
         progress,
         |rec, ids, ws| {
             check_record_fits(lm, ids.len(), opts.lean.chunk)?;
+            if own_rows && opts.pool == Pool::None {
+                let rows = match &opts.name {
+                    None => lm.hidden_states_owned(ids, layer, ws)?,
+                    Some(n) => lm.named_output(ids, n, ws)?,
+                };
+                return sink(rec, ids.len(), RecordRows::Owned(rows));
+            }
             let h = match &opts.name {
                 None => lm.hidden_states(ids, layer, ws)?,
                 Some(n) => {
@@ -273,7 +307,7 @@ pub fn embed_records(
                 }
             };
             match opts.pool {
-                Pool::None => sink(rec, ids.len(), h),
+                Pool::None => sink(rec, ids.len(), RecordRows::Borrowed(h)),
                 Pool::Mean => {
                     let mut acc = vec![0.0f64; d];
                     for r in h.chunks_exact(d) {
@@ -285,9 +319,9 @@ pub fn embed_records(
                     for (p, a) in pooled.iter_mut().zip(&acc) {
                         *p = (*a / n) as f32;
                     }
-                    sink(rec, ids.len(), &pooled)
+                    sink(rec, ids.len(), RecordRows::Borrowed(&pooled))
                 }
-                Pool::Last => sink(rec, ids.len(), &h[h.len() - d..]),
+                Pool::Last => sink(rec, ids.len(), RecordRows::Borrowed(&h[h.len() - d..])),
             }
         },
     )
@@ -312,10 +346,11 @@ pub fn embed_file(
         lm,
         Records::File(fasta),
         opts,
+        false,
         progress,
         |rec, tokens, rows| {
             let row = npy.rows();
-            npy.write_rows(rows)?;
+            npy.write_rows(rows.as_slice())?;
             records.push(RecordRow {
                 name: rec.id.clone(),
                 tokens,

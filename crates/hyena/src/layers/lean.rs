@@ -242,6 +242,21 @@ impl InferWorkspace {
         }
     }
 
+    /// Move the rows of the last run (what [`InferWorkspace::hidden_states`] shows, `[L, D]`)
+    /// out of the workspace instead of copying them: the buffer that held them is allocated
+    /// again by the next run. For callers that keep the rows (the Python binding's arrays),
+    /// this saves a copy of `L·D` floats at the peak.
+    pub fn take_hidden_states(&mut self) -> Vec<f32> {
+        let n = self.l * self.d;
+        let mut v = if self.out_in_y {
+            std::mem::take(&mut self.y)
+        } else {
+            std::mem::take(&mut self.x.f)
+        };
+        v.truncate(n);
+        v
+    }
+
     /// A workspace with these settings.
     pub fn with_options(o: LeanOptions) -> Self {
         Self::new(o.chunk).with_residual(o.residual)

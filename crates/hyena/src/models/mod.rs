@@ -144,6 +144,17 @@ pub trait LanguageModel: Send + Sync {
         layer: usize,
         ws: &'w mut InferWorkspace,
     ) -> Result<&'w [f32]>;
+    /// [`LanguageModel::hidden_states`] as a buffer of the caller's: families whose lean
+    /// forward leaves the rows in a buffer of their own move it out of `ws` (no copy); the
+    /// others copy.
+    fn hidden_states_owned(
+        &self,
+        tokens: &[u32],
+        layer: usize,
+        ws: &mut InferWorkspace,
+    ) -> Result<Vec<f32>> {
+        self.hidden_states(tokens, layer, ws).map(<[f32]>::to_vec)
+    }
     /// Natural-log likelihood of each token given its prefix (`L − 1` values into `out`);
     /// returns their sum.
     fn log_likelihood(

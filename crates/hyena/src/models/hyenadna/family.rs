@@ -217,6 +217,15 @@ impl LanguageModel for Model<HyenaLm> {
     ) -> Result<&'w [f32]> {
         self.net.hidden_states(self.p(), tokens, layer, ws)
     }
+    fn hidden_states_owned(
+        &self,
+        tokens: &[u32],
+        layer: usize,
+        ws: &mut InferWorkspace,
+    ) -> Result<Vec<f32>> {
+        self.net.hidden_states(self.p(), tokens, layer, ws)?;
+        Ok(ws.take_hidden_states())
+    }
     fn log_likelihood(
         &self,
         tokens: &[u32],

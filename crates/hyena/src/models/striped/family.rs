@@ -160,6 +160,16 @@ impl LanguageModel for Evo2Lm {
         buf.out = taps.got.remove(&name).map(|x| x.0).unwrap_or_default();
         Ok(&buf.out)
     }
+    fn hidden_states_owned(
+        &self,
+        tokens: &[u32],
+        layer: usize,
+        ws: &mut InferWorkspace,
+    ) -> Result<Vec<f32>> {
+        self.hidden_states(tokens, layer, ws)?;
+        let buf = ws.other.get_or_default::<Buffers>();
+        Ok(std::mem::take(&mut buf.out))
+    }
     fn log_likelihood(
         &self,
         tokens: &[u32],
