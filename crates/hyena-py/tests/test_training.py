@@ -102,7 +102,7 @@ def test_finetune_returns_eval_json(tmp_path):
     ev = hyena.finetune(data, tmp_path / "ft", preset="hyenadna-tiny",
                         config={"epochs": 2.0, "batch_size": 8, "seed": 0}, progress=False)
     assert ev == json.loads((tmp_path / "ft" / "eval.json").read_text())
-    test = ev.get("test", ev)
+    test = ev["test"]
     assert test["n"] == 16 and 0 <= test["correct"] <= 16
     assert test["accuracy"] == test["correct"] / 16
     clf = hyena.load(tmp_path / "ft")

@@ -391,6 +391,9 @@ class Model:
         dicts) with the columns of ``hyena vep``'s TSV: chrom, pos, id, ref, alt, window_start,
         window_len, ref_score, alt_score, delta. ``out``: also write that TSV (through
         ``OUT.partial``, renamed when complete; ``resume=True`` continues it).
+
+        >>> df = model.vep("ref.fa", "variants.vcf", window=8192)  # doctest: +SKIP
+        >>> df.sort_values("delta").head()  # doctest: +SKIP
         """
         rows = _with_progress(
             progress,
@@ -537,6 +540,10 @@ def finetune(
     run (``epochs``, ``batch_size``, ``max_len``, ``pool``, ``optim``, ``seed``,
     ``train_limit``, …; the keys of the CLI's config). Returns ``eval.json``: test accuracy,
     per-class scores, confusion matrix.
+
+    >>> ev = hyena.finetune("task.csv", "runs/ft", preset="hyenadna-tiny",
+    ...                     config={"epochs": 2.0})  # doctest: +SKIP
+    >>> ev["test"]["accuracy"]  # doctest: +SKIP
     """
     return _with_progress(  # type: ignore[no-any-return]
         progress,
@@ -564,6 +571,9 @@ def distill(
     (``hyena distill``); ``out`` gets the distilled model (load it and generate with
     ``mode="recurrent"``) and its report. ``config``: ``order`` or ``tol``, ``max_order``,
     ``refine_steps``, ``lr``, ``max_hankel``. Returns the report (``distill_report.json``).
+
+    >>> rep = hyena.distill("runs/train", "runs/distill", config={"order": 16})  # doctest: +SKIP
+    >>> hyena.load("runs/distill").generate("ACGT", 100, mode="recurrent")  # doctest: +SKIP
     """
     return _with_progress(  # type: ignore[no-any-return]
         progress,
