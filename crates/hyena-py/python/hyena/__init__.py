@@ -538,8 +538,8 @@ def finetune(
     GenomicBenchmarks-layout directory, a directory with train.csv and test.csv, or a CSV),
     from a pretrained backbone ``model`` or a fresh ``preset``. ``config``: settings of the
     run (``epochs``, ``batch_size``, ``max_len``, ``pool``, ``optim``, ``seed``,
-    ``train_limit``, …; the keys of the CLI's config). Returns ``eval.json``: test accuracy,
-    per-class scores, confusion matrix.
+    ``train_limit``, …; the keys of the CLI's config). Returns ``eval.json``: ``classes``,
+    ``steps`` and the ``test`` record (accuracy, per-class scores, confusion matrix).
 
     >>> ev = hyena.finetune("task.csv", "runs/ft", preset="hyenadna-tiny",
     ...                     config={"epochs": 2.0})  # doctest: +SKIP
