@@ -5,12 +5,13 @@
 Each round runs two fresh processes: the `hyena embed` command, and a Python process that
 imports hyena, loads the same model and calls `model.embed(path, pool=None)`. Reported, per
 side: the wall time of the whole process (load + embed + output), the time of the embed
-itself (the CLI's own report of its embed step is not separate, so the CLI's side is its whole
-run minus a `--help`-sized start), and the peak resident memory of the process above what the
+itself (Python: timed around the call; the CLI: its run minus a run on a 4-base record), the
+CPU time of each process (user + system: steadier than wall time when other work shares the
+machine), and the peak resident memory of the process above what the
 process holds once the model is loaded and has embedded a 4-base record (Python: measured in
 the process before the 100 kb call; the CLI: a separate run on the 4-base record).
 
-    python3 bench/python_overhead.py --model DIR [--bases 100000] [--rounds 5] [--cli PATH]
+    python3 bench/python_overhead.py --model DIR [--bases 100000] [--rounds 5] [--threads N] [--cli PATH]
 
 Needs the package installed (`pip install ./crates/hyena-py`) and the CLI built
 (`cargo build --release -p hyena-cli`).
@@ -47,17 +48,20 @@ print(json.dumps({"load_s": t1 - t0, "embed_s": t2 - t1, "total_s": t2 - t0,
 """
 
 
+ENV = dict(os.environ)
+
+
 def run(cmd):
-    """Wall seconds, peak RSS (KiB) and stdout of one process."""
+    """Wall seconds, peak RSS (KiB), stdout and CPU seconds of one process."""
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
     _, status, ru = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t0
     out = p.stdout.read().decode()
     err = p.stderr.read().decode()
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"{' '.join(map(str, cmd))} failed:\n{err}")
-    return wall, ru.ru_maxrss, out
+    return wall, ru.ru_maxrss, out, ru.ru_utime + ru.ru_stime
 
 
 def main():
@@ -67,7 +71,11 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--precision", default="f32")
     ap.add_argument("--cli", default=str(ROOT / "target" / "release" / "hyena"))
+    ap.add_argument("--threads", type=int, default=None,
+                    help="worker threads of both sides (RAYON_NUM_THREADS) [default: all cores]")
     a = ap.parse_args()
+    if a.threads:
+        ENV["RAYON_NUM_THREADS"] = str(a.threads)
     tmp = Path(tempfile.mkdtemp())
     rng = random.Random(0)
     fa = tmp / "in.fa"
@@ -81,27 +89,31 @@ def main():
         for side in order:
             if side == "cli":
                 out = tmp / f"cli{r}.npy"
-                wall, rss, _ = run([a.cli, "embed", "--model", a.model, "--fasta", fa, "--out", out,
-                                    "--pool", "none", "--precision", a.precision])
-                bwall, brss, _ = run([a.cli, "embed", "--model", a.model, "--fasta", empty,
-                                      "--out", tmp / f"e{r}.npy", "--pool", "none", "--precision", a.precision])
+                wall, rss, _, cpu = run([a.cli, "embed", "--model", a.model, "--fasta", fa, "--out", out,
+                                         "--pool", "none", "--precision", a.precision])
+                bwall, brss, _, bcpu = run([a.cli, "embed", "--model", a.model, "--fasta", empty,
+                                            "--out", tmp / f"e{r}.npy", "--pool", "none", "--precision", a.precision])
                 cli_base.append(brss)
-                rows["cli"].append({"total_s": wall, "embed_s": wall - bwall, "peak_kib": rss, "base_kib": brss})
+                rows["cli"].append({"total_s": wall, "embed_s": wall - bwall, "peak_kib": rss, "base_kib": brss,
+                                    "cpu_s": cpu, "embed_cpu_s": cpu - bcpu})
                 out.unlink()
             else:
-                wall, rss, stdout = run([sys.executable, "-c", PY_SIDE, a.model, fa, a.precision])
+                wall, rss, stdout, cpu = run([sys.executable, "-c", PY_SIDE, a.model, fa, a.precision])
                 d = json.loads(stdout)
                 d["proc_s"] = wall
+                d["cpu_s"] = cpu
                 rows["py"].append(d)
     med = lambda side, k: statistics.median(x[k] for x in rows[side])
     arr_mib = rows["py"][0]["array_bytes"] / 2**20
     cli_extra = (med("cli", "peak_kib") - med("cli", "base_kib")) / 1024
     py_extra = (med("py", "peak_kib") - med("py", "base_kib")) / 1024
-    print(f"model {a.model}, one record of {a.bases:,} bases, pool none, {a.rounds} rounds (alternating), medians")
+    print(f"model {a.model}, one record of {a.bases:,} bases, pool none, {a.threads or 'all'} threads, "
+          f"{a.rounds} rounds (alternating), medians")
     print("| | CLI `hyena embed` | Python `model.embed` | ratio Python / CLI |")
     print("|---|---:|---:|---:|")
     print(f"| whole process, s | {med('cli', 'total_s'):.3f} | {med('py', 'proc_s'):.3f} | {med('py', 'proc_s') / med('cli', 'total_s'):.3f} |")
     print(f"| embed step, s | {med('cli', 'embed_s'):.3f} | {med('py', 'embed_s'):.3f} | {med('py', 'embed_s') / med('cli', 'embed_s'):.3f} |")
+    print(f"| whole process, CPU s (user + system) | {med('cli', 'cpu_s'):.3f} | {med('py', 'cpu_s'):.3f} | {med('py', 'cpu_s') / med('cli', 'cpu_s'):.3f} |")
     print(f"| peak resident above the loaded-model baseline, MiB | {cli_extra:.1f} | {py_extra:.1f} | |")
     print(f"returned array {arr_mib:.1f} MiB; Python peak - (CLI peak + array) = {py_extra - cli_extra - arr_mib:+.1f} MiB")
 
