@@ -59,8 +59,9 @@ def test_other_threads_run_during_a_long_call(tiny):
     time.sleep(during)
     stop2.set()
     th2.join()
-    # Released GIL: the thread ran most of the time (polls take it only briefly).
-    assert count[0] > 0.2 * alone_count[0], (count[0], alone_count[0], during)
+    # Released GIL: the thread ran through the call (sharing the cores with the engine's
+    # workers; polls take the GIL only briefly). Held, it would have counted almost nothing.
+    assert count[0] > 0.05 * alone_count[0], (count[0], alone_count[0], during)
 
 
 def interrupt_after(seconds: float) -> dict:
