@@ -16,7 +16,7 @@ use hyena::io::fasta::SeqRecord;
 use hyena::io::tokenizer::Tokenizer;
 use hyena::io::variants::read_variants;
 use hyena::layers::lean::{InferWorkspace, LeanOptions, ResidualStore};
-use hyena::models::generate::{generate, generate_bytes, DecodeMode, SampleConfig};
+use hyena::models::generate::{byte_text, generate, generate_bytes, DecodeMode, SampleConfig};
 use hyena::models::score::prefix_scorer;
 use hyena::models::striped::KvPrecision;
 use hyena::models::{LanguageModel, Model as Net, Pool, Precision, TokenizerKind};
@@ -587,11 +587,7 @@ impl Model {
             generate(dec.as_mut(), &ids, n_tokens, &sc)
         })?;
         Ok(if bytes {
-            let b: Vec<u8> = out
-                .iter()
-                .map(|&t| u8::try_from(t).unwrap_or(b'?'))
-                .collect();
-            String::from_utf8_lossy(&b).into_owned()
+            byte_text(&out)
         } else {
             self.tok.decode(&out)
         })

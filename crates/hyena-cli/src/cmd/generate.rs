@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use hyena::checkpoint::load_model;
 use hyena::io::tokenizer::Tokenizer;
-use hyena::models::generate::{generate, generate_bytes, DecodeMode, SampleConfig};
+use hyena::models::generate::{byte_text, generate, generate_bytes, DecodeMode, SampleConfig};
 use hyena::models::TokenizerKind;
 
 use crate::args::{check_inputs, non_negative_f32, ModelArg, PrecisionArg};
@@ -129,12 +129,7 @@ pub fn run_cmd(a: GenerateArgs) -> Result<()> {
     };
     let out = generate(&mut timed, &prompt, a.tokens, &sc)?;
     let text = if bytes {
-        // Ids past 255 (unused by byte-level training data) print as '?'.
-        let b: Vec<u8> = out
-            .iter()
-            .map(|&t| u8::try_from(t).unwrap_or(b'?'))
-            .collect();
-        String::from_utf8_lossy(&b).into_owned()
+        byte_text(&out)
     } else {
         tok.decode(&out)
     };

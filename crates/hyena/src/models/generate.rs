@@ -204,6 +204,16 @@ impl<M: WindowForward> Decoder for ConvDecoder<'_, M> {
     }
 }
 
+/// The text of tokens of the byte tokenizer (StripedHyena / Evo 2): each id is its byte; ids
+/// past 255 (unused by byte-level training data) print as '?'; invalid UTF-8 is replaced.
+pub fn byte_text(ids: &[u32]) -> String {
+    let b: Vec<u8> = ids
+        .iter()
+        .map(|&t| u8::try_from(t).unwrap_or(b'?'))
+        .collect();
+    String::from_utf8_lossy(&b).into_owned()
+}
+
 /// Sample `n` tokens after `prompt` (which must not be empty): prefill, then for each new
 /// token sample from the logits and feed it back. Returns only the new tokens. Every decoder
 /// draws from the same random stream, so conv and recurrent decoding of the same model agree
@@ -264,6 +274,13 @@ mod tests {
         }
         let e = SampleConfig { top_k: 13, ..ok }.validate(12).unwrap_err();
         assert!(e.to_string().contains("`top_k`"), "{e}");
+    }
+
+    #[test]
+    fn byte_text_is_the_bytes_with_out_of_range_ids_as_question_marks() {
+        assert_eq!(byte_text(&[65, 67, 71, 84]), "ACGT");
+        assert_eq!(byte_text(&[65, 300, 84]), "A?T");
+        assert_eq!(byte_text(&[]), "");
     }
 
     #[test]

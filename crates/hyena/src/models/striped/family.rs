@@ -47,6 +47,16 @@ struct Buffers {
     out: Vec<f32>,
 }
 
+impl Buffers {
+    /// The model's buffers kept in the lean workspace `ws`, with its chunk size.
+    fn of(ws: &mut InferWorkspace) -> &mut Buffers {
+        let chunk = ws.chunk;
+        let buf = ws.other.get_or_default::<Buffers>();
+        buf.ws.chunk = chunk;
+        buf
+    }
+}
+
 impl Evo2Lm {
     /// The named output `name` (a reference module name, see [`Evo2::tap_names`]) of `tokens`,
     /// `[L, width]` rows, and its width.
@@ -133,9 +143,7 @@ impl LanguageModel for Evo2Lm {
             ));
         }
         let mut progress = ws.on_block.take();
-        let chunk = ws.chunk;
-        let buf = ws.other.get_or_default::<Buffers>();
-        buf.ws.chunk = chunk;
+        let buf = Buffers::of(ws);
         let name = if layer == 0 {
             "embedding_layer".to_string()
         } else if layer == nl && self.net.cfg.final_norm {
@@ -176,15 +184,11 @@ impl LanguageModel for Evo2Lm {
         ws: &mut InferWorkspace,
         out: &mut Vec<f32>,
     ) -> Result<f64> {
-        let chunk = ws.chunk;
-        let buf = ws.other.get_or_default::<Buffers>();
-        buf.ws.chunk = chunk;
+        let buf = Buffers::of(ws);
         self.net.log_likelihood(tokens, &mut buf.ws, out)
     }
     fn logits(&self, tokens: &[u32], ws: &mut InferWorkspace, out: &mut Vec<f32>) -> Result<usize> {
-        let chunk = ws.chunk;
-        let buf = ws.other.get_or_default::<Buffers>();
-        buf.ws.chunk = chunk;
+        let buf = Buffers::of(ws);
         let v = self.net.cfg.vocab_size;
         out.clear();
         out.extend_from_slice(self.net.logits(tokens, &mut buf.ws)?);
@@ -243,9 +247,7 @@ impl LanguageModel for Evo2Lm {
         name: &str,
         ws: &mut InferWorkspace,
     ) -> Result<Vec<f32>> {
-        let chunk = ws.chunk;
-        let buf = ws.other.get_or_default::<Buffers>();
-        buf.ws.chunk = chunk;
+        let buf = Buffers::of(ws);
         Ok(Evo2Lm::named_output(self, tokens, name, &mut buf.ws)?.0)
     }
 }

@@ -75,6 +75,15 @@ struct LossScratch {
     dlogits: Vec<f32>,
 }
 
+impl Model<ZooModel> {
+    /// Logits `[L, V]` of one sequence by the training forward (in `ws`'s zoo cache).
+    fn logit_rows<'w>(&self, tokens: &[u32], ws: &'w mut InferWorkspace) -> Result<&'w [f32]> {
+        let cache = ws.other.get_or_default::<ZooCache>();
+        self.net.forward(self.p(), tokens, 1, tokens.len(), cache)?;
+        Ok(&cache.logits[..tokens.len() * self.net.cfg.vocab_size])
+    }
+}
+
 impl LanguageModel for Model<ZooModel> {
     fn family(&self) -> &'static str {
         "zoo"
@@ -132,11 +141,10 @@ impl LanguageModel for Model<ZooModel> {
         out: &mut Vec<f32>,
     ) -> Result<f64> {
         let v = self.net.cfg.vocab_size;
-        let cache = ws.other.get_or_default::<ZooCache>();
-        self.net.forward(self.p(), tokens, 1, tokens.len(), cache)?;
+        let logits = self.logit_rows(tokens, ws)?;
         out.clear();
         let mut total = 0.0;
-        for (row, &next) in cache.logits.chunks_exact(v).zip(&tokens[1..]) {
+        for (row, &next) in logits.chunks_exact(v).zip(&tokens[1..]) {
             let lp = log_prob(row, next as usize);
             out.push(lp as f32);
             total += lp;
@@ -144,12 +152,9 @@ impl LanguageModel for Model<ZooModel> {
         Ok(total)
     }
     fn logits(&self, tokens: &[u32], ws: &mut InferWorkspace, out: &mut Vec<f32>) -> Result<usize> {
-        let v = self.net.cfg.vocab_size;
-        let cache = ws.other.get_or_default::<ZooCache>();
-        self.net.forward(self.p(), tokens, 1, tokens.len(), cache)?;
         out.clear();
-        out.extend_from_slice(&cache.logits[..tokens.len() * v]);
-        Ok(v)
+        out.extend_from_slice(self.logit_rows(tokens, ws)?);
+        Ok(self.net.cfg.vocab_size)
     }
     fn decoder(&self, mode: DecodeMode) -> Result<Box<dyn Decoder + '_>> {
         Ok(match mode {
