@@ -494,3 +494,61 @@ pub fn at_least_one(s: &str) -> std::result::Result<usize, String> {
     }
     usize::try_from(v).map_err(|_| format!("{v} is too large"))
 }
+
+/// `--shard I/N`: run one of N deterministic slices of the job (`hyena merge` joins them).
+#[derive(clap::Args, Debug, Clone, Copy, Default)]
+pub struct ShardArg {
+    /// Run shard I of N (1 ≤ I ≤ N) of the job: the items are split into N balanced, contiguous
+    /// slices from the inputs alone, so N processes (Slurm array tasks, Snakemake jobs) agree
+    /// on them. Writes OUT and a manifest OUT.shard.json; a rerun of a finished shard does
+    /// nothing, an interrupted one resumes; `hyena merge` joins the shards' outputs into what
+    /// one unsharded run writes. [default: no sharding]
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<hyena::apps::shard::Shard>,
+}
+
+/// The output checks of a sharded command's `out`: the usual ones, except that an output with
+/// a manifest beside it is the shard's own (finished, to be skipped, or to be resumed; the
+/// manifest decides) rather than a file to protect.
+/// `file` is one of the outputs of the shard writing `out`.
+pub fn check_shard_output(
+    flag: &str,
+    file: &Path,
+    out: &Path,
+    force: bool,
+    inputs: &[&Path],
+) -> Result<()> {
+    let own = hyena::apps::shard::manifest_path(out).exists();
+    check_output(flag, file, OutKind::File, force || own, inputs)
+}
+
+/// Start a shard: `None` (after saying so) when its manifest says it finished this same job;
+/// else its manifest, `done` telling how many items an interrupted run already wrote.
+pub fn start_shard(
+    out: &Path,
+    fresh: hyena::apps::shard::Manifest,
+    force: bool,
+) -> Result<Option<hyena::apps::shard::Manifest>> {
+    use hyena::apps::shard::{begin, manifest_path, Start};
+    let shard = fresh.shard;
+    let (unit, first, end, total) = (fresh.unit.clone(), fresh.first, fresh.end, fresh.total);
+    match begin(out, fresh, force)? {
+        Start::Finished(m) => {
+            println!(
+                "shard {shard} already finished ({} {unit}; manifest {}): nothing to do",
+                m.done,
+                manifest_path(out).display()
+            );
+            Ok(None)
+        }
+        Start::Run(m) => {
+            eprintln!(
+                "shard {shard}: {} {unit} ({}..{} of {total})",
+                end - first,
+                first + 1,
+                end
+            );
+            Ok(Some(m))
+        }
+    }
+}

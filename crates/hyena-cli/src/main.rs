@@ -45,6 +45,9 @@ enum Command {
     /// Variant-effect scores: log-likelihood of the window centred on each variant (VCF/TSV)
     /// with the alternative allele minus with the reference allele; resumable TSV output.
     Vep(cmd::vep::VepArgs),
+    /// Join the outputs of the shards of an embed, score or vep job (run with --shard I/N) into
+    /// what one unsharded run writes.
+    Merge(cmd::merge::MergeArgs),
     /// Write a released checkpoint (Evo 2: vortex YAML config + NAME.pt or its .partN shards)
     /// as a hyena model directory whose weights later loads memory-map.
     Convert(cmd::convert::ConvertArgs),
@@ -78,6 +81,7 @@ fn main() -> std::process::ExitCode {
         Command::Embed(a) => cmd::embed::run_cmd(a),
         Command::Score(a) => cmd::score::run_cmd(a),
         Command::Vep(a) => cmd::vep::run_cmd(a),
+        Command::Merge(a) => cmd::merge::run_cmd(a),
         Command::Convert(a) => cmd::convert::run_cmd(a),
         Command::Finetune(a) => cmd::finetune::run_cmd(a),
         Command::Mad(a) => cmd::mad::run_cmd(a),

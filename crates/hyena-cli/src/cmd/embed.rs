@@ -6,13 +6,15 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use hyena::apps::dna::{embed_file, EmbedOptions};
+use hyena::apps::dna::{embed_file, record_lengths, records_tsv, EmbedOptions};
+use hyena::apps::shard::{split_contiguous, InputSum, Manifest, ModelPrint};
+use hyena::apps::sharded::embed_shard;
 use hyena::checkpoint::load_model;
 
 use crate::alloc::CountingAlloc;
 use crate::args::{
-    check_inputs, check_output, ForceFlag, LeanArgs, ModelArg, OutKind, PoolArg, PrecisionArg,
-    RecordsFile, TokenArgs,
+    check_inputs, check_output, check_shard_output, start_shard, ForceFlag, LeanArgs, ModelArg,
+    OutKind, PoolArg, PrecisionArg, RecordsFile, ShardArg, TokenArgs,
 };
 use crate::ui;
 
@@ -42,14 +44,9 @@ pub struct EmbedArgs {
     #[command(flatten)]
     pub precision: PrecisionArg,
     #[command(flatten)]
+    pub shard: ShardArg,
+    #[command(flatten)]
     pub force: ForceFlag,
-}
-
-/// The table of records `hyena embed` writes beside its `.npy` output.
-fn records_tsv(out: &std::path::Path) -> PathBuf {
-    let mut name = out.as_os_str().to_owned();
-    name.push(".records.tsv");
-    PathBuf::from(name)
 }
 
 pub fn run_cmd(a: EmbedArgs) -> Result<()> {
@@ -60,8 +57,45 @@ pub fn run_cmd(a: EmbedArgs) -> Result<()> {
     check_inputs(&[("--model", dir), ("--fasta", &a.records.fasta)])?;
     let reads = [dir.as_path(), a.records.fasta.as_path()];
     let force = a.force.force;
-    check_output("--out", &a.out, OutKind::File, force, &reads)?;
-    check_output("--out", &records_tsv(&a.out), OutKind::File, force, &reads)?;
+    let mut shard = None;
+    if let Some(s) = a.shard.shard {
+        check_shard_output("--out", &a.out, &a.out, force, &reads)?;
+        check_shard_output("--out", &records_tsv(&a.out), &a.out, force, &reads)?;
+        // The slice: contiguous records balanced by bases, from the FASTA alone.
+        let lengths = record_lengths(&a.records.fasta)?;
+        let range = split_contiguous(&lengths, s.count)[s.index - 1].clone();
+        let weight = lengths[range.clone()].iter().sum::<u64>() as f64;
+        let settings = serde_json::json!({
+            "layer": a.layer,
+            "pool": format!("{:?}", a.pool.pool()),
+            "tokenize": a.tokens.options(),
+            "precision": format!("{:?}", a.precision),
+        });
+        let outputs = [("out", a.out.clone()), ("records", records_tsv(&a.out))]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let fresh = Manifest::new(
+            "embed",
+            s,
+            vec![InputSum::of("fasta", &a.records.fasta)?],
+            Some(ModelPrint::of(dir)?),
+            settings,
+            "records",
+            range,
+            None,
+            lengths.len(),
+            weight,
+            outputs,
+        );
+        match start_shard(&a.out, fresh, force)? {
+            None => return Ok(()),
+            Some(m) => shard = Some(m),
+        }
+    } else {
+        check_output("--out", &a.out, OutKind::File, force, &reads)?;
+        check_output("--out", &records_tsv(&a.out), OutKind::File, force, &reads)?;
+    }
     let mut loaded =
         load_model(dir).with_context(|| format!("loading the model in {}", dir.display()))?;
     let precision = a.precision.apply(loaded.model.as_mut())?;
@@ -92,6 +126,21 @@ pub fn run_cmd(a: EmbedArgs) -> Result<()> {
         opts.pool
     );
     let (bar, f) = ui::record_progress();
+    if let Some(mut m) = shard {
+        let r = embed_shard(lm, &a.records.fasta, &a.out, &opts, &mut m, Some(f));
+        bar.finish_and_clear();
+        r?;
+        println!(
+            "shard {}: wrote {} ({} records) and {}; manifest {}",
+            m.shard,
+            a.out.display(),
+            m.done,
+            records_tsv(&a.out).display(),
+            hyena::apps::shard::manifest_path(&a.out).display()
+        );
+        ui::print_memory(t0);
+        return Ok(());
+    }
     let rep = embed_file(lm, &a.records.fasta, &a.out, &opts, Some(f));
     bar.finish_and_clear();
     let rep = rep?;

@@ -12,6 +12,7 @@ pub mod eval;
 pub mod finetune;
 pub mod generate;
 pub mod mad;
+pub mod merge;
 pub mod score;
 pub mod train;
 pub mod vep;

@@ -6,13 +6,15 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use hyena::apps::dna::{score_file, Reduce, ScoreOptions};
+use hyena::apps::dna::{record_lengths, score_file, Reduce, ScoreOptions};
+use hyena::apps::shard::{split_contiguous, InputSum, Manifest, ModelPrint};
+use hyena::apps::sharded::score_shard;
 use hyena::checkpoint::load_model;
 
 use crate::alloc::CountingAlloc;
 use crate::args::{
-    check_inputs, check_output, ForceFlag, JsonFlag, LeanArgs, ModelArg, OutKind, PrecisionArg,
-    RecordsFile, TokenArgs,
+    check_inputs, check_output, check_shard_output, start_shard, ForceFlag, JsonFlag, LeanArgs,
+    ModelArg, OutKind, PrecisionArg, RecordsFile, ShardArg, TokenArgs,
 };
 use crate::ui;
 
@@ -25,6 +27,10 @@ pub struct ScoreArgs {
     /// Also write log p(base | preceding bases) of every scored position to this TSV file.
     #[arg(long)]
     pub per_base: Option<PathBuf>,
+    /// Write the records' scores to this file, one JSON object per line (what --json prints),
+    /// instead of printing them; needed with --shard. [default: print]
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// How a record's per-base log-likelihoods become its score: their sum (nats) or their
     /// mean (the evo2 package's default).
     #[arg(long, value_enum, default_value_t = ReduceArg::Sum)]
@@ -40,6 +46,8 @@ pub struct ScoreArgs {
     pub lean: LeanArgs,
     #[command(flatten)]
     pub precision: PrecisionArg,
+    #[command(flatten)]
+    pub shard: ShardArg,
     #[command(flatten)]
     pub force: ForceFlag,
 }
@@ -57,9 +65,64 @@ pub fn run_cmd(a: ScoreArgs) -> Result<()> {
     let dir = &a.model.model;
     // Everything that can be checked without the model, before loading it.
     check_inputs(&[("--model", dir), ("--fasta", &a.records.fasta)])?;
-    if let Some(p) = &a.per_base {
-        let reads = [dir.as_path(), a.records.fasta.as_path()];
-        check_output("--per-base", p, OutKind::File, a.force.force, &reads)?;
+    let reads = [dir.as_path(), a.records.fasta.as_path()];
+    let force = a.force.force;
+    let opts = ScoreOptions {
+        reduce: match a.reduce {
+            ReduceArg::Sum => Reduce::Sum,
+            ReduceArg::Mean => Reduce::Mean,
+        },
+        reverse_complement: a.reverse_complement,
+    };
+    let mut shard = None;
+    if let Some(s) = a.shard.shard {
+        let Some(out) = &a.out else {
+            anyhow::bail!(
+                "--shard {s} needs --out FILE: each shard writes its scores and a manifest                  beside them for `hyena merge`"
+            );
+        };
+        check_shard_output("--out", out, out, force, &reads)?;
+        if let Some(p) = &a.per_base {
+            check_shard_output("--per-base", p, out, force, &reads)?;
+        }
+        let lengths = record_lengths(&a.records.fasta)?;
+        let range = split_contiguous(&lengths, s.count)[s.index - 1].clone();
+        let weight = lengths[range.clone()].iter().sum::<u64>() as f64;
+        let settings = serde_json::json!({
+            "reduce": opts.reduce,
+            "reverse_complement": opts.reverse_complement,
+            "tokenize": a.tokens.options(),
+            "precision": format!("{:?}", a.precision),
+        });
+        let mut outputs = std::collections::BTreeMap::new();
+        outputs.insert("out".to_string(), out.clone());
+        if let Some(p) = &a.per_base {
+            outputs.insert("per_base".to_string(), p.clone());
+        }
+        let fresh = Manifest::new(
+            "score",
+            s,
+            vec![InputSum::of("fasta", &a.records.fasta)?],
+            Some(ModelPrint::of(dir)?),
+            settings,
+            "records",
+            range,
+            None,
+            lengths.len(),
+            weight,
+            outputs,
+        );
+        match start_shard(out, fresh, force)? {
+            None => return Ok(()),
+            Some(m) => shard = Some(m),
+        }
+    } else {
+        if let Some(p) = &a.per_base {
+            check_output("--per-base", p, OutKind::File, force, &reads)?;
+        }
+        if let Some(p) = &a.out {
+            check_output("--out", p, OutKind::File, force, &reads)?;
+        }
     }
     let mut loaded =
         load_model(dir).with_context(|| format!("loading the model in {}", dir.display()))?;
@@ -70,13 +133,30 @@ pub fn run_cmd(a: ScoreArgs) -> Result<()> {
     ui::print_notes(&loaded.notes);
     eprintln!("model loaded in {:.1} s", t0.elapsed().as_secs_f64());
     let (bar, f) = ui::record_progress();
-    let opts = ScoreOptions {
-        reduce: match a.reduce {
-            ReduceArg::Sum => Reduce::Sum,
-            ReduceArg::Mean => Reduce::Mean,
-        },
-        reverse_complement: a.reverse_complement,
-    };
+    if let (Some(mut m), Some(out)) = (shard, &a.out) {
+        let r = score_shard(
+            loaded.model.as_ref(),
+            &a.records.fasta,
+            out,
+            a.per_base.as_deref(),
+            a.tokens.options(),
+            a.lean.options(loaded.model.as_ref()),
+            opts,
+            &mut m,
+            Some(f),
+        );
+        bar.finish_and_clear();
+        r?;
+        println!(
+            "shard {}: {} records scored into {}; manifest {}",
+            m.shard,
+            m.done,
+            out.display(),
+            hyena::apps::shard::manifest_path(out).display()
+        );
+        ui::print_memory(t0);
+        return Ok(());
+    }
     let scores = score_file(
         loaded.model.as_ref(),
         &a.records.fasta,
@@ -88,7 +168,15 @@ pub fn run_cmd(a: ScoreArgs) -> Result<()> {
     );
     bar.finish_and_clear();
     let scores = scores?;
-    if a.json.json {
+    if let Some(out) = &a.out {
+        let mut text = String::new();
+        for s in &scores {
+            text.push_str(&serde_json::to_string(s)?);
+            text.push('\n');
+        }
+        hyena::io::safetensors::write_bytes_atomic(out, text.as_bytes())?;
+        println!("{} records scored into {}", scores.len(), out.display());
+    } else if a.json.json {
         for s in &scores {
             println!("{}", serde_json::to_string(s)?);
         }

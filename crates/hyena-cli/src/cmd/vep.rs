@@ -17,8 +17,10 @@ use hyena::models::score::prefix_scorer;
 
 use crate::alloc::CountingAlloc;
 use crate::args::{
-    check_inputs, check_output, ForceFlag, LeanArgs, ModelArg, OutKind, PrecisionArg,
+    check_inputs, check_output, check_shard_output, start_shard, ForceFlag, LeanArgs, ModelArg,
+    OutKind, PrecisionArg, ShardArg,
 };
+use hyena::apps::shard::{manifest_path, split_contiguous, InputSum, Manifest, ModelPrint};
 use crate::cmd::score::ReduceArg;
 use crate::ui;
 
@@ -60,6 +62,8 @@ pub struct VepArgs {
     #[command(flatten)]
     pub precision: PrecisionArg,
     #[command(flatten)]
+    pub shard: ShardArg,
+    #[command(flatten)]
     pub force: ForceFlag,
 }
 
@@ -73,7 +77,11 @@ pub fn run_cmd(a: VepArgs) -> Result<()> {
         ("--variants", &a.variants),
     ])?;
     let reads = [dir.as_path(), a.reference.as_path(), a.variants.as_path()];
-    check_output("--out", &a.out, OutKind::File, a.force.force, &reads)?;
+    if a.shard.shard.is_some() {
+        check_shard_output("--out", &a.out, &a.out, a.force.force, &reads)?;
+    } else {
+        check_output("--out", &a.out, OutKind::File, a.force.force, &reads)?;
+    }
     check_output(
         "--out (its .partial file)",
         &partial_path(&a.out),
@@ -97,6 +105,38 @@ pub fn run_cmd(a: VepArgs) -> Result<()> {
         uppercase: !a.keep_case,
         share: !a.no_share,
     };
+    // One shard: a contiguous slice of the variants balanced by window bases.
+    let (variants, placed, mut shard) = match a.shard.shard {
+        None => (&variants[..], &placed[..], None),
+        Some(s) => {
+            let w: Vec<u64> = placed.iter().map(|p| p.window_len() as u64).collect();
+            let r = split_contiguous(&w, s.count)[s.index - 1].clone();
+            let settings = serde_json::json!({
+                "options": opts,
+                "precision": format!("{:?}", a.precision),
+            });
+            let fresh = Manifest::new(
+                "vep",
+                s,
+                vec![
+                    InputSum::of("reference", &a.reference)?,
+                    InputSum::of("variants", &a.variants)?,
+                ],
+                Some(ModelPrint::of(dir)?),
+                settings,
+                "variants",
+                r.clone(),
+                None,
+                variants.len(),
+                w[r.clone()].iter().sum::<u64>() as f64,
+                [("out".to_string(), a.out.clone())].into_iter().collect(),
+            );
+            match start_shard(&a.out, fresh, a.force.force)? {
+                None => return Ok(()),
+                Some(m) => (&variants[r.clone()], &placed[r], Some(m)),
+            }
+        }
+    };
     let mut loaded =
         load_model(dir).with_context(|| format!("loading the model in {}", dir.display()))?;
     let precision = a.precision.apply(loaded.model.as_mut())?;
@@ -117,7 +157,8 @@ pub fn run_cmd(a: VepArgs) -> Result<()> {
         "kv": format!("{:?}", a.precision.kv).to_lowercase(),
     })
     .to_string();
-    let mut w = VepWriter::open(&a.out, &settings, &variants, a.resume)?;
+    // A shard always resumes (its manifest was checked above).
+    let mut w = VepWriter::open(&a.out, &settings, variants, a.resume || shard.is_some())?;
     if w.done > 0 {
         eprintln!(
             "resuming: {} of {} variants already in {}",
@@ -138,8 +179,8 @@ pub fn run_cmd(a: VepArgs) -> Result<()> {
         lm,
         scorer.as_mut(),
         &genome,
-        &variants,
-        &placed,
+        variants,
+        placed,
         &opts,
         start,
         &mut |row| w.write(&variants[row.index], row),
@@ -148,6 +189,11 @@ pub fn run_cmd(a: VepArgs) -> Result<()> {
     bar.finish_and_clear();
     r?;
     let out = w.finish()?;
+    if let Some(m) = shard.as_mut() {
+        m.done = variants.len();
+        m.finished = true;
+        m.write(&manifest_path(&a.out))?;
+    }
     let n = variants.len() - start;
     let secs = t1.elapsed().as_secs_f64();
     eprintln!(

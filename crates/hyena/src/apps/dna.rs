@@ -153,6 +153,9 @@ pub type ProgressFn = Box<dyn FnMut(&Progress) + Send>;
 pub enum Records<'a> {
     /// A FASTA/FASTQ file (plain, gzip or xz), streamed one record at a time.
     File(&'a Path),
+    /// The records `first..end` (0-based, in file order) of a FASTA/FASTQ file: one shard's
+    /// (`--shard`, [`crate::apps::shard`]).
+    FileRange(&'a Path, usize, usize),
     /// Records already in memory (the Python binding's strings); errors name them as the
     /// records of `<sequences>`.
     Memory(&'a [SeqRecord]),
@@ -162,7 +165,7 @@ impl Records<'_> {
     /// The name errors give the source.
     pub fn path(&self) -> &Path {
         match self {
-            Records::File(p) => p,
+            Records::File(p) | Records::FileRange(p, ..) => p,
             Records::Memory(_) => Path::new("<sequences>"),
         }
     }
@@ -217,6 +220,15 @@ fn for_each_record(
                 one(i, &rec?, &mut ws)?;
             }
         }
+        Records::FileRange(fasta, first, end) => {
+            for (i, rec) in open_records(fasta)?.enumerate().take(end) {
+                // Records before the range are parsed (a FASTA has no index) but not run.
+                let rec = rec?;
+                if i >= first {
+                    one(i, &rec, &mut ws)?;
+                }
+            }
+        }
         Records::Memory(recs) => {
             for (i, rec) in recs.iter().enumerate() {
                 one(i, rec, &mut ws)?;
@@ -224,6 +236,14 @@ fn for_each_record(
         }
     }
     Ok(())
+}
+
+/// The length in bases of every record of a FASTA/FASTQ file, in order (one streamed pass:
+/// what `--shard` balances on).
+pub fn record_lengths(fasta: &Path) -> Result<Vec<u64>> {
+    open_records(fasta)?
+        .map(|r| r.map(|r| r.seq.len() as u64))
+        .collect()
 }
 
 /// The width of the rows [`embed_records`] gives for `opts` (the model's, or that of the named
@@ -327,6 +347,23 @@ pub fn embed_records(
     )
 }
 
+/// The header of the record table `hyena embed` writes beside its array.
+pub const RECORDS_HEADER: &str = "record\tname\ttokens\tfirst_row\trows\n";
+/// The header of `hyena score --per-base`.
+pub const PER_BASE_HEADER: &str = "record\tposition\tbase\tlog_prob\n";
+
+/// `OUT.records.tsv`: the record table beside an embedding array.
+pub fn records_tsv(out: &Path) -> PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".records.tsv");
+    PathBuf::from(name)
+}
+
+/// One line of the record table.
+pub fn record_line(i: usize, name: &str, tokens: usize, row: u64, rows: u64) -> String {
+    format!("{i}\t{name}\t{tokens}\t{row}\t{rows}\n")
+}
+
 /// Embed every record of `fasta` (FASTA/FASTQ, plain, gzip or xz; streamed) into `out`
 /// (`.npy`, float32): `[records, D]` when pooled, `[Σ tokens, D]` with [`Pool::None`] (one
 /// record: `[bases, D]`). A tab-separated table of records and their rows is written to
@@ -362,15 +399,10 @@ pub fn embed_file(
     )?;
     let shape = [npy.rows(), d as u64];
     let out = npy.finish()?;
-    let mut tsv_name = out.as_os_str().to_owned();
-    tsv_name.push(".records.tsv");
-    let records_tsv = PathBuf::from(tsv_name);
-    let mut s = String::from("record\tname\ttokens\tfirst_row\trows\n");
+    let records_tsv = records_tsv(&out);
+    let mut s = String::from(RECORDS_HEADER);
     for (i, r) in records.iter().enumerate() {
-        s.push_str(&format!(
-            "{i}\t{}\t{}\t{}\t{}\n",
-            r.name, r.tokens, r.row, r.rows
-        ));
+        s.push_str(&record_line(i, &r.name, r.tokens, r.row, r.rows));
     }
     write_bytes_atomic(&records_tsv, s.as_bytes())?;
     Ok(EmbedReport {
@@ -555,6 +587,26 @@ pub fn score_records(
     )
 }
 
+/// The per-base TSV lines of one record: `record`, 1-based `position`, `base`, `log_prob`
+/// (what `hyena score --per-base` writes).
+pub fn per_base_lines(
+    lm: &dyn LanguageModel,
+    tok: &NucleotideTokenizer,
+    name: &str,
+    ids: &[u32],
+    lp: &[f32],
+) -> String {
+    let mut s = String::with_capacity(lp.len() * (name.len() + 20));
+    for (j, &v) in lp.iter().enumerate() {
+        let base = match lm.tokenizer() {
+            TokenizerKind::Bytes => (ids[j + 1] as u8 as char).to_string(),
+            TokenizerKind::Nucleotide => tok.token(ids[j + 1]).to_string(),
+        };
+        s.push_str(&format!("{name}\t{}\t{base}\t{v:.6}\n", j + 2));
+    }
+    s
+}
+
 /// Score every record of `fasta`; with `per_base`, also write one line per scored position
 /// (`record`, 1-based `position`, `base`, `log_prob`) to that TSV file.
 pub fn score_file(
@@ -581,13 +633,7 @@ pub fn score_file(
         score,
         |rec, ids, s, lp| {
             if let Some(t) = tsv.as_mut() {
-                for (j, &v) in lp.iter().enumerate() {
-                    let base = match lm.tokenizer() {
-                        TokenizerKind::Bytes => (ids[j + 1] as u8 as char).to_string(),
-                        TokenizerKind::Nucleotide => tok.token(ids[j + 1]).to_string(),
-                    };
-                    t.line(format_args!("{}\t{}\t{base}\t{v:.6}\n", rec.id, j + 2))?;
-                }
+                t.line(format_args!("{}", per_base_lines(lm, &tok, &rec.id, ids, lp)))?;
             }
             out.push(s);
             Ok(())
@@ -629,7 +675,7 @@ impl TsvOut {
             w: std::io::BufWriter::new(f),
             done: false,
         };
-        t.line(format_args!("record\tposition\tbase\tlog_prob\n"))?;
+        t.line(format_args!("{PER_BASE_HEADER}"))?;
         Ok(t)
     }
     fn line(&mut self, a: std::fmt::Arguments<'_>) -> Result<()> {

@@ -117,6 +117,13 @@ pub struct Placed {
     off: usize,
 }
 
+impl Placed {
+    /// Bases of the variant's window (what `--shard` balances variants on).
+    pub fn window_len(&self) -> usize {
+        self.end - self.start
+    }
+}
+
 /// Place every variant in `genome` with windows of `window` bases, before any scoring: an
 /// unknown chromosome, a position past the record's end, or a REF that differs from the
 /// genome is an error naming the variant (the first such, and how many there are).

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 /// Bytes reserved for magic, version, header length and the header dict (a multiple of 64).
-const HEADER: usize = 128;
+pub const HEADER: usize = 128;
 
 /// A streaming writer of a 2-d `float32` array `[rows, cols]`.
 pub struct NpyWriter {
@@ -23,12 +23,15 @@ pub struct NpyWriter {
     out: Option<BufWriter<File>>,
     cols: usize,
     rows: u64,
+    /// The temp file is a resumable `OUT.partial` ([`NpyWriter::resumable`]): kept on errors.
+    keep: bool,
 }
 
 impl Drop for NpyWriter {
-    /// An unfinished writer (an error on the way) removes its temp file.
+    /// An unfinished writer (an error on the way) removes its temp file, unless it is
+    /// resumable.
     fn drop(&mut self) {
-        if self.out.take().is_some() {
+        if self.out.take().is_some() && !self.keep {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
@@ -44,7 +47,8 @@ impl std::fmt::Debug for NpyWriter {
     }
 }
 
-fn header(shape: &[u64]) -> Vec<u8> {
+/// The [`HEADER`] bytes of a `<f4` array of `shape`, as [`NpyWriter`] writes them.
+pub fn header(shape: &[u64]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let shape_s = if dims.len() == 1 {
         format!("({},)", dims[0])
@@ -79,7 +83,56 @@ impl NpyWriter {
             out: Some(out),
             cols,
             rows: 0,
+            keep: false,
         })
+    }
+
+    /// A writer of `path` that grows in `partial` across runs: with `rows` 0 it starts the file
+    /// afresh; otherwise it keeps the first `rows` rows already there (cutting off anything
+    /// after them: a row torn by a kill) and appends after them. The partial file is kept when
+    /// the writer is dropped unfinished, for the next resume.
+    pub fn resumable(path: &Path, partial: &Path, cols: usize, rows: u64) -> Result<Self> {
+        let keep_bytes = (HEADER as u64).saturating_add(rows.saturating_mul(cols as u64 * 4));
+        let f = if rows == 0 {
+            let mut f = File::create(partial).map_err(Error::io(partial))?;
+            f.write_all(&[0u8; HEADER]).map_err(Error::io(partial))?;
+            f
+        } else {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(partial)
+                .map_err(Error::io(partial))?;
+            let len = f.metadata().map_err(Error::io(partial))?.len();
+            if len < keep_bytes {
+                return Err(Error::format(
+                    partial,
+                    format!(
+                        "holds {} rows of {cols} values where {rows} were written: remove the                          shard's manifest to run it again",
+                        len.saturating_sub(HEADER as u64) / (cols as u64 * 4).max(1)
+                    ),
+                ));
+            }
+            f.set_len(keep_bytes).map_err(Error::io(partial))?;
+            f.seek(SeekFrom::End(0)).map_err(Error::io(partial))?;
+            f
+        };
+        Ok(NpyWriter {
+            path: path.to_path_buf(),
+            tmp: partial.to_path_buf(),
+            out: Some(BufWriter::with_capacity(1 << 20, f)),
+            cols,
+            rows,
+            keep: true,
+        })
+    }
+
+    /// Push the rows written so far to the file (a resumable writer's progress survives a
+    /// kill after this).
+    pub fn flush(&mut self) -> Result<()> {
+        if let Some(o) = self.out.as_mut() {
+            o.flush().map_err(Error::io(&self.tmp))?;
+        }
+        Ok(())
     }
 
     /// Append rows `[n, cols]` (row-major).
@@ -144,9 +197,9 @@ pub fn read_f32(path: impl AsRef<Path>) -> Result<(Vec<usize>, Vec<f32>)> {
     parse_f32(&bytes, path)
 }
 
-/// [`read_f32`] on the bytes of a `.npy` file already in memory; `path` names it in errors.
-/// Used by the fuzz targets (`fuzz/` in the repository).
-pub fn parse_f32(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
+/// The shape of a C-order `<f4` `.npy` file from its first bytes (at least the header), and
+/// where its data starts.
+pub fn parse_header(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, usize)> {
     let fmt = |msg: String| Error::Format {
         file: path.to_path_buf(),
         msg,
@@ -183,7 +236,18 @@ pub fn parse_f32(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
                 .collect()
         })
         .ok_or_else(|| fmt(format!("no shape in header {dict}")))?;
-    let body = &bytes[start + hlen..];
+    Ok((shape, start + hlen))
+}
+
+/// [`read_f32`] on the bytes of a `.npy` file already in memory; `path` names it in errors.
+/// Used by the fuzz targets (`fuzz/` in the repository).
+pub fn parse_f32(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
+    let fmt = |msg: String| Error::Format {
+        file: path.to_path_buf(),
+        msg,
+    };
+    let (shape, data_start) = parse_header(bytes, path)?;
+    let body = &bytes[data_start..];
     // The declared size in bytes, `None` past `usize` (a corrupt shape).
     let need = shape.iter().try_fold(4usize, |a, &d| a.checked_mul(d));
     if need != Some(body.len()) {
