@@ -118,7 +118,7 @@ run_case() {
     local whole=$dir/whole/out.$suffix merged=$dir/results/out.$suffix
     local -a data extra_args=()
     [ -n "$extra" ] && read -r -a extra_args <<<"$extra"
-    local -a whole_pb=() cfg_pb=()
+    local -a whole_pb=()
     case "$mode" in
         embed) data=(--fasta "$tmp/embed.fa") ;;
         score)

@@ -168,12 +168,15 @@ esac
 # One shard.
 i=${task:-${SLURM_ARRAY_TASK_ID:-}}
 [ -n "$i" ] || die "no shard to run: submit with sbatch --array=1-N, or give --task I (or --submit)"
-[[ "$i" =~ ^[0-9]+$ ]] && [ "$i" -ge 1 ] && [ "$i" -le "$shards" ] \
-    || die "shard $i is outside 1..$shards"
+if ! [[ "$i" =~ ^[0-9]+$ ]] || [ "$i" -lt 1 ] || [ "$i" -gt "$shards" ]; then
+    die "shard $i is outside 1..$shards"
+fi
 [ -n "$model" ] || die "give --model DIR"
 cmd=("$hyena" "$mode" --model "$model")
 if [ "$mode" = vep ]; then
-    [ -n "$reference" ] && [ -n "$variants" ] || die "vep needs --reference and --variants"
+    if [ -z "$reference" ] || [ -z "$variants" ]; then
+        die "vep needs --reference and --variants"
+    fi
     cmd+=(--reference "$reference" --variants "$variants")
 else
     [ -n "$fasta" ] || die "$mode needs --fasta"

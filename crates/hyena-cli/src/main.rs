@@ -6,6 +6,7 @@
 mod alloc;
 mod args;
 mod cmd;
+mod ranks;
 mod ui;
 
 use alloc::CountingAlloc;

@@ -62,7 +62,15 @@ fn three_shards_merge_to_the_unsharded_outputs() {
     for pool in ["none", "mean"] {
         let whole = t.join(format!("whole-{pool}.npy"));
         run(&[
-            "embed", "--model", s(&m), "--fasta", s(&fa), "--pool", pool, "--out", s(&whole),
+            "embed",
+            "--model",
+            s(&m),
+            "--fasta",
+            s(&fa),
+            "--pool",
+            pool,
+            "--out",
+            s(&whole),
         ]);
         let shards: Vec<PathBuf> = (1..=3)
             .map(|i| t.join(format!("e{i}-{pool}.npy")))
@@ -108,7 +116,14 @@ fn three_shards_merge_to_the_unsharded_outputs() {
     // score, with per-base log-probabilities and the reverse complement.
     let whole = t.join("whole.jsonl");
     let whole_pb = t.join("whole-pb.tsv");
-    let common = ["score", "--model", s(&m), "--fasta", s(&fa), "--reverse-complement"];
+    let common = [
+        "score",
+        "--model",
+        s(&m),
+        "--fasta",
+        s(&fa),
+        "--reverse-complement",
+    ];
     let mut a = common.to_vec();
     a.extend(["--out", s(&whole), "--per-base", s(&whole_pb)]);
     run(&a);
@@ -124,7 +139,14 @@ fn three_shards_merge_to_the_unsharded_outputs() {
     let (mo, mpb) = (t.join("m.jsonl"), t.join("m-pb.tsv"));
     // The shards wrote per-base files: the merge asks where the merged one goes.
     fails_with(
-        &hyena(&["merge", s(&outs[0]), s(&outs[1]), s(&outs[2]), "--out", s(&mo)]),
+        &hyena(&[
+            "merge",
+            s(&outs[0]),
+            s(&outs[1]),
+            s(&outs[2]),
+            "--out",
+            s(&mo),
+        ]),
         &["--per-base"],
     );
     assert!(!mo.exists());
@@ -149,7 +171,15 @@ fn three_shards_merge_to_the_unsharded_outputs() {
         &["shard(s) 2 of 3 missing"],
     );
     fails_with(
-        &hyena(&["merge", s(&outs[0]), s(&outs[0]), s(&outs[1]), s(&outs[2]), "--out", s(&bad)]),
+        &hyena(&[
+            "merge",
+            s(&outs[0]),
+            s(&outs[0]),
+            s(&outs[1]),
+            s(&outs[2]),
+            "--out",
+            s(&bad),
+        ]),
         &["given twice"],
     );
     fails_with(
@@ -211,13 +241,24 @@ fn vep_shards_merge_to_the_unsharded_table() {
         ok(&call(args(o, Some(&format!("{}/3", i + 1)))));
     }
     let merged = t.join("merged.tsv");
-    run(&["merge", s(&outs[1]), s(&outs[0]), s(&outs[2]), "--out", s(&merged)]);
+    run(&[
+        "merge",
+        s(&outs[1]),
+        s(&outs[0]),
+        s(&outs[2]),
+        "--out",
+        s(&merged),
+    ]);
     assert_eq!(read(&merged), read(&whole));
     let n = std::fs::read_to_string(&whole).unwrap().lines().count() - 2;
     assert_eq!(n, 31);
     for o in &outs {
         let k = std::fs::read_to_string(o).unwrap().lines().count() - 2;
-        assert!((8..=13).contains(&k), "{k} of {n} variants in {}", o.display());
+        assert!(
+            (8..=13).contains(&k),
+            "{k} of {n} variants in {}",
+            o.display()
+        );
     }
     let _ = std::fs::remove_dir_all(&t);
 }
@@ -309,7 +350,12 @@ fn a_killed_shard_resumes_and_a_finished_one_is_skipped() {
     std::fs::write(&fa, text).unwrap();
     fails_with(
         &call(embed(&o2, Some("2/2"))),
-        &["s2.npy.shard.json", "fasta input changed", "sha256", "--force"],
+        &[
+            "s2.npy.shard.json",
+            "fasta input changed",
+            "sha256",
+            "--force",
+        ],
     );
     // The refused run left the shard's outputs as they were.
     assert_eq!(std::fs::metadata(&o2).unwrap().modified().unwrap(), before);
@@ -363,7 +409,15 @@ fn shard_argument_errors() {
         );
     }
     fails_with(
-        &hyena(&["score", "--model", s(&m), "--fasta", s(&fa), "--shard", "1/2"]),
+        &hyena(&[
+            "score",
+            "--model",
+            s(&m),
+            "--fasta",
+            s(&fa),
+            "--shard",
+            "1/2",
+        ]),
         &["--shard 1/2 needs --out"],
     );
     // A plain file (no manifest) in the way of a shard's output is protected.

@@ -57,7 +57,7 @@ pub fn to_py(e: hyena::Error) -> PyErr {
             })
         }
         E::Memory { .. } => new_err("MemoryError", msg),
-        E::Diverged { .. } => new_err("RuntimeError", msg),
+        E::Diverged { .. } | E::Rank { .. } => new_err("RuntimeError", msg),
         E::Interrupted => pyo3::exceptions::PyKeyboardInterrupt::new_err(msg),
         E::Shape { .. }
         | E::TooLong { .. }

@@ -66,6 +66,15 @@ pub enum Error {
     #[error("interrupted: stopped between two units of work; files already committed are whole")]
     Interrupted,
 
+    /// A data-parallel run stopped because one rank failed ([`crate::train::dist::agree`]):
+    /// every rank returns this same error, with the failing rank's message.
+    #[error("rank {rank} of {ranks}: {msg}")]
+    Rank {
+        rank: usize,
+        ranks: usize,
+        msg: String,
+    },
+
     // === Checkpoint / file errors ===
     /// A named tensor is missing from a checkpoint or fixture.
     #[error("{file}: tensor `{name}` not found; the file has {available} tensors (is it the right checkpoint?)")]

@@ -10,8 +10,10 @@ use hyena::apps::sharded::merge;
 use crate::args::{check_output, ForceFlag, OutKind};
 
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Example: hyena embed --shard 1/3 --out s1.npy …; … --shard 3/3 --out \
-                        s3.npy …; hyena merge s1.npy s2.npy s3.npy --out all.npy")]
+#[command(
+    after_help = "Example: hyena embed --shard 1/3 --out s1.npy …; … --shard 3/3 --out \
+                        s3.npy …; hyena merge s1.npy s2.npy s3.npy --out all.npy"
+)]
 pub struct MergeArgs {
     /// The shards' outputs (their --out files; each has OUT.shard.json beside it), in any
     /// order: every shard of the job, once.

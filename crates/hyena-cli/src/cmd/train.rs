@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use hyena::io::tokenizer::Tokenizer;
-use hyena::train::run::{run, Event, RunConfig, Start};
+use hyena::train::run::{run_ranks, Event, RunConfig, Start};
 
 use crate::args::DataFiles;
 use crate::ui;
@@ -254,11 +254,20 @@ pub fn run_cmd(a: TrainArgs) -> Result<()> {
     // Numbers out of range are refused before anything is printed or read.
     cfg.model.validate()?;
     cfg.train.validate()?;
-    eprintln!("config: {}", serde_json::to_string(&cfg)?);
-    let bar = ui::bar(
-        cfg.train.steps,
-        "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
-    );
+    // Under mpirun/srun: this rank of a data-parallel run; only rank 0 prints.
+    let comm = crate::ranks::world()?;
+    let rank0 = crate::ranks::is_rank0(&comm);
+    if rank0 {
+        eprintln!("config: {}", serde_json::to_string(&cfg)?);
+    }
+    let bar = if rank0 {
+        ui::bar(
+            cfg.train.steps,
+            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     let t0 = std::time::Instant::now();
     let mut tokens = 0usize;
     let mut on_event = |e: &Event| match e {
@@ -285,8 +294,11 @@ pub fn run_cmd(a: TrainArgs) -> Result<()> {
             ),
         ),
     };
-    let summary = run(&cfg, &out, start, &mut on_event)?;
+    let summary = run_ranks(&cfg, &out, start, comm, &mut on_event)?;
     bar.finish_and_clear();
+    if !rank0 {
+        return Ok(());
+    }
     if let Some(e) = &summary.last_eval {
         println!("{}", verdict(e.bits_per_token, &summary.baselines));
     }

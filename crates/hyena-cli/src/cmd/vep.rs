@@ -20,9 +20,9 @@ use crate::args::{
     check_inputs, check_output, check_shard_output, start_shard, ForceFlag, LeanArgs, ModelArg,
     OutKind, PrecisionArg, ShardArg,
 };
-use hyena::apps::shard::{manifest_path, split_contiguous, InputSum, Manifest, ModelPrint};
 use crate::cmd::score::ReduceArg;
 use crate::ui;
+use hyena::apps::shard::{manifest_path, split_contiguous, InputSum, Manifest, ModelPrint};
 
 #[derive(clap::Args, Debug)]
 pub struct VepArgs {

@@ -633,7 +633,10 @@ pub fn score_file(
         score,
         |rec, ids, s, lp| {
             if let Some(t) = tsv.as_mut() {
-                t.line(format_args!("{}", per_base_lines(lm, &tok, &rec.id, ids, lp)))?;
+                t.line(format_args!(
+                    "{}",
+                    per_base_lines(lm, &tok, &rec.id, ids, lp)
+                ))?;
             }
             out.push(s);
             Ok(())

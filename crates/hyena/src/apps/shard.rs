@@ -316,7 +316,10 @@ impl Manifest {
         if m.format != FORMAT {
             return Err(Error::format(
                 path,
-                format!("manifest format '{}', this hyena reads '{FORMAT}'", m.format),
+                format!(
+                    "manifest format '{}', this hyena reads '{FORMAT}'",
+                    m.format
+                ),
             ));
         }
         Ok(m)
@@ -324,8 +327,8 @@ impl Manifest {
 
     /// Write it atomically to `path`.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let mut s = serde_json::to_string_pretty(self)
-            .map_err(|e| Error::format(path, e.to_string()))?;
+        let mut s =
+            serde_json::to_string_pretty(self).map_err(|e| Error::format(path, e.to_string()))?;
         s.push('\n');
         write_bytes_atomic(path, s.as_bytes())
     }
@@ -492,7 +495,9 @@ impl LineFile {
             let mut keep = 0u64;
             for n in 0..lines {
                 line.clear();
-                let got = r.read_until(b'\n', &mut line).map_err(Error::io(&partial))?;
+                let got = r
+                    .read_until(b'\n', &mut line)
+                    .map_err(Error::io(&partial))?;
                 if got == 0 || line.last() != Some(&b'\n') {
                     return Err(Error::format(
                         &partial,

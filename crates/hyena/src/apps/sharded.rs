@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use crate::apps::dna::{
     embed_records, embed_width, per_base_lines, record_line, records_tsv, score_records,
-    EmbedOptions, ProgressFn, RecordScore, Records, ScoreOptions, TokenizeOptions,
-    PER_BASE_HEADER, RECORDS_HEADER,
+    EmbedOptions, ProgressFn, RecordScore, Records, ScoreOptions, TokenizeOptions, PER_BASE_HEADER,
+    RECORDS_HEADER,
 };
 use crate::apps::shard::{manifest_path, partial_path, whole_lines, LineFile, Manifest};
 use crate::error::{Error, Result};
@@ -128,7 +128,10 @@ pub fn score_shard(
             scores.push(serde_json::from_str(line).map_err(|e| {
                 Error::format(
                     partial_path(out),
-                    format!("line {}: {e}; remove the shard's manifest to run it again", n + 1),
+                    format!(
+                        "line {}: {e}; remove the shard's manifest to run it again",
+                        n + 1
+                    ),
                 )
             })?);
         }
@@ -228,10 +231,7 @@ pub fn job_manifests(outs: &[PathBuf]) -> Result<Vec<(Manifest, PathBuf)>> {
             return Err(Error::config(
                 "merge",
                 o.display(),
-                format!(
-                    "is not of the same job as {}: {why}",
-                    ms[0].1.display()
-                ),
+                format!("is not of the same job as {}: {why}", ms[0].1.display()),
             ));
         }
         if !m.finished {
@@ -378,9 +378,7 @@ fn write_via_temp(out: &Path, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> R
         let file = std::fs::File::create(&tmp).map_err(Error::io(out))?;
         let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
         f(&mut w)?;
-        let file = w
-            .into_inner()
-            .map_err(|e| Error::io(out)(e.into_error()))?;
+        let file = w.into_inner().map_err(|e| Error::io(out)(e.into_error()))?;
         file.sync_all().map_err(Error::io(out))?;
         std::fs::rename(&tmp, out).map_err(Error::io(out))
     })();
@@ -459,8 +457,17 @@ fn merge_record_tables(tables: &[PathBuf], out: &Path, rows: &[u64]) -> Result<(
                 let name = c[1..k - 3].join("\t");
                 let first: u64 = c[k - 2].parse().map_err(|_| bad())?;
                 let nrows: u64 = c[k - 1].parse().map_err(|_| bad())?;
-                w.write_all(record_line(rec, &name, c[k - 3].parse().map_err(|_| bad())?, row0 + first, nrows).as_bytes())
-                    .map_err(Error::io(out))?;
+                w.write_all(
+                    record_line(
+                        rec,
+                        &name,
+                        c[k - 3].parse().map_err(|_| bad())?,
+                        row0 + first,
+                        nrows,
+                    )
+                    .as_bytes(),
+                )
+                .map_err(Error::io(out))?;
                 rec += 1;
             }
             row0 += shard_rows;

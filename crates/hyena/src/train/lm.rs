@@ -22,6 +22,7 @@ use crate::layers::layer::Slot;
 use crate::models::hyenadna::{HyenaLm, LmConfig, LmWorkspace};
 use crate::models::{LanguageModel, Model};
 use crate::ops::loss::LossSum;
+use crate::train::dist::Comm;
 use crate::train::fit::{Fit, Flow, Objective, Schedule, Step, StepLoss};
 use crate::train::{AdamW, AdamWConfig, LrSchedule};
 
@@ -169,6 +170,10 @@ pub struct LmObjective {
     /// Activations, logits gradients and per-shard gradients ([`LmWorkspace`]), reused across
     /// steps and by the evaluations.
     ws: Slot,
+    /// The other ranks of a data-parallel run ([`Trainer::set_comm`]); `None`: one process.
+    dist: Option<Box<dyn Comm>>,
+    /// The all-reduce's receive buffer, reused.
+    scratch: Vec<f32>,
 }
 
 impl LmObjective {
@@ -197,22 +202,49 @@ impl Objective<HyenaLm> for LmObjective {
         grads: &mut [f32],
     ) -> Result<StepLoss> {
         let (b, l) = (self.batch_size, self.seq_len);
+        // Each micro-batch contributes ∇(its mean loss) / grad_accum; per position that is
+        // (1 / grad_accum) / (B·L), whichever rank computes it.
+        let scale = 1.0 / self.grad_accum as f32;
+        let token_scale = scale / (b * l).max(1) as f32;
+        let (rank, ranks) = self.dist.as_ref().map_or((0, 1), |c| (c.rank(), c.size()));
+        // This rank's rows of every micro-batch (all of them in one process).
+        let (start, n) = crate::train::dist::rank_rows(b, rank, ranks)?;
+        let rows = start * l..(start + n) * l;
+        let mut local = || -> Result<Vec<LossSum>> {
+            let mut sums = Vec::with_capacity(self.grad_accum);
+            for micro in 0..self.grad_accum {
+                let (x, y) = self.batch(step, micro);
+                sums.push(model.net.loss_and_grad_scaled(
+                    model.p(),
+                    &x[rows.clone()],
+                    &y[rows.clone()],
+                    n,
+                    l,
+                    token_scale,
+                    self.ws.get_or_default::<LmWorkspace>(),
+                    grads,
+                )?);
+            }
+            Ok(sums)
+        };
+        let sums = local();
+        let per_micro: Vec<LossSum> = match self.dist.as_mut() {
+            None => sums?,
+            Some(c) => {
+                // A rank that failed stops every rank with its message.
+                let mine = crate::train::dist::agree(c.as_mut(), sums)?;
+                crate::train::dist::all_reduce_sum(c.as_mut(), grads, &mut self.scratch)?;
+                let all = crate::train::dist::gather_loss_sums(c.as_mut(), &mine)?;
+                // Each micro-batch's sums over the ranks, in rank order: what one process
+                // adds over its thread shards.
+                (0..self.grad_accum)
+                    .map(|m| LossSum::total(all.iter().filter_map(|r| r.get(m).copied())))
+                    .collect()
+            }
+        };
         let mut mean_sum = 0.0f32;
         let mut sum = LossSum::default();
-        // Each micro-batch contributes ∇(its mean loss) / grad_accum.
-        let scale = 1.0 / self.grad_accum as f32;
-        for micro in 0..self.grad_accum {
-            let (x, y) = self.batch(step, micro);
-            let st = model.net.loss_and_grad(
-                model.p(),
-                &x,
-                &y,
-                b,
-                l,
-                scale,
-                self.ws.get_or_default::<LmWorkspace>(),
-                grads,
-            )?;
+        for st in per_micro {
             mean_sum += (st.loss_sum / st.count.max(1) as f64) as f32;
             sum.add(st);
         }
@@ -280,6 +312,8 @@ impl Trainer {
             grad_accum: cfg.grad_accum,
             seed: cfg.seed,
             ws: Slot::default(),
+            dist: None,
+            scratch: Vec::new(),
         };
         Ok(Trainer {
             model,
@@ -294,6 +328,24 @@ impl Trainer {
     /// Steps completed so far.
     pub fn step(&self) -> u64 {
         self.fit.steps_done()
+    }
+
+    /// Train data-parallel with the other ranks of `comm` ([`crate::train::dist`]): this
+    /// process computes its rows of every batch; gradients are summed over the ranks each
+    /// step; only rank 0 evaluates and writes checkpoints. Every rank must hold the same
+    /// model, data and configuration.
+    pub fn set_comm(&mut self, comm: Box<dyn Comm>) -> Result<()> {
+        crate::train::dist::rank_rows(self.cfg.batch_size, comm.rank(), comm.size())?;
+        self.objective.dist = Some(comm);
+        Ok(())
+    }
+
+    /// This process's rank and the number of ranks (`(0, 1)` when not data-parallel).
+    pub fn rank(&self) -> (usize, usize) {
+        self.objective
+            .dist
+            .as_ref()
+            .map_or((0, 1), |c| (c.rank(), c.size()))
     }
 
     /// The windows `(inputs, targets)` of micro-batch `micro` of step `step`: `[B, L]` each.
@@ -338,13 +390,26 @@ impl Trainer {
                 )))?;
             }
             let last_step = s.step == cfg.steps;
-            if s.step.is_multiple_of(every_eval) || last_step {
-                let e = evaluate_val(a.model, val, cfg, &mut a.objective.ws, s.step)?;
-                on_event(&Event::Eval(e.clone()))?;
-                last = Some(e);
-            }
-            if s.step.is_multiple_of(every_save) || last_step {
-                save_checkpoint(dir, a.model, a.opt, cfg, extra, run_id, a.skipped)?;
+            let rank0 = a.objective.dist.as_ref().is_none_or(|c| c.rank() == 0);
+            let eval = s.step.is_multiple_of(every_eval) || last_step;
+            let save = s.step.is_multiple_of(every_save) || last_step;
+            // Rank 0 evaluates and commits checkpoints; the others wait for its outcome
+            // (a failure there stops every rank with its message).
+            let mut work = || -> Result<()> {
+                if eval && rank0 {
+                    let e = evaluate_val(a.model, val, cfg, &mut a.objective.ws, s.step)?;
+                    on_event(&Event::Eval(e.clone()))?;
+                    last = Some(e);
+                }
+                if save && rank0 {
+                    save_checkpoint(dir, a.model, a.opt, cfg, extra, run_id, a.skipped)?;
+                }
+                Ok(())
+            };
+            let r = work();
+            match a.objective.dist.as_mut() {
+                Some(c) if eval || save => crate::train::dist::agree(c.as_mut(), r)?,
+                _ => r?,
             }
             Ok(Flow::Continue)
         })?;

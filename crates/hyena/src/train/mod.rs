@@ -7,6 +7,7 @@
 //! - [`finetune`]: fine-tuning a sequence classifier (`hyena finetune`).
 //! - [`mad`]: a zoo architecture on the MAD tasks (`hyena mad`).
 
+pub mod dist;
 pub mod finetune;
 pub mod fit;
 pub mod lm;

@@ -17,12 +17,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::baselines::markov::{markov_scores, BaselineScore};
-use crate::data::tokens::{load_stream, load_tokens, DataConfig};
+use crate::data::tokens::{load_stream, load_tokens, DataConfig, TokenData};
 use crate::error::{Error, Result};
 use crate::io::tokenizer::Tokenizer;
 use crate::models::hyenadna::{HyenaLm, LmConfig};
 use crate::models::Model;
 use crate::plot::{loss_curve_png, RefLine};
+use crate::train::dist::Comm;
 pub use crate::train::lm::Event;
 use crate::train::lm::{EvalStats, TrainConfig, Trainer};
 
@@ -256,9 +257,26 @@ pub fn run(
     start: Start,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<RunSummary> {
+    run_ranks(cfg, out, start, None, on_event)
+}
+
+/// [`run`], data-parallel over the ranks of `comm` when given ([`crate::train::dist`]):
+/// every rank calls it with the same arguments; each computes its rows of every batch, and
+/// rank 0 alone checks and writes the run directory, computes the baselines, evaluates, logs
+/// metrics and sends events (the others' `on_event` sees nothing). A failure on any rank stops
+/// all of them with that rank's message. The batches, hence the run, do not depend on the
+/// number of ranks: a run may be resumed with another.
+pub fn run_ranks(
+    cfg: &RunConfig,
+    out: &Path,
+    start: Start,
+    comm: Option<Box<dyn Comm>>,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<RunSummary> {
     let created = !out.exists();
-    let res = run_inner(cfg, out, start, on_event);
-    if res.is_err() && created {
+    let rank0 = comm.as_ref().is_none_or(|c| c.rank() == 0);
+    let res = run_inner(cfg, out, start, comm, on_event);
+    if res.is_err() && created && rank0 {
         // A failed run leaves no empty directory behind (remove_dir refuses a non-empty one).
         let _ = std::fs::remove_dir(out);
     }
@@ -352,8 +370,137 @@ fn run_inner(
     cfg: &RunConfig,
     out: &Path,
     start: Start,
+    mut comm: Option<Box<dyn Comm>>,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<RunSummary> {
+    let rank0 = comm.as_ref().is_none_or(|c| c.rank() == 0);
+    let mut quiet = |_: &Event| {};
+    let on_event: &mut dyn FnMut(&Event) = if rank0 { on_event } else { &mut quiet };
+    // Checks, the run directory and the data: rank 0's checks and writes first, then every
+    // rank agrees before the model is built (so a bad file on any rank stops them all).
+    let setup = setup_run(cfg, out, start, rank0, on_event);
+    let (data, baselines) = match comm.as_mut() {
+        Some(c) => crate::train::dist::agree(c.as_mut(), setup)?,
+        None => setup?,
+    };
+    let resume = start == Start::Resume;
+    let metrics_path = out.join("metrics.jsonl");
+    let built = (|| -> Result<Trainer> {
+        if resume {
+            let t = Trainer::resume(out, &cfg.model, cfg.train.clone(), data.train, data.val)?;
+            if rank0 {
+                on_event(&Event::Info(format!(
+                    "resuming {} at step {}",
+                    out.display(),
+                    t.step()
+                )));
+                cut_metrics(&metrics_path, t.step())?;
+            }
+            if t.step() >= cfg.train.steps {
+                on_event(&Event::Info(format!(
+                    "the run is already at step {} of {}: nothing to do (pass a larger --steps \
+                     to extend it)",
+                    t.step(),
+                    cfg.train.steps
+                )));
+            }
+            Ok(t)
+        } else {
+            let (net, params) = HyenaLm::fresh(&cfg.model, cfg.train.seed)?;
+            let t = Trainer::new(
+                Model { net, params },
+                cfg.train.clone(),
+                data.train,
+                data.val,
+            )?;
+            if rank0 {
+                std::fs::create_dir_all(out).map_err(|source| Error::Io {
+                    file: out.to_path_buf(),
+                    source,
+                })?;
+                let _ = std::fs::remove_file(&metrics_path);
+            }
+            Ok(t)
+        }
+    })();
+    let mut trainer = match comm {
+        Some(mut c) => {
+            let mut t = crate::train::dist::agree(c.as_mut(), built)?;
+            on_event(&Event::Info(format!(
+                "data-parallel over {}: {} of the batch's {} sequences per rank",
+                c.describe(),
+                crate::train::dist::rank_rows(cfg.train.batch_size, 0, c.size()).map_or(0, |r| r.1),
+                cfg.train.batch_size
+            )));
+            t.set_comm(c)?;
+            t
+        }
+        None => built?,
+    };
+    let extra = serde_json::json!({ "data": cfg.data });
+    // Only rank 0 logs metrics.
+    let mut metrics = if rank0 {
+        Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&metrics_path)
+                .map_err(|source| Error::Io {
+                    file: metrics_path.clone(),
+                    source,
+                })?,
+        )
+    } else {
+        None
+    };
+    let mut log = |v: serde_json::Value| -> Result<()> {
+        match metrics.as_mut() {
+            Some(m) => writeln!(m, "{v}").map_err(|source| Error::Io {
+                file: metrics_path.clone(),
+                source,
+            }),
+            None => Ok(()),
+        }
+    };
+    let last_eval = trainer.run(out, &extra, &mut |ev| {
+        match ev {
+            Event::Step(s) => log(
+                serde_json::json!({ "kind": "train", "step": s.step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm }),
+            )?,
+            Event::Eval(e) => log(serde_json::to_value(e)
+                .map(|mut v| {
+                    v["kind"] = "eval".into();
+                    v
+                })
+                .map_err(|e| Error::Format {
+                    file: metrics_path.clone(),
+                    msg: e.to_string(),
+                })?)?,
+            Event::Info(_) => {}
+        }
+        on_event(ev);
+        Ok(())
+    })?;
+    if rank0 {
+        plot_run(out, &baselines)?;
+    }
+    Ok(RunSummary {
+        last_eval,
+        baselines,
+        out_dir: out.to_path_buf(),
+    })
+}
+
+/// The checks and reads before a run's model is built: the configuration, the run directory
+/// (rank 0 only: checks, recovery of what a killed run left), the data, and the baselines
+/// (rank 0 only).
+fn setup_run(
+    cfg: &RunConfig,
+    out: &Path,
+    start: Start,
+    rank0: bool,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<(TokenData, Vec<BaselineScore>)> {
     let resume = start == Start::Resume;
     cfg.model.validate()?;
     cfg.train.validate()?;
@@ -374,10 +521,12 @@ fn run_inner(
     }
     // Refuse to overwrite an existing run before doing any work, and tidy what a killed run
     // left (temp files, uncommitted step folders).
-    if !resume {
+    if !resume && rank0 {
         check_new_run_dir(out, start)?;
     }
-    crate::checkpoint::recover_run_dir(out)?;
+    if rank0 {
+        crate::checkpoint::recover_run_dir(out)?;
+    }
     if resume {
         let state = crate::checkpoint::verify_checkpoint(out)?;
         match state {
@@ -411,6 +560,9 @@ fn run_inner(
             data.unknown
         )));
     }
+    if !rank0 {
+        return Ok((data, Vec::new()));
+    }
     let baselines = markov_scores(&data.train, &data.val, cfg.data.markov_order)?;
     let best = baselines
         .iter()
@@ -425,79 +577,7 @@ fn run_inner(
         ))
     )));
 
-    let metrics_path = out.join("metrics.jsonl");
-    let mut trainer = if resume {
-        let t = Trainer::resume(out, &cfg.model, cfg.train.clone(), data.train, data.val)?;
-        on_event(&Event::Info(format!(
-            "resuming {} at step {}",
-            out.display(),
-            t.step()
-        )));
-        cut_metrics(&metrics_path, t.step())?;
-        if t.step() >= cfg.train.steps {
-            on_event(&Event::Info(format!(
-                "the run is already at step {} of {}: nothing to do (pass a larger --steps to \
-                 extend it)",
-                t.step(),
-                cfg.train.steps
-            )));
-        }
-        t
-    } else {
-        let (net, params) = HyenaLm::fresh(&cfg.model, cfg.train.seed)?;
-        let t = Trainer::new(
-            Model { net, params },
-            cfg.train.clone(),
-            data.train,
-            data.val,
-        )?;
-        std::fs::create_dir_all(out).map_err(|source| Error::Io {
-            file: out.to_path_buf(),
-            source,
-        })?;
-        let _ = std::fs::remove_file(&metrics_path);
-        t
-    };
-    let extra = serde_json::json!({ "data": cfg.data });
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|source| Error::Io {
-            file: metrics_path.clone(),
-            source,
-        })?;
-    let mut log = |v: serde_json::Value| -> Result<()> {
-        writeln!(metrics, "{v}").map_err(|source| Error::Io {
-            file: metrics_path.clone(),
-            source,
-        })
-    };
-    let last_eval = trainer.run(out, &extra, &mut |ev| {
-        match ev {
-            Event::Step(s) => log(
-                serde_json::json!({ "kind": "train", "step": s.step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm }),
-            )?,
-            Event::Eval(e) => log(serde_json::to_value(e)
-                .map(|mut v| {
-                    v["kind"] = "eval".into();
-                    v
-                })
-                .map_err(|e| Error::Format {
-                    file: metrics_path.clone(),
-                    msg: e.to_string(),
-                })?)?,
-            Event::Info(_) => {}
-        }
-        on_event(ev);
-        Ok(())
-    })?;
-    plot_run(out, &baselines)?;
-    Ok(RunSummary {
-        last_eval,
-        baselines,
-        out_dir: out.to_path_buf(),
-    })
+    Ok((data, baselines))
 }
 
 /// What `hyena eval` scores and how.

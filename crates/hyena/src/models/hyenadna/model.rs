@@ -607,9 +607,27 @@ impl HyenaLm {
         ws: &mut LmWorkspace,
         g: &mut [f32],
     ) -> Result<LossSum> {
+        self.loss_and_grad_scaled(p, x, y, b, l, scale / (b * l).max(1) as f32, ws, g)
+    }
+
+    /// [`HyenaLm::loss_and_grad`] with the factor of each position's gradient given:
+    /// `token_scale = scale / (B_total · L)`. A data-parallel rank runs its rows of a batch with
+    /// the whole batch's factor, so that the ranks' gradients add up to the whole batch's.
+    #[allow(clippy::too_many_arguments)]
+    pub fn loss_and_grad_scaled(
+        &self,
+        p: &[f32],
+        x: &[u32],
+        y: &[u32],
+        b: usize,
+        l: usize,
+        token_scale: f32,
+        ws: &mut LmWorkspace,
+        g: &mut [f32],
+    ) -> Result<LossSum> {
         check_len("HyenaLm loss", "tokens [B, L]", x.len(), b * l)?;
         check_len("HyenaLm loss", "targets [B, L]", y.len(), b * l)?;
-        let scale = scale / (b * l).max(1) as f32;
+        let scale = token_scale;
         let stats = run_shards(
             &mut ws.shards,
             &mut ws.grads,
