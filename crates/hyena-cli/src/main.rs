@@ -94,7 +94,9 @@ fn main() -> std::process::ExitCode {
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", error_line(&e));
+            // One write: the lines of several ranks (mpirun) do not interleave within a line.
+            let line = format!("error: {}\n", error_line(&e));
+            eprint!("{line}");
             std::process::ExitCode::FAILURE
         }
     }

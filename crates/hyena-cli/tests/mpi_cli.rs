@@ -239,3 +239,65 @@ fn an_error_on_one_rank_stops_every_rank_with_its_message() {
     assert_eq!(err.matches("training diverged at step").count(), 2, "{err}");
     let _ = std::fs::remove_dir_all(&t);
 }
+
+#[test]
+fn finetune_over_two_ranks_equals_one_process() {
+    let t = tmpdir("mpi-finetune");
+    // Two classes of different GC content, a `split` column: 48 training and 16 test rows.
+    let mut x: u64 = 3;
+    let mut csv = String::from("sequence,label,split\n");
+    for i in 0..64 {
+        let label = i % 2;
+        let seq: String = (0..120)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let r = (x >> 33) % 10;
+                match (label, r) {
+                    (0, 0..=6) | (1, 0..=2) => ['A', 'T'][(r % 2) as usize],
+                    _ => ['C', 'G'][(r % 2) as usize],
+                }
+            })
+            .collect();
+        let split = if i < 48 { "train" } else { "test" };
+        csv += &format!("{seq},{label},{split}\n");
+    }
+    let data = t.join("gc.csv");
+    std::fs::write(&data, csv).unwrap();
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "finetune",
+            "--data",
+            data.to_str().unwrap(),
+            "--preset",
+            "hyenadna-tiny",
+            "--epochs",
+            "2",
+            "--batch",
+            "8",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let (one, two) = (t.join("one"), t.join("two"));
+    ok(&single(2, &args(&one)));
+    let o = mpirun(2, &args(&two)).output().unwrap();
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("data-parallel over MPI, 2 ranks"));
+    // Training lines bit for bit, the weights too (evaluation: same_curve's tolerance).
+    let (a, b) = (metrics(&one), metrics(&two));
+    assert_eq!(a.iter().filter(|m| m["kind"] == "train").count(), 12);
+    for (x, y) in a.iter().zip(&b).filter(|(x, _)| x["kind"] == "train") {
+        assert_eq!(x, y);
+    }
+    assert_eq!(a.len(), b.len());
+    assert_eq!(
+        std::fs::read(one.join("model.safetensors")).unwrap(),
+        std::fs::read(two.join("model.safetensors")).unwrap()
+    );
+    let _ = std::fs::remove_dir_all(&t);
+}

@@ -327,6 +327,7 @@ fn a_killed_shard_resumes_and_a_finished_one_is_skipped() {
         f.write_all(&[7u8; 100]).unwrap();
         let out = ok(&call(embed(&o1, Some("1/2"))));
         assert!(out.contains("shard 1/2: wrote"), "{out}");
+        assert!(out.contains("resumed after"), "{out}");
     }
     assert!(!table.exists() && !t.join("s1.npy.partial").exists());
     let o2 = t.join("s2.npy");
@@ -438,5 +439,97 @@ fn shard_argument_errors() {
         &["already exists"],
     );
     assert_eq!(read(&o), b"precious");
+    let _ = std::fs::remove_dir_all(&t);
+}
+
+/// `results.json` without the wall times (which differ between any two runs).
+fn without_seconds(v: &serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => m
+            .iter()
+            .filter(|(k, _)| k.as_str() != "seconds")
+            .map(|(k, x)| (k.clone(), without_seconds(x)))
+            .collect(),
+        serde_json::Value::Array(a) => a.iter().map(without_seconds).collect(),
+        x => x.clone(),
+    }
+}
+
+#[test]
+fn mad_shards_merge_to_the_unsharded_results() {
+    let t = tmpdir("shard-mad");
+    let args = |out: &Path, shard: Option<&str>| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "mad",
+            "--arch",
+            "hyena,swiglu",
+            "--quick",
+            "--task",
+            "in-context-recall,selective-copying,memorization",
+            "--budget",
+            "20000",
+            "--d-model",
+            "32",
+            "--out",
+            s(out),
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        if let Some(sh) = shard {
+            a.extend(["--shard".to_string(), sh.to_string()]);
+        }
+        a
+    };
+    let call = |a: Vec<String>| hyena(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let whole = t.join("whole");
+    ok(&call(args(&whole, None)));
+    let (s1, s2) = (t.join("s1"), t.join("s2"));
+    ok(&call(args(&s1, Some("1/2"))));
+    // Only one shard: the merge names what is missing, and writes nothing.
+    let merged = t.join("merged");
+    fails_with(
+        &hyena(&["merge", s(&s1), "--out", s(&merged)]),
+        &["shard(s) 2 of 2 missing"],
+    );
+    ok(&call(args(&s2, Some("2/2"))));
+    let again = ok(&call(args(&s2, Some("2/2"))));
+    assert!(again.contains("already finished"), "{again}");
+    // Each shard trained only its settings (split by estimated cost), together all three.
+    let members = |d: &Path| -> Vec<u64> {
+        let m: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(format!("{}.shard.json", d.display())).unwrap(),
+        )
+        .unwrap();
+        m["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect()
+    };
+    let (m1, m2) = (members(&s1), members(&s2));
+    assert!(!m1.is_empty() && !m2.is_empty());
+    let mut all = [m1, m2].concat();
+    all.sort();
+    assert_eq!(all, vec![0, 1, 2]);
+    run(&["merge", s(&s2), s(&s1), "--out", s(&merged)]);
+    let read_json = |p: PathBuf| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    assert_eq!(
+        without_seconds(&read_json(merged.join("results.json"))),
+        without_seconds(&read_json(whole.join("results.json")))
+    );
+    // The merged directory resumes like an unsharded run: nothing left to train.
+    let mut resume = args(&merged, None);
+    resume.push("--resume".into());
+    let out = call(resume);
+    ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("resuming: 3 finished settings"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = std::fs::remove_dir_all(&t);
 }

@@ -129,12 +129,17 @@ pub fn run_cmd(a: EmbedArgs) -> Result<()> {
     if let Some(mut m) = shard {
         let r = embed_shard(lm, &a.records.fasta, &a.out, &opts, &mut m, Some(f));
         bar.finish_and_clear();
-        r?;
+        let resumed = r?;
         println!(
-            "shard {}: wrote {} ({} records) and {}; manifest {}",
+            "shard {}: wrote {} ({} records{}) and {}; manifest {}",
             m.shard,
             a.out.display(),
             m.done,
+            if resumed > 0 {
+                format!(", resumed after {resumed} done by an interrupted run")
+            } else {
+                String::new()
+            },
             records_tsv(&a.out).display(),
             hyena::apps::shard::manifest_path(&a.out).display()
         );

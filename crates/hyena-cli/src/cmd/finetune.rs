@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use hyena::baselines::kmer::{fit_select, SELECT_HOLDOUT, SELECT_MAX_K, SELECT_SEED};
-use hyena::train::finetune::{finetune, FinetuneConfig, FinetuneEvent, FinetuneRun};
+use hyena::train::finetune::{finetune_ranks, FinetuneConfig, FinetuneEvent, FinetuneRun};
 
 use crate::args::{
     at_least_one, check_inputs, check_output, non_negative_f32, positive_f32, positive_f64,
@@ -142,10 +142,17 @@ pub fn run_cmd(a: FinetuneArgs) -> Result<()> {
         finetune: cfg,
     };
 
-    let bar = ui::bar(
-        1,
-        "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
-    );
+    // Under mpirun/srun: this rank of a data-parallel run; only rank 0 prints and writes.
+    let comm = crate::ranks::world()?;
+    let rank0 = crate::ranks::is_rank0(&comm);
+    let bar = if rank0 {
+        ui::bar(
+            1,
+            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     let (mut ema_loss, mut ema_acc) = (f64::NAN, f64::NAN);
     let mut on_event = |e: &FinetuneEvent| match e {
         FinetuneEvent::Info(s) => ui::say(&bar, s),
@@ -181,10 +188,15 @@ pub fn run_cmd(a: FinetuneArgs) -> Result<()> {
             ),
         ),
     };
-    let out_dir = OutDir::new(&a.out);
-    let s = finetune(&run, &ds, &a.out, &mut on_event)?;
-    out_dir.keep();
+    let out_dir = rank0.then(|| OutDir::new(&a.out));
+    let s = finetune_ranks(&run, &ds, &a.out, comm, &mut on_event)?;
+    if let Some(d) = out_dir {
+        d.keep();
+    }
     bar.finish_and_clear();
+    if !rank0 {
+        return Ok(());
+    }
     let mut out = std::io::stdout().lock();
     writeln!(
         out,

@@ -6,11 +6,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use hyena::apps::shard::{assign_by_cost, Manifest};
 use hyena::data::mad::{Average, MadTask};
 use hyena::models::zoo::{parse_layers, ArchConfig, NormKind, LAYER_NAMES};
 use hyena::train::mad::{
-    estimate_mad, markdown_table, run_mad, write_results, MadEvent, MadProtocol, MadReport,
-    ProgressLog, RESULTS_CSV, RESULTS_JSON, RESULTS_PNG,
+    estimate_mad, mad_items, markdown_table, run_mad_selected, setting_cost, write_results,
+    MadEvent, MadProtocol, MadReport, ProgressLog, RESULTS_CSV, RESULTS_JSON, RESULTS_PNG,
 };
 use indicatif::ProgressBar;
 
@@ -136,6 +137,13 @@ pub struct MadCommon {
     // --force: without --resume, start afresh in a non-empty --out (its results are replaced).
     #[command(flatten)]
     pub force: crate::args::ForceFlag,
+    /// Run shard I of N of the protocol's settings (all architectures, tasks and settings,
+    /// split by estimated cost: the costliest first onto the least-loaded shard), into --out
+    /// with a manifest beside it (OUT.shard.json). A rerun of a finished shard does nothing,
+    /// an interrupted one resumes; `hyena merge DIR1 … --out DIR` joins the shards' settings
+    /// into the results of one unsharded run. [default: no sharding]
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<hyena::apps::shard::Shard>,
     /// Do not train: time a few optimizer steps of every setting and print the protocol's
     /// projected wall time on this machine (an upper bound: early stopping only shortens it).
     #[arg(long)]
@@ -231,8 +239,54 @@ pub fn run_cmd(a: MadArgs) -> Result<()> {
     if common.estimate {
         return estimate_cmd(&specs, &archs, &tasks, &proto);
     }
-    let (out, resume) = out_dir(&common)?;
-    if !resume {
+    let (out, mut resume) = out_dir(&common)?;
+    // One shard of the protocol: its settings, and a manifest (a finished shard is done).
+    let mut shard = None;
+    if let Some(s) = common.shard {
+        let items = mad_items(archs.len(), &tasks, &proto);
+        let costs = items
+            .iter()
+            .map(|(a, _, st)| setting_cost(&archs[*a], st, &proto))
+            .collect::<hyena::Result<Vec<f64>>>()?;
+        let owner = assign_by_cost(&costs, s.count);
+        let members: Vec<usize> = (0..items.len())
+            .filter(|&i| owner[i] == s.index - 1)
+            .collect();
+        let weight = members.iter().map(|&i| costs[i]).sum();
+        let fresh = Manifest::new(
+            "mad",
+            s,
+            Vec::new(),
+            None,
+            serde_json::json!({
+                "specs": specs, "architectures": archs, "tasks": tasks, "protocol": proto,
+            }),
+            "settings",
+            0..items.len(),
+            Some(members.clone()),
+            items.len(),
+            weight,
+            [("out".to_string(), out.clone())].into_iter().collect(),
+        );
+        if !hyena::apps::shard::manifest_path(&out).exists() && !common.force.force {
+            crate::args::check_output("--out", &out, crate::args::OutKind::Dir, false, &[])?;
+        }
+        match crate::args::start_shard(&out, fresh, common.force.force)? {
+            None => return Ok(()),
+            Some(m) => {
+                // A shard always goes on from what its progress file holds.
+                resume = out.join("progress.jsonl").exists() && !common.force.force;
+                let keep: std::collections::HashSet<(usize, String, String)> = members
+                    .iter()
+                    .map(|&i| {
+                        let (a, t, st) = &items[i];
+                        (*a, t.name().to_string(), st.label())
+                    })
+                    .collect();
+                shard = Some((m, keep));
+            }
+        }
+    } else if !resume {
         let force = common.force.force;
         crate::args::check_output("--out", &out, crate::args::OutKind::Dir, force, &[])?;
     }
@@ -270,7 +324,7 @@ pub fn run_cmd(a: MadArgs) -> Result<()> {
     let progress_path = progress.path().to_path_buf();
     let mut progress_err: Option<hyena::Error> = None;
     let mut reports: Vec<MadReport> = Vec::new();
-    for (spec, arch) in specs.iter().zip(&archs) {
+    for (ai, (spec, arch)) in specs.iter().zip(&archs).enumerate() {
         let bar = ui::bar(0, "{prefix} [{bar:25}] epoch {pos}/{len} {msg} ({elapsed})");
         let mut ev = |e: &MadEvent| match e {
             MadEvent::RunStart {
@@ -323,7 +377,12 @@ pub fn run_cmd(a: MadArgs) -> Result<()> {
                 }
             }
         };
-        let r = run_mad(spec, arch, &tasks, &proto, &done, &mut ev)
+        let select = |t: MadTask, st: &hyena::data::mad::TaskSetting| {
+            shard
+                .as_ref()
+                .is_none_or(|(_, keep)| keep.contains(&(ai, t.name().to_string(), st.label())))
+        };
+        let r = run_mad_selected(spec, arch, &tasks, &proto, &done, &select, &mut ev)
             .with_context(|| format!("MAD run of {spec}"))?;
         bar.finish_and_clear();
         if let Some(e) = progress_err.take() {
@@ -332,6 +391,18 @@ pub fn run_cmd(a: MadArgs) -> Result<()> {
         reports.push(r);
         // Keep what is done on disk as it finishes.
         write_results(&out, &reports)?;
+    }
+    if let Some((mut m, _)) = shard {
+        m.done = m.members.as_ref().map_or(0, |v| v.len());
+        m.finished = true;
+        m.write(&hyena::apps::shard::manifest_path(&out))?;
+        eprintln!(
+            "shard {}: {} of the {} settings done in {}; join the shards with `hyena merge`",
+            m.shard,
+            m.done,
+            m.total,
+            out.display()
+        );
     }
     if common.json.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);

@@ -31,7 +31,18 @@ pub struct MergeArgs {
 
 pub fn run_cmd(a: MergeArgs) -> Result<()> {
     let reads: Vec<&std::path::Path> = a.shards.iter().map(|p| p.as_path()).collect();
-    check_output("--out", &a.out, OutKind::File, a.force.force, &reads)?;
+    // MAD shards are directories, and so is their merge.
+    let kind = match a
+        .shards
+        .first()
+        .map(|s| hyena::apps::shard::manifest_path(s))
+    {
+        Some(m) if m.exists() && hyena::apps::shard::Manifest::read(&m)?.command == "mad" => {
+            OutKind::Dir
+        }
+        _ => OutKind::File,
+    };
+    check_output("--out", &a.out, kind, a.force.force, &reads)?;
     let mut records = a.out.as_os_str().to_owned();
     records.push(".records.tsv");
     let records = PathBuf::from(records);

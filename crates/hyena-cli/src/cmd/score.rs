@@ -146,12 +146,17 @@ pub fn run_cmd(a: ScoreArgs) -> Result<()> {
             Some(f),
         );
         bar.finish_and_clear();
-        r?;
+        let resumed = r?.resumed;
         println!(
-            "shard {}: {} records scored into {}; manifest {}",
+            "shard {}: {} records scored into {}{}; manifest {}",
             m.shard,
             m.done,
             out.display(),
+            if resumed > 0 {
+                format!(" (resumed after {resumed} done by an interrupted run)")
+            } else {
+                String::new()
+            },
             hyena::apps::shard::manifest_path(out).display()
         );
         ui::print_memory(t0);

@@ -270,9 +270,17 @@ pub fn run_cmd(a: TrainArgs) -> Result<()> {
     };
     let t0 = std::time::Instant::now();
     let mut tokens = 0usize;
+    // Seconds between consecutive steps: their median is the step time (evaluations and
+    // checkpoints fall between a few of them and are left out by the median).
+    let mut last_step: Option<std::time::Instant> = None;
+    let mut gaps: Vec<f64> = Vec::new();
     let mut on_event = |e: &Event| match e {
         Event::Info(s) => ui::say(&bar, s),
         Event::Step(s) => {
+            let now = std::time::Instant::now();
+            if let Some(p) = last_step.replace(now) {
+                gaps.push((now - p).as_secs_f64());
+            }
             tokens += s.tokens;
             let tps = tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9);
             bar.set_position(s.step);
@@ -298,6 +306,14 @@ pub fn run_cmd(a: TrainArgs) -> Result<()> {
     bar.finish_and_clear();
     if !rank0 {
         return Ok(());
+    }
+    if !gaps.is_empty() {
+        gaps.sort_by(f64::total_cmp);
+        eprintln!(
+            "step time: median {:.4} s over {} steps",
+            gaps[gaps.len() / 2],
+            gaps.len()
+        );
     }
     if let Some(e) = &summary.last_eval {
         println!("{}", verdict(e.bits_per_token, &summary.baselines));

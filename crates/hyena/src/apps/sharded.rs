@@ -41,6 +41,7 @@ fn table_rows(path: &Path, lines: usize) -> Result<Vec<u64>> {
 /// Embed the records `m.first..m.end` of `fasta` into `out` (and `OUT.records.tsv`, record
 /// numbers and rows counted within the shard), continuing after the records an interrupted
 /// run of the same shard finished. `m.done` is updated; the manifest is written at the end.
+/// Returns how many records an earlier, interrupted run had already done.
 pub fn embed_shard(
     lm: &dyn LanguageModel,
     fasta: &Path,
@@ -48,7 +49,7 @@ pub fn embed_shard(
     opts: &EmbedOptions,
     m: &mut Manifest,
     progress: Option<ProgressFn>,
-) -> Result<()> {
+) -> Result<usize> {
     let d = embed_width(lm, opts)?;
     let table = records_tsv(out);
     // The record table says what is done; a missing partial file (a kill between the final
@@ -95,13 +96,13 @@ pub fn embed_shard(
     tab.finish()?;
     m.done = i;
     m.finished = true;
-    m.write(&manifest_path(out))
+    m.write(&manifest_path(out))?;
+    Ok(have)
 }
 
 /// Score the records `m.first..m.end` of `fasta`: one JSON line per record to `out` (what
 /// `hyena score --json` prints), per-base lines to `per_base`; resumable like
-/// [`embed_shard`]. Returns the shard's scores (those of a resumed run's earlier records read
-/// back from the file).
+/// [`embed_shard`].
 #[allow(clippy::too_many_arguments)]
 pub fn score_shard(
     lm: &dyn LanguageModel,
@@ -113,7 +114,7 @@ pub fn score_shard(
     score: ScoreOptions,
     m: &mut Manifest,
     progress: Option<ProgressFn>,
-) -> Result<Vec<serde_json::Value>> {
+) -> Result<ScoreShard> {
     let have = whole_lines(&partial_path(out))?;
     let have = match per_base {
         Some(p) if have > 0 && !partial_path(p).exists() => 0,
@@ -174,7 +175,19 @@ pub fn score_shard(
     m.done = scores.len();
     m.finished = true;
     m.write(&manifest_path(out))?;
-    Ok(scores)
+    Ok(ScoreShard {
+        scores,
+        resumed: have,
+    })
+}
+
+/// What [`score_shard`] did.
+#[derive(Clone, Debug)]
+pub struct ScoreShard {
+    /// The shard's scores as JSON (those of an interrupted run's records read back).
+    pub scores: Vec<serde_json::Value>,
+    /// Records an earlier, interrupted run had already scored.
+    pub resumed: usize,
 }
 
 /// What [`merge`] wrote.
@@ -355,11 +368,15 @@ pub fn merge(outs: &[PathBuf], out: &Path, per_base: Option<&Path>) -> Result<Me
             concat_lines(&files, out, 2)?;
             written.push(out.to_path_buf());
         }
+        "mad" => {
+            merge_mad(&ms, out)?;
+            written.push(out.to_path_buf());
+        }
         other => {
             return Err(Error::config(
                 "merge",
                 other,
-                "this hyena merges embed, score and vep shards (MAD shards: `hyena mad merge`)",
+                "this hyena merges embed, score, vep and mad shards",
             ))
         }
     }
@@ -512,4 +529,59 @@ fn concat_lines(files: &[&Path], out: &Path, header: usize) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Join MAD shards (`hyena mad --shard`, output directories) into `out`: every setting's
+/// record from the shards' progress files (each must be there once), the progress file of the
+/// whole protocol and the results an unsharded run writes (`results.json`, `.csv`, the chart;
+/// times are the shards' own, summed).
+fn merge_mad(ms: &[(Manifest, PathBuf)], out: &Path) -> Result<()> {
+    use crate::train::mad::{mad_items, run_mad, write_results, ProgressLog};
+    let m0 = &ms[0].0;
+    let field = |k: &str| -> Result<serde_json::Value> {
+        m0.settings.get(k).cloned().ok_or_else(|| {
+            Error::format(manifest_path(&ms[0].1), format!("no `{k}` in the settings"))
+        })
+    };
+    let bad = |e: serde_json::Error| Error::format(manifest_path(&ms[0].1), e.to_string());
+    let specs: Vec<String> = serde_json::from_value(field("specs")?).map_err(bad)?;
+    let archs: Vec<crate::models::zoo::ArchConfig> =
+        serde_json::from_value(field("architectures")?).map_err(bad)?;
+    let tasks: Vec<crate::data::mad::MadTask> =
+        serde_json::from_value(field("tasks")?).map_err(bad)?;
+    let proto: crate::train::mad::MadProtocol =
+        serde_json::from_value(field("protocol")?).map_err(bad)?;
+    let mut found = Vec::new();
+    for (_, dir) in ms {
+        found.extend(ProgressLog::read(&dir.join(ProgressLog::FILE))?.records);
+    }
+    // In the protocol's order, each setting once (a shard's own resumed duplicate is fine).
+    let mut records = Vec::new();
+    for (a, task, setting) in mad_items(archs.len(), &tasks, &proto) {
+        match found
+            .iter()
+            .find(|r| r.matches(&archs[a], &proto, task, &setting))
+        {
+            Some(r) => records.push(r.clone()),
+            None => {
+                return Err(Error::config(
+                    "merge",
+                    format!("{} {} {}", specs[a], task.name(), setting.label()),
+                    "no shard holds this setting's result: run the shard that owns it again \
+                     (it resumes), then merge",
+                ))
+            }
+        }
+    }
+    std::fs::create_dir_all(out).map_err(Error::io(out))?;
+    let (mut log, _) = ProgressLog::start(out)?;
+    for r in &records {
+        log.append(r)?;
+    }
+    let mut reports = Vec::with_capacity(specs.len());
+    for (spec, arch) in specs.iter().zip(&archs) {
+        // Every setting is in `records`: nothing is trained.
+        reports.push(run_mad(spec, arch, &tasks, &proto, &records, &mut |_| {})?);
+    }
+    write_results(out, &reports)
 }

@@ -248,6 +248,30 @@ impl SeqClassifier {
         ws: &mut ClsWorkspace,
         g: &mut [f32],
     ) -> Result<LossSum> {
+        self.loss_and_grad_scaled(
+            p,
+            tokens,
+            labels,
+            l,
+            1.0 / labels.len().max(1) as f32,
+            ws,
+            g,
+        )
+    }
+
+    /// [`SeqClassifier::loss_and_grad`] of some rows of a batch, each row's gradient scaled by
+    /// `scale` (1 / the whole batch's size: a data-parallel rank's rows).
+    #[allow(clippy::too_many_arguments)]
+    pub fn loss_and_grad_scaled(
+        &self,
+        p: &[f32],
+        tokens: &[u32],
+        labels: &[usize],
+        l: usize,
+        scale: f32,
+        ws: &mut ClsWorkspace,
+        g: &mut [f32],
+    ) -> Result<LossSum> {
         let b = labels.len();
         check_len("classifier", "tokens [B, L]", tokens.len(), b * l)?;
         let c = self.head.c;
@@ -258,7 +282,6 @@ impl SeqClassifier {
                 format!("must be < the classifier's {c} classes"),
             ));
         }
-        let scale = 1.0 / b.max(1) as f32;
         let stats = run_shards(
             &mut ws.shards,
             &mut ws.grads,

@@ -52,8 +52,10 @@ pub fn all_reduce_sum(comm: &mut dyn Comm, buf: &mut [f32], scratch: &mut Vec<f3
         let recv_k = (r + 2 * n - s - 1) % n;
         let recv = &mut scratch[..seg[recv_k].1];
         comm.exchange(&buf[range(send_k)], next, recv, prev)?;
+        // (partial sum so far) + (ours): IEEE addition is commutative, so only which values
+        // are added together, not the operand order, decides the bits.
         for (a, &b) in buf[range(recv_k)].iter_mut().zip(recv.iter()) {
-            *a = b + *a;
+            *a += b;
         }
     }
     // Rank r now holds the full sum of segment r + 1; pass the sums around.
@@ -414,7 +416,10 @@ mod tests {
                 "rank 1 of 3: data.fa: bad record on rank 1"
             );
         }
-        let ok = ranks(3, |c| agree(c, Ok(c.rank())).unwrap());
+        let ok = ranks(3, |c| {
+            let r = c.rank();
+            agree(c, Ok(r)).unwrap()
+        });
         assert_eq!(ok, vec![0, 1, 2]);
     }
 

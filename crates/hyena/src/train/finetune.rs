@@ -39,7 +39,8 @@ use crate::io::tokenizer::{NucleotideTokenizer, PAD_ID};
 use crate::models::classifier::{ClsWorkspace, SeqClassifier};
 use crate::models::hyenadna::{HyenaLm, LmConfig};
 use crate::models::{LanguageModel, Model, Pool};
-use crate::ops::loss::argmax;
+use crate::ops::loss::{argmax, LossSum};
+use crate::train::dist::Comm;
 use crate::train::fit::{Fit, Flow, Objective, Schedule, StepLoss};
 use crate::train::{AdamW, AdamWConfig, LrSchedule};
 
@@ -240,7 +241,58 @@ pub fn finetune(
     out: &Path,
     on_event: &mut dyn FnMut(&FinetuneEvent),
 ) -> Result<FinetuneSummary> {
-    let t0 = std::time::Instant::now();
+    finetune_ranks(run, dataset, out, None, on_event)
+}
+
+/// [`finetune`], data-parallel over the ranks of `comm` when given
+/// ([`crate::train::dist`]): every rank calls it with the same arguments and takes its rows
+/// of each step's batch; rank 0 alone writes into `out`, evaluates and sends events (the
+/// others' `on_event` sees nothing). A failure on any rank stops every rank with its message.
+pub fn finetune_ranks(
+    run: &FinetuneRun,
+    dataset: &SeqClsDataset,
+    out: &Path,
+    mut comm: Option<Box<dyn Comm>>,
+    on_event: &mut dyn FnMut(&FinetuneEvent),
+) -> Result<FinetuneSummary> {
+    let rank0 = comm.as_ref().is_none_or(|c| c.rank() == 0);
+    let mut quiet = |_: &FinetuneEvent| {};
+    let on_event: &mut dyn FnMut(&FinetuneEvent) = if rank0 { on_event } else { &mut quiet };
+    let prepared = prepare(run, dataset, out, rank0, on_event);
+    let p = match comm.as_mut() {
+        Some(c) => crate::train::dist::agree(c.as_mut(), prepared)?,
+        None => prepared?,
+    };
+    if let Some(c) = comm.as_ref() {
+        on_event(&FinetuneEvent::Info(format!(
+            "data-parallel over {}: each step's batch split over the ranks",
+            c.describe()
+        )));
+    }
+    train_prepared(p, dataset, out, comm, rank0, on_event)
+}
+
+/// What [`prepare`] sets up: the classifier, its objective's data and the schedule.
+struct Prepared<'a> {
+    clf: Model<SeqClassifier>,
+    run: FinetuneRun,
+    train: Vec<&'a Example>,
+    max_len: usize,
+    total: u64,
+    steps_per_epoch: u64,
+    n_classes: usize,
+    truncated: usize,
+}
+
+/// The checks, the backbone and the classifier of a fine-tuning run; rank 0 also creates
+/// `out` and writes its config.
+fn prepare<'a>(
+    run: &FinetuneRun,
+    dataset: &'a SeqClsDataset,
+    out: &Path,
+    rank0: bool,
+    on_event: &mut dyn FnMut(&FinetuneEvent),
+) -> Result<Prepared<'a>> {
     let mut run = run.clone();
     let f = run.finetune.clone();
     if out.join("model.safetensors").exists() {
@@ -293,10 +345,8 @@ pub fn finetune(
         "--batch or --max-len, or fine-tune a smaller backbone",
     )?;
     let n_classes = dataset.classes.len();
-    let mut clf = SeqClassifier::from_backbone(lm, n_classes, f.pool, f.seed)?;
+    let clf = SeqClassifier::from_backbone(lm, n_classes, f.pool, f.seed)?;
     let train = training_subset(&dataset.train, &f);
-    let eval_sub = subset(&dataset.test, f.eval_limit, f.seed ^ 0xE7A1);
-    let all_test: Vec<&Example> = dataset.test.iter().collect();
     let n_train = train.len();
     let steps_per_epoch = n_train.div_ceil(f.batch_size) as u64;
     let total = ((f.epochs * n_train as f64) / f.batch_size as f64)
@@ -338,27 +388,73 @@ pub fn finetune(
         total as f64 / steps_per_epoch as f64
     )));
 
-    std::fs::create_dir_all(out).map_err(|source| Error::Io {
-        file: out.to_path_buf(),
-        source,
-    })?;
-    let mut cfg_json = serde_json::to_value(&run).map_err(|e| Error::Format {
-        file: out.join("config.json"),
-        msg: e.to_string(),
-    })?;
-    cfg_json["classes"] = serde_json::json!(dataset.classes);
-    cfg_json["finetune"]["max_len"] = serde_json::json!(max_len);
-    write_json(&out.join("config.json"), &cfg_json)?;
-    let metrics_path = out.join("metrics.jsonl");
-    let mut metrics = std::fs::File::create(&metrics_path).map_err(|source| Error::Io {
-        file: metrics_path.clone(),
-        source,
-    })?;
-    let mut log = |v: serde_json::Value| -> Result<()> {
-        writeln!(metrics, "{v}").map_err(|source| Error::Io {
-            file: metrics_path.clone(),
+    if rank0 {
+        std::fs::create_dir_all(out).map_err(|source| Error::Io {
+            file: out.to_path_buf(),
             source,
-        })
+        })?;
+        let mut cfg_json = serde_json::to_value(&run).map_err(|e| Error::Format {
+            file: out.join("config.json"),
+            msg: e.to_string(),
+        })?;
+        cfg_json["classes"] = serde_json::json!(dataset.classes);
+        cfg_json["finetune"]["max_len"] = serde_json::json!(max_len);
+        write_json(&out.join("config.json"), &cfg_json)?;
+    }
+    Ok(Prepared {
+        clf,
+        run,
+        train,
+        max_len,
+        total,
+        steps_per_epoch,
+        n_classes,
+        truncated,
+    })
+}
+
+/// The training loop of [`finetune_ranks`] after [`prepare`].
+fn train_prepared(
+    p: Prepared<'_>,
+    dataset: &SeqClsDataset,
+    out: &Path,
+    comm: Option<Box<dyn Comm>>,
+    rank0: bool,
+    on_event: &mut dyn FnMut(&FinetuneEvent),
+) -> Result<FinetuneSummary> {
+    let t0 = std::time::Instant::now();
+    let Prepared {
+        mut clf,
+        run,
+        train,
+        max_len,
+        total,
+        steps_per_epoch,
+        n_classes,
+        truncated,
+    } = p;
+    let f = run.finetune.clone();
+    let eval_sub = subset(&dataset.test, f.eval_limit, f.seed ^ 0xE7A1);
+    let all_test: Vec<&Example> = dataset.test.iter().collect();
+    let metrics_path = out.join("metrics.jsonl");
+    let mut metrics = if rank0 {
+        Some(
+            std::fs::File::create(&metrics_path).map_err(|source| Error::Io {
+                file: metrics_path.clone(),
+                source,
+            })?,
+        )
+    } else {
+        None
+    };
+    let mut log = |v: serde_json::Value| -> Result<()> {
+        match metrics.as_mut() {
+            Some(m) => writeln!(m, "{v}").map_err(|source| Error::Io {
+                file: metrics_path.clone(),
+                source,
+            }),
+            None => Ok(()),
+        }
     };
 
     let schedule = LrSchedule {
@@ -383,6 +479,8 @@ pub fn finetune(
         rc_aug: f.rc_aug,
         seed: f.seed,
         ws: ClsWorkspace::default(),
+        dist: comm,
+        scratch: Vec::new(),
     };
     let mut curve: Vec<(f64, f64)> = Vec::new();
     let mut test_curve: Vec<(f64, f64)> = Vec::new();
@@ -405,7 +503,12 @@ pub fn finetune(
             lr: a.step.lr,
         });
         let last = step == total;
-        if (f.eval_every > 0 && step % f.eval_every == 0) || last {
+        let eval = (f.eval_every > 0 && step % f.eval_every == 0) || last;
+        // Rank 0 evaluates and writes; the others wait for its outcome.
+        let mut work = || -> Result<()> {
+            if !(eval && rank0) {
+                return Ok(());
+            }
             let set = if last { &all_test } else { &eval_sub };
             let e = evaluate(
                 a.model,
@@ -431,9 +534,27 @@ pub fn finetune(
                 )?;
                 summary = Some(e);
             }
+            Ok(())
+        };
+        // Rank 0 evaluates and writes; the others wait for its outcome.
+        let r = work();
+        match a.objective.dist.as_mut() {
+            Some(c) if eval => crate::train::dist::agree(c.as_mut(), r)?,
+            _ => r?,
         }
         Ok(Flow::Continue)
     })?;
+    if !rank0 {
+        // The others return the step count; the test accuracy is rank 0's.
+        return Ok(FinetuneSummary {
+            test: Evaluation::from_predictions(n_classes, std::iter::empty()),
+            classes: dataset.classes.clone(),
+            steps: total,
+            seconds: t0.elapsed().as_secs_f64(),
+            truncated,
+            max_len,
+        });
+    }
     plot_accuracy(out, &curve, &test_curve)?;
     let test = summary.ok_or_else(|| Error::config("steps", total, "the run took no step"))?;
     Ok(FinetuneSummary {
@@ -459,6 +580,10 @@ struct ClsObjective<'a> {
     rc_aug: bool,
     seed: u64,
     ws: ClsWorkspace,
+    /// The other ranks of a data-parallel run; `None`: one process.
+    dist: Option<Box<dyn Comm>>,
+    /// The all-reduce's receive buffer, reused.
+    scratch: Vec<f32>,
 }
 
 impl Objective<SeqClassifier> for ClsObjective<'_> {
@@ -503,9 +628,35 @@ impl Objective<SeqClassifier> for ClsObjective<'_> {
         } else {
             encode_all(&batch, self.max_len)
         };
-        let sum =
-            clf.net
-                .loss_and_grad(clf.p(), &toks, &labels, self.max_len, &mut self.ws, grads)?;
+        // This rank's rows of the batch (all of them in one process): the rows a thread shard
+        // of one process takes, each with the whole batch's 1/B.
+        let b = labels.len();
+        let (rank, ranks) = self.dist.as_ref().map_or((0, 1), |c| (c.rank(), c.size()));
+        let (start, n) = crate::models::parallel::shard_ranges(b, ranks)[rank];
+        let l = self.max_len;
+        let local = if n == 0 {
+            // A short last batch of an epoch: fewer sequences than ranks.
+            Ok(LossSum::default())
+        } else {
+            clf.net.loss_and_grad_scaled(
+                clf.p(),
+                &toks[start * l..(start + n) * l],
+                &labels[start..start + n],
+                l,
+                1.0 / b.max(1) as f32,
+                &mut self.ws,
+                grads,
+            )
+        };
+        let sum = match self.dist.as_mut() {
+            None => local?,
+            Some(c) => {
+                let mine = crate::train::dist::agree(c.as_mut(), local)?;
+                crate::train::dist::all_reduce_sum(c.as_mut(), grads, &mut self.scratch)?;
+                let all = crate::train::dist::gather_loss_sums(c.as_mut(), &[mine])?;
+                LossSum::total(all.iter().filter_map(|r| r.first().copied()))
+            }
+        };
         Ok(StepLoss {
             loss: sum.loss_sum / sum.count.max(1) as f64,
             sum,

@@ -174,6 +174,10 @@ pub struct LmObjective {
     dist: Option<Box<dyn Comm>>,
     /// The all-reduce's receive buffer, reused.
     scratch: Vec<f32>,
+    /// Seconds spent in the gradient all-reduce and loss exchange (after the ranks met at the
+    /// step's agreement, so no waiting for a slower rank), and the steps they cover.
+    comm_seconds: f64,
+    comm_steps: u64,
 }
 
 impl LmObjective {
@@ -232,9 +236,13 @@ impl Objective<HyenaLm> for LmObjective {
             None => sums?,
             Some(c) => {
                 // A rank that failed stops every rank with its message.
+                // The agreement is also a barrier: what follows is the transfer alone.
                 let mine = crate::train::dist::agree(c.as_mut(), sums)?;
+                let t0 = std::time::Instant::now();
                 crate::train::dist::all_reduce_sum(c.as_mut(), grads, &mut self.scratch)?;
                 let all = crate::train::dist::gather_loss_sums(c.as_mut(), &mine)?;
+                self.comm_seconds += t0.elapsed().as_secs_f64();
+                self.comm_steps += 1;
                 // Each micro-batch's sums over the ranks, in rank order: what one process
                 // adds over its thread shards.
                 (0..self.grad_accum)
@@ -314,6 +322,8 @@ impl Trainer {
             ws: Slot::default(),
             dist: None,
             scratch: Vec::new(),
+            comm_seconds: 0.0,
+            comm_steps: 0,
         };
         Ok(Trainer {
             model,
@@ -338,6 +348,13 @@ impl Trainer {
         crate::train::dist::rank_rows(self.cfg.batch_size, comm.rank(), comm.size())?;
         self.objective.dist = Some(comm);
         Ok(())
+    }
+
+    /// Mean seconds per step in the gradient all-reduce and loss exchange, over the steps this
+    /// process ran; `None` when not data-parallel.
+    pub fn comm_seconds_per_step(&self) -> Option<f64> {
+        (self.objective.comm_steps > 0)
+            .then(|| self.objective.comm_seconds / self.objective.comm_steps as f64)
     }
 
     /// This process's rank and the number of ranks (`(0, 1)` when not data-parallel).

@@ -693,6 +693,51 @@ pub fn run_mad(
     done: &[SettingRecord],
     on_event: &mut dyn FnMut(&MadEvent),
 ) -> Result<MadReport> {
+    run_mad_selected(spec, arch, tasks, proto, done, &|_, _| true, on_event)
+}
+
+/// Every setting of a MAD job of several architectures, in the order [`run_mad`] runs them:
+/// `(architecture index, task, setting)`.
+pub fn mad_items(
+    n_archs: usize,
+    tasks: &[MadTask],
+    proto: &MadProtocol,
+) -> Vec<(usize, MadTask, TaskSetting)> {
+    let mut out = Vec::new();
+    for a in 0..n_archs {
+        for &t in tasks {
+            for s in proto.settings(t) {
+                out.push((a, t, s));
+            }
+        }
+    }
+    out
+}
+
+/// The estimated cost of training one setting (all its learning rates and weight decays):
+/// epochs × training tokens × parameters × runs, proportional to its training FLOPs; what
+/// `hyena mad --shard` balances on.
+pub fn setting_cost(arch: &ArchConfig, setting: &TaskSetting, proto: &MadProtocol) -> Result<f64> {
+    let data = generate(setting)?;
+    let epochs = proto.epochs_for(&data) as f64;
+    let tokens = (data.train.len() * data.seq_len) as f64;
+    let params = params_at(arch, &data)? as f64;
+    let runs = (proto.lrs.len() * proto.weight_decays.len()) as f64;
+    Ok(epochs * tokens * params * runs)
+}
+
+/// [`run_mad`] training only the settings `select` keeps (and that `done` does not hold):
+/// one shard's part of a protocol (`hyena mad --shard`). The report lists the settings done or
+/// trained here; its scores are over those alone.
+pub fn run_mad_selected(
+    spec: &str,
+    arch: &ArchConfig,
+    tasks: &[MadTask],
+    proto: &MadProtocol,
+    done: &[SettingRecord],
+    select: &dyn Fn(MadTask, &TaskSetting) -> bool,
+    on_event: &mut dyn FnMut(&MadEvent),
+) -> Result<MadReport> {
     if tasks.is_empty() || proto.lrs.is_empty() || proto.weight_decays.is_empty() {
         return Err(Error::config(
             "mad",
@@ -714,6 +759,9 @@ pub fn run_mad(
                     resumed: true,
                 });
                 results.push(rec.result.clone());
+                continue;
+            }
+            if !select(task, &setting) {
                 continue;
             }
             let ts = Instant::now();

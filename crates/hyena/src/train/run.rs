@@ -481,6 +481,14 @@ fn run_inner(
         on_event(ev);
         Ok(())
     })?;
+    if let Some(c) = trainer.comm_seconds_per_step() {
+        on_event(&Event::Info(format!(
+            "data-parallel: {:.2} ms per step in the gradient all-reduce and loss exchange \
+             ({} floats per step)",
+            c * 1e3,
+            trainer.model.params.len()
+        )));
+    }
     if rank0 {
         plot_run(out, &baselines)?;
     }
