@@ -57,7 +57,7 @@ enum Command {
     Finetune(cmd::finetune::FinetuneArgs),
     /// MAD synthetic benchmark of an architecture (`--arch hyena,swiglu,…`), or several side
     /// by side (`compare`): markdown table, results JSON/CSV and a PNG chart.
-    Mad(cmd::mad::MadArgs),
+    Mad(Box<cmd::mad::MadArgs>),
     /// Distil the long convolutions of a trained model into small modal recurrences.
     Distill(cmd::distill::DistillArgs),
     /// Analyses of a trained model (effective state size).
@@ -85,7 +85,7 @@ fn main() -> std::process::ExitCode {
         Command::Merge(a) => cmd::merge::run_cmd(a),
         Command::Convert(a) => cmd::convert::run_cmd(a),
         Command::Finetune(a) => cmd::finetune::run_cmd(a),
-        Command::Mad(a) => cmd::mad::run_cmd(a),
+        Command::Mad(a) => cmd::mad::run_cmd(*a),
         Command::Distill(a) => cmd::distill::run_cmd(a),
         Command::Analyze(w) => cmd::analyze::run_cmd(w),
         Command::Data(w) => cmd::data::run_cmd(w),
