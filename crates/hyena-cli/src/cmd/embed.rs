@@ -6,9 +6,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use hyena::apps::dna::{embed_file, record_lengths, records_tsv, EmbedOptions};
-use hyena::apps::shard::{split_contiguous, InputSum, Manifest, ModelPrint};
-use hyena::apps::sharded::embed_shard;
+use hyena::apps::dna::{embed_file, records_tsv, EmbedOptions};
+use hyena::apps::sharded::{embed_shard, records_manifest};
 use hyena::checkpoint::load_model;
 
 use crate::alloc::CountingAlloc;
@@ -61,10 +60,6 @@ pub fn run_cmd(a: EmbedArgs) -> Result<()> {
     if let Some(s) = a.shard.shard {
         check_shard_output("--out", &a.out, &a.out, force, &reads)?;
         check_shard_output("--out", &records_tsv(&a.out), &a.out, force, &reads)?;
-        // The slice: contiguous records balanced by bases, from the FASTA alone.
-        let lengths = record_lengths(&a.records.fasta)?;
-        let range = split_contiguous(&lengths, s.count)[s.index - 1].clone();
-        let weight = lengths[range.clone()].iter().sum::<u64>() as f64;
         let settings = serde_json::json!({
             "layer": a.layer,
             "pool": format!("{:?}", a.pool.pool()),
@@ -75,19 +70,8 @@ pub fn run_cmd(a: EmbedArgs) -> Result<()> {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
-        let fresh = Manifest::new(
-            "embed",
-            s,
-            vec![InputSum::of("fasta", &a.records.fasta)?],
-            Some(ModelPrint::of(dir)?),
-            settings,
-            "records",
-            range,
-            None,
-            lengths.len(),
-            weight,
-            outputs,
-        );
+        // The slice: contiguous records balanced by bases, from the FASTA alone.
+        let fresh = records_manifest("embed", s, &a.records.fasta, dir, settings, outputs)?;
         match start_shard(&a.out, fresh, force)? {
             None => return Ok(()),
             Some(m) => shard = Some(m),

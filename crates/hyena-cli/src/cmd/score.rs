@@ -6,9 +6,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use hyena::apps::dna::{record_lengths, score_file, Reduce, ScoreOptions};
-use hyena::apps::shard::{split_contiguous, InputSum, Manifest, ModelPrint};
-use hyena::apps::sharded::score_shard;
+use hyena::apps::dna::{score_file, Reduce, ScoreOptions};
+use hyena::apps::sharded::{records_manifest, score_shard};
 use hyena::checkpoint::load_model;
 
 use crate::alloc::CountingAlloc;
@@ -85,9 +84,6 @@ pub fn run_cmd(a: ScoreArgs) -> Result<()> {
         if let Some(p) = &a.per_base {
             check_shard_output("--per-base", p, out, force, &reads)?;
         }
-        let lengths = record_lengths(&a.records.fasta)?;
-        let range = split_contiguous(&lengths, s.count)[s.index - 1].clone();
-        let weight = lengths[range.clone()].iter().sum::<u64>() as f64;
         let settings = serde_json::json!({
             "reduce": opts.reduce,
             "reverse_complement": opts.reverse_complement,
@@ -99,19 +95,7 @@ pub fn run_cmd(a: ScoreArgs) -> Result<()> {
         if let Some(p) = &a.per_base {
             outputs.insert("per_base".to_string(), p.clone());
         }
-        let fresh = Manifest::new(
-            "score",
-            s,
-            vec![InputSum::of("fasta", &a.records.fasta)?],
-            Some(ModelPrint::of(dir)?),
-            settings,
-            "records",
-            range,
-            None,
-            lengths.len(),
-            weight,
-            outputs,
-        );
+        let fresh = records_manifest("score", s, &a.records.fasta, dir, settings, outputs)?;
         match start_shard(out, fresh, force)? {
             None => return Ok(()),
             Some(m) => shard = Some(m),

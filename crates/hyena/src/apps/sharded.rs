@@ -38,6 +38,36 @@ fn table_rows(path: &Path, lines: usize) -> Result<Vec<u64>> {
     Ok(out)
 }
 
+/// The fresh manifest of shard `shard` of a `command` (`embed`, `score`) over the records of
+/// `fasta`: its contiguous slice balanced by bases, the FASTA's checksum, the model's
+/// fingerprint, and `settings` and `outputs` as given.
+pub fn records_manifest(
+    command: &str,
+    shard: crate::apps::shard::Shard,
+    fasta: &Path,
+    model: &Path,
+    settings: serde_json::Value,
+    outputs: std::collections::BTreeMap<String, PathBuf>,
+) -> Result<Manifest> {
+    use crate::apps::shard::{split_contiguous, InputSum, ModelPrint};
+    let lengths = crate::apps::dna::record_lengths(fasta)?;
+    let range = split_contiguous(&lengths, shard.count)[shard.index - 1].clone();
+    let weight = lengths[range.clone()].iter().sum::<u64>() as f64;
+    Ok(Manifest::new(
+        command,
+        shard,
+        vec![InputSum::of("fasta", fasta)?],
+        Some(ModelPrint::of(model)?),
+        settings,
+        "records",
+        range,
+        None,
+        lengths.len(),
+        weight,
+        outputs,
+    ))
+}
+
 /// Embed the records `m.first..m.end` of `fasta` into `out` (and `OUT.records.tsv`, record
 /// numbers and rows counted within the shard), continuing after the records an interrupted
 /// run of the same shard finished. `m.done` is updated; the manifest is written at the end.
